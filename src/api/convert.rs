@@ -1,0 +1,854 @@
+//! Conversions between the wire (prost) types and the domain types, in one
+//! place. Inbound conversions validate as they go and fail with an
+//! `InvalidArgument` naming the field in the client's terms (e.g.
+//! `metrics[learningVelocity].value`); outbound conversions cannot fail.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prost_types::{Timestamp, Value, value::Kind};
+
+use crate::domain::matching::PatternMatch;
+use crate::domain::model::{
+    ApplicableContext, Attributes, ConfigAlternative, ConfigShare, Configuration, FailurePattern,
+    FailureReport, FailureType, Insight, InsightAlternative, InsightCategory, InsightDraft,
+    InsightEvidence, Instance, MetricState, Metrics, ParamValue, Parameters, Pattern, PatternShare,
+    RecoveryAttempt, Registration, StrategyRecord, StrategyShare, UnixMillis,
+};
+use crate::domain::prevention::Warning;
+use crate::domain::recommend::{Combination, Recommendation, Scope};
+use crate::domain::stats::RunningStats;
+use crate::error::{Error, Result};
+use crate::hub::{Bootstrap, HubStatus, InstancePage};
+use crate::pb;
+use crate::validate::{
+    self, MAX_TEXT_LEN, MAX_TITLE_LEN, MAX_VALUE_LEN, attributes, finite, list_len, map_len, name,
+    optional_name, required_text, text, unit, within,
+};
+
+/// Cycle counts above this are not plausible and are refused.
+const MAX_CYCLES: u32 = 1_000_000;
+/// Most data points one configuration share may claim.
+const MAX_DATA_POINTS: u64 = 1_000_000;
+
+// ---------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------
+
+pub fn timestamp(millis: UnixMillis) -> Timestamp {
+    Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn millis(field: &str, ts: &Timestamp) -> Result<UnixMillis> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(Error::invalid(
+            field,
+            format!("nanos must be within [0, 999999999], got {}", ts.nanos),
+        ));
+    }
+    // Year 1 to 9999, as google.protobuf.Timestamp defines.
+    if !(-62_135_596_800..=253_402_300_799).contains(&ts.seconds) {
+        return Err(Error::invalid(field, "is outside years 1 to 9999"));
+    }
+    Ok(ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+}
+
+// ---------------------------------------------------------------------------
+// Inbound: shared building blocks
+// ---------------------------------------------------------------------------
+
+fn metrics(
+    field: &str,
+    entries: &BTreeMap<String, pb::MetricState>,
+    required: bool,
+) -> Result<Metrics> {
+    map_len(field, entries.len(), required)?;
+    entries
+        .iter()
+        .map(|(metric, state)| {
+            name(&format!("{field} key"), metric)?;
+            let value = unit(&format!("{field}[{metric}].value"), state.value)?;
+            Ok((
+                metric.clone(),
+                MetricState {
+                    value,
+                    stuck: state.stuck,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn context(field: &str, entries: &BTreeMap<String, String>) -> Result<Attributes> {
+    attributes(field, entries.iter())
+}
+
+fn names(field: &str, items: &[String]) -> Result<Vec<String>> {
+    list_len(field, items.len())?;
+    for (i, item) in items.iter().enumerate() {
+        name(&format!("{field}[{i}]"), item)?;
+    }
+    Ok(items.to_vec())
+}
+
+fn cycles(field: &str, value: u32) -> Result<u32> {
+    if value > MAX_CYCLES {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_CYCLES}, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A required enum: known and not UNSPECIFIED.
+fn required_enum<T>(field: &str, raw: i32, parse: impl Fn(i32) -> Option<Option<T>>) -> Result<T> {
+    match parse(raw) {
+        Some(Some(value)) => Ok(value),
+        Some(None) => Err(Error::invalid(field, "is required")),
+        None => Err(Error::invalid(field, format!("unknown value {raw}"))),
+    }
+}
+
+/// An optional enum filter: UNSPECIFIED means "any".
+fn optional_enum<T>(
+    field: &str,
+    raw: i32,
+    parse: impl Fn(i32) -> Option<Option<T>>,
+) -> Result<Option<T>> {
+    parse(raw).ok_or_else(|| Error::invalid(field, format!("unknown value {raw}")))
+}
+
+/// `None` for UNSPECIFIED, `Some(Some(_))` for a known category, `None`
+/// (outer) for an unknown number.
+pub fn parse_category(raw: i32) -> Option<Option<InsightCategory>> {
+    use pb::InsightCategory as P;
+    Some(match P::try_from(raw).ok()? {
+        P::Unspecified => None,
+        P::Configuration => Some(InsightCategory::Configuration),
+        P::Timing => Some(InsightCategory::Timing),
+        P::Sequence => Some(InsightCategory::Sequence),
+        P::Fallback => Some(InsightCategory::Fallback),
+        P::Context => Some(InsightCategory::Context),
+        P::Prediction => Some(InsightCategory::Prediction),
+    })
+}
+
+fn parse_failure_type(raw: i32) -> Option<Option<FailureType>> {
+    use pb::FailureType as P;
+    Some(match P::try_from(raw).ok()? {
+        P::Unspecified => None,
+        P::MetricReversal => Some(FailureType::MetricReversal),
+        P::Deadlock => Some(FailureType::Deadlock),
+        P::Cascade => Some(FailureType::Cascade),
+        P::RecoveryFail => Some(FailureType::RecoveryFail),
+    })
+}
+
+pub fn category_filter(raw: i32) -> Result<Option<InsightCategory>> {
+    optional_enum("category", raw, parse_category)
+}
+
+pub fn failure_type_filter(raw: i32) -> Result<Option<FailureType>> {
+    optional_enum("failure_type", raw, parse_failure_type)
+}
+
+/// An optional name filter: empty means "any".
+pub fn name_filter<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>> {
+    optional_name(field, value)?;
+    Ok((!value.is_empty()).then_some(value))
+}
+
+/// A budget: 0 means none; otherwise finite and positive.
+pub fn budget(value: f64) -> Result<Option<f64>> {
+    let value = within("budget", value, 0.0, 1e6)?;
+    Ok((value > 0.0).then_some(value))
+}
+
+// ---------------------------------------------------------------------------
+// Inbound: requests
+// ---------------------------------------------------------------------------
+
+pub fn registration(req: pb::RegisterRequest) -> Result<Registration> {
+    name("instance_id", &req.instance_id)?;
+    name("region", &req.region)?;
+    Ok(Registration {
+        context: context("context", &req.context)?,
+        capabilities: names("capabilities", &req.capabilities)?,
+        instance_id: req.instance_id,
+        region: req.region,
+    })
+}
+
+pub fn pattern_share(req: pb::SharePatternRequest) -> Result<PatternShare> {
+    Ok(PatternShare {
+        metrics: metrics("metrics", &req.metrics, true)?,
+        cycles_until_plateau: cycles("cycles_until_plateau", req.cycles_until_plateau)?,
+        recovery_strategies: names("recovery_strategies", &req.recovery_strategies)?,
+        environment: context("environment", &req.environment)?,
+    })
+}
+
+pub fn pattern_query(req: &pb::GetPatternsRequest) -> Result<(Metrics, Attributes, usize)> {
+    Ok((
+        metrics("metrics", &req.metrics, true)?,
+        context("environment", &req.environment)?,
+        validate::limit("limit", req.limit, 10, 100)?,
+    ))
+}
+
+pub fn pattern_outcome(
+    req: pb::RecordPatternOutcomeRequest,
+) -> Result<(String, bool, Option<String>)> {
+    name("pattern_id", &req.pattern_id)?;
+    optional_name("metric_name", &req.metric_name)?;
+    optional_name("strategy", &req.strategy)?;
+    let strategy = (!req.strategy.is_empty()).then_some(req.strategy);
+    Ok((req.pattern_id, req.success, strategy))
+}
+
+pub fn strategy_share(req: pb::ShareStrategyRequest) -> Result<StrategyShare> {
+    name("strategy", &req.strategy)?;
+    name("metric", &req.metric)?;
+    text("condition", &req.condition, MAX_VALUE_LEN)?;
+    Ok(StrategyShare {
+        value_before: unit("value_before", req.value_before)?,
+        delta: within("delta", req.delta, -1.0, 1.0)?,
+        context: context("context", &req.context)?,
+        strategy: req.strategy,
+        metric: req.metric,
+        successful: req.successful,
+        condition: req.condition,
+    })
+}
+
+/// The validated parts of a GetStrategies request.
+pub struct StrategiesQuery {
+    pub metric: String,
+    pub context: Attributes,
+    pub current_value: f64,
+    pub budget: Option<f64>,
+    pub limit: usize,
+}
+
+pub fn strategies_query(req: pb::GetStrategiesRequest) -> Result<StrategiesQuery> {
+    name("metric", &req.metric)?;
+    Ok(StrategiesQuery {
+        current_value: unit("current_value", req.current_value)?,
+        budget: budget(req.budget)?,
+        context: context("context", &req.context)?,
+        limit: validate::limit("limit", req.limit, 10, 100)?,
+        metric: req.metric,
+    })
+}
+
+pub fn combination_query(
+    req: &pb::GetOptimalCombinationRequest,
+) -> Result<(Metrics, Attributes, Option<f64>)> {
+    Ok((
+        metrics("metrics", &req.metrics, true)?,
+        context("context", &req.context)?,
+        budget(req.budget)?,
+    ))
+}
+
+pub fn insight_draft(insight: Option<pb::Insight>) -> Result<InsightDraft> {
+    let Some(i) = insight else {
+        return Err(Error::invalid("insight", "is required"));
+    };
+    let field = |f: &str| format!("insight.{f}");
+    if !i.id.is_empty() {
+        return Err(Error::invalid(
+            field("id"),
+            "is assigned by the hub; leave it empty",
+        ));
+    }
+    if i.sequence != 0 {
+        return Err(Error::invalid(
+            field("sequence"),
+            "is assigned by the hub; leave it 0",
+        ));
+    }
+    if i.created_at.is_some() {
+        return Err(Error::invalid(
+            field("created_at"),
+            "is assigned by the hub; leave it unset",
+        ));
+    }
+    let category = required_enum(&field("category"), i.category, parse_category)?;
+    required_text(&field("title"), &i.title, MAX_TITLE_LEN)?;
+    required_text(&field("insight"), &i.insight, MAX_TEXT_LEN)?;
+    text(&field("recommendation"), &i.recommendation, MAX_TEXT_LEN)?;
+    let evidence = match &i.evidence {
+        None => InsightEvidence::default(),
+        Some(e) => InsightEvidence {
+            data_points: e.data_points,
+            correlation_strength: within(
+                &field("evidence.correlation_strength"),
+                e.correlation_strength,
+                -1.0,
+                1.0,
+            )?,
+            instances_covered: e.instances_covered,
+            improvement_observed: within(
+                &field("evidence.improvement_observed"),
+                e.improvement_observed,
+                -1.0,
+                1.0,
+            )?,
+        },
+    };
+    list_len(&field("applicable_contexts"), i.applicable_contexts.len())?;
+    let applicable_contexts = i
+        .applicable_contexts
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            name(
+                &field(&format!("applicable_contexts[{n}].context")),
+                &c.context,
+            )?;
+            text(
+                &field(&format!("applicable_contexts[{n}].threshold")),
+                &c.threshold,
+                MAX_VALUE_LEN,
+            )?;
+            Ok(ApplicableContext {
+                context: c.context.clone(),
+                threshold: c.threshold.clone(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    list_len(&field("alternatives"), i.alternatives.len())?;
+    let alternatives = i
+        .alternatives
+        .iter()
+        .enumerate()
+        .map(|(n, a)| {
+            required_text(
+                &field(&format!("alternatives[{n}].insight")),
+                &a.insight,
+                MAX_TEXT_LEN,
+            )?;
+            Ok(InsightAlternative {
+                insight: a.insight.clone(),
+                effectiveness: unit(
+                    &field(&format!("alternatives[{n}].effectiveness")),
+                    a.effectiveness,
+                )?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(InsightDraft {
+        category,
+        effectiveness: unit(&field("effectiveness"), i.effectiveness)?,
+        risk: unit(&field("risk"), i.risk)?,
+        valid_until: i
+            .valid_until
+            .as_ref()
+            .map(|t| millis(&field("valid_until"), t))
+            .transpose()?,
+        evidence,
+        applicable_contexts,
+        alternatives,
+        title: i.title,
+        insight: i.insight,
+        recommendation: i.recommendation,
+    })
+}
+
+pub fn failure_report(req: pb::ShareFailureRequest) -> Result<FailureReport> {
+    let failure_type = required_enum("failure_type", req.failure_type, parse_failure_type)?;
+    required_text("trigger", &req.trigger, MAX_TEXT_LEN)?;
+    let Some(ctx) = req.context else {
+        return Err(Error::invalid(
+            "context",
+            "is required (context.metric at least)",
+        ));
+    };
+    name("context.metric", &ctx.metric)?;
+    optional_name("context.strategy", &ctx.strategy)?;
+    list_len("recovery", req.recovery.len())?;
+    let recovery = req
+        .recovery
+        .iter()
+        .enumerate()
+        .map(|(n, r)| {
+            name(&format!("recovery[{n}].method"), &r.method)?;
+            Ok(RecoveryAttempt {
+                method: r.method.clone(),
+                succeeded: r.succeeded,
+                cycles_to_recover: cycles(
+                    &format!("recovery[{n}].cycles_to_recover"),
+                    r.cycles_to_recover,
+                )?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    list_len("prevention", req.prevention.len())?;
+    for (n, advice) in req.prevention.iter().enumerate() {
+        required_text(&format!("prevention[{n}]"), advice, MAX_TEXT_LEN)?;
+    }
+    Ok(FailureReport {
+        failure_type,
+        trigger: req.trigger,
+        metric: ctx.metric,
+        strategy: ctx.strategy,
+        recovery,
+        prevention: req.prevention,
+    })
+}
+
+pub fn action_check(req: &pb::CheckActionRequest) -> Result<Metrics> {
+    name("strategy", &req.strategy)?;
+    name("metric", &req.metric)?;
+    metrics("metrics", &req.metrics, false)
+}
+
+fn parameter(field: &str, value: &Value) -> Result<ParamValue> {
+    match &value.kind {
+        Some(Kind::NumberValue(n)) => Ok(ParamValue::Number(finite(field, *n)?)),
+        Some(Kind::StringValue(s)) => {
+            text(field, s, MAX_VALUE_LEN)?;
+            Ok(ParamValue::Text(s.clone()))
+        }
+        Some(Kind::BoolValue(b)) => Ok(ParamValue::Flag(*b)),
+        Some(Kind::NullValue(_)) | None => Err(Error::invalid(
+            field,
+            "must be a number, string or boolean, got null",
+        )),
+        Some(Kind::ListValue(_)) | Some(Kind::StructValue(_)) => Err(Error::invalid(
+            field,
+            "must be a number, string or boolean, got a list or object",
+        )),
+    }
+}
+
+fn parameters_in(field: &str, entries: &BTreeMap<String, Value>) -> Result<Parameters> {
+    map_len(field, entries.len(), true)?;
+    entries
+        .iter()
+        .map(|(k, v)| {
+            name(&format!("{field} key"), k)?;
+            Ok((k.clone(), parameter(&format!("{field}[{k}]"), v)?))
+        })
+        .collect()
+}
+
+pub fn config_share(req: pb::ShareConfigurationRequest) -> Result<ConfigShare> {
+    text("recommendation", &req.recommendation, MAX_TEXT_LEN)?;
+    if req.data_points > MAX_DATA_POINTS {
+        return Err(Error::invalid(
+            "data_points",
+            format!("must be at most {MAX_DATA_POINTS}, got {}", req.data_points),
+        ));
+    }
+    list_len("alternatives", req.alternatives.len())?;
+    let alternatives = req
+        .alternatives
+        .iter()
+        .enumerate()
+        .map(|(n, a)| {
+            name(&format!("alternatives[{n}].name"), &a.name)?;
+            Ok(ConfigAlternative {
+                name: a.name.clone(),
+                effectiveness: unit(&format!("alternatives[{n}].effectiveness"), a.effectiveness)?,
+                risk: unit(&format!("alternatives[{n}].risk"), a.risk)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(ConfigShare {
+        context: context("context", &req.context)?,
+        parameters: parameters_in("parameters", &req.parameters)?,
+        effectiveness: unit("effectiveness", req.effectiveness)?,
+        data_points: req.data_points.max(1),
+        recommendation: req.recommendation,
+        alternatives,
+    })
+}
+
+pub fn bootstrap_context(req: &pb::BootstrapRequest) -> Result<Attributes> {
+    context("context", &req.context)
+}
+
+// ---------------------------------------------------------------------------
+// Outbound
+// ---------------------------------------------------------------------------
+
+pub fn instance(i: &Instance) -> pb::Instance {
+    pb::Instance {
+        instance_id: i.instance_id.clone(),
+        region: i.region.clone(),
+        context: i.context.clone(),
+        capabilities: i.capabilities.clone(),
+        registered_at: Some(timestamp(i.registered_at)),
+        last_seen: Some(timestamp(i.last_seen)),
+        shared_records: i.shared_records,
+    }
+}
+
+pub fn instance_page(page: InstancePage) -> pb::ListInstancesResponse {
+    pb::ListInstancesResponse {
+        instances: page.instances.iter().map(|i| instance(i)).collect(),
+        instances_by_region: page.by_region,
+        total: page.total,
+        next_after_instance_id: page.next_after.unwrap_or_default(),
+    }
+}
+
+fn metric_states(m: &Metrics) -> BTreeMap<String, pb::MetricState> {
+    m.iter()
+        .map(|(k, s)| {
+            (
+                k.clone(),
+                pb::MetricState {
+                    value: s.value,
+                    stuck: s.stuck,
+                },
+            )
+        })
+        .collect()
+}
+
+pub fn pattern(p: &Pattern) -> pb::Pattern {
+    pb::Pattern {
+        id: p.id.clone(),
+        signature: p.signature.clone(),
+        metrics: metric_states(&p.metrics),
+        cycles_until_plateau: p.cycles_until_plateau.mean,
+        recovery_strategies: p
+            .ranked_recovery()
+            .into_iter()
+            .map(|(strategy, stat)| pb::RecoveryStrategy {
+                strategy: strategy.to_string(),
+                suggested: stat.suggested,
+                successes: stat.successes,
+                failures: stat.failures,
+                success_rate: stat.success_rate(),
+            })
+            .collect(),
+        effectiveness: Some(pb::PatternEffectiveness {
+            success: p.successes,
+            failure: p.failures,
+        }),
+        environment: p.environment.clone(),
+        instances: p.instances.iter().cloned().collect(),
+        first_seen: Some(timestamp(p.first_seen)),
+        last_seen: Some(timestamp(p.last_seen)),
+        frequency: p.frequency,
+    }
+}
+
+pub fn pattern_match(m: &PatternMatch<Arc<Pattern>>) -> pb::PatternMatch {
+    pb::PatternMatch {
+        pattern: Some(pattern(&m.pattern)),
+        exact: m.exact,
+        similarity: m.similarity,
+        confidence: m.confidence,
+    }
+}
+
+fn running_stats(s: &RunningStats) -> pb::RunningStats {
+    pb::RunningStats {
+        count: s.count,
+        mean: s.mean,
+        min: s.min,
+        max: s.max,
+        std_dev: s.std_dev(),
+    }
+}
+
+fn failure_mode(condition: &str, stats: &crate::domain::model::ConditionStats) -> pb::FailureMode {
+    pb::FailureMode {
+        condition: condition.to_string(),
+        applications: stats.applications,
+        failures: stats.failures,
+        failure_rate: stats.failure_rate(),
+    }
+}
+
+pub fn strategy_record(r: &StrategyRecord) -> pb::StrategyRecord {
+    pb::StrategyRecord {
+        strategy: r.strategy.clone(),
+        metric: r.metric.clone(),
+        context_key: r.context_key.clone(),
+        applications: r.applications,
+        successes: r.successes,
+        success_rate: r.success_rate(),
+        improvement: Some(running_stats(&r.improvement)),
+        regression: Some(running_stats(&r.regression)),
+        failure_modes: r
+            .ranked_failure_modes()
+            .into_iter()
+            .map(|(c, s)| failure_mode(c, s))
+            .collect(),
+        instances: r.instances.clone(),
+        first_seen: Some(timestamp(r.first_seen)),
+        last_updated: Some(timestamp(r.last_updated)),
+    }
+}
+
+pub fn recommendation(r: &Recommendation) -> pb::StrategyRecommendation {
+    pb::StrategyRecommendation {
+        strategy: r.strategy.clone(),
+        confidence: r.confidence,
+        expected_delta: r.expected_delta,
+        success_rate: r.success_rate,
+        applications: r.applications,
+        improvement: Some(running_stats(&r.improvement)),
+        failure_modes: r
+            .failure_modes
+            .iter()
+            .map(|(c, s)| failure_mode(c, s))
+            .collect(),
+        scope: match r.scope {
+            Scope::Context => pb::EvidenceScope::Context,
+            Scope::Fleet => pb::EvidenceScope::Fleet,
+        } as i32,
+        metric: r.metric.clone(),
+    }
+}
+
+pub fn combination(c: &Combination) -> pb::GetOptimalCombinationResponse {
+    pb::GetOptimalCombinationResponse {
+        steps: c
+            .steps
+            .iter()
+            .map(|s| pb::CombinationStep {
+                strategy: s.strategy.clone(),
+                metric: s.metric.clone(),
+                expected_delta: s.expected_delta,
+                confidence: s.confidence,
+            })
+            .collect(),
+        strategies: c.steps.iter().map(|s| s.strategy.clone()).collect(),
+        expected_total_delta: c.expected_total_delta,
+        confidence: c.confidence,
+    }
+}
+
+fn category(c: InsightCategory) -> pb::InsightCategory {
+    match c {
+        InsightCategory::Configuration => pb::InsightCategory::Configuration,
+        InsightCategory::Timing => pb::InsightCategory::Timing,
+        InsightCategory::Sequence => pb::InsightCategory::Sequence,
+        InsightCategory::Fallback => pb::InsightCategory::Fallback,
+        InsightCategory::Context => pb::InsightCategory::Context,
+        InsightCategory::Prediction => pb::InsightCategory::Prediction,
+    }
+}
+
+pub fn insight(i: &Insight) -> pb::Insight {
+    let d = &i.draft;
+    pb::Insight {
+        id: i.id.clone(),
+        sequence: i.sequence,
+        category: category(d.category) as i32,
+        title: d.title.clone(),
+        insight: d.insight.clone(),
+        evidence: Some(pb::InsightEvidence {
+            data_points: d.evidence.data_points,
+            correlation_strength: d.evidence.correlation_strength,
+            instances_covered: d.evidence.instances_covered,
+            improvement_observed: d.evidence.improvement_observed,
+        }),
+        applicable_contexts: d
+            .applicable_contexts
+            .iter()
+            .map(|c| pb::ApplicableContext {
+                context: c.context.clone(),
+                threshold: c.threshold.clone(),
+            })
+            .collect(),
+        effectiveness: d.effectiveness,
+        risk: d.risk,
+        recommendation: d.recommendation.clone(),
+        alternatives: d
+            .alternatives
+            .iter()
+            .map(|a| pb::InsightAlternative {
+                insight: a.insight.clone(),
+                effectiveness: a.effectiveness,
+            })
+            .collect(),
+        created_at: Some(timestamp(i.created_at)),
+        valid_until: Some(timestamp(i.valid_until)),
+    }
+}
+
+fn failure_type(t: FailureType) -> pb::FailureType {
+    match t {
+        FailureType::MetricReversal => pb::FailureType::MetricReversal,
+        FailureType::Deadlock => pb::FailureType::Deadlock,
+        FailureType::Cascade => pb::FailureType::Cascade,
+        FailureType::RecoveryFail => pb::FailureType::RecoveryFail,
+    }
+}
+
+pub fn failure(f: &FailurePattern) -> pb::FailurePattern {
+    pb::FailurePattern {
+        id: f.id.clone(),
+        failure_type: failure_type(f.failure_type) as i32,
+        triggers: f.triggers.clone(),
+        occurrences: f.occurrences,
+        context: Some(pb::FailureContext {
+            metric: f.metric.clone(),
+            strategy: f.strategy.clone(),
+        }),
+        recovery: f
+            .ranked_recovery()
+            .into_iter()
+            .map(|(method, s)| pb::RecoveryMethod {
+                method: method.to_string(),
+                attempts: s.attempts,
+                successes: s.successes,
+                success_rate: s.success_rate(),
+                mean_cycles_to_recover: s.cycles.mean,
+            })
+            .collect(),
+        prevention: f.prevention.clone(),
+        instances: f.instances.iter().cloned().collect(),
+        first_seen: Some(timestamp(f.first_seen)),
+        last_seen: Some(timestamp(f.last_seen)),
+    }
+}
+
+pub fn warning(w: &Warning<Arc<FailurePattern>>) -> pb::ActionWarning {
+    pb::ActionWarning {
+        failure: Some(failure(&w.failure)),
+        failure_rate: w.failure_rate,
+        prevention: w.failure.prevention.clone(),
+        message: w.message.clone(),
+    }
+}
+
+fn parameter_value(v: &ParamValue) -> Value {
+    Value {
+        kind: Some(match v {
+            ParamValue::Number(n) => Kind::NumberValue(*n),
+            ParamValue::Text(s) => Kind::StringValue(s.clone()),
+            ParamValue::Flag(b) => Kind::BoolValue(*b),
+        }),
+    }
+}
+
+fn parameters_out(p: &Parameters) -> BTreeMap<String, Value> {
+    p.iter()
+        .map(|(k, v)| (k.clone(), parameter_value(v)))
+        .collect()
+}
+
+pub fn configuration(c: &Configuration) -> pb::Configuration {
+    pb::Configuration {
+        id: c.id.clone(),
+        context: c.context.clone(),
+        context_key: c.context_key.clone(),
+        parameters: parameters_out(&c.parameters),
+        effectiveness: c.effectiveness,
+        applicable_instances: c.instances.len() as u32,
+        based_on_data_points: c.data_points,
+        recommendation: c.recommendation.clone(),
+        alternatives: c
+            .alternatives
+            .iter()
+            .map(|a| pb::ConfigAlternative {
+                name: a.name.clone(),
+                effectiveness: a.effectiveness,
+                risk: a.risk,
+            })
+            .collect(),
+        validated: c.validated,
+        validation_date: c.validation_date.map(timestamp),
+        last_updated: Some(timestamp(c.last_updated)),
+    }
+}
+
+pub fn bootstrap(b: &Bootstrap) -> pb::BootstrapConfig {
+    pb::BootstrapConfig {
+        parameters: parameters_out(&b.parameters),
+        source: if b.configuration.is_some() {
+            pb::ConfigSource::Fleet
+        } else {
+            pb::ConfigSource::Default
+        } as i32,
+        configuration: b.configuration.as_deref().map(configuration),
+        proven_strategies: b.proven_strategies.iter().map(recommendation).collect(),
+    }
+}
+
+pub fn status(s: &HubStatus) -> pb::GetStatusResponse {
+    pb::GetStatusResponse {
+        version: s.version.to_string(),
+        started_at: Some(timestamp(s.started_at)),
+        uptime_seconds: s.uptime_seconds,
+        instances: s.instances,
+        patterns: s.patterns,
+        strategy_records: s.strategy_records,
+        strategy_outcomes: s.strategy_outcomes,
+        insights: s.insights,
+        failures: s.failures,
+        configurations: s.configurations,
+        live_subscribers: s.live_subscribers,
+        last_insight_sequence: s.last_insight_sequence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_including_before_epoch() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(millis("t", &timestamp(ms)).unwrap(), ms);
+        }
+        assert!(
+            millis(
+                "t",
+                &Timestamp {
+                    seconds: 0,
+                    nanos: -1
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn parameters_reject_nested_values() {
+        let nested = Value {
+            kind: Some(Kind::ListValue(prost_types::ListValue { values: vec![] })),
+        };
+        let err = parameter("parameters[x]", &nested).unwrap_err().to_string();
+        assert!(err.starts_with("parameters[x]:"), "{err}");
+        assert!(
+            parameter(
+                "p",
+                &Value {
+                    kind: Some(Kind::NumberValue(f64::NAN))
+                }
+            )
+            .is_err()
+        );
+        assert_eq!(
+            parameter(
+                "p",
+                &Value {
+                    kind: Some(Kind::BoolValue(true))
+                }
+            )
+            .unwrap(),
+            ParamValue::Flag(true)
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_named() {
+        let err = category_filter(99).unwrap_err().to_string();
+        assert_eq!(err, "category: unknown value 99");
+        assert_eq!(category_filter(0).unwrap(), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! The gRPC face of the hub: one thin handler per RPC. Each handler takes
+//! the caller's identity (put there by the auth layer), validates and
+//! converts the request ([`convert`]), calls the hub core, and converts the
+//! answer back. Errors become a `tonic::Status` through the crate's single
+//! `From<Error> for Status`.
+
+pub mod convert;
+
+use std::{pin::Pin, sync::Arc};
+
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::auth::Identity;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::pb;
+
+/// Implements `learninghub.v1.Hub` over a [`Hub`].
+#[derive(Clone)]
+pub struct HubService {
+    hub: Arc<Hub>,
+}
+
+impl HubService {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        HubService { hub }
+    }
+
+    /// The generated tonic server, with the hub's message size limit.
+    pub fn into_server(self, max_message_bytes: usize) -> pb::hub_server::HubServer<Self> {
+        pb::hub_server::HubServer::new(self)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes)
+    }
+}
+
+/// The authenticated caller.
+fn caller<T>(request: &Request<T>) -> Result<&Identity> {
+    request
+        .extensions()
+        .get::<Identity>()
+        .ok_or_else(|| Error::Unauthenticated("no authenticated identity".into()))
+}
+
+/// The calling instance's id (the policy already refused non-instances).
+fn calling_instance<T>(request: &Request<T>) -> Result<String> {
+    let identity = caller(request)?;
+    identity
+        .instance_id()
+        .map(str::to_string)
+        .ok_or_else(|| Error::PermissionDenied(format!("{identity} is not an instance")))
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+fn reply<T>(message: T) -> Reply<T> {
+    Ok(Response::new(message))
+}
+
+#[tonic::async_trait]
+impl pb::hub_server::Hub for HubService {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Reply<pb::RegisterResponse> {
+        let caller = calling_instance(&request)?;
+        let registration = convert::registration(request.into_inner())?;
+        let (instance, newly_registered, bootstrap) =
+            self.hub.register(&caller, registration).await?;
+        reply(pb::RegisterResponse {
+            instance: Some(convert::instance(&instance)),
+            bootstrap: Some(convert::bootstrap(&bootstrap)),
+            newly_registered,
+        })
+    }
+
+    async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Reply<pb::GetStatusResponse> {
+        reply(convert::status(&self.hub.status()))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Reply<pb::ListInstancesResponse> {
+        let req = request.into_inner();
+        let region = convert::name_filter("region", &req.region)?;
+        let after = convert::name_filter("after_instance_id", &req.after_instance_id)?;
+        let limit = crate::validate::limit("limit", req.limit, 100, 1000)?;
+        reply(convert::instance_page(
+            self.hub.list_instances(region, after, limit),
+        ))
+    }
+
+    async fn share_pattern(
+        &self,
+        request: Request<pb::SharePatternRequest>,
+    ) -> Reply<pb::SharePatternResponse> {
+        let caller = calling_instance(&request)?;
+        let share = convert::pattern_share(request.into_inner())?;
+        let (pattern, new_pattern) = self.hub.share_pattern(&caller, share).await?;
+        reply(pb::SharePatternResponse {
+            pattern: Some(convert::pattern(&pattern)),
+            new_pattern,
+        })
+    }
+
+    async fn get_patterns(
+        &self,
+        request: Request<pb::GetPatternsRequest>,
+    ) -> Reply<pb::GetPatternsResponse> {
+        let (metrics, environment, limit) = convert::pattern_query(request.get_ref())?;
+        let matches = self.hub.get_patterns(&metrics, &environment, limit);
+        reply(pb::GetPatternsResponse {
+            matches: matches.iter().map(convert::pattern_match).collect(),
+        })
+    }
+
+    async fn record_pattern_outcome(
+        &self,
+        request: Request<pb::RecordPatternOutcomeRequest>,
+    ) -> Reply<pb::RecordPatternOutcomeResponse> {
+        let caller = calling_instance(&request)?;
+        let (id, success, strategy) = convert::pattern_outcome(request.into_inner())?;
+        let pattern = self
+            .hub
+            .record_pattern_outcome(&caller, id, success, strategy)
+            .await?;
+        reply(pb::RecordPatternOutcomeResponse {
+            pattern: Some(convert::pattern(&pattern)),
+        })
+    }
+
+    async fn share_strategy(
+        &self,
+        request: Request<pb::ShareStrategyRequest>,
+    ) -> Reply<pb::ShareStrategyResponse> {
+        let caller = calling_instance(&request)?;
+        let share = convert::strategy_share(request.into_inner())?;
+        let (outcome_sequence, record) = self.hub.share_strategy(&caller, share).await?;
+        reply(pb::ShareStrategyResponse {
+            outcome_sequence,
+            record: Some(convert::strategy_record(&record)),
+        })
+    }
+
+    async fn get_strategies(
+        &self,
+        request: Request<pb::GetStrategiesRequest>,
+    ) -> Reply<pb::GetStrategiesResponse> {
+        let q = convert::strategies_query(request.into_inner())?;
+        let ranked = self.hub.get_strategies(
+            &q.metric,
+            &q.context,
+            Some(q.current_value),
+            q.budget,
+            q.limit,
+        );
+        reply(pb::GetStrategiesResponse {
+            recommendations: ranked.iter().map(convert::recommendation).collect(),
+        })
+    }
+
+    async fn get_optimal_combination(
+        &self,
+        request: Request<pb::GetOptimalCombinationRequest>,
+    ) -> Reply<pb::GetOptimalCombinationResponse> {
+        let (metrics, context, budget) = convert::combination_query(request.get_ref())?;
+        reply(convert::combination(
+            &self.hub.optimal_combination(&metrics, &context, budget),
+        ))
+    }
+
+    async fn share_insight(
+        &self,
+        request: Request<pb::ShareInsightRequest>,
+    ) -> Reply<pb::ShareInsightResponse> {
+        let caller = calling_instance(&request)?;
+        let draft = convert::insight_draft(request.into_inner().insight)?;
+        let (insight, duplicate) = self.hub.share_insight(&caller, draft).await?;
+        reply(pb::ShareInsightResponse {
+            insight: Some(convert::insight(&insight)),
+            duplicate,
+        })
+    }
+
+    async fn get_insights(
+        &self,
+        request: Request<pb::GetInsightsRequest>,
+    ) -> Reply<pb::GetInsightsResponse> {
+        let req = request.into_inner();
+        let category = convert::category_filter(req.category)?;
+        let context = convert::name_filter("context", &req.context)?;
+        let limit = crate::validate::limit("limit", req.limit, 10, 1000)?;
+        let insights = self.hub.get_insights(category, context, limit);
+        reply(pb::GetInsightsResponse {
+            insights: insights.iter().map(|i| convert::insight(i)).collect(),
+        })
+    }
+
+    type SubscribeInsightsStream = Pin<
+        Box<dyn Stream<Item = std::result::Result<pb::SubscribeInsightsResponse, Status>> + Send>,
+    >;
+
+    async fn subscribe_insights(
+        &self,
+        request: Request<pb::SubscribeInsightsRequest>,
+    ) -> Reply<Self::SubscribeInsightsStream> {
+        let req = request.into_inner();
+        let category = convert::category_filter(req.category)?;
+        let insights = self.hub.subscribe_insights(req.after_sequence, category)?;
+        let stream = ReceiverStream::new(insights).map(|item| match item {
+            Ok(insight) => Ok(pb::SubscribeInsightsResponse {
+                insight: Some(convert::insight(&insight)),
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        reply(Box::pin(stream))
+    }
+
+    async fn share_failure(
+        &self,
+        request: Request<pb::ShareFailureRequest>,
+    ) -> Reply<pb::ShareFailureResponse> {
+        let caller = calling_instance(&request)?;
+        let report = convert::failure_report(request.into_inner())?;
+        let failure = self.hub.share_failure(&caller, report).await?;
+        reply(pb::ShareFailureResponse {
+            failure: Some(convert::failure(&failure)),
+        })
+    }
+
+    async fn get_failures(
+        &self,
+        request: Request<pb::GetFailuresRequest>,
+    ) -> Reply<pb::GetFailuresResponse> {
+        let req = request.into_inner();
+        let failure_type = convert::failure_type_filter(req.failure_type)?;
+        let metric = convert::name_filter("metric", &req.metric)?;
+        let strategy = convert::name_filter("strategy", &req.strategy)?;
+        let limit = crate::validate::limit("limit", req.limit, 10, 1000)?;
+        let failures = self.hub.get_failures(failure_type, metric, strategy, limit);
+        reply(pb::GetFailuresResponse {
+            failures: failures.iter().map(|f| convert::failure(f)).collect(),
+        })
+    }
+
+    async fn check_action(
+        &self,
+        request: Request<pb::CheckActionRequest>,
+    ) -> Reply<pb::CheckActionResponse> {
+        let req = request.get_ref();
+        let metrics = convert::action_check(req)?;
+        let warnings = self.hub.check_action(&req.strategy, &req.metric, &metrics);
+        reply(pb::CheckActionResponse {
+            safe: warnings.is_empty(),
+            warnings: warnings.iter().map(convert::warning).collect(),
+        })
+    }
+
+    async fn share_configuration(
+        &self,
+        request: Request<pb::ShareConfigurationRequest>,
+    ) -> Reply<pb::ShareConfigurationResponse> {
+        let caller = calling_instance(&request)?;
+        let share = convert::config_share(request.into_inner())?;
+        let configuration = self.hub.share_configuration(&caller, share).await?;
+        reply(pb::ShareConfigurationResponse {
+            configuration: Some(convert::configuration(&configuration)),
+        })
+    }
+
+    async fn bootstrap(
+        &self,
+        request: Request<pb::BootstrapRequest>,
+    ) -> Reply<pb::BootstrapResponse> {
+        let caller = caller(&request)?.instance_id().map(str::to_string);
+        let context = convert::bootstrap_context(request.get_ref())?;
+        let bootstrap = self.hub.bootstrap(caller.as_deref(), context);
+        reply(pb::BootstrapResponse {
+            config: Some(convert::bootstrap(&bootstrap)),
+        })
+    }
+}

@@ -1,0 +1,131 @@
+//! Who is calling. An identity comes from the client certificate the TLS
+//! handshake verified: its URI SAN `spiffe://learning-hub/instance/<id>`
+//! names an instance, `spiffe://learning-hub/operator/<name>` an operator.
+//! Nothing a client puts in a request can change it.
+
+use std::fmt;
+
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+/// The URI prefix every hub identity starts with.
+pub const SPIFFE_PREFIX: &str = "spiffe://learning-hub/";
+
+/// What a caller may do depends on its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// An ML/agent instance: shares its own records, reads aggregates.
+    Instance,
+    /// A person or tool operating the hub.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Instance => "instance",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub role: Role,
+    /// The instance id or operator name.
+    pub name: String,
+}
+
+impl Identity {
+    pub fn instance(id: impl Into<String>) -> Self {
+        Identity {
+            role: Role::Instance,
+            name: id.into(),
+        }
+    }
+
+    pub fn operator(name: impl Into<String>) -> Self {
+        Identity {
+            role: Role::Operator,
+            name: name.into(),
+        }
+    }
+
+    /// The SPIFFE-style URI that carries this identity in a certificate.
+    pub fn uri(&self) -> String {
+        format!("{SPIFFE_PREFIX}{}/{}", self.role.as_str(), self.name)
+    }
+
+    /// Parses a URI made by [`Identity::uri`].
+    pub fn from_uri(uri: &str) -> Option<Identity> {
+        let rest = uri.strip_prefix(SPIFFE_PREFIX)?;
+        let (role, name) = rest.split_once('/')?;
+        crate::validate::name("identity", name).ok()?;
+        match role {
+            "instance" => Some(Identity::instance(name)),
+            "operator" => Some(Identity::operator(name)),
+            _ => None,
+        }
+    }
+
+    /// The identity in a DER certificate's URI SANs. The certificate's
+    /// chain must already have been verified.
+    pub fn from_certificate(der: &[u8]) -> Result<Identity, String> {
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| format!("cannot parse client certificate: {e}"))?;
+        let sans = cert
+            .subject_alternative_name()
+            .map_err(|e| format!("bad subjectAltName extension: {e}"))?;
+        let uris = sans
+            .iter()
+            .flat_map(|ext| ext.value.general_names.iter())
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
+        let mut found = None;
+        for uri in uris {
+            if let Some(identity) = Identity::from_uri(uri) {
+                if found.is_some() {
+                    return Err("client certificate carries more than one hub identity".into());
+                }
+                found = Some(identity);
+            }
+        }
+        found.ok_or_else(|| {
+            format!(
+                "client certificate carries no {SPIFFE_PREFIX}instance/<id> or operator/<name> URI"
+            )
+        })
+    }
+
+    pub fn instance_id(&self) -> Option<&str> {
+        (self.role == Role::Instance).then_some(self.name.as_str())
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.role.as_str(), self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_round_trip() {
+        let id = Identity::instance("us-east-1");
+        assert_eq!(id.uri(), "spiffe://learning-hub/instance/us-east-1");
+        assert_eq!(Identity::from_uri(&id.uri()), Some(id));
+        let op = Identity::operator("alice");
+        assert_eq!(Identity::from_uri(&op.uri()), Some(op));
+        assert_eq!(Identity::from_uri("spiffe://learning-hub/admin/x"), None);
+        assert_eq!(Identity::from_uri("spiffe://other/instance/x"), None);
+        assert_eq!(
+            Identity::from_uri("spiffe://learning-hub/instance/a b"),
+            None
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Which role may call which RPC. Instances write their own records and
+//! read aggregates; operators read everything but share nothing (they are
+//! not instances, and a record must be attributable to the instance whose
+//! learning it describes). Health and reflection are open to any
+//! authenticated peer.
+
+use super::identity::{Identity, Role};
+use crate::error::{Error, Result};
+
+/// The Hub RPCs that add to the fleet's knowledge.
+const INSTANCE_ONLY: &[&str] = &[
+    "Register",
+    "SharePattern",
+    "RecordPatternOutcome",
+    "ShareStrategy",
+    "ShareInsight",
+    "ShareFailure",
+    "ShareConfiguration",
+];
+
+const HUB_SERVICE: &str = "learninghub.v1.Hub";
+
+/// Decides whether `identity` may call the gRPC method at `path`
+/// (`/package.Service/Method`).
+pub fn authorize(path: &str, identity: &Identity) -> Result<()> {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if service == HUB_SERVICE && INSTANCE_ONLY.contains(&method) && identity.role != Role::Instance
+    {
+        return Err(Error::PermissionDenied(format!(
+            "{method} is for instances; {identity} cannot call it"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operators_read_but_do_not_share() {
+        let op = Identity::operator("ops");
+        let inst = Identity::instance("a");
+        for method in INSTANCE_ONLY {
+            let path = format!("/learninghub.v1.Hub/{method}");
+            assert!(authorize(&path, &inst).is_ok());
+            assert!(matches!(
+                authorize(&path, &op),
+                Err(Error::PermissionDenied(_))
+            ));
+        }
+        for path in [
+            "/learninghub.v1.Hub/GetStrategies",
+            "/learninghub.v1.Hub/SubscribeInsights",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert!(authorize(path, &op).is_ok(), "{path}");
+            assert!(authorize(path, &inst).is_ok(), "{path}");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Server configuration: where data and certificates live, transport
+//! limits, and the hub core's tunables. Defaults are what a development
+//! hub needs; the CLI (and tests) override fields.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::error::{Error, Result};
+use crate::hub::HubSettings;
+
+/// The seed's port.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:3015";
+
+/// Limits that protect the server from oversized, idle and hostile peers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request or response message.
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_concurrent_streams: u32,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time allowed to complete a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 ping interval on idle connections, to find dead peers.
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout: Duration,
+    /// How long shutdown waits for in-flight calls before closing anyway.
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_streams: 1024,
+            max_connections: 10_000,
+            tls_handshake_timeout: Duration::from_secs(10),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything `server::run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where `main` binds (informational for `run`, which takes a listener).
+    pub listen: SocketAddr,
+    /// The sled database directory.
+    pub data_dir: PathBuf,
+    /// `ca.pem`, `server.pem`, `server.key` (and the dev CA key).
+    pub certs_dir: PathBuf,
+    /// Generate a development PKI in `certs_dir` when it has no CA.
+    pub generate_dev_pki: bool,
+    /// Serve plaintext without client certificates. Development only.
+    pub insecure_dev: bool,
+    pub limits: Limits,
+    pub hub: HubSettings,
+}
+
+impl Config {
+    /// Defaults with the given directories.
+    pub fn new(data_dir: impl Into<PathBuf>, certs_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            data_dir: data_dir.into(),
+            certs_dir: certs_dir.into(),
+            generate_dev_pki: true,
+            insecure_dev: false,
+            limits: Limits::default(),
+            hub: HubSettings::default(),
+        }
+    }
+
+    /// Checks values no server could run with.
+    pub fn validate(&self) -> Result<()> {
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return Err(Error::invalid("max_message_bytes", "must be at least 1024"));
+        }
+        if l.max_concurrent_streams == 0 || l.max_connections == 0 {
+            return Err(Error::invalid(
+                "limits",
+                "stream and connection limits must be positive",
+            ));
+        }
+        if self.hub.insight_ttl_ms <= 0 || self.hub.insight_ttl_ms > self.hub.max_insight_ttl_ms {
+            return Err(Error::invalid(
+                "insight_ttl",
+                "must be positive and within the maximum TTL",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! The hub's knowledge as plain Rust: records ([`model`]), the statistics
+//! they are built from ([`stats`]) and the pure logic that answers queries
+//! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`]). Nothing
+//! here does I/O or knows about gRPC, so all of it is unit-tested directly.
+
+pub mod bootstrap;
+pub mod matching;
+pub mod model;
+pub mod prevention;
+pub mod recommend;
+pub mod stats;

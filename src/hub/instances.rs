@@ -1,0 +1,84 @@
+//! Instance registration and the fleet listing.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::{Bootstrap, Hub};
+use crate::domain::model::{Instance, Registration};
+use crate::error::{Error, Result};
+
+/// One page of ListInstances.
+#[derive(Debug, Clone)]
+pub struct InstancePage {
+    pub instances: Vec<Arc<Instance>>,
+    pub by_region: BTreeMap<String, u64>,
+    pub total: u64,
+    /// Id to continue after; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+impl Hub {
+    /// Registers `caller` (or refreshes its record) and picks its bootstrap
+    /// configuration. The id in the request must be the caller's own.
+    pub async fn register(
+        &self,
+        caller: &str,
+        registration: Registration,
+    ) -> Result<(Arc<Instance>, bool, Bootstrap)> {
+        if registration.instance_id != caller {
+            return Err(Error::PermissionDenied(format!(
+                "instance_id {:?} does not match the client certificate's identity {caller:?}",
+                registration.instance_id
+            )));
+        }
+        let (instance, new) = self
+            .write(move |txn| {
+                let existing = txn.instance(&registration.instance_id);
+                let instance = Instance {
+                    registered_at: existing.as_ref().map_or(txn.now, |e| e.registered_at),
+                    shared_records: existing.as_ref().map_or(0, |e| e.shared_records),
+                    last_seen: txn.now,
+                    instance_id: registration.instance_id,
+                    region: registration.region,
+                    context: registration.context,
+                    capabilities: registration.capabilities,
+                };
+                Ok((txn.put_instance(instance), existing.is_none()))
+            })
+            .await?;
+        let bootstrap = self.bootstrap_for(&instance.context);
+        Ok((instance, new, bootstrap))
+    }
+
+    /// Instances in id order after `after`, optionally in one region.
+    pub fn list_instances(
+        &self,
+        region: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> InstancePage {
+        let state = self.state();
+        let mut by_region = BTreeMap::new();
+        for instance in state.instances.values() {
+            *by_region.entry(instance.region.clone()).or_insert(0) += 1;
+        }
+        let start = after.map_or(std::ops::Bound::Unbounded, |a| {
+            std::ops::Bound::Excluded(a.to_string())
+        });
+        let mut matching = state
+            .instances
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, i)| i)
+            .filter(|i| region.is_none_or(|r| i.region == r));
+        let instances: Vec<_> = matching.by_ref().take(limit).cloned().collect();
+        let next_after = match matching.next() {
+            Some(_) => instances.last().map(|i| i.instance_id.clone()),
+            None => None,
+        };
+        InstancePage {
+            instances,
+            by_region,
+            total: state.instances.len() as u64,
+            next_after,
+        }
+    }
+}

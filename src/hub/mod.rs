@@ -1,0 +1,255 @@
+//! The hub's core: what happens when an instance shares something or asks
+//! for collective knowledge, independent of gRPC.
+//!
+//! [`Hub`] owns the in-memory [`State`] (read by queries under a short read
+//! lock), the [`Writer`] thread that makes changes durable in group commits,
+//! and the [`InsightBus`] that fans new insights out to subscribers. The
+//! operations live in one file per area (`instances`, `patterns`,
+//! `strategies`, `insights`, `failures`, `configs`); each write is a closure
+//! run by the writer against a [`Txn`], each read a pure function from
+//! `domain` applied to the state.
+
+mod configs;
+mod failures;
+mod insights;
+mod instances;
+mod patterns;
+pub mod state;
+mod strategies;
+mod writer;
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::{mpsc, watch};
+
+pub use configs::Bootstrap;
+pub use instances::InstancePage;
+pub use state::{State, Txn};
+
+use crate::clock::Clock;
+use crate::domain::model::{Insight, InsightCategory, UnixMillis};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::stream::{InsightBus, InsightLog};
+use writer::Writer;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Tunables of the hub core.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Validity of an insight shared without `valid_until`.
+    pub insight_ttl_ms: i64,
+    /// The furthest ahead a shared `valid_until` may lie.
+    pub max_insight_ttl_ms: i64,
+    /// Insights the live broadcast buffers; a subscriber further behind
+    /// catches up from the store.
+    pub broadcast_capacity: usize,
+    /// Insights buffered per subscriber between its task and its client.
+    pub subscriber_buffer: usize,
+    /// Write requests that may wait for the writer.
+    pub writer_queue: usize,
+    /// Requests folded into one group commit at most.
+    pub max_batch: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        HubSettings {
+            insight_ttl_ms: 7 * DAY_MS,
+            max_insight_ttl_ms: 30 * DAY_MS,
+            broadcast_capacity: 1024,
+            subscriber_buffer: 64,
+            writer_queue: 4096,
+            max_batch: 512,
+        }
+    }
+}
+
+/// What the writer thread and the request handlers share.
+pub(crate) struct Shared {
+    state: RwLock<State>,
+    store: Store,
+    bus: InsightBus,
+    clock: Arc<dyn Clock>,
+    settings: HubSettings,
+}
+
+impl Shared {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere while writing; the
+        // state itself is replaced whole per record, so it stays usable.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl InsightLog for Shared {
+    fn read_after(&self, after: u64, up_to: u64, max: usize) -> Vec<Arc<Insight>> {
+        if after >= up_to {
+            return Vec::new();
+        }
+        let now = self.clock.now();
+        self.read_state()
+            .insights
+            .range(after + 1..=up_to)
+            .map(|(_, i)| i)
+            .filter(|i| i.is_valid_at(now))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Counts and facts for GetStatus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubStatus {
+    pub version: &'static str,
+    pub started_at: UnixMillis,
+    pub uptime_seconds: u64,
+    pub instances: u64,
+    pub patterns: u64,
+    pub strategy_records: u64,
+    pub strategy_outcomes: u64,
+    pub insights: u64,
+    pub failures: u64,
+    pub configurations: u64,
+    pub live_subscribers: u64,
+    pub last_insight_sequence: u64,
+}
+
+/// The hub core. Cheap to share behind an `Arc`.
+pub struct Hub {
+    shared: Arc<Shared>,
+    writer: Writer,
+    started_at: UnixMillis,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Hub {
+    /// Loads the state from `store` and starts the writer.
+    pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
+        let state = State::from_snapshot(store.load()?);
+        tracing::info!(
+            instances = state.instances.len(),
+            patterns = state.patterns.len(),
+            strategy_records = state.strategies.len(),
+            insights = state.insights.len(),
+            failures = state.failures.len(),
+            configurations = state.configs.len(),
+            "state loaded"
+        );
+        let started_at = clock.now();
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            store,
+            bus: InsightBus::new(settings.broadcast_capacity),
+            clock,
+            settings,
+        });
+        let writer = Writer::spawn(
+            shared.clone(),
+            shared.settings.writer_queue,
+            shared.settings.max_batch,
+        )?;
+        Ok(Arc::new(Hub {
+            shared,
+            writer,
+            started_at,
+            shutdown: watch::channel(false).0,
+        }))
+    }
+
+    /// Ends every insight stream (clients get UNAVAILABLE with their resume
+    /// sequence). Writes keep working until [`Hub::close`].
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Finishes queued writes, flushes the store and stops the writer.
+    pub async fn close(&self) -> Result<()> {
+        self.begin_shutdown();
+        self.writer.stop().await
+    }
+
+    pub fn now(&self) -> UnixMillis {
+        self.shared.clock.now()
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.shared.read_state()
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Opens an insight stream (see [`crate::stream`]).
+    pub fn subscribe_insights(
+        &self,
+        after: u64,
+        category: Option<InsightCategory>,
+    ) -> Result<mpsc::Receiver<Result<Arc<Insight>>>> {
+        let shutdown = self.shutdown.subscribe();
+        if *shutdown.borrow() {
+            return Err(Error::Unavailable("hub is shutting down".into()));
+        }
+        Ok(self.shared.bus.subscribe(
+            self.shared.clone(),
+            after,
+            category,
+            shutdown,
+            self.shared.settings.subscriber_buffer,
+        ))
+    }
+
+    pub fn status(&self) -> HubStatus {
+        let now = self.now();
+        let state = self.state();
+        HubStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at,
+            uptime_seconds: (now - self.started_at).max(0) as u64 / 1000,
+            instances: state.instances.len() as u64,
+            patterns: state.patterns.len() as u64,
+            strategy_records: state.strategies.len() as u64,
+            strategy_outcomes: state.outcome_sequence,
+            insights: state
+                .insights
+                .values()
+                .filter(|i| i.is_valid_at(now))
+                .count() as u64,
+            failures: state.failures.len() as u64,
+            configurations: state.configs.len() as u64,
+            live_subscribers: self
+                .shared
+                .bus
+                .stats()
+                .live
+                .load(std::sync::atomic::Ordering::SeqCst),
+            last_insight_sequence: state.insight_sequence,
+        }
+    }
+}
+
+/// Every write needs a registered instance; this stamps its activity on the
+/// instance record (last seen, records shared) within the same commit.
+fn touch_instance(txn: &mut Txn<'_>, instance_id: &str) -> Result<()> {
+    let Some(instance) = txn.instance(instance_id) else {
+        return Err(Error::FailedPrecondition(format!(
+            "instance {instance_id:?} is not registered; call Register first"
+        )));
+    };
+    let mut instance = (*instance).clone();
+    instance.last_seen = instance.last_seen.max(txn.now);
+    instance.shared_records += 1;
+    txn.put_instance(instance);
+    Ok(())
+}

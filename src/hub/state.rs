@@ -1,0 +1,299 @@
+//! The hub's working state in memory and the transaction view writers use.
+//!
+//! [`State`] holds every record except the outcome log, indexed for the
+//! queries the hub answers. Readers see only what is durable: writes are
+//! staged in a [`Txn`] overlay, made durable by the writer, and only then
+//! installed with [`State::apply`].
+
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+    sync::Arc,
+};
+
+use crate::domain::model::{
+    Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey, StrategyOutcome,
+    StrategyRecord, UnixMillis,
+};
+use crate::store::{Changes, Snapshot};
+
+/// Everything the hub knows, except the raw outcome log.
+#[derive(Debug, Default)]
+pub struct State {
+    pub instances: BTreeMap<String, Arc<Instance>>,
+    pub patterns: BTreeMap<String, Arc<Pattern>>,
+    /// Ordered by metric first: one metric's aggregates are one range.
+    pub strategies: BTreeMap<StrategyKey, Arc<StrategyRecord>>,
+    /// By sequence.
+    pub insights: BTreeMap<u64, Arc<Insight>>,
+    pub failures: BTreeMap<String, Arc<FailurePattern>>,
+    pub configs: BTreeMap<String, Arc<Configuration>>,
+    /// The last insight sequence handed out.
+    pub insight_sequence: u64,
+    /// The last outcome sequence handed out.
+    pub outcome_sequence: u64,
+}
+
+impl State {
+    pub fn from_snapshot(snapshot: Snapshot) -> Self {
+        State {
+            instances: snapshot
+                .instances
+                .into_iter()
+                .map(|v| (v.instance_id.clone(), Arc::new(v)))
+                .collect(),
+            patterns: snapshot
+                .patterns
+                .into_iter()
+                .map(|v| (v.id.clone(), Arc::new(v)))
+                .collect(),
+            strategies: snapshot
+                .strategies
+                .into_iter()
+                .map(|v| (v.key(), Arc::new(v)))
+                .collect(),
+            insights: snapshot
+                .insights
+                .into_iter()
+                .map(|v| (v.sequence, Arc::new(v)))
+                .collect(),
+            failures: snapshot
+                .failures
+                .into_iter()
+                .map(|v| (v.id.clone(), Arc::new(v)))
+                .collect(),
+            configs: snapshot
+                .configs
+                .into_iter()
+                .map(|v| (v.id.clone(), Arc::new(v)))
+                .collect(),
+            insight_sequence: snapshot.insight_sequence,
+            outcome_sequence: snapshot.outcome_sequence,
+        }
+    }
+
+    /// Installs durable changes.
+    pub fn apply(&mut self, changes: &Changes) {
+        fn install<K: Ord + Clone, V>(
+            map: &mut BTreeMap<K, Arc<V>>,
+            changes: impl IntoIterator<Item = (K, Arc<V>)>,
+        ) {
+            for (k, v) in changes {
+                map.insert(k, v);
+            }
+        }
+        install(
+            &mut self.instances,
+            changes
+                .instances
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        install(
+            &mut self.patterns,
+            changes.patterns.iter().map(|(k, v)| (k.clone(), v.clone())),
+        );
+        install(
+            &mut self.strategies,
+            changes
+                .strategies
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        install(
+            &mut self.insights,
+            changes.insights.iter().map(|(k, v)| (*k, v.clone())),
+        );
+        install(
+            &mut self.failures,
+            changes.failures.iter().map(|(k, v)| (k.clone(), v.clone())),
+        );
+        install(
+            &mut self.configs,
+            changes.configs.iter().map(|(k, v)| (k.clone(), v.clone())),
+        );
+        if let Some(seq) = changes.insight_sequence {
+            self.insight_sequence = self.insight_sequence.max(seq);
+        }
+        if let Some(seq) = changes.outcome_sequence {
+            self.outcome_sequence = self.outcome_sequence.max(seq);
+        }
+    }
+
+    /// Every aggregate (any strategy, any context) for `metric`.
+    pub fn strategies_for_metric<'s>(
+        &'s self,
+        metric: &str,
+    ) -> impl Iterator<Item = &'s Arc<StrategyRecord>> + 's {
+        let start = StrategyKey {
+            metric: metric.to_string(),
+            strategy: String::new(),
+            context_key: String::new(),
+        };
+        let metric = metric.to_string();
+        self.strategies
+            .range(start..)
+            .take_while(move |(k, _)| k.metric == metric)
+            .map(|(_, v)| v)
+    }
+}
+
+/// A writer's view: the durable state, the changes staged earlier in the
+/// same group commit, and this request's own changes. Reads look through
+/// all three, newest first. If the request fails, its own changes are
+/// dropped and nothing of it is written.
+pub struct Txn<'a> {
+    base: &'a State,
+    batch: &'a Changes,
+    own: Changes,
+    /// The time this request is processed at.
+    pub now: UnixMillis,
+}
+
+fn lookup<K, V, Q>(
+    own: &HashMap<K, Arc<V>>,
+    batch: &HashMap<K, Arc<V>>,
+    base: &BTreeMap<K, Arc<V>>,
+    key: &Q,
+) -> Option<Arc<V>>
+where
+    K: Borrow<Q> + Hash + Eq + Ord,
+    Q: Hash + Eq + Ord + ?Sized,
+{
+    own.get(key)
+        .or_else(|| batch.get(key))
+        .or_else(|| base.get(key))
+        .cloned()
+}
+
+impl<'a> Txn<'a> {
+    pub fn new(base: &'a State, batch: &'a Changes, now: UnixMillis) -> Self {
+        Txn {
+            base,
+            batch,
+            own: Changes::default(),
+            now,
+        }
+    }
+
+    pub fn into_changes(self) -> Changes {
+        self.own
+    }
+
+    pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
+        lookup(
+            &self.own.instances,
+            &self.batch.instances,
+            &self.base.instances,
+            id,
+        )
+    }
+
+    pub fn put_instance(&mut self, v: Instance) -> Arc<Instance> {
+        let v = Arc::new(v);
+        self.own.instances.insert(v.instance_id.clone(), v.clone());
+        v
+    }
+
+    pub fn pattern(&self, id: &str) -> Option<Arc<Pattern>> {
+        lookup(
+            &self.own.patterns,
+            &self.batch.patterns,
+            &self.base.patterns,
+            id,
+        )
+    }
+
+    pub fn put_pattern(&mut self, v: Pattern) -> Arc<Pattern> {
+        let v = Arc::new(v);
+        self.own.patterns.insert(v.id.clone(), v.clone());
+        v
+    }
+
+    pub fn strategy(&self, key: &StrategyKey) -> Option<Arc<StrategyRecord>> {
+        lookup(
+            &self.own.strategies,
+            &self.batch.strategies,
+            &self.base.strategies,
+            key,
+        )
+    }
+
+    pub fn put_strategy(&mut self, v: StrategyRecord) -> Arc<StrategyRecord> {
+        let v = Arc::new(v);
+        self.own.strategies.insert(v.key(), v.clone());
+        v
+    }
+
+    pub fn failure(&self, id: &str) -> Option<Arc<FailurePattern>> {
+        lookup(
+            &self.own.failures,
+            &self.batch.failures,
+            &self.base.failures,
+            id,
+        )
+    }
+
+    pub fn put_failure(&mut self, v: FailurePattern) -> Arc<FailurePattern> {
+        let v = Arc::new(v);
+        self.own.failures.insert(v.id.clone(), v.clone());
+        v
+    }
+
+    pub fn config(&self, id: &str) -> Option<Arc<Configuration>> {
+        lookup(
+            &self.own.configs,
+            &self.batch.configs,
+            &self.base.configs,
+            id,
+        )
+    }
+
+    pub fn put_config(&mut self, v: Configuration) -> Arc<Configuration> {
+        let v = Arc::new(v);
+        self.own.configs.insert(v.id.clone(), v.clone());
+        v
+    }
+
+    /// Every insight, durable or staged (for deduplication).
+    pub fn insights(&self) -> impl Iterator<Item = &Arc<Insight>> {
+        self.base
+            .insights
+            .values()
+            .chain(self.batch.insights.values())
+            .chain(self.own.insights.values())
+    }
+
+    pub fn put_insight(&mut self, v: Insight) -> Arc<Insight> {
+        let v = Arc::new(v);
+        self.own.insights.insert(v.sequence, v.clone());
+        v
+    }
+
+    /// Hands out the next insight sequence (never reused, even if the
+    /// insight later expires).
+    pub fn next_insight_sequence(&mut self) -> u64 {
+        let last = self
+            .own
+            .insight_sequence
+            .or(self.batch.insight_sequence)
+            .unwrap_or(self.base.insight_sequence);
+        self.own.insight_sequence = Some(last + 1);
+        last + 1
+    }
+
+    pub fn next_outcome_sequence(&mut self) -> u64 {
+        let last = self
+            .own
+            .outcome_sequence
+            .or(self.batch.outcome_sequence)
+            .unwrap_or(self.base.outcome_sequence);
+        self.own.outcome_sequence = Some(last + 1);
+        last + 1
+    }
+
+    pub fn append_outcome(&mut self, outcome: StrategyOutcome) {
+        self.own.outcomes.push(outcome);
+    }
+}

@@ -1,0 +1,184 @@
+//! Runs the hub: `run(listener, config, shutdown)`.
+//!
+//! Start-up: install the ring crypto provider, make sure certificates exist
+//! (generating a development PKI on first start), open the store and load
+//! the state, then serve `learninghub.v1.Hub`, `grpc.health.v1.Health` and
+//! gRPC reflection (v1 and v1alpha, which grpcurl 1.8 speaks) behind the
+//! auth layer, over connections from [`crate::transport`].
+//!
+//! Shutdown, when the `shutdown` future resolves: report NOT_SERVING, stop
+//! accepting, end insight streams (clients get UNAVAILABLE with their
+//! resume sequence), let in-flight calls finish (up to the drain timeout),
+//! then finish queued writes and flush the store.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::api::HubService;
+use crate::auth::AuthLayer;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::pb::{self, hub_server::HubServer};
+use crate::pki::{self, CertPaths};
+use crate::store::Store;
+use crate::transport::{self, ConnectionLimits};
+
+/// Serves until `shutdown` resolves, then drains and flushes.
+pub async fn run<F>(listener: TcpListener, config: Config, shutdown: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    run_with_clock(listener, config, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`] with an injected clock (tests control TTLs with it).
+pub async fn run_with_clock<F>(
+    listener: TcpListener,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    // tokio-rustls and tonic's client share one process-wide provider;
+    // installing ring explicitly avoids depending on feature unification.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    config.validate()?;
+
+    let tls = if config.insecure_dev {
+        tracing::warn!(
+            "INSECURE DEV MODE: plaintext gRPC, no client certificates, identities taken from the \
+             `{}` header. Never expose this hub beyond your machine.",
+            crate::auth::INSECURE_IDENTITY_HEADER
+        );
+        None
+    } else {
+        if !pki::has_ca(&config.certs_dir) {
+            if !config.generate_dev_pki {
+                return Err(Error::Unavailable(format!(
+                    "no {} in {}",
+                    pki::CA_CERT,
+                    config.certs_dir.display()
+                )));
+            }
+            pki::generate_dev_pki(&config.certs_dir)?;
+            tracing::info!(
+                dir = %config.certs_dir.display(),
+                "generated a development PKI: ca.pem, ca.key, server.pem, server.key, operator.pem, \
+                 operator.key; issue instance certificates with `learning-hub certs issue <id>`"
+            );
+        }
+        let paths = CertPaths::server(&config.certs_dir);
+        Some(transport::server_tls_config(
+            &paths.ca,
+            &paths.cert,
+            &paths.key,
+        )?)
+    };
+
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))
+    })?;
+    let store = tokio::task::spawn_blocking({
+        let dir = config.data_dir.clone();
+        move || Store::open(&dir)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+    let hub = {
+        let settings = config.hub.clone();
+        tokio::task::spawn_blocking(move || Hub::open(store, clock, settings))
+            .await
+            .map_err(|e| Error::Internal(format!("state load task failed: {e}")))??
+    };
+
+    let served = serve(listener, &config, hub.clone(), tls, shutdown).await;
+    let flushed = hub.close().await;
+    tracing::info!("learning hub stopped");
+    served.and(flushed)
+}
+
+async fn serve<F>(
+    listener: TcpListener,
+    config: &Config,
+    hub: Arc<Hub>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let limits = &config.limits;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<HubServer<HubService>>().await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let local_addr = listener.local_addr().ok();
+    let (stop_accepting, stop_rx) = watch::channel(false);
+    let incoming = transport::incoming(
+        listener,
+        tls.clone(),
+        ConnectionLimits {
+            handshake_timeout: limits.tls_handshake_timeout,
+            max_connections: limits.max_connections,
+        },
+        stop_rx,
+    );
+    tracing::info!(
+        addr = ?local_addr,
+        tls = tls.is_some(),
+        data_dir = %config.data_dir.display(),
+        "learning hub serving"
+    );
+
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let hub = hub.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            health.set_not_serving::<HubServer<HubService>>().await;
+            hub.begin_shutdown();
+            stop_accepting.send_replace(true);
+            let _ = draining_tx.send(());
+        }
+    };
+
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        .layer(AuthLayer::new(config.insecure_dev))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(HubService::new(hub).into_server(limits.max_message_bytes))
+        .serve_with_incoming_shutdown(incoming, signal);
+
+    let drain_timeout = limits.drain_timeout;
+    tokio::select! {
+        served = server => served.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
+        () = async {
+            if draining_rx.await.is_ok() {
+                tokio::time::sleep(drain_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?drain_timeout, "drain timed out; closing remaining connections");
+            Ok(())
+        }
+    }
+}

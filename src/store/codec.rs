@@ -1,0 +1,120 @@
+//! How records become bytes. Keys are a one-letter kind prefix and the
+//! record's identity (big-endian numbers, so key order is sequence order);
+//! values are a format-version byte followed by the record's JSON. JSON is
+//! slower than a binary format but self-describing: old records stay
+//! readable as fields are added (`#[serde(default)]`), and an operator can
+//! inspect a dump.
+
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::domain::model::StrategyKey;
+use crate::error::{Error, Result};
+
+/// Version byte in front of every value.
+const FORMAT_V1: u8 = 1;
+
+/// The kinds of record and their key prefixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Instance,
+    Pattern,
+    Strategy,
+    Outcome,
+    Insight,
+    Failure,
+    Config,
+    Meta,
+}
+
+impl Kind {
+    pub const fn prefix(self) -> &'static [u8] {
+        match self {
+            Kind::Instance => b"i/",
+            Kind::Pattern => b"p/",
+            Kind::Strategy => b"s/",
+            Kind::Outcome => b"o/",
+            Kind::Insight => b"n/",
+            Kind::Failure => b"f/",
+            Kind::Config => b"c/",
+            Kind::Meta => b"m/",
+        }
+    }
+
+    /// The key range holding every record of this kind: the prefix up to
+    /// (excluding) the prefix with its last byte incremented.
+    pub fn range(self) -> (Vec<u8>, Vec<u8>) {
+        let start = self.prefix().to_vec();
+        let mut end = start.clone();
+        *end.last_mut().expect("prefixes are non-empty") += 1;
+        (start, end)
+    }
+}
+
+pub fn key(kind: Kind, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(kind.prefix().len() + id.len());
+    key.extend_from_slice(kind.prefix());
+    key.extend_from_slice(id);
+    key
+}
+
+pub fn sequence_key(kind: Kind, sequence: u64) -> Vec<u8> {
+    key(kind, &sequence.to_be_bytes())
+}
+
+/// Names may not contain NUL (validation forbids it), so NUL separates the
+/// parts unambiguously and keeps one metric's aggregates contiguous.
+pub fn strategy_key(k: &StrategyKey) -> Vec<u8> {
+    let id = format!("{}\u{0}{}\u{0}{}", k.metric, k.strategy, k.context_key);
+    key(Kind::Strategy, id.as_bytes())
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut bytes = vec![FORMAT_V1];
+    serde_json::to_writer(&mut bytes, value)
+        .map_err(|e| Error::Internal(format!("cannot encode record: {e}")))?;
+    Ok(bytes)
+}
+
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    let corrupt = |why: String| {
+        Error::Internal(format!(
+            "corrupt record at key {:?}: {why}",
+            String::from_utf8_lossy(key)
+        ))
+    };
+    match bytes.split_first() {
+        Some((&FORMAT_V1, json)) => {
+            serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((version, _)) => Err(corrupt(format!("unknown format version {version}"))),
+        None => Err(corrupt("empty value".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::RecoveryStat;
+
+    #[test]
+    fn round_trip_and_rejects_garbage() {
+        let value = RecoveryStat {
+            suggested: 3,
+            successes: 2,
+            failures: 1,
+        };
+        let bytes = encode(&value).unwrap();
+        assert_eq!(decode::<RecoveryStat>(b"k", &bytes).unwrap(), value);
+        assert!(decode::<RecoveryStat>(b"k", &[]).is_err());
+        assert!(decode::<RecoveryStat>(b"k", &[9, b'{', b'}']).is_err());
+        assert!(decode::<RecoveryStat>(b"k", &[1, b'{']).is_err());
+    }
+
+    #[test]
+    fn sequence_keys_sort_numerically() {
+        assert!(sequence_key(Kind::Insight, 2) < sequence_key(Kind::Insight, 10));
+        let (start, end) = Kind::Insight.range();
+        let k = sequence_key(Kind::Insight, u64::MAX);
+        assert!(start <= k && k < end);
+    }
+}
