@@ -793,6 +793,7 @@ pub fn status(s: &HubStatus) -> pb::GetStatusResponse {
         configurations: s.configurations,
         live_subscribers: s.live_subscribers,
         last_insight_sequence: s.last_insight_sequence,
+        stream_catch_ups: s.stream_catch_ups,
     }
 }
 

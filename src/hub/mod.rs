@@ -18,7 +18,7 @@ pub mod state;
 mod strategies;
 mod writer;
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::Ordering};
 
 use tokio::sync::{mpsc, watch};
 
@@ -119,6 +119,7 @@ pub struct HubStatus {
     pub configurations: u64,
     pub live_subscribers: u64,
     pub last_insight_sequence: u64,
+    pub stream_catch_ups: u64,
 }
 
 /// The hub core. Cheap to share behind an `Arc`.
@@ -228,13 +229,9 @@ impl Hub {
                 .count() as u64,
             failures: state.failures.len() as u64,
             configurations: state.configs.len() as u64,
-            live_subscribers: self
-                .shared
-                .bus
-                .stats()
-                .live
-                .load(std::sync::atomic::Ordering::SeqCst),
+            live_subscribers: self.shared.bus.stats().live.load(Ordering::SeqCst),
             last_insight_sequence: state.insight_sequence,
+            stream_catch_ups: self.shared.bus.stats().catch_ups.load(Ordering::SeqCst),
         }
     }
 }

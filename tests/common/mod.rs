@@ -1,0 +1,303 @@
+//! Test harness: a real hub on 127.0.0.1:0 with a temp sled dir and a PKI
+//! generated for the test, and real clients talking to it over mutual TLS.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use learning_hub::{
+    auth::Identity,
+    client::{ClientSettings, HubClient},
+    clock::Clock,
+    config::Config,
+    pb, pki,
+};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// A hub running in this process.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub config: Config,
+    dirs: Arc<(TempDir, TempDir)>,
+    clock: Option<Arc<dyn Clock>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<learning_hub::Result<()>>>,
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a hub after letting `adjust` change the configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(None, adjust).await
+    }
+
+    /// Starts a hub whose clock the test controls.
+    pub async fn start_with_clock(clock: Arc<dyn Clock>, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(Some(clock), adjust).await
+    }
+
+    async fn start_full(clock: Option<Arc<dyn Clock>>, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dirs = Arc::new((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
+        pki::generate_dev_pki(dirs.1.path()).unwrap();
+        let mut config = Config::new(dirs.0.path().join("data"), dirs.1.path());
+        config.generate_dev_pki = false;
+        config.limits.drain_timeout = Duration::from_secs(3);
+        adjust(&mut config);
+        Self::launch(config, dirs, clock, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    async fn launch(
+        config: Config,
+        dirs: Arc<(TempDir, TempDir)>,
+        clock: Option<Arc<dyn Clock>>,
+        bind: SocketAddr,
+    ) -> Self {
+        let listener = bind_retrying(bind).await;
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = rx.await;
+        };
+        let task = match clock.clone() {
+            Some(clock) => tokio::spawn(learning_hub::server::run_with_clock(
+                listener,
+                config.clone(),
+                clock,
+                shutdown,
+            )),
+            None => tokio::spawn(learning_hub::server::run(
+                listener,
+                config.clone(),
+                shutdown,
+            )),
+        };
+        let hub = TestHub {
+            addr,
+            config,
+            dirs,
+            clock,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        hub.wait_ready().await;
+        hub
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(op) = self.try_operator().await {
+                if op.get_status(pb::GetStatusRequest {}).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("hub did not become ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn certs_dir(&self) -> &Path {
+        self.dirs.1.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    /// Settings for `name`, issuing its certificate on first use.
+    pub fn settings(&self, identity: &Identity) -> ClientSettings {
+        let paths = pki::CertPaths::for_name(self.certs_dir(), &identity.name);
+        if !paths.cert.exists() {
+            pki::issue(self.certs_dir(), identity, false).unwrap();
+        }
+        let mut settings = ClientSettings::new(self.url(), self.certs_dir(), &identity.name);
+        settings.instance_id = identity.instance_id().map(str::to_string);
+        settings
+    }
+
+    /// A client with the certificate of instance `id` (not registered).
+    pub async fn client(&self, id: &str) -> HubClient {
+        HubClient::connect(&self.settings(&Identity::instance(id)))
+            .await
+            .unwrap()
+    }
+
+    /// A client for instance `id`, registered in region "test".
+    pub async fn registered(&self, id: &str) -> HubClient {
+        let client = self.client(id).await;
+        client
+            .register(pb::RegisterRequest {
+                instance_id: id.into(),
+                region: "test".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+    }
+
+    async fn try_operator(&self) -> learning_hub::Result<HubClient> {
+        HubClient::connect(&self.settings(&Identity::operator("operator"))).await
+    }
+
+    /// A client with the operator certificate generated with the PKI.
+    pub async fn operator(&self) -> HubClient {
+        self.try_operator().await.unwrap()
+    }
+
+    /// Graceful shutdown; returns what `run` returned.
+    pub async fn stop(&mut self) -> learning_hub::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the hub and starts it again on the same address and data.
+    pub async fn restart(&mut self) {
+        self.stop().await.unwrap();
+        let restarted = Self::launch(
+            self.config.clone(),
+            self.dirs.clone(),
+            self.clock.clone(),
+            self.addr,
+        )
+        .await;
+        *self = restarted;
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Rebinding a port just released can race with the old socket's close.
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    panic!("cannot bind {addr}");
+}
+
+/// The `learning-hub` binary running as a child process.
+pub struct HubProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl HubProcess {
+    /// Starts `learning-hub serve` on 127.0.0.1:`port` (0: any) and waits
+    /// for it to print its address.
+    pub fn spawn(data_dir: &Path, certs_dir: &Path, port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+            .args(["serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--certs-dir")
+            .arg(certs_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start learning-hub");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("learning-hub listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        HubProcess { child, addr }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap(); // SIGKILL on Unix
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects a client to a hub process with certificates in `certs_dir`.
+pub async fn connect(addr: SocketAddr, certs_dir: &Path, identity: &Identity) -> HubClient {
+    let paths = pki::CertPaths::for_name(certs_dir, &identity.name);
+    if !paths.cert.exists() {
+        pki::issue(certs_dir, identity, false).unwrap();
+    }
+    let mut settings = ClientSettings::new(format!("https://{addr}"), certs_dir, &identity.name);
+    settings.instance_id = identity.instance_id().map(str::to_string);
+    for _ in 0..200 {
+        if let Ok(client) = HubClient::connect(&settings).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("cannot connect to {addr}");
+}
+
+// ---------------------------------------------------------------------------
+// Request builders
+// ---------------------------------------------------------------------------
+
+pub fn metric(value: f64, stuck: bool) -> pb::MetricState {
+    pb::MetricState { value, stuck }
+}
+
+pub fn strategy_outcome(
+    strategy: &str,
+    metric: &str,
+    successful: bool,
+    delta: f64,
+) -> pb::ShareStrategyRequest {
+    pb::ShareStrategyRequest {
+        strategy: strategy.into(),
+        metric: metric.into(),
+        value_before: 0.5,
+        successful,
+        delta,
+        ..Default::default()
+    }
+}
+
+pub fn insight(title: &str) -> pb::ShareInsightRequest {
+    pb::ShareInsightRequest {
+        insight: Some(pb::Insight {
+            category: pb::InsightCategory::Timing as i32,
+            title: title.into(),
+            insight: format!("{title}: details"),
+            effectiveness: 0.8,
+            ..Default::default()
+        }),
+    }
+}
