@@ -260,6 +260,7 @@ impl HubClient {
         let task = tokio::spawn(async move {
             let mut last = after;
             let mut backoff = Duration::from_millis(100);
+            let mut failures_in_a_row = 0u32;
             loop {
                 let request = pb::SubscribeInsightsRequest {
                     after_sequence: last,
@@ -270,6 +271,7 @@ impl HubClient {
                         match stream.next().await {
                             Some(Ok(item)) => {
                                 backoff = Duration::from_millis(100);
+                                failures_in_a_row = 0;
                                 let Some(insight) = item.insight else {
                                     continue;
                                 };
@@ -291,7 +293,15 @@ impl HubClient {
                     let _ = tx.send(Err(error)).await;
                     return;
                 }
-                tracing::debug!(code = ?error.code(), message = error.message(), resume_after = last, "insight stream interrupted; resubscribing");
+                failures_in_a_row += 1;
+                // A hub restart costs a few attempts; more in a row usually
+                // means a configuration problem (a refused certificate shows
+                // up as a transport error), which should not go unnoticed.
+                if failures_in_a_row >= 5 {
+                    tracing::warn!(code = ?error.code(), message = error.message(), failures_in_a_row, resume_after = last, "insight stream keeps failing; still retrying");
+                } else {
+                    tracing::debug!(code = ?error.code(), message = error.message(), resume_after = last, "insight stream interrupted; resubscribing");
+                }
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = tokio::time::sleep(backoff) => {}

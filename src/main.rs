@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use learning_hub::{auth::Role, config::Config, pki};
+use std::sync::Arc;
+
+use learning_hub::{auth::Role, clock::SystemClock, config::Config, pki, server::PreparedHub};
 
 #[derive(Parser)]
 #[command(
@@ -108,11 +110,13 @@ async fn serve(
     let mut config = Config::new(data_dir, certs_dir);
     config.listen = listen;
     config.insecure_dev = insecure_dev;
+    let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     if let Ok(addr) = listener.local_addr() {
-        // On stdout, for scripts and tests that start the hub on port 0.
+        // On stdout, for scripts and tests that start the hub on port 0:
+        // printed once certificates exist and the store is open.
         println!("learning-hub listening on {addr}");
     }
-    learning_hub::server::run(listener, config, shutdown_signal()).await
+    hub.serve(listener, shutdown_signal()).await
 }
 
 fn main() -> ExitCode {

@@ -119,9 +119,15 @@ pub fn generate_dev_pki(dir: &Path) -> Result<()> {
     let ca_key = KeyPair::generate().map_err(|e| pki_error("CA key", e))?;
     let mut ca_params =
         CertificateParams::new(Vec::<String>::new()).map_err(|e| pki_error("CA", e))?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Learning Hub development CA");
+    // A distinct name per generated CA: a certificate from another dev PKI
+    // is then refused as issued by an unknown CA, not as a bad signature.
+    ca_params.distinguished_name.push(
+        DnType::CommonName,
+        format!(
+            "Learning Hub development CA {}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+    );
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

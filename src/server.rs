@@ -44,62 +44,89 @@ pub async fn run_with_clock<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    // tokio-rustls and tonic's client share one process-wide provider;
-    // installing ring explicitly avoids depending on feature unification.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    config.validate()?;
+    PreparedHub::prepare(config, clock)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
 
-    let tls = if config.insecure_dev {
-        tracing::warn!(
-            "INSECURE DEV MODE: plaintext gRPC, no client certificates, identities taken from the \
-             `{}` header. Never expose this hub beyond your machine.",
-            crate::auth::INSECURE_IDENTITY_HEADER
-        );
-        None
-    } else {
-        if !pki::has_ca(&config.certs_dir) {
-            if !config.generate_dev_pki {
-                return Err(Error::Unavailable(format!(
-                    "no {} in {}",
-                    pki::CA_CERT,
-                    config.certs_dir.display()
-                )));
-            }
-            pki::generate_dev_pki(&config.certs_dir)?;
-            tracing::info!(
-                dir = %config.certs_dir.display(),
-                "generated a development PKI: ca.pem, ca.key, server.pem, server.key, operator.pem, \
-                 operator.key; issue instance certificates with `learning-hub certs issue <id>`"
+/// A hub with its certificates in place and its state loaded, not yet
+/// serving. Splitting start-up from serving lets a caller announce the hub
+/// only once everything that can fail at start has succeeded.
+pub struct PreparedHub {
+    config: Config,
+    hub: Arc<Hub>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl PreparedHub {
+    /// Validates the configuration, makes sure certificates exist
+    /// (generating a development PKI when allowed and there is no CA), opens
+    /// the store and loads the state.
+    pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
+        // tokio-rustls and tonic's client share one process-wide provider;
+        // installing ring explicitly avoids depending on feature unification.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        config.validate()?;
+
+        let tls = if config.insecure_dev {
+            tracing::warn!(
+                "INSECURE DEV MODE: plaintext gRPC, no client certificates, identities taken from \
+                 the `{}` header. Never expose this hub beyond your machine.",
+                crate::auth::INSECURE_IDENTITY_HEADER
             );
-        }
-        let paths = CertPaths::server(&config.certs_dir);
-        Some(transport::server_tls_config(
-            &paths.ca,
-            &paths.cert,
-            &paths.key,
-        )?)
-    };
+            None
+        } else {
+            if !pki::has_ca(&config.certs_dir) {
+                if !config.generate_dev_pki {
+                    return Err(Error::Unavailable(format!(
+                        "no {} in {}",
+                        pki::CA_CERT,
+                        config.certs_dir.display()
+                    )));
+                }
+                pki::generate_dev_pki(&config.certs_dir)?;
+                tracing::info!(
+                    dir = %config.certs_dir.display(),
+                    "generated a development PKI: ca.pem, ca.key, server.pem, server.key, \
+                     operator.pem, operator.key; issue instance certificates with \
+                     `learning-hub certs issue <id>`"
+                );
+            }
+            let paths = CertPaths::server(&config.certs_dir);
+            Some(transport::server_tls_config(
+                &paths.ca,
+                &paths.cert,
+                &paths.key,
+            )?)
+        };
 
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))
-    })?;
-    let store = tokio::task::spawn_blocking({
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
         let dir = config.data_dir.clone();
-        move || Store::open(&dir)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
-    let hub = {
         let settings = config.hub.clone();
-        tokio::task::spawn_blocking(move || Hub::open(store, clock, settings))
-            .await
-            .map_err(|e| Error::Internal(format!("state load task failed: {e}")))??
-    };
+        // sled's open and the state load block on disk: keep them off the
+        // async workers.
+        let hub =
+            tokio::task::spawn_blocking(move || Hub::open(Store::open(&dir)?, clock, settings))
+                .await
+                .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+        Ok(PreparedHub { config, hub, tls })
+    }
 
-    let served = serve(listener, &config, hub.clone(), tls, shutdown).await;
-    let flushed = hub.close().await;
-    tracing::info!("learning hub stopped");
-    served.and(flushed)
+    /// Serves on `listener` until `shutdown` resolves, then drains and
+    /// flushes the store.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let PreparedHub { config, hub, tls } = self;
+        let served = serve(listener, &config, hub.clone(), tls, shutdown).await;
+        let flushed = hub.close().await;
+        tracing::info!("learning hub stopped");
+        served.and(flushed)
+    }
 }
 
 async fn serve<F>(

@@ -40,6 +40,14 @@ pub fn name(field: &str, value: &str) -> Result<()> {
     if value.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
+    // Characters first: a valid name is ASCII, so its byte length is also
+    // its length in characters.
+    if !value.chars().all(is_name_char) {
+        return Err(Error::invalid(
+            field,
+            format!("may only contain [A-Za-z0-9._:-], got {}", preview(value)),
+        ));
+    }
     if value.len() > MAX_NAME_LEN {
         return Err(Error::invalid(
             field,
@@ -47,12 +55,6 @@ pub fn name(field: &str, value: &str) -> Result<()> {
                 "must be at most {MAX_NAME_LEN} characters, got {}",
                 value.len()
             ),
-        ));
-    }
-    if !value.chars().all(is_name_char) {
-        return Err(Error::invalid(
-            field,
-            format!("may only contain [A-Za-z0-9._:-], got {}", preview(value)),
         ));
     }
     Ok(())

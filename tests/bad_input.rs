@@ -92,6 +92,8 @@ enum Who {
     Registered,
     /// `inst-b`, with a valid certificate but never registered.
     Unregistered,
+    /// The operator: reads everything, shares nothing.
+    Operator,
 }
 
 /// One bad request and the answer it must get.
@@ -120,11 +122,18 @@ fn invalid(name: &'static str, call: Call, field: impl Into<String>) -> Case {
     case(name, call, Code::InvalidArgument, field)
 }
 
+struct Clients {
+    registered: HubClient,
+    unregistered: HubClient,
+    operator: HubClient,
+}
+
 /// Runs `case` and describes what went wrong, if anything.
-async fn check(a: &HubClient, b: &HubClient, case: Case) -> Option<String> {
+async fn check(clients: &Clients, case: Case) -> Option<String> {
     let client = match case.who {
-        Who::Registered => a,
-        Who::Unregistered => b,
+        Who::Registered => &clients.registered,
+        Who::Unregistered => &clients.unregistered,
+        Who::Operator => &clients.operator,
     };
     let rpc = case.call.rpc();
     let label = format!("[{}] {rpc}", case.name);
@@ -553,6 +562,14 @@ fn cases() -> Vec<Case> {
             "recovery_strategies[0]",
         ),
         invalid(
+            "257-char environment value",
+            SharePattern(pb::SharePatternRequest {
+                environment: attr("provider", &long(257)),
+                ..pattern()
+            }),
+            "environment[provider]",
+        ),
+        invalid(
             "33 environment entries",
             SharePattern(pb::SharePatternRequest {
                 environment: attrs(33),
@@ -734,6 +751,26 @@ fn cases() -> Vec<Case> {
         ),
         Case {
             who: Who::Unregistered,
+            ..invalid(
+                "unregistered instance, delta NaN (validated first)",
+                ShareStrategy(pb::ShareStrategyRequest {
+                    delta: nan,
+                    ..strategy()
+                }),
+                "delta",
+            )
+        },
+        Case {
+            who: Who::Operator,
+            ..case(
+                "operator sharing",
+                ShareStrategy(strategy()),
+                Code::PermissionDenied,
+                "is for instances",
+            )
+        },
+        Case {
+            who: Who::Unregistered,
             ..case(
                 "unregistered instance",
                 ShareStrategy(strategy()),
@@ -778,6 +815,14 @@ fn cases() -> Vec<Case> {
             "budget +inf",
             GetStrategies(pb::GetStrategiesRequest {
                 budget: inf,
+                ..strategies_query()
+            }),
+            "budget",
+        ),
+        invalid(
+            "budget over 1e6",
+            GetStrategies(pb::GetStrategiesRequest {
+                budget: 1e7,
                 ..strategies_query()
             }),
             "budget",
@@ -905,6 +950,14 @@ fn cases() -> Vec<Case> {
             "insight.title",
         ),
         invalid(
+            "title with a NUL",
+            share_insight(pb::Insight {
+                title: "cool\0down".into(),
+                ..good_insight()
+            }),
+            "insight.title",
+        ),
+        invalid(
             "empty text",
             share_insight(pb::Insight {
                 insight: String::new(),
@@ -984,6 +1037,49 @@ fn cases() -> Vec<Case> {
             "insight.applicable_contexts[0].context",
         ),
         invalid(
+            "257-char applicable context threshold",
+            share_insight(pb::Insight {
+                applicable_contexts: vec![pb::ApplicableContext {
+                    context: "high_latency".into(),
+                    threshold: long(257),
+                }],
+                ..good_insight()
+            }),
+            "insight.applicable_contexts[0].threshold",
+        ),
+        invalid(
+            "4097-char recommendation",
+            share_insight(pb::Insight {
+                recommendation: long(4097),
+                ..good_insight()
+            }),
+            "insight.recommendation",
+        ),
+        invalid(
+            "33 alternatives",
+            share_insight(pb::Insight {
+                alternatives: (0..33)
+                    .map(|n| pb::InsightAlternative {
+                        insight: format!("alternative {n}"),
+                        effectiveness: 0.5,
+                    })
+                    .collect(),
+                ..good_insight()
+            }),
+            "insight.alternatives",
+        ),
+        invalid(
+            "empty alternative text",
+            share_insight(pb::Insight {
+                alternatives: vec![pb::InsightAlternative {
+                    insight: String::new(),
+                    effectiveness: 0.5,
+                }],
+                ..good_insight()
+            }),
+            "insight.alternatives[0].insight",
+        ),
+        invalid(
             "alternative effectiveness 2",
             share_insight(pb::Insight {
                 alternatives: vec![pb::InsightAlternative {
@@ -1016,6 +1112,17 @@ fn cases() -> Vec<Case> {
                 valid_until: Some(Timestamp {
                     seconds: now_secs() + 3600,
                     nanos: -1,
+                }),
+                ..good_insight()
+            }),
+            "insight.valid_until",
+        ),
+        invalid(
+            "valid_until past year 9999",
+            share_insight(pb::Insight {
+                valid_until: Some(Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
                 }),
                 ..good_insight()
             }),
@@ -1401,7 +1508,16 @@ fn cases() -> Vec<Case> {
                 "not registered",
             )
         },
-        // --- ShareFailure (unregistered) ----------------------------------
+        // --- ShareFailure / RecordPatternOutcome (unregistered) -----------
+        Case {
+            who: Who::Unregistered,
+            ..case(
+                "unregistered instance, unknown pattern",
+                RecordPatternOutcome(outcome(unknown_pattern)),
+                Code::NotFound,
+                unknown_pattern,
+            )
+        },
         Case {
             who: Who::Unregistered,
             ..case(
@@ -1418,6 +1534,13 @@ fn cases() -> Vec<Case> {
             "context",
         ),
         invalid(
+            "context value with a NUL",
+            Bootstrap(pb::BootstrapRequest {
+                context: attr("provider", "cl\0aude"),
+            }),
+            "context[provider]",
+        ),
+        invalid(
             "empty context key",
             Bootstrap(pb::BootstrapRequest {
                 context: attr("", "v"),
@@ -1431,14 +1554,19 @@ fn cases() -> Vec<Case> {
 async fn every_rpc_refuses_bad_input_naming_the_field_and_stores_nothing() {
     let hub = TestHub::start().await;
     let a = hub.registered("inst-a").await;
-    let b = hub.client("inst-b").await;
+    let op = hub.operator().await;
+    let clients = Clients {
+        registered: a.clone(),
+        unregistered: hub.client("inst-b").await,
+        operator: op.clone(),
+    };
 
     let cases = cases();
     let total = cases.len();
     assert!(total >= 40, "only {total} cases");
     let mut failures = Vec::new();
     for case in cases {
-        if let Some(failure) = check(&a, &b, case).await {
+        if let Some(failure) = check(&clients, case).await {
             failures.push(failure);
         }
     }
@@ -1450,7 +1578,6 @@ async fn every_rpc_refuses_bad_input_naming_the_field_and_stores_nothing() {
     );
 
     // A rejected request stores nothing.
-    let op = hub.operator().await;
     let status = op.get_status(pb::GetStatusRequest {}).await.unwrap();
     let counts = [
         ("instances", status.instances, 1),

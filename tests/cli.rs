@@ -101,12 +101,16 @@ fn certs_issue_writes_identity_certificates() {
     assert_eq!(identity_in(&cert), Identity::instance("worker-1"));
 
     // Names that cannot be identities, or would overwrite the hub's files.
-    for bad in ["a b", "server", "ca"] {
+    for (bad, why) in [
+        ("a b", "may only contain"),
+        ("server", "reserved"),
+        ("ca", "reserved"),
+    ] {
         let refused = certs(dir, &["issue", bad]);
         assert!(!refused.status.success(), "{bad:?} must be refused");
         assert!(
-            stderr(&refused).contains("name"),
-            "{bad:?}: names the problem: {}",
+            stderr(&refused).contains("name") && stderr(&refused).contains(why),
+            "{bad:?}: says why: {}",
             stderr(&refused)
         );
     }
@@ -181,6 +185,25 @@ async fn serve_generates_a_pki_and_accepts_issued_certificates() {
     assert_eq!(status.instances, 1);
 }
 
+/// `learning-hub listening on ADDR` tells scripts the hub is up; by then
+/// the development PKI it serves with must exist, so that the next step of
+/// such a script (issuing a certificate, connecting) works.
+#[test]
+fn serve_announces_its_address_only_once_its_pki_exists() {
+    let data = tempfile::tempdir().unwrap();
+    let certs_dir = tempfile::tempdir().unwrap();
+    let _hub = HubProcess::spawn(data.path(), certs_dir.path(), 0);
+    let ca = certs_dir.path().join("ca.pem");
+    let present = ca.exists();
+    let issued = certs(certs_dir.path(), &["issue", "right-after-start"]);
+    assert!(
+        present && issued.status.success(),
+        "the hub printed its address before generating its PKI: ca.pem present: {present}; \
+         `certs issue` right after start: {}",
+        stderr(&issued).trim()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // grpcurl
 // ---------------------------------------------------------------------------
@@ -206,15 +229,16 @@ fn grpcurl_available() -> bool {
     found
 }
 
-/// grpcurl with TLS to the hub at `addr`, as `who` (`None`: no client
-/// certificate).
+/// grpcurl with TLS to the hub at `addr`.
 struct Grpcurl<'a> {
     certs_dir: &'a Path,
     addr: SocketAddr,
 }
 
 impl Grpcurl<'_> {
-    fn command(&self, who: Option<&str>) -> Command {
+    /// `grpcurl -cacert ca.pem [-cert WHO.pem -key WHO.key] FLAGS ADDR ARGS`
+    /// (`who`: `None` for no client certificate).
+    fn command(&self, who: Option<&str>, flags: &[&str], args: &[&str]) -> Command {
         let mut command = Command::new(GRPCURL);
         command.arg("-cacert").arg(self.certs_dir.join("ca.pem"));
         if let Some(who) = who {
@@ -224,21 +248,23 @@ impl Grpcurl<'_> {
                 .arg("-key")
                 .arg(self.certs_dir.join(format!("{who}.key")));
         }
-        command.args(["-max-time", "10"]);
+        command
+            .args(flags)
+            .arg(self.addr.to_string())
+            .args(args)
+            .stdin(Stdio::null());
         command
     }
 
-    fn run(&self, who: Option<&str>, args: &[&str]) -> Output {
-        self.command(who)
-            .args(args)
-            .arg(self.addr.to_string())
+    fn run(&self, who: Option<&str>, flags: &[&str], args: &[&str]) -> Output {
+        self.command(who, flags, args)
             .output()
             .expect("run grpcurl")
     }
 
-    /// Runs a call that must succeed; returns its stdout.
-    fn ok(&self, who: Option<&str>, args: &[&str]) -> String {
-        let output = self.run(who, args);
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, who: &str, args: &[&str]) -> String {
+        let output = self.run(Some(who), &["-max-time", "10"], args);
         assert!(
             output.status.success(),
             "grpcurl {args:?} failed: {}{}",
@@ -248,16 +274,14 @@ impl Grpcurl<'_> {
         stdout(&output)
     }
 
-    /// Invokes `learninghub.v1.Hub/METHOD` with the JSON `data`; returns the
-    /// parsed response.
+    /// Calls `learninghub.v1.Hub/METHOD` as `who` with the JSON `data`;
+    /// returns the parsed response.
     fn call(&self, who: &str, method: &str, data: &str) -> serde_json::Value {
-        let output = self
-            .command(Some(who))
-            .args(["-d", data])
-            .arg(self.addr.to_string())
-            .arg(format!("learninghub.v1.Hub/{method}"))
-            .output()
-            .expect("run grpcurl");
+        let output = self.run(
+            Some(who),
+            &["-max-time", "10", "-d", data],
+            &[&format!("learninghub.v1.Hub/{method}")],
+        );
         assert!(
             output.status.success(),
             "grpcurl {method} failed: {}{}",
@@ -267,6 +291,30 @@ impl Grpcurl<'_> {
         serde_json::from_slice(&output.stdout)
             .unwrap_or_else(|e| panic!("{method}: not JSON ({e}): {}", stdout(&output)))
     }
+
+    /// The hub's open insight subscriptions, per GetStatus.
+    fn live_subscribers(&self) -> u64 {
+        let status = self.call("operator", "GetStatus", "{}");
+        // proto3 JSON: uint64 as a string, omitted when zero.
+        status["liveSubscribers"]
+            .as_str()
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+/// Lines of a child's stdout, read on a thread, so the test can wait for
+/// one with a deadline.
+fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[test]
@@ -284,18 +332,8 @@ fn grpcurl_as_an_operator_would_use_it() {
         addr: hub.addr,
     };
 
-    // Reflection: the services and their methods.
-    let services = grpcurl.ok(Some("operator"), &[]);
-    // (the address goes last, so `list` is appended after it)
-    let _ = services;
-    let listed = stdout(
-        &grpcurl
-            .command(Some("operator"))
-            .arg(hub.addr.to_string())
-            .arg("list")
-            .output()
-            .unwrap(),
-    );
+    // Reflection: the services, and the methods of the hub's.
+    let listed = grpcurl.ok("operator", &["list"]);
     let services: Vec<&str> = listed.lines().map(str::trim).collect();
     for service in ["learninghub.v1.Hub", "grpc.health.v1.Health"] {
         assert!(
@@ -303,16 +341,97 @@ fn grpcurl_as_an_operator_would_use_it() {
             "list shows {service}: {listed}"
         );
     }
-    let described = stdout(
-        &grpcurl
-            .command(Some("operator"))
-            .arg(hub.addr.to_string())
-            .args(["describe", "learninghub.v1.Hub"])
-            .output()
-            .unwrap(),
-    );
+    let described = grpcurl.ok("operator", &["describe", "learninghub.v1.Hub"]);
     assert!(
         described.contains("SubscribeInsights"),
         "describe shows the stream: {described}"
     );
+
+    // An instance registers, shares an outcome, and the hub recommends it.
+    let registered = grpcurl.call("g1", "Register", r#"{"instance_id":"g1","region":"r"}"#);
+    assert_eq!(registered["instance"]["instanceId"], "g1", "{registered}");
+    assert_eq!(registered["newlyRegistered"], true, "{registered}");
+    let shared = grpcurl.call(
+        "g1",
+        "ShareStrategy",
+        r#"{"strategy":"warmup","metric":"accuracy","value_before":0.5,"successful":true,"delta":0.1}"#,
+    );
+    assert_eq!(
+        shared["record"]["instances"],
+        serde_json::json!({"g1": "1"})
+    );
+    let strategies = grpcurl.call("g1", "GetStrategies", r#"{"metric":"accuracy"}"#);
+    let recommendations = strategies["recommendations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no recommendations: {strategies}"));
+    assert_eq!(recommendations.len(), 1, "{strategies}");
+    assert_eq!(recommendations[0]["strategy"], "warmup");
+    assert_eq!(recommendations[0]["metric"], "accuracy");
+    assert_eq!(recommendations[0]["applications"], "1");
+
+    // A subscription started before an insight is shared receives it live.
+    let mut stream = grpcurl
+        .command(
+            Some("operator"),
+            &["-max-time", "15", "-d", "{}"],
+            &["learninghub.v1.Hub/SubscribeInsights"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start grpcurl");
+    let lines = lines_of(stream.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while grpcurl.live_subscribers() == 0 {
+        assert!(Instant::now() < deadline, "grpcurl never subscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let title = "grpcurl sees this live";
+    let published = grpcurl.call(
+        "g1",
+        "ShareInsight",
+        &serde_json::json!({
+            "insight": {
+                "category": "INSIGHT_CATEGORY_TIMING",
+                "title": title,
+                "insight": "delivered to a subscriber that was already listening",
+                "effectiveness": 0.8,
+            }
+        })
+        .to_string(),
+    );
+    assert_eq!(published["insight"]["title"], title, "{published}");
+    let mut received = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                received.push_str(&line);
+                received.push('\n');
+                if line.contains(title) {
+                    break;
+                }
+            }
+            Err(e) => panic!("the stream never delivered the insight ({e}); got: {received}"),
+        }
+    }
+    let _ = stream.kill();
+    let _ = stream.wait();
+    assert!(
+        received.contains(r#""sequence": "1""#),
+        "the first insight, not a replay of anything older: {received}"
+    );
+
+    // No client certificate, no service.
+    let refused = grpcurl.run(
+        None,
+        &["-connect-timeout", "2", "-max-time", "10"],
+        &["list"],
+    );
+    assert!(
+        !refused.status.success(),
+        "grpcurl without a client certificate must fail: {}",
+        stdout(&refused)
+    );
+    assert!(!stdout(&refused).contains("learninghub.v1.Hub"));
 }
