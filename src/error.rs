@@ -78,13 +78,15 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         use tonic::Status;
+        // The status code already says what kind of error it is; the
+        // message carries only the detail.
         match err {
             Error::InvalidArgument { .. } => Status::invalid_argument(err.to_string()),
             Error::NotFound { .. } => Status::not_found(err.to_string()),
-            Error::PermissionDenied(_) => Status::permission_denied(err.to_string()),
-            Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
-            Error::FailedPrecondition(_) => Status::failed_precondition(err.to_string()),
-            Error::Unavailable(_) => Status::unavailable(err.to_string()),
+            Error::PermissionDenied(detail) => Status::permission_denied(detail),
+            Error::Unauthenticated(detail) => Status::unauthenticated(detail),
+            Error::FailedPrecondition(detail) => Status::failed_precondition(detail),
+            Error::Unavailable(detail) => Status::unavailable(detail),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; see the hub's log")

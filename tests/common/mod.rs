@@ -150,6 +150,14 @@ impl TestHub {
     }
 
     async fn try_operator(&self) -> learning_hub::Result<HubClient> {
+        if self.config.insecure_dev {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .map_err(|e| learning_hub::Error::Unavailable(e.to_string()))?;
+            return Ok(HubClient::insecure_dev(channel, None));
+        }
         HubClient::connect(&self.settings(&Identity::operator("operator"))).await
     }
 
