@@ -1,4 +1,4 @@
-//! Operator surfaces: gRPC reflection in both protocol versions (grpcurl 1.8
+//! Operator surfaces: health, gRPC reflection in both protocol versions (grpcurl 1.8
 //! speaks only v1alpha, newer tools v1), and the plaintext development mode.
 
 mod common;
@@ -6,26 +6,24 @@ mod common;
 use common::*;
 use learning_hub::{client::HubClient, pb};
 use tokio_stream::StreamExt;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
-async fn operator_channel(hub: &TestHub) -> Channel {
-    let settings = hub.settings(&learning_hub::auth::Identity::operator("operator"));
-    Endpoint::from_shared(hub.url())
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(
-                    std::fs::read(&settings.certs.ca).unwrap(),
-                ))
-                .identity(Identity::from_pem(
-                    std::fs::read(&settings.certs.cert).unwrap(),
-                    std::fs::read(&settings.certs.key).unwrap(),
-                )),
-        )
-        .unwrap()
-        .connect()
+#[tokio::test]
+async fn health_reports_serving() {
+    let hub = TestHub::start().await;
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(hub.operator_channel().await);
+    let reply = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "learninghub.v1.Hub".into(),
+        })
         .await
         .unwrap()
+        .into_inner();
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 }
 
 #[tokio::test]
@@ -35,7 +33,7 @@ async fn reflection_v1_lists_and_describes_the_services() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let hub = TestHub::start().await;
-    let mut client = ServerReflectionClient::new(operator_channel(&hub).await);
+    let mut client = ServerReflectionClient::new(hub.operator_channel().await);
     let requests = [
         MessageRequest::ListServices(String::new()),
         MessageRequest::FileContainingSymbol("learninghub.v1.Hub".into()),
@@ -72,7 +70,7 @@ async fn reflection_v1alpha_lists_the_services() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let hub = TestHub::start().await;
-    let mut client = ServerReflectionClient::new(operator_channel(&hub).await);
+    let mut client = ServerReflectionClient::new(hub.operator_channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),

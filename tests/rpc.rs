@@ -579,37 +579,3 @@ async fn writes_need_registration() {
         .unwrap();
     assert_eq!(status.strategy_outcomes, 0);
 }
-
-#[tokio::test]
-async fn health_reports_serving() {
-    let hub = TestHub::start().await;
-    let settings = hub.settings(&learning_hub::auth::Identity::operator("operator"));
-    let channel = tonic::transport::Endpoint::from_shared(hub.url())
-        .unwrap()
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(
-                    std::fs::read(&settings.certs.ca).unwrap(),
-                ))
-                .identity(tonic::transport::Identity::from_pem(
-                    std::fs::read(&settings.certs.cert).unwrap(),
-                    std::fs::read(&settings.certs.key).unwrap(),
-                )),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let reply = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "learninghub.v1.Hub".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        reply.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
-}

@@ -161,6 +161,28 @@ impl TestHub {
         HubClient::connect(&self.settings(&Identity::operator("operator"))).await
     }
 
+    /// A raw mTLS channel with the operator certificate, for services other
+    /// than the hub's (health, reflection).
+    pub async fn operator_channel(&self) -> tonic::transport::Channel {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+        let settings = self.settings(&Identity::operator("operator"));
+        let read = |path: &Path| std::fs::read(path).unwrap();
+        Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(&settings.certs.ca)))
+                    .identity(TlsIdentity::from_pem(
+                        read(&settings.certs.cert),
+                        read(&settings.certs.key),
+                    )),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// A client with the operator certificate generated with the PKI.
     pub async fn operator(&self) -> HubClient {
         self.try_operator().await.unwrap()
