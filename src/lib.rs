@@ -25,6 +25,7 @@
 //! - [`stream`]: insight fan-out with replay and catch-up.
 //! - [`client`]: a Rust client for instances, with a resuming subscription.
 //! - [`pki`]: the development certificates.
+//! - [`sim`]: the fleet simulator that measures what the hub is worth.
 
 pub mod api;
 pub mod auth;
@@ -36,6 +37,7 @@ pub mod error;
 pub mod hub;
 pub mod pki;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod stream;
 pub mod transport;

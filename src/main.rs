@@ -37,11 +37,62 @@ enum Command {
         #[arg(long)]
         insecure_dev: bool,
     },
+    /// Measure what the hub is worth: a simulated fleet learning in
+    /// isolation, through a real hub, and with an oracle.
+    Simulate(SimulateArgs),
     /// Manage the development PKI.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Scenario TOML file, or `default` for the built-in one.
+    #[arg(long, default_value = "default")]
+    scenario: String,
+    /// Simulated instances (default: the scenario's, 20 for the built-in).
+    #[arg(long)]
+    instances: Option<usize>,
+    /// Seeds to average over.
+    #[arg(long, default_value_t = 5)]
+    seeds: usize,
+    /// First seed; runs are deterministic for a given seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Cycles per instance (default: the scenario's).
+    #[arg(long)]
+    horizon: Option<u32>,
+    /// Cycles between successive instances joining (0: all at once).
+    #[arg(long, default_value_t = 0)]
+    stagger: u32,
+    /// Fleet sizes for the benefit-versus-N measure, comma-separated;
+    /// `none` to skip it.
+    #[arg(long, default_value = "1,5,20,50,100")]
+    scaling: String,
+    /// Seeds per fleet size in the benefit-versus-N measure.
+    #[arg(long, default_value_t = 3)]
+    scaling_seeds: usize,
+    /// Drive an external hub at this URL instead of in-process hubs.
+    #[arg(long, requires = "certs_dir")]
+    hub: Option<String>,
+    /// With --hub: directory with the hub's ca.pem and ca.key (instance
+    /// certificates are issued there).
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// Write every measure as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write SVG charts into this directory.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Runs executed at once.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -67,9 +118,10 @@ enum CertsCommand {
     },
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by RUST_LOG (default `default_level`).
+fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -119,9 +171,77 @@ async fn serve(
     hub.serve(listener, shutdown_signal()).await
 }
 
+async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
+    use learning_hub::sim::{self, scenario::Scenario};
+    use std::io::IsTerminal;
+
+    let scenario = Scenario::load(&args.scenario)?;
+    let scaling = if args.scaling == "none" {
+        Vec::new()
+    } else {
+        args.scaling
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=10_000).contains(n))
+                    .ok_or_else(|| {
+                        learning_hub::Error::invalid(
+                            "--scaling",
+                            format!("{n:?} is not a fleet size in [1, 10000]"),
+                        )
+                    })
+            })
+            .collect::<learning_hub::Result<Vec<_>>>()?
+    };
+    if args.seeds == 0 || args.seeds > 1000 {
+        return Err(learning_hub::Error::invalid(
+            "--seeds",
+            "must be within [1, 1000]",
+        ));
+    }
+    let options = sim::SimOptions {
+        instances: args.instances.unwrap_or(scenario.instances),
+        horizon: args.horizon.unwrap_or(scenario.horizon),
+        scenario,
+        seeds: args.seeds,
+        seed: args.seed,
+        stagger: args.stagger,
+        scaling,
+        scaling_seeds: args.scaling_seeds,
+        external_hub: args.hub.zip(args.certs_dir),
+        parallel: args.parallel,
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+    };
+    if !(1..=10_000).contains(&options.instances) || !(10..=100_000).contains(&options.horizon) {
+        return Err(learning_hub::Error::invalid(
+            "--instances/--horizon",
+            "instances must be within [1, 10000] and horizon within [10, 100000]",
+        ));
+    }
+    let report = sim::simulate(options).await?;
+    print!("{}", sim::report::table(&report));
+    if let Some(path) = args.json {
+        sim::report::write_json(&report, &path)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(dir) = args.plot {
+        for path in sim::plot::write_charts(&report, &dir)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The simulator starts hubs of its own; their routine logs would bury
+    // its report.
+    init_tracing(match cli.command {
+        Command::Simulate(_) => "warn",
+        _ => "info",
+    });
     let result = match cli.command {
         Command::Serve {
             listen,
@@ -131,6 +251,9 @@ fn main() -> ExitCode {
         } => tokio::runtime::Runtime::new()
             .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
             .and_then(|rt| rt.block_on(serve(listen, data_dir, certs_dir, insecure_dev))),
+        Command::Simulate(args) => tokio::runtime::Runtime::new()
+            .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
+            .and_then(|rt| rt.block_on(simulate(args))),
         Command::Certs { command } => match command {
             CertsCommand::Init { certs_dir } => match pki::ensure_dev_pki(&certs_dir) {
                 Ok(true) => {

@@ -3,7 +3,9 @@
 //! environment); matching ranks exact signatures first and then patterns
 //! whose metric state is close to the query's.
 
-use super::model::{Attributes, Metrics, Pattern};
+use std::{collections::HashMap, sync::Arc};
+
+use super::model::{Attributes, MetricState, Metrics, Pattern};
 
 /// Width of the grid metric values are rounded to in a signature: values
 /// closer than this usually describe the same plateau.
@@ -38,6 +40,17 @@ pub fn signature(metrics: &Metrics, environment: &Attributes) -> String {
     sig
 }
 
+/// How close two states of one metric are: 1 − |Δvalue|, halved when the
+/// stuck flags differ.
+fn closeness(a: &MetricState, b: &MetricState) -> f64 {
+    let closeness = 1.0 - (a.value - b.value).abs().min(1.0);
+    if a.stuck == b.stuck {
+        closeness
+    } else {
+        closeness / 2.0
+    }
+}
+
 /// How alike two metric states are, in [0, 1]: over the union of metric
 /// names, the mean of 1 − |Δvalue| (halved when the stuck flags differ),
 /// counting 0 for a metric only one side has.
@@ -47,12 +60,7 @@ pub fn metric_similarity(a: &Metrics, b: &Metrics) -> f64 {
     for (name, sa) in a {
         union += 1;
         if let Some(sb) = b.get(name) {
-            let closeness = 1.0 - (sa.value - sb.value).abs().min(1.0);
-            total += if sa.stuck == sb.stuck {
-                closeness
-            } else {
-                closeness / 2.0
-            };
+            total += closeness(sa, sb);
         }
     }
     union += b.keys().filter(|k| !a.contains_key(*k)).count();
@@ -84,54 +92,151 @@ pub struct PatternMatch<P> {
     pub confidence: f64,
 }
 
-/// Ranks `patterns` against a query: exact signature matches first, then
-/// patterns with similarity ≥ [`MIN_SIMILARITY`], each group by confidence
-/// (similarity × the pattern's outcome-based reliability), then by
-/// frequency, then by id so the order is deterministic.
-pub fn rank<P: AsRef<Pattern>>(
-    metrics: &Metrics,
-    environment: &Attributes,
-    patterns: impl IntoIterator<Item = P>,
-    limit: usize,
-) -> Vec<PatternMatch<P>> {
-    let query_signature = signature(metrics, environment);
-    let mut matches: Vec<PatternMatch<P>> = patterns
-        .into_iter()
-        .filter_map(|p| {
-            let (exact, similarity, reliability) = {
-                let pattern = p.as_ref();
-                let exact = pattern.signature == query_signature;
+/// The signature's grid cell of a value.
+fn bucket(value: f64) -> i64 {
+    (value / SIGNATURE_RESOLUTION).round() as i64
+}
+
+/// Every stored pattern, grouped by (metric names, environment) so that a
+/// query computes the environment part of the similarity once per group and
+/// the metric part as arithmetic over value vectors — no string-keyed
+/// lookups per pattern. Ranking is the same as comparing the query with
+/// each pattern one by one.
+#[derive(Debug, Clone, Default)]
+pub struct PatternIndex {
+    groups: Vec<Group>,
+    group_of: HashMap<(Vec<String>, Attributes), usize>,
+    slot_of: HashMap<String, (usize, usize)>,
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    names: Vec<String>,
+    environment: Attributes,
+    members: Vec<Member>,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    /// The pattern's metric states in the group's name order.
+    states: Vec<MetricState>,
+    /// Their signature cells, for exact matching without strings.
+    cells: Vec<(i64, bool)>,
+    pattern: Arc<Pattern>,
+}
+
+impl PatternIndex {
+    /// Adds a pattern or replaces its previous version. A pattern's metric
+    /// state never changes after creation (only its counts do).
+    pub fn upsert(&mut self, pattern: Arc<Pattern>) {
+        if let Some(&(g, m)) = self.slot_of.get(&pattern.id) {
+            self.groups[g].members[m].pattern = pattern;
+            return;
+        }
+        let names: Vec<String> = pattern.metrics.keys().cloned().collect();
+        let key = (names.clone(), pattern.environment.clone());
+        let g = *self.group_of.entry(key).or_insert_with(|| {
+            self.groups.push(Group {
+                names,
+                environment: pattern.environment.clone(),
+                members: Vec::new(),
+            });
+            self.groups.len() - 1
+        });
+        let states: Vec<MetricState> = pattern.metrics.values().copied().collect();
+        let cells = states.iter().map(|s| (bucket(s.value), s.stuck)).collect();
+        let group = &mut self.groups[g];
+        self.slot_of
+            .insert(pattern.id.clone(), (g, group.members.len()));
+        group.members.push(Member {
+            states,
+            cells,
+            pattern,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.slot_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slot_of.is_empty()
+    }
+
+    /// Ranks the stored patterns against a query: exact signature matches
+    /// first, then patterns with similarity ≥ [`MIN_SIMILARITY`], each group
+    /// by confidence (similarity × the pattern's outcome-based reliability),
+    /// then by frequency, then by id so the order is deterministic.
+    pub fn rank(
+        &self,
+        metrics: &Metrics,
+        environment: &Attributes,
+        limit: usize,
+    ) -> Vec<PatternMatch<Arc<Pattern>>> {
+        let query: Vec<&MetricState> = metrics.values().collect();
+        let query_cells: Vec<(i64, bool)> =
+            query.iter().map(|s| (bucket(s.value), s.stuck)).collect();
+        let mut matches = Vec::new();
+        for group in &self.groups {
+            let env_similarity = environment_similarity(environment, &group.environment);
+            let same_names = group.names.len() == metrics.len()
+                && group.names.iter().zip(metrics.keys()).all(|(a, b)| a == b);
+            if !same_names {
+                // No exact match is possible; skip the group when even
+                // identical values on the shared metrics could not qualify.
+                let shared = group
+                    .names
+                    .iter()
+                    .filter(|n| metrics.contains_key(*n))
+                    .count();
+                let union = group.names.len() + metrics.len() - shared;
+                let best = shared as f64 / union.max(1) as f64;
+                if METRIC_WEIGHT * best + (1.0 - METRIC_WEIGHT) * env_similarity < MIN_SIMILARITY {
+                    continue;
+                }
+            }
+            let same_environment = same_names && group.environment == *environment;
+            for member in &group.members {
+                let exact = same_environment && member.cells == query_cells;
+                let metric_similarity = if same_names {
+                    let total: f64 = query
+                        .iter()
+                        .zip(&member.states)
+                        .map(|(q, p)| closeness(q, p))
+                        .sum();
+                    if query.is_empty() {
+                        1.0
+                    } else {
+                        total / query.len() as f64
+                    }
+                } else {
+                    metric_similarity(metrics, &member.pattern.metrics)
+                };
                 let similarity = if exact {
                     1.0
                 } else {
-                    METRIC_WEIGHT * metric_similarity(metrics, &pattern.metrics)
-                        + (1.0 - METRIC_WEIGHT)
-                            * environment_similarity(environment, &pattern.environment)
+                    METRIC_WEIGHT * metric_similarity + (1.0 - METRIC_WEIGHT) * env_similarity
                 };
-                (exact, similarity, pattern.reliability())
-            };
-            (exact || similarity >= MIN_SIMILARITY).then(|| PatternMatch {
-                confidence: similarity * reliability,
-                pattern: p,
-                exact,
-                similarity,
-            })
-        })
-        .collect();
-    matches.sort_by(|a, b| {
-        b.exact
-            .cmp(&a.exact)
-            .then(b.confidence.total_cmp(&a.confidence))
-            .then(
-                b.pattern
-                    .as_ref()
-                    .frequency
-                    .cmp(&a.pattern.as_ref().frequency),
-            )
-            .then(a.pattern.as_ref().id.cmp(&b.pattern.as_ref().id))
-    });
-    matches.truncate(limit);
-    matches
+                if exact || similarity >= MIN_SIMILARITY {
+                    matches.push(PatternMatch {
+                        confidence: similarity * member.pattern.reliability(),
+                        pattern: member.pattern.clone(),
+                        exact,
+                        similarity,
+                    });
+                }
+            }
+        }
+        matches.sort_by(|a, b| {
+            b.exact
+                .cmp(&a.exact)
+                .then(b.confidence.total_cmp(&a.confidence))
+                .then(b.pattern.frequency.cmp(&a.pattern.frequency))
+                .then(a.pattern.id.cmp(&b.pattern.id))
+        });
+        matches.truncate(limit);
+        matches
+    }
 }
 
 #[cfg(test)]
@@ -215,11 +320,59 @@ mod tests {
             similar.record_outcome(true, None, 1);
         }
         let unrelated = pattern(metrics(&[("tx", 0.1, false)]), env.clone());
-        let ranked = rank(&query, &env, [&similar, &unrelated, &exact], 10);
+        let mut index = PatternIndex::default();
+        for p in [&similar, &unrelated, &exact] {
+            index.upsert(Arc::new(p.clone()));
+        }
+        let ranked = index.rank(&query, &env, 10);
         assert_eq!(ranked.len(), 2, "unrelated pattern filtered out");
         assert!(ranked[0].exact);
         assert_eq!(ranked[0].pattern.id, exact.id);
         assert!(!ranked[1].exact);
         assert!(ranked[1].similarity > 0.9 && ranked[1].similarity < 1.0);
+        // Updating a pattern replaces it in place.
+        let mut proven = exact.clone();
+        proven.record_outcome(false, None, 2);
+        index.upsert(Arc::new(proven));
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.rank(&query, &env, 10)[0].pattern.failures, 1);
+    }
+
+    #[test]
+    fn index_matches_pairwise_similarity_across_name_sets() {
+        let env = Attributes::from([("p".to_string(), "x".to_string())]);
+        let other_env = Attributes::from([("p".to_string(), "y".to_string())]);
+        let candidates = [
+            pattern(metrics(&[("a", 0.5, true), ("b", 0.5, false)]), env.clone()),
+            pattern(
+                metrics(&[("a", 0.6, true), ("b", 0.4, true)]),
+                other_env.clone(),
+            ),
+            pattern(metrics(&[("a", 0.5, true), ("c", 0.5, false)]), env.clone()),
+            pattern(metrics(&[("a", 0.5, true)]), env.clone()),
+        ];
+        let mut index = PatternIndex::default();
+        for p in &candidates {
+            index.upsert(Arc::new(p.clone()));
+        }
+        let query = metrics(&[("a", 0.52, true), ("b", 0.45, false)]);
+        let ranked = index.rank(&query, &env, 10);
+        for m in &ranked {
+            let expected = METRIC_WEIGHT * metric_similarity(&query, &m.pattern.metrics)
+                + (1.0 - METRIC_WEIGHT) * environment_similarity(&env, &m.pattern.environment);
+            if !m.exact {
+                assert!((m.similarity - expected).abs() < 1e-12);
+            }
+        }
+        let expected_count = candidates
+            .iter()
+            .filter(|p| {
+                METRIC_WEIGHT * metric_similarity(&query, &p.metrics)
+                    + (1.0 - METRIC_WEIGHT) * environment_similarity(&env, &p.environment)
+                    >= MIN_SIMILARITY
+                    || p.signature == signature(&query, &env)
+            })
+            .count();
+        assert_eq!(ranked.len(), expected_count);
     }
 }

@@ -40,13 +40,7 @@ impl Hub {
         environment: &Attributes,
         limit: usize,
     ) -> Vec<PatternMatch<Arc<Pattern>>> {
-        let state = self.state();
-        matching::rank(
-            metrics,
-            environment,
-            state.patterns.values().cloned(),
-            limit,
-        )
+        self.state().pattern_index.rank(metrics, environment, limit)
     }
 
     /// Records whether acting on pattern `id` worked.

@@ -12,6 +12,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::domain::matching::PatternIndex;
 use crate::domain::model::{
     Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey, StrategyOutcome,
     StrategyRecord, UnixMillis,
@@ -23,6 +24,8 @@ use crate::store::{Changes, Snapshot};
 pub struct State {
     pub instances: BTreeMap<String, Arc<Instance>>,
     pub patterns: BTreeMap<String, Arc<Pattern>>,
+    /// The same patterns, indexed for matching.
+    pub pattern_index: PatternIndex,
     /// Ordered by metric first: one metric's aggregates are one range.
     pub strategies: BTreeMap<StrategyKey, Arc<StrategyRecord>>,
     /// By sequence.
@@ -37,7 +40,7 @@ pub struct State {
 
 impl State {
     pub fn from_snapshot(snapshot: Snapshot) -> Self {
-        State {
+        let mut state = State {
             instances: snapshot
                 .instances
                 .into_iter()
@@ -70,7 +73,12 @@ impl State {
                 .collect(),
             insight_sequence: snapshot.insight_sequence,
             outcome_sequence: snapshot.outcome_sequence,
+            pattern_index: PatternIndex::default(),
+        };
+        for pattern in state.patterns.values() {
+            state.pattern_index.upsert(pattern.clone());
         }
+        state
     }
 
     /// Installs durable changes.
@@ -94,6 +102,9 @@ impl State {
             &mut self.patterns,
             changes.patterns.iter().map(|(k, v)| (k.clone(), v.clone())),
         );
+        for pattern in changes.patterns.values() {
+            self.pattern_index.upsert(pattern.clone());
+        }
         install(
             &mut self.strategies,
             changes

@@ -1,0 +1,412 @@
+//! Runs one simulated fleet in one mode with one seed, cycle by cycle, and
+//! records what each instance went through.
+//!
+//! All instances advance in lockstep and in a fixed order, and hub-mode
+//! instances read the insight stream up to the same point at the end of
+//! every cycle; the in-process hub's clock is set to the simulated cycle.
+//! So a run is a deterministic function of (scenario, mode, seed, fleet
+//! size) even though it talks to a real hub over the network.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::future::join_all;
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::{net::TcpListener, sync::oneshot};
+
+use super::agents::{LocalLearner, PlateauDetector, argmax, oracle_action, pick_metric};
+use super::hub_agent::HubLink;
+use super::rng::Rng;
+use super::scenario::Scenario;
+use super::world::{Application, InstanceState, World};
+use crate::auth::Identity;
+use crate::client::{ClientSettings, HubClient};
+use crate::clock::ManualClock;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pki;
+
+/// How an instance learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Isolated,
+    Hub,
+    Oracle,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Isolated => "isolated",
+            Mode::Hub => "hub",
+            Mode::Oracle => "oracle",
+        }
+    }
+}
+
+/// Patience (cycles without progress) an instance starts with when the hub
+/// has no configuration for it; drawn per instance from this range.
+const PATIENCE_CHOICES: [usize; 4] = [2, 3, 4, 6];
+
+/// A metric knocked back and whether (and when) it recovered.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReversalTrace {
+    pub cycle: u32,
+    pub recovered_after: Option<u32>,
+}
+
+/// What one instance went through.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceTrace {
+    pub context: usize,
+    /// The fleet cycle it joined at.
+    pub join: u32,
+    /// Performance (share of the theoretical maximum) after each of its cycles.
+    pub performance: Vec<f64>,
+    pub applications: u32,
+    pub failed_applications: u32,
+    pub reversals: Vec<ReversalTrace>,
+    /// GetPatterns top matches judged, and how many recommended the truly
+    /// best strategy (hub mode only).
+    pub pattern_checks: u32,
+    pub pattern_hits: u32,
+}
+
+/// Where hub-mode instances find their hub.
+#[derive(Debug, Clone)]
+pub enum HubTarget {
+    /// A fresh hub per run, in this process, with this PKI.
+    InProcess { certs_dir: PathBuf },
+    /// An external hub; client certificates are issued from `certs_dir`'s
+    /// CA (or must already be there).
+    External { url: String, certs_dir: PathBuf },
+}
+
+/// One run's parameters.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub scenario: Arc<Scenario>,
+    pub mode: Mode,
+    pub seed: u64,
+    pub instances: usize,
+    pub horizon: u32,
+    /// Cycles between successive instances joining (0: all at once).
+    pub stagger: u32,
+    /// Prefix of instance ids (keeps runs apart on an external hub).
+    pub id_prefix: String,
+}
+
+struct SimInstance {
+    id: String,
+    state: InstanceState,
+    rng: Rng,
+    detector: PlateauDetector,
+    learner: LocalLearner,
+    link: Option<HubLink>,
+    trace: InstanceTrace,
+    /// (metric, value to regain, trace index)
+    open_reversals: Vec<(usize, f64, usize)>,
+}
+
+/// A metric counts as recovered within this of its value before the drop.
+const RECOVERY_TOLERANCE: f64 = 0.02;
+
+/// A hub this run started, stopped when the run ends.
+struct LocalHub {
+    url: String,
+    clock: ManualClock,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+    _data: tempfile::TempDir,
+}
+
+/// Cycles are a minute apart on the hub's clock.
+const CYCLE_MS: i64 = 60_000;
+/// The simulated fleet's epoch (2025-11-04, the seed's date).
+const EPOCH_MS: i64 = 1_762_214_400_000;
+
+async fn start_local_hub(certs_dir: &Path) -> Result<LocalHub> {
+    // The hub keeps its acknowledged-means-flushed contract; on tmpfs a
+    // flush is cheap, which keeps a simulated run fast.
+    let shm = Path::new("/dev/shm");
+    let data = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("learning-hub-sim")
+            .tempdir_in(shm)
+    } else {
+        tempfile::Builder::new()
+            .prefix("learning-hub-sim")
+            .tempdir()
+    }
+    .map_err(|e| Error::Unavailable(format!("cannot create a data dir: {e}")))?;
+    let mut config = Config::new(data.path().join("data"), certs_dir);
+    config.generate_dev_pki = false;
+    let clock = ManualClock::new(EPOCH_MS);
+    let prepared = crate::server::PreparedHub::prepare(config, Arc::new(clock.clone())).await?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let (shutdown, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(prepared.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    Ok(LocalHub {
+        url: format!("https://{addr}"),
+        clock,
+        shutdown,
+        task,
+        _data: data,
+    })
+}
+
+async fn connect(url: &str, certs_dir: &Path, instance_id: &str) -> Result<HubClient> {
+    let identity = Identity::instance(instance_id);
+    if !pki::CertPaths::for_name(certs_dir, instance_id)
+        .cert
+        .exists()
+    {
+        pki::issue(certs_dir, &identity, false)?;
+    }
+    let settings = ClientSettings::new(url, certs_dir, instance_id);
+    let mut last = None;
+    for _ in 0..50 {
+        match HubClient::connect(&settings).await {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last.unwrap_or_else(|| Error::Unavailable("cannot connect".into())))
+}
+
+/// Runs the fleet; returns one trace per instance, in instance order.
+pub async fn run(
+    spec: &RunSpec,
+    hub: Option<&HubTarget>,
+    progress: &ProgressBar,
+) -> Result<Vec<InstanceTrace>> {
+    let scenario = spec.scenario.clone();
+    let world = World::new(&scenario);
+    let mut setup = Rng::derive(spec.seed, 0);
+    let mut fleet: Vec<SimInstance> = (0..spec.instances)
+        .map(|i| {
+            let context = world.draw_context(&mut setup);
+            let patience = PATIENCE_CHOICES[setup.weighted(&[1.0; PATIENCE_CHOICES.len()])];
+            SimInstance {
+                id: format!("{}{i:04}", spec.id_prefix),
+                state: world.instance(context),
+                // The world's randomness per instance depends only on the
+                // seed and the instance, never on the mode.
+                rng: Rng::derive(spec.seed, 1 + i as u64),
+                detector: PlateauDetector::new(scenario.metrics.len(), patience),
+                learner: LocalLearner::default(),
+                link: None,
+                trace: InstanceTrace {
+                    context,
+                    join: i as u32 * spec.stagger,
+                    performance: Vec::with_capacity(spec.horizon as usize),
+                    applications: 0,
+                    failed_applications: 0,
+                    reversals: Vec::new(),
+                    pattern_checks: 0,
+                    pattern_hits: 0,
+                },
+                open_reversals: Vec::new(),
+            }
+        })
+        .collect();
+
+    let local = match (spec.mode, hub) {
+        (Mode::Hub, Some(HubTarget::InProcess { certs_dir })) => {
+            Some(start_local_hub(certs_dir).await?)
+        }
+        (Mode::Hub, None) => return Err(Error::invalid("hub", "hub mode needs a hub")),
+        _ => None,
+    };
+    let (url, certs_dir) = match (&local, hub) {
+        (Some(local), Some(HubTarget::InProcess { certs_dir })) => {
+            (local.url.clone(), certs_dir.clone())
+        }
+        (_, Some(HubTarget::External { url, certs_dir })) => (url.clone(), certs_dir.clone()),
+        _ => (String::new(), PathBuf::new()),
+    };
+
+    let last_join = spec.stagger * spec.instances.saturating_sub(1) as u32;
+    let mut insight_sequence = 0u64;
+    let result = async {
+        for cycle in 0..last_join + spec.horizon {
+            if let Some(local) = &local {
+                local.clock.set(EPOCH_MS + i64::from(cycle) * CYCLE_MS);
+            }
+            let active =
+                |i: &SimInstance| cycle >= i.trace.join && cycle < i.trace.join + spec.horizon;
+            for instance in fleet
+                .iter_mut()
+                .filter(|i| i.trace.join == cycle && spec.mode == Mode::Hub)
+            {
+                let client = connect(&url, &certs_dir, &instance.id).await?;
+                let (link, patience) =
+                    HubLink::join(client, &instance.id, &world, &instance.state).await?;
+                if let Some(patience) = patience {
+                    instance.detector = PlateauDetector::new(scenario.metrics.len(), patience);
+                }
+                instance.link = Some(link);
+            }
+            // Decisions only read from the hub, so the fleet makes them
+            // concurrently against the state left by the previous cycle;
+            // the shares that change it then go in instance order.
+            let decisions = join_all(
+                fleet
+                    .iter_mut()
+                    .filter(|i| active(i))
+                    .map(|instance| decide(&world, spec.mode, instance)),
+            )
+            .await;
+            let actors = fleet.iter_mut().filter(|i| active(i));
+            for (instance, decision) in actors.zip(decisions) {
+                if let Some(sequence) = act(&world, instance, decision?).await? {
+                    insight_sequence = insight_sequence.max(sequence);
+                }
+                progress.inc(1);
+            }
+            if insight_sequence > 0 {
+                for link in fleet.iter_mut().filter_map(|i| i.link.as_mut()) {
+                    link.catch_up_insights(&world, insight_sequence).await?;
+                }
+            }
+        }
+        Ok::<(), Error>(())
+    }
+    .await;
+
+    if let Some(local) = local {
+        drop(fleet.iter_mut().map(|i| i.link.take()).collect::<Vec<_>>());
+        let _ = local.shutdown.send(());
+        let _ = local.task.await;
+    }
+    result?;
+    Ok(fleet.into_iter().map(|i| i.trace).collect())
+}
+
+/// What an instance does this cycle: its action and, in hub mode, the
+/// decision behind it.
+struct Planned {
+    action: Option<Application>,
+    decision: Option<super::hub_agent::Decision>,
+}
+
+/// Observes the metrics and decides on this cycle's action (hub mode asks
+/// the hub; nothing is written).
+async fn decide(world: &World<'_>, mode: Mode, instance: &mut SimInstance) -> Result<Planned> {
+    let scenario = world.scenario;
+    instance.detector.observe(&instance.state.values);
+    let stuck = instance.detector.stuck_metrics();
+    let target = pick_metric(world, &instance.state, &stuck);
+    Ok(match mode {
+        Mode::Oracle => Planned {
+            action: oracle_action(world, &instance.state),
+            decision: None,
+        },
+        Mode::Isolated => Planned {
+            action: target.map(|metric| Application {
+                metric,
+                strategy: argmax(&instance.learner.scores(
+                    scenario.strategies.len(),
+                    metric,
+                    instance.state.values[metric],
+                )),
+            }),
+            decision: None,
+        },
+        Mode::Hub => match (target, instance.link.as_mut()) {
+            (Some(metric), Some(link)) => {
+                let decision = link
+                    .decide(
+                        world,
+                        &instance.state,
+                        &instance.detector,
+                        &instance.learner,
+                        metric,
+                    )
+                    .await?;
+                if let Some(hit) = decision.pattern_hit {
+                    instance.trace.pattern_checks += 1;
+                    instance.trace.pattern_hits += u32::from(hit);
+                }
+                Planned {
+                    action: Some(decision.app),
+                    decision: Some(decision),
+                }
+            }
+            _ => Planned {
+                action: None,
+                decision: None,
+            },
+        },
+    })
+}
+
+/// Applies the planned action, learns from it, shares it (hub mode) and
+/// records the cycle. Returns the sequence of an insight it shared.
+async fn act(
+    world: &World<'_>,
+    instance: &mut SimInstance,
+    planned: Planned,
+) -> Result<Option<u64>> {
+    let Planned { action, decision } = planned;
+    let cycle_in_run = instance.state.cycle;
+    let outcome = world.step(&mut instance.state, action, &mut instance.rng);
+    let mut shared_insight = None;
+    if let (Some(app), Some(outcome)) = (action, outcome) {
+        instance.learner.record(app, &outcome);
+        instance.detector.reset(app.metric);
+        instance.trace.applications += 1;
+        instance.trace.failed_applications += u32::from(!outcome.success);
+        for reversal in &outcome.reversals {
+            instance.trace.reversals.push(ReversalTrace {
+                cycle: cycle_in_run,
+                recovered_after: None,
+            });
+            instance.open_reversals.push((
+                reversal.metric,
+                reversal.value_before,
+                instance.trace.reversals.len() - 1,
+            ));
+        }
+        if let (Some(link), Some(decision)) = (instance.link.as_mut(), decision.as_ref()) {
+            shared_insight = link
+                .share_outcome(world, &instance.learner, decision, &outcome, cycle_in_run)
+                .await?;
+        }
+    }
+    let state = &instance.state;
+    let trace = &mut instance.trace;
+    instance.open_reversals.retain(|(metric, target, index)| {
+        if state.values[*metric] >= target - RECOVERY_TOLERANCE {
+            trace.reversals[*index].recovered_after =
+                Some(state.cycle - trace.reversals[*index].cycle - 1);
+            false
+        } else {
+            true
+        }
+    });
+    let performance = world.performance(&instance.state);
+    instance.trace.performance.push(performance);
+    if let Some(link) = instance.link.as_mut() {
+        link.maybe_share_configuration(
+            instance.state.cycle,
+            instance.detector.patience,
+            performance,
+        )
+        .await?;
+    }
+    Ok(shared_insight)
+}
