@@ -237,3 +237,17 @@ fn simulate_command_prints_the_claims_table_and_writes_files() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("/nonexistent.toml"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_joins_report_late_joiners() {
+    let options = SimOptions {
+        seeds: 1,
+        stagger: 5,
+        ..small(Scenario::builtin())
+    };
+    let report = sim::simulate(options).await.unwrap();
+    let late = report.late_joiners.expect("late joiners measured");
+    assert!(late.hub_time_to_peak.mean > 0.0 && late.isolated_time_to_peak.mean > 0.0);
+    // Every instance runs its full horizon after joining.
+    assert_eq!(report.modes[&Mode::Hub].curve.mean.len(), 60);
+}
