@@ -9,6 +9,8 @@ use crate::hub::HubSettings;
 
 /// The seed's port.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3015";
+/// The seed's insight generation period: every 4 hours.
+pub const DEFAULT_INSIGHT_INTERVAL: Duration = Duration::from_secs(4 * 60 * 60);
 
 /// Limits that protect the server from oversized, idle and hostile peers.
 #[derive(Debug, Clone)]
@@ -58,6 +60,9 @@ pub struct Config {
     pub insecure_dev: bool,
     pub limits: Limits,
     pub hub: HubSettings,
+    /// How often insight generation runs in the background (`None`: never;
+    /// the Admin RPC still runs it on demand).
+    pub insight_interval: Option<Duration>,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             insecure_dev: false,
             limits: Limits::default(),
             hub: HubSettings::default(),
+            insight_interval: Some(DEFAULT_INSIGHT_INTERVAL),
         }
     }
 

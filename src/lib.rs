@@ -23,6 +23,7 @@
 //! - [`domain`]: plain records and the pure logic on them.
 //! - [`store`]: durable records over a key-value [`store::Engine`] (sled).
 //! - [`stream`]: insight fan-out with replay and catch-up.
+//! - [`jobs`]: background jobs (insight generation).
 //! - [`client`]: a Rust client for instances, with a resuming subscription.
 //! - [`pki`]: the development certificates.
 //! - [`sim`]: the fleet simulator that measures what the hub is worth.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod hub;
+pub mod jobs;
 pub mod pki;
 pub mod server;
 pub mod sim;

@@ -36,6 +36,14 @@ enum Command {
         /// only: anyone who can reach the port can act as any instance.
         #[arg(long)]
         insecure_dev: bool,
+        /// Minutes between background insight-generation runs (0: never;
+        /// Admin/GenerateInsights runs it on demand).
+        #[arg(
+            long,
+            env = "LEARNING_HUB_INSIGHT_INTERVAL_MINUTES",
+            default_value_t = 240
+        )]
+        insight_interval_minutes: u64,
     },
     /// Measure what the hub is worth: a simulated fleet learning in
     /// isolation, through a real hub, and with an oracle.
@@ -155,6 +163,7 @@ async fn serve(
     data_dir: PathBuf,
     certs_dir: PathBuf,
     insecure_dev: bool,
+    insight_interval_minutes: u64,
 ) -> learning_hub::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -162,6 +171,8 @@ async fn serve(
     let mut config = Config::new(data_dir, certs_dir);
     config.listen = listen;
     config.insecure_dev = insecure_dev;
+    config.insight_interval = (insight_interval_minutes > 0)
+        .then(|| std::time::Duration::from_secs(60 * insight_interval_minutes));
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     if let Ok(addr) = listener.local_addr() {
         // On stdout, for scripts and tests that start the hub on port 0:
@@ -248,9 +259,18 @@ fn main() -> ExitCode {
             data_dir,
             certs_dir,
             insecure_dev,
+            insight_interval_minutes,
         } => tokio::runtime::Runtime::new()
             .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
-            .and_then(|rt| rt.block_on(serve(listen, data_dir, certs_dir, insecure_dev))),
+            .and_then(|rt| {
+                rt.block_on(serve(
+                    listen,
+                    data_dir,
+                    certs_dir,
+                    insecure_dev,
+                    insight_interval_minutes,
+                ))
+            }),
         Command::Simulate(args) => tokio::runtime::Runtime::new()
             .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
             .and_then(|rt| rt.block_on(simulate(args))),

@@ -4,7 +4,8 @@
 //! (generating a development PKI on first start), open the store and load
 //! the state, then serve `learninghub.v1.Hub`, `grpc.health.v1.Health` and
 //! gRPC reflection (v1 and v1alpha, which grpcurl 1.8 speaks) behind the
-//! auth layer, over connections from [`crate::transport`].
+//! auth layer, over connections from [`crate::transport`], plus the
+//! operators' `learninghub.v1.Admin`; runs background insight generation.
 //!
 //! Shutdown, when the `shutdown` future resolves: report NOT_SERVING, stop
 //! accepting, end insight streams (clients get UNAVAILABLE with their
@@ -15,7 +16,7 @@ use std::{future::Future, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::api::HubService;
+use crate::api::{AdminService, HubService};
 use crate::auth::AuthLayer;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -122,7 +123,15 @@ impl PreparedHub {
         F: Future<Output = ()> + Send + 'static,
     {
         let PreparedHub { config, hub, tls } = self;
+        let job = config
+            .insight_interval
+            .map(|every| crate::jobs::spawn_insight_generation(hub.clone(), every));
         let served = serve(listener, &config, hub.clone(), tls, shutdown).await;
+        if let Some(job) = job {
+            // It stops at the hub's shutdown signal; wait so no generation
+            // run races the final flush.
+            let _ = job.await;
+        }
         let flushed = hub.close().await;
         tracing::info!("learning hub stopped");
         served.and(flushed)
@@ -191,7 +200,8 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(HubService::new(hub).into_server(limits.max_message_bytes))
+        .add_service(HubService::new(hub.clone()).into_server(limits.max_message_bytes))
+        .add_service(AdminService::new(hub).into_server(limits.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, signal);
 
     let drain_timeout = limits.drain_timeout;

@@ -253,6 +253,7 @@ fn pattern() -> pb::SharePatternRequest {
         cycles_until_plateau: 12,
         recovery_strategies: vec!["novelty_injection".into()],
         environment: attr("provider", "claude"),
+        ..Default::default()
     }
 }
 
@@ -315,6 +316,7 @@ fn failure() -> pb::ShareFailureRequest {
             cycles_to_recover: 3,
         }],
         prevention: vec!["check the metric first".into()],
+        ..Default::default()
     }
 }
 

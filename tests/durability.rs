@@ -17,6 +17,7 @@ async fn share_everything(client: &HubClient, tag: &str) {
             cycles_until_plateau: 5,
             recovery_strategies: vec!["novelty_injection".into()],
             environment: BTreeMap::from([("tag".into(), tag.into())]),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -8,18 +8,19 @@ use std::sync::Arc;
 
 use prost_types::{Timestamp, Value, value::Kind};
 
-use crate::domain::matching::PatternMatch;
+use crate::domain::matching::{RecoveryEstimate, rank_recoveries};
 use crate::domain::model::{
     ApplicableContext, Attributes, ConfigAlternative, ConfigShare, Configuration, FailurePattern,
     FailureReport, FailureType, Insight, InsightAlternative, InsightCategory, InsightDraft,
-    InsightEvidence, Instance, MetricState, Metrics, ParamValue, Parameters, Pattern, PatternShare,
-    RecoveryAttempt, Registration, StrategyRecord, StrategyShare, UnixMillis,
+    InsightEvidence, Instance, MetricState, Metrics, PRECEDING_WINDOW, ParamValue, Parameters,
+    Pattern, PatternShare, RecentApplication, RecoveryAttempt, Registration, StrategyRecord,
+    StrategyShare, UnixMillis, preceding,
 };
 use crate::domain::prevention::Warning;
 use crate::domain::recommend::{Combination, Recommendation, Scope};
 use crate::domain::stats::RunningStats;
 use crate::error::{Error, Result};
-use crate::hub::{Bootstrap, HubStatus, InstancePage};
+use crate::hub::{ActionCheck, Bootstrap, HubStatus, InstancePage, RankedMatch, StrategyAsk};
 use crate::pb;
 use crate::validate::{
     self, MAX_TEXT_LEN, MAX_TITLE_LEN, MAX_VALUE_LEN, attributes, finite, list_len, map_len, name,
@@ -92,6 +93,27 @@ fn names(field: &str, items: &[String]) -> Result<Vec<String>> {
         name(&format!("{field}[{i}]"), item)?;
     }
     Ok(items.to_vec())
+}
+
+fn recent(field: &str, items: &[pb::RecentApplication]) -> Result<Vec<RecentApplication>> {
+    list_len(field, items.len())?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            name(&format!("{field}[{i}].strategy"), &r.strategy)?;
+            name(&format!("{field}[{i}].metric"), &r.metric)?;
+            Ok(RecentApplication {
+                strategy: r.strategy.clone(),
+                metric: r.metric.clone(),
+                cycles_ago: cycles(&format!("{field}[{i}].cycles_ago"), r.cycles_ago)?,
+            })
+        })
+        .collect()
+}
+
+fn optional(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
 }
 
 fn cycles(field: &str, value: u32) -> Result<u32> {
@@ -184,30 +206,57 @@ pub fn registration(req: pb::RegisterRequest) -> Result<Registration> {
 }
 
 pub fn pattern_share(req: pb::SharePatternRequest) -> Result<PatternShare> {
+    optional_name("target_metric", &req.target_metric)?;
     Ok(PatternShare {
         metrics: metrics("metrics", &req.metrics, true)?,
         cycles_until_plateau: cycles("cycles_until_plateau", req.cycles_until_plateau)?,
         recovery_strategies: names("recovery_strategies", &req.recovery_strategies)?,
         environment: context("environment", &req.environment)?,
+        target_metric: optional(req.target_metric),
     })
 }
 
-pub fn pattern_query(req: &pb::GetPatternsRequest) -> Result<(Metrics, Attributes, usize)> {
-    Ok((
-        metrics("metrics", &req.metrics, true)?,
-        context("environment", &req.environment)?,
-        validate::limit("limit", req.limit, 10, 100)?,
-    ))
+/// The validated parts of a GetPatterns request.
+pub struct PatternsQuery {
+    pub metrics: Metrics,
+    pub environment: Attributes,
+    pub target_metric: Option<String>,
+    pub recent: Vec<RecentApplication>,
+    pub limit: usize,
 }
 
-pub fn pattern_outcome(
-    req: pb::RecordPatternOutcomeRequest,
-) -> Result<(String, bool, Option<String>)> {
+pub fn pattern_query(req: pb::GetPatternsRequest) -> Result<PatternsQuery> {
+    optional_name("target_metric", &req.target_metric)?;
+    Ok(PatternsQuery {
+        metrics: metrics("metrics", &req.metrics, true)?,
+        environment: context("environment", &req.environment)?,
+        limit: validate::limit("limit", req.limit, 10, 100)?,
+        recent: recent("recent", &req.recent)?,
+        target_metric: optional(req.target_metric),
+    })
+}
+
+/// The validated parts of a RecordPatternOutcome request.
+pub struct PatternOutcome {
+    pub pattern_id: String,
+    pub success: bool,
+    pub metric: Option<String>,
+    pub strategy: Option<String>,
+    pub similarity: Option<f64>,
+}
+
+pub fn pattern_outcome(req: pb::RecordPatternOutcomeRequest) -> Result<PatternOutcome> {
     name("pattern_id", &req.pattern_id)?;
     optional_name("metric_name", &req.metric_name)?;
     optional_name("strategy", &req.strategy)?;
-    let strategy = (!req.strategy.is_empty()).then_some(req.strategy);
-    Ok((req.pattern_id, req.success, strategy))
+    let similarity = unit("similarity", req.similarity)?;
+    Ok(PatternOutcome {
+        pattern_id: req.pattern_id,
+        success: req.success,
+        metric: optional(req.metric_name),
+        strategy: optional(req.strategy),
+        similarity: (similarity > 0.0).then_some(similarity),
+    })
 }
 
 pub fn strategy_share(req: pb::ShareStrategyRequest) -> Result<StrategyShare> {
@@ -218,6 +267,7 @@ pub fn strategy_share(req: pb::ShareStrategyRequest) -> Result<StrategyShare> {
         value_before: unit("value_before", req.value_before)?,
         delta: within("delta", req.delta, -1.0, 1.0)?,
         context: context("context", &req.context)?,
+        recent: recent("recent", &req.recent)?,
         strategy: req.strategy,
         metric: req.metric,
         successful: req.successful,
@@ -225,34 +275,52 @@ pub fn strategy_share(req: pb::ShareStrategyRequest) -> Result<StrategyShare> {
     })
 }
 
-/// The validated parts of a GetStrategies request.
-pub struct StrategiesQuery {
-    pub metric: String,
-    pub context: Attributes,
-    pub current_value: f64,
-    pub budget: Option<f64>,
-    pub limit: usize,
-}
-
-pub fn strategies_query(req: pb::GetStrategiesRequest) -> Result<StrategiesQuery> {
+pub fn strategies_query(req: pb::GetStrategiesRequest) -> Result<StrategyAsk> {
     name("metric", &req.metric)?;
-    Ok(StrategiesQuery {
-        current_value: unit("current_value", req.current_value)?,
+    Ok(StrategyAsk {
+        current_value: Some(unit("current_value", req.current_value)?),
         budget: budget(req.budget)?,
         context: context("context", &req.context)?,
         limit: validate::limit("limit", req.limit, 10, 100)?,
+        recent: recent("recent", &req.recent)?,
+        explore_seed: req.explore.then_some(req.explore_seed),
         metric: req.metric,
     })
 }
 
-pub fn combination_query(
-    req: &pb::GetOptimalCombinationRequest,
-) -> Result<(Metrics, Attributes, Option<f64>)> {
-    Ok((
-        metrics("metrics", &req.metrics, true)?,
-        context("context", &req.context)?,
-        budget(req.budget)?,
-    ))
+/// The validated parts of a GetOptimalCombination request.
+pub struct CombinationQuery {
+    pub metrics: Metrics,
+    pub context: Attributes,
+    pub budget: Option<f64>,
+    pub costs: BTreeMap<String, f64>,
+    pub recent: Vec<RecentApplication>,
+}
+
+pub fn combination_query(req: &pb::GetOptimalCombinationRequest) -> Result<CombinationQuery> {
+    map_len("costs", req.costs.len(), false)?;
+    let costs = req
+        .costs
+        .iter()
+        .map(|(strategy, cost)| {
+            name("costs key", strategy)?;
+            let cost = within(&format!("costs[{strategy}]"), *cost, 0.0, 1e6)?;
+            if cost <= 0.0 {
+                return Err(Error::invalid(
+                    format!("costs[{strategy}]"),
+                    "must be positive",
+                ));
+            }
+            Ok((strategy.clone(), cost))
+        })
+        .collect::<Result<_>>()?;
+    Ok(CombinationQuery {
+        metrics: metrics("metrics", &req.metrics, true)?,
+        context: context("context", &req.context)?,
+        budget: budget(req.budget)?,
+        costs,
+        recent: recent("recent", &req.recent)?,
+    })
 }
 
 pub fn insight_draft(insight: Option<pb::Insight>) -> Result<InsightDraft> {
@@ -392,7 +460,11 @@ pub fn failure_report(req: pb::ShareFailureRequest) -> Result<FailureReport> {
     for (n, advice) in req.prevention.iter().enumerate() {
         required_text(&format!("prevention[{n}]"), advice, MAX_TEXT_LEN)?;
     }
+    let preceded_by = preceding(&recent("recent", &req.recent)?);
+    let magnitude = unit("magnitude", req.magnitude)?;
     Ok(FailureReport {
+        preceded_by,
+        magnitude: (magnitude > 0.0).then_some(magnitude),
         failure_type,
         trigger: req.trigger,
         metric: ctx.metric,
@@ -402,10 +474,21 @@ pub fn failure_report(req: pb::ShareFailureRequest) -> Result<FailureReport> {
     })
 }
 
-pub fn action_check(req: &pb::CheckActionRequest) -> Result<Metrics> {
+/// The validated parts of a CheckAction request.
+pub struct ActionQuery {
+    pub metrics: Metrics,
+    pub recent: Vec<RecentApplication>,
+    pub context: Attributes,
+}
+
+pub fn action_check(req: &pb::CheckActionRequest) -> Result<ActionQuery> {
     name("strategy", &req.strategy)?;
     name("metric", &req.metric)?;
-    metrics("metrics", &req.metrics, false)
+    Ok(ActionQuery {
+        metrics: metrics("metrics", &req.metrics, false)?,
+        recent: recent("recent", &req.recent)?,
+        context: context("context", &req.context)?,
+    })
 }
 
 fn parameter(field: &str, value: &Value) -> Result<ParamValue> {
@@ -513,23 +596,28 @@ fn metric_states(m: &Metrics) -> BTreeMap<String, pb::MetricState> {
         .collect()
 }
 
+fn recovery(r: &RecoveryEstimate) -> pb::RecoveryStrategy {
+    pb::RecoveryStrategy {
+        strategy: r.strategy.clone(),
+        suggested: r.suggested,
+        successes: r.successes,
+        failures: r.failures,
+        success_rate: r.success_rate,
+    }
+}
+
+/// A pattern with its own recovery ranking.
 pub fn pattern(p: &Pattern) -> pb::Pattern {
+    pattern_with(p, &rank_recoveries(p, None, &[]))
+}
+
+fn pattern_with(p: &Pattern, recoveries: &[RecoveryEstimate]) -> pb::Pattern {
     pb::Pattern {
         id: p.id.clone(),
         signature: p.signature.clone(),
         metrics: metric_states(&p.metrics),
         cycles_until_plateau: p.cycles_until_plateau.mean,
-        recovery_strategies: p
-            .ranked_recovery()
-            .into_iter()
-            .map(|(strategy, stat)| pb::RecoveryStrategy {
-                strategy: strategy.to_string(),
-                suggested: stat.suggested,
-                successes: stat.successes,
-                failures: stat.failures,
-                success_rate: stat.success_rate(),
-            })
-            .collect(),
+        recovery_strategies: recoveries.iter().map(recovery).collect(),
         effectiveness: Some(pb::PatternEffectiveness {
             success: p.successes,
             failure: p.failures,
@@ -542,12 +630,12 @@ pub fn pattern(p: &Pattern) -> pb::Pattern {
     }
 }
 
-pub fn pattern_match(m: &PatternMatch<Arc<Pattern>>) -> pb::PatternMatch {
+pub fn pattern_match(m: &RankedMatch) -> pb::PatternMatch {
     pb::PatternMatch {
-        pattern: Some(pattern(&m.pattern)),
-        exact: m.exact,
-        similarity: m.similarity,
-        confidence: m.confidence,
+        pattern: Some(pattern_with(&m.found.pattern, &m.recoveries)),
+        exact: m.found.exact,
+        similarity: m.found.similarity,
+        confidence: m.found.confidence,
     }
 }
 
@@ -609,24 +697,46 @@ pub fn recommendation(r: &Recommendation) -> pb::StrategyRecommendation {
             Scope::Fleet => pb::EvidenceScope::Fleet,
         } as i32,
         metric: r.metric.clone(),
+        lower_bound: r.lower_bound,
+        band_low: r.band.0,
+        band_high: r.band.1,
+        optimal_conditions: if r.band_known {
+            format!(
+                "use when {} in ({:.2}, {:.2})",
+                r.metric, r.band.0, r.band.1
+            )
+        } else {
+            String::new()
+        },
+        max_consecutive_uses: r.max_consecutive_uses,
+        cooldown_cycles: r.cooldown_cycles,
+        evidence: r.evidence,
+        failure_risk: r.failure_risk,
+        score: r.score,
     }
 }
 
-pub fn combination(c: &Combination) -> pb::GetOptimalCombinationResponse {
+pub fn combination(
+    c: &Combination,
+    conflicts: &[(String, String)],
+) -> pb::GetOptimalCombinationResponse {
     pb::GetOptimalCombinationResponse {
         steps: c
             .steps
             .iter()
-            .map(|s| pb::CombinationStep {
+            .map(|(s, cost)| pb::CombinationStep {
                 strategy: s.strategy.clone(),
                 metric: s.metric.clone(),
                 expected_delta: s.expected_delta,
                 confidence: s.confidence,
+                cost: *cost,
             })
             .collect(),
-        strategies: c.steps.iter().map(|s| s.strategy.clone()).collect(),
+        strategies: c.steps.iter().map(|s| s.0.strategy.clone()).collect(),
         expected_total_delta: c.expected_total_delta,
         confidence: c.confidence,
+        conflicts: conflicts.iter().map(|(a, b)| format!("{a}+{b}")).collect(),
+        total_cost: c.total_cost,
     }
 }
 
@@ -713,15 +823,34 @@ pub fn failure(f: &FailurePattern) -> pb::FailurePattern {
         instances: f.instances.iter().cloned().collect(),
         first_seen: Some(timestamp(f.first_seen)),
         last_seen: Some(timestamp(f.last_seen)),
+        preceded_by: f.preceded_by.clone(),
+        mean_magnitude: f.magnitude.mean,
     }
 }
 
 pub fn warning(w: &Warning<Arc<FailurePattern>>) -> pb::ActionWarning {
+    let mut prevention = w.failure.prevention.clone();
+    if let Some(p) = &w.prerequisite {
+        prevention.push(format!(
+            "apply {p} within {} cycles before {} (failure rate {:.2} instead of {:.2})",
+            PRECEDING_WINDOW, w.failure.strategy, w.failure_rate_with_prerequisite, w.failure_rate
+        ));
+    }
     pb::ActionWarning {
         failure: Some(failure(&w.failure)),
         failure_rate: w.failure_rate,
-        prevention: w.failure.prevention.clone(),
+        prevention,
         message: w.message.clone(),
+        prerequisite: w.prerequisite.clone().unwrap_or_default(),
+        failure_rate_with_prerequisite: w.failure_rate_with_prerequisite,
+    }
+}
+
+pub fn action_check_reply(check: &ActionCheck) -> pb::CheckActionResponse {
+    pb::CheckActionResponse {
+        safe: check.safe,
+        warnings: check.warnings.iter().map(warning).collect(),
+        safer_alternative: check.safer_alternative.clone().unwrap_or_default(),
     }
 }
 
@@ -776,6 +905,15 @@ pub fn bootstrap(b: &Bootstrap) -> pb::BootstrapConfig {
         } as i32,
         configuration: b.configuration.as_deref().map(configuration),
         proven_strategies: b.proven_strategies.iter().map(recommendation).collect(),
+        alternatives: b
+            .alternatives
+            .iter()
+            .map(|c| pb::ConfigAlternative {
+                name: c.id.clone(),
+                effectiveness: c.effectiveness,
+                risk: c.risk(),
+            })
+            .collect(),
     }
 }
 

@@ -4,7 +4,10 @@
 //! answer back. Errors become a `tonic::Status` through the crate's single
 //! `From<Error> for Status`.
 
+mod admin;
 pub mod convert;
+
+pub use admin::AdminService;
 
 use std::{pin::Pin, sync::Arc};
 
@@ -106,8 +109,14 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetPatternsRequest>,
     ) -> Reply<pb::GetPatternsResponse> {
-        let (metrics, environment, limit) = convert::pattern_query(request.get_ref())?;
-        let matches = self.hub.get_patterns(&metrics, &environment, limit);
+        let q = convert::pattern_query(request.into_inner())?;
+        let matches = self.hub.get_patterns(
+            &q.metrics,
+            &q.environment,
+            q.target_metric.as_deref(),
+            &q.recent,
+            q.limit,
+        );
         reply(pb::GetPatternsResponse {
             matches: matches.iter().map(convert::pattern_match).collect(),
         })
@@ -118,10 +127,17 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::RecordPatternOutcomeRequest>,
     ) -> Reply<pb::RecordPatternOutcomeResponse> {
         let caller = calling_instance(&request)?;
-        let (id, success, strategy) = convert::pattern_outcome(request.into_inner())?;
+        let o = convert::pattern_outcome(request.into_inner())?;
         let pattern = self
             .hub
-            .record_pattern_outcome(&caller, id, success, strategy)
+            .record_pattern_outcome(
+                &caller,
+                o.pattern_id,
+                o.success,
+                o.metric,
+                o.strategy,
+                o.similarity,
+            )
             .await?;
         reply(pb::RecordPatternOutcomeResponse {
             pattern: Some(convert::pattern(&pattern)),
@@ -145,14 +161,8 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetStrategiesRequest>,
     ) -> Reply<pb::GetStrategiesResponse> {
-        let q = convert::strategies_query(request.into_inner())?;
-        let ranked = self.hub.get_strategies(
-            &q.metric,
-            &q.context,
-            Some(q.current_value),
-            q.budget,
-            q.limit,
-        );
+        let ask = convert::strategies_query(request.into_inner())?;
+        let ranked = self.hub.get_strategies(&ask);
         reply(pb::GetStrategiesResponse {
             recommendations: ranked.iter().map(convert::recommendation).collect(),
         })
@@ -162,10 +172,11 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetOptimalCombinationRequest>,
     ) -> Reply<pb::GetOptimalCombinationResponse> {
-        let (metrics, context, budget) = convert::combination_query(request.get_ref())?;
-        reply(convert::combination(
-            &self.hub.optimal_combination(&metrics, &context, budget),
-        ))
+        let q = convert::combination_query(request.get_ref())?;
+        let (combination, conflicts) = self
+            .hub
+            .optimal_combination(&q.metrics, &q.context, q.budget, q.costs, &q.recent);
+        reply(convert::combination(&combination, &conflicts))
     }
 
     async fn share_insight(
@@ -247,12 +258,15 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::CheckActionRequest>,
     ) -> Reply<pb::CheckActionResponse> {
         let req = request.get_ref();
-        let metrics = convert::action_check(req)?;
-        let warnings = self.hub.check_action(&req.strategy, &req.metric, &metrics);
-        reply(pb::CheckActionResponse {
-            safe: warnings.is_empty(),
-            warnings: warnings.iter().map(convert::warning).collect(),
-        })
+        let q = convert::action_check(req)?;
+        let check = self.hub.check_action(
+            &req.strategy,
+            &req.metric,
+            &q.metrics,
+            &q.recent,
+            &q.context,
+        );
+        reply(convert::action_check_reply(&check))
     }
 
     async fn share_configuration(

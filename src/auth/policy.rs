@@ -1,8 +1,8 @@
 //! Which role may call which RPC. Instances write their own records and
 //! read aggregates; operators read everything but share nothing (they are
 //! not instances, and a record must be attributable to the instance whose
-//! learning it describes). Health and reflection are open to any
-//! authenticated peer.
+//! learning it describes) and alone may use the Admin service. Health and
+//! reflection are open to any authenticated peer.
 
 use super::identity::{Identity, Role};
 use crate::error::{Error, Result};
@@ -19,12 +19,19 @@ const INSTANCE_ONLY: &[&str] = &[
 ];
 
 const HUB_SERVICE: &str = "learninghub.v1.Hub";
+/// Every RPC of this service is for operators.
+const ADMIN_SERVICE: &str = "learninghub.v1.Admin";
 
 /// Decides whether `identity` may call the gRPC method at `path`
 /// (`/package.Service/Method`).
 pub fn authorize(path: &str, identity: &Identity) -> Result<()> {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if service == ADMIN_SERVICE && identity.role != Role::Operator {
+        return Err(Error::PermissionDenied(format!(
+            "{method} is for operators; {identity} cannot call it"
+        )));
+    }
     if service == HUB_SERVICE && INSTANCE_ONLY.contains(&method) && identity.role != Role::Instance
     {
         return Err(Error::PermissionDenied(format!(
@@ -50,6 +57,11 @@ mod tests {
                 Err(Error::PermissionDenied(_))
             ));
         }
+        assert!(authorize("/learninghub.v1.Admin/GenerateInsights", &op).is_ok());
+        assert!(matches!(
+            authorize("/learninghub.v1.Admin/GenerateInsights", &inst),
+            Err(Error::PermissionDenied(_))
+        ));
         for path in [
             "/learninghub.v1.Hub/GetStrategies",
             "/learninghub.v1.Hub/SubscribeInsights",

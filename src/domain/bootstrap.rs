@@ -57,6 +57,7 @@ mod tests {
                 0,
             );
         }
+        c.revalidate(None, 0);
         c
     }
 

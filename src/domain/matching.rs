@@ -5,7 +5,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use serde::{Deserialize, Serialize};
+
 use super::model::{Attributes, MetricState, Metrics, Pattern};
+use super::recommend::Recommendation;
+use super::stats::laplace_rate;
 
 /// Width of the grid metric values are rounded to in a signature: values
 /// closer than this usually describe the same plateau.
@@ -81,6 +85,132 @@ pub fn environment_similarity(a: &Attributes, b: &Attributes) -> f64 {
     } else {
         same as f64 / union as f64
     }
+}
+
+/// Acted-on matches and how they turned out, by similarity: what turns a
+/// pattern's own outcome record into a calibrated confidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct MatchCalibration {
+    /// (successes, trials) for similarity < 0.7, < 0.8, < 0.9, < 1 and exact.
+    pub bins: [(u64, u64); 5],
+}
+
+/// Pseudo-observations a pattern's own outcomes are shrunk with.
+const CALIBRATION_STRENGTH: f64 = 4.0;
+
+impl MatchCalibration {
+    fn bin(similarity: f64, exact: bool) -> usize {
+        if exact || similarity >= 1.0 {
+            4
+        } else {
+            [0.7, 0.8, 0.9]
+                .iter()
+                .take_while(|t| similarity >= **t)
+                .count()
+        }
+    }
+
+    /// Records how acting on a match of this similarity turned out.
+    pub fn record(&mut self, similarity: f64, success: bool) {
+        let bin = &mut self.bins[Self::bin(similarity, false)];
+        bin.0 += u64::from(success);
+        bin.1 += 1;
+    }
+
+    /// How often acting on matches this similar worked (Laplace rate).
+    pub fn rate(&self, similarity: f64, exact: bool) -> f64 {
+        let (s, n) = self.bins[Self::bin(similarity, exact)];
+        laplace_rate(s, n)
+    }
+
+    /// Probability that acting on `pattern`, matched at `similarity`,
+    /// works: its own outcomes shrunk towards the rate for matches this
+    /// similar.
+    pub fn confidence(&self, pattern: &Pattern, similarity: f64, exact: bool) -> f64 {
+        let prior = self.rate(similarity, exact);
+        let n = (pattern.successes + pattern.failures) as f64;
+        (pattern.successes as f64 + CALIBRATION_STRENGTH * prior) / (n + CALIBRATION_STRENGTH)
+    }
+}
+
+/// A recovery strategy of a pattern, ranked for the caller's metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryEstimate {
+    pub strategy: String,
+    pub suggested: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// The pattern's record for this strategy shrunk towards the fleet's
+    /// estimate for the metric (probability of success).
+    pub success_rate: f64,
+    pub expected_delta: f64,
+}
+
+/// Ranks a pattern's recovery strategies. With a target metric, each
+/// candidate — what was recorded for the pattern on that metric, and every
+/// strategy the fleet has evidence for on it (`fleet`, evaluated at the
+/// caller's state) — gets the pattern's own success record shrunk towards
+/// the fleet's estimate, and they are ordered by expected delta net of the
+/// damage the strategy risks to other metrics. Without a target, the
+/// pattern's own record orders them.
+pub fn rank_recoveries(
+    pattern: &Pattern,
+    target: Option<&str>,
+    fleet: &[Recommendation],
+) -> Vec<RecoveryEstimate> {
+    let Some(target) = target else {
+        return pattern
+            .ranked_recovery()
+            .into_iter()
+            .map(|(strategy, stat)| RecoveryEstimate {
+                strategy: strategy.to_string(),
+                suggested: stat.suggested,
+                successes: stat.successes,
+                failures: stat.failures,
+                success_rate: stat.success_rate(),
+                expected_delta: 0.0,
+            })
+            .collect();
+    };
+    let empty = Default::default();
+    let local = pattern.recovery_by_metric.get(target).unwrap_or(&empty);
+    let mut names: Vec<&str> = local.keys().map(String::as_str).collect();
+    names.extend(fleet.iter().map(|r| r.strategy.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    let mut ranked: Vec<RecoveryEstimate> = names
+        .into_iter()
+        .map(|name| {
+            let stat = local.get(name).copied().unwrap_or_default();
+            let prior = fleet.iter().find(|r| r.strategy == name);
+            let (p_fleet, up, down, risk) = prior.map_or((0.5, 0.0, 0.0, 0.0), |r| {
+                (
+                    r.confidence,
+                    r.improvement_estimate,
+                    r.regression_estimate,
+                    r.failure_risk,
+                )
+            });
+            let n = (stat.successes + stat.failures) as f64;
+            let p = (stat.successes as f64 + CALIBRATION_STRENGTH * p_fleet)
+                / (n + CALIBRATION_STRENGTH);
+            RecoveryEstimate {
+                strategy: name.to_string(),
+                suggested: stat.suggested,
+                successes: stat.successes,
+                failures: stat.failures,
+                success_rate: p,
+                expected_delta: p * up + (1.0 - p) * down - risk,
+            }
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.expected_delta
+            .total_cmp(&a.expected_delta)
+            .then(b.success_rate.total_cmp(&a.success_rate))
+            .then(a.strategy.cmp(&b.strategy))
+    });
+    ranked
 }
 
 /// One ranked match.
@@ -164,13 +294,14 @@ impl PatternIndex {
     }
 
     /// Ranks the stored patterns against a query: exact signature matches
-    /// first, then patterns with similarity ≥ [`MIN_SIMILARITY`], each group
-    /// by confidence (similarity × the pattern's outcome-based reliability),
-    /// then by frequency, then by id so the order is deterministic.
+    /// first, then patterns with similarity ≥ [`MIN_SIMILARITY`], most
+    /// similar first, then by calibrated confidence, then by frequency, then
+    /// by id so the order is deterministic.
     pub fn rank(
         &self,
         metrics: &Metrics,
         environment: &Attributes,
+        calibration: &MatchCalibration,
         limit: usize,
     ) -> Vec<PatternMatch<Arc<Pattern>>> {
         let query: Vec<&MetricState> = metrics.values().collect();
@@ -219,7 +350,7 @@ impl PatternIndex {
                 };
                 if exact || similarity >= MIN_SIMILARITY {
                     matches.push(PatternMatch {
-                        confidence: similarity * member.pattern.reliability(),
+                        confidence: calibration.confidence(&member.pattern, similarity, exact),
                         pattern: member.pattern.clone(),
                         exact,
                         similarity,
@@ -230,6 +361,7 @@ impl PatternIndex {
         matches.sort_by(|a, b| {
             b.exact
                 .cmp(&a.exact)
+                .then(b.similarity.total_cmp(&a.similarity))
                 .then(b.confidence.total_cmp(&a.confidence))
                 .then(b.pattern.frequency.cmp(&a.pattern.frequency))
                 .then(a.pattern.id.cmp(&b.pattern.id))
@@ -265,6 +397,7 @@ mod tests {
             cycles_until_plateau: 8,
             recovery_strategies: vec![],
             environment: env.clone(),
+            target_metric: None,
         };
         Pattern::new(signature(&m, &env), &share, "i", 0)
     }
@@ -317,14 +450,14 @@ mod tests {
         );
         // Even a well-proven similar pattern ranks after the exact one.
         for _ in 0..50 {
-            similar.record_outcome(true, None, 1);
+            similar.record_outcome(true, None, None, 1);
         }
         let unrelated = pattern(metrics(&[("tx", 0.1, false)]), env.clone());
         let mut index = PatternIndex::default();
         for p in [&similar, &unrelated, &exact] {
             index.upsert(Arc::new(p.clone()));
         }
-        let ranked = index.rank(&query, &env, 10);
+        let ranked = index.rank(&query, &env, &MatchCalibration::default(), 10);
         assert_eq!(ranked.len(), 2, "unrelated pattern filtered out");
         assert!(ranked[0].exact);
         assert_eq!(ranked[0].pattern.id, exact.id);
@@ -332,10 +465,15 @@ mod tests {
         assert!(ranked[1].similarity > 0.9 && ranked[1].similarity < 1.0);
         // Updating a pattern replaces it in place.
         let mut proven = exact.clone();
-        proven.record_outcome(false, None, 2);
+        proven.record_outcome(false, None, None, 2);
         index.upsert(Arc::new(proven));
         assert_eq!(index.len(), 3);
-        assert_eq!(index.rank(&query, &env, 10)[0].pattern.failures, 1);
+        assert_eq!(
+            index.rank(&query, &env, &MatchCalibration::default(), 10)[0]
+                .pattern
+                .failures,
+            1
+        );
     }
 
     #[test]
@@ -356,7 +494,7 @@ mod tests {
             index.upsert(Arc::new(p.clone()));
         }
         let query = metrics(&[("a", 0.52, true), ("b", 0.45, false)]);
-        let ranked = index.rank(&query, &env, 10);
+        let ranked = index.rank(&query, &env, &MatchCalibration::default(), 10);
         for m in &ranked {
             let expected = METRIC_WEIGHT * metric_similarity(&query, &m.pattern.metrics)
                 + (1.0 - METRIC_WEIGHT) * environment_similarity(&env, &m.pattern.environment);

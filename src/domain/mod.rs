@@ -1,11 +1,14 @@
 //! The hub's knowledge as plain Rust: records ([`model`]), the statistics
 //! they are built from ([`stats`]) and the pure logic that answers queries
-//! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`]). Nothing
+//! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`],
+//! [`insight_gen`]). Nothing
 //! here does I/O or knows about gRPC, so all of it is unit-tested directly.
 
 pub mod bootstrap;
+pub mod insight_gen;
 pub mod matching;
 pub mod model;
 pub mod prevention;
 pub mod recommend;
+pub mod rng;
 pub mod stats;

@@ -44,6 +44,43 @@ pub fn content_id(prefix: &str, content: &str) -> String {
     id
 }
 
+/// A strategy an instance applied shortly before something it reports or
+/// asks about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentApplication {
+    pub strategy: String,
+    pub metric: String,
+    /// Cycles before the current one (1 = the previous cycle).
+    pub cycles_ago: u32,
+}
+
+/// Strategies applied within this many cycles before another count as
+/// having preceded it (prerequisites, conflicts).
+pub const PRECEDING_WINDOW: u32 = 3;
+
+/// How many times in a row `strategy` was applied to `metric` just before
+/// now: the leading run of `recent` (newest first, other metrics skipped).
+pub fn streak(recent: &[RecentApplication], strategy: &str, metric: &str) -> u32 {
+    recent
+        .iter()
+        .filter(|r| r.metric == metric)
+        .take_while(|r| r.strategy == strategy)
+        .count() as u32
+}
+
+/// The distinct strategies applied within [`PRECEDING_WINDOW`] cycles, in
+/// name order.
+pub fn preceding(recent: &[RecentApplication]) -> Vec<String> {
+    let mut names: Vec<String> = recent
+        .iter()
+        .filter(|r| r.cycles_ago <= PRECEDING_WINDOW)
+        .map(|r| r.strategy.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// One metric's state.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MetricState {
@@ -90,6 +127,8 @@ pub struct PatternShare {
     pub cycles_until_plateau: u32,
     pub recovery_strategies: Vec<String>,
     pub environment: Attributes,
+    /// The metric the recovery strategies got unstuck, if known.
+    pub target_metric: Option<String>,
 }
 
 /// How one recovery strategy has fared for one pattern.
@@ -116,6 +155,9 @@ pub struct Pattern {
     pub metrics: Metrics,
     pub cycles_until_plateau: RunningStats,
     pub recovery: BTreeMap<String, RecoveryStat>,
+    /// Recovery statistics per unstuck metric: metric → strategy → stat.
+    #[serde(default)]
+    pub recovery_by_metric: BTreeMap<String, BTreeMap<String, RecoveryStat>>,
     pub successes: u64,
     pub failures: u64,
     pub environment: Attributes,
@@ -140,6 +182,7 @@ impl Pattern {
             metrics: share.metrics.clone(),
             cycles_until_plateau: RunningStats::default(),
             recovery: BTreeMap::new(),
+            recovery_by_metric: BTreeMap::new(),
             successes: 0,
             failures: 0,
             environment: share.environment.clone(),
@@ -161,23 +204,49 @@ impl Pattern {
             .push(f64::from(share.cycles_until_plateau));
         for strategy in &share.recovery_strategies {
             self.recovery.entry(strategy.clone()).or_default().suggested += 1;
+            if let Some(metric) = &share.target_metric {
+                self.recovery_by_metric
+                    .entry(metric.clone())
+                    .or_default()
+                    .entry(strategy.clone())
+                    .or_default()
+                    .suggested += 1;
+            }
         }
     }
 
     /// Records whether acting on the pattern worked, crediting `strategy`
-    /// when the instance names the recovery it applied.
-    pub fn record_outcome(&mut self, success: bool, strategy: Option<&str>, now: UnixMillis) {
+    /// (for `metric`, when named) when the instance names the recovery it
+    /// applied.
+    pub fn record_outcome(
+        &mut self,
+        success: bool,
+        strategy: Option<&str>,
+        metric: Option<&str>,
+        now: UnixMillis,
+    ) {
         if success {
             self.successes += 1;
         } else {
             self.failures += 1;
         }
         if let Some(strategy) = strategy {
-            let stat = self.recovery.entry(strategy.to_string()).or_default();
-            if success {
-                stat.successes += 1;
-            } else {
-                stat.failures += 1;
+            let credit = |stat: &mut RecoveryStat| {
+                if success {
+                    stat.successes += 1;
+                } else {
+                    stat.failures += 1;
+                }
+            };
+            credit(self.recovery.entry(strategy.to_string()).or_default());
+            if let Some(metric) = metric {
+                credit(
+                    self.recovery_by_metric
+                        .entry(metric.to_string())
+                        .or_default()
+                        .entry(strategy.to_string())
+                        .or_default(),
+                );
             }
         }
         self.last_seen = self.last_seen.max(now);
@@ -216,6 +285,7 @@ pub struct StrategyShare {
     pub delta: f64,
     pub condition: String,
     pub context: Attributes,
+    pub recent: Vec<RecentApplication>,
 }
 
 /// One strategy application as the hub logs it.
@@ -232,7 +302,77 @@ pub struct StrategyOutcome {
     pub delta: f64,
     pub condition: String,
     pub context: Attributes,
+    /// Applications of this strategy to this metric immediately before.
+    #[serde(default)]
+    pub streak: u32,
+    /// Strategies applied within [`PRECEDING_WINDOW`] cycles before.
+    #[serde(default)]
+    pub preceded_by: Vec<String>,
 }
+
+/// Applications, successes and deltas of a set of outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeStats {
+    pub applications: u64,
+    pub successes: u64,
+    /// Deltas of successful applications.
+    pub improvement: RunningStats,
+    /// Deltas of failed applications.
+    pub regression: RunningStats,
+}
+
+impl OutcomeStats {
+    pub fn record(&mut self, successful: bool, delta: f64) {
+        self.applications += 1;
+        if successful {
+            self.successes += 1;
+            self.improvement.push(delta);
+        } else {
+            self.regression.push(delta);
+        }
+    }
+
+    pub fn merge(&self, other: &OutcomeStats) -> OutcomeStats {
+        OutcomeStats {
+            applications: self.applications + other.applications,
+            successes: self.successes + other.successes,
+            improvement: self.improvement.merge(&other.improvement),
+            regression: self.regression.merge(&other.regression),
+        }
+    }
+}
+
+/// Bands of the metric value before an application; evidence is kept per
+/// band so recommendations depend on where the metric is.
+pub const VALUE_BANDS: usize = 5;
+
+/// The band of a value in [0, 1].
+pub fn value_band(value: f64) -> usize {
+    ((value * VALUE_BANDS as f64) as usize).min(VALUE_BANDS - 1)
+}
+
+/// The value range of a band.
+pub fn band_range(band: usize) -> (f64, f64) {
+    let width = 1.0 / VALUE_BANDS as f64;
+    (band as f64 * width, (band + 1) as f64 * width)
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The day (since the epoch) a time falls on.
+pub fn day_of(at: UnixMillis) -> i64 {
+    at.div_euclid(DAY_MS)
+}
+
+/// One day's outcomes of one aggregate, per value band.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DayBucket {
+    pub day: i64,
+    pub bands: [OutcomeStats; VALUE_BANDS],
+}
+
+/// Streaks are tracked as 0, 1, 2 and "3 or more" previous applications.
+pub const STREAK_CLASSES: usize = 4;
 
 /// Applications and failures under one reported condition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -273,6 +413,16 @@ pub struct StrategyRecord {
     pub instances: BTreeMap<String, u64>,
     pub first_seen: UnixMillis,
     pub last_updated: UnixMillis,
+    /// Outcomes within the retention window, per day and value band: what
+    /// recommendations are computed from.
+    #[serde(default)]
+    pub window: Vec<DayBucket>,
+    /// Outcomes by streak class (0, 1, 2, 3+ previous applications in a row).
+    #[serde(default)]
+    pub streaks: Vec<OutcomeStats>,
+    /// Outcomes by strategy applied within [`PRECEDING_WINDOW`] cycles before.
+    #[serde(default)]
+    pub preceded_by: BTreeMap<String, OutcomeStats>,
 }
 
 impl StrategyRecord {
@@ -290,6 +440,9 @@ impl StrategyRecord {
             instances: BTreeMap::new(),
             first_seen: now,
             last_updated: now,
+            window: Vec::new(),
+            streaks: Vec::new(),
+            preceded_by: BTreeMap::new(),
         }
     }
 
@@ -301,8 +454,39 @@ impl StrategyRecord {
         }
     }
 
-    /// Folds one outcome into the aggregate.
-    pub fn record(&mut self, outcome: &StrategyOutcome) {
+    /// Folds one outcome into the aggregate, keeping `retention_days` days
+    /// of windowed evidence.
+    pub fn record(&mut self, outcome: &StrategyOutcome, retention_days: i64) {
+        let day = day_of(outcome.at);
+        self.window.retain(|b| b.day > day - retention_days);
+        let bucket = match self.window.iter().position(|b| b.day == day) {
+            Some(i) => &mut self.window[i],
+            None => {
+                self.window.push(DayBucket {
+                    day,
+                    bands: [OutcomeStats::default(); VALUE_BANDS],
+                });
+                self.window.sort_by_key(|b| b.day);
+                let i = self
+                    .window
+                    .iter()
+                    .position(|b| b.day == day)
+                    .expect("just inserted");
+                &mut self.window[i]
+            }
+        };
+        bucket.bands[value_band(outcome.value_before)].record(outcome.successful, outcome.delta);
+        let class = (outcome.streak as usize).min(STREAK_CLASSES - 1);
+        if self.streaks.len() < STREAK_CLASSES {
+            self.streaks.resize(STREAK_CLASSES, OutcomeStats::default());
+        }
+        self.streaks[class].record(outcome.successful, outcome.delta);
+        for p in &outcome.preceded_by {
+            self.preceded_by
+                .entry(p.clone())
+                .or_default()
+                .record(outcome.successful, outcome.delta);
+        }
         self.applications += 1;
         if outcome.successful {
             self.successes += 1;
@@ -346,6 +530,29 @@ impl StrategyRecord {
         }
         merged.first_seen = self.first_seen.min(other.first_seen);
         merged.last_updated = self.last_updated.max(other.last_updated);
+        for bucket in &other.window {
+            match merged.window.iter_mut().find(|b| b.day == bucket.day) {
+                Some(mine) => {
+                    for (a, b) in mine.bands.iter_mut().zip(&bucket.bands) {
+                        *a = a.merge(b);
+                    }
+                }
+                None => merged.window.push(*bucket),
+            }
+        }
+        merged.window.sort_by_key(|b| b.day);
+        if merged.streaks.len() < other.streaks.len() {
+            merged
+                .streaks
+                .resize(other.streaks.len(), OutcomeStats::default());
+        }
+        for (a, b) in merged.streaks.iter_mut().zip(&other.streaks) {
+            *a = a.merge(b);
+        }
+        for (p, stats) in &other.preceded_by {
+            let mine = merged.preceded_by.entry(p.clone()).or_default();
+            *mine = mine.merge(stats);
+        }
         merged
     }
 
@@ -501,6 +708,11 @@ pub struct FailureReport {
     pub strategy: String,
     pub recovery: Vec<RecoveryAttempt>,
     pub prevention: Vec<String>,
+    /// Strategies applied within [`PRECEDING_WINDOW`] cycles before the
+    /// triggering one.
+    pub preceded_by: Vec<String>,
+    /// How far the metric fell, if measured.
+    pub magnitude: Option<f64>,
 }
 
 /// How one recovery method has fared for one failure.
@@ -538,6 +750,12 @@ pub struct FailurePattern {
     pub instances: BTreeSet<String>,
     pub first_seen: UnixMillis,
     pub last_seen: UnixMillis,
+    /// Reports in which each strategy had been applied shortly before.
+    #[serde(default)]
+    pub preceded_by: BTreeMap<String, u64>,
+    /// Magnitudes reported.
+    #[serde(default)]
+    pub magnitude: RunningStats,
 }
 
 impl AsRef<FailurePattern> for FailurePattern {
@@ -568,6 +786,8 @@ impl FailurePattern {
             instances: BTreeSet::new(),
             first_seen: now,
             last_seen: now,
+            preceded_by: BTreeMap::new(),
+            magnitude: RunningStats::default(),
         };
         failure.record(report, instance, now);
         failure
@@ -599,6 +819,12 @@ impl FailurePattern {
         if self.prevention.len() > MAX_PREVENTION {
             let excess = self.prevention.len() - MAX_PREVENTION;
             self.prevention.drain(..excess);
+        }
+        for p in &report.preceded_by {
+            *self.preceded_by.entry(p.clone()).or_default() += 1;
+        }
+        if let Some(m) = report.magnitude {
+            self.magnitude.push(m);
         }
     }
 
@@ -654,6 +880,9 @@ pub struct ConfigShare {
 /// calls it validated.
 pub const VALIDATION_MIN_DATA_POINTS: u64 = 100;
 pub const VALIDATION_MIN_INSTANCES: usize = 2;
+/// A rival configuration counts against validation from this many data
+/// points on.
+pub const RIVAL_MIN_DATA_POINTS: u64 = 30;
 
 /// A configuration as the fleet knows it: one per (context, parameters).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -664,6 +893,10 @@ pub struct Configuration {
     pub parameters: Parameters,
     /// Effectiveness averaged over shares, weighted by their data points.
     pub effectiveness: f64,
+    /// The effectiveness values shared, unweighted: their spread is the
+    /// configuration's risk.
+    #[serde(default)]
+    pub shared_effectiveness: RunningStats,
     pub data_points: u64,
     pub instances: BTreeSet<String>,
     pub recommendation: String,
@@ -694,6 +927,7 @@ impl Configuration {
             context_key: context_key(&share.context),
             parameters: share.parameters.clone(),
             effectiveness: 0.0,
+            shared_effectiveness: RunningStats::default(),
             data_points: 0,
             instances: BTreeSet::new(),
             recommendation: String::new(),
@@ -715,6 +949,7 @@ impl Configuration {
             + share.effectiveness * points as f64)
             / total as f64;
         self.data_points = total;
+        self.shared_effectiveness.push(share.effectiveness);
         self.instances.insert(instance.to_string());
         if !share.recommendation.is_empty() {
             self.recommendation = share.recommendation.clone();
@@ -723,13 +958,33 @@ impl Configuration {
             self.alternatives = share.alternatives.clone();
         }
         self.last_updated = self.last_updated.max(now);
-        if !self.validated
-            && self.data_points >= VALIDATION_MIN_DATA_POINTS
+    }
+
+    /// Whether it rests on enough evidence to be validated (the hub also
+    /// requires it to beat the other configurations of its context; see
+    /// [`Configuration::revalidate`]).
+    pub fn has_enough_evidence(&self) -> bool {
+        self.data_points >= VALIDATION_MIN_DATA_POINTS
             && self.instances.len() >= VALIDATION_MIN_INSTANCES
-        {
-            self.validated = true;
-            self.validation_date = Some(now);
+    }
+
+    /// Sets `validated` from the evidence and the effectiveness of the
+    /// rivals in the same context (those with at least
+    /// [`RIVAL_MIN_DATA_POINTS`]). Returns whether it changed.
+    pub fn revalidate(&mut self, best_rival: Option<f64>, now: UnixMillis) -> bool {
+        let validated = self.has_enough_evidence()
+            && best_rival.is_none_or(|rival| self.effectiveness >= rival);
+        if validated == self.validated {
+            return false;
         }
+        self.validated = validated;
+        self.validation_date = validated.then_some(now);
+        true
+    }
+
+    /// The spread of the effectiveness shared for it.
+    pub fn risk(&self) -> f64 {
+        self.shared_effectiveness.std_dev()
     }
 
     /// How many of the configuration's context attributes `context` has
@@ -778,6 +1033,8 @@ mod tests {
             delta,
             condition: condition.into(),
             context: Attributes::new(),
+            streak: 0,
+            preceded_by: vec![],
         }
     }
 
@@ -803,10 +1060,10 @@ mod tests {
             context_key: String::new(),
         };
         let mut r = StrategyRecord::empty(&key, 0);
-        r.record(&outcome(true, 0.2, "", "a"));
-        r.record(&outcome(true, 0.1, "", "b"));
-        r.record(&outcome(false, -0.05, "metric already > 0.9", "a"));
-        r.record(&outcome(true, 0.3, "metric already > 0.9", "a"));
+        r.record(&outcome(true, 0.2, "", "a"), 7);
+        r.record(&outcome(true, 0.1, "", "b"), 7);
+        r.record(&outcome(false, -0.05, "metric already > 0.9", "a"), 7);
+        r.record(&outcome(true, 0.3, "metric already > 0.9", "a"), 7);
         assert_eq!((r.applications, r.successes), (4, 3));
         assert!((r.success_rate() - 0.75).abs() < 1e-12);
         assert!((r.improvement.mean - 0.2).abs() < 1e-12);
@@ -831,6 +1088,8 @@ mod tests {
                 cycles_to_recover: 2,
             }],
             prevention: vec!["consolidate first".into()],
+            preceded_by: vec![],
+            magnitude: Some(0.2),
         };
         let mut f = FailurePattern::new(&report("t0"), "a", 0);
         for i in 1..20 {
@@ -856,7 +1115,7 @@ mod tests {
             alternatives: vec![],
         };
         let mut c = Configuration::new(&share(150), "a", 1);
-        assert!(!c.validated, "one instance is not enough");
+        assert!(!c.revalidate(None, 1), "one instance is not enough");
         c.record(
             &ConfigShare {
                 effectiveness: 0.5,
@@ -865,8 +1124,12 @@ mod tests {
             "b",
             2,
         );
+        assert!(c.revalidate(Some(0.6), 2));
         assert!(c.validated);
         assert_eq!(c.validation_date, Some(2));
+        // A better rival in the same context makes it a candidate again.
+        assert!(c.revalidate(Some(0.9), 3));
+        assert!(!c.validated && c.validation_date.is_none());
         assert!((c.effectiveness - (0.8 * 150.0 + 0.5 * 50.0) / 200.0).abs() < 1e-12);
     }
 }

@@ -3,16 +3,19 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use super::{Hub, touch_instance};
+use super::{Hub, StrategyAsk, touch_instance};
 use crate::domain::bootstrap::choose_configuration;
 use crate::domain::model::{
-    Attributes, ConfigShare, Configuration, Parameters, context_key, default_parameters,
+    Attributes, ConfigShare, Configuration, Parameters, RIVAL_MIN_DATA_POINTS, context_key,
+    default_parameters,
 };
-use crate::domain::recommend::{self, Recommendation, StrategyQuery};
+use crate::domain::recommend::Recommendation;
 use crate::error::Result;
 
 /// Proven strategies returned with a bootstrap configuration.
 const PROVEN_STRATEGIES: usize = 5;
+/// Alternative configurations returned with it.
+const MAX_ALTERNATIVES: usize = 5;
 
 /// A bootstrap answer.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ pub struct Bootstrap {
     pub configuration: Option<Arc<Configuration>>,
     /// Best strategies in this context (or fleet-wide), best first.
     pub proven_strategies: Vec<Recommendation>,
+    /// Other configurations that fit, most effective first.
+    pub alternatives: Vec<Arc<Configuration>>,
 }
 
 impl Hub {
@@ -43,7 +48,24 @@ impl Hub {
                 }
                 None => Configuration::new(&share, &caller, txn.now),
             };
-            Ok(txn.put_config(config))
+            let id = config.id.clone();
+            txn.put_config(config);
+            // A share can change which configuration of the context is
+            // best, so every one of them is re-judged.
+            let rivals = txn.configs_in_context(&context_key(&share.context));
+            for candidate in &rivals {
+                let best_rival = rivals
+                    .iter()
+                    .filter(|r| r.id != candidate.id && r.data_points >= RIVAL_MIN_DATA_POINTS)
+                    .map(|r| r.effectiveness)
+                    .max_by(f64::total_cmp);
+                let mut judged = (**candidate).clone();
+                if judged.revalidate(best_rival, txn.now) {
+                    txn.put_config(judged);
+                }
+            }
+            txn.config(&id)
+                .ok_or_else(|| crate::error::Error::Internal("configuration vanished".into()))
         })
         .await
     }
@@ -62,20 +84,36 @@ impl Hub {
     }
 
     pub(super) fn bootstrap_for(&self, context: &Attributes) -> Bootstrap {
-        let key = context_key(context);
         let state = self.state();
         let configuration = choose_configuration(state.configs.values(), context).cloned();
+        let mut alternatives: Vec<Arc<Configuration>> = state
+            .configs
+            .values()
+            .filter(|c| c.context_match(context).is_some())
+            .filter(|c| {
+                configuration
+                    .as_ref()
+                    .is_none_or(|chosen| chosen.id != c.id)
+            })
+            .cloned()
+            .collect();
+        alternatives.sort_by(|a, b| {
+            b.effectiveness
+                .total_cmp(&a.effectiveness)
+                .then(a.id.cmp(&b.id))
+        });
+        alternatives.truncate(MAX_ALTERNATIVES);
         let metrics: BTreeSet<&str> = state.strategies.keys().map(|k| k.metric.as_str()).collect();
         let mut proven: Vec<Recommendation> = metrics
             .into_iter()
             .flat_map(|metric| {
-                recommend::recommend(
-                    state.strategies_for_metric(metric).map(|r| &**r),
-                    StrategyQuery {
-                        context_key: &key,
-                        current_value: None,
-                        budget: None,
+                self.recommend_in(
+                    &state,
+                    &StrategyAsk {
+                        metric: metric.to_string(),
+                        context: context.clone(),
                         limit: PROVEN_STRATEGIES,
+                        ..Default::default()
                     },
                 )
             })
@@ -94,6 +132,7 @@ impl Hub {
                 .map_or_else(default_parameters, |c| c.parameters.clone()),
             configuration,
             proven_strategies: proven,
+            alternatives,
         }
     }
 }

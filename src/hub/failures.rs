@@ -2,10 +2,24 @@
 
 use std::sync::Arc;
 
-use super::{Hub, touch_instance};
-use crate::domain::model::{FailurePattern, FailureReport, FailureType, Metrics};
+use super::{Hub, StrategyAsk, touch_instance};
+use crate::domain::model::{
+    Attributes, FailurePattern, FailureReport, FailureType, Metrics, RecentApplication,
+};
 use crate::domain::prevention::{self, Warning};
 use crate::error::Result;
+
+/// Warnings at or above this failure rate make an action unsafe.
+pub const UNSAFE_FAILURE_RATE: f64 = 0.1;
+
+/// CheckAction's answer.
+#[derive(Debug, Clone)]
+pub struct ActionCheck {
+    pub warnings: Vec<Warning<Arc<FailurePattern>>>,
+    pub safe: bool,
+    /// The best-ranked strategy for the metric with no unsafe warning.
+    pub safer_alternative: Option<String>,
+}
 
 impl Hub {
     /// Folds a failure report into its (type, metric, strategy) pattern.
@@ -58,21 +72,58 @@ impl Hub {
         failures
     }
 
-    /// Known failures that applying `strategy` to `metric` may trigger.
+    /// Known failures that applying `strategy` to `metric` may trigger,
+    /// given what the caller applied recently, and a safer alternative.
     pub fn check_action(
         &self,
         strategy: &str,
         metric: &str,
         metrics: &Metrics,
-    ) -> Vec<Warning<Arc<FailurePattern>>> {
-        let applications = self.applications_of_strategy(strategy);
+        recent: &[RecentApplication],
+        context: &Attributes,
+    ) -> ActionCheck {
         let state = self.state();
-        prevention::check_action(
-            strategy,
-            metric,
-            metrics,
-            state.failures.values().cloned(),
-            applications,
-        )
+        let warnings_for = |candidate: &str| {
+            prevention::check_action(
+                candidate,
+                metric,
+                metrics,
+                recent,
+                state.failures.values().cloned(),
+                &Self::usage_of(&state, candidate),
+            )
+        };
+        let warnings = warnings_for(strategy);
+        let safe = warnings
+            .iter()
+            .all(|w| w.failure_rate < UNSAFE_FAILURE_RATE);
+        let safer_alternative = if safe {
+            None
+        } else {
+            self.recommend_in(
+                &state,
+                &StrategyAsk {
+                    metric: metric.to_string(),
+                    context: context.clone(),
+                    current_value: metrics.get(metric).map(|m| m.value),
+                    limit: usize::MAX,
+                    recent: recent.to_vec(),
+                    ..Default::default()
+                },
+            )
+            .into_iter()
+            .filter(|r| r.strategy != strategy && r.expected_delta > 0.0)
+            .find(|r| {
+                warnings_for(&r.strategy)
+                    .iter()
+                    .all(|w| w.failure_rate < UNSAFE_FAILURE_RATE)
+            })
+            .map(|r| r.strategy)
+        };
+        ActionCheck {
+            warnings,
+            safe,
+            safer_alternative,
+        }
     }
 }

@@ -1,9 +1,11 @@
-//! Insights: share (stamped, deduplicated, published once durable) and list.
+//! Insights: share (stamped, deduplicated, published once durable), list,
+//! and generate from the fleet's history.
 
 use std::sync::Arc;
 
 use super::Hub;
-use crate::domain::model::{Insight, InsightCategory, InsightDraft};
+use crate::domain::insight_gen::{self, GenerationSettings};
+use crate::domain::model::{Insight, InsightCategory, InsightDraft, Pattern, StrategyOutcome};
 use crate::error::{Error, Result};
 
 impl Hub {
@@ -84,3 +86,100 @@ impl Hub {
         insights
     }
 }
+
+/// What an insight-generation run did.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationReport {
+    pub stored: Vec<Arc<Insight>>,
+    pub candidates: usize,
+    pub validated: usize,
+    pub duplicates: usize,
+    pub outcomes_examined: u64,
+}
+
+/// Outcomes read from the log per step of a generation run.
+const OUTCOME_PAGE: usize = 10_000;
+/// The most recent outcomes a generation run examines at most.
+const MAX_OUTCOMES_EXAMINED: usize = 500_000;
+
+impl Hub {
+    /// Runs insight generation now (see [`crate::domain::insight_gen`]):
+    /// reads the outcomes of the retention window and the patterns, stores
+    /// each validated insight that no valid insight already states (same
+    /// category and title), and publishes it.
+    pub async fn generate_insights(
+        &self,
+        settings: GenerationSettings,
+    ) -> Result<GenerationReport> {
+        let now = self.now();
+        let since = now - self.shared.settings.tuning.retention_days * super::DAY_MS;
+        let store = self.shared.store.clone();
+        let outcomes = tokio::task::spawn_blocking(move || -> Result<Vec<StrategyOutcome>> {
+            let mut recent: std::collections::VecDeque<StrategyOutcome> = Default::default();
+            let mut after = 0;
+            loop {
+                let page = store.outcomes_after(after, OUTCOME_PAGE)?;
+                let Some(last) = page.last() else { break };
+                after = last.sequence;
+                recent.extend(page.into_iter().filter(|o| o.at >= since));
+                while recent.len() > MAX_OUTCOMES_EXAMINED {
+                    recent.pop_front();
+                }
+            }
+            Ok(recent.into())
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("outcome scan failed: {e}")))??;
+        let patterns: Vec<Arc<Pattern>> = self.state().patterns.values().cloned().collect();
+        let pattern_refs: Vec<&Pattern> = patterns.iter().map(|p| &**p).collect();
+        let generation = insight_gen::generate(&outcomes, &pattern_refs, &settings);
+        let ttl = self.shared.settings.insight_ttl_ms;
+        let validated = generation.validated.len();
+        let (stored, duplicates) = self
+            .write(move |txn| {
+                let mut stored = Vec::new();
+                let mut duplicates = 0;
+                for found in generation.validated {
+                    let draft = found.draft;
+                    let known = txn.insights().any(|i| {
+                        i.is_valid_at(txn.now)
+                            && i.draft.category == draft.category
+                            && i.draft.title == draft.title
+                    });
+                    if known {
+                        duplicates += 1;
+                        continue;
+                    }
+                    let insight = Insight {
+                        id: format!("insight_{}", uuid::Uuid::new_v4().simple()),
+                        sequence: txn.next_insight_sequence(),
+                        valid_until: txn.now + ttl,
+                        draft,
+                        created_at: txn.now,
+                        shared_by: GENERATED_BY.to_string(),
+                    };
+                    stored.push(txn.put_insight(insight));
+                }
+                Ok((stored, duplicates))
+            })
+            .await?;
+        tracing::info!(
+            candidates = generation.candidates,
+            validated,
+            stored = stored.len(),
+            duplicates,
+            outcomes = outcomes.len(),
+            "insight generation ran"
+        );
+        Ok(GenerationReport {
+            stored,
+            candidates: generation.candidates,
+            validated,
+            duplicates,
+            outcomes_examined: outcomes.len() as u64,
+        })
+    }
+}
+
+/// `shared_by` of the insights the hub derives itself.
+pub const GENERATED_BY: &str = "hub";

@@ -23,11 +23,16 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::Ordering
 use tokio::sync::{mpsc, watch};
 
 pub use configs::Bootstrap;
+pub use failures::ActionCheck;
+pub use insights::{GENERATED_BY, GenerationReport};
 pub use instances::InstancePage;
+pub use patterns::RankedMatch;
 pub use state::{State, Txn};
+pub use strategies::StrategyAsk;
 
 use crate::clock::Clock;
 use crate::domain::model::{Insight, InsightCategory, UnixMillis};
+use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::stream::{InsightBus, InsightLog};
@@ -51,6 +56,9 @@ pub struct HubSettings {
     pub writer_queue: usize,
     /// Requests folded into one group commit at most.
     pub max_batch: usize,
+    /// How strategy evidence is weighed (retention window, recency
+    /// half-life, shrinkage).
+    pub tuning: Tuning,
 }
 
 impl Default for HubSettings {
@@ -62,6 +70,7 @@ impl Default for HubSettings {
             subscriber_buffer: 64,
             writer_queue: 4096,
             max_batch: 512,
+            tuning: Tuning::default(),
         }
     }
 }
@@ -174,6 +183,11 @@ impl Hub {
     pub async fn close(&self) -> Result<()> {
         self.begin_shutdown();
         self.writer.stop().await
+    }
+
+    /// Turns true when the hub begins to shut down (for background jobs).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     pub fn now(&self) -> UnixMillis {

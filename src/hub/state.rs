@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::domain::matching::PatternIndex;
+use crate::domain::matching::{MatchCalibration, PatternIndex};
 use crate::domain::model::{
     Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey, StrategyOutcome,
     StrategyRecord, UnixMillis,
@@ -36,6 +36,8 @@ pub struct State {
     pub insight_sequence: u64,
     /// The last outcome sequence handed out.
     pub outcome_sequence: u64,
+    /// How acted-on pattern matches turned out, by similarity.
+    pub pattern_calibration: MatchCalibration,
 }
 
 impl State {
@@ -74,6 +76,7 @@ impl State {
             insight_sequence: snapshot.insight_sequence,
             outcome_sequence: snapshot.outcome_sequence,
             pattern_index: PatternIndex::default(),
+            pattern_calibration: snapshot.pattern_calibration,
         };
         for pattern in state.patterns.values() {
             state.pattern_index.upsert(pattern.clone());
@@ -129,6 +132,9 @@ impl State {
         }
         if let Some(seq) = changes.outcome_sequence {
             self.outcome_sequence = self.outcome_sequence.max(seq);
+        }
+        if let Some(calibration) = changes.pattern_calibration {
+            self.pattern_calibration = calibration;
         }
     }
 
@@ -306,5 +312,34 @@ impl<'a> Txn<'a> {
 
     pub fn append_outcome(&mut self, outcome: StrategyOutcome) {
         self.own.outcomes.push(outcome);
+    }
+
+    pub fn pattern_calibration(&self) -> MatchCalibration {
+        self.own
+            .pattern_calibration
+            .or(self.batch.pattern_calibration)
+            .unwrap_or(self.base.pattern_calibration)
+    }
+
+    pub fn put_pattern_calibration(&mut self, calibration: MatchCalibration) {
+        self.own.pattern_calibration = Some(calibration);
+    }
+
+    /// Every configuration of a context, durable or staged, in its newest
+    /// version (to compare rivals).
+    pub fn configs_in_context(&self, context_key: &str) -> Vec<Arc<Configuration>> {
+        let mut by_id: BTreeMap<String, Arc<Configuration>> = self
+            .base
+            .configs
+            .values()
+            .filter(|c| c.context_key == context_key)
+            .map(|c| (c.id.clone(), c.clone()))
+            .collect();
+        for c in self.batch.configs.values().chain(self.own.configs.values()) {
+            if c.context_key == context_key {
+                by_id.insert(c.id.clone(), c.clone());
+            }
+        }
+        by_id.into_values().collect()
     }
 }

@@ -1,13 +1,40 @@
-//! Strategy outcomes and recommendations.
+//! Strategy outcomes, recommendations and combinations.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use super::{Hub, touch_instance};
+use super::{Hub, State, touch_instance};
 use crate::domain::model::{
-    Attributes, Metrics, StrategyKey, StrategyOutcome, StrategyRecord, StrategyShare, context_key,
+    Attributes, Metrics, RecentApplication, StrategyKey, StrategyOutcome, StrategyRecord,
+    StrategyShare, context_key, preceding, streak,
 };
-use crate::domain::recommend::{self, Combination, Recommendation, StrategyQuery};
+use crate::domain::prevention::{self, StrategyUsage};
+use crate::domain::recommend::{
+    self, Combination, CombinationProblem, Recommendation, StrategyQuery,
+};
 use crate::error::Result;
+
+/// What an instance asks GetStrategies.
+#[derive(Debug, Clone, Default)]
+pub struct StrategyAsk {
+    pub metric: String,
+    pub context: Attributes,
+    pub current_value: Option<f64>,
+    pub budget: Option<f64>,
+    pub limit: usize,
+    pub recent: Vec<RecentApplication>,
+    /// Rank by a Thompson draw with this seed.
+    pub explore_seed: Option<u64>,
+}
+
+/// A strategy that, applied shortly before another, lowered its success
+/// rate by at least this much…
+const CONFLICT_MIN_DROP: f64 = 0.2;
+/// …over at least this many applications…
+const CONFLICT_MIN_APPLICATIONS: u64 = 5;
+/// …or made its reported failures clearly more frequent (over at least this
+/// many failures), conflicts with it.
+const CONFLICT_MIN_FAILURES: u64 = 2;
 
 impl Hub {
     /// Logs one outcome and folds it into its (strategy, metric, context)
@@ -18,6 +45,7 @@ impl Hub {
         share: StrategyShare,
     ) -> Result<(u64, Arc<StrategyRecord>)> {
         let caller = caller.to_string();
+        let retention_days = self.shared.settings.tuning.retention_days;
         self.write(move |txn| {
             touch_instance(txn, &caller)?;
             let key = StrategyKey {
@@ -29,6 +57,8 @@ impl Hub {
                 sequence: txn.next_outcome_sequence(),
                 at: txn.now,
                 instance_id: caller,
+                streak: streak(&share.recent, &share.strategy, &share.metric),
+                preceded_by: preceding(&share.recent),
                 strategy: share.strategy,
                 metric: share.metric,
                 value_before: share.value_before,
@@ -41,7 +71,7 @@ impl Hub {
                 Some(existing) => (*existing).clone(),
                 None => StrategyRecord::empty(&key, txn.now),
             };
-            record.record(&outcome);
+            record.record(&outcome, retention_days);
             let sequence = outcome.sequence;
             txn.append_outcome(outcome);
             Ok((sequence, txn.put_strategy(record)))
@@ -49,50 +79,158 @@ impl Hub {
         .await
     }
 
-    /// Ranked recommendations for `metric`.
-    pub fn get_strategies(
-        &self,
-        metric: &str,
-        context: &Attributes,
-        current_value: Option<f64>,
-        budget: Option<f64>,
-        limit: usize,
-    ) -> Vec<Recommendation> {
-        let context_key = context_key(context);
+    /// Ranked recommendations (see [`crate::domain::recommend`]).
+    pub fn get_strategies(&self, ask: &StrategyAsk) -> Vec<Recommendation> {
         let state = self.state();
+        self.recommend_in(&state, ask)
+    }
+
+    pub(super) fn recommend_in(&self, state: &State, ask: &StrategyAsk) -> Vec<Recommendation> {
+        let key = context_key(&ask.context);
+        let names: BTreeSet<&str> = state
+            .strategies_for_metric(&ask.metric)
+            .map(|r| r.strategy.as_str())
+            .collect();
+        let failure_risk: BTreeMap<String, f64> = names
+            .into_iter()
+            .filter(|name| state.failures.values().any(|f| f.strategy == *name))
+            .map(|name| {
+                let failures = state.failures.values().filter(|f| f.strategy == name);
+                let usage = Self::usage_of(state, name);
+                (
+                    name.to_string(),
+                    prevention::expected_loss(failures, &ask.recent, &usage),
+                )
+            })
+            .collect();
         recommend::recommend(
-            state.strategies_for_metric(metric).map(|r| &**r),
+            state.strategies_for_metric(&ask.metric).map(|r| &**r),
             StrategyQuery {
-                context_key: &context_key,
-                current_value,
-                budget,
-                limit,
+                metric: &ask.metric,
+                context_key: &key,
+                current_value: ask.current_value,
+                budget: ask.budget,
+                limit: ask.limit,
+                recent: &ask.recent,
+                explore_seed: ask.explore_seed,
+                now: self.now(),
+                tuning: self.shared.settings.tuning,
+                failure_risk: &failure_risk,
             },
         )
     }
 
-    /// The best strategies for several metrics within `budget`.
+    /// The best set of strategies for several metrics within a budget,
+    /// avoiding pairs the fleet has seen conflict.
     pub fn optimal_combination(
         &self,
         metrics: &Metrics,
         context: &Attributes,
         budget: Option<f64>,
-    ) -> Combination {
-        let per_metric = metrics.iter().map(|(metric, state)| {
-            // Every candidate of every metric competes; the cut happens in
-            // the combination, not per metric.
-            self.get_strategies(metric, context, Some(state.value), None, usize::MAX)
-        });
-        recommend::optimal_combination(per_metric.collect::<Vec<_>>(), budget)
+        costs: BTreeMap<String, f64>,
+        recent: &[RecentApplication],
+    ) -> (Combination, Vec<(String, String)>) {
+        let state = self.state();
+        let candidates_per_metric: Vec<Vec<Recommendation>> = metrics
+            .iter()
+            .map(|(metric, m)| {
+                self.recommend_in(
+                    &state,
+                    &StrategyAsk {
+                        metric: metric.clone(),
+                        context: context.clone(),
+                        current_value: Some(m.value),
+                        limit: usize::MAX,
+                        recent: recent.to_vec(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let names: BTreeSet<&str> = candidates_per_metric
+            .iter()
+            .flatten()
+            .map(|r| r.strategy.as_str())
+            .collect();
+        let conflicts = conflicts(&state, &names);
+        let problem = CombinationProblem {
+            candidates_per_metric: candidates_per_metric.clone(),
+            costs,
+            conflicts: conflicts.iter().cloned().collect(),
+            budget,
+        };
+        let combination = problem.solve();
+        (combination, conflicts)
     }
 
-    /// Outcomes of `strategy` on any metric in any context.
-    pub(super) fn applications_of_strategy(&self, strategy: &str) -> u64 {
-        self.state()
-            .strategies
-            .values()
-            .filter(|r| r.strategy == strategy)
-            .map(|r| r.applications)
-            .sum()
+    /// How `strategy` has been used (any metric, any context).
+    pub(super) fn usage_of(state: &State, strategy: &str) -> StrategyUsage {
+        let mut usage = StrategyUsage::default();
+        for record in state.strategies.values().filter(|r| r.strategy == strategy) {
+            usage.applications += record.applications;
+            for (p, stats) in &record.preceded_by {
+                let entry = usage.preceded_by.entry(p.clone()).or_default();
+                *entry = entry.merge(stats);
+            }
+        }
+        usage
     }
+}
+
+/// Pairs among `names` the fleet has seen conflict, each as (a, b) with a < b.
+fn conflicts(state: &State, names: &BTreeSet<&str>) -> Vec<(String, String)> {
+    let mut found = HashSet::new();
+    let pair = |a: &str, b: &str| {
+        if a <= b {
+            (a.to_string(), b.to_string())
+        } else {
+            (b.to_string(), a.to_string())
+        }
+    };
+    for record in state.strategies.values() {
+        if !names.contains(record.strategy.as_str()) || record.applications == 0 {
+            continue;
+        }
+        let overall = record.success_rate();
+        for (before, stats) in &record.preceded_by {
+            if before == &record.strategy || !names.contains(before.as_str()) {
+                continue;
+            }
+            let with = stats.successes as f64 / stats.applications.max(1) as f64;
+            if stats.applications >= CONFLICT_MIN_APPLICATIONS
+                && overall - with >= CONFLICT_MIN_DROP
+            {
+                found.insert(pair(before, &record.strategy));
+            }
+        }
+    }
+    for failure in state.failures.values() {
+        if !names.contains(failure.strategy.as_str()) {
+            continue;
+        }
+        let usage = Hub::usage_of(state, &failure.strategy);
+        for (before, failures_with) in &failure.preceded_by {
+            if before == &failure.strategy || !names.contains(before.as_str()) {
+                continue;
+            }
+            let applications_with = usage.preceded_by.get(before).map_or(0, |s| s.applications);
+            let applications_without = usage.applications.saturating_sub(applications_with);
+            if applications_with < CONFLICT_MIN_APPLICATIONS
+                || *failures_with < CONFLICT_MIN_FAILURES
+            {
+                continue;
+            }
+            let with = *failures_with as f64 / applications_with as f64;
+            let without = failure.occurrences.saturating_sub(*failures_with) as f64
+                / applications_without.max(1) as f64;
+            // Only a clearly higher failure rate after `before` makes the
+            // pair a conflict; failures that happen anyway do not.
+            if with >= 2.0 * without && with - without >= CONFLICT_MIN_DROP {
+                found.insert(pair(before, &failure.strategy));
+            }
+        }
+    }
+    let mut conflicts: Vec<_> = found.into_iter().collect();
+    conflicts.sort();
+    conflicts
 }

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use prost_types::{Value, value::Kind};
 
-use super::agents::{LocalLearner, PlateauDetector, argmax, band_condition, band_of, ucb};
+use super::agents::{LocalLearner, PlateauDetector, band_condition};
+use super::rng::Rng;
 use super::world::{Application, InstanceState, Outcome, World};
 use crate::client::{HubClient, InsightSubscription};
 use crate::error::{Error, Result};
@@ -22,16 +23,19 @@ use crate::pb;
 
 /// A pattern's recovery is followed when the match is this similar…
 const PATTERN_MIN_SIMILARITY: f64 = 0.9;
-/// …and the recovery has worked this often for it (Laplace rate, reports).
+/// …and the recovery is this likely to work, on this much evidence.
 const PATTERN_MIN_SUCCESS_RATE: f64 = 0.7;
 const PATTERN_MIN_REPORTS: u64 = 3;
-/// CheckAction warnings at or above this failure rate veto a strategy.
-const VETO_FAILURE_RATE: f64 = 0.3;
+/// Candidates checked with CheckAction before giving up on finding a safe one.
+const CHECKED_CANDIDATES: usize = 3;
 /// Own evidence that makes an instance share an insight.
 const INSIGHT_MIN_PULLS: u64 = 5;
 const INSIGHT_MIN_SUCCESS: f64 = 0.8;
 /// Configurations are shared this often (cycles).
 const CONFIG_SHARE_EVERY: u32 = 50;
+/// Applications remembered to report as recent (and cycles they count for).
+const RECENT_REMEMBERED: usize = 8;
+const RECENT_CYCLES: u32 = 10;
 
 /// The parameter a simulated instance's configuration carries.
 pub const PATIENCE_PARAMETER: &str = "plateau_patience";
@@ -40,13 +44,45 @@ pub const PATIENCE_PARAMETER: &str = "plateau_patience";
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub app: Application,
-    /// The pattern whose recovery was followed, if any.
-    pub pattern: Option<String>,
+    /// The pattern whose recovery was followed, and its similarity.
+    pub pattern: Option<(String, f64)>,
     /// The metric state at the plateau, as shared.
     pub plateau: BTreeMap<String, pb::MetricState>,
-    /// Whether GetPatterns' top match recommended the truly best strategy
-    /// (`None`: no match with a recovery to judge).
-    pub pattern_hit: Option<bool>,
+    /// Whether GetPatterns' top match recommended the truly best strategy,
+    /// within a near-tie and strictly (`None`: no match with a recovery to
+    /// judge).
+    pub pattern_hit: Option<(bool, bool)>,
+    /// The hub's confidence that the chosen strategy succeeds, when the hub
+    /// recommended it.
+    pub confidence: Option<f64>,
+    /// What the instance had applied before, as reported with this decision.
+    pub recent: Vec<pb::RecentApplication>,
+}
+
+/// A strategy considered for one decision.
+#[derive(Debug, Clone)]
+struct Candidate {
+    strategy: usize,
+    /// The draw it was ranked by.
+    score: f64,
+    /// The hub's confidence, when the hub knows the strategy.
+    confidence: Option<f64>,
+    /// Its expected change of the metric.
+    expected: f64,
+    /// The pattern whose recovery it is, and the match's similarity.
+    pattern: Option<(String, f64)>,
+}
+
+impl Candidate {
+    fn new(strategy: usize, score: f64, confidence: Option<f64>, expected: f64) -> Self {
+        Candidate {
+            strategy,
+            score,
+            confidence,
+            expected,
+            pattern: None,
+        }
+    }
 }
 
 /// The hub side of a simulated instance.
@@ -61,6 +97,11 @@ pub struct HubLink {
     hints: BTreeMap<usize, usize>,
     shared_insights: Vec<(usize, usize)>,
     last_config_share: u32,
+    /// (strategy, metric, cycle) of the latest applications, newest last.
+    applied: Vec<(usize, usize, u32)>,
+    /// Draws for exploration seeds and for strategies the fleet has not
+    /// tried yet.
+    rng: Rng,
 }
 
 fn hub_error(status: tonic::Status) -> Error {
@@ -73,6 +114,7 @@ impl HubLink {
     pub async fn join(
         client: HubClient,
         instance_id: &str,
+        seed: u64,
         world: &World<'_>,
         state: &InstanceState,
     ) -> Result<(Self, Option<usize>)> {
@@ -109,6 +151,8 @@ impl HubLink {
                 hints: BTreeMap::new(),
                 shared_insights: Vec::new(),
                 last_config_share: 0,
+                applied: Vec::new(),
+                rng: Rng::new(seed),
             },
             patience,
         ))
@@ -136,21 +180,37 @@ impl HubLink {
             .collect()
     }
 
-    /// Chooses a strategy for stuck `metric`: a proven pattern recovery if
-    /// there is one, else UCB over the fleet's pooled evidence and the
-    /// instance's own, skipping strategies CheckAction warns about.
+    /// What the instance applied in the last cycles, newest first.
+    fn recent(&self, world: &World<'_>, cycle: u32) -> Vec<pb::RecentApplication> {
+        self.applied
+            .iter()
+            .rev()
+            .filter(|(_, _, at)| cycle.saturating_sub(*at) <= RECENT_CYCLES)
+            .map(|(s, m, at)| pb::RecentApplication {
+                strategy: world.scenario.strategies[*s].name.clone(),
+                metric: world.scenario.metrics[*m].name.clone(),
+                cycles_ago: cycle - at,
+            })
+            .collect()
+    }
+
+    /// Chooses a strategy for stuck `metric`: a pattern recovery that is
+    /// likely to work if there is one, else a Thompson draw — the hub's for
+    /// strategies the fleet has evidence on, a draw from an uninformed prior
+    /// for strategies nobody has tried — then checks the choice with
+    /// CheckAction and takes the hub's safer alternative when warned.
     pub async fn decide(
         &mut self,
         world: &World<'_>,
         state: &InstanceState,
         detector: &PlateauDetector,
-        learner: &LocalLearner,
         metric: usize,
     ) -> Result<Decision> {
         let scenario = world.scenario;
         let metric_name = &scenario.metrics[metric].name;
         let value = state.values[metric];
         let plateau = Self::metric_states(world, state, detector);
+        let recent = self.recent(world, state.cycle);
 
         let matches = self
             .client
@@ -158,6 +218,8 @@ impl HubLink {
                 metrics: plateau.clone(),
                 environment: self.context.clone(),
                 limit: 3,
+                target_metric: metric_name.clone(),
+                recent: recent.clone(),
             })
             .await
             .map_err(hub_error)?
@@ -166,106 +228,130 @@ impl HubLink {
             let pattern = m.pattern.as_ref()?;
             let recovery = pattern.recovery_strategies.first()?;
             let strategy = scenario.strategy_index(&recovery.strategy)?;
-            Some((m.similarity, pattern.id.clone(), recovery.clone(), strategy))
+            Some((
+                m.similarity,
+                m.exact,
+                pattern.id.clone(),
+                recovery.clone(),
+                strategy,
+            ))
         });
-        let pattern_hit = top_recovery
-            .as_ref()
-            .map(|(_, _, _, strategy)| *strategy == world.best_strategy(state, metric));
-        let pattern_choice = top_recovery.and_then(|(similarity, id, recovery, strategy)| {
-            (similarity >= PATTERN_MIN_SIMILARITY
-                && recovery.success_rate >= PATTERN_MIN_SUCCESS_RATE
-                && recovery.successes + recovery.failures >= PATTERN_MIN_REPORTS)
-                .then_some((id, strategy))
+        let pattern_hit = top_recovery.as_ref().map(|(_, _, _, _, strategy)| {
+            (
+                world.is_near_best(state, metric, *strategy),
+                *strategy == world.best_strategy(state, metric),
+            )
         });
+        let pattern_choice =
+            top_recovery.and_then(|(similarity, exact, id, recovery, strategy)| {
+                ((exact || similarity >= PATTERN_MIN_SIMILARITY)
+                    && recovery.success_rate >= PATTERN_MIN_SUCCESS_RATE
+                    && recovery.successes + recovery.failures >= PATTERN_MIN_REPORTS)
+                    .then_some((strategy, id, similarity))
+            });
 
-        let fleet: BTreeMap<String, pb::StrategyRecommendation> = self
+        let recommendations = self
             .client
             .get_strategies(pb::GetStrategiesRequest {
                 metric: metric_name.clone(),
                 current_value: value,
                 context: self.context.clone(),
                 limit: 100,
+                recent: recent.clone(),
+                explore: true,
+                explore_seed: self.rng.next_u64(),
                 ..Default::default()
             })
             .await
             .map_err(hub_error)?
-            .recommendations
-            .into_iter()
-            .map(|r| (r.strategy.clone(), r))
-            .collect();
-
-        // Pool the evidence: the fleet's figures where they rest on more
-        // outcomes than the instance's own (they include its own shares).
-        let band = band_of(value);
-        let pooled: Vec<(f64, u64)> = scenario
+            .recommendations;
+        let hint = self.hints.get(&metric).copied();
+        let headroom = scenario.metrics[metric].maximum - value;
+        let mut scored: Vec<Candidate> = scenario
             .strategies
             .iter()
             .enumerate()
             .map(|(s, spec)| {
-                let own = learner.arm(metric, band, s);
-                match fleet.get(&spec.name) {
-                    Some(r) if r.applications >= own.pulls => (r.expected_delta, r.applications),
-                    _ => (own.mean, own.pulls),
+                match recommendations.iter().find(|r| r.strategy == spec.name) {
+                    Some(r) => Candidate::new(s, r.score, Some(r.confidence), r.expected_delta),
+                    // Nobody has tried it: an insight's recommendation goes
+                    // first, otherwise a draw from a flat prior on success
+                    // and gain.
+                    None if hint == Some(s) => Candidate::new(s, f64::INFINITY, None, 0.0),
+                    None => {
+                        let draw = self.rng.uniform() * self.rng.uniform() * 0.4 * headroom;
+                        Candidate::new(s, draw, None, draw)
+                    }
                 }
             })
             .collect();
-        let total: u64 = pooled.iter().map(|(_, n)| n).sum();
-        let hint = self.hints.get(&metric).copied();
-        let mut scores: Vec<f64> = pooled
-            .iter()
-            .enumerate()
-            .map(|(s, (mean, n))| match (*n, hint) {
-                // An untried strategy an insight recommends goes first.
-                (0, Some(h)) if h == s => f64::INFINITY,
-                (0, _) => f64::MAX,
-                _ => ucb(*mean, *n, total),
-            })
-            .collect();
-
-        let mut candidates: Vec<(usize, Option<String>)> = Vec::new();
-        if let Some((id, strategy)) = pattern_choice {
-            candidates.push((strategy, Some(id)));
+        scored.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.strategy.cmp(&b.strategy))
+        });
+        let scored_for = |strategy: usize| {
+            scored
+                .iter()
+                .find(|c| c.strategy == strategy)
+                .cloned()
+                .unwrap_or_else(|| Candidate::new(strategy, 0.0, None, 0.0))
+        };
+        let mut candidates: Vec<Candidate> = Vec::new();
+        if let Some((strategy, id, similarity)) = pattern_choice {
+            candidates.push(Candidate {
+                pattern: Some((id, similarity)),
+                ..scored_for(strategy)
+            });
         }
-        for _ in 0..scores.len() {
-            let best = argmax(&scores);
-            scores[best] = f64::NEG_INFINITY;
-            if !candidates.iter().any(|(s, _)| *s == best) {
-                candidates.push((best, None));
+        for c in &scored {
+            if !candidates.iter().any(|x| x.strategy == c.strategy) {
+                candidates.push(c.clone());
             }
         }
 
-        let metrics_for_check = plateau.clone();
         let mut chosen = candidates[0].clone();
-        for (strategy, pattern) in candidates.iter().take(3) {
+        for candidate in candidates.iter().take(CHECKED_CANDIDATES) {
             let check = self
                 .client
                 .check_action(pb::CheckActionRequest {
-                    strategy: scenario.strategies[*strategy].name.clone(),
+                    strategy: scenario.strategies[candidate.strategy].name.clone(),
                     metric: metric_name.clone(),
-                    metrics: metrics_for_check.clone(),
+                    metrics: plateau.clone(),
+                    recent: recent.clone(),
+                    context: self.context.clone(),
                 })
                 .await
                 .map_err(hub_error)?;
-            let vetoed = check
+            // A warning vetoes the candidate only when the damage it expects
+            // outweighs the gain: risky strategies that pay off are still
+            // applied, and the fleet learns what prevents their failures.
+            let damage: f64 = check
                 .warnings
                 .iter()
-                .any(|w| w.failure_rate >= VETO_FAILURE_RATE);
-            if !vetoed {
-                chosen = (*strategy, pattern.clone());
+                .map(|w| w.failure_rate * w.failure.as_ref().map_or(0.0, |f| f.mean_magnitude))
+                .sum();
+            if check.safe || damage < candidate.expected {
+                chosen = candidate.clone();
+                break;
+            }
+            if let Some(alternative) = scenario.strategy_index(&check.safer_alternative) {
+                chosen = scored_for(alternative);
                 break;
             }
         }
         Ok(Decision {
             app: Application {
-                strategy: chosen.0,
+                strategy: chosen.strategy,
                 metric,
             },
-            pattern: chosen.1,
+            pattern: chosen.pattern,
             plateau,
             pattern_hit,
+            confidence: chosen.confidence,
+            recent,
         })
     }
-
     /// Shares what an application did. Returns the sequence of an insight
     /// it published, if any.
     pub async fn share_outcome(
@@ -278,6 +364,11 @@ impl HubLink {
     ) -> Result<Option<u64>> {
         let scenario = world.scenario;
         let app = decision.app;
+        self.applied
+            .push((app.strategy, app.metric, cycles_until_plateau));
+        if self.applied.len() > RECENT_REMEMBERED {
+            self.applied.remove(0);
+        }
         let strategy = &scenario.strategies[app.strategy].name;
         let metric = &scenario.metrics[app.metric].name;
         self.client
@@ -289,16 +380,18 @@ impl HubLink {
                 delta: outcome.delta.clamp(-1.0, 1.0),
                 condition: band_condition(outcome.value_before).to_string(),
                 context: self.context.clone(),
+                recent: decision.recent.clone(),
             })
             .await
             .map_err(hub_error)?;
-        if let Some(pattern_id) = &decision.pattern {
+        if let Some((pattern_id, similarity)) = &decision.pattern {
             self.client
                 .record_pattern_outcome(pb::RecordPatternOutcomeRequest {
                     pattern_id: pattern_id.clone(),
                     success: outcome.success,
                     metric_name: metric.clone(),
                     strategy: strategy.clone(),
+                    similarity: *similarity,
                 })
                 .await
                 .map_err(hub_error)?;
@@ -310,6 +403,7 @@ impl HubLink {
                     cycles_until_plateau,
                     recovery_strategies: vec![strategy.clone()],
                     environment: self.context.clone(),
+                    target_metric: metric.clone(),
                 })
                 .await
                 .map_err(hub_error)?;
@@ -324,6 +418,8 @@ impl HubLink {
                         metric: hit.clone(),
                         strategy: strategy.clone(),
                     }),
+                    recent: decision.recent.clone(),
+                    magnitude: reversal.drop.clamp(0.0, 1.0),
                     ..Default::default()
                 })
                 .await

@@ -34,8 +34,16 @@ pub struct RunSummary {
     /// `None` when there was none.
     pub cycles_to_recover: Option<f64>,
     /// Share of GetPatterns top matches recommending the true best
-    /// strategy; `None` outside hub mode or without matches.
+    /// strategy or one within a near-tie of it (an expected gain at most
+    /// 0.005 or 10% below the best's); `None` outside hub mode.
     pub pattern_accuracy: Option<f64>,
+    /// The same without near-ties: only the single best strategy counts.
+    pub pattern_accuracy_strict: Option<f64>,
+    /// Expected calibration error of the hub's confidence over the
+    /// applications it recommended: the count-weighted mean, over tenths of
+    /// confidence, of |mean confidence − success rate|. `None` outside hub
+    /// mode.
+    pub calibration_error: Option<f64>,
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -53,6 +61,28 @@ pub fn cycles_to(performance: &[f64], threshold: f64) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// Expected calibration error over the traces' confidence bins.
+pub fn calibration_error(traces: &[InstanceTrace]) -> Option<f64> {
+    let mut bins = [(0.0, 0u32, 0u32); 10];
+    for t in traces {
+        for (b, (conf, successes, n)) in t.calibration.iter().enumerate() {
+            bins[b].0 += conf;
+            bins[b].1 += successes;
+            bins[b].2 += n;
+        }
+    }
+    let total: u32 = bins.iter().map(|b| b.2).sum();
+    (total > 0).then(|| {
+        bins.iter()
+            .filter(|b| b.2 > 0)
+            .map(|(conf, successes, n)| {
+                let n = f64::from(*n);
+                (n / f64::from(total)) * (conf / n - f64::from(*successes) / n).abs()
+            })
+            .sum()
+    })
+}
+
 impl RunSummary {
     pub fn of(traces: &[InstanceTrace], horizon: u32) -> Self {
         let per = |f: &dyn Fn(&InstanceTrace) -> f64| mean(traces.iter().map(f)).unwrap_or(0.0);
@@ -67,6 +97,7 @@ impl RunSummary {
             .collect();
         let checks: u32 = traces.iter().map(|t| t.pattern_checks).sum();
         let hits: u32 = traces.iter().map(|t| t.pattern_hits).sum();
+        let strict: u32 = traces.iter().map(|t| t.pattern_hits_strict).sum();
         RunSummary {
             time_to_peak: per(&|t| {
                 cycles_to(&t.performance, PEAK_THRESHOLD).map_or(f64::from(horizon), |c| c as f64)
@@ -85,6 +116,8 @@ impl RunSummary {
             failed_applications: per(&|t| f64::from(t.failed_applications)),
             cycles_to_recover: mean(recoveries),
             pattern_accuracy: (checks > 0).then(|| f64::from(hits) / f64::from(checks)),
+            pattern_accuracy_strict: (checks > 0).then(|| f64::from(strict) / f64::from(checks)),
+            calibration_error: calibration_error(traces),
         }
     }
 }
@@ -132,6 +165,8 @@ pub struct ModeSummary {
     pub failed_applications: Estimate,
     pub cycles_to_recover: Option<Estimate>,
     pub pattern_accuracy: Option<Estimate>,
+    pub pattern_accuracy_strict: Option<Estimate>,
+    pub calibration_error: Option<Estimate>,
 }
 
 impl ModeSummary {
@@ -151,6 +186,8 @@ impl ModeSummary {
             failed_applications: field(|r| r.failed_applications)?,
             cycles_to_recover: optional(|r| r.cycles_to_recover),
             pattern_accuracy: optional(|r| r.pattern_accuracy),
+            pattern_accuracy_strict: optional(|r| r.pattern_accuracy_strict),
+            calibration_error: optional(|r| r.calibration_error),
         })
     }
 }
@@ -181,6 +218,8 @@ mod tests {
             }],
             pattern_checks: 4,
             pattern_hits: 3,
+            pattern_hits_strict: 2,
+            calibration: [(0.0, 0, 0); 10],
         }
     }
 

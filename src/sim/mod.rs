@@ -22,7 +22,7 @@ pub mod hub_agent;
 pub mod measures;
 pub mod plot;
 pub mod report;
-pub mod rng;
+pub use crate::domain::rng;
 pub mod runner;
 pub mod scenario;
 pub mod world;

@@ -119,10 +119,26 @@ pub fn table(report: &SimReport) -> String {
         "".into(),
     ]);
     rows.push([
-        "pattern-match accuracy".into(),
+        "pattern-match accuracy (near-ties ok)".into(),
         "80%+".into(),
         "".into(),
         opt(&hub.pattern_accuracy, 0, 100.0, "%"),
+        "".into(),
+        "".into(),
+    ]);
+    rows.push([
+        "  strictly the single best".into(),
+        "".into(),
+        "".into(),
+        opt(&hub.pattern_accuracy_strict, 0, 100.0, "%"),
+        "".into(),
+        "".into(),
+    ]);
+    rows.push([
+        "calibration error of hub confidence".into(),
+        "".into(),
+        "".into(),
+        opt(&hub.calibration_error, 3, 1.0, ""),
         "".into(),
         "".into(),
     ]);

@@ -72,9 +72,14 @@ pub struct InstanceTrace {
     pub failed_applications: u32,
     pub reversals: Vec<ReversalTrace>,
     /// GetPatterns top matches judged, and how many recommended the truly
-    /// best strategy (hub mode only).
+    /// best strategy or one within a near-tie of it (hub mode only).
     pub pattern_checks: u32,
     pub pattern_hits: u32,
+    /// The same, counting only the single best strategy (no near-ties).
+    pub pattern_hits_strict: u32,
+    /// Hub-recommended applications by the hub's confidence (tenths): the
+    /// summed confidence, the successes and the count per bin.
+    pub calibration: [(f64, u32, u32); 10],
 }
 
 /// Where hub-mode instances find their hub.
@@ -111,6 +116,13 @@ struct SimInstance {
     trace: InstanceTrace,
     /// (metric, value to regain, trace index)
     open_reversals: Vec<(usize, f64, usize)>,
+}
+
+/// A stable number from an instance id (FNV-1a), to seed its draws.
+fn hash_id(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A metric counts as recovered within this of its value before the drop.
@@ -218,6 +230,8 @@ pub async fn run(
                     reversals: Vec::new(),
                     pattern_checks: 0,
                     pattern_hits: 0,
+                    pattern_hits_strict: 0,
+                    calibration: [(0.0, 0, 0); 10],
                 },
                 open_reversals: Vec::new(),
             }
@@ -253,8 +267,9 @@ pub async fn run(
                 .filter(|i| i.trace.join == cycle && spec.mode == Mode::Hub)
             {
                 let client = connect(&url, &certs_dir, &instance.id).await?;
+                let seed = spec.seed ^ hash_id(&instance.id);
                 let (link, patience) =
-                    HubLink::join(client, &instance.id, &world, &instance.state).await?;
+                    HubLink::join(client, &instance.id, seed, &world, &instance.state).await?;
                 if let Some(patience) = patience {
                     instance.detector = PlateauDetector::new(scenario.metrics.len(), patience);
                 }
@@ -329,17 +344,12 @@ async fn decide(world: &World<'_>, mode: Mode, instance: &mut SimInstance) -> Re
         Mode::Hub => match (target, instance.link.as_mut()) {
             (Some(metric), Some(link)) => {
                 let decision = link
-                    .decide(
-                        world,
-                        &instance.state,
-                        &instance.detector,
-                        &instance.learner,
-                        metric,
-                    )
+                    .decide(world, &instance.state, &instance.detector, metric)
                     .await?;
-                if let Some(hit) = decision.pattern_hit {
+                if let Some((hit, strict)) = decision.pattern_hit {
                     instance.trace.pattern_checks += 1;
                     instance.trace.pattern_hits += u32::from(hit);
+                    instance.trace.pattern_hits_strict += u32::from(strict);
                 }
                 Planned {
                     action: Some(decision.app),
@@ -380,6 +390,12 @@ async fn act(
                 reversal.value_before,
                 instance.trace.reversals.len() - 1,
             ));
+        }
+        if let Some(confidence) = decision.as_ref().and_then(|d| d.confidence) {
+            let bin = &mut instance.trace.calibration[((confidence * 10.0) as usize).min(9)];
+            bin.0 += confidence;
+            bin.1 += u32::from(outcome.success);
+            bin.2 += 1;
         }
         if let (Some(link), Some(decision)) = (instance.link.as_mut(), decision.as_ref()) {
             shared_insight = link

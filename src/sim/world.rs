@@ -14,6 +14,9 @@
 use super::rng::Rng;
 use super::scenario::{EffectSpec, Scenario};
 
+/// Expected gains this close count as a tie (see [`World::is_near_best`]).
+pub const NEAR_TIE: f64 = 0.005;
+
 /// Below this improvement per cycle a metric counts as not progressing.
 pub const PROGRESS_EPSILON: f64 = 0.002;
 
@@ -186,6 +189,25 @@ impl<'s> World<'s> {
                 ga.total_cmp(&gb).then(b.cmp(a))
             })
             .unwrap_or(0)
+    }
+
+    /// Whether `strategy` is the best on `metric` now, or within a near-tie
+    /// of it: an expected gain at most 0.005 (or 10% of the best's) lower.
+    /// Near the maximum every strategy's gain is tiny and their order is
+    /// noise, which should not count as a wrong recommendation.
+    pub fn is_near_best(&self, state: &InstanceState, metric: usize, strategy: usize) -> bool {
+        let best = self.best_strategy(state, metric);
+        let gain = |s| {
+            self.expected_gain(
+                state,
+                Application {
+                    strategy: s,
+                    metric,
+                },
+            )
+        };
+        let (top, chosen) = (gain(best), gain(strategy));
+        chosen >= top - (0.1 * top.abs()).max(NEAR_TIE)
     }
 
     /// Advances one cycle, applying `action` first if there is one.

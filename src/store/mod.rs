@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 pub use engine::{Engine, KvWrite, MemoryEngine, SledEngine};
 
+use crate::domain::matching::MatchCalibration;
 use crate::domain::model::{
     Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey, StrategyOutcome,
     StrategyRecord,
@@ -30,6 +31,7 @@ use codec::Kind;
 /// record's sequence is never handed out again.
 const INSIGHT_SEQUENCE: &[u8] = b"insight_sequence";
 const OUTCOME_SEQUENCE: &[u8] = b"outcome_sequence";
+const PATTERN_CALIBRATION: &[u8] = b"pattern_calibration";
 
 /// A set of record upserts to make durable together. A later change to the
 /// same record replaces an earlier one, so a group commit writes each
@@ -46,6 +48,7 @@ pub struct Changes {
     pub outcomes: Vec<StrategyOutcome>,
     pub insight_sequence: Option<u64>,
     pub outcome_sequence: Option<u64>,
+    pub pattern_calibration: Option<MatchCalibration>,
 }
 
 impl Changes {
@@ -60,6 +63,7 @@ impl Changes {
         self.outcomes.extend(later.outcomes);
         self.insight_sequence = later.insight_sequence.or(self.insight_sequence);
         self.outcome_sequence = later.outcome_sequence.or(self.outcome_sequence);
+        self.pattern_calibration = later.pattern_calibration.or(self.pattern_calibration);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,6 +76,7 @@ impl Changes {
             && self.outcomes.is_empty()
             && self.insight_sequence.is_none()
             && self.outcome_sequence.is_none()
+            && self.pattern_calibration.is_none()
     }
 
     fn encode(&self) -> Result<Vec<KvWrite>> {
@@ -128,6 +133,12 @@ impl Changes {
                 codec::encode(&seq)?,
             );
         }
+        if let Some(calibration) = &self.pattern_calibration {
+            put(
+                codec::key(Kind::Meta, PATTERN_CALIBRATION),
+                codec::encode(calibration)?,
+            );
+        }
         Ok(writes)
     }
 }
@@ -144,6 +155,7 @@ pub struct Snapshot {
     /// The last sequence handed out (0: none yet).
     pub insight_sequence: u64,
     pub outcome_sequence: u64,
+    pub pattern_calibration: MatchCalibration,
 }
 
 /// Typed access to the hub's durable records.
@@ -176,8 +188,9 @@ impl Store {
             insights: self.load_kind(Kind::Insight)?,
             failures: self.load_kind(Kind::Failure)?,
             configs: self.load_kind(Kind::Config)?,
-            insight_sequence: self.counter(INSIGHT_SEQUENCE)?,
-            outcome_sequence: self.counter(OUTCOME_SEQUENCE)?,
+            insight_sequence: self.meta(INSIGHT_SEQUENCE)?.unwrap_or(0),
+            outcome_sequence: self.meta(OUTCOME_SEQUENCE)?.unwrap_or(0),
+            pattern_calibration: self.meta(PATTERN_CALIBRATION)?.unwrap_or_default(),
         })
     }
 
@@ -215,14 +228,15 @@ impl Store {
             .collect()
     }
 
-    fn counter(&self, name: &[u8]) -> Result<u64> {
+    fn meta<T: DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>> {
         let key = codec::key(Kind::Meta, name);
         let mut end = key.clone();
         end.push(0);
-        match self.engine.scan(&key, &end, 1)?.first() {
-            Some((k, v)) => codec::decode(k, v),
-            None => Ok(0),
-        }
+        self.engine
+            .scan(&key, &end, 1)?
+            .first()
+            .map(|(k, v)| codec::decode(k, v))
+            .transpose()
     }
 }
 
@@ -243,6 +257,8 @@ mod tests {
             delta: 0.1,
             condition: String::new(),
             context: Attributes::new(),
+            streak: 0,
+            preceded_by: vec![],
         }
     }
 

@@ -1,7 +1,8 @@
 //! A small deterministic random number generator (xoshiro256++ seeded by
-//! SplitMix64). The simulator needs the same numbers for the same seed on
-//! every machine and every build; owning these few lines guarantees that
-//! where a library's "standard" generator may change between versions.
+//! SplitMix64). Thompson-sampled recommendations and the simulator need the
+//! same numbers for the same seed on every machine and every build; owning
+//! these few lines guarantees that where a library's "standard" generator
+//! may change between versions.
 
 /// xoshiro256++ (Blackman and Vigna).
 #[derive(Debug, Clone)]
