@@ -106,11 +106,14 @@ impl Interceptor for CallMetadata {
 }
 
 type Inner = pb::hub_client::HubClient<InterceptedService<Channel, CallMetadata>>;
+/// The operators' Admin service over the same connection.
+pub type AdminClient = pb::admin_client::AdminClient<InterceptedService<Channel, CallMetadata>>;
 
 /// A connected client. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct HubClient {
     inner: Inner,
+    admin: AdminClient,
     instance_id: Option<String>,
 }
 
@@ -182,6 +185,10 @@ impl HubClient {
         instance_id: Option<String>,
     ) -> Self {
         HubClient {
+            admin: pb::admin_client::AdminClient::with_interceptor(
+                channel.clone(),
+                metadata.clone(),
+            ),
             inner: pb::hub_client::HubClient::with_interceptor(channel, metadata)
                 .max_decoding_message_size(16 * 1024 * 1024),
             instance_id,
@@ -196,6 +203,11 @@ impl HubClient {
     /// The generated client, for calls with custom metadata or deadlines.
     pub fn raw(&self) -> Inner {
         self.inner.clone()
+    }
+
+    /// `learninghub.v1.Admin` over the same connection (operators only).
+    pub fn admin(&self) -> AdminClient {
+        self.admin.clone()
     }
 
     unary_calls! {

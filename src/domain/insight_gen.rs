@@ -393,11 +393,11 @@ fn context_effects(
 }
 
 /// One pattern's plateau of one metric.
-struct Plateau {
+struct Plateau<'p> {
     first_seen: UnixMillis,
     value: f64,
     frequency: u64,
-    instances: usize,
+    instances: &'p BTreeSet<String>,
 }
 
 /// Half-width of the value band a plateau predictor claims.
@@ -421,7 +421,7 @@ fn plateau_predictors(
                         first_seen: pattern.first_seen,
                         value: state.value,
                         frequency: pattern.frequency,
-                        instances: pattern.instances.len(),
+                        instances: &pattern.instances,
                     });
             }
         }
@@ -474,7 +474,11 @@ fn plateau_predictors(
                 evidence: InsightEvidence {
                     data_points: support,
                     correlation_strength: 0.0,
-                    instances_covered: seen.iter().map(|s| s.instances).max().unwrap_or(0) as u32,
+                    instances_covered: seen
+                        .iter()
+                        .flat_map(|s| s.instances.iter())
+                        .collect::<BTreeSet<_>>()
+                        .len() as u32,
                     improvement_observed: 0.0,
                 },
                 applicable_contexts: vec![],

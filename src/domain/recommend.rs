@@ -15,7 +15,8 @@
 //! Only outcomes inside the retention window count, each day weighted by
 //! recency (a half-life). A strategy's success probability is a Beta
 //! posterior mean — the recommendation's `confidence`, calibrated by
-//! construction when outcomes are exchangeable — and its gains are shrunk
+//! construction when outcomes are exchangeable, which
+//! `tests/ranking_statistics.rs` measures — and its gains are shrunk
 //! means. Applying the same strategy again to the same metric is judged at
 //! the caller's streak, using how gains fell with streaks across the fleet.
 //! Ranking is by a lower confidence bound of the expected delta, or by a
@@ -261,6 +262,27 @@ fn evidence<'r>(
     today: i64,
     tuning: &Tuning,
 ) -> Evidence {
+    weighted_evidence(records, |b| band_weight(b, band), today, tuning)
+}
+
+/// Everything `evidence` at `band` leaves out (the other bands, and the
+/// share of the neighbours it does not count): the independent evidence a
+/// band's estimate is shrunk towards, so no outcome counts twice.
+fn evidence_outside<'r>(
+    records: impl IntoIterator<Item = &'r StrategyRecord>,
+    band: usize,
+    today: i64,
+    tuning: &Tuning,
+) -> Evidence {
+    weighted_evidence(records, |b| 1.0 - band_weight(b, Some(band)), today, tuning)
+}
+
+fn weighted_evidence<'r>(
+    records: impl IntoIterator<Item = &'r StrategyRecord>,
+    band_weight: impl Fn(usize) -> f64,
+    today: i64,
+    tuning: &Tuning,
+) -> Evidence {
     let mut evidence = Evidence::default();
     for record in records {
         for bucket in &record.window {
@@ -269,7 +291,7 @@ fn evidence<'r>(
                 continue;
             }
             for (b, stats) in bucket.bands.iter().enumerate() {
-                let bw = band_weight(b, band);
+                let bw = band_weight(b);
                 if bw > 0.0 {
                     evidence.add(stats, w * bw);
                 }
@@ -295,11 +317,18 @@ impl StrategyEvidence<'_> {
             ROOT_STRENGTH,
         );
         let fleet = match band {
-            Some(_) => Estimate::shrink(
-                &evidence(self.all.iter().copied(), band, today, tuning),
-                &fleet_all,
-                k,
-            ),
+            Some(b) => {
+                let outside = Estimate::shrink(
+                    &evidence_outside(self.all.iter().copied(), b, today, tuning),
+                    &Estimate::ROOT,
+                    ROOT_STRENGTH,
+                );
+                Estimate::shrink(
+                    &evidence(self.all.iter().copied(), band, today, tuning),
+                    &outside,
+                    k,
+                )
+            }
             None => fleet_all,
         };
         let Some(own) = self.own else {
@@ -320,7 +349,11 @@ impl StrategyEvidence<'_> {
 
     /// How the mean improvement at each streak class compares with a first
     /// application, across the fleet (lifetime), shrunk towards 1.
-    fn streak_factors(&self, k: f64) -> [f64; STREAK_CLASSES] {
+    ///
+    /// Also returns the mix: the average factor over the outcomes behind
+    /// the estimates, whose improvement is therefore a blend of first and
+    /// repeated uses; dividing by it recovers a first use's.
+    fn streak_factors(&self, k: f64) -> ([f64; STREAK_CLASSES], f64) {
         let mut classes = [OutcomeStats::default(); STREAK_CLASSES];
         for record in &self.all {
             for (c, stats) in record.streaks.iter().enumerate().take(STREAK_CLASSES) {
@@ -330,7 +363,7 @@ impl StrategyEvidence<'_> {
         let base = classes[0].improvement;
         let mut factors = [1.0; STREAK_CLASSES];
         if base.count == 0 || base.mean <= 0.0 {
-            return factors;
+            return (factors, 1.0);
         }
         for c in 1..STREAK_CLASSES {
             let n = classes[c].improvement.count as f64;
@@ -346,7 +379,13 @@ impl StrategyEvidence<'_> {
                 (classes[c].improvement.mean * rate(&classes[c])) / (base.mean * rate(&classes[0]));
             factors[c] = ((n * ratio + k) / (n + k)).clamp(-1.0, 1.5);
         }
-        factors
+        let total: u64 = classes.iter().map(|c| c.applications).sum();
+        let mix = classes
+            .iter()
+            .zip(&factors)
+            .map(|(c, f)| c.applications as f64 / total.max(1) as f64 * f)
+            .sum::<f64>();
+        (factors, if mix > 0.05 { mix } else { 1.0 })
     }
 }
 
@@ -386,9 +425,9 @@ pub fn recommend<'r>(
         .into_iter()
         .map(|(name, ev)| {
             let (mut estimate, scope) = ev.estimate(band, today, &tuning);
-            let factors = ev.streak_factors(tuning.prior_strength);
+            let (factors, mix) = ev.streak_factors(tuning.prior_strength);
             let run = streak(query.recent, name, query.metric) as usize;
-            estimate.improvement *= factors[run.min(STREAK_CLASSES - 1)];
+            estimate.improvement *= factors[run.min(STREAK_CLASSES - 1)] / mix;
             let mut expected = estimate.expected();
             if let Some(v) = query.current_value {
                 // A metric in [0, 1] cannot rise past 1 or fall below 0.
@@ -525,13 +564,10 @@ impl CombinationProblem {
         self.costs.get(strategy).copied().unwrap_or(1.0)
     }
 
+    /// Whether `a` and `b` conflict, whichever order the pair was given in.
     pub fn conflict(&self, a: &str, b: &str) -> bool {
-        let key = if a <= b {
-            (a.to_string(), b.to_string())
-        } else {
-            (b.to_string(), a.to_string())
-        };
-        self.conflicts.contains(&key)
+        let (a, b) = (a.to_string(), b.to_string());
+        self.conflicts.contains(&(a.clone(), b.clone())) || self.conflicts.contains(&(b, a))
     }
 
     /// The combination with the greatest total expected delta: at most one
