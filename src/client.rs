@@ -49,6 +49,8 @@ pub const ENV_URL: &str = "LEARNING_HUB_URL";
 pub const ENV_INSTANCE_ID: &str = "INSTANCE_ID";
 /// Where `<INSTANCE_ID>.pem`, `<INSTANCE_ID>.key` and `ca.pem` are.
 pub const ENV_CERTS_DIR: &str = "LEARNING_HUB_CERTS_DIR";
+/// The seed's variable for the instance's API key.
+pub const ENV_API_KEY: &str = "HUB_API_KEY";
 
 /// How to reach the hub and who to be.
 #[derive(Debug, Clone)]
@@ -61,6 +63,8 @@ pub struct ClientSettings {
     pub domain: Option<String>,
     /// The instance id this client acts as (`None` for operators).
     pub instance_id: Option<String>,
+    /// The instance's API key, sent as `authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl ClientSettings {
@@ -72,12 +76,13 @@ impl ClientSettings {
             certs: CertPaths::for_name(certs_dir, name),
             domain: None,
             instance_id: Some(name.to_string()),
+            api_key: None,
         }
     }
 
     /// From the seed's environment: `LEARNING_HUB_URL` (default
-    /// `https://localhost:3015`), `INSTANCE_ID` (required) and
-    /// `LEARNING_HUB_CERTS_DIR` (default `./certs`).
+    /// `https://localhost:3015`), `INSTANCE_ID` (required),
+    /// `HUB_API_KEY` and `LEARNING_HUB_CERTS_DIR` (default `./certs`).
     pub fn from_env() -> Result<Self> {
         let url = std::env::var(ENV_URL).unwrap_or_else(|_| "https://localhost:3015".into());
         let id = std::env::var(ENV_INSTANCE_ID)
@@ -85,12 +90,13 @@ impl ClientSettings {
         crate::validate::name(ENV_INSTANCE_ID, &id)?;
         let dir =
             std::env::var(ENV_CERTS_DIR).map_or_else(|_| PathBuf::from("certs"), PathBuf::from);
-        Ok(ClientSettings::new(url, &dir, &id))
+        let mut settings = ClientSettings::new(url, &dir, &id);
+        settings.api_key = std::env::var(ENV_API_KEY).ok().filter(|k| !k.is_empty());
+        Ok(settings)
     }
 }
 
-/// Adds per-call metadata (none yet beyond what TLS carries; API keys
-/// arrive here later).
+/// Adds per-call metadata: the API key.
 #[derive(Debug, Clone, Default)]
 pub struct CallMetadata {
     headers: Vec<(&'static str, AsciiMetadataValue)>,
@@ -160,9 +166,16 @@ impl HubClient {
             .connect()
             .await
             .map_err(unavailable)?;
+        let mut metadata = CallMetadata::default();
+        if let Some(key) = &settings.api_key {
+            let value = format!("Bearer {key}")
+                .parse()
+                .map_err(|_| Error::invalid("api_key", "must be ASCII"))?;
+            metadata.headers.push(("authorization", value));
+        }
         Ok(Self::with_metadata(
             channel,
-            CallMetadata::default(),
+            metadata,
             settings.instance_id.clone(),
         ))
     }
@@ -243,6 +256,27 @@ impl HubClient {
         share_configuration(pb::ShareConfigurationRequest) -> pb::ShareConfigurationResponse;
         /// See `Hub.Bootstrap`.
         bootstrap(pb::BootstrapRequest) -> pb::BootstrapResponse;
+    }
+
+    /// (Operators) issues an API key for `instance_id`, replacing its
+    /// previous one, and returns it.
+    pub async fn issue_api_key(&self, instance_id: &str) -> std::result::Result<String, Status> {
+        self.admin()
+            .issue_api_key(pb::IssueApiKeyRequest {
+                instance_id: instance_id.to_string(),
+            })
+            .await
+            .map(|r| r.into_inner().api_key)
+    }
+
+    /// (Operators) revokes `instance_id`'s API key.
+    pub async fn revoke_api_key(&self, instance_id: &str) -> std::result::Result<(), Status> {
+        self.admin()
+            .revoke_api_key(pb::RevokeApiKeyRequest {
+                instance_id: instance_id.to_string(),
+            })
+            .await
+            .map(drop)
     }
 
     /// One `SubscribeInsights` call, without resuming: the raw stream.

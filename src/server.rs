@@ -196,7 +196,10 @@ where
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
-        .layer(AuthLayer::new(config.insecure_dev))
+        .layer(AuthLayer::new(
+            config.insecure_dev,
+            crate::hub::access_control(&hub),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -78,13 +78,15 @@ impl InsightBus {
     }
 
     /// Opens a subscription. The returned channel yields insights with
-    /// `sequence > after` in order, then an error if the hub shuts down.
+    /// `sequence > after` in order, then an error if the hub shuts down or
+    /// the subscriber's credentials are revoked.
     pub fn subscribe(
         &self,
         log: Arc<dyn InsightLog>,
         after: u64,
         category: Option<InsightCategory>,
         shutdown: watch::Receiver<bool>,
+        credentials: Option<Credentials>,
         buffer: usize,
     ) -> mpsc::Receiver<Result<Arc<Insight>>> {
         let (out, rx) = mpsc::channel(buffer.max(1));
@@ -95,11 +97,19 @@ impl InsightBus {
             position: after,
             out,
             shutdown,
+            credentials,
             guard: SubscriberGuard::new(self.stats.clone()),
         };
         tokio::spawn(subscription.run());
         rx
     }
+}
+
+/// What keeps a subscription authorized: re-checked whenever `changes`
+/// moves (a key was revoked or replaced somewhere).
+pub struct Credentials {
+    pub changes: watch::Receiver<u64>,
+    pub still_valid: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// Counts a subscription while it exists; unregisters it on drop, however
@@ -123,6 +133,7 @@ impl Drop for SubscriberGuard {
 enum Stop {
     ClientGone,
     ShuttingDown,
+    Revoked,
 }
 
 struct Subscription {
@@ -132,7 +143,24 @@ struct Subscription {
     position: u64,
     out: mpsc::Sender<Result<Arc<Insight>>>,
     shutdown: watch::Receiver<bool>,
+    credentials: Option<Credentials>,
     guard: SubscriberGuard,
+}
+
+/// Resolves when the credentials have changed and no longer hold (never
+/// without credentials).
+async fn revoked(credentials: &mut Option<Credentials>) {
+    let Some(credentials) = credentials else {
+        return std::future::pending().await;
+    };
+    loop {
+        if credentials.changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if !(credentials.still_valid)() {
+            return;
+        }
+    }
 }
 
 impl Subscription {
@@ -141,14 +169,18 @@ impl Subscription {
             Ok(()) => return,
             Err(stop) => stop,
         };
-        if let Stop::ShuttingDown = stop {
-            let resume = Error::Unavailable(format!(
+        let ending = match stop {
+            Stop::ClientGone => return,
+            Stop::ShuttingDown => Error::Unavailable(format!(
                 "hub is shutting down; resume with after_sequence={}",
                 self.position
-            ));
-            // Best effort: the client may already be gone.
-            let _ = self.out.try_send(Err(resume));
-        }
+            )),
+            Stop::Revoked => {
+                Error::Unauthenticated("the API key of this stream was revoked".into())
+            }
+        };
+        // Best effort: the client may already be gone.
+        let _ = self.out.try_send(Err(ending));
     }
 
     async fn serve(&mut self) -> std::result::Result<(), Stop> {
@@ -161,6 +193,7 @@ impl Subscription {
                 biased;
                 _ = self.shutdown.changed() => return Err(Stop::ShuttingDown),
                 _ = self.out.closed() => return Err(Stop::ClientGone),
+                () = revoked(&mut self.credentials) => return Err(Stop::Revoked),
                 received = self.live.recv() => received,
             };
             match received {

@@ -233,6 +233,8 @@ fn grpcurl_available() -> bool {
 struct Grpcurl<'a> {
     certs_dir: &'a Path,
     addr: SocketAddr,
+    /// API keys by identity, sent as `authorization: Bearer`.
+    keys: std::cell::RefCell<std::collections::HashMap<String, String>>,
 }
 
 impl Grpcurl<'_> {
@@ -247,6 +249,11 @@ impl Grpcurl<'_> {
                 .arg(self.certs_dir.join(format!("{who}.pem")))
                 .arg("-key")
                 .arg(self.certs_dir.join(format!("{who}.key")));
+            if let Some(key) = self.keys.borrow().get(who) {
+                command
+                    .arg("-H")
+                    .arg(format!("authorization: Bearer {key}"));
+            }
         }
         command
             .args(flags)
@@ -277,10 +284,20 @@ impl Grpcurl<'_> {
     /// Calls `learninghub.v1.Hub/METHOD` as `who` with the JSON `data`;
     /// returns the parsed response.
     fn call(&self, who: &str, method: &str, data: &str) -> serde_json::Value {
+        self.call_service(who, "learninghub.v1.Hub", method, data)
+    }
+
+    fn call_service(
+        &self,
+        who: &str,
+        service: &str,
+        method: &str,
+        data: &str,
+    ) -> serde_json::Value {
         let output = self.run(
             Some(who),
             &["-max-time", "10", "-d", data],
-            &[&format!("learninghub.v1.Hub/{method}")],
+            &[&format!("{service}/{method}")],
         );
         assert!(
             output.status.success(),
@@ -330,6 +347,7 @@ fn grpcurl_as_an_operator_would_use_it() {
     let grpcurl = Grpcurl {
         certs_dir: certs_dir.path(),
         addr: hub.addr,
+        keys: Default::default(),
     };
 
     // Reflection: the services, and the methods of the hub's.
@@ -347,6 +365,33 @@ fn grpcurl_as_an_operator_would_use_it() {
         "describe shows the stream: {described}"
     );
 
+    // Without an API key an instance is refused; the operator issues one.
+    let refused = grpcurl.run(
+        Some("g1"),
+        &[
+            "-max-time",
+            "10",
+            "-d",
+            r#"{"instance_id":"g1","region":"r"}"#,
+        ],
+        &["learninghub.v1.Hub/Register"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("Unauthenticated"),
+        "{}",
+        stderr(&refused)
+    );
+    let issued = grpcurl.call_service(
+        "operator",
+        "learninghub.v1.Admin",
+        "IssueApiKey",
+        r#"{"instance_id":"g1"}"#,
+    );
+    let key = issued["apiKey"].as_str().unwrap().to_string();
+    assert!(key.starts_with("lhk_"), "{issued}");
+    grpcurl.keys.borrow_mut().insert("g1".into(), key);
+
     // An instance registers, shares an outcome, and the hub recommends it.
     let registered = grpcurl.call("g1", "Register", r#"{"instance_id":"g1","region":"r"}"#);
     assert_eq!(registered["instance"]["instanceId"], "g1", "{registered}");
@@ -356,10 +401,9 @@ fn grpcurl_as_an_operator_would_use_it() {
         "ShareStrategy",
         r#"{"strategy":"warmup","metric":"accuracy","value_before":0.5,"successful":true,"delta":0.1}"#,
     );
-    assert_eq!(
-        shared["record"]["instances"],
-        serde_json::json!({"g1": "1"})
-    );
+    // Per-instance counts are for operators: an instance sees none.
+    assert_eq!(shared["record"]["applications"], "1", "{shared}");
+    assert!(shared["record"]["instances"].is_null(), "{shared}");
     let strategies = grpcurl.call("g1", "GetStrategies", r#"{"metric":"accuracy"}"#);
     let recommendations = strategies["recommendations"]
         .as_array()

@@ -211,16 +211,29 @@ async fn acknowledged_writes_survive_sigkill() {
     )
     .await;
     let mut total_outcomes = 0;
-    let mut stored_insights = BTreeMap::new();
-    for insight in op
-        .get_insights(pb::GetInsightsRequest {
-            limit: 1000,
-            ..Default::default()
-        })
+    // Every stored insight, through a stream replay (GetInsights stops at
+    // 1000, and a fast machine writes more than that).
+    let last = op
+        .get_status(pb::GetStatusRequest {})
         .await
         .unwrap()
-        .insights
-    {
+        .last_insight_sequence;
+    let mut replay = op
+        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
+        .await
+        .unwrap();
+    let mut stored_insights = BTreeMap::new();
+    while stored_insights.len() < last as usize {
+        let insight = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_stream::StreamExt::next(&mut replay),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("replay stopped after {} insights", stored_insights.len()))
+        .unwrap()
+        .unwrap()
+        .insight
+        .unwrap();
         stored_insights.insert(insight.sequence, insight.title);
     }
     for (w, ledger) in ledgers.iter().enumerate() {

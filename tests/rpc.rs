@@ -138,8 +138,28 @@ async fn patterns_share_match_and_outcome() {
     let merged = second.pattern.unwrap();
     assert_eq!(merged.id, pattern.id);
     assert_eq!(merged.frequency, 2);
-    assert_eq!(merged.instances, ["a", "b"]);
+    // Who shared it is for operators; instances see how many did.
+    assert!(merged.instances.is_empty());
+    assert_eq!(merged.instance_count, 2);
     assert_eq!(merged.cycles_until_plateau, 10.0);
+    let operators_view = hub
+        .operator()
+        .await
+        .get_patterns(pb::GetPatternsRequest {
+            metrics: share.metrics.clone(),
+            environment: share.environment.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        operators_view.matches[0]
+            .pattern
+            .as_ref()
+            .unwrap()
+            .instances,
+        ["a", "b"]
+    );
 
     // A different plateau elsewhere.
     let mut other = share.clone();

@@ -436,9 +436,32 @@ async fn records_are_attributed_to_the_authenticated_instance() {
         .await
         .unwrap();
     let record = shared.record.expect("the updated aggregate");
+    assert_eq!(record.applications, 1);
+    // The per-instance attribution is kept, and shown to operators only.
+    assert!(record.instances.is_empty());
+    let plateau = std::collections::BTreeMap::from([("accuracy".to_string(), metric(0.7, true))]);
+    a.share_pattern(pb::SharePatternRequest {
+        metrics: plateau.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let seen_by_operator = hub
+        .operator()
+        .await
+        .get_patterns(pb::GetPatternsRequest {
+            metrics: plateau,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(
-        record.instances,
-        [("inst-a".to_string(), 1u64)].into_iter().collect(),
+        seen_by_operator.matches[0]
+            .pattern
+            .as_ref()
+            .unwrap()
+            .instances,
+        ["inst-a"]
     );
 
     let listed = hub
@@ -449,5 +472,5 @@ async fn records_are_attributed_to_the_authenticated_instance() {
         .unwrap();
     assert_eq!(listed.instances.len(), 1);
     assert_eq!(listed.instances[0].instance_id, "inst-a");
-    assert_eq!(listed.instances[0].shared_records, 1);
+    assert_eq!(listed.instances[0].shared_records, 2);
 }

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use super::convert;
+use super::{Reply, caller, convert, reply};
 use crate::domain::insight_gen::GenerationSettings;
 use crate::hub::Hub;
 use crate::pb;
+use crate::validate;
 
 /// Implements `learninghub.v1.Admin` over a [`Hub`].
 #[derive(Clone)]
@@ -33,17 +34,71 @@ impl pb::admin_server::Admin for AdminService {
     async fn generate_insights(
         &self,
         _: Request<pb::GenerateInsightsRequest>,
-    ) -> Result<Response<pb::GenerateInsightsResponse>, Status> {
+    ) -> Reply<pb::GenerateInsightsResponse> {
         let report = self
             .hub
             .generate_insights(GenerationSettings::default())
             .await?;
-        Ok(Response::new(pb::GenerateInsightsResponse {
+        reply(pb::GenerateInsightsResponse {
             insights: report.stored.iter().map(|i| convert::insight(i)).collect(),
             candidates: report.candidates as u32,
             validated: report.validated as u32,
             duplicates: report.duplicates as u32,
             outcomes_examined: report.outcomes_examined,
-        }))
+        })
+    }
+
+    async fn issue_api_key(
+        &self,
+        request: Request<pb::IssueApiKeyRequest>,
+    ) -> Reply<pb::IssueApiKeyResponse> {
+        let operator = caller(&request)?.name.clone();
+        let instance_id = request.into_inner().instance_id;
+        validate::name("instance_id", &instance_id)?;
+        let api_key = self.hub.issue_api_key(&operator, instance_id).await?;
+        reply(pb::IssueApiKeyResponse { api_key })
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Reply<pb::RevokeApiKeyResponse> {
+        let instance_id = request.into_inner().instance_id;
+        validate::name("instance_id", &instance_id)?;
+        self.hub.revoke_api_key(instance_id).await?;
+        reply(pb::RevokeApiKeyResponse {})
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<pb::QueryAuditRequest>,
+    ) -> Reply<pb::QueryAuditResponse> {
+        let q = convert::audit_query(request.into_inner(), self.hub.now())?;
+        let entries = self.hub.query_audit(q).await?;
+        reply(pb::QueryAuditResponse {
+            entries: entries.iter().map(convert::audit_entry).collect(),
+        })
+    }
+
+    async fn resolve_failure(
+        &self,
+        request: Request<pb::ResolveFailureRequest>,
+    ) -> Reply<pb::ResolveFailureResponse> {
+        let id = request.into_inner().failure_id;
+        validate::name("failure_id", &id)?;
+        let failure = self.hub.resolve_failure(id).await?;
+        reply(pb::ResolveFailureResponse {
+            failure: Some(convert::failure(&failure)),
+        })
+    }
+
+    async fn invalidate_insight(
+        &self,
+        request: Request<pb::InvalidateInsightRequest>,
+    ) -> Reply<pb::InvalidateInsightResponse> {
+        let id = request.into_inner().insight_id;
+        validate::name("insight_id", &id)?;
+        self.hub.invalidate_insight(id).await?;
+        reply(pb::InvalidateInsightResponse {})
     }
 }

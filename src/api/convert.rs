@@ -10,17 +10,19 @@ use prost_types::{Timestamp, Value, value::Kind};
 
 use crate::domain::matching::{RecoveryEstimate, rank_recoveries};
 use crate::domain::model::{
-    ApplicableContext, Attributes, ConfigAlternative, ConfigShare, Configuration, FailurePattern,
-    FailureReport, FailureType, Insight, InsightAlternative, InsightCategory, InsightDraft,
-    InsightEvidence, Instance, MetricState, Metrics, PRECEDING_WINDOW, ParamValue, Parameters,
-    Pattern, PatternShare, RecentApplication, RecoveryAttempt, Registration, StrategyRecord,
-    StrategyShare, UnixMillis, preceding,
+    ApplicableContext, Attributes, AuditEntry, ConfigAlternative, ConfigShare, Configuration,
+    FailurePattern, FailureReport, FailureType, Insight, InsightAlternative, InsightCategory,
+    InsightDraft, InsightEvidence, Instance, MetricState, Metrics, PRECEDING_WINDOW, ParamValue,
+    Parameters, Pattern, PatternShare, RecentApplication, RecoveryAttempt, Registration,
+    StrategyRecord, StrategyShare, UnixMillis, preceding,
 };
 use crate::domain::prevention::Warning;
 use crate::domain::recommend::{Combination, Recommendation, Scope};
 use crate::domain::stats::RunningStats;
 use crate::error::{Error, Result};
-use crate::hub::{ActionCheck, Bootstrap, HubStatus, InstancePage, RankedMatch, StrategyAsk};
+use crate::hub::{
+    ActionCheck, AuditQuery, Bootstrap, HubStatus, InstancePage, RankedMatch, StrategyAsk,
+};
 use crate::pb;
 use crate::validate::{
     self, MAX_TEXT_LEN, MAX_TITLE_LEN, MAX_VALUE_LEN, attributes, finite, list_len, map_len, name,
@@ -553,6 +555,42 @@ pub fn config_share(req: pb::ShareConfigurationRequest) -> Result<ConfigShare> {
     })
 }
 
+pub fn audit_query(req: pb::QueryAuditRequest, now: UnixMillis) -> Result<AuditQuery> {
+    optional_name("caller", &req.caller)?;
+    text("rpc", &req.rpc, MAX_VALUE_LEN)?;
+    let from = req
+        .since
+        .as_ref()
+        .map(|t| millis("since", t))
+        .transpose()?
+        .unwrap_or(i64::MIN);
+    let until = req
+        .until
+        .as_ref()
+        .map(|t| millis("until", t))
+        .transpose()?
+        .unwrap_or(now.saturating_add(1));
+    Ok(AuditQuery {
+        from,
+        until,
+        caller: optional(req.caller),
+        rpc: optional(req.rpc),
+        limit: validate::limit("limit", req.limit, 100, 10_000)?,
+    })
+}
+
+pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        sequence: e.sequence,
+        at: Some(timestamp(e.at)),
+        caller: e.caller.clone(),
+        role: e.role.clone(),
+        rpc: e.rpc.clone(),
+        code: e.code,
+        request_bytes: e.request_bytes,
+    }
+}
+
 pub fn bootstrap_context(req: &pb::BootstrapRequest) -> Result<Attributes> {
     context("context", &req.context)
 }
@@ -624,6 +662,7 @@ fn pattern_with(p: &Pattern, recoveries: &[RecoveryEstimate]) -> pb::Pattern {
         }),
         environment: p.environment.clone(),
         instances: p.instances.iter().cloned().collect(),
+        instance_count: p.instances.len() as u32,
         first_seen: Some(timestamp(p.first_seen)),
         last_seen: Some(timestamp(p.last_seen)),
         frequency: p.frequency,
@@ -825,6 +864,8 @@ pub fn failure(f: &FailurePattern) -> pb::FailurePattern {
         last_seen: Some(timestamp(f.last_seen)),
         preceded_by: f.preceded_by.clone(),
         mean_magnitude: f.magnitude.mean,
+        instance_count: f.instances.len() as u32,
+        resolved: f.resolved,
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod convert;
+pub mod visibility;
 
 pub use admin::AdminService;
 
@@ -39,7 +40,7 @@ impl HubService {
 }
 
 /// The authenticated caller.
-fn caller<T>(request: &Request<T>) -> Result<&Identity> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<&Identity> {
     request
         .extensions()
         .get::<Identity>()
@@ -55,10 +56,20 @@ fn calling_instance<T>(request: &Request<T>) -> Result<String> {
         .ok_or_else(|| Error::PermissionDenied(format!("{identity} is not an instance")))
 }
 
-type Reply<T> = std::result::Result<Response<T>, Status>;
+pub(crate) type Reply<T> = std::result::Result<Response<T>, Status>;
 
-fn reply<T>(message: T) -> Reply<T> {
+pub(crate) fn reply<T>(message: T) -> Reply<T> {
     Ok(Response::new(message))
+}
+
+/// The API key a call presented (to tie an insight stream to it).
+fn presented_key<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::auth::keys::bearer)
+        .map(str::to_string)
 }
 
 #[tonic::async_trait]
@@ -83,12 +94,19 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::ListInstancesRequest>,
     ) -> Reply<pb::ListInstancesResponse> {
+        let viewer = caller(&request)?.clone();
         let req = request.into_inner();
         let region = convert::name_filter("region", &req.region)?;
         let after = convert::name_filter("after_instance_id", &req.after_instance_id)?;
         let limit = crate::validate::limit("limit", req.limit, 100, 1000)?;
-        reply(convert::instance_page(
-            self.hub.list_instances(region, after, limit),
+        let page = match viewer.instance_id() {
+            // An instance sees the fleet's counts and only its own record.
+            Some(own) => self.hub.own_listing(own),
+            None => self.hub.list_instances(region, after, limit),
+        };
+        reply(visibility::instance_listing(
+            &viewer,
+            convert::instance_page(page),
         ))
     }
 
@@ -96,19 +114,22 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::SharePatternRequest>,
     ) -> Reply<pb::SharePatternResponse> {
+        let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
         let share = convert::pattern_share(request.into_inner())?;
         let (pattern, new_pattern) = self.hub.share_pattern(&caller, share).await?;
-        reply(pb::SharePatternResponse {
+        let message = pb::SharePatternResponse {
             pattern: Some(convert::pattern(&pattern)),
             new_pattern,
-        })
+        };
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn get_patterns(
         &self,
         request: Request<pb::GetPatternsRequest>,
     ) -> Reply<pb::GetPatternsResponse> {
+        let viewer = caller(&request)?.clone();
         let q = convert::pattern_query(request.into_inner())?;
         let matches = self.hub.get_patterns(
             &q.metrics,
@@ -117,15 +138,17 @@ impl pb::hub_server::Hub for HubService {
             &q.recent,
             q.limit,
         );
-        reply(pb::GetPatternsResponse {
+        let message = pb::GetPatternsResponse {
             matches: matches.iter().map(convert::pattern_match).collect(),
-        })
+        };
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn record_pattern_outcome(
         &self,
         request: Request<pb::RecordPatternOutcomeRequest>,
     ) -> Reply<pb::RecordPatternOutcomeResponse> {
+        let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
         let o = convert::pattern_outcome(request.into_inner())?;
         let pattern = self
@@ -139,22 +162,25 @@ impl pb::hub_server::Hub for HubService {
                 o.similarity,
             )
             .await?;
-        reply(pb::RecordPatternOutcomeResponse {
+        let message = pb::RecordPatternOutcomeResponse {
             pattern: Some(convert::pattern(&pattern)),
-        })
+        };
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn share_strategy(
         &self,
         request: Request<pb::ShareStrategyRequest>,
     ) -> Reply<pb::ShareStrategyResponse> {
+        let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
         let share = convert::strategy_share(request.into_inner())?;
         let (outcome_sequence, record) = self.hub.share_strategy(&caller, share).await?;
-        reply(pb::ShareStrategyResponse {
+        let message = pb::ShareStrategyResponse {
             outcome_sequence,
             record: Some(convert::strategy_record(&record)),
-        })
+        };
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn get_strategies(
@@ -206,6 +232,19 @@ impl pb::hub_server::Hub for HubService {
         })
     }
 
+    async fn record_insight_use(
+        &self,
+        request: Request<pb::RecordInsightUseRequest>,
+    ) -> Reply<pb::RecordInsightUseResponse> {
+        let caller = calling_instance(&request)?;
+        let id = request.into_inner().insight_id;
+        crate::validate::name("insight_id", &id)?;
+        let insight = self.hub.record_insight_use(&caller, id).await?;
+        reply(pb::RecordInsightUseResponse {
+            insight: Some(convert::insight(&insight)),
+        })
+    }
+
     type SubscribeInsightsStream = Pin<
         Box<dyn Stream<Item = std::result::Result<pb::SubscribeInsightsResponse, Status>> + Send>,
     >;
@@ -214,9 +253,16 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::SubscribeInsightsRequest>,
     ) -> Reply<Self::SubscribeInsightsStream> {
+        // An instance's stream lives only as long as the key it was opened
+        // with stays valid.
+        let holder = caller(&request)?
+            .instance_id()
+            .map(|id| (id.to_string(), presented_key(&request)));
         let req = request.into_inner();
         let category = convert::category_filter(req.category)?;
-        let insights = self.hub.subscribe_insights(req.after_sequence, category)?;
+        let insights = self
+            .hub
+            .subscribe_insights(req.after_sequence, category, holder)?;
         let stream = ReceiverStream::new(insights).map(|item| match item {
             Ok(insight) => Ok(pb::SubscribeInsightsResponse {
                 insight: Some(convert::insight(&insight)),
@@ -230,33 +276,40 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::ShareFailureRequest>,
     ) -> Reply<pb::ShareFailureResponse> {
+        let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
         let report = convert::failure_report(request.into_inner())?;
         let failure = self.hub.share_failure(&caller, report).await?;
-        reply(pb::ShareFailureResponse {
+        let message = pb::ShareFailureResponse {
             failure: Some(convert::failure(&failure)),
-        })
+        };
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn get_failures(
         &self,
         request: Request<pb::GetFailuresRequest>,
     ) -> Reply<pb::GetFailuresResponse> {
+        let viewer = caller(&request)?.clone();
         let req = request.into_inner();
         let failure_type = convert::failure_type_filter(req.failure_type)?;
         let metric = convert::name_filter("metric", &req.metric)?;
         let strategy = convert::name_filter("strategy", &req.strategy)?;
         let limit = crate::validate::limit("limit", req.limit, 10, 1000)?;
-        let failures = self.hub.get_failures(failure_type, metric, strategy, limit);
-        reply(pb::GetFailuresResponse {
+        let failures =
+            self.hub
+                .get_failures(failure_type, metric, strategy, req.include_resolved, limit);
+        let message = pb::GetFailuresResponse {
             failures: failures.iter().map(|f| convert::failure(f)).collect(),
-        })
+        };
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn check_action(
         &self,
         request: Request<pb::CheckActionRequest>,
     ) -> Reply<pb::CheckActionResponse> {
+        let viewer = caller(&request)?.clone();
         let req = request.get_ref();
         let q = convert::action_check(req)?;
         let check = self.hub.check_action(
@@ -266,7 +319,10 @@ impl pb::hub_server::Hub for HubService {
             &q.recent,
             &q.context,
         );
-        reply(convert::action_check_reply(&check))
+        reply(visibility::for_viewer(
+            &viewer,
+            convert::action_check_reply(&check),
+        ))
     }
 
     async fn share_configuration(

@@ -1,17 +1,26 @@
-//! The tower layer in front of every service: resolves the caller's
-//! [`Identity`] from the connection, applies the policy, and puts the
-//! identity into the request's extensions for the handlers.
+//! The tower layer in front of every service. For each call it resolves
+//! the caller's [`Identity`] from the connection, checks an instance's API
+//! key, applies the role policy and the rate limit, puts the identity into
+//! the request's extensions for the handlers, and records the call in the
+//! audit log with the status it ended with — refused calls included.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
+use tonic::body::Body;
 use tower::{Layer, Service};
 
-use super::identity::Identity;
-use super::policy;
+use super::audit::{CountingBody, ReportingBody, status_code};
+use super::identity::{Identity, Role};
+use super::{AccessControl, keys, policy};
+use crate::domain::model::AuditEntry;
 use crate::error::{Error, Result};
 use crate::transport::{PeerIdentity, PeerInfo};
 
@@ -20,16 +29,21 @@ use crate::transport::{PeerIdentity, PeerInfo};
 pub const INSECURE_IDENTITY_HEADER: &str = "x-learning-hub-instance";
 
 /// Installs [`AuthService`] around a service.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone)]
 pub struct AuthLayer {
     insecure_dev: bool,
+    access: Arc<dyn AccessControl>,
 }
 
 impl AuthLayer {
     /// `insecure_dev` accepts plaintext peers (identity from
-    /// [`INSECURE_IDENTITY_HEADER`]); never use it outside development.
-    pub fn new(insecure_dev: bool) -> Self {
-        AuthLayer { insecure_dev }
+    /// [`INSECURE_IDENTITY_HEADER`], no API keys); never use it outside
+    /// development.
+    pub fn new(insecure_dev: bool, access: Arc<dyn AccessControl>) -> Self {
+        AuthLayer {
+            insecure_dev,
+            access,
+        }
     }
 }
 
@@ -40,15 +54,17 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             insecure_dev: self.insecure_dev,
+            access: self.access.clone(),
         }
     }
 }
 
-/// Authenticates and authorizes each request before passing it on.
-#[derive(Debug, Clone)]
+/// Authenticates, authorizes, limits and audits each call.
+#[derive(Clone)]
 pub struct AuthService<S> {
     inner: S,
     insecure_dev: bool,
+    access: Arc<dyn AccessControl>,
 }
 
 fn identify<B>(request: &http::Request<B>, insecure_dev: bool) -> Result<Identity> {
@@ -78,32 +94,119 @@ fn identify<B>(request: &http::Request<B>, insecure_dev: bool) -> Result<Identit
     }
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for AuthService<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+/// Refusals that carry a retry hint.
+enum Refusal {
+    Error(Error),
+    RateLimited(u64),
+}
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::Error(e)
+    }
+}
+
+impl<S> AuthService<S> {
+    fn admit<B>(
+        &self,
+        request: &http::Request<B>,
+        identity: &Identity,
+    ) -> std::result::Result<(), Refusal> {
+        if identity.role == Role::Instance && !self.insecure_dev {
+            let presented = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(keys::bearer);
+            self.access.check_key(&identity.name, presented)?;
+        }
+        policy::authorize(request.uri().path(), identity)?;
+        if identity.role == Role::Instance {
+            self.access
+                .take_rate_token(identity)
+                .map_err(Refusal::RateLimited)?;
+        }
+        Ok(())
+    }
+}
+
+impl<S> Service<http::Request<Body>> for AuthService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        let decided = identify(&request, self.insecure_dev).and_then(|identity| {
-            policy::authorize(request.uri().path(), &identity).map(|()| identity)
-        });
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let access = self.access.clone();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let identified = identify(&request, self.insecure_dev);
+        let (caller, role) = match &identified {
+            Ok(identity) => (identity.name.clone(), identity.role.as_str().to_string()),
+            Err(_) => (String::new(), "unknown".to_string()),
+        };
+        let draft = AuditEntry {
+            sequence: 0,
+            at: access.now(),
+            caller,
+            role,
+            rpc: request.uri().path().to_string(),
+            code: 0,
+            request_bytes: 0,
+        };
+        let record = {
+            let access = access.clone();
+            let bytes = bytes.clone();
+            move |code: i32| {
+                access.audit(AuditEntry {
+                    code,
+                    request_bytes: bytes.load(Ordering::Relaxed),
+                    ..draft
+                })
+            }
+        };
+        let decided = identified
+            .map_err(Refusal::from)
+            .and_then(|identity| self.admit(&request, &identity).map(|()| identity));
         match decided {
             Ok(identity) => {
-                request.extensions_mut().insert(identity);
-                Box::pin(self.inner.call(request))
+                let (mut parts, body) = request.into_parts();
+                parts.extensions.insert(identity);
+                let request =
+                    http::Request::from_parts(parts, Body::new(CountingBody::new(body, bytes)));
+                let future = self.inner.call(request);
+                Box::pin(async move {
+                    let response = future.await?;
+                    if let Some(code) = status_code(response.headers()) {
+                        record(code);
+                        return Ok(response);
+                    }
+                    Ok(response.map(|body| Body::new(ReportingBody::new(body, record))))
+                })
             }
-            Err(e) => {
-                tracing::debug!(path = request.uri().path(), error = %e, "request refused");
-                let response = tonic::Status::from(e).into_http::<ResBody>();
+            Err(refusal) => {
+                tracing::debug!(path = request.uri().path(), "request refused");
+                let status = match refusal {
+                    Refusal::Error(e) => tonic::Status::from(e),
+                    Refusal::RateLimited(seconds) => {
+                        let mut status = tonic::Status::resource_exhausted(format!(
+                            "rate limit reached; retry in {seconds} s"
+                        ));
+                        if let Ok(value) = seconds.to_string().parse() {
+                            status.metadata_mut().insert("retry-after", value);
+                        }
+                        status
+                    }
+                };
+                record(status.code() as i32);
+                let response = status.into_http::<Body>();
                 Box::pin(async move { Ok(response) })
             }
         }

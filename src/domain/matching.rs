@@ -285,6 +285,18 @@ impl PatternIndex {
         });
     }
 
+    /// Forgets a pattern (retention). The slot is swapped out of its group.
+    pub fn remove(&mut self, id: &str) {
+        let Some((g, m)) = self.slot_of.remove(id) else {
+            return;
+        };
+        let members = &mut self.groups[g].members;
+        members.swap_remove(m);
+        if let Some(moved) = members.get(m) {
+            self.slot_of.insert(moved.pattern.id.clone(), (g, m));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.slot_of.len()
     }
@@ -463,6 +475,11 @@ mod tests {
         assert_eq!(ranked[0].pattern.id, exact.id);
         assert!(!ranked[1].exact);
         assert!(ranked[1].similarity > 0.9 && ranked[1].similarity < 1.0);
+        // Removing forgets it; the others stay findable.
+        let mut smaller = index.clone();
+        smaller.remove(&exact.id);
+        assert_eq!(smaller.len(), 2);
+        assert!(!smaller.rank(&query, &env, &MatchCalibration::default(), 10)[0].exact);
         // Updating a pattern replaces it in place.
         let mut proven = exact.clone();
         proven.record_outcome(false, None, None, 2);

@@ -646,6 +646,9 @@ pub struct Insight {
     pub valid_until: UnixMillis,
     /// The instance that shared it (or "hub" for generated insights).
     pub shared_by: String,
+    /// Times instances reported acting on it.
+    #[serde(default)]
+    pub uses: u64,
 }
 
 impl Insight {
@@ -756,6 +759,9 @@ pub struct FailurePattern {
     /// Magnitudes reported.
     #[serde(default)]
     pub magnitude: RunningStats,
+    /// Marked by an operator as no longer applicable.
+    #[serde(default)]
+    pub resolved: bool,
 }
 
 impl AsRef<FailurePattern> for FailurePattern {
@@ -788,6 +794,7 @@ impl FailurePattern {
             last_seen: now,
             preceded_by: BTreeMap::new(),
             magnitude: RunningStats::default(),
+            resolved: false,
         };
         failure.record(report, instance, now);
         failure
@@ -997,6 +1004,41 @@ impl Configuration {
             .all(|(k, v)| context.get(k) == Some(v))
             .then_some(self.context.len())
     }
+}
+
+// ---------------------------------------------------------------------------
+// Access control records
+// ---------------------------------------------------------------------------
+
+/// An instance's API key, as stored: never the key itself, only a salted
+/// SHA-256 of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub instance_id: String,
+    /// Hex of 16 random bytes.
+    pub salt: String,
+    /// Hex of SHA-256(salt || key).
+    pub hash: String,
+    pub issued_at: UnixMillis,
+    /// The operator who issued it.
+    pub issued_by: String,
+}
+
+/// One call, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub sequence: u64,
+    pub at: UnixMillis,
+    /// Instance id or operator name ("" when the caller was not identified).
+    pub caller: String,
+    /// "instance", "operator" or "unknown".
+    pub role: String,
+    /// The full gRPC method path, e.g. "/learninghub.v1.Hub/ShareStrategy".
+    pub rpc: String,
+    /// The gRPC status code it ended with.
+    pub code: i32,
+    /// Bytes of the request body.
+    pub request_bytes: u64,
 }
 
 /// The configuration a new instance gets when the fleet has none that

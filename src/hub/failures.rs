@@ -45,18 +45,33 @@ impl Hub {
         .await
     }
 
+    /// Marks failure `id` resolved: no longer warned about.
+    pub async fn resolve_failure(&self, id: String) -> Result<Arc<FailurePattern>> {
+        self.write(move |txn| {
+            let Some(existing) = txn.failure(&id) else {
+                return Err(crate::error::Error::not_found("failure", id));
+            };
+            let mut failure = (*existing).clone();
+            failure.resolved = true;
+            Ok(txn.put_failure(failure))
+        })
+        .await
+    }
+
     /// Failures matching the filters, most frequent first.
     pub fn get_failures(
         &self,
         failure_type: Option<FailureType>,
         metric: Option<&str>,
         strategy: Option<&str>,
+        include_resolved: bool,
         limit: usize,
     ) -> Vec<Arc<FailurePattern>> {
         let state = self.state();
         let mut failures: Vec<_> = state
             .failures
             .values()
+            .filter(|f| include_resolved || !f.resolved)
             .filter(|f| failure_type.is_none_or(|t| f.failure_type == t))
             .filter(|f| metric.is_none_or(|m| f.metric == m))
             .filter(|f| strategy.is_none_or(|s| f.strategy == s))
@@ -89,7 +104,7 @@ impl Hub {
                 metric,
                 metrics,
                 recent,
-                state.failures.values().cloned(),
+                state.failures.values().filter(|f| !f.resolved).cloned(),
                 &Self::usage_of(&state, candidate),
             )
         };

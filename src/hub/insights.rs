@@ -53,6 +53,7 @@ impl Hub {
                 draft,
                 created_at: now,
                 shared_by: caller,
+                uses: 0,
             };
             Ok((txn.put_insight(insight), false))
         })
@@ -84,6 +85,56 @@ impl Hub {
         });
         insights.truncate(limit);
         insights
+    }
+}
+
+/// An insight in use stays valid this long after its latest use…
+const USE_EXTENSION_MS: i64 = 7 * super::DAY_MS;
+/// …but never longer than this after its creation.
+const MAX_LIFETIME_MS: i64 = 30 * super::DAY_MS;
+
+impl Hub {
+    /// Records that `caller` acted on insight `id`, extending its validity.
+    pub async fn record_insight_use(&self, caller: &str, id: String) -> Result<Arc<Insight>> {
+        let caller = caller.to_string();
+        self.write(move |txn| {
+            let now = txn.now;
+            let Some(found) = txn
+                .insights()
+                .find(|i| i.id == id && i.is_valid_at(now))
+                .cloned()
+            else {
+                return Err(Error::not_found("valid insight", id));
+            };
+            super::touch_instance(txn, &caller)?;
+            let mut insight = (*found).clone();
+            insight.uses += 1;
+            insight.valid_until = insight
+                .valid_until
+                .max((now + USE_EXTENSION_MS).min(insight.created_at + MAX_LIFETIME_MS));
+            Ok(txn.put_insight(insight))
+        })
+        .await
+    }
+
+    /// Ends an insight's validity now (an operator found its assumptions
+    /// no longer hold).
+    pub async fn invalidate_insight(&self, id: String) -> Result<()> {
+        self.write(move |txn| {
+            let now = txn.now;
+            let Some(found) = txn
+                .insights()
+                .find(|i| i.id == id && i.is_valid_at(now))
+                .cloned()
+            else {
+                return Err(Error::not_found("valid insight", id));
+            };
+            let mut insight = (*found).clone();
+            insight.valid_until = now;
+            txn.put_insight(insight);
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -157,6 +208,7 @@ impl Hub {
                         draft,
                         created_at: txn.now,
                         shared_by: GENERATED_BY.to_string(),
+                        uses: 0,
                     };
                     stored.push(txn.put_insight(insight));
                 }

@@ -49,6 +49,20 @@ impl Hub {
         Ok((instance, new, bootstrap))
     }
 
+    /// An instance's view of the fleet: counts by region and its own record.
+    pub fn own_listing(&self, instance_id: &str) -> InstancePage {
+        let mut page = self.list_instances(None, None, 0);
+        page.instances = self
+            .state()
+            .instances
+            .get(instance_id)
+            .cloned()
+            .into_iter()
+            .collect();
+        page.next_after = None;
+        page
+    }
+
     /// Instances in id order after `after`, optionally in one region.
     pub fn list_instances(
         &self,

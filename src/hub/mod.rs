@@ -9,6 +9,7 @@
 //! run by the writer against a [`Txn`], each read a pure function from
 //! `domain` applied to the state.
 
+mod access;
 mod configs;
 mod failures;
 mod insights;
@@ -22,6 +23,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::Ordering
 
 use tokio::sync::{mpsc, watch};
 
+pub use access::{AuditQuery, access_control};
 pub use configs::Bootstrap;
 pub use failures::ActionCheck;
 pub use insights::{GENERATED_BY, GenerationReport};
@@ -30,12 +32,13 @@ pub use patterns::RankedMatch;
 pub use state::{State, Txn};
 pub use strategies::StrategyAsk;
 
+use crate::auth::limits::RateLimiter;
 use crate::clock::Clock;
 use crate::domain::model::{Insight, InsightCategory, UnixMillis};
 use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::stream::{InsightBus, InsightLog};
+use crate::stream::{Credentials, InsightBus, InsightLog};
 use writer::Writer;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -59,6 +62,40 @@ pub struct HubSettings {
     /// How strategy evidence is weighed (retention window, recency
     /// half-life, shrinkage).
     pub tuning: Tuning,
+    /// Instances must present their API key (`authorization: Bearer`).
+    pub require_api_keys: bool,
+    /// Requests an instance may make per hour (0: unlimited).
+    pub rate_limit_per_hour: u32,
+    /// Identities the rate limiter tracks before evicting idle ones.
+    pub rate_limit_max_tracked: usize,
+    /// What the retention job keeps.
+    pub retention: RetentionSettings,
+}
+
+/// How long things are kept (the seed's "Data Retention").
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionSettings {
+    /// Patterns not seen for this many days are removed…
+    pub pattern_days: i64,
+    /// …and patterns seen fewer than `low_frequency` times after this many.
+    pub unconfirmed_pattern_days: i64,
+    pub low_frequency: u64,
+    /// Raw strategy outcomes are kept this many days.
+    pub outcome_days: i64,
+    /// Audit entries are kept this many days.
+    pub audit_days: i64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            pattern_days: 30,
+            unconfirmed_pattern_days: 7,
+            low_frequency: 3,
+            outcome_days: 30,
+            audit_days: 30,
+        }
+    }
 }
 
 impl Default for HubSettings {
@@ -71,6 +108,10 @@ impl Default for HubSettings {
             writer_queue: 4096,
             max_batch: 512,
             tuning: Tuning::default(),
+            require_api_keys: true,
+            rate_limit_per_hour: 1000,
+            rate_limit_max_tracked: 100_000,
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -137,6 +178,9 @@ pub struct Hub {
     writer: Writer,
     started_at: UnixMillis,
     shutdown: watch::Sender<bool>,
+    limiter: RateLimiter,
+    /// Bumped whenever a key is revoked or replaced: streams re-check.
+    key_changes: watch::Sender<u64>,
 }
 
 impl Hub {
@@ -165,11 +209,17 @@ impl Hub {
             shared.settings.writer_queue,
             shared.settings.max_batch,
         )?;
+        let limiter = RateLimiter::new(
+            shared.settings.rate_limit_per_hour,
+            shared.settings.rate_limit_max_tracked,
+        );
         Ok(Arc::new(Hub {
             shared,
             writer,
             started_at,
             shutdown: watch::channel(false).0,
+            limiter,
+            key_changes: watch::channel(0).0,
         }))
     }
 
@@ -206,21 +256,36 @@ impl Hub {
         self.writer.write(f).await
     }
 
-    /// Opens an insight stream (see [`crate::stream`]).
+    /// Opens an insight stream (see [`crate::stream`]). `holder` is the
+    /// subscribing instance and the key it presented: the stream ends when
+    /// that key stops being valid.
     pub fn subscribe_insights(
         &self,
         after: u64,
         category: Option<InsightCategory>,
+        holder: Option<(String, Option<String>)>,
     ) -> Result<mpsc::Receiver<Result<Arc<Insight>>>> {
         let shutdown = self.shutdown.subscribe();
         if *shutdown.borrow() {
             return Err(Error::Unavailable("hub is shutting down".into()));
         }
+        let credentials = holder
+            .filter(|_| self.shared.settings.require_api_keys)
+            .map(|(instance, key)| {
+                let shared = self.shared.clone();
+                Credentials {
+                    changes: self.key_changes.subscribe(),
+                    still_valid: Box::new(move || {
+                        shared.key_valid(&instance, key.as_deref()).is_ok()
+                    }),
+                }
+            });
         Ok(self.shared.bus.subscribe(
             self.shared.clone(),
             after,
             category,
             shutdown,
+            credentials,
             self.shared.settings.subscriber_buffer,
         ))
     }

@@ -14,8 +14,8 @@ use std::{
 
 use crate::domain::matching::{MatchCalibration, PatternIndex};
 use crate::domain::model::{
-    Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey, StrategyOutcome,
-    StrategyRecord, UnixMillis,
+    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
+    StrategyOutcome, StrategyRecord, UnixMillis,
 };
 use crate::store::{Changes, Snapshot};
 
@@ -38,6 +38,10 @@ pub struct State {
     pub outcome_sequence: u64,
     /// How acted-on pattern matches turned out, by similarity.
     pub pattern_calibration: MatchCalibration,
+    /// Each instance's current API key (hash).
+    pub api_keys: HashMap<String, Arc<ApiKey>>,
+    /// The last audit sequence handed out.
+    pub audit_sequence: u64,
 }
 
 impl State {
@@ -77,6 +81,12 @@ impl State {
             outcome_sequence: snapshot.outcome_sequence,
             pattern_index: PatternIndex::default(),
             pattern_calibration: snapshot.pattern_calibration,
+            api_keys: snapshot
+                .api_keys
+                .into_iter()
+                .map(|k| (k.instance_id.clone(), Arc::new(k)))
+                .collect(),
+            audit_sequence: snapshot.audit_sequence,
         };
         for pattern in state.patterns.values() {
             state.pattern_index.upsert(pattern.clone());
@@ -135,6 +145,22 @@ impl State {
         }
         if let Some(calibration) = changes.pattern_calibration {
             self.pattern_calibration = calibration;
+        }
+        for (id, key) in &changes.api_keys {
+            match key {
+                Some(key) => self.api_keys.insert(id.clone(), key.clone()),
+                None => self.api_keys.remove(id),
+            };
+        }
+        if let Some(seq) = changes.audit_sequence {
+            self.audit_sequence = self.audit_sequence.max(seq);
+        }
+        for id in &changes.removed_patterns {
+            self.patterns.remove(id);
+            self.pattern_index.remove(id);
+        }
+        for seq in &changes.removed_insights {
+            self.insights.remove(seq);
         }
     }
 
@@ -319,6 +345,47 @@ impl<'a> Txn<'a> {
             .pattern_calibration
             .or(self.batch.pattern_calibration)
             .unwrap_or(self.base.pattern_calibration)
+    }
+
+    pub fn api_key(&self, instance_id: &str) -> Option<Arc<ApiKey>> {
+        match self
+            .own
+            .api_keys
+            .get(instance_id)
+            .or(self.batch.api_keys.get(instance_id))
+        {
+            Some(staged) => staged.clone(),
+            None => self.base.api_keys.get(instance_id).cloned(),
+        }
+    }
+
+    /// Sets (`Some`) or revokes (`None`) an instance's key.
+    pub fn put_api_key(&mut self, instance_id: &str, key: Option<ApiKey>) {
+        self.own
+            .api_keys
+            .insert(instance_id.to_string(), key.map(Arc::new));
+    }
+
+    /// Appends an entry to the audit log, giving it the next sequence.
+    pub fn append_audit(&mut self, mut entry: AuditEntry) {
+        let last = self
+            .own
+            .audit_sequence
+            .or(self.batch.audit_sequence)
+            .unwrap_or(self.base.audit_sequence);
+        entry.sequence = last + 1;
+        self.own.audit_sequence = Some(last + 1);
+        self.own.audit.push(entry);
+    }
+
+    pub fn remove_pattern(&mut self, id: &str) {
+        self.own.patterns.remove(id);
+        self.own.removed_patterns.insert(id.to_string());
+    }
+
+    pub fn remove_insight(&mut self, sequence: u64) {
+        self.own.insights.remove(&sequence);
+        self.own.removed_insights.insert(sequence);
     }
 
     pub fn put_pattern_calibration(&mut self, calibration: MatchCalibration) {

@@ -93,9 +93,17 @@ impl Hub {
             .collect();
         let failure_risk: BTreeMap<String, f64> = names
             .into_iter()
-            .filter(|name| state.failures.values().any(|f| f.strategy == *name))
+            .filter(|name| {
+                state
+                    .failures
+                    .values()
+                    .any(|f| f.strategy == *name && !f.resolved)
+            })
             .map(|name| {
-                let failures = state.failures.values().filter(|f| f.strategy == name);
+                let failures = state
+                    .failures
+                    .values()
+                    .filter(|f| f.strategy == name && !f.resolved);
                 let usage = Self::usage_of(state, name);
                 (
                     name.to_string(),
@@ -204,7 +212,7 @@ fn conflicts(state: &State, names: &BTreeSet<&str>) -> Vec<(String, String)> {
             }
         }
     }
-    for failure in state.failures.values() {
+    for failure in state.failures.values().filter(|f| !f.resolved) {
         if !names.contains(failure.strategy.as_str()) {
             continue;
         }

@@ -80,6 +80,30 @@ impl Writer {
             .map_err(|_| Error::Internal("a write job panicked".into()))?
     }
 
+    /// Queues `f` without waiting for it (audit entries): it joins the next
+    /// group commit. If the queue is full, a task waits for room.
+    pub fn write_detached<F>(&self, f: F)
+    where
+        F: FnOnce(&mut Txn<'_>) + Send + 'static,
+    {
+        let job: Job = Box::new(move |txn| {
+            f(txn);
+            Box::new(|_| {})
+        });
+        match self.queue.try_send(Message::Job(job)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                let queue = self.queue.clone();
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = queue.send(message).await;
+                    });
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
     /// Finishes queued work, flushes, and stops the thread. Later writes
     /// fail with UNAVAILABLE.
     pub async fn stop(&self) -> Result<()> {

@@ -179,7 +179,44 @@ async fn start_local_hub(certs_dir: &Path) -> Result<LocalHub> {
     })
 }
 
-async fn connect(url: &str, certs_dir: &Path, instance_id: &str) -> Result<HubClient> {
+/// Connects with retries (a hub just started may not accept yet).
+async fn connect_retrying(settings: &ClientSettings) -> Result<HubClient> {
+    let mut last = None;
+    for _ in 0..50 {
+        match HubClient::connect(settings).await {
+            Ok(client) => return Ok(client),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(last.unwrap_or_else(|| Error::Unavailable("cannot connect".into())))
+}
+
+/// The operator that provisions the simulated instances: the PKI's
+/// `operator` certificate, or one issued from its CA.
+async fn operator(url: &str, certs_dir: &Path) -> Result<HubClient> {
+    let name = if pki::CertPaths::for_name(certs_dir, pki::DEFAULT_OPERATOR)
+        .cert
+        .exists()
+    {
+        pki::DEFAULT_OPERATOR
+    } else {
+        pki::issue(certs_dir, &Identity::operator("sim-operator"), true)?;
+        "sim-operator"
+    };
+    let mut settings = ClientSettings::new(url, certs_dir, name);
+    settings.instance_id = None;
+    connect_retrying(&settings).await
+}
+
+/// Provisions an instance as an operator would (certificate, API key) and
+/// connects as it.
+async fn connect(
+    url: &str,
+    certs_dir: &Path,
+    instance_id: &str,
+    operator: &HubClient,
+) -> Result<HubClient> {
     let identity = Identity::instance(instance_id);
     if !pki::CertPaths::for_name(certs_dir, instance_id)
         .cert
@@ -187,16 +224,14 @@ async fn connect(url: &str, certs_dir: &Path, instance_id: &str) -> Result<HubCl
     {
         pki::issue(certs_dir, &identity, false)?;
     }
-    let settings = ClientSettings::new(url, certs_dir, instance_id);
-    let mut last = None;
-    for _ in 0..50 {
-        match HubClient::connect(&settings).await {
-            Ok(client) => return Ok(client),
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(last.unwrap_or_else(|| Error::Unavailable("cannot connect".into())))
+    let mut settings = ClientSettings::new(url, certs_dir, instance_id);
+    settings.api_key = Some(
+        operator
+            .issue_api_key(instance_id)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot issue an API key: {e}")))?,
+    );
+    connect_retrying(&settings).await
 }
 
 /// Runs the fleet; returns one trace per instance, in instance order.
@@ -253,6 +288,10 @@ pub async fn run(
         _ => (String::new(), PathBuf::new()),
     };
 
+    let operator = match spec.mode {
+        Mode::Hub => Some(operator(&url, &certs_dir).await?),
+        _ => None,
+    };
     let last_join = spec.stagger * spec.instances.saturating_sub(1) as u32;
     let mut insight_sequence = 0u64;
     let result = async {
@@ -266,7 +305,8 @@ pub async fn run(
                 .iter_mut()
                 .filter(|i| i.trace.join == cycle && spec.mode == Mode::Hub)
             {
-                let client = connect(&url, &certs_dir, &instance.id).await?;
+                let operator = operator.as_ref().expect("hub mode has an operator");
+                let client = connect(&url, &certs_dir, &instance.id, operator).await?;
                 let seed = spec.seed ^ hash_id(&instance.id);
                 let (link, patience) =
                     HubLink::join(client, &instance.id, seed, &world, &instance.state).await?;

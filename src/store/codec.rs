@@ -24,6 +24,8 @@ pub enum Kind {
     Failure,
     Config,
     Meta,
+    ApiKey,
+    Audit,
 }
 
 impl Kind {
@@ -37,6 +39,8 @@ impl Kind {
             Kind::Failure => b"f/",
             Kind::Config => b"c/",
             Kind::Meta => b"m/",
+            Kind::ApiKey => b"k/",
+            Kind::Audit => b"u/",
         }
     }
 

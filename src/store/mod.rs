@@ -9,7 +9,7 @@ pub mod codec;
 pub mod engine;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::Path,
     sync::Arc,
 };
@@ -20,8 +20,8 @@ pub use engine::{Engine, KvWrite, MemoryEngine, SledEngine};
 
 use crate::domain::matching::MatchCalibration;
 use crate::domain::model::{
-    Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey, StrategyOutcome,
-    StrategyRecord,
+    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
+    StrategyOutcome, StrategyRecord, UnixMillis,
 };
 use crate::error::Result;
 use codec::Kind;
@@ -32,6 +32,7 @@ use codec::Kind;
 const INSIGHT_SEQUENCE: &[u8] = b"insight_sequence";
 const OUTCOME_SEQUENCE: &[u8] = b"outcome_sequence";
 const PATTERN_CALIBRATION: &[u8] = b"pattern_calibration";
+const AUDIT_SEQUENCE: &[u8] = b"audit_sequence";
 
 /// A set of record upserts to make durable together. A later change to the
 /// same record replaces an earlier one, so a group commit writes each
@@ -49,6 +50,14 @@ pub struct Changes {
     pub insight_sequence: Option<u64>,
     pub outcome_sequence: Option<u64>,
     pub pattern_calibration: Option<MatchCalibration>,
+    /// API keys set (`Some`) or revoked (`None`), by instance.
+    pub api_keys: HashMap<String, Option<Arc<ApiKey>>>,
+    /// Appended to the audit log.
+    pub audit: Vec<AuditEntry>,
+    pub audit_sequence: Option<u64>,
+    /// Records removed (retention).
+    pub removed_patterns: BTreeSet<String>,
+    pub removed_insights: BTreeSet<u64>,
 }
 
 impl Changes {
@@ -64,6 +73,17 @@ impl Changes {
         self.insight_sequence = later.insight_sequence.or(self.insight_sequence);
         self.outcome_sequence = later.outcome_sequence.or(self.outcome_sequence);
         self.pattern_calibration = later.pattern_calibration.or(self.pattern_calibration);
+        self.api_keys.extend(later.api_keys);
+        self.audit.extend(later.audit);
+        self.audit_sequence = later.audit_sequence.or(self.audit_sequence);
+        for id in later.removed_patterns {
+            self.patterns.remove(&id);
+            self.removed_patterns.insert(id);
+        }
+        for seq in later.removed_insights {
+            self.insights.remove(&seq);
+            self.removed_insights.insert(seq);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,64 +97,105 @@ impl Changes {
             && self.insight_sequence.is_none()
             && self.outcome_sequence.is_none()
             && self.pattern_calibration.is_none()
+            && self.api_keys.is_empty()
+            && self.audit.is_empty()
+            && self.audit_sequence.is_none()
+            && self.removed_patterns.is_empty()
+            && self.removed_insights.is_empty()
     }
 
     fn encode(&self) -> Result<Vec<KvWrite>> {
         let mut writes = Vec::new();
-        let mut put = |key: Vec<u8>, value: Vec<u8>| writes.push((key, Some(value)));
+        fn put(writes: &mut Vec<KvWrite>, key: Vec<u8>, value: Vec<u8>) {
+            writes.push((key, Some(value)));
+        }
         for (id, v) in &self.instances {
             put(
+                &mut writes,
                 codec::key(Kind::Instance, id.as_bytes()),
                 codec::encode(&**v)?,
             );
         }
         for (id, v) in &self.patterns {
             put(
+                &mut writes,
                 codec::key(Kind::Pattern, id.as_bytes()),
                 codec::encode(&**v)?,
             );
         }
         for (k, v) in &self.strategies {
-            put(codec::strategy_key(k), codec::encode(&**v)?);
+            put(&mut writes, codec::strategy_key(k), codec::encode(&**v)?);
         }
         for (seq, v) in &self.insights {
             put(
+                &mut writes,
                 codec::sequence_key(Kind::Insight, *seq),
                 codec::encode(&**v)?,
             );
         }
         for (id, v) in &self.failures {
             put(
+                &mut writes,
                 codec::key(Kind::Failure, id.as_bytes()),
                 codec::encode(&**v)?,
             );
         }
         for (id, v) in &self.configs {
             put(
+                &mut writes,
                 codec::key(Kind::Config, id.as_bytes()),
                 codec::encode(&**v)?,
             );
         }
         for outcome in &self.outcomes {
             put(
+                &mut writes,
                 codec::sequence_key(Kind::Outcome, outcome.sequence),
                 codec::encode(outcome)?,
             );
         }
         if let Some(seq) = self.insight_sequence {
             put(
+                &mut writes,
                 codec::key(Kind::Meta, INSIGHT_SEQUENCE),
                 codec::encode(&seq)?,
             );
         }
         if let Some(seq) = self.outcome_sequence {
             put(
+                &mut writes,
                 codec::key(Kind::Meta, OUTCOME_SEQUENCE),
                 codec::encode(&seq)?,
             );
         }
+        for (id, key) in &self.api_keys {
+            let k = codec::key(Kind::ApiKey, id.as_bytes());
+            match key {
+                Some(key) => put(&mut writes, k, codec::encode(&**key)?),
+                None => writes.push((k, None)),
+            }
+        }
+        for entry in &self.audit {
+            writes.push((
+                codec::sequence_key(Kind::Audit, entry.sequence),
+                Some(codec::encode(entry)?),
+            ));
+        }
+        if let Some(seq) = self.audit_sequence {
+            writes.push((
+                codec::key(Kind::Meta, AUDIT_SEQUENCE),
+                Some(codec::encode(&seq)?),
+            ));
+        }
+        for id in &self.removed_patterns {
+            writes.push((codec::key(Kind::Pattern, id.as_bytes()), None));
+        }
+        for seq in &self.removed_insights {
+            writes.push((codec::sequence_key(Kind::Insight, *seq), None));
+        }
         if let Some(calibration) = &self.pattern_calibration {
             put(
+                &mut writes,
                 codec::key(Kind::Meta, PATTERN_CALIBRATION),
                 codec::encode(calibration)?,
             );
@@ -156,6 +217,8 @@ pub struct Snapshot {
     pub insight_sequence: u64,
     pub outcome_sequence: u64,
     pub pattern_calibration: MatchCalibration,
+    pub api_keys: Vec<ApiKey>,
+    pub audit_sequence: u64,
 }
 
 /// Typed access to the hub's durable records.
@@ -191,6 +254,8 @@ impl Store {
             insight_sequence: self.meta(INSIGHT_SEQUENCE)?.unwrap_or(0),
             outcome_sequence: self.meta(OUTCOME_SEQUENCE)?.unwrap_or(0),
             pattern_calibration: self.meta(PATTERN_CALIBRATION)?.unwrap_or_default(),
+            api_keys: self.load_kind(Kind::ApiKey)?,
+            audit_sequence: self.meta(AUDIT_SEQUENCE)?.unwrap_or(0),
         })
     }
 
@@ -213,6 +278,93 @@ impl Store {
             .iter()
             .map(|(k, v)| codec::decode(k, v))
             .collect()
+    }
+
+    /// Up to `limit` audit entries with `from <= at < until`, newest first,
+    /// that pass `keep` (scanning at most the whole log).
+    pub fn audit_between(
+        &self,
+        from: UnixMillis,
+        until: UnixMillis,
+        limit: usize,
+        keep: impl Fn(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>> {
+        let (start, end) = Kind::Audit.range();
+        let mut found: Vec<AuditEntry> = Vec::new();
+        let mut cursor = start;
+        // Entries are in time order: read forwards in pages, keep the
+        // newest `limit` matches.
+        loop {
+            let page = self.engine.scan(&cursor, &end, 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            let mut next = last.clone();
+            next.push(0);
+            for (k, v) in &page {
+                let entry: AuditEntry = codec::decode(k, v)?;
+                if entry.at >= from && entry.at < until && keep(&entry) {
+                    found.push(entry);
+                    if found.len() > limit {
+                        found.remove(0);
+                    }
+                }
+            }
+            cursor = next;
+        }
+        found.reverse();
+        Ok(found)
+    }
+
+    /// Deletes the records of `kind` (a sequence-keyed log: outcomes or
+    /// audit) with a sequence below `before`, and flushes. Returns how many.
+    pub fn truncate_log(&self, kind: Kind, before: u64) -> Result<usize> {
+        let (start, _) = kind.range();
+        let end = codec::sequence_key(kind, before);
+        let mut removed = 0;
+        loop {
+            let page = self.engine.scan(&start, &end, 4096)?;
+            if page.is_empty() {
+                break;
+            }
+            removed += page.len();
+            self.engine
+                .apply(page.into_iter().map(|(k, _)| (k, None)).collect())?;
+        }
+        if removed > 0 {
+            self.engine.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// The sequence of the first record of a sequence-keyed log at or after
+    /// time `at` (or one past the last), found by reading forwards.
+    pub fn first_sequence_at(&self, kind: Kind, at: UnixMillis) -> Result<Option<u64>> {
+        let (start, end) = kind.range();
+        let mut cursor = start;
+        let mut last_seen = None;
+        loop {
+            let page = self.engine.scan(&cursor, &end, 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            let mut next = last.clone();
+            next.push(0);
+            for (k, v) in &page {
+                let (sequence, time) = match kind {
+                    Kind::Outcome => {
+                        let o: StrategyOutcome = codec::decode(k, v)?;
+                        (o.sequence, o.at)
+                    }
+                    _ => {
+                        let e: AuditEntry = codec::decode(k, v)?;
+                        (e.sequence, e.at)
+                    }
+                };
+                if time >= at {
+                    return Ok(Some(sequence));
+                }
+                last_seen = Some(sequence + 1);
+            }
+            cursor = next;
+        }
+        Ok(last_seen)
     }
 
     pub fn size_on_disk(&self) -> u64 {

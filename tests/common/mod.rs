@@ -3,11 +3,12 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -27,6 +28,8 @@ pub struct TestHub {
     pub config: Config,
     dirs: Arc<(TempDir, TempDir)>,
     clock: Option<Arc<dyn Clock>>,
+    /// API keys issued so far, by instance (they survive restarts).
+    keys: Arc<Mutex<HashMap<String, String>>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<learning_hub::Result<()>>>,
 }
@@ -53,13 +56,21 @@ impl TestHub {
         config.generate_dev_pki = false;
         config.limits.drain_timeout = Duration::from_secs(3);
         adjust(&mut config);
-        Self::launch(config, dirs, clock, "127.0.0.1:0".parse().unwrap()).await
+        Self::launch(
+            config,
+            dirs,
+            clock,
+            Arc::default(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
     }
 
     async fn launch(
         config: Config,
         dirs: Arc<(TempDir, TempDir)>,
         clock: Option<Arc<dyn Clock>>,
+        keys: Arc<Mutex<HashMap<String, String>>>,
         bind: SocketAddr,
     ) -> Self {
         let listener = bind_retrying(bind).await;
@@ -86,6 +97,7 @@ impl TestHub {
             config,
             dirs,
             clock,
+            keys,
             shutdown: Some(tx),
             task: Some(task),
         };
@@ -94,7 +106,9 @@ impl TestHub {
     }
 
     async fn wait_ready(&self) {
-        for _ in 0..200 {
+        // Generous: under a loaded test run, a restarted hub can take a
+        // few seconds to load and answer.
+        for _ in 0..1000 {
             if let Ok(op) = self.try_operator().await {
                 if op.get_status(pb::GetStatusRequest {}).await.is_ok() {
                     return;
@@ -128,9 +142,44 @@ impl TestHub {
         settings
     }
 
-    /// A client with the certificate of instance `id` (not registered).
+    /// Settings for instance `id` with its API key (issued by the operator
+    /// on first use, as an operator would provision an instance).
+    pub async fn instance_settings(&self, id: &str) -> ClientSettings {
+        let mut settings = self.settings(&Identity::instance(id));
+        settings.api_key = Some(self.api_key(id).await);
+        settings
+    }
+
+    /// Instance `id`'s API key, issued on first use.
+    pub async fn api_key(&self, id: &str) -> String {
+        if let Some(key) = self.keys.lock().unwrap().get(id) {
+            return key.clone();
+        }
+        let key = self.operator().await.issue_api_key(id).await.unwrap();
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), key.clone());
+        key
+    }
+
+    /// Forgets a key the test revoked or replaced.
+    pub fn forget_key(&self, id: &str) {
+        self.keys.lock().unwrap().remove(id);
+    }
+
+    /// A client with the certificate and API key of instance `id` (not
+    /// registered). In insecure dev mode, a plaintext client.
     pub async fn client(&self, id: &str) -> HubClient {
-        HubClient::connect(&self.settings(&Identity::instance(id)))
+        if self.config.insecure_dev {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            return HubClient::insecure_dev(channel, Some(id.to_string()));
+        }
+        HubClient::connect(&self.instance_settings(id).await)
             .await
             .unwrap()
     }
@@ -206,6 +255,7 @@ impl TestHub {
             self.config.clone(),
             self.dirs.clone(),
             self.clock.clone(),
+            self.keys.clone(),
             self.addr,
         )
         .await;
@@ -279,7 +329,8 @@ impl Drop for HubProcess {
     }
 }
 
-/// Connects a client to a hub process with certificates in `certs_dir`.
+/// Connects a client to a hub process with certificates in `certs_dir`;
+/// an instance gets an API key issued by the operator first.
 pub async fn connect(addr: SocketAddr, certs_dir: &Path, identity: &Identity) -> HubClient {
     let paths = pki::CertPaths::for_name(certs_dir, &identity.name);
     if !paths.cert.exists() {
@@ -287,6 +338,10 @@ pub async fn connect(addr: SocketAddr, certs_dir: &Path, identity: &Identity) ->
     }
     let mut settings = ClientSettings::new(format!("https://{addr}"), certs_dir, &identity.name);
     settings.instance_id = identity.instance_id().map(str::to_string);
+    if let Some(id) = identity.instance_id() {
+        let operator = Box::pin(connect(addr, certs_dir, &Identity::operator("operator"))).await;
+        settings.api_key = Some(operator.issue_api_key(id).await.unwrap());
+    }
     for _ in 0..200 {
         if let Ok(client) = HubClient::connect(&settings).await {
             return client;

@@ -1,0 +1,129 @@
+//! Access control backed by the hub's state: API keys (issue, revoke,
+//! check), the rate limiter, and the audit log (append, query).
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::Hub;
+use crate::auth::{AccessControl, Identity, keys};
+use crate::domain::model::{AuditEntry, UnixMillis};
+use crate::error::{Error, Result};
+
+/// Filters of an audit query.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub from: UnixMillis,
+    pub until: UnixMillis,
+    /// Only calls by this instance or operator.
+    pub caller: Option<String>,
+    /// Only calls whose method path contains this (e.g. "ShareStrategy").
+    pub rpc: Option<String>,
+    pub limit: usize,
+}
+
+impl Hub {
+    /// Issues a new key for `instance_id` (replacing any previous one) and
+    /// returns it: the only time it is shown.
+    pub async fn issue_api_key(&self, operator: &str, instance_id: String) -> Result<String> {
+        let (key, stored) = keys::issue(&instance_id, operator, self.now())?;
+        let replaced = self
+            .write(move |txn| {
+                let replaced = txn.api_key(&stored.instance_id).is_some();
+                txn.put_api_key(&stored.instance_id.clone(), Some(stored));
+                Ok(replaced)
+            })
+            .await?;
+        if replaced {
+            self.key_changes.send_modify(|n| *n += 1);
+        }
+        Ok(key)
+    }
+
+    /// Revokes `instance_id`'s key at once; its calls and streams stop.
+    pub async fn revoke_api_key(&self, instance_id: String) -> Result<()> {
+        self.write(move |txn| {
+            if txn.api_key(&instance_id).is_none() {
+                return Err(Error::not_found("API key of instance", instance_id));
+            }
+            txn.put_api_key(&instance_id, None);
+            Ok(())
+        })
+        .await?;
+        self.key_changes.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Changes whenever a key is revoked or replaced.
+    pub fn key_changes(&self) -> watch::Receiver<u64> {
+        self.key_changes.subscribe()
+    }
+
+    /// The audit entries matching `query`, newest first.
+    pub async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        let store = self.shared.store.clone();
+        tokio::task::spawn_blocking(move || {
+            store.audit_between(query.from, query.until, query.limit, |e| {
+                query.caller.as_ref().is_none_or(|c| &e.caller == c)
+                    && query
+                        .rpc
+                        .as_ref()
+                        .is_none_or(|r| e.rpc.contains(r.as_str()))
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("audit query failed: {e}")))?
+    }
+}
+
+impl super::Shared {
+    /// Ok if `presented` is `instance_id`'s current key, or keys are not
+    /// required.
+    pub(super) fn key_valid(&self, instance_id: &str, presented: Option<&str>) -> Result<()> {
+        if !self.settings.require_api_keys {
+            return Ok(());
+        }
+        let Some(presented) = presented else {
+            return Err(Error::Unauthenticated(format!(
+                "instance {instance_id:?} must present its API key (authorization: Bearer <key>)"
+            )));
+        };
+        let stored = self.read_state().api_keys.get(instance_id).cloned();
+        match stored {
+            Some(stored) if keys::verify(&stored, presented) => Ok(()),
+            Some(_) => Err(Error::Unauthenticated(format!(
+                "the API key is not valid for instance {instance_id:?}"
+            ))),
+            None => Err(Error::Unauthenticated(format!(
+                "instance {instance_id:?} has no API key (none issued, or revoked)"
+            ))),
+        }
+    }
+}
+
+impl AccessControl for Hub {
+    fn check_key(&self, instance_id: &str, presented: Option<&str>) -> Result<()> {
+        self.shared.key_valid(instance_id, presented)
+    }
+
+    fn take_rate_token(&self, identity: &Identity) -> std::result::Result<(), u64> {
+        if self.shared.settings.rate_limit_per_hour == 0 {
+            return Ok(());
+        }
+        self.limiter.take(&identity.name, self.now())
+    }
+
+    fn audit(&self, entry: AuditEntry) {
+        self.writer
+            .write_detached(move |txn| txn.append_audit(entry));
+    }
+
+    fn now(&self) -> UnixMillis {
+        Hub::now(self)
+    }
+}
+
+/// The hub as the auth layer's access control.
+pub fn access_control(hub: &Arc<Hub>) -> Arc<dyn AccessControl> {
+    hub.clone()
+}
