@@ -246,6 +246,8 @@ impl HubClient {
         share_insight(pb::ShareInsightRequest) -> pb::ShareInsightResponse;
         /// See `Hub.GetInsights`.
         get_insights(pb::GetInsightsRequest) -> pb::GetInsightsResponse;
+        /// See `Hub.RecordInsightUse`.
+        record_insight_use(pb::RecordInsightUseRequest) -> pb::RecordInsightUseResponse;
         /// See `Hub.ShareFailure`.
         share_failure(pb::ShareFailureRequest) -> pb::ShareFailureResponse;
         /// See `Hub.GetFailures`.

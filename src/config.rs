@@ -63,6 +63,8 @@ pub struct Config {
     /// How often insight generation runs in the background (`None`: never;
     /// the Admin RPC still runs it on demand).
     pub insight_interval: Option<Duration>,
+    /// How often the retention sweep runs (`None`: never).
+    pub retention_interval: Option<Duration>,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             limits: Limits::default(),
             hub: HubSettings::default(),
             insight_interval: Some(DEFAULT_INSIGHT_INTERVAL),
+            retention_interval: Some(Duration::from_secs(60 * 60)),
         }
     }
 

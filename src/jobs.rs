@@ -1,7 +1,8 @@
-//! Background jobs. Each holds an `Arc` of the hub, waits for its next tick
+//! Background jobs: insight generation (every 4 hours) and the retention
+//! sweep (hourly). Each holds an `Arc` of the hub, waits for its next tick
 //! or the hub's shutdown (whichever comes first), and uses the hub's clock
 //! for anything time-stamped — so tests drive it with a short interval and
-//! a manual clock instead of waiting hours.
+//! a manual clock instead of waiting days.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,6 +14,30 @@ use crate::hub::Hub;
 /// Runs insight generation every `every` (first run one interval after
 /// start) until the hub shuts down.
 pub fn spawn_insight_generation(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
+    spawn_periodic(hub, every, "insight generation", |hub| async move {
+        hub.generate_insights(GenerationSettings::default())
+            .await
+            .map(drop)
+    })
+}
+
+/// Runs the retention sweep every `every` until the hub shuts down.
+pub fn spawn_retention(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
+    spawn_periodic(hub, every, "retention", |hub| async move {
+        hub.run_retention().await.map(drop)
+    })
+}
+
+fn spawn_periodic<F, Fut>(
+    hub: Arc<Hub>,
+    every: Duration,
+    name: &'static str,
+    run: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Arc<Hub>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = crate::error::Result<()>> + Send,
+{
     let mut shutdown = hub.shutdown_signal();
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -20,8 +45,8 @@ pub fn spawn_insight_generation(hub: Arc<Hub>, every: Duration) -> JoinHandle<()
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
-                    if let Err(e) = hub.generate_insights(GenerationSettings::default()).await {
-                        tracing::warn!(error = %e, "insight generation failed; will retry at the next tick");
+                    if let Err(e) = run(hub.clone()).await {
+                        tracing::warn!(job = name, error = %e, "background job failed; will retry at the next tick");
                     }
                 }
                 changed = shutdown.changed() => {
@@ -31,6 +56,6 @@ pub fn spawn_insight_generation(hub: Arc<Hub>, every: Duration) -> JoinHandle<()
                 }
             }
         }
-        tracing::debug!("insight generation job stopped");
+        tracing::debug!(job = name, "background job stopped");
     })
 }

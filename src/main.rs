@@ -1,11 +1,16 @@
 //! The `learning-hub` command: parses arguments and calls into the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
-
-use learning_hub::{auth::Role, clock::SystemClock, config::Config, pki, server::PreparedHub};
+use learning_hub::{
+    auth::Role,
+    client::{ClientSettings, HubClient},
+    clock::SystemClock,
+    config::Config,
+    pki,
+    server::PreparedHub,
+};
 
 #[derive(Parser)]
 #[command(
@@ -21,30 +26,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "LEARNING_HUB_LISTEN", default_value = learning_hub::config::DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        /// Directory of the sled database.
-        #[arg(long, env = "LEARNING_HUB_DATA_DIR", default_value = "data")]
-        data_dir: PathBuf,
-        /// Directory of ca.pem, server.pem and server.key; a development
-        /// PKI is generated there if it has no ca.pem.
-        #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
-        certs_dir: PathBuf,
-        /// Serve plaintext gRPC without client certificates. Development
-        /// only: anyone who can reach the port can act as any instance.
-        #[arg(long)]
-        insecure_dev: bool,
-        /// Minutes between background insight-generation runs (0: never;
-        /// Admin/GenerateInsights runs it on demand).
-        #[arg(
-            long,
-            env = "LEARNING_HUB_INSIGHT_INTERVAL_MINUTES",
-            default_value_t = 240
-        )]
-        insight_interval_minutes: u64,
-    },
+    Serve(ServeArgs),
+    /// Operate a running hub as an operator (over mTLS).
+    Admin(AdminArgs),
     /// Measure what the hub is worth: a simulated fleet learning in
     /// isolation, through a real hub, and with an oracle.
     Simulate(SimulateArgs),
@@ -53,6 +37,93 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LEARNING_HUB_LISTEN", default_value = learning_hub::config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Directory of the sled database.
+    #[arg(long, env = "LEARNING_HUB_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Directory of ca.pem, server.pem and server.key; a development PKI is
+    /// generated there if it has no ca.pem.
+    #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
+    certs_dir: PathBuf,
+    /// Serve plaintext gRPC without client certificates or API keys.
+    /// Development only: anyone who can reach the port can act as any
+    /// instance.
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Minutes between background insight-generation runs (0: never;
+    /// Admin/GenerateInsights runs it on demand).
+    #[arg(
+        long,
+        env = "LEARNING_HUB_INSIGHT_INTERVAL_MINUTES",
+        default_value_t = 240
+    )]
+    insight_interval_minutes: u64,
+    /// Requests each instance may make per hour (0: unlimited).
+    #[arg(long, env = "LEARNING_HUB_RATE_LIMIT_PER_HOUR", default_value_t = 1000)]
+    rate_limit_per_hour: u32,
+    /// Days the audit log is kept.
+    #[arg(long, env = "LEARNING_HUB_AUDIT_RETENTION_DAYS", default_value_t = 30)]
+    audit_retention_days: i64,
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The hub to operate.
+    #[arg(
+        long,
+        env = "LEARNING_HUB_URL",
+        default_value = "https://localhost:3015",
+        global = true
+    )]
+    hub: String,
+    /// Directory with ca.pem and the operator's certificate and key.
+    #[arg(
+        long,
+        env = "LEARNING_HUB_CERTS_DIR",
+        default_value = "certs",
+        global = true
+    )]
+    certs_dir: PathBuf,
+    /// The operator certificate to use (<name>.pem, <name>.key).
+    #[arg(long, default_value = pki::DEFAULT_OPERATOR, global = true)]
+    operator: String,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Manage instances' API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print audit log entries, newest first.
+    Audit {
+        /// Only calls by this instance id or operator name.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Only calls whose method path contains this.
+        #[arg(long)]
+        rpc: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Issue a key for an instance (replacing its previous one); prints only
+    /// the key.
+    Issue { instance_id: String },
+    /// Revoke an instance's key at once.
+    Revoke { instance_id: String },
 }
 
 #[derive(clap::Args)]
@@ -158,21 +229,19 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn serve(
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    certs_dir: PathBuf,
-    insecure_dev: bool,
-    insight_interval_minutes: u64,
-) -> learning_hub::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
+async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| learning_hub::Error::Unavailable(format!("cannot listen on {listen}: {e}")))?;
-    let mut config = Config::new(data_dir, certs_dir);
-    config.listen = listen;
-    config.insecure_dev = insecure_dev;
-    config.insight_interval = (insight_interval_minutes > 0)
-        .then(|| std::time::Duration::from_secs(60 * insight_interval_minutes));
+        .map_err(|e| {
+            learning_hub::Error::Unavailable(format!("cannot listen on {}: {e}", args.listen))
+        })?;
+    let mut config = Config::new(args.data_dir, args.certs_dir);
+    config.listen = args.listen;
+    config.insecure_dev = args.insecure_dev;
+    config.insight_interval = (args.insight_interval_minutes > 0)
+        .then(|| Duration::from_secs(60 * args.insight_interval_minutes));
+    config.hub.rate_limit_per_hour = args.rate_limit_per_hour;
+    config.hub.retention.audit_days = args.audit_retention_days;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     if let Ok(addr) = listener.local_addr() {
         // On stdout, for scripts and tests that start the hub on port 0:
@@ -180,6 +249,49 @@ async fn serve(
         println!("learning-hub listening on {addr}");
     }
     hub.serve(listener, shutdown_signal()).await
+}
+
+async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
+    let mut settings = ClientSettings::new(args.hub, &args.certs_dir, &args.operator);
+    settings.instance_id = None;
+    let hub = HubClient::connect(&settings).await?;
+    let failed = |e: tonic::Status| {
+        learning_hub::Error::Unavailable(format!("{:?}: {}", e.code(), e.message()))
+    };
+    match args.command {
+        AdminCommand::Keys { command } => match command {
+            KeysCommand::Issue { instance_id } => {
+                // Only the key on stdout, so scripts can capture it.
+                println!("{}", hub.issue_api_key(&instance_id).await.map_err(failed)?);
+            }
+            KeysCommand::Revoke { instance_id } => {
+                hub.revoke_api_key(&instance_id).await.map_err(failed)?;
+                eprintln!("revoked the API key of {instance_id}");
+            }
+        },
+        AdminCommand::Audit { caller, rpc, limit } => {
+            let entries = hub
+                .admin()
+                .query_audit(learning_hub::pb::QueryAuditRequest {
+                    caller: caller.unwrap_or_default(),
+                    rpc: rpc.unwrap_or_default(),
+                    limit,
+                    ..Default::default()
+                })
+                .await
+                .map_err(failed)?
+                .into_inner()
+                .entries;
+            for e in entries {
+                let at = e.at.map(|t| t.to_string()).unwrap_or_default();
+                println!(
+                    "{} {at} {} {:?} {} code={} bytes={}",
+                    e.sequence, e.role, e.caller, e.rpc, e.code, e.request_bytes
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
@@ -245,35 +357,23 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
     Ok(())
 }
 
+fn runtime() -> learning_hub::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The simulator starts hubs of its own; their routine logs would bury
-    // its report.
+    // The simulator starts hubs of its own and the admin commands print
+    // results: routine logs would bury both.
     init_tracing(match cli.command {
-        Command::Simulate(_) => "warn",
-        _ => "info",
+        Command::Serve(_) | Command::Certs { .. } => "info",
+        Command::Simulate(_) | Command::Admin(_) => "warn",
     });
     let result = match cli.command {
-        Command::Serve {
-            listen,
-            data_dir,
-            certs_dir,
-            insecure_dev,
-            insight_interval_minutes,
-        } => tokio::runtime::Runtime::new()
-            .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
-            .and_then(|rt| {
-                rt.block_on(serve(
-                    listen,
-                    data_dir,
-                    certs_dir,
-                    insecure_dev,
-                    insight_interval_minutes,
-                ))
-            }),
-        Command::Simulate(args) => tokio::runtime::Runtime::new()
-            .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
-            .and_then(|rt| rt.block_on(simulate(args))),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
+        Command::Admin(args) => runtime().and_then(|rt| rt.block_on(admin(args))),
+        Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(simulate(args))),
         Command::Certs { command } => match command {
             CertsCommand::Init { certs_dir } => match pki::ensure_dev_pki(&certs_dir) {
                 Ok(true) => {

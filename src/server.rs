@@ -123,13 +123,21 @@ impl PreparedHub {
         F: Future<Output = ()> + Send + 'static,
     {
         let PreparedHub { config, hub, tls } = self;
-        let job = config
-            .insight_interval
-            .map(|every| crate::jobs::spawn_insight_generation(hub.clone(), every));
+        let jobs: Vec<_> = [
+            config
+                .insight_interval
+                .map(|every| crate::jobs::spawn_insight_generation(hub.clone(), every)),
+            config
+                .retention_interval
+                .map(|every| crate::jobs::spawn_retention(hub.clone(), every)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let served = serve(listener, &config, hub.clone(), tls, shutdown).await;
-        if let Some(job) = job {
-            // It stops at the hub's shutdown signal; wait so no generation
-            // run races the final flush.
+        for job in jobs {
+            // They stop at the hub's shutdown signal; wait so no run races
+            // the final flush.
             let _ = job.await;
         }
         let flushed = hub.close().await;

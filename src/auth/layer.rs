@@ -112,7 +112,11 @@ impl<S> AuthService<S> {
         request: &http::Request<B>,
         identity: &Identity,
     ) -> std::result::Result<(), Refusal> {
-        if identity.role == Role::Instance && !self.insecure_dev {
+        // Health and reflection stay open to any peer the certificate
+        // authenticated; the hub's own services want the key and count
+        // against the rate limit.
+        let hub_call = request.uri().path().starts_with("/learninghub.");
+        if identity.role == Role::Instance && hub_call && !self.insecure_dev {
             let presented = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
@@ -121,7 +125,7 @@ impl<S> AuthService<S> {
             self.access.check_key(&identity.name, presented)?;
         }
         policy::authorize(request.uri().path(), identity)?;
-        if identity.role == Role::Instance {
+        if identity.role == Role::Instance && hub_call {
             self.access
                 .take_rate_token(identity)
                 .map_err(Refusal::RateLimited)?;

@@ -1,7 +1,7 @@
 //! The hub's knowledge as plain Rust: records ([`model`]), the statistics
 //! they are built from ([`stats`]) and the pure logic that answers queries
 //! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`],
-//! [`insight_gen`]). Nothing
+//! [`insight_gen`], [`retention`]). Nothing
 //! here does I/O or knows about gRPC, so all of it is unit-tested directly.
 
 pub mod bootstrap;
@@ -10,5 +10,6 @@ pub mod matching;
 pub mod model;
 pub mod prevention;
 pub mod recommend;
+pub mod retention;
 pub mod rng;
 pub mod stats;

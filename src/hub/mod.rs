@@ -15,6 +15,7 @@ mod failures;
 mod insights;
 mod instances;
 mod patterns;
+mod retention;
 pub mod state;
 mod strategies;
 mod writer;
@@ -29,6 +30,7 @@ pub use failures::ActionCheck;
 pub use insights::{GENERATED_BY, GenerationReport};
 pub use instances::InstancePage;
 pub use patterns::RankedMatch;
+pub use retention::RetentionReport;
 pub use state::{State, Txn};
 pub use strategies::StrategyAsk;
 
