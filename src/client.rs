@@ -96,6 +96,15 @@ impl ClientSettings {
     }
 }
 
+/// PEM-encoded TLS material: the hub's CA, this client's certificate and
+/// its key.
+#[derive(Debug, Clone)]
+pub struct ClientPem {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
 /// Adds per-call metadata: the API key.
 #[derive(Debug, Clone, Default)]
 pub struct CallMetadata {
@@ -140,15 +149,23 @@ macro_rules! unary_calls {
 }
 
 impl HubClient {
-    /// Connects over mutual TLS.
+    /// Connects over mutual TLS with the certificate files of `settings`.
     pub async fn connect(settings: &ClientSettings) -> Result<Self> {
+        let pem = ClientPem {
+            ca: read(&settings.certs.ca)?,
+            cert: read(&settings.certs.cert)?,
+            key: read(&settings.certs.key)?,
+        };
+        Self::connect_pem(settings, pem).await
+    }
+
+    /// Connects over mutual TLS with certificates held in memory
+    /// (`settings.certs` is not read).
+    pub async fn connect_pem(settings: &ClientSettings, pem: ClientPem) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&settings.certs.ca)?))
-            .identity(Identity::from_pem(
-                read(&settings.certs.cert)?,
-                read(&settings.certs.key)?,
-            ));
+            .ca_certificate(Certificate::from_pem(pem.ca))
+            .identity(Identity::from_pem(pem.cert, pem.key));
         if let Some(domain) = &settings.domain {
             tls = tls.domain_name(domain.clone());
         }
@@ -258,6 +275,8 @@ impl HubClient {
         share_configuration(pb::ShareConfigurationRequest) -> pb::ShareConfigurationResponse;
         /// See `Hub.Bootstrap`.
         bootstrap(pb::BootstrapRequest) -> pb::BootstrapResponse;
+        /// See `Hub.Echo`.
+        echo(pb::EchoRequest) -> pb::EchoResponse;
     }
 
     /// (Operators) issues an API key for `instance_id`, replacing its

@@ -27,9 +27,11 @@
 //! - [`client`]: a Rust client for instances, with a resuming subscription.
 //! - [`pki`]: the development certificates.
 //! - [`sim`]: the fleet simulator that measures what the hub is worth.
+//! - [`bench`]: the load generator that measures what the hub costs.
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod config;

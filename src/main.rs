@@ -32,6 +32,9 @@ enum Command {
     /// Measure what the hub is worth: a simulated fleet learning in
     /// isolation, through a real hub, and with an oracle.
     Simulate(SimulateArgs),
+    /// Load-test a hub: requests/s and latency per RPC next to the Echo
+    /// ceiling, insight fan-out, memory.
+    Bench(Box<BenchArgs>),
     /// Manage the development PKI.
     Certs {
         #[command(subcommand)]
@@ -172,6 +175,99 @@ struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// What to drive: echo, register, share-strategy, get-strategies,
+    /// share-pattern, get-patterns or mixed.
+    #[arg(long, default_value = "share-strategy")]
+    rpc: learning_hub::bench::Rpc,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Connections, each its own instance (certificate, API key).
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Measured window, e.g. 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before the window.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Strategy outcomes stored before the run.
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
+    /// Plateau patterns shared before the run.
+    #[arg(long, default_value_t = 0)]
+    preload_patterns: u64,
+    /// Extra instances registered (each with its certificate, key and
+    /// connection) before the run.
+    #[arg(long, default_value_t = 0)]
+    preload_instances: u64,
+    /// Metric names requests draw from.
+    #[arg(long, default_value_t = 10)]
+    metrics: usize,
+    /// Strategy names requests draw from.
+    #[arg(long, default_value_t = 50)]
+    strategies: usize,
+    /// Contexts requests draw from (metrics × strategies × contexts
+    /// strategy records at most).
+    #[arg(long, default_value_t = 20)]
+    contexts: usize,
+    /// ShareStrategy callers running alongside the measured load.
+    #[arg(long, default_value_t = 0)]
+    write_concurrency: usize,
+    /// Measure echo with the same settings first and report the ratio.
+    #[arg(long)]
+    baseline: bool,
+    /// Measure insight fan-out to this many subscribers instead of --rpc.
+    #[arg(long)]
+    fanout: Option<usize>,
+    /// Insights published in the fan-out measure.
+    #[arg(long, default_value_t = 20)]
+    publishes: usize,
+    /// Pause between fan-out publishes.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    publish_interval: Duration,
+    /// Drive a running hub at this URL instead of starting one.
+    #[arg(long, requires = "certs_dir")]
+    hub: Option<String>,
+    /// With --hub: directory with the hub's ca.pem, ca.key and the
+    /// operator's certificate.
+    #[arg(long)]
+    certs_dir: Option<PathBuf>,
+    /// CPUs (taskset -c list) for the hub the bench starts, e.g. 0.
+    #[arg(long)]
+    hub_cpus: Option<String>,
+    /// Seed of the request generators.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object (and nothing else) on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `10s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit {unit:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -357,6 +453,51 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
     Ok(())
 }
 
+async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
+    use learning_hub::bench::{self, BenchOptions, FanoutSpec, Shape, TargetOptions};
+    use std::io::IsTerminal;
+
+    let options = BenchOptions {
+        rpc: args.rpc,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        duration: args.duration,
+        warmup: args.warmup,
+        preload: args.preload,
+        preload_patterns: args.preload_patterns,
+        preload_instances: args.preload_instances,
+        shape: Shape {
+            metrics: args.metrics,
+            strategies: args.strategies,
+            contexts: args.contexts,
+        },
+        write_concurrency: args.write_concurrency,
+        baseline: args.baseline,
+        fanout: args.fanout.map(|subscribers| FanoutSpec {
+            subscribers,
+            publishes: args.publishes,
+            interval: args.publish_interval,
+        }),
+        target: TargetOptions {
+            hub: args.hub,
+            certs_dir: args.certs_dir,
+            hub_cpus: args.hub_cpus,
+            serve_args: Vec::new(),
+        },
+        seed: args.seed,
+        progress: !args.quiet && std::io::stderr().is_terminal(),
+    };
+    let report = bench::run(&options).await?;
+    if args.json {
+        let json = serde_json::to_string(&report)
+            .map_err(|e| learning_hub::Error::Internal(format!("cannot encode report: {e}")))?;
+        println!("{json}");
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
 fn runtime() -> learning_hub::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new()
         .map_err(|e| learning_hub::Error::Internal(format!("cannot start runtime: {e}")))
@@ -368,12 +509,13 @@ fn main() -> ExitCode {
     // results: routine logs would bury both.
     init_tracing(match cli.command {
         Command::Serve(_) | Command::Certs { .. } => "info",
-        Command::Simulate(_) | Command::Admin(_) => "warn",
+        Command::Simulate(_) | Command::Admin(_) | Command::Bench(_) => "warn",
     });
     let result = match cli.command {
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::Admin(args) => runtime().and_then(|rt| rt.block_on(admin(args))),
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(simulate(args))),
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench(*args))),
         Command::Certs { command } => match command {
             CertsCommand::Init { certs_dir } => match pki::ensure_dev_pki(&certs_dir) {
                 Ok(true) => {

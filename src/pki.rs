@@ -184,15 +184,34 @@ pub fn issue(dir: &Path, identity: &Identity, overwrite: bool) -> Result<CertPat
             paths.cert.display()
         )));
     }
-    let ca_key =
-        KeyPair::from_pem(&read_file(&dir.join(CA_KEY))?).map_err(|e| pki_error("CA key", e))?;
-    let issuer = Issuer::from_ca_cert_pem(&read_file(&dir.join(CA_CERT))?, ca_key)
-        .map_err(|e| pki_error("CA certificate", e))?;
-    write_client(dir, &issuer, identity)?;
+    write_client(dir, &ClientIssuer::load(dir)?.issuer, identity)?;
     Ok(paths)
 }
 
-fn write_client(dir: &Path, issuer: &Issuer<'_, KeyPair>, identity: &Identity) -> Result<()> {
+/// Issues client certificates in memory, signed by the CA of a directory:
+/// for load tools that need thousands of identities without thousands of
+/// files.
+pub struct ClientIssuer {
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl ClientIssuer {
+    /// Loads the CA certificate and key from `dir`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let ca_key = KeyPair::from_pem(&read_file(&dir.join(CA_KEY))?)
+            .map_err(|e| pki_error("CA key", e))?;
+        let issuer = Issuer::from_ca_cert_pem(&read_file(&dir.join(CA_CERT))?, ca_key)
+            .map_err(|e| pki_error("CA certificate", e))?;
+        Ok(ClientIssuer { issuer })
+    }
+
+    /// A certificate for `identity` and its private key, both PEM.
+    pub fn issue(&self, identity: &Identity) -> Result<(String, String)> {
+        sign_client(&self.issuer, identity)
+    }
+}
+
+fn sign_client(issuer: &Issuer<'_, KeyPair>, identity: &Identity) -> Result<(String, String)> {
     let key = KeyPair::generate().map_err(|e| pki_error("client key", e))?;
     let mut params = CertificateParams::default();
     params
@@ -208,9 +227,14 @@ fn write_client(dir: &Path, issuer: &Issuer<'_, KeyPair>, identity: &Identity) -
     let cert = params
         .signed_by(&key, issuer)
         .map_err(|e| pki_error("client certificate", e))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn write_client(dir: &Path, issuer: &Issuer<'_, KeyPair>, identity: &Identity) -> Result<()> {
+    let (cert, key) = sign_client(issuer, identity)?;
     let paths = CertPaths::for_name(dir, &identity.name);
-    write_file(&paths.key, &key.serialize_pem(), true)?;
-    write_file(&paths.cert, &cert.pem(), false)?;
+    write_file(&paths.key, &key, true)?;
+    write_file(&paths.cert, &cert, false)?;
     Ok(())
 }
 

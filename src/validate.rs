@@ -84,6 +84,17 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of at most `max`.
+pub fn max_bytes(field: &str, len: usize, max: usize) -> Result<()> {
+    if len > max {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {max} bytes, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Non-empty text of at most `max` characters.
 pub fn required_text(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {

@@ -86,6 +86,12 @@ impl pb::hub_server::Hub for HubService {
         })
     }
 
+    async fn echo(&self, request: Request<pb::EchoRequest>) -> Reply<pb::EchoResponse> {
+        let payload = request.into_inner().payload;
+        crate::validate::max_bytes("payload", payload.len(), 4096)?;
+        reply(pb::EchoResponse { payload })
+    }
+
     async fn get_status(&self, _: Request<pb::GetStatusRequest>) -> Reply<pb::GetStatusResponse> {
         reply(convert::status(&self.hub.status()))
     }

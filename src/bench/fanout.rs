@@ -1,0 +1,205 @@
+//! The insight fan-out measure: `subscribers` SubscribeInsights streams
+//! spread over the fleet's connections, then a series of ShareInsight
+//! calls; for each published insight, the time from the start of its
+//! ShareInsight call (which includes its durable write) until each
+//! subscriber, and the last one, received it. Subscribers run in this
+//! process, so their own scheduling is part of what is measured.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures_util::future::join_all;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::{sync::watch, time::Instant};
+use tokio_stream::StreamExt;
+
+use super::fleet::Member;
+use super::load::new_histogram;
+use crate::client::HubClient;
+use crate::error::{Error, Result};
+use crate::pb;
+
+#[derive(Debug, Clone)]
+pub struct FanoutSpec {
+    pub subscribers: usize,
+    pub publishes: usize,
+    /// Pause between publishes, so each is measured on its own.
+    pub interval: Duration,
+}
+
+/// What the fan-out measure found.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutSummary {
+    pub subscribers: usize,
+    pub connections: usize,
+    pub publishes: usize,
+    /// Insight deliveries received (subscribers × publishes when none is lost).
+    pub deliveries: u64,
+    pub missing: u64,
+    /// Publish to each delivery.
+    pub delivery_p50_ms: f64,
+    pub delivery_p99_ms: f64,
+    pub delivery_max_ms: f64,
+    /// Publish to the last subscriber's delivery, over publishes.
+    pub last_delivery_p50_ms: f64,
+    pub last_delivery_p99_ms: f64,
+    pub last_delivery_max_ms: f64,
+    /// ShareInsight's own answer time.
+    pub publish_ack_p50_ms: f64,
+    pub publish_ack_p99_ms: f64,
+    /// Time to open every subscription.
+    pub subscribe_s: f64,
+}
+
+fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        0.0
+    } else {
+        h.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Reads one stream until it has `expected` insights or `stop` turns true;
+/// returns (sequence, arrival) pairs.
+async fn subscriber(
+    client: HubClient,
+    after: u64,
+    expected: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<(u64, Instant)> {
+    let mut received = Vec::with_capacity(expected);
+    let request = pb::SubscribeInsightsRequest {
+        after_sequence: after,
+        category: 0,
+    };
+    let Ok(mut stream) = client.subscribe_insights_once(request).await else {
+        return received;
+    };
+    while received.len() < expected {
+        tokio::select! {
+            _ = stop.changed() => break,
+            item = stream.next() => match item {
+                Some(Ok(pb::SubscribeInsightsResponse { insight: Some(insight) })) => {
+                    received.push((insight.sequence, Instant::now()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+    }
+    received
+}
+
+async fn live_subscribers(operator: &HubClient) -> Result<u64> {
+    operator
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map(|s| s.live_subscribers)
+        .map_err(|s| Error::Unavailable(format!("GetStatus: {}", s.message())))
+}
+
+pub async fn run(
+    members: &[Member],
+    publisher: &Member,
+    operator: &HubClient,
+    spec: &FanoutSpec,
+) -> Result<FanoutSummary> {
+    let status = operator
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map_err(|s| Error::Unavailable(format!("GetStatus: {}", s.message())))?;
+    let after = status.last_insight_sequence;
+    let already_live = status.live_subscribers;
+    let (stop_tx, stop) = watch::channel(false);
+    let opening = Instant::now();
+    let tasks: Vec<_> = (0..spec.subscribers)
+        .map(|i| {
+            let client = members[i % members.len()].client.clone();
+            tokio::spawn(subscriber(client, after, spec.publishes, stop.clone()))
+        })
+        .collect();
+    // The hub counts a subscription once its task runs: wait for all.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let live = live_subscribers(operator).await?;
+        if live >= already_live + spec.subscribers as u64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = stop_tx.send(true);
+            return Err(Error::Unavailable(format!(
+                "only {} of {} subscriptions opened within 120 s",
+                live.saturating_sub(already_live),
+                spec.subscribers
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let subscribe_s = opening.elapsed().as_secs_f64();
+
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut published: HashMap<u64, Instant> = HashMap::new();
+    let mut acks = new_histogram();
+    for k in 0..spec.publishes {
+        let insight = pb::Insight {
+            category: pb::InsightCategory::Timing as i32,
+            title: format!("bench fan-out {run_id} #{k}"),
+            insight: "A benchmark insight: measures delivery to every subscriber.".into(),
+            effectiveness: 0.5,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let answer = publisher
+            .client
+            .share_insight(pb::ShareInsightRequest {
+                insight: Some(insight),
+            })
+            .await
+            .map_err(|s| Error::Unavailable(format!("ShareInsight: {}", s.message())))?;
+        acks.saturating_record(started.elapsed().as_micros().max(1) as u64);
+        if let Some(insight) = answer.insight {
+            published.insert(insight.sequence, started);
+        }
+        tokio::time::sleep(spec.interval).await;
+    }
+    // Give stragglers a bounded time, then stop the rest.
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = stop_tx.send(true);
+    });
+    let received = join_all(tasks).await;
+    stopper.abort();
+
+    let mut deliveries = new_histogram();
+    let mut last: HashMap<u64, Duration> = HashMap::new();
+    for (sequence, at) in received.into_iter().flatten().flatten() {
+        let Some(&sent) = published.get(&sequence) else {
+            continue;
+        };
+        let latency = at.saturating_duration_since(sent);
+        deliveries.saturating_record(latency.as_micros().max(1) as u64);
+        let slot = last.entry(sequence).or_default();
+        *slot = (*slot).max(latency);
+    }
+    let mut lasts = new_histogram();
+    for latency in last.values() {
+        lasts.saturating_record(latency.as_micros().max(1) as u64);
+    }
+    let expected = (spec.subscribers * published.len()) as u64;
+    Ok(FanoutSummary {
+        subscribers: spec.subscribers,
+        connections: members.len().min(spec.subscribers),
+        publishes: published.len(),
+        deliveries: deliveries.len(),
+        missing: expected.saturating_sub(deliveries.len()),
+        delivery_p50_ms: quantile_ms(&deliveries, 0.5),
+        delivery_p99_ms: quantile_ms(&deliveries, 0.99),
+        delivery_max_ms: quantile_ms(&deliveries, 1.0),
+        last_delivery_p50_ms: quantile_ms(&lasts, 0.5),
+        last_delivery_p99_ms: quantile_ms(&lasts, 0.99),
+        last_delivery_max_ms: quantile_ms(&lasts, 1.0),
+        publish_ack_p50_ms: quantile_ms(&acks, 0.5),
+        publish_ack_p99_ms: quantile_ms(&acks, 0.99),
+        subscribe_s,
+    })
+}

@@ -1,0 +1,211 @@
+//! The closed-loop load: `concurrency` callers spread over the fleet's
+//! connections, each sending its next request as soon as the previous one
+//! was answered. A warm-up lets connections, caches and the allocator
+//! settle; only calls that complete inside the measured window count.
+//! Latencies go into an HDR histogram per caller (microseconds, 3
+//! significant digits), merged at the end.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures_util::future::join_all;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::fleet::Member;
+use super::workload::{Requests, Rpc, Shape};
+use crate::domain::rng::Rng;
+
+/// One load phase.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub rpc: Rpc,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub shape: Shape,
+    pub seed: u64,
+}
+
+/// Latencies in microseconds, up to a minute.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// What a load phase measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadSummary {
+    pub rpc: String,
+    /// Calls answered OK inside the window.
+    pub requests: u64,
+    /// OK answers per second.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Failed calls inside the window, by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    pub concurrency: usize,
+    pub duration_s: f64,
+}
+
+impl LoadSummary {
+    pub fn from_histogram(
+        rpc: &str,
+        histogram: &Histogram<u64>,
+        errors: BTreeMap<String, u64>,
+        concurrency: usize,
+        duration: Duration,
+    ) -> Self {
+        let requests = histogram.len();
+        let q = |quantile: f64| {
+            if requests == 0 {
+                0.0
+            } else {
+                ms(histogram.value_at_quantile(quantile))
+            }
+        };
+        LoadSummary {
+            rpc: rpc.to_string(),
+            requests,
+            rps: requests as f64 / duration.as_secs_f64().max(1e-9),
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: if requests == 0 {
+                0.0
+            } else {
+                ms(histogram.max())
+            },
+            errors,
+            concurrency,
+            duration_s: duration.as_secs_f64(),
+        }
+    }
+}
+
+struct CallerResult {
+    histogram: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+async fn caller(
+    member: Member,
+    rpc: Rpc,
+    mut requests: Requests,
+    measure_from: Instant,
+    until: Instant,
+) -> CallerResult {
+    let mut histogram = new_histogram();
+    let mut errors = BTreeMap::new();
+    loop {
+        let started = Instant::now();
+        if started >= until {
+            break;
+        }
+        let outcome = requests.call(&member.client, rpc).await;
+        let finished = Instant::now();
+        if started < measure_from || finished > until {
+            continue;
+        }
+        match outcome {
+            Ok(()) => {
+                let micros = (finished - started).as_micros().max(1) as u64;
+                histogram.saturating_record(micros);
+            }
+            Err(status) => {
+                *errors.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+            }
+        }
+    }
+    CallerResult { histogram, errors }
+}
+
+/// Runs `spec` over `members` (callers take connections round-robin) and,
+/// at the same time, `background` (unmeasured by the main summary, reported
+/// on its own). Returns the main summary and the background's.
+pub async fn run(
+    members: &[Member],
+    spec: &LoadSpec,
+    background: Option<&LoadSpec>,
+) -> (LoadSummary, Option<LoadSummary>) {
+    let start = Instant::now();
+    let spawn_phase = |spec: &LoadSpec, offset: usize| {
+        let measure_from = start + spec.warmup;
+        let until = measure_from + spec.duration;
+        (0..spec.concurrency)
+            .map(|i| {
+                let member = members[(offset + i) % members.len()].clone();
+                let requests = Requests::new(
+                    spec.shape,
+                    &member.instance_id,
+                    Rng::derive(spec.seed, (offset + i) as u64),
+                );
+                tokio::spawn(caller(member, spec.rpc, requests, measure_from, until))
+            })
+            .collect::<Vec<_>>()
+    };
+    let main = spawn_phase(spec, 0);
+    let extra = background.map(|b| spawn_phase(b, spec.concurrency));
+    let summarize = |spec: &LoadSpec, results: Vec<CallerResult>| {
+        let mut histogram = new_histogram();
+        let mut errors = BTreeMap::new();
+        for r in results {
+            let _ = histogram.add(&r.histogram);
+            for (code, n) in r.errors {
+                *errors.entry(code).or_insert(0) += n;
+            }
+        }
+        LoadSummary::from_histogram(
+            spec.rpc.name(),
+            &histogram,
+            errors,
+            spec.concurrency,
+            spec.duration,
+        )
+    };
+    let main_results = join_all(main).await.into_iter().flatten().collect();
+    let main_summary = summarize(spec, main_results);
+    let background_summary = match (background, extra) {
+        (Some(b), Some(handles)) => {
+            let results = join_all(handles).await.into_iter().flatten().collect();
+            Some(summarize(b, results))
+        }
+        _ => None,
+    };
+    (main_summary, background_summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_quantiles_come_from_the_histogram() {
+        let mut h = new_histogram();
+        for micros in 1..=1000u64 {
+            h.record(micros * 10).unwrap();
+        }
+        let s = LoadSummary::from_histogram("echo", &h, BTreeMap::new(), 4, Duration::from_secs(2));
+        assert_eq!(s.requests, 1000);
+        assert!((s.rps - 500.0).abs() < 1e-9);
+        assert!((s.p50_ms - 5.0).abs() < 0.01, "{}", s.p50_ms);
+        assert!((s.p99_ms - 9.9).abs() < 0.01, "{}", s.p99_ms);
+        assert!((s.max_ms - 10.0).abs() < 0.01, "{}", s.max_ms);
+        let empty = LoadSummary::from_histogram(
+            "echo",
+            &new_histogram(),
+            BTreeMap::new(),
+            1,
+            Duration::from_secs(1),
+        );
+        assert_eq!((empty.requests, empty.p99_ms), (0, 0.0));
+    }
+}
