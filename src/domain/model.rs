@@ -423,6 +423,12 @@ pub struct StrategyRecord {
     /// Outcomes by strategy applied within [`PRECEDING_WINDOW`] cycles before.
     #[serde(default)]
     pub preceded_by: BTreeMap<String, OutcomeStats>,
+    /// The sequence of the newest outcome folded in. The store persists
+    /// aggregates lazily and rebuilds them from the outcome log after a
+    /// crash; this is how a replay knows which outcomes a stored aggregate
+    /// already holds.
+    #[serde(default)]
+    pub through_sequence: u64,
 }
 
 impl StrategyRecord {
@@ -443,6 +449,7 @@ impl StrategyRecord {
             window: Vec::new(),
             streaks: Vec::new(),
             preceded_by: BTreeMap::new(),
+            through_sequence: 0,
         }
     }
 
@@ -509,51 +516,57 @@ impl StrategyRecord {
             .entry(outcome.instance_id.clone())
             .or_default() += 1;
         self.last_updated = self.last_updated.max(outcome.at);
+        self.through_sequence = self.through_sequence.max(outcome.sequence);
     }
 
     /// Combines aggregates of the same strategy and metric from different
     /// contexts into a fleet-wide view (context key left empty).
     pub fn merge(&self, other: &StrategyRecord) -> StrategyRecord {
         let mut merged = self.clone();
-        merged.context_key.clear();
-        merged.applications += other.applications;
-        merged.successes += other.successes;
-        merged.improvement = self.improvement.merge(&other.improvement);
-        merged.regression = self.regression.merge(&other.regression);
+        merged.absorb(other);
+        merged
+    }
+
+    /// Folds `other` into this aggregate in place (see [`Self::merge`]).
+    pub fn absorb(&mut self, other: &StrategyRecord) {
+        self.context_key.clear();
+        self.applications += other.applications;
+        self.successes += other.successes;
+        self.improvement = self.improvement.merge(&other.improvement);
+        self.regression = self.regression.merge(&other.regression);
         for (condition, stats) in &other.failure_modes {
-            let mode = merged.failure_modes.entry(condition.clone()).or_default();
+            let mode = self.failure_modes.entry(condition.clone()).or_default();
             mode.applications += stats.applications;
             mode.failures += stats.failures;
         }
         for (instance, n) in &other.instances {
-            *merged.instances.entry(instance.clone()).or_default() += n;
+            *self.instances.entry(instance.clone()).or_default() += n;
         }
-        merged.first_seen = self.first_seen.min(other.first_seen);
-        merged.last_updated = self.last_updated.max(other.last_updated);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_updated = self.last_updated.max(other.last_updated);
         for bucket in &other.window {
-            match merged.window.iter_mut().find(|b| b.day == bucket.day) {
+            match self.window.iter_mut().find(|b| b.day == bucket.day) {
                 Some(mine) => {
                     for (a, b) in mine.bands.iter_mut().zip(&bucket.bands) {
                         *a = a.merge(b);
                     }
                 }
-                None => merged.window.push(*bucket),
+                None => self.window.push(*bucket),
             }
         }
-        merged.window.sort_by_key(|b| b.day);
-        if merged.streaks.len() < other.streaks.len() {
-            merged
-                .streaks
+        self.window.sort_by_key(|b| b.day);
+        if self.streaks.len() < other.streaks.len() {
+            self.streaks
                 .resize(other.streaks.len(), OutcomeStats::default());
         }
-        for (a, b) in merged.streaks.iter_mut().zip(&other.streaks) {
+        for (a, b) in self.streaks.iter_mut().zip(&other.streaks) {
             *a = a.merge(b);
         }
         for (p, stats) in &other.preceded_by {
-            let mine = merged.preceded_by.entry(p.clone()).or_default();
+            let mine = self.preceded_by.entry(p.clone()).or_default();
             *mine = mine.merge(stats);
         }
-        merged
+        self.through_sequence = self.through_sequence.max(other.through_sequence);
     }
 
     pub fn success_rate(&self) -> f64 {

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{FailurePattern, Metrics, OutcomeStats, RecentApplication, preceding};
+use super::model::{FailurePattern, Metrics, RecentApplication, StrategyRecord, preceding};
 
 /// Evidence needed before a prerequisite is trusted: applications of the
 /// strategy with it shortly before…
@@ -27,10 +27,35 @@ const CONDITIONAL_STRENGTH: f64 = 3.0;
 
 /// What the hub knows about the proposed strategy's applications (on any
 /// metric): in total, and by strategy applied shortly before.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StrategyUsage {
     pub applications: u64,
-    pub preceded_by: BTreeMap<String, OutcomeStats>,
+    /// Applications by strategy applied shortly before.
+    pub preceded_by: BTreeMap<String, u64>,
+}
+
+impl StrategyUsage {
+    /// Counts `record`'s applications in.
+    pub fn add(&mut self, record: &StrategyRecord) {
+        self.applications += record.applications;
+        for (p, stats) in &record.preceded_by {
+            *self.preceded_by.entry(p.clone()).or_default() += stats.applications;
+        }
+    }
+
+    /// Takes `record`'s applications out again (when it is replaced by a
+    /// newer version).
+    pub fn subtract(&mut self, record: &StrategyRecord) {
+        self.applications = self.applications.saturating_sub(record.applications);
+        for (p, stats) in &record.preceded_by {
+            if let Some(n) = self.preceded_by.get_mut(p) {
+                *n = n.saturating_sub(stats.applications);
+                if *n == 0 {
+                    self.preceded_by.remove(p);
+                }
+            }
+        }
+    }
 }
 
 /// One failure the action may trigger.
@@ -59,18 +84,18 @@ fn prerequisite(failure: &FailurePattern, usage: &StrategyUsage) -> Option<(Stri
     usage
         .preceded_by
         .iter()
-        .filter(|(name, stats)| {
-            **name != failure.strategy && stats.applications >= PREREQUISITE_MIN_APPLICATIONS
+        .filter(|(name, applications)| {
+            **name != failure.strategy && **applications >= PREREQUISITE_MIN_APPLICATIONS
         })
-        .filter_map(|(name, stats)| {
+        .filter_map(|(name, &applications)| {
             let with_failures = failure
                 .preceded_by
                 .get(name)
                 .copied()
                 .unwrap_or(0)
-                .min(stats.applications);
-            let with = rate(with_failures, stats.applications);
-            let without_apps = usage.applications.saturating_sub(stats.applications);
+                .min(applications);
+            let with = rate(with_failures, applications);
+            let without_apps = usage.applications.saturating_sub(applications);
             let without_failures = failure.occurrences.saturating_sub(with_failures);
             if without_apps == 0 {
                 return None;
@@ -105,16 +130,16 @@ fn applicable_rate(
                 .iter()
                 .filter(|p| **p != failure.strategy)
                 .filter_map(|p| {
-                    let stats = usage.preceded_by.get(p)?;
+                    let applications = *usage.preceded_by.get(p)?;
                     let failures = failure
                         .preceded_by
                         .get(p)
                         .copied()
                         .unwrap_or(0)
-                        .min(stats.applications);
+                        .min(applications);
                     Some(
                         (failures as f64 + CONDITIONAL_STRENGTH * overall)
-                            / (stats.applications as f64 + CONDITIONAL_STRENGTH),
+                            / (applications as f64 + CONDITIONAL_STRENGTH),
                     )
                 })
                 .fold(overall, f64::min);
@@ -256,15 +281,7 @@ mod tests {
             applications,
             preceded_by: preceded
                 .iter()
-                .map(|(name, n)| {
-                    (
-                        name.to_string(),
-                        OutcomeStats {
-                            applications: *n,
-                            ..Default::default()
-                        },
-                    )
-                })
+                .map(|(name, n)| (name.to_string(), *n))
                 .collect(),
         }
     }

@@ -84,6 +84,18 @@ impl WeightedMean {
         self.weight = total;
     }
 
+    fn merge_scaled(&mut self, other: &WeightedMean, factor: f64) {
+        let w = other.weight * factor;
+        if w <= 0.0 {
+            return;
+        }
+        let total = self.weight + w;
+        let delta = other.mean - self.mean;
+        self.mean += delta * w / total;
+        self.m2 += other.m2 * factor + delta * delta * self.weight * w / total;
+        self.weight = total;
+    }
+
     fn variance(&self) -> f64 {
         if self.weight > 1.0 {
             self.m2 / self.weight
@@ -108,6 +120,15 @@ impl Evidence {
         self.successes += stats.successes as f64 * weight;
         self.improvement.add(&stats.improvement, weight);
         self.regression.add(&stats.regression, weight);
+    }
+
+    /// Adds `other` with every weight in it multiplied by `factor`: the
+    /// same as having added its outcomes with that extra weight.
+    fn merge_scaled(&mut self, other: &Evidence, factor: f64) {
+        self.applications += other.applications * factor;
+        self.successes += other.successes * factor;
+        self.improvement.merge_scaled(&other.improvement, factor);
+        self.regression.merge_scaled(&other.regression, factor);
     }
 }
 
@@ -254,99 +275,115 @@ fn band_weight(band: usize, target: Option<usize>) -> f64 {
     }
 }
 
-/// Windowed, recency-weighted evidence of `records` at `band` (all bands
-/// when `None`).
-fn evidence<'r>(
-    records: impl IntoIterator<Item = &'r StrategyRecord>,
-    band: Option<usize>,
-    today: i64,
-    tuning: &Tuning,
-) -> Evidence {
-    weighted_evidence(records, |b| band_weight(b, band), today, tuning)
+/// One aggregate's windowed, recency-weighted evidence per value band, as
+/// of one day. Every band-weighted view an estimate needs is then a sum of
+/// five, instead of another pass over every day of the window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Banded {
+    bands: [Evidence; VALUE_BANDS],
+    /// Unweighted applications per band inside the window.
+    counts: [u64; VALUE_BANDS],
 }
 
-/// Everything `evidence` at `band` leaves out (the other bands, and the
-/// share of the neighbours it does not count): the independent evidence a
-/// band's estimate is shrunk towards, so no outcome counts twice.
-fn evidence_outside<'r>(
-    records: impl IntoIterator<Item = &'r StrategyRecord>,
-    band: usize,
-    today: i64,
-    tuning: &Tuning,
-) -> Evidence {
-    weighted_evidence(records, |b| 1.0 - band_weight(b, Some(band)), today, tuning)
-}
-
-fn weighted_evidence<'r>(
-    records: impl IntoIterator<Item = &'r StrategyRecord>,
-    band_weight: impl Fn(usize) -> f64,
-    today: i64,
-    tuning: &Tuning,
-) -> Evidence {
-    let mut evidence = Evidence::default();
-    for record in records {
+impl Banded {
+    fn of(record: &StrategyRecord, today: i64, tuning: &Tuning) -> Banded {
+        let mut banded = Banded::default();
         for bucket in &record.window {
             let w = day_weight(bucket.day, today, tuning);
             if w == 0.0 {
                 continue;
             }
             for (b, stats) in bucket.bands.iter().enumerate() {
-                let bw = band_weight(b);
-                if bw > 0.0 {
-                    evidence.add(stats, w * bw);
-                }
+                banded.bands[b].add(stats, w);
+                banded.counts[b] += stats.applications;
             }
         }
+        banded
     }
-    evidence
+
+    /// The evidence with band `b` weighted by `band_weight(b)`.
+    fn weighted(&self, band_weight: impl Fn(usize) -> f64) -> Evidence {
+        let mut evidence = Evidence::default();
+        for (b, band) in self.bands.iter().enumerate() {
+            let bw = band_weight(b);
+            if bw > 0.0 {
+                evidence.merge_scaled(band, bw);
+            }
+        }
+        evidence
+    }
+
+    /// At `band` (all bands when `None`).
+    fn at(&self, band: Option<usize>) -> Evidence {
+        self.weighted(|b| band_weight(b, band))
+    }
+
+    /// Everything `at(band)` leaves out (the other bands, and the share of
+    /// the neighbours it does not count): the independent evidence a band's
+    /// estimate is shrunk towards, so no outcome counts twice.
+    fn outside(&self, band: usize) -> Evidence {
+        self.weighted(|b| 1.0 - band_weight(b, Some(band)))
+    }
 }
 
-/// The records of one strategy on one metric: every context's, and the
-/// caller's context's (if any).
-struct StrategyEvidence<'r> {
-    all: Vec<&'r StrategyRecord>,
-    own: Option<&'r StrategyRecord>,
+/// One strategy's evidence on one metric: the fleet-wide aggregate (every
+/// context's merged, see [`fleet_view`]) and the caller's context's own.
+/// Callers that answer many queries keep fleet views between them.
+#[derive(Debug, Clone, Copy)]
+pub struct StrategyView<'r> {
+    pub fleet: &'r StrategyRecord,
+    pub own: Option<&'r StrategyRecord>,
 }
 
-impl StrategyEvidence<'_> {
-    fn estimate(&self, band: Option<usize>, today: i64, tuning: &Tuning) -> (Estimate, Scope) {
+/// A view's evidence as of one day, banded once per query, with what
+/// every band's estimate shares.
+struct Prepared {
+    fleet: Banded,
+    own: Option<Banded>,
+    fleet_all: Estimate,
+    own_all_evidence: Option<Evidence>,
+}
+
+impl Prepared {
+    fn new(view: &StrategyView<'_>, today: i64, tuning: &Tuning) -> Prepared {
+        let fleet = Banded::of(view.fleet, today, tuning);
+        let own = view.own.map(|own| Banded::of(own, today, tuning));
+        Prepared {
+            fleet_all: Estimate::shrink(&fleet.at(None), &Estimate::ROOT, ROOT_STRENGTH),
+            own_all_evidence: own.as_ref().map(|own| own.at(None)),
+            fleet,
+            own,
+        }
+    }
+
+    fn estimate(&self, band: Option<usize>, tuning: &Tuning) -> (Estimate, Scope) {
         let k = tuning.prior_strength;
-        let fleet_all = Estimate::shrink(
-            &evidence(self.all.iter().copied(), None, today, tuning),
-            &Estimate::ROOT,
-            ROOT_STRENGTH,
-        );
+        let fleet_all = self.fleet_all;
         let fleet = match band {
             Some(b) => {
-                let outside = Estimate::shrink(
-                    &evidence_outside(self.all.iter().copied(), b, today, tuning),
-                    &Estimate::ROOT,
-                    ROOT_STRENGTH,
-                );
-                Estimate::shrink(
-                    &evidence(self.all.iter().copied(), band, today, tuning),
-                    &outside,
-                    k,
-                )
+                let outside =
+                    Estimate::shrink(&self.fleet.outside(b), &Estimate::ROOT, ROOT_STRENGTH);
+                Estimate::shrink(&self.fleet.at(band), &outside, k)
             }
             None => fleet_all,
         };
-        let Some(own) = self.own else {
+        let (Some(own), Some(own_all_evidence)) = (&self.own, &self.own_all_evidence) else {
             return (fleet, Scope::Fleet);
         };
-        let own_all_evidence = evidence([own], None, today, tuning);
         if own_all_evidence.applications <= 0.0 {
             return (fleet, Scope::Fleet);
         }
-        let own_all = Estimate::shrink(&own_all_evidence, &fleet_all, k);
+        let own_all = Estimate::shrink(own_all_evidence, &fleet_all, k);
         let prior = fleet.shifted(&own_all, &fleet_all);
         let estimate = match band {
-            Some(_) => Estimate::shrink(&evidence([own], band, today, tuning), &prior, k),
+            Some(_) => Estimate::shrink(&own.at(band), &prior, k),
             None => own_all,
         };
         (estimate, Scope::Context)
     }
+}
 
+impl StrategyView<'_> {
     /// How the mean improvement at each streak class compares with a first
     /// application, across the fleet (lifetime), shrunk towards 1.
     ///
@@ -355,10 +392,8 @@ impl StrategyEvidence<'_> {
     /// repeated uses; dividing by it recovers a first use's.
     fn streak_factors(&self, k: f64) -> ([f64; STREAK_CLASSES], f64) {
         let mut classes = [OutcomeStats::default(); STREAK_CLASSES];
-        for record in &self.all {
-            for (c, stats) in record.streaks.iter().enumerate().take(STREAK_CLASSES) {
-                classes[c] = classes[c].merge(stats);
-            }
+        for (c, stats) in self.fleet.streaks.iter().enumerate().take(STREAK_CLASSES) {
+            classes[c] = *stats;
         }
         let base = classes[0].improvement;
         let mut factors = [1.0; STREAK_CLASSES];
@@ -389,10 +424,17 @@ impl StrategyEvidence<'_> {
     }
 }
 
-fn lifetime(records: &[&StrategyRecord]) -> StrategyRecord {
-    let mut merged = records[0].clone();
-    for r in &records[1..] {
-        merged = merged.merge(r);
+/// The fleet-wide aggregate of one strategy on one metric: its records in
+/// every context, merged. `records` must not be empty.
+pub fn fleet_view<'r>(records: impl IntoIterator<Item = &'r StrategyRecord>) -> StrategyRecord {
+    let mut records = records.into_iter();
+    let mut merged = records
+        .next()
+        .expect("a fleet view needs at least one record")
+        .clone();
+    merged.context_key.clear();
+    for r in records {
+        merged.absorb(r);
     }
     merged
 }
@@ -403,28 +445,43 @@ pub fn recommend<'r>(
     records: impl IntoIterator<Item = &'r StrategyRecord>,
     query: StrategyQuery<'_>,
 ) -> Vec<Recommendation> {
-    let mut by_strategy: BTreeMap<&str, StrategyEvidence<'r>> = BTreeMap::new();
+    let mut by_strategy: BTreeMap<&str, (Vec<&'r StrategyRecord>, Option<&'r StrategyRecord>)> =
+        BTreeMap::new();
     for record in records {
-        let entry = by_strategy
-            .entry(record.strategy.as_str())
-            .or_insert(StrategyEvidence {
-                all: Vec::new(),
-                own: None,
-            });
+        let entry = by_strategy.entry(record.strategy.as_str()).or_default();
         if !query.context_key.is_empty() && record.context_key == query.context_key {
-            entry.own = Some(record);
+            entry.1 = Some(record);
         }
-        entry.all.push(record);
+        entry.0.push(record);
     }
+    let fleets: Vec<(StrategyRecord, Option<&StrategyRecord>)> = by_strategy
+        .into_values()
+        .map(|(all, own)| (fleet_view(all), own))
+        .collect();
+    recommend_views(
+        fleets
+            .iter()
+            .map(|(fleet, own)| StrategyView { fleet, own: *own }),
+        query,
+    )
+}
+
+/// [`recommend`] over ready fleet views, one per strategy.
+pub fn recommend_views<'r>(
+    views: impl IntoIterator<Item = StrategyView<'r>>,
+    query: StrategyQuery<'_>,
+) -> Vec<Recommendation> {
     let today = day_of(query.now);
     let tuning = query.tuning;
     let band = query.current_value.map(value_band);
     let mut rng = query.explore_seed.map(Rng::new);
 
-    let mut ranked: Vec<Recommendation> = by_strategy
+    let mut ranked: Vec<(Recommendation, Prepared)> = views
         .into_iter()
-        .map(|(name, ev)| {
-            let (mut estimate, scope) = ev.estimate(band, today, &tuning);
+        .map(|ev| {
+            let name = ev.fleet.strategy.as_str();
+            let prepared = Prepared::new(&ev, today, &tuning);
+            let (mut estimate, scope) = prepared.estimate(band, &tuning);
             let (factors, mix) = ev.streak_factors(tuning.prior_strength);
             let run = streak(query.recent, name, query.metric) as usize;
             estimate.improvement *= factors[run.min(STREAK_CLASSES - 1)] / mix;
@@ -446,12 +503,11 @@ pub fn recommend<'r>(
                 None => lower_bound,
             };
             let score = draw - failure_risk;
-            let (band_range, band_known) = best_band(&ev, today, &tuning);
             let max_consecutive_uses = (1..STREAK_CLASSES)
                 .find(|c| factors[*c] < 0.5)
                 .map_or(0, |c| c as u32);
-            let life = lifetime(&ev.all);
-            Recommendation {
+            let life = ev.fleet;
+            let recommendation = Recommendation {
                 strategy: name.to_string(),
                 metric: query.metric.to_string(),
                 confidence: estimate.p,
@@ -466,8 +522,9 @@ pub fn recommend<'r>(
                     .map(|(c, s)| (c.to_string(), *s))
                     .collect(),
                 scope,
-                band: band_range,
-                band_known,
+                // Filled in below for the strategies that make the cut.
+                band: (0.0, 1.0),
+                band_known: false,
                 max_consecutive_uses,
                 cooldown_cycles: u32::from(max_consecutive_uses > 0),
                 evidence: estimate.evidence,
@@ -475,11 +532,12 @@ pub fn recommend<'r>(
                 regression_estimate: estimate.regression,
                 failure_risk,
                 score,
-            }
+            };
+            (recommendation, prepared)
         })
-        .filter(|r| r.applications > 0)
+        .filter(|(r, _)| r.applications > 0)
         .collect();
-    ranked.sort_by(|a, b| {
+    ranked.sort_by(|(a, _), (b, _)| {
         b.score
             .total_cmp(&a.score)
             .then(b.confidence.total_cmp(&a.confidence))
@@ -491,22 +549,23 @@ pub fn recommend<'r>(
     };
     ranked.truncate(query.limit.min(affordable));
     ranked
+        .into_iter()
+        .map(|(mut recommendation, prepared)| {
+            // The working band takes an estimate per band: only worth it
+            // for what is returned.
+            (recommendation.band, recommendation.band_known) = best_band(&prepared, &tuning);
+            recommendation
+        })
+        .collect()
 }
 
 /// The contiguous value range around the band with the best expected delta
 /// where the expected delta stays at least half of the best.
-fn best_band(ev: &StrategyEvidence<'_>, today: i64, tuning: &Tuning) -> ((f64, f64), bool) {
+fn best_band(ev: &Prepared, tuning: &Tuning) -> ((f64, f64), bool) {
     let per_band: Vec<Option<f64>> = (0..VALUE_BANDS)
         .map(|b| {
             // Only a band's own outcomes (not its neighbours') make it known.
-            let own: f64 = ev
-                .all
-                .iter()
-                .flat_map(|r| &r.window)
-                .filter(|bucket| day_weight(bucket.day, today, tuning) > 0.0)
-                .map(|bucket| bucket.bands[b].applications as f64)
-                .sum();
-            (own >= 2.0).then(|| ev.estimate(Some(b), today, tuning).0.expected())
+            (ev.fleet.counts[b] >= 2).then(|| ev.estimate(Some(b), tuning).0.expected())
         })
         .collect();
     let Some((best, best_value)) = per_band

@@ -20,7 +20,10 @@ pub mod state;
 mod strategies;
 mod writer;
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, atomic::Ordering};
+use std::sync::{
+    Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    atomic::{AtomicU64, Ordering},
+};
 
 use tokio::sync::{mpsc, watch};
 
@@ -125,6 +128,9 @@ pub(crate) struct Shared {
     bus: InsightBus,
     clock: Arc<dyn Clock>,
     settings: HubSettings,
+    /// Every outcome up to this sequence is in the stored aggregates (the
+    /// writer moves it; log trimming must keep the outcomes after it).
+    strategy_floor: AtomicU64,
 }
 
 impl Shared {
@@ -188,7 +194,30 @@ pub struct Hub {
 impl Hub {
     /// Loads the state from `store` and starts the writer.
     pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
-        let state = State::from_snapshot(store.load()?);
+        let snapshot = store.load()?;
+        // A store that never recorded a floor persisted every aggregate
+        // with its outcome: there is nothing to replay.
+        let stored_floor = snapshot.strategy_floor;
+        let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
+        let mut state = State::from_snapshot(snapshot);
+        let replayed =
+            strategies::replay_outcomes(&mut state, &store, floor, settings.tuning.retention_days)?;
+        // The writer only writes the floor when it moves, so a store must
+        // start with one.
+        if !replayed.is_empty() || stored_floor != Some(state.outcome_sequence) {
+            tracing::info!(
+                outcomes_after = floor,
+                aggregates = replayed.len(),
+                "rebuilt strategy aggregates from the outcome log"
+            );
+            let checkpoint = crate::store::Changes {
+                checkpoint: replayed,
+                strategy_floor: Some(state.outcome_sequence),
+                ..Default::default()
+            };
+            store.commit(&checkpoint)?;
+            store.flush()?;
+        }
         tracing::info!(
             instances = state.instances.len(),
             patterns = state.patterns.len(),
@@ -199,12 +228,14 @@ impl Hub {
             "state loaded"
         );
         let started_at = clock.now();
+        let outcome_sequence = state.outcome_sequence;
         let shared = Arc::new(Shared {
             state: RwLock::new(state),
             store,
             bus: InsightBus::new(settings.broadcast_capacity),
             clock,
             settings,
+            strategy_floor: AtomicU64::new(outcome_sequence),
         });
         let writer = Writer::spawn(
             shared.clone(),
@@ -290,6 +321,12 @@ impl Hub {
             credentials,
             self.shared.settings.subscriber_buffer,
         ))
+    }
+
+    /// Every strategy aggregate as the hub serves it now (diagnostics and
+    /// tests).
+    pub fn strategy_records(&self) -> Vec<Arc<crate::domain::model::StrategyRecord>> {
+        self.state().strategies.values().cloned().collect()
     }
 
     pub fn status(&self) -> HubStatus {

@@ -2,6 +2,8 @@
 //! (through the writer, re-checking each record in case it changed since
 //! the plan) and trims the outcome and audit logs on disk.
 
+use std::sync::atomic::Ordering;
+
 use super::Hub;
 use crate::domain::retention::{self, Rules};
 use crate::error::{Error, Result};
@@ -80,17 +82,20 @@ impl Hub {
             report.strategies_rolled_up = strategies;
         }
         let store = self.shared.store.clone();
+        // Outcomes after the floor are not yet in the stored aggregates: a
+        // restart would need them.
+        let floor = self.shared.strategy_floor.load(Ordering::SeqCst);
         let day = 24 * 60 * 60 * 1000;
         let (outcomes, audit) = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
-            let trim = |kind: Kind, days: i64| -> Result<usize> {
+            let trim = |kind: Kind, days: i64, keep_after: u64| -> Result<usize> {
                 match store.first_sequence_at(kind, now - days * day)? {
-                    Some(first_kept) => store.truncate_log(kind, first_kept),
+                    Some(first_kept) => store.truncate_log(kind, first_kept.min(keep_after + 1)),
                     None => Ok(0),
                 }
             };
             Ok((
-                trim(Kind::Outcome, settings.outcome_days)?,
-                trim(Kind::Audit, settings.audit_days)?,
+                trim(Kind::Outcome, settings.outcome_days, floor)?,
+                trim(Kind::Audit, settings.audit_days, u64::MAX - 1)?,
             ))
         })
         .await

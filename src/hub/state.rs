@@ -7,9 +7,9 @@
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     hash::Hash,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use crate::domain::matching::{MatchCalibration, PatternIndex};
@@ -17,7 +17,17 @@ use crate::domain::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
     StrategyOutcome, StrategyRecord, UnixMillis,
 };
+use crate::domain::prevention::StrategyUsage;
+use crate::domain::recommend::fleet_view;
 use crate::store::{Changes, Snapshot};
+
+/// One strategy's aggregates on one metric.
+#[derive(Debug)]
+struct StrategyGroup {
+    /// Every context merged (see [`fleet_view`]).
+    fleet: Arc<StrategyRecord>,
+    by_context: HashMap<String, Arc<StrategyRecord>>,
+}
 
 /// Everything the hub knows, except the raw outcome log.
 #[derive(Debug, Default)]
@@ -28,6 +38,15 @@ pub struct State {
     pub pattern_index: PatternIndex,
     /// Ordered by metric first: one metric's aggregates are one range.
     pub strategies: BTreeMap<StrategyKey, Arc<StrategyRecord>>,
+    /// Each strategy's use on any metric in any context, kept up to date
+    /// as aggregates change (failure warnings need it per query).
+    pub usage: HashMap<String, StrategyUsage>,
+    /// The strategies with an aggregate on each metric.
+    metric_strategies: HashMap<String, BTreeSet<String>>,
+    /// metric → strategy → its aggregates, merged and by context: built on
+    /// first use, dropped when one of them changes. Ranking then reads one
+    /// merged view per strategy instead of every context's aggregate.
+    groups: Mutex<HashMap<String, HashMap<String, Arc<StrategyGroup>>>>,
     /// By sequence.
     pub insights: BTreeMap<u64, Arc<Insight>>,
     pub failures: BTreeMap<String, Arc<FailurePattern>>,
@@ -87,11 +106,107 @@ impl State {
                 .map(|k| (k.instance_id.clone(), Arc::new(k)))
                 .collect(),
             audit_sequence: snapshot.audit_sequence,
+            usage: HashMap::new(),
+            metric_strategies: HashMap::new(),
+            groups: Mutex::default(),
         };
         for pattern in state.patterns.values() {
             state.pattern_index.upsert(pattern.clone());
         }
+        for record in state.strategies.values() {
+            state
+                .usage
+                .entry(record.strategy.clone())
+                .or_default()
+                .add(record);
+            state
+                .metric_strategies
+                .entry(record.metric.clone())
+                .or_default()
+                .insert(record.strategy.clone());
+        }
         state
+    }
+
+    /// Replaces (or adds) one aggregate, keeping the derived views right.
+    pub fn put_strategy(&mut self, record: Arc<StrategyRecord>) {
+        let key = record.key();
+        let usage = self.usage.entry(key.strategy.clone()).or_default();
+        usage.add(&record);
+        match self.strategies.insert(key.clone(), record) {
+            Some(old) => usage.subtract(&old),
+            None => {
+                self.metric_strategies
+                    .entry(key.metric.clone())
+                    .or_default()
+                    .insert(key.strategy.clone());
+            }
+        }
+        if let Some(groups) = self
+            .groups
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&key.metric)
+        {
+            groups.remove(&key.strategy);
+        }
+    }
+
+    fn build_group(&self, metric: &str, strategy: &str) -> StrategyGroup {
+        let start = StrategyKey {
+            metric: metric.to_string(),
+            strategy: strategy.to_string(),
+            context_key: String::new(),
+        };
+        let records: Vec<&Arc<StrategyRecord>> = self
+            .strategies
+            .range(start..)
+            .take_while(|(k, _)| k.metric == metric && k.strategy == strategy)
+            .map(|(_, r)| r)
+            .collect();
+        StrategyGroup {
+            fleet: Arc::new(fleet_view(records.iter().map(|r| &***r))),
+            by_context: records
+                .into_iter()
+                .map(|r| (r.context_key.clone(), r.clone()))
+                .collect(),
+        }
+    }
+
+    /// Every strategy with evidence on `metric`: its fleet view, and its
+    /// aggregate in `context_key` if it has one there.
+    pub fn strategy_views(
+        &self,
+        metric: &str,
+        context_key: &str,
+    ) -> Vec<(Arc<StrategyRecord>, Option<Arc<StrategyRecord>>)> {
+        let Some(names) = self.metric_strategies.get(metric) else {
+            return Vec::new();
+        };
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        if !groups.contains_key(metric) {
+            groups.insert(metric.to_string(), HashMap::new());
+        }
+        let groups = groups.get_mut(metric).expect("just ensured");
+        names
+            .iter()
+            .map(|name| {
+                let group = match groups.get(name.as_str()) {
+                    Some(group) => group.clone(),
+                    None => {
+                        let group = Arc::new(self.build_group(metric, name));
+                        groups.insert(name.clone(), group.clone());
+                        group
+                    }
+                };
+                let own = if context_key.is_empty() {
+                    None
+                } else {
+                    group.by_context.get(context_key).cloned()
+                };
+                (group.fleet.clone(), own)
+            })
+            .collect()
     }
 
     /// Installs durable changes.
@@ -118,13 +233,9 @@ impl State {
         for pattern in changes.patterns.values() {
             self.pattern_index.upsert(pattern.clone());
         }
-        install(
-            &mut self.strategies,
-            changes
-                .strategies
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        for record in changes.strategies.values() {
+            self.put_strategy(record.clone());
+        }
         install(
             &mut self.insights,
             changes.insights.iter().map(|(k, v)| (*k, v.clone())),
@@ -408,5 +519,83 @@ impl<'a> Txn<'a> {
             }
         }
         by_id.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{Attributes, StrategyOutcome};
+
+    fn outcome(
+        sequence: u64,
+        strategy: &str,
+        context: &str,
+        preceded_by: &[&str],
+    ) -> StrategyOutcome {
+        StrategyOutcome {
+            sequence,
+            at: 1_700_000_000_000,
+            instance_id: "i1".into(),
+            strategy: strategy.into(),
+            metric: "m".into(),
+            value_before: 0.5,
+            successful: sequence % 2 == 0,
+            delta: 0.1,
+            condition: String::new(),
+            context: Attributes::from([("p".to_string(), context.to_string())]),
+            streak: 0,
+            preceded_by: preceded_by.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Folds `outcome` into the state the way the writer's apply does.
+    fn fold(state: &mut State, outcome: &StrategyOutcome) {
+        let key = StrategyKey {
+            metric: outcome.metric.clone(),
+            strategy: outcome.strategy.clone(),
+            context_key: crate::domain::model::context_key(&outcome.context),
+        };
+        let mut record = state
+            .strategies
+            .get(&key)
+            .map(|r| (**r).clone())
+            .unwrap_or_else(|| StrategyRecord::empty(&key, outcome.at));
+        record.record(outcome, 7);
+        state.put_strategy(Arc::new(record));
+    }
+
+    #[test]
+    fn derived_views_follow_every_change() {
+        let mut state = State::default();
+        let mut sequence = 0;
+        for round in 0..3 {
+            for (strategy, context, before) in [
+                ("a", "x", &["b"][..]),
+                ("a", "y", &[][..]),
+                ("b", "x", &["a"][..]),
+            ] {
+                sequence += 1;
+                fold(&mut state, &outcome(sequence, strategy, context, before));
+            }
+            // Views are read between rounds, so the cache must be dropped
+            // when the next round changes their aggregates.
+            let views = state.strategy_views("m", "p=x");
+            let a = views.iter().find(|(f, _)| f.strategy == "a").unwrap();
+            assert_eq!(a.0.applications, 2 * (round + 1));
+            assert_eq!(a.1.as_ref().unwrap().applications, round + 1);
+            assert_eq!(a.0.context_key, "");
+        }
+        // The usage index equals a recount from scratch.
+        let mut recount: HashMap<String, StrategyUsage> = HashMap::new();
+        for record in state.strategies.values() {
+            recount
+                .entry(record.strategy.clone())
+                .or_default()
+                .add(record);
+        }
+        assert_eq!(state.usage, recount);
+        assert_eq!(state.usage["a"].applications, 6);
+        assert_eq!(state.usage["a"].preceded_by["b"], 3);
     }
 }

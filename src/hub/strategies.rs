@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use super::{Hub, State, touch_instance};
 use crate::domain::model::{
-    Attributes, Metrics, RecentApplication, StrategyKey, StrategyOutcome, StrategyRecord,
-    StrategyShare, context_key, preceding, streak,
+    Attributes, FailurePattern, Metrics, RecentApplication, StrategyKey, StrategyOutcome,
+    StrategyRecord, StrategyShare, context_key, preceding, streak,
 };
 use crate::domain::prevention::{self, StrategyUsage};
 use crate::domain::recommend::{
-    self, Combination, CombinationProblem, Recommendation, StrategyQuery,
+    self, Combination, CombinationProblem, Recommendation, StrategyQuery, StrategyView,
 };
 use crate::error::Result;
+use crate::store::Store;
 
 /// What an instance asks GetStrategies.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +26,55 @@ pub struct StrategyAsk {
     pub recent: Vec<RecentApplication>,
     /// Rank by a Thompson draw with this seed.
     pub explore_seed: Option<u64>,
+}
+
+/// The aggregate `existing` (or a new one for `key`) with `outcome` folded
+/// in: the one way an outcome changes an aggregate, live or in a replay.
+fn fold(
+    existing: Option<&StrategyRecord>,
+    key: &StrategyKey,
+    outcome: &StrategyOutcome,
+    retention_days: i64,
+) -> StrategyRecord {
+    let mut record = match existing {
+        Some(existing) => existing.clone(),
+        None => StrategyRecord::empty(key, outcome.at),
+    };
+    record.record(outcome, retention_days);
+    record
+}
+
+/// Brings the aggregates loaded from the store up to date with the outcome
+/// log: folds every outcome after `floor` into its aggregate unless the
+/// stored aggregate already holds it. Returns the aggregates it changed.
+pub(super) fn replay_outcomes(
+    state: &mut State,
+    store: &Store,
+    floor: u64,
+    retention_days: i64,
+) -> Result<Vec<Arc<StrategyRecord>>> {
+    let mut changed: BTreeMap<StrategyKey, Arc<StrategyRecord>> = BTreeMap::new();
+    let mut after = floor;
+    loop {
+        let page = store.outcomes_after(after, 4096)?;
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        for outcome in &page {
+            let key = StrategyKey {
+                metric: outcome.metric.clone(),
+                strategy: outcome.strategy.clone(),
+                context_key: context_key(&outcome.context),
+            };
+            let existing = state.strategies.get(&key);
+            if existing.is_some_and(|r| r.through_sequence >= outcome.sequence) {
+                continue;
+            }
+            let record = Arc::new(fold(existing.map(|r| &**r), &key, outcome, retention_days));
+            state.put_strategy(record.clone());
+            changed.insert(key, record);
+        }
+    }
+    Ok(changed.into_values().collect())
 }
 
 /// A strategy that, applied shortly before another, lowered its success
@@ -67,11 +117,12 @@ impl Hub {
                 condition: share.condition,
                 context: share.context,
             };
-            let mut record = match txn.strategy(&key) {
-                Some(existing) => (*existing).clone(),
-                None => StrategyRecord::empty(&key, txn.now),
-            };
-            record.record(&outcome, retention_days);
+            let record = fold(
+                txn.strategy(&key).as_deref(),
+                &key,
+                &outcome,
+                retention_days,
+            );
             let sequence = outcome.sequence;
             txn.append_outcome(outcome);
             Ok((sequence, txn.put_strategy(record)))
@@ -87,32 +138,32 @@ impl Hub {
 
     pub(super) fn recommend_in(&self, state: &State, ask: &StrategyAsk) -> Vec<Recommendation> {
         let key = context_key(&ask.context);
-        let names: BTreeSet<&str> = state
-            .strategies_for_metric(&ask.metric)
-            .map(|r| r.strategy.as_str())
-            .collect();
-        let failure_risk: BTreeMap<String, f64> = names
-            .into_iter()
-            .filter(|name| {
-                state
-                    .failures
-                    .values()
-                    .any(|f| f.strategy == *name && !f.resolved)
-            })
-            .map(|name| {
-                let failures = state
-                    .failures
-                    .values()
-                    .filter(|f| f.strategy == name && !f.resolved);
+        let views = state.strategy_views(&ask.metric, &key);
+        // Open failures by strategy, read once rather than once per strategy.
+        let mut open_failures: BTreeMap<&str, Vec<&FailurePattern>> = BTreeMap::new();
+        for failure in state.failures.values().filter(|f| !f.resolved) {
+            open_failures
+                .entry(failure.strategy.as_str())
+                .or_default()
+                .push(failure);
+        }
+        let failure_risk: BTreeMap<String, f64> = views
+            .iter()
+            .filter_map(|(fleet, _)| {
+                let name = fleet.strategy.as_str();
+                let failures = open_failures.get(name)?;
                 let usage = Self::usage_of(state, name);
-                (
+                Some((
                     name.to_string(),
-                    prevention::expected_loss(failures, &ask.recent, &usage),
-                )
+                    prevention::expected_loss(failures.iter().copied(), &ask.recent, &usage),
+                ))
             })
             .collect();
-        recommend::recommend(
-            state.strategies_for_metric(&ask.metric).map(|r| &**r),
+        recommend::recommend_views(
+            views.iter().map(|(fleet, own)| StrategyView {
+                fleet,
+                own: own.as_deref(),
+            }),
             StrategyQuery {
                 metric: &ask.metric,
                 context_key: &key,
@@ -173,15 +224,7 @@ impl Hub {
 
     /// How `strategy` has been used (any metric, any context).
     pub(super) fn usage_of(state: &State, strategy: &str) -> StrategyUsage {
-        let mut usage = StrategyUsage::default();
-        for record in state.strategies.values().filter(|r| r.strategy == strategy) {
-            usage.applications += record.applications;
-            for (p, stats) in &record.preceded_by {
-                let entry = usage.preceded_by.entry(p.clone()).or_default();
-                *entry = entry.merge(stats);
-            }
-        }
-        usage
+        state.usage.get(strategy).cloned().unwrap_or_default()
     }
 }
 
@@ -221,7 +264,7 @@ fn conflicts(state: &State, names: &BTreeSet<&str>) -> Vec<(String, String)> {
             if before == &failure.strategy || !names.contains(before.as_str()) {
                 continue;
             }
-            let applications_with = usage.preceded_by.get(before).map_or(0, |s| s.applications);
+            let applications_with = usage.preceded_by.get(before).copied().unwrap_or(0);
             let applications_without = usage.applications.saturating_sub(applications_with);
             if applications_with < CONFLICT_MIN_APPLICATIONS
                 || *failures_with < CONFLICT_MIN_FAILURES

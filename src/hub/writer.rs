@@ -10,18 +10,43 @@
 //! answers every request in the batch. One fsync thus covers many
 //! acknowledgements, and no reader or subscriber ever sees a change that
 //! could still be lost. sled's blocking calls stay off the async runtime.
+//!
+//! Two kinds of data are made durable more cheaply:
+//!
+//! - Strategy aggregates are derived from the outcome log, which is what a
+//!   ShareStrategy makes durable. The writer persists a changed aggregate
+//!   only once it has been dirty for [`CHECKPOINT_AGE`] (a few per commit,
+//!   more when idle), together with the *floor*: the outcome sequence up to
+//!   which every stored aggregate is complete. A restart replays the
+//!   outcomes after the floor ([`super::strategies::replay_outcomes`]).
+//!   An aggregate with a month of windowed evidence is kilobytes; writing
+//!   it with every outcome cost more than everything else a write does.
+//! - Audit entries of calls that changed nothing (reads, refusals) are
+//!   written without a flush of their own: they become durable with the
+//!   next flush (the next write's, or sled's own within half a second).
 
 use std::{
+    collections::{BTreeSet, HashMap},
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     thread,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use super::state::Txn;
+use super::state::{State, Txn};
+use crate::domain::model::StrategyKey;
 use crate::error::{Error, Result};
+use crate::store::Changes;
+
+/// How long an aggregate may stay changed in memory only.
+pub const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
+/// Aggregates persisted per commit at most (bounds a commit's cost).
+const CHECKPOINT_PER_COMMIT: usize = 64;
+/// How often an idle writer wakes to persist aged aggregates.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Answers one request once its batch is durable (or failed).
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -29,7 +54,13 @@ type Completion = Box<dyn FnOnce(Result<()>) + Send>;
 type Job = Box<dyn FnOnce(&mut Txn<'_>) -> Completion + Send>;
 
 enum Message {
-    Job(Job),
+    /// `durable: false` for audit entries, which need no flush of their own.
+    Job {
+        job: Job,
+        durable: bool,
+    },
+    /// Time passed: persist aged aggregates.
+    Tick,
     Stop(oneshot::Sender<Result<()>>),
 }
 
@@ -48,6 +79,20 @@ impl Writer {
             .name("hub-writer".into())
             .spawn(move || run(shared, rx, max_batch.max(1)))
             .map_err(|e| Error::Internal(format!("cannot start writer thread: {e}")))?;
+        let ticks = queue.clone();
+        thread::Builder::new()
+            .name("hub-writer-tick".into())
+            .spawn(move || {
+                loop {
+                    thread::sleep(TICK);
+                    // Full means busy, and a busy writer checkpoints anyway.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = ticks.try_send(Message::Tick)
+                    {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start writer tick thread: {e}")))?;
         Ok(Writer {
             queue,
             thread: Mutex::new(Some(thread)),
@@ -71,7 +116,7 @@ impl Writer {
             }),
         });
         self.queue
-            .send(Message::Job(job))
+            .send(Message::Job { job, durable: true })
             .await
             .map_err(|_| shutting_down())?;
         // The reply is only dropped unanswered if the job panicked.
@@ -90,7 +135,10 @@ impl Writer {
             f(txn);
             Box::new(|_| {})
         });
-        match self.queue.try_send(Message::Job(job)) {
+        match self.queue.try_send(Message::Job {
+            job,
+            durable: false,
+        }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
                 let queue = self.queue.clone();
@@ -124,37 +172,173 @@ fn shutting_down() -> Error {
     Error::Unavailable("hub is shutting down".into())
 }
 
+/// Aggregates changed in memory and not yet persisted.
+#[derive(Default)]
+struct Dirty {
+    /// Key → the `through_sequence` of its persisted version, when it
+    /// became dirty, and whether it holds outcomes the stored version lacks
+    /// (a retention roll-up changes an aggregate without any).
+    entries: HashMap<StrategyKey, DirtyEntry>,
+    /// For the floor: the smallest persisted `through_sequence` of the
+    /// aggregates that lack outcomes.
+    by_floor: BTreeSet<(u64, StrategyKey)>,
+    /// For aging: keys in the order they became dirty.
+    by_age: BTreeSet<(Instant, StrategyKey)>,
+}
+
+impl Dirty {
+    fn mark(
+        &mut self,
+        key: &StrategyKey,
+        persisted_through: u64,
+        newest_through: u64,
+        now: Instant,
+    ) {
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| {
+            self.by_age.insert((now, key.clone()));
+            DirtyEntry {
+                persisted_through,
+                since: now,
+                lacks_outcomes: false,
+            }
+        });
+        if !entry.lacks_outcomes && newest_through > entry.persisted_through {
+            entry.lacks_outcomes = true;
+            self.by_floor.insert((entry.persisted_through, key.clone()));
+        }
+    }
+
+    fn clear(&mut self, key: &StrategyKey) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.by_floor
+                .remove(&(entry.persisted_through, key.clone()));
+            self.by_age.remove(&(entry.since, key.clone()));
+        }
+    }
+
+    /// Up to `max` keys dirty since before `cutoff`, oldest first.
+    fn aged(&self, cutoff: Instant, max: usize) -> Vec<StrategyKey> {
+        self.by_age
+            .iter()
+            .take_while(|(since, _)| *since <= cutoff)
+            .take(max)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+
+    /// The floor once `persisting` are persisted: every outcome up to it is
+    /// in the stored aggregates.
+    fn floor_without(&self, persisting: &[StrategyKey], latest_outcome: u64) -> u64 {
+        self.by_floor
+            .iter()
+            .find(|(_, k)| !persisting.contains(k))
+            .map_or(latest_outcome, |(through, _)| *through)
+    }
+}
+
+struct DirtyEntry {
+    persisted_through: u64,
+    since: Instant,
+    lacks_outcomes: bool,
+}
+
+/// What the loop keeps between batches.
+struct Checkpoints {
+    dirty: Dirty,
+    /// The floor last written.
+    floor: u64,
+}
+
+impl Checkpoints {
+    /// Notes the aggregates `batch` changes and adds to it the aged ones to
+    /// persist (all of them if `everything`) with the new floor. Returns
+    /// the keys it scheduled, to clear once the batch is durable.
+    fn plan(&mut self, state: &State, batch: &mut Changes, everything: bool) -> Vec<StrategyKey> {
+        let now = Instant::now();
+        for (key, newest) in &batch.strategies {
+            // Unless already dirty, the version in memory is the stored one.
+            let persisted_through = state.strategies.get(key).map_or(0, |r| r.through_sequence);
+            self.dirty
+                .mark(key, persisted_through, newest.through_sequence, now);
+        }
+        let keys = if everything {
+            self.dirty.aged(now, usize::MAX)
+        } else {
+            self.dirty.aged(
+                now.checked_sub(CHECKPOINT_AGE).unwrap_or(now),
+                CHECKPOINT_PER_COMMIT,
+            )
+        };
+        for key in &keys {
+            let newest = batch
+                .strategies
+                .get(key)
+                .or_else(|| state.strategies.get(key));
+            if let Some(record) = newest {
+                batch.checkpoint.push(record.clone());
+            }
+        }
+        let latest = batch.outcome_sequence.unwrap_or(state.outcome_sequence);
+        let floor = self.dirty.floor_without(&keys, latest);
+        if floor != self.floor {
+            batch.strategy_floor = Some(floor);
+        }
+        keys
+    }
+
+    fn persisted(&mut self, keys: &[StrategyKey], batch: &Changes) {
+        for key in keys {
+            self.dirty.clear(key);
+        }
+        if let Some(floor) = batch.strategy_floor {
+            self.floor = floor;
+        }
+    }
+}
+
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
+    let mut checkpoints = Checkpoints {
+        dirty: Dirty::default(),
+        floor: shared.strategy_floor.load(Ordering::SeqCst),
+    };
     let mut stop: Option<oneshot::Sender<Result<()>>> = None;
     while stop.is_none() {
         let Some(first) = rx.blocking_recv() else {
             break;
         };
         let mut jobs = Vec::new();
-        match first {
-            Message::Job(job) => jobs.push(job),
-            Message::Stop(tx) => stop = Some(tx),
-        }
+        let mut durable = false;
+        let mut take = |message: Message, jobs: &mut Vec<Job>| match message {
+            Message::Job { job, durable: d } => {
+                jobs.push(job);
+                durable |= d;
+                None
+            }
+            Message::Tick => None,
+            Message::Stop(tx) => Some(tx),
+        };
+        stop = take(first, &mut jobs);
         while stop.is_none() && jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(Message::Job(job)) => jobs.push(job),
-                Ok(Message::Stop(tx)) => stop = Some(tx),
+                Ok(message) => stop = take(message, &mut jobs),
                 Err(_) => break,
             }
         }
-        if !jobs.is_empty() {
-            commit_batch(&shared, jobs);
-        }
+        commit_batch(&shared, jobs, durable, &mut checkpoints, false);
     }
     rx.close();
     // Requests that raced with the stop get a clear answer rather than a
     // dropped channel.
-    let nothing_staged = crate::store::Changes::default();
-    while let Ok(Message::Job(job)) = rx.try_recv() {
-        let state = shared.read_state();
-        let mut txn = Txn::new(&state, &nothing_staged, shared.clock.now());
-        (job(&mut txn))(Err(shutting_down()));
+    let nothing_staged = Changes::default();
+    while let Ok(message) = rx.try_recv() {
+        if let Message::Job { job, .. } = message {
+            let state = shared.read_state();
+            let mut txn = Txn::new(&state, &nothing_staged, shared.clock.now());
+            (job(&mut txn))(Err(shutting_down()));
+        }
     }
+    // Persist every aggregate, so the next start has nothing to replay.
+    commit_batch(&shared, Vec::new(), true, &mut checkpoints, true);
     let flushed = shared.store.flush();
     if let Err(e) = &flushed {
         tracing::error!(error = %e, "final flush failed");
@@ -164,10 +348,20 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
     }
 }
 
-fn commit_batch(shared: &Shared, jobs: Vec<Job>) {
-    let mut batch = crate::store::Changes::default();
+/// Runs `jobs` as one group commit, with aged aggregates (all of them if
+/// `everything`). Flushes unless nothing in it needs to be durable before
+/// its answer (`durable` false: audit entries, checkpoints).
+fn commit_batch(
+    shared: &Shared,
+    jobs: Vec<Job>,
+    durable: bool,
+    checkpoints: &mut Checkpoints,
+    everything: bool,
+) {
+    let mut batch = Changes::default();
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     let previous_insight_sequence;
+    let checkpointed;
     {
         let state = shared.read_state();
         previous_insight_sequence = state.insight_sequence;
@@ -183,18 +377,26 @@ fn commit_batch(shared: &Shared, jobs: Vec<Job>) {
                 Err(_) => tracing::error!("a write job panicked; its changes were discarded"),
             }
         }
+        checkpointed = checkpoints.plan(&state, &mut batch, everything);
     }
 
-    let durable = if batch.is_empty() {
+    let written = if batch.is_empty() {
         Ok(())
     } else {
-        shared
-            .store
-            .commit(&batch)
-            .and_then(|()| shared.store.flush())
+        shared.store.commit(&batch).and_then(|()| {
+            if durable {
+                shared.store.flush()
+            } else {
+                Ok(())
+            }
+        })
     };
-    match &durable {
+    match &written {
         Ok(()) => {
+            checkpoints.persisted(&checkpointed, &batch);
+            shared
+                .strategy_floor
+                .store(checkpoints.floor, Ordering::SeqCst);
             shared.write_state().apply(&batch);
             for insight in batch.insights.values() {
                 if insight.sequence > previous_insight_sequence {
@@ -205,6 +407,6 @@ fn commit_batch(shared: &Shared, jobs: Vec<Job>) {
         Err(e) => tracing::error!(error = %e, requests = completions.len(), "group commit failed"),
     }
     for completion in completions {
-        completion(durable.clone());
+        completion(written.clone());
     }
 }

@@ -32,6 +32,9 @@ pub struct SledEngine {
     tree: sled::Tree,
 }
 
+/// sled's page cache.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -40,6 +43,11 @@ impl SledEngine {
             // Durability comes from our own flush before every acknowledgement;
             // sled's periodic background flush is left on as a second line.
             .flush_every_ms(Some(500))
+            // The hub serves reads from its own in-memory state; sled's
+            // cache only needs the pages writes touch (the logs' tails, the
+            // aggregates being checkpointed). Its 1 GiB default would make
+            // the hub's memory grow with the store for nothing.
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| {
                 Error::Unavailable(format!("cannot open store in {}: {e}", dir.display()))

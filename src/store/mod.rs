@@ -33,6 +33,9 @@ const INSIGHT_SEQUENCE: &[u8] = b"insight_sequence";
 const OUTCOME_SEQUENCE: &[u8] = b"outcome_sequence";
 const PATTERN_CALIBRATION: &[u8] = b"pattern_calibration";
 const AUDIT_SEQUENCE: &[u8] = b"audit_sequence";
+/// Outcomes after this sequence may be missing from the stored strategy
+/// aggregates (see [`Changes::checkpoint`]).
+const STRATEGY_FLOOR: &[u8] = b"strategy_floor";
 
 /// A set of record upserts to make durable together. A later change to the
 /// same record replaces an earlier one, so a group commit writes each
@@ -41,7 +44,18 @@ const AUDIT_SEQUENCE: &[u8] = b"audit_sequence";
 pub struct Changes {
     pub instances: HashMap<String, Arc<Instance>>,
     pub patterns: HashMap<String, Arc<Pattern>>,
+    /// New aggregate versions, for the in-memory state. They are *not*
+    /// written by [`Store::commit`]: an aggregate is derived from the
+    /// outcome log, so rewriting it (it can hold kilobytes of windowed
+    /// evidence) with every outcome would multiply the bytes each write
+    /// costs. The writer persists them lazily through `checkpoint`.
     pub strategies: HashMap<StrategyKey, Arc<StrategyRecord>>,
+    /// Aggregates to persist in this commit.
+    pub checkpoint: Vec<Arc<StrategyRecord>>,
+    /// Every outcome up to this sequence is in the persisted aggregates
+    /// (each aggregate's `through_sequence` says which it holds); a restart
+    /// replays the outcomes after it.
+    pub strategy_floor: Option<u64>,
     pub insights: BTreeMap<u64, Arc<Insight>>,
     pub failures: HashMap<String, Arc<FailurePattern>>,
     pub configs: HashMap<String, Arc<Configuration>>,
@@ -66,6 +80,8 @@ impl Changes {
         self.instances.extend(later.instances);
         self.patterns.extend(later.patterns);
         self.strategies.extend(later.strategies);
+        self.checkpoint.extend(later.checkpoint);
+        self.strategy_floor = later.strategy_floor.or(self.strategy_floor);
         self.insights.extend(later.insights);
         self.failures.extend(later.failures);
         self.configs.extend(later.configs);
@@ -90,6 +106,8 @@ impl Changes {
         self.instances.is_empty()
             && self.patterns.is_empty()
             && self.strategies.is_empty()
+            && self.checkpoint.is_empty()
+            && self.strategy_floor.is_none()
             && self.insights.is_empty()
             && self.failures.is_empty()
             && self.configs.is_empty()
@@ -123,8 +141,19 @@ impl Changes {
                 codec::encode(&**v)?,
             );
         }
-        for (k, v) in &self.strategies {
-            put(&mut writes, codec::strategy_key(k), codec::encode(&**v)?);
+        for v in &self.checkpoint {
+            put(
+                &mut writes,
+                codec::strategy_key(&v.key()),
+                codec::encode(&**v)?,
+            );
+        }
+        if let Some(floor) = self.strategy_floor {
+            put(
+                &mut writes,
+                codec::key(Kind::Meta, STRATEGY_FLOOR),
+                codec::encode(&floor)?,
+            );
         }
         for (seq, v) in &self.insights {
             put(
@@ -219,6 +248,9 @@ pub struct Snapshot {
     pub pattern_calibration: MatchCalibration,
     pub api_keys: Vec<ApiKey>,
     pub audit_sequence: u64,
+    /// Outcomes after this one may be missing from `strategies` and must
+    /// be replayed (`None`: the store never recorded a floor).
+    pub strategy_floor: Option<u64>,
 }
 
 /// Typed access to the hub's durable records.
@@ -256,6 +288,7 @@ impl Store {
             pattern_calibration: self.meta(PATTERN_CALIBRATION)?.unwrap_or_default(),
             api_keys: self.load_kind(Kind::ApiKey)?,
             audit_sequence: self.meta(AUDIT_SEQUENCE)?.unwrap_or(0),
+            strategy_floor: self.meta(STRATEGY_FLOOR)?,
         })
     }
 
