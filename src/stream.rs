@@ -1,32 +1,42 @@
 //! Insight fan-out: the live broadcast of newly published insights and the
-//! per-subscriber task that turns it into an ordered, gap-free, resumable
-//! stream.
+//! per-subscriber stream that turns it into an ordered, gap-free,
+//! resumable sequence.
 //!
 //! Every insight has a hub-assigned sequence, and the hub publishes them in
-//! sequence order only after they are durable. A subscriber task keeps one
+//! sequence order only after they are durable. A subscription keeps one
 //! number, `position`: the last sequence it has accounted for (delivered,
 //! or skipped by its category filter). It
 //!
 //! 1. subscribes to the broadcast *before* reading the store, so nothing
 //!    published meanwhile can slip between the replay and the live phase;
-//! 2. replays stored insights after `position`;
+//! 2. replays stored insights after `position`, a page at a time;
 //! 3. then delivers live insights, dropping any at or before `position`
 //!    (already replayed) and filling any jump past `position + 1` from the
 //!    store first — which is also how a subscriber that fell behind the
 //!    bounded broadcast buffer (`Lagged`) catches up instead of skipping.
 //!
-//! A slow client therefore costs a bounded channel, never unbounded hub
-//! memory, and never a silently missed insight. The task ends when the
-//! client goes away (its [`SubscriberGuard`] then unregisters it) or when
-//! the hub shuts down, in which case the client gets UNAVAILABLE naming the
-//! sequence to resume from.
+//! The subscription *is* the response stream: it does its work when the
+//! transport asks for the next message, so a client that stops reading
+//! stops being served (HTTP/2 flow control), costs one page of insights at
+//! most, falls behind the broadcast and later catches up from the store —
+//! never unbounded hub memory, never a silently missed insight. No task
+//! sits between the broadcast and the connection, which keeps a fan-out to
+//! thousands of subscribers to one hop each. When the client goes away the
+//! stream is dropped and its [`SubscriberGuard`] unregisters it; when the
+//! hub shuts down the client gets UNAVAILABLE naming the sequence to resume
+//! from.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
 
 use crate::domain::model::{Insight, InsightCategory};
 use crate::error::{Error, Result};
@@ -49,6 +59,10 @@ pub struct BusStats {
     /// from the store.
     pub catch_ups: AtomicU64,
 }
+
+/// An open subscription: insights in sequence order, then (maybe) one
+/// error saying why it ended.
+pub type InsightStream = Pin<Box<dyn Stream<Item = Result<Arc<Insight>>> + Send>>;
 
 /// The broadcast side of the insight stream.
 pub struct InsightBus {
@@ -77,9 +91,9 @@ impl InsightBus {
         &self.stats
     }
 
-    /// Opens a subscription. The returned channel yields insights with
-    /// `sequence > after` in order, then an error if the hub shuts down or
-    /// the subscriber's credentials are revoked.
+    /// Opens a subscription yielding insights with `sequence > after` in
+    /// order, then an error if the hub shuts down or the subscriber's
+    /// credentials are revoked.
     pub fn subscribe(
         &self,
         log: Arc<dyn InsightLog>,
@@ -87,21 +101,29 @@ impl InsightBus {
         category: Option<InsightCategory>,
         shutdown: watch::Receiver<bool>,
         credentials: Option<Credentials>,
-        buffer: usize,
-    ) -> mpsc::Receiver<Result<Arc<Insight>>> {
-        let (out, rx) = mpsc::channel(buffer.max(1));
+    ) -> InsightStream {
         let subscription = Subscription {
             live: self.sender.subscribe(),
             log,
             category,
             position: after,
-            out,
+            pending: VecDeque::new(),
+            catch_up: Some(u64::MAX),
+            finish_catch_up: None,
+            deferred: None,
+            ending: None,
+            ended: false,
             shutdown,
             credentials,
             guard: SubscriberGuard::new(self.stats.clone()),
         };
-        tokio::spawn(subscription.run());
-        rx
+        Box::pin(futures_util::stream::unfold(
+            subscription,
+            |mut subscription| async move {
+                let item = subscription.next().await?;
+                Some((item, subscription))
+            },
+        ))
     }
 }
 
@@ -113,7 +135,7 @@ pub struct Credentials {
 }
 
 /// Counts a subscription while it exists; unregisters it on drop, however
-/// the task ends.
+/// the stream ends.
 struct SubscriberGuard(Arc<BusStats>);
 
 impl SubscriberGuard {
@@ -129,19 +151,23 @@ impl Drop for SubscriberGuard {
     }
 }
 
-/// Why a subscription stopped delivering.
-enum Stop {
-    ClientGone,
-    ShuttingDown,
-    Revoked,
-}
-
 struct Subscription {
     live: broadcast::Receiver<Arc<Insight>>,
     log: Arc<dyn InsightLog>,
     category: Option<InsightCategory>,
     position: u64,
-    out: mpsc::Sender<Result<Arc<Insight>>>,
+    /// Insights read and not yet handed out.
+    pending: VecDeque<Arc<Insight>>,
+    /// A catch-up from the store in progress, up to this sequence
+    /// (`u64::MAX`: everything stored).
+    catch_up: Option<u64>,
+    /// A finished catch-up's bound, applied once its last page is out.
+    finish_catch_up: Option<u64>,
+    /// The live insight whose gap started the catch-up: delivered after it.
+    deferred: Option<Arc<Insight>>,
+    /// Why the stream is about to end (yielded once).
+    ending: Option<Error>,
+    ended: bool,
     shutdown: watch::Receiver<bool>,
     credentials: Option<Credentials>,
     guard: SubscriberGuard,
@@ -164,87 +190,95 @@ async fn revoked(credentials: &mut Option<Credentials>) {
 }
 
 impl Subscription {
-    async fn run(mut self) {
-        let stop = match self.serve().await {
-            Ok(()) => return,
-            Err(stop) => stop,
-        };
-        let ending = match stop {
-            Stop::ClientGone => return,
-            Stop::ShuttingDown => Error::Unavailable(format!(
-                "hub is shutting down; resume with after_sequence={}",
-                self.position
-            )),
-            Stop::Revoked => {
-                Error::Unauthenticated("the API key of this stream was revoked".into())
-            }
-        };
-        // Best effort: the client may already be gone.
-        let _ = self.out.try_send(Err(ending));
+    /// Stops delivering: whatever was read is dropped (the client resumes
+    /// from `position`), `error` is yielded next.
+    fn end_with(&mut self, error: Error) {
+        self.pending.clear();
+        self.catch_up = None;
+        self.finish_catch_up = None;
+        self.deferred = None;
+        self.ending = Some(error);
     }
 
-    async fn serve(&mut self) -> std::result::Result<(), Stop> {
-        self.catch_up(u64::MAX).await?;
+    fn shutting_down(&self) -> Error {
+        Error::Unavailable(format!(
+            "hub is shutting down; resume with after_sequence={}",
+            self.position
+        ))
+    }
+
+    async fn next(&mut self) -> Option<Result<Arc<Insight>>> {
         loop {
-            if *self.shutdown.borrow() {
-                return Err(Stop::ShuttingDown);
+            if self.ended {
+                return None;
+            }
+            if self.ending.is_none() && *self.shutdown.borrow() {
+                let error = self.shutting_down();
+                self.end_with(error);
+            }
+            if let Some(insight) = self.pending.pop_front() {
+                if insight.sequence <= self.position {
+                    continue;
+                }
+                self.position = insight.sequence;
+                if self.category.is_none_or(|c| c == insight.draft.category) {
+                    return Some(Ok(insight));
+                }
+                continue;
+            }
+            if let Some(up_to) = self.catch_up {
+                let page = self.log.read_after(self.position, up_to, REPLAY_PAGE);
+                if page.len() < REPLAY_PAGE {
+                    self.catch_up = None;
+                    self.finish_catch_up = Some(up_to);
+                }
+                self.pending.extend(page);
+                continue;
+            }
+            if let Some(up_to) = self.finish_catch_up.take() {
+                // Everything up to the bound is accounted for: insights in
+                // between that are gone from the store have expired.
+                if up_to != u64::MAX {
+                    self.position = self.position.max(up_to);
+                }
+                self.pending.extend(self.deferred.take());
+                continue;
+            }
+            if let Some(error) = self.ending.take() {
+                self.ended = true;
+                return Some(Err(error));
             }
             let received = tokio::select! {
                 biased;
-                _ = self.shutdown.changed() => return Err(Stop::ShuttingDown),
-                _ = self.out.closed() => return Err(Stop::ClientGone),
-                () = revoked(&mut self.credentials) => return Err(Stop::Revoked),
+                _ = self.shutdown.changed() => {
+                    let error = self.shutting_down();
+                    self.end_with(error);
+                    continue;
+                }
+                () = revoked(&mut self.credentials) => {
+                    self.end_with(Error::Unauthenticated(
+                        "the API key of this stream was revoked".into(),
+                    ));
+                    continue;
+                }
                 received = self.live.recv() => received,
             };
             match received {
-                Ok(insight) => {
-                    if insight.sequence <= self.position {
-                        continue;
-                    }
-                    if insight.sequence > self.position + 1 {
-                        self.catch_up(insight.sequence - 1).await?;
-                    }
-                    self.deliver(insight).await?;
+                Ok(insight) if insight.sequence <= self.position => {}
+                Ok(insight) if insight.sequence > self.position + 1 => {
+                    self.catch_up = Some(insight.sequence - 1);
+                    self.deferred = Some(insight);
                 }
+                Ok(insight) => self.pending.push_back(insight),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.guard.0.catch_ups.fetch_add(1, Ordering::Relaxed);
-                    self.catch_up(u64::MAX).await?;
+                    self.catch_up = Some(u64::MAX);
                 }
-                Err(broadcast::error::RecvError::Closed) => return Err(Stop::ShuttingDown),
+                Err(broadcast::error::RecvError::Closed) => {
+                    let error = self.shutting_down();
+                    self.end_with(error);
+                }
             }
         }
-    }
-
-    /// Delivers stored insights after `position` up to `up_to`, then treats
-    /// everything up to `up_to` as accounted for (insights in between that
-    /// are gone from the store have expired).
-    async fn catch_up(&mut self, up_to: u64) -> std::result::Result<(), Stop> {
-        loop {
-            let page = self.log.read_after(self.position, up_to, REPLAY_PAGE);
-            let full = page.len() == REPLAY_PAGE;
-            for insight in page {
-                self.deliver(insight).await?;
-            }
-            if !full {
-                break;
-            }
-        }
-        if up_to != u64::MAX {
-            self.position = self.position.max(up_to);
-        }
-        Ok(())
-    }
-
-    async fn deliver(&mut self, insight: Arc<Insight>) -> std::result::Result<(), Stop> {
-        let sequence = insight.sequence;
-        if self.category.is_none_or(|c| c == insight.draft.category) {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.changed() => return Err(Stop::ShuttingDown),
-                sent = self.out.send(Ok(insight)) => sent.map_err(|_| Stop::ClientGone)?,
-            }
-        }
-        self.position = sequence;
-        Ok(())
     }
 }

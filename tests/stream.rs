@@ -170,11 +170,10 @@ async fn resuming_client_survives_hub_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_subscriber_catches_up_from_the_store() {
-    // A tiny broadcast buffer and per-subscriber buffer: a subscriber that
-    // stops reading falls behind after a handful of insights.
+    // A tiny broadcast buffer: a subscriber that stops reading falls
+    // behind after a handful of insights.
     let hub = TestHub::start_with(|c| {
         c.hub.broadcast_capacity = 4;
-        c.hub.subscriber_buffer = 1;
     })
     .await;
     let reader = hub.registered("reader").await;

@@ -12,7 +12,7 @@ pub use admin::AdminService;
 
 use std::{pin::Pin, sync::Arc};
 
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
@@ -269,7 +269,7 @@ impl pb::hub_server::Hub for HubService {
         let insights = self
             .hub
             .subscribe_insights(req.after_sequence, category, holder)?;
-        let stream = ReceiverStream::new(insights).map(|item| match item {
+        let stream = insights.map(|item| match item {
             Ok(insight) => Ok(pb::SubscribeInsightsResponse {
                 insight: Some(convert::insight(&insight)),
             }),

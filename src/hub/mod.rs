@@ -25,7 +25,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 pub use access::{AuditQuery, access_control};
 pub use configs::Bootstrap;
@@ -43,7 +43,7 @@ use crate::domain::model::{Insight, InsightCategory, UnixMillis};
 use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
 use crate::store::Store;
-use crate::stream::{Credentials, InsightBus, InsightLog};
+use crate::stream::{Credentials, InsightBus, InsightLog, InsightStream};
 use writer::Writer;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -58,8 +58,6 @@ pub struct HubSettings {
     /// Insights the live broadcast buffers; a subscriber further behind
     /// catches up from the store.
     pub broadcast_capacity: usize,
-    /// Insights buffered per subscriber between its task and its client.
-    pub subscriber_buffer: usize,
     /// Write requests that may wait for the writer.
     pub writer_queue: usize,
     /// Requests folded into one group commit at most.
@@ -109,7 +107,6 @@ impl Default for HubSettings {
             insight_ttl_ms: 7 * DAY_MS,
             max_insight_ttl_ms: 30 * DAY_MS,
             broadcast_capacity: 1024,
-            subscriber_buffer: 64,
             writer_queue: 4096,
             max_batch: 512,
             tuning: Tuning::default(),
@@ -297,7 +294,7 @@ impl Hub {
         after: u64,
         category: Option<InsightCategory>,
         holder: Option<(String, Option<String>)>,
-    ) -> Result<mpsc::Receiver<Result<Arc<Insight>>>> {
+    ) -> Result<InsightStream> {
         let shutdown = self.shutdown.subscribe();
         if *shutdown.borrow() {
             return Err(Error::Unavailable("hub is shutting down".into()));
@@ -313,14 +310,10 @@ impl Hub {
                     }),
                 }
             });
-        Ok(self.shared.bus.subscribe(
-            self.shared.clone(),
-            after,
-            category,
-            shutdown,
-            credentials,
-            self.shared.settings.subscriber_buffer,
-        ))
+        Ok(self
+            .shared
+            .bus
+            .subscribe(self.shared.clone(), after, category, shutdown, credentials))
     }
 
     /// Every strategy aggregate as the hub serves it now (diagnostics and
