@@ -358,6 +358,8 @@ fn touch_instance(txn: &mut Txn<'_>, instance_id: &str) -> Result<()> {
     let mut instance = (*instance).clone();
     instance.last_seen = instance.last_seen.max(txn.now);
     instance.shared_records += 1;
-    txn.put_instance(instance);
+    // Activity, not registration: a crash may lose the last few seconds of
+    // it (see the writer), never a shared record.
+    txn.put_instance_activity(instance);
     Ok(())
 }

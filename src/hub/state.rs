@@ -344,7 +344,15 @@ impl<'a> Txn<'a> {
         )
     }
 
+    /// Stages an instance record to be written with this commit.
     pub fn put_instance(&mut self, v: Instance) -> Arc<Instance> {
+        self.own.instance_writes.insert(v.instance_id.clone());
+        self.put_instance_activity(v)
+    }
+
+    /// Stages a change of an instance's activity only (last seen, records
+    /// shared), which the writer persists lazily.
+    pub fn put_instance_activity(&mut self, v: Instance) -> Arc<Instance> {
         let v = Arc::new(v);
         self.own.instances.insert(v.instance_id.clone(), v.clone());
         v

@@ -11,7 +11,7 @@
 //! acknowledgements, and no reader or subscriber ever sees a change that
 //! could still be lost. sled's blocking calls stay off the async runtime.
 //!
-//! Two kinds of data are made durable more cheaply:
+//! Three kinds of data are made durable more cheaply:
 //!
 //! - Strategy aggregates are derived from the outcome log, which is what a
 //!   ShareStrategy makes durable. The writer persists a changed aggregate
@@ -21,12 +21,16 @@
 //!   outcomes after the floor ([`super::strategies::replay_outcomes`]).
 //!   An aggregate with a month of windowed evidence is kilobytes; writing
 //!   it with every outcome cost more than everything else a write does.
+//! - An instance's activity (last seen, records shared) changes with every
+//!   write it makes; it is persisted the same lazy way, so a crash can set
+//!   it back by up to [`CHECKPOINT_AGE`]. Registrations are written at once.
 //! - Audit entries of calls that changed nothing (reads, refusals) are
 //!   written without a flush of their own: they become durable with the
 //!   next flush (the next write's, or sled's own within half a second).
 
 use std::{
     collections::{BTreeSet, HashMap},
+    hash::Hash,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, Mutex, atomic::Ordering},
     thread,
@@ -41,7 +45,8 @@ use crate::domain::model::StrategyKey;
 use crate::error::{Error, Result};
 use crate::store::Changes;
 
-/// How long an aggregate may stay changed in memory only.
+/// How long an aggregate or an instance's activity may stay changed in
+/// memory only.
 pub const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
 /// Aggregates persisted per commit at most (bounds a commit's cost).
 const CHECKPOINT_PER_COMMIT: usize = 64;
@@ -172,21 +177,72 @@ fn shutting_down() -> Error {
     Error::Unavailable("hub is shutting down".into())
 }
 
-/// Aggregates changed in memory and not yet persisted.
-#[derive(Default)]
-struct Dirty {
-    /// Key → the `through_sequence` of its persisted version, when it
-    /// became dirty, and whether it holds outcomes the stored version lacks
-    /// (a retention roll-up changes an aggregate without any).
-    entries: HashMap<StrategyKey, DirtyEntry>,
-    /// For the floor: the smallest persisted `through_sequence` of the
-    /// aggregates that lack outcomes.
-    by_floor: BTreeSet<(u64, StrategyKey)>,
-    /// For aging: keys in the order they became dirty.
-    by_age: BTreeSet<(Instant, StrategyKey)>,
+/// Records changed in memory and not yet persisted, oldest first.
+struct Aging<K> {
+    since: HashMap<K, Instant>,
+    by_age: BTreeSet<(Instant, K)>,
 }
 
-impl Dirty {
+impl<K> Default for Aging<K> {
+    fn default() -> Self {
+        Aging {
+            since: HashMap::new(),
+            by_age: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Hash + Clone> Aging<K> {
+    /// Notes `key` as changed (if it is not already); true if it was not.
+    fn mark(&mut self, key: &K, now: Instant) -> bool {
+        if self.since.contains_key(key) {
+            return false;
+        }
+        self.since.insert(key.clone(), now);
+        self.by_age.insert((now, key.clone()));
+        true
+    }
+
+    fn clear(&mut self, key: &K) {
+        if let Some(since) = self.since.remove(key) {
+            self.by_age.remove(&(since, key.clone()));
+        }
+    }
+
+    /// Up to `max` keys changed before `cutoff` (all if `everything`),
+    /// oldest first.
+    fn due(&self, now: Instant, everything: bool) -> Vec<K> {
+        let (cutoff, max) = if everything {
+            (now, usize::MAX)
+        } else {
+            (
+                now.checked_sub(CHECKPOINT_AGE).unwrap_or(now),
+                CHECKPOINT_PER_COMMIT,
+            )
+        };
+        self.by_age
+            .iter()
+            .take_while(|(since, _)| *since <= cutoff)
+            .take(max)
+            .map(|(_, k)| k.clone())
+            .collect()
+    }
+}
+
+/// Aggregates changed in memory and not yet persisted, and what the floor
+/// needs to know of them.
+#[derive(Default)]
+struct DirtyAggregates {
+    aging: Aging<StrategyKey>,
+    /// The `through_sequence` of each one's persisted version.
+    persisted_through: HashMap<StrategyKey, u64>,
+    /// For the floor: (persisted `through_sequence`, key) of the aggregates
+    /// that lack outcomes (a retention roll-up changes an aggregate without
+    /// adding any, and must not hold the floor back).
+    by_floor: BTreeSet<(u64, StrategyKey)>,
+}
+
+impl DirtyAggregates {
     fn mark(
         &mut self,
         key: &StrategyKey,
@@ -194,36 +250,21 @@ impl Dirty {
         newest_through: u64,
         now: Instant,
     ) {
-        let entry = self.entries.entry(key.clone()).or_insert_with(|| {
-            self.by_age.insert((now, key.clone()));
-            DirtyEntry {
-                persisted_through,
-                since: now,
-                lacks_outcomes: false,
-            }
-        });
-        if !entry.lacks_outcomes && newest_through > entry.persisted_through {
-            entry.lacks_outcomes = true;
-            self.by_floor.insert((entry.persisted_through, key.clone()));
+        if self.aging.mark(key, now) {
+            self.persisted_through
+                .insert(key.clone(), persisted_through);
+        }
+        let through = self.persisted_through[key];
+        if newest_through > through {
+            self.by_floor.insert((through, key.clone()));
         }
     }
 
     fn clear(&mut self, key: &StrategyKey) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.by_floor
-                .remove(&(entry.persisted_through, key.clone()));
-            self.by_age.remove(&(entry.since, key.clone()));
+        self.aging.clear(key);
+        if let Some(through) = self.persisted_through.remove(key) {
+            self.by_floor.remove(&(through, key.clone()));
         }
-    }
-
-    /// Up to `max` keys dirty since before `cutoff`, oldest first.
-    fn aged(&self, cutoff: Instant, max: usize) -> Vec<StrategyKey> {
-        self.by_age
-            .iter()
-            .take_while(|(since, _)| *since <= cutoff)
-            .take(max)
-            .map(|(_, k)| k.clone())
-            .collect()
     }
 
     /// The floor once `persisting` are persisted: every outcome up to it is
@@ -236,59 +277,70 @@ impl Dirty {
     }
 }
 
-struct DirtyEntry {
-    persisted_through: u64,
-    since: Instant,
-    lacks_outcomes: bool,
-}
-
-/// What the loop keeps between batches.
+/// What the loop keeps between batches about lazily persisted records.
 struct Checkpoints {
-    dirty: Dirty,
+    aggregates: DirtyAggregates,
+    /// Instances whose activity (last seen, records shared) changed.
+    instances: Aging<String>,
     /// The floor last written.
     floor: u64,
 }
 
+/// What one commit persists lazily, to clear once it is durable.
+struct Planned {
+    aggregates: Vec<StrategyKey>,
+    instances: Vec<String>,
+}
+
 impl Checkpoints {
-    /// Notes the aggregates `batch` changes and adds to it the aged ones to
-    /// persist (all of them if `everything`) with the new floor. Returns
-    /// the keys it scheduled, to clear once the batch is durable.
-    fn plan(&mut self, state: &State, batch: &mut Changes, everything: bool) -> Vec<StrategyKey> {
+    /// Notes what `batch` changes lazily and adds to it the records due for
+    /// persisting (all of them if `everything`) with the new floor.
+    fn plan(&mut self, state: &State, batch: &mut Changes, everything: bool) -> Planned {
         let now = Instant::now();
         for (key, newest) in &batch.strategies {
             // Unless already dirty, the version in memory is the stored one.
             let persisted_through = state.strategies.get(key).map_or(0, |r| r.through_sequence);
-            self.dirty
+            self.aggregates
                 .mark(key, persisted_through, newest.through_sequence, now);
         }
-        let keys = if everything {
-            self.dirty.aged(now, usize::MAX)
-        } else {
-            self.dirty.aged(
-                now.checked_sub(CHECKPOINT_AGE).unwrap_or(now),
-                CHECKPOINT_PER_COMMIT,
-            )
-        };
-        for key in &keys {
+        for id in batch.instances.keys() {
+            if batch.instance_writes.contains(id) {
+                // Written in this commit, in its newest version.
+                self.instances.clear(id);
+            } else {
+                self.instances.mark(id, now);
+            }
+        }
+        let aggregates = self.aggregates.aging.due(now, everything);
+        for key in &aggregates {
             let newest = batch
                 .strategies
                 .get(key)
                 .or_else(|| state.strategies.get(key));
-            if let Some(record) = newest {
-                batch.checkpoint.push(record.clone());
-            }
+            batch.checkpoint.extend(newest.cloned());
+        }
+        let instances = self.instances.due(now, everything);
+        for id in &instances {
+            let newest = batch.instances.get(id).or_else(|| state.instances.get(id));
+            batch.instance_checkpoint.extend(newest.cloned());
         }
         let latest = batch.outcome_sequence.unwrap_or(state.outcome_sequence);
-        let floor = self.dirty.floor_without(&keys, latest);
+        let floor = self.aggregates.floor_without(&aggregates, latest);
         if floor != self.floor {
             batch.strategy_floor = Some(floor);
         }
-        keys
+        Planned {
+            aggregates,
+            instances,
+        }
     }
 
-    fn persisted(&mut self, keys: &[StrategyKey], batch: &Changes) {
-        for key in keys {
-            self.dirty.clear(key);
+    fn persisted(&mut self, planned: &Planned, batch: &Changes) {
+        for key in &planned.aggregates {
+            self.aggregates.clear(key);
+        }
+        for id in &planned.instances {
+            self.instances.clear(id);
         }
         if let Some(floor) = batch.strategy_floor {
             self.floor = floor;
@@ -298,7 +350,8 @@ impl Checkpoints {
 
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
     let mut checkpoints = Checkpoints {
-        dirty: Dirty::default(),
+        aggregates: DirtyAggregates::default(),
+        instances: Aging::default(),
         floor: shared.strategy_floor.load(Ordering::SeqCst),
     };
     let mut stop: Option<oneshot::Sender<Result<()>>> = None;

@@ -9,7 +9,7 @@ pub mod codec;
 pub mod engine;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     path::Path,
     sync::Arc,
 };
@@ -42,7 +42,14 @@ const STRATEGY_FLOOR: &[u8] = b"strategy_floor";
 /// record once however many requests touched it.
 #[derive(Debug, Default, Clone)]
 pub struct Changes {
+    /// New instance versions, for the in-memory state. Only those named in
+    /// `instance_writes` (registrations) are written by this commit; an
+    /// instance's activity (last seen, records shared) changes with every
+    /// write it makes and is persisted lazily through
+    /// `instance_checkpoint`.
     pub instances: HashMap<String, Arc<Instance>>,
+    pub instance_writes: HashSet<String>,
+    pub instance_checkpoint: Vec<Arc<Instance>>,
     pub patterns: HashMap<String, Arc<Pattern>>,
     /// New aggregate versions, for the in-memory state. They are *not*
     /// written by [`Store::commit`]: an aggregate is derived from the
@@ -78,6 +85,8 @@ impl Changes {
     /// Folds `later` into `self`; `later` wins where both touch a record.
     pub fn absorb(&mut self, later: Changes) {
         self.instances.extend(later.instances);
+        self.instance_writes.extend(later.instance_writes);
+        self.instance_checkpoint.extend(later.instance_checkpoint);
         self.patterns.extend(later.patterns);
         self.strategies.extend(later.strategies);
         self.checkpoint.extend(later.checkpoint);
@@ -104,6 +113,7 @@ impl Changes {
 
     pub fn is_empty(&self) -> bool {
         self.instances.is_empty()
+            && self.instance_checkpoint.is_empty()
             && self.patterns.is_empty()
             && self.strategies.is_empty()
             && self.checkpoint.is_empty()
@@ -127,10 +137,15 @@ impl Changes {
         fn put(writes: &mut Vec<KvWrite>, key: Vec<u8>, value: Vec<u8>) {
             writes.push((key, Some(value)));
         }
-        for (id, v) in &self.instances {
+        let registered = self
+            .instances
+            .iter()
+            .filter(|(id, _)| self.instance_writes.contains(*id))
+            .map(|(_, v)| v);
+        for v in registered.chain(&self.instance_checkpoint) {
             put(
                 &mut writes,
-                codec::key(Kind::Instance, id.as_bytes()),
+                codec::key(Kind::Instance, v.instance_id.as_bytes()),
                 codec::encode(&**v)?,
             );
         }
@@ -463,6 +478,7 @@ mod tests {
         changes
             .instances
             .insert(instance.instance_id.clone(), Arc::new(instance.clone()));
+        changes.instance_writes.insert(instance.instance_id.clone());
         changes.outcomes = (1..=5).map(outcome).collect();
         changes.outcome_sequence = Some(5);
         changes.insight_sequence = Some(7);

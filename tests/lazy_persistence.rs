@@ -1,7 +1,8 @@
-//! Strategy aggregates are persisted lazily and rebuilt from the outcome
-//! log: after a crash (a second hub opened on the store the first one was
-//! still writing), after a clean close, with aggregates stored past the
-//! floor, and with a retention sweep trimming the log in between.
+//! What the writer persists lazily. Strategy aggregates are rebuilt from
+//! the outcome log: after a crash (a second hub opened on the store the
+//! first one was still writing), after a clean close, with aggregates
+//! stored past the floor, and with a retention sweep trimming the log in
+//! between. Instance activity trails registrations, which are immediate.
 
 use std::sync::Arc;
 
@@ -150,4 +151,19 @@ async fn trimming_the_outcome_log_keeps_what_a_replay_needs() {
     // Now that they are stored, the next sweep trims the log.
     let report = second.run_retention().await.unwrap();
     assert_eq!(report.outcomes, 20, "{report:?}");
+}
+
+#[tokio::test]
+async fn registrations_are_written_at_once_and_activity_by_close() {
+    let store = Store::in_memory();
+    let clock = Arc::new(ManualClock::new(T0));
+    let hub = open(&store, &clock);
+    register(&hub, "i1").await;
+    share(&hub, 5).await;
+    // A crash now keeps the registration; the activity may trail.
+    let stored = store.load().unwrap().instances;
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].shared_records < 5, "{:?}", stored[0]);
+    hub.close().await.unwrap();
+    assert_eq!(store.load().unwrap().instances[0].shared_records, 5);
 }
