@@ -198,6 +198,13 @@ struct BenchArgs {
     /// Strategy outcomes stored before the run.
     #[arg(long, default_value_t = 0)]
     preload: u64,
+    /// A sweep instead of --preload: measure after preloading up to each of
+    /// these outcome counts in turn, e.g. 0,100000,1000000.
+    #[arg(long, value_delimiter = ',')]
+    preload_steps: Vec<u64>,
+    /// With --preload-steps: write an SVG chart of the sweep here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Plateau patterns shared before the run.
     #[arg(long, default_value_t = 0)]
     preload_patterns: u64,
@@ -464,6 +471,7 @@ async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
         duration: args.duration,
         warmup: args.warmup,
         preload: args.preload,
+        preload_steps: args.preload_steps,
         preload_patterns: args.preload_patterns,
         preload_instances: args.preload_instances,
         shape: Shape {
@@ -488,12 +496,18 @@ async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
     let report = bench::run(&options).await?;
+    if let Some(path) = &args.plot {
+        bench::plot::write_sweep_chart(&report, path)?;
+    }
     if args.json {
         let json = serde_json::to_string(&report)
             .map_err(|e| learning_hub::Error::Internal(format!("cannot encode report: {e}")))?;
         println!("{json}");
     } else {
         print!("{}", report.text());
+        if let Some(path) = &args.plot {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

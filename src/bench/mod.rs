@@ -15,6 +15,7 @@
 pub mod fanout;
 pub mod fleet;
 pub mod load;
+pub mod plot;
 pub mod report;
 pub mod target;
 pub mod workload;
@@ -56,6 +57,9 @@ pub struct BenchOptions {
     pub warmup: Duration,
     /// Strategy outcomes stored before the run.
     pub preload: u64,
+    /// A sweep: measure after preloading up to each of these (ascending);
+    /// replaces `preload`.
+    pub preload_steps: Vec<u64>,
     /// Plateau patterns shared before the run.
     pub preload_patterns: u64,
     /// Extra instances registered (and keyed) before the run.
@@ -82,6 +86,7 @@ impl Default for BenchOptions {
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
             preload: 0,
+            preload_steps: Vec::new(),
             preload_patterns: 0,
             preload_instances: 0,
             shape: Shape::default(),
@@ -114,6 +119,15 @@ impl BenchOptions {
                 return Err(Error::invalid("publishes", "must be positive"));
             }
         }
+        if self.preload_steps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::invalid("preload_steps", "must be ascending"));
+        }
+        if !self.preload_steps.is_empty() && self.fanout.is_some() {
+            return Err(Error::invalid(
+                "preload_steps",
+                "a sweep measures a load, not the fan-out",
+            ));
+        }
         self.shape.validate()
     }
 }
@@ -140,23 +154,25 @@ enum Preload {
     Patterns,
 }
 
-/// Stores `count` records of `kind` over `members`, `parallel` at a time.
+/// Stores records `from..to` of `kind` over `members`, `parallel` at a
+/// time.
 async fn preload(
     members: &[Member],
     kind: Preload,
-    count: u64,
+    (from, to): (u64, u64),
     parallel: usize,
     options: &BenchOptions,
     bar: &ProgressBar,
 ) -> Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
+    let count = to;
+    let next = Arc::new(AtomicU64::new(from));
     let workers = (0..parallel).map(|w| {
         let member = members[w % members.len()].clone();
         let next = next.clone();
         let mut requests = workload::Requests::new(
             options.shape,
             &member.instance_id,
-            Rng::derive(options.seed ^ 0xfeed, w as u64),
+            Rng::derive(options.seed ^ 0xfeed ^ from, w as u64),
         );
         async move {
             loop {
@@ -225,64 +241,67 @@ async fn run_against(target: &Target, options: &BenchOptions) -> Result<BenchRep
             .await?;
         bar.finish_and_clear();
     }
-    for (kind, count, what) in [
-        (Preload::Outcomes, options.preload, "outcomes"),
-        (Preload::Patterns, options.preload_patterns, "patterns"),
-    ] {
-        if count > 0 {
-            let bar = progress_bar(options.progress, count, what);
-            preload(&members, kind, count, parallel, options, &bar).await?;
-            bar.finish_and_clear();
-        }
+    if options.preload_patterns > 0 {
+        let count = options.preload_patterns;
+        let bar = progress_bar(options.progress, count, "patterns");
+        preload(
+            &members,
+            Preload::Patterns,
+            (0, count),
+            parallel,
+            options,
+            &bar,
+        )
+        .await?;
+        bar.finish_and_clear();
     }
-    let preload_s = started.elapsed().as_secs_f64();
-    let rss_before = target.rss_bytes();
-
-    let spec = |rpc: Rpc, concurrency: usize| LoadSpec {
-        rpc,
-        concurrency,
-        warmup: options.warmup,
-        duration: options.duration,
-        shape: options.shape,
-        seed: options.seed,
+    // Outcomes: up to each step of a sweep in turn, measuring after each;
+    // without a sweep, one step.
+    let steps = if options.preload_steps.is_empty() {
+        vec![options.preload]
+    } else {
+        options.preload_steps.clone()
     };
-    let mut report = match &options.fanout {
-        Some(fanout_spec) => {
-            let publisher = enlister
-                .enlist(&format!("bench-{run_tag}-publisher"))
-                .await?;
-            let summary =
-                fanout::run(&members, &publisher, enlister.operator(), fanout_spec).await?;
-            BenchReport::fanout(summary)
+    let mut preloaded = 0;
+    let mut preload_s = started.elapsed().as_secs_f64();
+    let mut rss_before = None;
+    let mut measured = Vec::new();
+    for step in steps {
+        if step > preloaded {
+            let started = std::time::Instant::now();
+            let bar = progress_bar(options.progress, step - preloaded, "outcomes");
+            let range = (preloaded, step);
+            preload(&members, Preload::Outcomes, range, parallel, options, &bar).await?;
+            bar.finish_and_clear();
+            preload_s += started.elapsed().as_secs_f64();
+            preloaded = step;
         }
-        None => {
-            let echo = if options.baseline && options.rpc != Rpc::Echo {
-                Some(
-                    load::run(&members, &spec(Rpc::Echo, options.concurrency), None)
-                        .await
-                        .0,
-                )
-            } else {
-                None
-            };
-            let background = (options.write_concurrency > 0)
-                .then(|| spec(Rpc::ShareStrategy, options.write_concurrency));
-            let (main, background) = load::run(
-                &members,
-                &spec(options.rpc, options.concurrency),
-                background.as_ref(),
-            )
-            .await;
-            BenchReport::load(main, echo, background)
-        }
-    };
+        rss_before = target.rss_bytes();
+        let report = measure(&members, &enlister, options, run_tag).await?;
+        let stored = stored_outcomes(&enlister).await?;
+        measured.push((step, stored, report));
+    }
+    let (_, _, mut report) = measured.last().cloned().expect("at least one step");
+    if measured.len() > 1 {
+        report.steps = measured
+            .into_iter()
+            .map(|(preload, stored, r)| report::SweepStep {
+                preload_outcomes: preload,
+                stored_outcomes: stored,
+                load: r.load,
+                echo: r.echo,
+                ratio_to_echo: r.ratio_to_echo,
+                background_writes: r.background_writes,
+            })
+            .collect();
+    }
     let status = enlister
         .operator()
         .get_status(pb::GetStatusRequest {})
         .await
         .map_err(|s| Error::Unavailable(format!("GetStatus: {}", s.message())))?;
     report.connections = connections;
-    report.preload_outcomes = options.preload;
+    report.preload_outcomes = preloaded;
     report.preload_patterns = options.preload_patterns;
     report.preload_instances = options.preload_instances;
     report.preload_s = preload_s;
@@ -294,4 +313,60 @@ async fn run_against(target: &Target, options: &BenchOptions) -> Result<BenchRep
     report.hub_rss_mb = target.rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
     report.hub = target.url.clone();
     Ok(report)
+}
+
+async fn stored_outcomes(enlister: &Enlister) -> Result<u64> {
+    enlister
+        .operator()
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .map(|s| s.strategy_outcomes)
+        .map_err(|s| Error::Unavailable(format!("GetStatus: {}", s.message())))
+}
+
+/// One measurement: the fan-out, or the load (after its echo baseline).
+async fn measure(
+    members: &[Member],
+    enlister: &Enlister,
+    options: &BenchOptions,
+    run_tag: &str,
+) -> Result<BenchReport> {
+    let spec = |rpc: Rpc, concurrency: usize| LoadSpec {
+        rpc,
+        concurrency,
+        warmup: options.warmup,
+        duration: options.duration,
+        shape: options.shape,
+        seed: options.seed,
+    };
+    Ok(match &options.fanout {
+        Some(fanout_spec) => {
+            let publisher = enlister
+                .enlist(&format!("bench-{run_tag}-publisher"))
+                .await?;
+            let summary =
+                fanout::run(members, &publisher, enlister.operator(), fanout_spec).await?;
+            BenchReport::fanout(summary)
+        }
+        None => {
+            let echo = if options.baseline && options.rpc != Rpc::Echo {
+                Some(
+                    load::run(members, &spec(Rpc::Echo, options.concurrency), None)
+                        .await
+                        .0,
+                )
+            } else {
+                None
+            };
+            let background = (options.write_concurrency > 0)
+                .then(|| spec(Rpc::ShareStrategy, options.write_concurrency));
+            let (main, background) = load::run(
+                members,
+                &spec(options.rpc, options.concurrency),
+                background.as_ref(),
+            )
+            .await;
+            BenchReport::load(main, echo, background)
+        }
+    })
 }

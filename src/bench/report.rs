@@ -41,6 +41,22 @@ pub struct BenchReport {
     /// for a hub the bench started).
     pub hub_rss_mb_before: Option<f64>,
     pub hub_rss_mb: Option<f64>,
+    /// A preload sweep's measurements, step by step (the top-level figures
+    /// are the last step's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<SweepStep>,
+}
+
+/// One step of a preload sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepStep {
+    pub preload_outcomes: u64,
+    /// Outcomes the hub held when the step was measured.
+    pub stored_outcomes: u64,
+    pub load: Option<LoadSummary>,
+    pub echo: Option<LoadSummary>,
+    pub ratio_to_echo: Option<f64>,
+    pub background_writes: Option<LoadSummary>,
 }
 
 impl BenchReport {
@@ -63,6 +79,7 @@ impl BenchReport {
             instances: 0,
             hub_rss_mb_before: None,
             hub_rss_mb: None,
+            steps: Vec::new(),
         }
     }
 
@@ -143,6 +160,29 @@ impl BenchReport {
                 "  ShareInsight answered:     p50 {:.1} ms   p99 {:.1} ms;  subscriptions opened in {:.1} s",
                 f.publish_ack_p50_ms, f.publish_ack_p99_ms, f.subscribe_s
             );
+        }
+        if !self.steps.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:>16} {:>12} {:>10} {:>10} {:>12} {:>9}",
+                "stored outcomes", "req/s", "p50 ms", "p99 ms", "echo req/s", "of echo"
+            );
+            for step in &self.steps {
+                let Some(load) = &step.load else { continue };
+                let echo = step
+                    .echo
+                    .as_ref()
+                    .map_or("-".to_string(), |e| format!("{:.0}", e.rps));
+                let ratio = step
+                    .ratio_to_echo
+                    .map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+                let _ = writeln!(
+                    out,
+                    "{:>16} {:>12.0} {:>10.3} {:>10.3} {:>12} {:>9}",
+                    step.stored_outcomes, load.rps, load.p50_ms, load.p99_ms, echo, ratio
+                );
+            }
+            let _ = writeln!(out);
         }
         let _ = writeln!(
             out,

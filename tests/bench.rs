@@ -1,0 +1,112 @@
+//! `learning-hub bench` end to end, in short runs: it starts its own hub,
+//! drives it over mTLS with an identity and key per connection, and reports
+//! what the users script against (`--json` with rpc, rps, p50_ms,
+//! p99_ms), a sweep with its chart, and the fan-out.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+        .arg("bench")
+        .args(["--json", "--quiet", "--duration", "1s", "--warmup", "200ms"])
+        .args(["--concurrency", "8", "--connections", "2"])
+        .args(args)
+        .output()
+        .expect("bench runs");
+    assert!(
+        output.status.success(),
+        "bench {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout:?}"))
+}
+
+fn assert_sane_load(report: &Value, rpc: &str) {
+    assert_eq!(report["rpc"], rpc, "{report}");
+    let rps = report["rps"].as_f64().unwrap();
+    let (p50, p99) = (
+        report["p50_ms"].as_f64().unwrap(),
+        report["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(rps > 0.0, "{report}");
+    assert!(0.0 < p50 && p50 <= p99, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+}
+
+#[test]
+fn echo_and_share_strategy_report_json() {
+    let echo = bench(&["--rpc", "echo"]);
+    assert_sane_load(&echo, "echo");
+    assert!(echo["hub_rss_mb"].as_f64().unwrap() > 0.0, "{echo}");
+
+    let share = bench(&["--rpc", "share-strategy", "--baseline", "--preload", "50"]);
+    assert_sane_load(&share, "share-strategy");
+    assert_sane_load(&share["echo"], "echo");
+    let ratio = share["ratio_to_echo"].as_f64().unwrap();
+    let expected = share["rps"].as_f64().unwrap() / share["echo"]["rps"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9);
+    // Every acknowledged share is in the hub: the preload and the run.
+    assert!(share["stored_outcomes"].as_u64().unwrap() >= 50 + share["requests"].as_u64().unwrap());
+}
+
+#[test]
+fn a_sweep_measures_each_step_and_draws_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("sweep.svg");
+    let report = bench(&[
+        "--rpc",
+        "get-strategies",
+        "--preload-steps",
+        "0,40",
+        "--write-concurrency",
+        "2",
+        "--plot",
+        chart.to_str().unwrap(),
+    ]);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    assert!(steps[1]["stored_outcomes"].as_u64().unwrap() >= 40);
+    for step in steps {
+        assert_sane_load(&step["load"], "get-strategies");
+        assert!(step["background_writes"]["rps"].as_f64().unwrap() > 0.0);
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("get-strategies"));
+}
+
+#[test]
+fn fanout_delivers_every_insight_to_every_subscriber() {
+    let report = bench(&[
+        "--fanout",
+        "30",
+        "--publishes",
+        "3",
+        "--publish-interval",
+        "50ms",
+    ]);
+    let fanout = &report["fanout"];
+    assert_eq!(fanout["deliveries"], 90, "{report}");
+    assert_eq!(fanout["missing"], 0, "{report}");
+    assert!(fanout["last_delivery_p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_options_name_the_field() {
+    let output = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+        .args(["bench", "--rpc", "share", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("share-strategy"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+        .args(["bench", "--preload-steps", "10,5", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("preload_steps"), "{stderr}");
+}
