@@ -21,6 +21,9 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Open connections at most.
     pub max_connections: usize,
+    /// Unary calls in progress at most, hub-wide; more are refused at once
+    /// with RESOURCE_EXHAUSTED (see `overload`).
+    pub max_in_flight: usize,
     /// Time allowed to complete a TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// HTTP/2 ping interval on idle connections, to find dead peers.
@@ -37,6 +40,7 @@ impl Default for Limits {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_connections: 10_000,
+            max_in_flight: 4096,
             tls_handshake_timeout: Duration::from_secs(10),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
@@ -89,10 +93,10 @@ impl Config {
         if l.max_message_bytes < 1024 {
             return Err(Error::invalid("max_message_bytes", "must be at least 1024"));
         }
-        if l.max_concurrent_streams == 0 || l.max_connections == 0 {
+        if l.max_concurrent_streams == 0 || l.max_connections == 0 || l.max_in_flight == 0 {
             return Err(Error::invalid(
                 "limits",
-                "stream and connection limits must be positive",
+                "stream, connection and in-flight limits must be positive",
             ));
         }
         if self.hub.insight_ttl_ms <= 0 || self.hub.insight_ttl_ms > self.hub.max_insight_ttl_ms {

@@ -14,6 +14,8 @@
 //!   health, reflection and the services, and drains on shutdown.
 //! - [`transport`]: accepts TCP, completes the mTLS handshake, reads the
 //!   caller's identity from its certificate.
+//! - [`overload`]: past a bound on calls in progress, calls are refused at
+//!   once rather than queued.
 //! - [`auth`]: one tower layer turns that into an [`auth::Identity`] on
 //!   every request and applies the role policy.
 //! - [`api`]: thin gRPC handlers: validate and convert, call the hub core,
@@ -39,6 +41,7 @@ pub mod domain;
 pub mod error;
 pub mod hub;
 pub mod jobs;
+pub mod overload;
 pub mod pki;
 pub mod server;
 pub mod sim;

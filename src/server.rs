@@ -22,6 +22,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
+use crate::overload::{LoadShedLayer, Shedder};
 use crate::pb::{self, hub_server::HubServer};
 use crate::pki::{self, CertPaths};
 use crate::store::Store;
@@ -204,6 +205,8 @@ where
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // Outermost: an overloaded hub refuses before spending anything.
+        .layer(LoadShedLayer::new(Shedder::new(limits.max_in_flight)))
         .layer(AuthLayer::new(
             config.insecure_dev,
             crate::hub::access_control(&hub),
