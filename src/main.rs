@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Days the audit log is kept.
     #[arg(long, env = "LEARNING_HUB_AUDIT_RETENTION_DAYS", default_value_t = 30)]
     audit_retention_days: i64,
+    /// Unary calls the hub works on at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED (load shedding).
+    #[arg(long, env = "LEARNING_HUB_MAX_IN_FLIGHT", default_value_t = 4096)]
+    max_in_flight: usize,
 }
 
 #[derive(clap::Args)]
@@ -237,6 +241,12 @@ struct BenchArgs {
     /// Pause between fan-out publishes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     publish_interval: Duration,
+    /// Fan-out: extra subscriptions opened and never read (stalled consumers).
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+    /// Fan-out: bytes of text in each published insight.
+    #[arg(long, default_value_t = 60)]
+    insight_bytes: usize,
     /// Drive a running hub at this URL instead of starting one.
     #[arg(long, requires = "certs_dir")]
     hub: Option<String>,
@@ -247,6 +257,10 @@ struct BenchArgs {
     /// CPUs (taskset -c list) for the hub the bench starts, e.g. 0.
     #[arg(long)]
     hub_cpus: Option<String>,
+    /// An extra flag for the hub the bench starts (repeatable), e.g.
+    /// --hub-arg=--max-in-flight=64.
+    #[arg(long = "hub-arg", allow_hyphen_values = true)]
+    hub_args: Vec<String>,
     /// Seed of the request generators.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -345,6 +359,7 @@ async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
         .then(|| Duration::from_secs(60 * args.insight_interval_minutes));
     config.hub.rate_limit_per_hour = args.rate_limit_per_hour;
     config.hub.retention.audit_days = args.audit_retention_days;
+    config.limits.max_in_flight = args.max_in_flight;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     if let Ok(addr) = listener.local_addr() {
         // On stdout, for scripts and tests that start the hub on port 0:
@@ -485,12 +500,14 @@ async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
             subscribers,
             publishes: args.publishes,
             interval: args.publish_interval,
+            stalled: args.stalled,
+            insight_bytes: args.insight_bytes,
         }),
         target: TargetOptions {
             hub: args.hub,
             certs_dir: args.certs_dir,
             hub_cpus: args.hub_cpus,
-            serve_args: Vec::new(),
+            serve_args: args.hub_args,
         },
         seed: args.seed,
         progress: !args.quiet && std::io::stderr().is_terminal(),

@@ -25,6 +25,12 @@ pub struct FanoutSpec {
     pub publishes: usize,
     /// Pause between publishes, so each is measured on its own.
     pub interval: Duration,
+    /// Extra subscriptions that are opened and then never read: what a
+    /// stalled consumer costs the hub (memory) and the others (latency).
+    pub stalled: usize,
+    /// Size of each published insight's text (bytes), so stalled streams
+    /// fill their HTTP/2 windows.
+    pub insight_bytes: usize,
 }
 
 /// What the fan-out measure found.
@@ -32,6 +38,8 @@ pub struct FanoutSpec {
 pub struct FanoutSummary {
     pub subscribers: usize,
     pub connections: usize,
+    /// Subscriptions held open without reading (not in the figures).
+    pub stalled: usize,
     pub publishes: usize,
     /// Insight deliveries received (subscribers × publishes when none is lost).
     pub deliveries: u64,
@@ -90,6 +98,18 @@ async fn subscriber(
     received
 }
 
+/// Opens a stream and never reads it, until `stop`.
+async fn stalled(client: HubClient, after: u64, mut stop: watch::Receiver<bool>) {
+    let request = pb::SubscribeInsightsRequest {
+        after_sequence: after,
+        category: 0,
+    };
+    if let Ok(stream) = client.subscribe_insights_once(request).await {
+        let _ = stop.changed().await;
+        drop(stream);
+    }
+}
+
 async fn live_subscribers(operator: &HubClient) -> Result<u64> {
     operator
         .get_status(pb::GetStatusRequest {})
@@ -112,25 +132,33 @@ pub async fn run(
     let already_live = status.live_subscribers;
     let (stop_tx, stop) = watch::channel(false);
     let opening = Instant::now();
+    let stalled_connections = spec.stalled.div_ceil(super::STREAMS_PER_CONNECTION);
+    let (members, stalled_members) = members.split_at(members.len() - stalled_connections);
     let tasks: Vec<_> = (0..spec.subscribers)
         .map(|i| {
             let client = members[i % members.len()].client.clone();
             tokio::spawn(subscriber(client, after, spec.publishes, stop.clone()))
         })
         .collect();
+    let stalled_tasks: Vec<_> = (0..spec.stalled)
+        .map(|i| {
+            let client = stalled_members[i % stalled_members.len()].client.clone();
+            tokio::spawn(stalled(client, after, stop.clone()))
+        })
+        .collect();
+    let opened = (spec.subscribers + spec.stalled) as u64;
     // The hub counts a subscription once its task runs: wait for all.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let live = live_subscribers(operator).await?;
-        if live >= already_live + spec.subscribers as u64 {
+        if live >= already_live + opened {
             break;
         }
         if Instant::now() > deadline {
             let _ = stop_tx.send(true);
             return Err(Error::Unavailable(format!(
-                "only {} of {} subscriptions opened within 120 s",
+                "only {} of {opened} subscriptions opened within 120 s",
                 live.saturating_sub(already_live),
-                spec.subscribers
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -144,7 +172,10 @@ pub async fn run(
         let insight = pb::Insight {
             category: pb::InsightCategory::Timing as i32,
             title: format!("bench fan-out {run_id} #{k}"),
-            insight: "A benchmark insight: measures delivery to every subscriber.".into(),
+            insight: format!(
+                "A benchmark insight: measures delivery to every subscriber.{}",
+                " ".repeat(spec.insight_bytes.saturating_sub(60))
+            ),
             effectiveness: 0.5,
             ..Default::default()
         };
@@ -169,6 +200,10 @@ pub async fn run(
     });
     let received = join_all(tasks).await;
     stopper.abort();
+    // Release the stalled streams (their tasks end at the stop signal).
+    for task in &stalled_tasks {
+        task.abort();
+    }
 
     let mut deliveries = new_histogram();
     let mut last: HashMap<u64, Duration> = HashMap::new();
@@ -188,7 +223,8 @@ pub async fn run(
     let expected = (spec.subscribers * published.len()) as u64;
     Ok(FanoutSummary {
         subscribers: spec.subscribers,
-        connections: members.len().min(spec.subscribers),
+        connections: members.len().min(spec.subscribers) + stalled_connections,
+        stalled: spec.stalled,
         publishes: published.len(),
         deliveries: deliveries.len(),
         missing: expected.saturating_sub(deliveries.len()),

@@ -51,6 +51,11 @@ pub struct LoadSummary {
     pub max_ms: f64,
     /// Failed calls inside the window, by gRPC code.
     pub errors: BTreeMap<String, u64>,
+    /// How fast failures (e.g. load shedding) were answered: p50 and p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_p99_ms: Option<f64>,
     pub concurrency: usize,
     pub duration_s: f64,
 }
@@ -85,14 +90,26 @@ impl LoadSummary {
                 ms(histogram.max())
             },
             errors,
+            error_p50_ms: None,
+            error_p99_ms: None,
             concurrency,
             duration_s: duration.as_secs_f64(),
         }
+    }
+
+    /// Adds the latencies of failed calls.
+    pub fn with_error_latencies(mut self, failed: &Histogram<u64>) -> Self {
+        if !failed.is_empty() {
+            self.error_p50_ms = Some(ms(failed.value_at_quantile(0.5)));
+            self.error_p99_ms = Some(ms(failed.value_at_quantile(0.99)));
+        }
+        self
     }
 }
 
 struct CallerResult {
     histogram: Histogram<u64>,
+    failed: Histogram<u64>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -104,6 +121,7 @@ async fn caller(
     until: Instant,
 ) -> CallerResult {
     let mut histogram = new_histogram();
+    let mut failed = new_histogram();
     let mut errors = BTreeMap::new();
     loop {
         let started = Instant::now();
@@ -115,17 +133,20 @@ async fn caller(
         if started < measure_from || finished > until {
             continue;
         }
+        let micros = (finished - started).as_micros().max(1) as u64;
         match outcome {
-            Ok(()) => {
-                let micros = (finished - started).as_micros().max(1) as u64;
-                histogram.saturating_record(micros);
-            }
+            Ok(()) => histogram.saturating_record(micros),
             Err(status) => {
+                failed.saturating_record(micros);
                 *errors.entry(format!("{:?}", status.code())).or_insert(0) += 1;
             }
         }
     }
-    CallerResult { histogram, errors }
+    CallerResult {
+        histogram,
+        failed,
+        errors,
+    }
 }
 
 /// Runs `spec` over `members` (callers take connections round-robin) and,
@@ -156,9 +177,11 @@ pub async fn run(
     let extra = background.map(|b| spawn_phase(b, spec.concurrency));
     let summarize = |spec: &LoadSpec, results: Vec<CallerResult>| {
         let mut histogram = new_histogram();
+        let mut failed = new_histogram();
         let mut errors = BTreeMap::new();
         for r in results {
             let _ = histogram.add(&r.histogram);
+            let _ = failed.add(&r.failed);
             for (code, n) in r.errors {
                 *errors.entry(code).or_insert(0) += n;
             }
@@ -170,6 +193,7 @@ pub async fn run(
             spec.concurrency,
             spec.duration,
         )
+        .with_error_latencies(&failed)
     };
     let main_results = join_all(main).await.into_iter().flatten().collect();
     let main_summary = summarize(spec, main_results);

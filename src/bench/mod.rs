@@ -118,6 +118,10 @@ impl BenchOptions {
             if f.publishes == 0 {
                 return Err(Error::invalid("publishes", "must be positive"));
             }
+            // The hub's own limit on an insight's text.
+            if f.insight_bytes > 4096 {
+                return Err(Error::invalid("insight_bytes", "must be at most 4096"));
+            }
         }
         if self.preload_steps.windows(2).any(|w| w[0] >= w[1]) {
             return Err(Error::invalid("preload_steps", "must be ascending"));
@@ -213,9 +217,16 @@ pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
 async fn run_against(target: &Target, options: &BenchOptions) -> Result<BenchReport> {
     let enlister = Enlister::new(&target.url, &target.certs_dir).await?;
     let connections = match &options.fanout {
-        Some(f) => options
+        Some(f) => {
+            options
             .connections
-            .max(f.subscribers.div_ceil(STREAMS_PER_CONNECTION)),
+            .max(f.subscribers.div_ceil(STREAMS_PER_CONNECTION))
+            // Stalled streams get connections of their own: a client that
+            // leaves a stream unread also blocks its other streams on that
+            // connection (HTTP/2's connection-level window), which would
+            // measure the client, not the hub.
+            + f.stalled.div_ceil(STREAMS_PER_CONNECTION)
+        }
         None => options.connections,
     };
     // Run-unique names, so that repeated runs against one hub do not
@@ -277,8 +288,10 @@ async fn run_against(target: &Target, options: &BenchOptions) -> Result<BenchRep
             preloaded = step;
         }
         rss_before = target.rss_bytes();
-        let report = measure(&members, &enlister, options, run_tag).await?;
+        // Write workloads add outcomes as they run: a step is labelled with
+        // what the hub held when its measurement began.
         let stored = stored_outcomes(&enlister).await?;
+        let report = measure(&members, &enlister, options, run_tag).await?;
         measured.push((step, stored, report));
     }
     let (_, _, mut report) = measured.last().cloned().expect("at least one step");

@@ -52,9 +52,14 @@ pub fn write_sweep_chart(report: &BenchReport, path: &Path) -> Result<()> {
     let n = steps.len();
     let x_label = |x: &usize| labels.get(*x).cloned().unwrap_or_default();
 
+    let with_echo = if steps.iter().any(|(s, _)| s.echo.is_some()) {
+        " and echo"
+    } else {
+        ""
+    };
     let mut throughput = ChartBuilder::on(&top)
         .caption(
-            format!("{rpc} and echo as the store grows (same hub, one run)"),
+            format!("{rpc}{with_echo} as the store grows (same hub, one run)"),
             ("sans-serif", 20),
         )
         .margin(12)
@@ -118,7 +123,7 @@ pub fn write_sweep_chart(report: &BenchReport, path: &Path) -> Result<()> {
         .x_labels(n)
         .x_label_formatter(&x_label)
         .light_line_style(WHITE)
-        .x_desc("strategy outcomes stored")
+        .x_desc("strategy outcomes stored when the step began")
         .y_desc(format!("{rpc} p99, ms"))
         .draw()
         .map_err(plot_error)?;

@@ -51,7 +51,8 @@ pub struct BenchReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepStep {
     pub preload_outcomes: u64,
-    /// Outcomes the hub held when the step was measured.
+    /// Outcomes the hub held when the step's measurement began (a write
+    /// workload adds its own during the step).
     pub stored_outcomes: u64,
     pub load: Option<LoadSummary>,
     pub echo: Option<LoadSummary>,
@@ -121,6 +122,13 @@ impl BenchReport {
             for (code, n) in &s.errors {
                 let _ = writeln!(out, "{:<16}   {n} × {code}", "");
             }
+            if let (Some(p50), Some(p99)) = (s.error_p50_ms, s.error_p99_ms) {
+                let _ = writeln!(
+                    out,
+                    "{:<16}   failed calls answered in p50 {p50:.3} ms, p99 {p99:.3} ms",
+                    ""
+                );
+            }
         };
         let _ = writeln!(
             out,
@@ -145,6 +153,9 @@ impl BenchReport {
                 "fan-out to {} subscribers over {} connections, {} publishes: {} deliveries, {} missing",
                 f.subscribers, f.connections, f.publishes, f.deliveries, f.missing
             );
+            if f.stalled > 0 {
+                let _ = writeln!(out, "  + {} stalled subscriptions (never read)", f.stalled);
+            }
             let _ = writeln!(
                 out,
                 "  publish → each delivery:   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
