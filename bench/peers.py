@@ -578,7 +578,8 @@ class HubPeer(Peer):
              "--data-dir", str(datadir / "data"), "--certs-dir", str(self.run.hub_certs),
              # Unlimited: the default 1000 requests/hour/instance would be the
              # benchmark's ceiling. No background insight runs mid-window.
-             "--rate-limit-per-hour", "0", "--insight-interval-minutes", "0"],
+             "--rate-limit-per-hour", "0", "--insight-interval-minutes", "0",
+             "--metrics-listen", "off"],
             datadir, HUB_READY, self.run.server_cpu,
         )
         srv.wait_ready(timeout=60)

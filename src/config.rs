@@ -9,6 +9,8 @@ use crate::hub::HubSettings;
 
 /// The seed's port.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:3015";
+/// Prometheus metrics, on a private interface by default.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9015";
 /// The seed's insight generation period: every 4 hours.
 pub const DEFAULT_INSIGHT_INTERVAL: Duration = Duration::from_secs(4 * 60 * 60);
 
@@ -69,6 +71,10 @@ pub struct Config {
     pub insight_interval: Option<Duration>,
     /// How often the retention sweep runs (`None`: never).
     pub retention_interval: Option<Duration>,
+    /// Where Prometheus metrics are served over HTTP (`None`: nowhere).
+    /// The CLI defaults to [`DEFAULT_METRICS_LISTEN`]; the library to none,
+    /// so that tests and embedders opt in.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -84,6 +90,7 @@ impl Config {
             hub: HubSettings::default(),
             insight_interval: Some(DEFAULT_INSIGHT_INTERVAL),
             retention_interval: Some(Duration::from_secs(60 * 60)),
+            metrics_listen: None,
         }
     }
 

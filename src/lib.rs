@@ -26,6 +26,7 @@
 //! - [`store`]: durable records over a key-value [`store::Engine`] (sled).
 //! - [`stream`]: insight fan-out with replay and catch-up.
 //! - [`jobs`]: background jobs (insight generation).
+//! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`client`]: a Rust client for instances, with a resuming subscription.
 //! - [`pki`]: the development certificates.
 //! - [`sim`]: the fleet simulator that measures what the hub is worth.
@@ -41,6 +42,7 @@ pub mod domain;
 pub mod error;
 pub mod hub;
 pub mod jobs;
+pub mod metrics;
 pub mod overload;
 pub mod pki;
 pub mod server;

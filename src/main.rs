@@ -77,6 +77,21 @@ struct ServeArgs {
     /// RESOURCE_EXHAUSTED (load shedding).
     #[arg(long, env = "LEARNING_HUB_MAX_IN_FLIGHT", default_value_t = 4096)]
     max_in_flight: usize,
+    /// Where Prometheus metrics are served (GET /metrics), or `off`.
+    #[arg(long, env = "LEARNING_HUB_METRICS_LISTEN", default_value = learning_hub::config::DEFAULT_METRICS_LISTEN, value_parser = parse_listen_or_off)]
+    metrics_listen: ListenOrOff,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ListenOrOff(Option<SocketAddr>);
+
+fn parse_listen_or_off(text: &str) -> Result<ListenOrOff, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(ListenOrOff(None));
+    }
+    text.parse()
+        .map(|addr| ListenOrOff(Some(addr)))
+        .map_err(|_| format!("{text:?} is neither an address like 127.0.0.1:9015 nor `off`"))
 }
 
 #[derive(clap::Args)]
@@ -360,6 +375,7 @@ async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
     config.hub.rate_limit_per_hour = args.rate_limit_per_hour;
     config.hub.retention.audit_days = args.audit_retention_days;
     config.limits.max_in_flight = args.max_in_flight;
+    config.metrics_listen = args.metrics_listen.0;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     if let Ok(addr) = listener.local_addr() {
         // On stdout, for scripts and tests that start the hub on port 0:

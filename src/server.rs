@@ -59,6 +59,7 @@ pub struct PreparedHub {
     config: Config,
     hub: Arc<Hub>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Option<TcpListener>,
 }
 
 impl PreparedHub {
@@ -114,7 +115,23 @@ impl PreparedHub {
             tokio::task::spawn_blocking(move || Hub::open(Store::open(&dir)?, clock, settings))
                 .await
                 .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
-        Ok(PreparedHub { config, hub, tls })
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(PreparedHub {
+            config,
+            hub,
+            tls,
+            metrics,
+        })
+    }
+
+    /// Where `GET /metrics` is served, once bound (`None`: metrics off).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains and
@@ -123,7 +140,12 @@ impl PreparedHub {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let PreparedHub { config, hub, tls } = self;
+        let PreparedHub {
+            config,
+            hub,
+            tls,
+            metrics,
+        } = self;
         let jobs: Vec<_> = [
             config
                 .insight_interval
@@ -135,7 +157,25 @@ impl PreparedHub {
         .into_iter()
         .flatten()
         .collect();
-        let served = serve(listener, &config, hub.clone(), tls, shutdown).await;
+        let shedder = Shedder::new(config.limits.max_in_flight);
+        let (metrics_stop, metrics_stopped) = watch::channel(false);
+        let metrics_task = metrics.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("metrics on http://{addr}/metrics");
+            }
+            let hub = hub.clone();
+            let shedder = shedder.clone();
+            let page = move || {
+                hub.metrics().set_shed_total(shedder.shed());
+                hub.render_metrics()
+            };
+            tokio::spawn(crate::metrics::serve(listener, page, metrics_stopped))
+        });
+        let served = serve(listener, &config, hub.clone(), tls, shedder, shutdown).await;
+        metrics_stop.send_replace(true);
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         for job in jobs {
             // They stop at the hub's shutdown signal; wait so no run races
             // the final flush.
@@ -152,6 +192,7 @@ async fn serve<F>(
     config: &Config,
     hub: Arc<Hub>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    shedder: Arc<Shedder>,
     shutdown: F,
 ) -> Result<()>
 where
@@ -206,7 +247,7 @@ where
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         // Outermost: an overloaded hub refuses before spending anything.
-        .layer(LoadShedLayer::new(Shedder::new(limits.max_in_flight)))
+        .layer(LoadShedLayer::new(shedder))
         .layer(AuthLayer::new(
             config.insecure_dev,
             crate::hub::access_control(&hub),

@@ -165,10 +165,12 @@ where
             code: 0,
             request_bytes: 0,
         };
+        let arrived = std::time::Instant::now();
         let record = {
             let access = access.clone();
             let bytes = bytes.clone();
             move |code: i32| {
+                access.observe(&draft.rpc, code, arrived.elapsed());
                 access.audit(AuditEntry {
                     code,
                     request_bytes: bytes.load(Ordering::Relaxed),

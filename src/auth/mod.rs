@@ -30,5 +30,7 @@ pub trait AccessControl: Send + Sync + 'static {
     fn take_rate_token(&self, identity: &Identity) -> std::result::Result<(), u64>;
     /// Appends to the audit log (without waiting for it).
     fn audit(&self, entry: AuditEntry);
+    /// Counts a call that ended with gRPC status `code` after `elapsed`.
+    fn observe(&self, _rpc: &str, _code: i32, _elapsed: std::time::Duration) {}
     fn now(&self) -> UnixMillis;
 }

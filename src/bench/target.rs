@@ -93,6 +93,8 @@ impl Target {
             .arg("0")
             .arg("--insight-interval-minutes")
             .arg("0")
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
             .args(&options.serve_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

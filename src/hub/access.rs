@@ -110,7 +110,15 @@ impl AccessControl for Hub {
         if self.shared.settings.rate_limit_per_hour == 0 {
             return Ok(());
         }
-        self.limiter.take(&identity.name, self.now())
+        let taken = self.limiter.take(&identity.name, self.now());
+        if taken.is_err() {
+            self.shared.metrics.rate_limited();
+        }
+        taken
+    }
+
+    fn observe(&self, rpc: &str, code: i32, elapsed: std::time::Duration) {
+        self.shared.metrics.observe_call(rpc, code, elapsed);
     }
 
     fn audit(&self, entry: AuditEntry) {

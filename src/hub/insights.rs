@@ -223,6 +223,7 @@ impl Hub {
             outcomes = outcomes.len(),
             "insight generation ran"
         );
+        self.shared.metrics.insight_run(stored.len());
         Ok(GenerationReport {
             stored,
             candidates: generation.candidates,

@@ -42,6 +42,7 @@ use crate::clock::Clock;
 use crate::domain::model::{Insight, InsightCategory, UnixMillis};
 use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::stream::{Credentials, InsightBus, InsightLog, InsightStream};
 use writer::Writer;
@@ -128,6 +129,7 @@ pub(crate) struct Shared {
     /// Every outcome up to this sequence is in the stored aggregates (the
     /// writer moves it; log trimming must keep the outcomes after it).
     strategy_floor: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -233,6 +235,7 @@ impl Hub {
             clock,
             settings,
             strategy_floor: AtomicU64::new(outcome_sequence),
+            metrics: Arc::new(Metrics::new()),
         });
         let writer = Writer::spawn(
             shared.clone(),
@@ -251,6 +254,17 @@ impl Hub {
             limiter,
             key_changes: watch::channel(0).0,
         }))
+    }
+
+    /// What the hub counts (served by [`crate::metrics::serve`]).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The metrics exposition as of now.
+    pub fn render_metrics(&self) -> String {
+        let store_bytes = self.shared.store.size_on_disk();
+        self.shared.metrics.render(&self.status(), store_bytes)
     }
 
     /// Ends every insight stream (clients get UNAVAILABLE with their resume

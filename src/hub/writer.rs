@@ -433,6 +433,7 @@ fn commit_batch(
         checkpointed = checkpoints.plan(&state, &mut batch, everything);
     }
 
+    let writing = std::time::Instant::now();
     let written = if batch.is_empty() {
         Ok(())
     } else {
@@ -444,6 +445,11 @@ fn commit_batch(
             }
         })
     };
+    if !batch.is_empty() {
+        shared
+            .metrics
+            .group_commit(completions.len(), writing.elapsed(), written.is_ok());
+    }
     match &written {
         Ok(()) => {
             checkpoints.persisted(&checkpointed, &batch);

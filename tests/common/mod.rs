@@ -300,7 +300,12 @@ impl HubProcess {
             .arg("--certs-dir")
             .arg(certs_dir)
             // Harnesses write far more than an instance's hourly budget.
-            .args(["--rate-limit-per-hour", "0"])
+            .args([
+                "--rate-limit-per-hour",
+                "0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

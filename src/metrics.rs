@@ -1,0 +1,335 @@
+//! Prometheus metrics: what the hub counts, and the HTTP listener that
+//! serves them in the text exposition format on `GET /metrics`.
+//!
+//! Each hub owns its registry (no process-global recorder), so tests can
+//! run several hubs in one process and scrape each. Counters and histograms
+//! are updated where things happen — the auth layer sees every call with
+//! its final status, the writer sees every group commit — and gauges that
+//! mirror state (store sizes, live subscribers) are read from the hub when
+//! scraped, so they cannot drift.
+//!
+//! The endpoint speaks just enough HTTP/1.1 for a scraper: one GET per
+//! connection, answered and closed. It is a separate listener (default
+//! 127.0.0.1:9015) so that it can stay on a private interface while gRPC
+//! is exposed.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::watch,
+};
+
+use crate::hub::HubStatus;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    rpc: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabel {
+    rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Everything the hub counts.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<RpcLabel, Histogram>,
+    rate_limited: Counter,
+    shed: Counter,
+    batch_requests: Histogram,
+    flush_seconds: Histogram,
+    commit_failures: Counter,
+    insight_runs: Counter,
+    insights_generated: Counter,
+    records: Family<KindLabel, Gauge>,
+    live_subscribers: Gauge,
+    stream_catch_ups: Gauge,
+    last_insight_sequence: Gauge,
+    store_bytes: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics { .. }")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    // 50 µs … ~13 s.
+    exponential_buckets(0.000_05, 2.0, 19)
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("learning_hub");
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "Calls answered, by RPC path and gRPC status code (refused calls included)",
+            calls.clone(),
+        );
+        let latency = Family::<RpcLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(seconds_buckets())
+        });
+        registry.register(
+            "call_duration_seconds",
+            "Time from a call's arrival to its final status, by RPC path",
+            latency.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Calls refused by the per-instance rate limit",
+            rate_limited.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "shed",
+            "Calls refused by load shedding (more than --max-in-flight in progress)",
+            shed.clone(),
+        );
+        let batch_requests = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "group_commit_requests",
+            "Write requests per group commit",
+            batch_requests.clone(),
+        );
+        let flush_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "store_flush_seconds",
+            "Time to write and flush one group commit",
+            flush_seconds.clone(),
+        );
+        let commit_failures = Counter::default();
+        registry.register(
+            "group_commit_failures",
+            "Group commits the store refused (every request in them failed)",
+            commit_failures.clone(),
+        );
+        let insight_runs = Counter::default();
+        registry.register(
+            "insight_generation_runs",
+            "Insight-generation runs (background and Admin/GenerateInsights)",
+            insight_runs.clone(),
+        );
+        let insights_generated = Counter::default();
+        registry.register(
+            "insights_generated",
+            "Validated insights stored and published by insight generation",
+            insights_generated.clone(),
+        );
+        let records = Family::<KindLabel, Gauge>::default();
+        registry.register("records", "Records held, by kind", records.clone());
+        let live_subscribers = Gauge::default();
+        registry.register(
+            "live_subscribers",
+            "Open SubscribeInsights streams",
+            live_subscribers.clone(),
+        );
+        let stream_catch_ups = Gauge::default();
+        registry.register(
+            "stream_catch_ups",
+            "Times a subscriber fell behind the live broadcast and was caught up from the store, since start",
+            stream_catch_ups.clone(),
+        );
+        let last_insight_sequence = Gauge::default();
+        registry.register(
+            "last_insight_sequence",
+            "Sequence of the newest insight (stream lag = this minus a subscriber's last seen)",
+            last_insight_sequence.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Approximate size of the sled database on disk",
+            store_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            calls,
+            latency,
+            rate_limited,
+            shed,
+            batch_requests,
+            flush_seconds,
+            commit_failures,
+            insight_runs,
+            insights_generated,
+            records,
+            live_subscribers,
+            stream_catch_ups,
+            last_insight_sequence,
+            store_bytes,
+        }
+    }
+
+    /// One call ended with gRPC status `code` after `elapsed`.
+    pub fn observe_call(&self, rpc: &str, code: i32, elapsed: Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                rpc: rpc.to_string(),
+                code: format!("{:?}", tonic::Code::from_i32(code)),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RpcLabel {
+                rpc: rpc.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.inc();
+    }
+
+    /// The load shedder's running total (it counts on its own; this
+    /// mirrors it at scrape time).
+    pub fn set_shed_total(&self, total: u64) {
+        let now = self.shed.get();
+        if total > now {
+            self.shed.inc_by(total - now);
+        }
+    }
+
+    /// One group commit of `requests` write requests, `flush` to write it.
+    pub fn group_commit(&self, requests: usize, flush: Duration, ok: bool) {
+        self.batch_requests.observe(requests as f64);
+        self.flush_seconds.observe(flush.as_secs_f64());
+        if !ok {
+            self.commit_failures.inc();
+        }
+    }
+
+    pub fn insight_run(&self, stored: usize) {
+        self.insight_runs.inc();
+        self.insights_generated.inc_by(stored as u64);
+    }
+
+    /// The text exposition, with state gauges taken from `status`.
+    pub fn render(&self, status: &HubStatus, store_bytes: u64) -> String {
+        for (kind, n) in [
+            ("instances", status.instances),
+            ("patterns", status.patterns),
+            ("strategy_records", status.strategy_records),
+            ("strategy_outcomes", status.strategy_outcomes),
+            ("insights", status.insights),
+            ("failures", status.failures),
+            ("configurations", status.configurations),
+        ] {
+            self.records
+                .get_or_create(&KindLabel { kind })
+                .set(gauge(n));
+        }
+        self.live_subscribers.set(gauge(status.live_subscribers));
+        self.stream_catch_ups.set(gauge(status.stream_catch_ups));
+        self.last_insight_sequence
+            .set(gauge(status.last_insight_sequence));
+        self.store_bytes.set(gauge(store_bytes));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` turns true; `page`
+/// renders the current exposition.
+pub async fn serve(
+    listener: TcpListener,
+    page: impl Fn() -> String + Send + Sync + Clone + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => return,
+        };
+        let page = page.clone();
+        tokio::spawn(async move {
+            // A scraper's request fits in one read; anything slower than a
+            // second or larger than 8 KiB is not a scraper.
+            let mut request = vec![0u8; 8192];
+            let read = tokio::time::timeout(Duration::from_secs(1), async {
+                let mut filled = 0;
+                while filled < request.len() {
+                    let n = socket.read(&mut request[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                    if request[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<usize, std::io::Error>(filled)
+            })
+            .await;
+            let Ok(Ok(filled)) = read else { return };
+            let head = String::from_utf8_lossy(&request[..filled]);
+            let target = head.split_whitespace().take(2).collect::<Vec<_>>();
+            let response = match target.as_slice() {
+                ["GET", "/metrics"] => http_response(
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &page(),
+                ),
+                ["GET", _] => http_response("404 Not Found", "text/plain", "try /metrics\n"),
+                _ => http_response("405 Method Not Allowed", "text/plain", "GET only\n"),
+            };
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn http_response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
