@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod engine;
+pub mod faults;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -17,6 +18,7 @@ use std::{
 use serde::de::DeserializeOwned;
 
 pub use engine::{Engine, KvWrite, MemoryEngine, SledEngine};
+pub use faults::{Fault, Faults, FaultyEngine, Op};
 
 use crate::domain::matching::MatchCalibration;
 use crate::domain::model::{
@@ -315,6 +317,12 @@ impl Store {
     /// Makes every committed change durable.
     pub fn flush(&self) -> Result<()> {
         self.engine.flush()
+    }
+
+    /// After a failed commit: makes the engine writable again if it can
+    /// (see [`Engine::recover`]).
+    pub fn recover(&self) -> Result<()> {
+        self.engine.recover()
     }
 
     /// Up to `limit` outcomes with a sequence greater than `after`, in order.
