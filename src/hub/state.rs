@@ -427,6 +427,24 @@ impl<'a> Txn<'a> {
             .chain(self.own.insights.values())
     }
 
+    /// The newest version of the insight with this sequence, if any (an
+    /// insight removed in this commit is gone).
+    pub fn insight(&self, sequence: u64) -> Option<Arc<Insight>> {
+        if let Some(v) = self.own.insights.get(&sequence) {
+            return Some(v.clone());
+        }
+        if self.own.removed_insights.contains(&sequence) {
+            return None;
+        }
+        if let Some(v) = self.batch.insights.get(&sequence) {
+            return Some(v.clone());
+        }
+        if self.batch.removed_insights.contains(&sequence) {
+            return None;
+        }
+        self.base.insights.get(&sequence).cloned()
+    }
+
     pub fn put_insight(&mut self, v: Insight) -> Arc<Insight> {
         let v = Arc::new(v);
         self.own.insights.insert(v.sequence, v.clone());

@@ -391,12 +391,29 @@ impl Store {
         Ok(removed)
     }
 
-    /// The sequence of the first record of a sequence-keyed log at or after
-    /// time `at` (or one past the last), found by reading forwards.
-    pub fn first_sequence_at(&self, kind: Kind, at: UnixMillis) -> Result<Option<u64>> {
+    /// Where trimming a sequence-keyed log for `cutoff` stops: the sequence
+    /// of the first record that may be from `cutoff` or later (or one past
+    /// the last record, if every record is older), reading forwards.
+    ///
+    /// Records are in the order they happened, but their stamps come from a
+    /// clock that may have jumped. A stamp at or before `now` is taken at
+    /// its word. A stamp after `now` cannot be right (the clock was ahead
+    /// when it was made and has since been set back); such a record
+    /// happened no later than the next record with a believable stamp, so
+    /// it is trimmed if that one is, and kept (with everything after it)
+    /// otherwise. A record from a clock that was ahead therefore neither
+    /// blocks trimming until the clock catches up nor is trimmed early.
+    pub fn first_sequence_at(
+        &self,
+        kind: Kind,
+        cutoff: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Option<u64>> {
         let (start, end) = kind.range();
         let mut cursor = start;
         let mut last_seen = None;
+        // The first of a run of records stamped in the future.
+        let mut future_run = None;
         loop {
             let page = self.engine.scan(&cursor, &end, 4096)?;
             let Some((last, _)) = page.last() else { break };
@@ -413,14 +430,18 @@ impl Store {
                         (e.sequence, e.at)
                     }
                 };
-                if time >= at {
-                    return Ok(Some(sequence));
+                if time > now {
+                    future_run.get_or_insert(sequence);
+                } else if time >= cutoff {
+                    return Ok(Some(future_run.unwrap_or(sequence)));
+                } else {
+                    future_run = None;
+                    last_seen = Some(sequence + 1);
                 }
-                last_seen = Some(sequence + 1);
             }
             cursor = next;
         }
-        Ok(last_seen)
+        Ok(future_run.or(last_seen))
     }
 
     pub fn size_on_disk(&self) -> u64 {
@@ -502,6 +523,44 @@ mod tests {
             tail.iter().map(|o| o.sequence).collect::<Vec<_>>(),
             vec![3, 4]
         );
+    }
+
+    #[test]
+    fn log_trimming_follows_the_order_records_were_made_in() {
+        const NOW: i64 = 1_000_000;
+        const CUTOFF: i64 = 500_000;
+        let trim_point = |stamps: &[i64]| {
+            let store = Store::in_memory();
+            let outcomes = stamps
+                .iter()
+                .enumerate()
+                .map(|(i, &at)| StrategyOutcome {
+                    at,
+                    ..outcome(i as u64 + 1)
+                })
+                .collect();
+            store
+                .commit(&Changes {
+                    outcomes,
+                    ..Default::default()
+                })
+                .unwrap();
+            store.first_sequence_at(Kind::Outcome, CUTOFF, NOW).unwrap()
+        };
+        let future = NOW + 1;
+        let old = CUTOFF - 1;
+        assert_eq!(trim_point(&[]), None);
+        assert_eq!(trim_point(&[old, old]), Some(3), "all old: trim all");
+        assert_eq!(
+            trim_point(&[old, CUTOFF, old]),
+            Some(2),
+            "stop at the first kept"
+        );
+        // A future stamp followed by an old one: made before it, trimmed.
+        assert_eq!(trim_point(&[old, future, old, CUTOFF]), Some(4));
+        // Followed by a recent one, or by nothing: kept.
+        assert_eq!(trim_point(&[old, future, CUTOFF]), Some(2));
+        assert_eq!(trim_point(&[old, future, future]), Some(2));
     }
 
     #[test]
