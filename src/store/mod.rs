@@ -314,6 +314,31 @@ impl Store {
         self.engine.apply(changes.encode()?)
     }
 
+    /// Writes `changes` atomically on top of a repair of an earlier failed
+    /// commit: every record `touched` wrote is first put back as `restore`
+    /// has it, or erased where `restore` has no version of it. Whatever the
+    /// failed commit left in the engine — all of it, none of it — is thereby
+    /// replaced by what the hub acknowledged.
+    pub fn commit_repairing(
+        &self,
+        touched: &Changes,
+        restore: &Changes,
+        changes: &Changes,
+    ) -> Result<()> {
+        let restored = restore.encode()?;
+        let kept: HashSet<&[u8]> = restored.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut writes: Vec<KvWrite> = touched
+            .encode()?
+            .into_iter()
+            .filter(|(k, _)| !kept.contains(k.as_slice()))
+            .map(|(k, _)| (k, None))
+            .collect();
+        writes.extend(restored);
+        // Later writes to a key win: the new changes over the repair.
+        writes.extend(changes.encode()?);
+        self.engine.apply(writes)
+    }
+
     /// Makes every committed change durable.
     pub fn flush(&self) -> Result<()> {
         self.engine.flush()
@@ -561,6 +586,47 @@ mod tests {
         // Followed by a recent one, or by nothing: kept.
         assert_eq!(trim_point(&[old, future, CUTOFF]), Some(2));
         assert_eq!(trim_point(&[old, future, future]), Some(2));
+    }
+
+    #[test]
+    fn a_repair_puts_back_what_a_failed_commit_touched() {
+        let store = Store::in_memory();
+        let acknowledged = Changes {
+            outcomes: vec![outcome(1)],
+            outcome_sequence: Some(1),
+            insight_sequence: Some(4),
+            ..Default::default()
+        };
+        store.commit(&acknowledged).unwrap();
+        // A commit whose flush failed: it reached the engine anyway.
+        let failed = Changes {
+            outcomes: vec![outcome(2)],
+            outcome_sequence: Some(2),
+            ..Default::default()
+        };
+        store.commit(&failed).unwrap();
+        // The hub's view: outcome 2 never happened.
+        let restore = Changes {
+            outcome_sequence: Some(1),
+            ..Default::default()
+        };
+        let next = Changes {
+            insight_sequence: Some(5),
+            ..Default::default()
+        };
+        store.commit_repairing(&failed, &restore, &next).unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(
+            (snapshot.outcome_sequence, snapshot.insight_sequence),
+            (1, 5)
+        );
+        let log: Vec<u64> = store
+            .outcomes_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|o| o.sequence)
+            .collect();
+        assert_eq!(log, [1]);
     }
 
     #[test]
