@@ -12,7 +12,7 @@
 //! resume sequence), let in-flight calls finish (up to the drain timeout),
 //! then finish queued writes and flush the store.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, path::Path, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 
@@ -52,6 +52,26 @@ where
         .await
 }
 
+/// [`run_with_clock`] on a store `open_store` opens in the data directory
+/// instead of sled there — for tests that put a fault injector
+/// ([`crate::store::FaultyEngine`]) under a real hub.
+pub async fn run_with_store<F, O>(
+    listener: TcpListener,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    open_store: O,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+    O: FnOnce(&Path) -> Result<Store> + Send + 'static,
+{
+    PreparedHub::prepare_with_store(config, clock, open_store)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
 /// A hub with its certificates in place and its state loaded, not yet
 /// serving. Splitting start-up from serving lets a caller announce the hub
 /// only once everything that can fail at start has succeeded.
@@ -67,6 +87,19 @@ impl PreparedHub {
     /// (generating a development PKI when allowed and there is no CA), opens
     /// the store and loads the state.
     pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::prepare_with_store(config, clock, Store::open).await
+    }
+
+    /// [`PreparedHub::prepare`] with the store opened by `open_store` in
+    /// the data directory (see [`run_with_store`]).
+    pub async fn prepare_with_store<O>(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        open_store: O,
+    ) -> Result<Self>
+    where
+        O: FnOnce(&Path) -> Result<Store> + Send + 'static,
+    {
         // tokio-rustls and tonic's client share one process-wide provider;
         // installing ring explicitly avoids depending on feature unification.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -112,7 +145,7 @@ impl PreparedHub {
         // sled's open and the state load block on disk: keep them off the
         // async workers.
         let hub =
-            tokio::task::spawn_blocking(move || Hub::open(Store::open(&dir)?, clock, settings))
+            tokio::task::spawn_blocking(move || Hub::open(open_store(&dir)?, clock, settings))
                 .await
                 .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
         let metrics = match config.metrics_listen {

@@ -10,8 +10,22 @@
 //!   older than the recommendation window is dropped (the daily roll-up).
 //! - Failures are kept indefinitely (operators mark them resolved).
 //!
-//! A clock that jumps backwards deletes nothing new: every rule is "older
-//! than", measured from the clock's present.
+//! Time is what the hub's clock says when the sweep runs:
+//!
+//! - A forward jump is taken as time having passed: whatever the new
+//!   present puts past its expiry goes at the first sweep after it,
+//!   nothing before.
+//! - A backward jump deletes nothing new — every rule is "older than",
+//!   measured from the clock's present — and records not yet swept stay
+//!   until the clock reaches their expiry again.
+//! - A record stamped while the clock was ahead therefore lives until the
+//!   clock reaches its stamped expiry, longer than it should by however
+//!   far the clock was ahead. Re-dating such records is not safe: a sweep
+//!   cannot tell a clock that was ahead then from one that is behind now,
+//!   and in the second case re-dating would delete data early.
+//! - The logs are trimmed by the order records were made in, so one record
+//!   with a future stamp holds nothing else back (see
+//!   [`crate::store::Store::first_sequence_at`]).
 
 use std::sync::Arc;
 

@@ -118,7 +118,9 @@ impl Hub {
     }
 
     /// Ends an insight's validity now (an operator found its assumptions
-    /// no longer hold).
+    /// no longer hold). It is removed at once rather than marked expired:
+    /// an expiry stamped "now" by a clock that is ahead would make the
+    /// insight valid again once the clock is set back.
     pub async fn invalidate_insight(&self, id: String) -> Result<()> {
         self.write(move |txn| {
             let now = txn.now;
@@ -129,9 +131,7 @@ impl Hub {
             else {
                 return Err(Error::not_found("valid insight", id));
             };
-            let mut insight = (*found).clone();
-            insight.valid_until = now;
-            txn.put_insight(insight);
+            txn.remove_insight(found.sequence);
             Ok(())
         })
         .await

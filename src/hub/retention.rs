@@ -1,6 +1,8 @@
 //! The retention sweep: applies [`crate::domain::retention`] to the state
 //! (through the writer, re-checking each record in case it changed since
-//! the plan) and trims the outcome and audit logs on disk.
+//! the plan) and trims the outcome and audit logs on disk. Expiry is judged
+//! by the hub's clock when the sweep runs; see the domain module for what
+//! that means when the clock jumps.
 
 use std::sync::atomic::Ordering;
 
@@ -55,14 +57,13 @@ impl Hub {
                             counts.0 += 1;
                         }
                     }
-                    let expired: Vec<u64> = txn
-                        .insights()
-                        .filter(|i| sweep.insights.contains(&i.sequence) && !i.is_valid_at(now))
-                        .map(|i| i.sequence)
-                        .collect();
-                    for sequence in expired {
-                        txn.remove_insight(sequence);
-                        counts.1 += 1;
+                    // The newest version of each: one extended since the
+                    // plan (in this very batch, say) stays.
+                    for sequence in sweep.insights {
+                        if txn.insight(sequence).is_some_and(|i| !i.is_valid_at(now)) {
+                            txn.remove_insight(sequence);
+                            counts.1 += 1;
+                        }
                     }
                     for rolled in sweep.strategies {
                         // Only if nothing was recorded since the plan.
@@ -88,7 +89,7 @@ impl Hub {
         let day = 24 * 60 * 60 * 1000;
         let (outcomes, audit) = tokio::task::spawn_blocking(move || -> Result<(usize, usize)> {
             let trim = |kind: Kind, days: i64, keep_after: u64| -> Result<usize> {
-                match store.first_sequence_at(kind, now - days * day)? {
+                match store.first_sequence_at(kind, now - days * day, now)? {
                     Some(first_kept) => store.truncate_log(kind, first_kept.min(keep_after + 1)),
                     None => Ok(0),
                 }

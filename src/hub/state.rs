@@ -275,6 +275,81 @@ impl State {
         }
     }
 
+    /// This state's version of every record `touched` writes, for
+    /// [`crate::store::Store::commit_repairing`]: what the store must hold
+    /// for those keys once a failed commit is undone. Records the state
+    /// does not have (a registration, an outcome, an audit entry that was
+    /// never acknowledged) are left out, so the repair erases them; audit
+    /// entries the state has counted are kept. `floor` is the strategy
+    /// floor the writer last wrote.
+    pub fn restore(&self, touched: &Changes, floor: u64) -> Changes {
+        let mut restore = Changes::default();
+        let instance_ids = touched
+            .instance_writes
+            .iter()
+            .chain(touched.instance_checkpoint.iter().map(|i| &i.instance_id));
+        for id in instance_ids {
+            if let Some(v) = self.instances.get(id) {
+                restore.instances.insert(id.clone(), v.clone());
+                restore.instance_writes.insert(id.clone());
+            }
+        }
+        for id in touched.patterns.keys().chain(&touched.removed_patterns) {
+            if let Some(v) = self.patterns.get(id) {
+                restore.patterns.insert(id.clone(), v.clone());
+            }
+        }
+        for record in &touched.checkpoint {
+            if let Some(v) = self.strategies.get(&record.key()) {
+                restore.checkpoint.push(v.clone());
+            }
+        }
+        if touched.strategy_floor.is_some() {
+            restore.strategy_floor = Some(floor);
+        }
+        for sequence in touched.insights.keys().chain(&touched.removed_insights) {
+            if let Some(v) = self.insights.get(sequence) {
+                restore.insights.insert(*sequence, v.clone());
+            }
+        }
+        for id in touched.failures.keys() {
+            if let Some(v) = self.failures.get(id) {
+                restore.failures.insert(id.clone(), v.clone());
+            }
+        }
+        for id in touched.configs.keys() {
+            if let Some(v) = self.configs.get(id) {
+                restore.configs.insert(id.clone(), v.clone());
+            }
+        }
+        // Outcomes are only ever installed after their flush succeeded:
+        // any in `touched` were never acknowledged.
+        if touched.insight_sequence.is_some() {
+            restore.insight_sequence = Some(self.insight_sequence);
+        }
+        if touched.outcome_sequence.is_some() {
+            restore.outcome_sequence = Some(self.outcome_sequence);
+        }
+        if touched.pattern_calibration.is_some() {
+            restore.pattern_calibration = Some(self.pattern_calibration);
+        }
+        for id in touched.api_keys.keys() {
+            restore
+                .api_keys
+                .insert(id.clone(), self.api_keys.get(id).cloned());
+        }
+        restore.audit = touched
+            .audit
+            .iter()
+            .filter(|e| e.sequence <= self.audit_sequence)
+            .cloned()
+            .collect();
+        if touched.audit_sequence.is_some() {
+            restore.audit_sequence = Some(self.audit_sequence);
+        }
+        restore
+    }
+
     /// Every aggregate (any strategy, any context) for `metric`.
     pub fn strategies_for_metric<'s>(
         &'s self,
@@ -427,6 +502,24 @@ impl<'a> Txn<'a> {
             .chain(self.own.insights.values())
     }
 
+    /// The newest version of the insight with this sequence, if any (an
+    /// insight removed in this commit is gone).
+    pub fn insight(&self, sequence: u64) -> Option<Arc<Insight>> {
+        if let Some(v) = self.own.insights.get(&sequence) {
+            return Some(v.clone());
+        }
+        if self.own.removed_insights.contains(&sequence) {
+            return None;
+        }
+        if let Some(v) = self.batch.insights.get(&sequence) {
+            return Some(v.clone());
+        }
+        if self.batch.removed_insights.contains(&sequence) {
+            return None;
+        }
+        self.base.insights.get(&sequence).cloned()
+    }
+
     pub fn put_insight(&mut self, v: Insight) -> Arc<Insight> {
         let v = Arc::new(v);
         self.own.insights.insert(v.sequence, v.clone());
@@ -571,6 +664,67 @@ mod tests {
             .unwrap_or_else(|| StrategyRecord::empty(&key, outcome.at));
         record.record(outcome, 7);
         state.put_strategy(Arc::new(record));
+    }
+
+    fn instance(id: &str, shared_records: u64) -> Arc<Instance> {
+        Arc::new(Instance {
+            instance_id: id.into(),
+            region: "r".into(),
+            context: Attributes::new(),
+            capabilities: vec![],
+            registered_at: 1,
+            last_seen: 1,
+            shared_records,
+        })
+    }
+
+    fn audit(sequence: u64) -> AuditEntry {
+        AuditEntry {
+            sequence,
+            at: 1,
+            caller: "i1".into(),
+            role: "instance".into(),
+            rpc: "/learninghub.v1.Hub/GetStatus".into(),
+            code: 0,
+            request_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn restore_is_the_state_for_every_record_a_failed_commit_touched() {
+        let mut state = State::default();
+        state.instances.insert("i1".into(), instance("i1", 3));
+        state.audit_sequence = 1;
+        state.outcome_sequence = 7;
+        // A failed commit: a registration, activity of a known instance, an
+        // outcome, a key, two audit entries (one already installed).
+        let mut touched = Changes::default();
+        touched.instance_writes.insert("ghost".into());
+        touched
+            .instances
+            .insert("ghost".into(), instance("ghost", 0));
+        touched.instance_checkpoint.push(instance("i1", 4));
+        touched.outcomes.push(outcome(8, "s", "x", &[]));
+        touched.outcome_sequence = Some(8);
+        touched.api_keys.insert("ghost".into(), None);
+        touched.audit = vec![audit(1), audit(2)];
+        touched.audit_sequence = Some(2);
+
+        let restore = state.restore(&touched, 5);
+        // The known instance as the state has it; the ghost left out (so
+        // the repair erases it); the counter back where the state is.
+        assert_eq!(restore.instances.keys().collect::<Vec<_>>(), ["i1"]);
+        assert_eq!(restore.instances["i1"].shared_records, 3);
+        assert!(restore.instance_writes.contains("i1"));
+        assert!(restore.outcomes.is_empty());
+        assert_eq!(restore.outcome_sequence, Some(7));
+        assert!(matches!(restore.api_keys.get("ghost"), Some(None)));
+        assert_eq!(
+            restore.audit.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1]
+        );
+        assert_eq!(restore.audit_sequence, Some(1));
+        assert_eq!(restore.strategy_floor, None, "no floor was touched");
     }
 
     #[test]

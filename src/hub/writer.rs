@@ -26,7 +26,16 @@
 //!   it back by up to [`CHECKPOINT_AGE`]. Registrations are written at once.
 //! - Audit entries of calls that changed nothing (reads, refusals) are
 //!   written without a flush of their own: they become durable with the
-//!   next flush (the next write's, or sled's own within half a second).
+//!   next flush (the next write's, the writer's own within
+//!   [`UNFLUSHED_MAX_AGE`], or sled's within half a second).
+//!
+//! When the store fails (a full disk, an I/O error), the batch is not
+//! installed and every request in it is answered with the store's error
+//! (UNAVAILABLE, naming the cause); readers keep the last acknowledged
+//! state. The writer keeps going: each later batch (or, when idle, each
+//! tick) first asks the engine to recover and repairs what the failure
+//! left in doubt (see [`InDoubt`]), so writes resume on their own once the
+//! disk does, without a restart.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -348,12 +357,125 @@ impl Checkpoints {
     }
 }
 
+/// How long writes may stay applied but not flushed (audit entries, idle
+/// checkpoints) before the writer flushes them on its own.
+const UNFLUSHED_MAX_AGE: Duration = Duration::from_secs(1);
+/// While commits keep failing, how often the writer logs that again.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the store may hold that differs from what the hub has installed.
+///
+/// Writes that need no flush of their own (audit entries, idle
+/// checkpoints) are installed once applied; a failed commit is not
+/// installed at all, though its writes may have reached the engine (a
+/// flush that failed after the apply succeeded). Until the next successful
+/// flush both are in doubt: the failed ones may surface after a restart,
+/// and an engine that recovers from an I/O error by reopening (sled) drops
+/// the unflushed ones. So after a failure, the next commit first rewrites
+/// every record written since the last flush as the state has it — or
+/// erases it — and flushes ([`Store::commit_repairing`]).
+///
+/// [`Store::commit_repairing`]: crate::store::Store::commit_repairing
+#[derive(Default)]
+struct InDoubt {
+    /// Every record written since the last successful flush.
+    since_flush: Changes,
+    /// When the oldest of them was written.
+    oldest: Option<Instant>,
+    /// A commit failed since the last successful flush.
+    repair: bool,
+    /// The current run of failed commits, for the log.
+    failing: Option<FailureRun>,
+}
+
+struct FailureRun {
+    since: Instant,
+    commits: u64,
+    requests: u64,
+    last_logged: Instant,
+}
+
+impl InDoubt {
+    fn aged(&self, now: Instant) -> bool {
+        self.oldest
+            .is_some_and(|t| now.duration_since(t) >= UNFLUSHED_MAX_AGE)
+    }
+
+    /// `batch` was applied without a flush.
+    fn applied(&mut self, batch: Changes, now: Instant) {
+        self.since_flush.absorb(batch);
+        self.oldest.get_or_insert(now);
+    }
+
+    /// Everything written so far is durable.
+    fn flushed(&mut self) {
+        if let Some(run) = self.failing.take() {
+            tracing::warn!(
+                failed_commits = run.commits,
+                failed_requests = run.requests,
+                seconds = run.since.elapsed().as_secs_f64(),
+                "store writable again; writes resumed"
+            );
+        }
+        *self = InDoubt::default();
+    }
+
+    /// The commit of `batch` failed with `error`.
+    fn failed(&mut self, batch: Changes, requests: usize, error: &Error, now: Instant) {
+        self.applied(batch, now);
+        // Only which records were touched matters for the repair. Failed
+        // batches reuse the same sequences and re-plan the same
+        // checkpoints, so without this a long outage would grow the lists
+        // by every refused request.
+        let changes = &mut self.since_flush;
+        changes.outcomes.sort_by_key(|o| o.sequence);
+        changes.outcomes.dedup_by_key(|o| o.sequence);
+        changes.audit.sort_by_key(|e| e.sequence);
+        changes.audit.dedup_by_key(|e| e.sequence);
+        changes.checkpoint.sort_by_key(|r| r.key());
+        changes.checkpoint.dedup_by_key(|r| r.key());
+        changes
+            .instance_checkpoint
+            .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        changes
+            .instance_checkpoint
+            .dedup_by(|a, b| a.instance_id == b.instance_id);
+        self.repair = true;
+        match &mut self.failing {
+            None => {
+                tracing::error!(%error, requests, "group commit failed; writes are refused until the store recovers");
+                self.failing = Some(FailureRun {
+                    since: now,
+                    commits: 1,
+                    requests: requests as u64,
+                    last_logged: now,
+                });
+            }
+            Some(run) => {
+                run.commits += 1;
+                run.requests += requests as u64;
+                if now.duration_since(run.last_logged) >= FAILURE_LOG_EVERY {
+                    run.last_logged = now;
+                    tracing::error!(
+                        %error,
+                        failed_commits = run.commits,
+                        failed_requests = run.requests,
+                        seconds = now.duration_since(run.since).as_secs_f64(),
+                        "store still failing"
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
     let mut checkpoints = Checkpoints {
         aggregates: DirtyAggregates::default(),
         instances: Aging::default(),
         floor: shared.strategy_floor.load(Ordering::SeqCst),
     };
+    let mut in_doubt = InDoubt::default();
     let mut stop: Option<oneshot::Sender<Result<()>>> = None;
     while stop.is_none() {
         let Some(first) = rx.blocking_recv() else {
@@ -377,7 +499,15 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        commit_batch(&shared, jobs, durable, &mut checkpoints, false);
+        // A failure was answered to the batch's callers and logged.
+        let _ = commit_batch(
+            &shared,
+            jobs,
+            durable,
+            &mut checkpoints,
+            &mut in_doubt,
+            false,
+        );
     }
     rx.close();
     // Requests that raced with the stop get a clear answer rather than a
@@ -390,11 +520,20 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
             (job(&mut txn))(Err(shutting_down()));
         }
     }
-    // Persist every aggregate, so the next start has nothing to replay.
-    commit_batch(&shared, Vec::new(), true, &mut checkpoints, true);
-    let flushed = shared.store.flush();
+    // Persist every aggregate, so the next start has nothing to replay. If
+    // that fails the next start replays the outcome log instead; the
+    // caller of `stop` still hears of it.
+    let last = commit_batch(
+        &shared,
+        Vec::new(),
+        true,
+        &mut checkpoints,
+        &mut in_doubt,
+        true,
+    );
+    let flushed = last.and_then(|()| shared.store.flush());
     if let Err(e) = &flushed {
-        tracing::error!(error = %e, "final flush failed");
+        tracing::error!(error = %e, "final checkpoint or flush failed; the next start replays the outcome log");
     }
     if let Some(tx) = stop {
         let _ = tx.send(flushed);
@@ -402,19 +541,23 @@ fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Message>, max_batch: usize) {
 }
 
 /// Runs `jobs` as one group commit, with aged aggregates (all of them if
-/// `everything`). Flushes unless nothing in it needs to be durable before
-/// its answer (`durable` false: audit entries, checkpoints).
+/// `everything`), on top of a repair if an earlier commit failed. Flushes
+/// unless nothing in it needs to be durable before its answer (`durable`
+/// false: audit entries, checkpoints) and nothing unflushed has waited
+/// [`UNFLUSHED_MAX_AGE`]. Returns what every job was answered.
 fn commit_batch(
     shared: &Shared,
     jobs: Vec<Job>,
     durable: bool,
     checkpoints: &mut Checkpoints,
+    in_doubt: &mut InDoubt,
     everything: bool,
-) {
+) -> Result<()> {
     let mut batch = Changes::default();
     let mut completions: Vec<Completion> = Vec::with_capacity(jobs.len());
     let previous_insight_sequence;
     let checkpointed;
+    let restore;
     {
         let state = shared.read_state();
         previous_insight_sequence = state.insight_sequence;
@@ -431,24 +574,38 @@ fn commit_batch(
             }
         }
         checkpointed = checkpoints.plan(&state, &mut batch, everything);
+        restore = in_doubt
+            .repair
+            .then(|| state.restore(&in_doubt.since_flush, checkpoints.floor));
     }
 
-    let writing = std::time::Instant::now();
-    let written = if batch.is_empty() {
+    let now = Instant::now();
+    let nothing_to_write = batch.is_empty() && restore.is_none() && !in_doubt.aged(now);
+    let flush = !nothing_to_write && (durable || restore.is_some() || in_doubt.aged(now));
+    let written = if nothing_to_write {
         Ok(())
     } else {
-        shared.store.commit(&batch).and_then(|()| {
-            if durable {
-                shared.store.flush()
-            } else {
-                Ok(())
+        (|| -> Result<()> {
+            match &restore {
+                Some(restore) => {
+                    shared.store.recover()?;
+                    shared
+                        .store
+                        .commit_repairing(&in_doubt.since_flush, restore, &batch)?;
+                }
+                None if !batch.is_empty() => shared.store.commit(&batch)?,
+                None => {}
             }
-        })
+            if flush {
+                shared.store.flush()?;
+            }
+            Ok(())
+        })()
     };
-    if !batch.is_empty() {
+    if !nothing_to_write {
         shared
             .metrics
-            .group_commit(completions.len(), writing.elapsed(), written.is_ok());
+            .group_commit(completions.len(), now.elapsed(), written.is_ok());
     }
     match &written {
         Ok(()) => {
@@ -462,10 +619,16 @@ fn commit_batch(
                     shared.bus.publish(insight.clone());
                 }
             }
+            if flush {
+                in_doubt.flushed();
+            } else if !batch.is_empty() {
+                in_doubt.applied(batch, now);
+            }
         }
-        Err(e) => tracing::error!(error = %e, requests = completions.len(), "group commit failed"),
+        Err(e) => in_doubt.failed(batch, completions.len(), e, now),
     }
     for completion in completions {
         completion(written.clone());
     }
+    written
 }

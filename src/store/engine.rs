@@ -1,10 +1,23 @@
 //! The key-value seam under the hub's store: an ordered map of byte keys to
 //! byte values with atomic batches and an explicit durability point. Two
 //! engines implement it: [`SledEngine`] on disk and [`MemoryEngine`] for
-//! unit tests. Everything above (record encoding, the hub's state) is
+//! unit tests (and [`super::faults::FaultyEngine`] wraps either to inject
+//! failures). Everything above (record encoding, the hub's state) is
 //! written once against this trait.
+//!
+//! Failures are [`Error::Unavailable`] with a message that names the cause
+//! the way an operator would look for it ("store unavailable: disk full
+//! (write failed: …)"); [`store_io_error`] is the one place that wording is
+//! made, for real and injected errors alike.
 
-use std::{collections::BTreeMap, ops::Bound, path::Path, sync::Mutex};
+use std::{
+    collections::BTreeMap,
+    io,
+    ops::Bound,
+    path::{Path, PathBuf},
+    sync::{Mutex, RwLock},
+    time::{Duration, Instant},
+};
 
 use crate::error::{Error, Result};
 
@@ -13,10 +26,13 @@ pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
 
 /// An ordered key-value engine.
 pub trait Engine: Send + Sync + 'static {
-    /// Applies every write or none of them.
+    /// Applies every write or none of them. Where a batch writes the same
+    /// key twice, the later write wins.
     fn apply(&self, writes: Vec<KvWrite>) -> Result<()>;
 
-    /// Returns once every applied write is durable on disk.
+    /// Returns once every applied write is durable on disk. If it fails,
+    /// writes applied since the last successful flush may or may not be
+    /// durable.
     fn flush(&self) -> Result<()>;
 
     /// Up to `limit` entries with `start <= key < end`, in key order.
@@ -24,20 +40,85 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Approximate bytes on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
+
+    /// Called by the hub's writer after a failed apply or flush, before it
+    /// writes again: makes the engine writable again if it can (`Ok`), or
+    /// says why not. Recovering may drop writes applied since the last
+    /// successful flush; the caller rewrites them. The default has nothing
+    /// to recover.
+    fn recover(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The error for a failed store operation (`action`: "write", "flush",
+/// "read", "open"), naming the cause an operator can act on.
+pub fn store_io_error(action: &str, e: &io::Error) -> Error {
+    let cause = match e.kind() {
+        io::ErrorKind::StorageFull => "disk full",
+        io::ErrorKind::QuotaExceeded => "disk quota exceeded",
+        io::ErrorKind::ReadOnlyFilesystem => "file system is read-only",
+        _ => "I/O error",
+    };
+    Error::Unavailable(format!("store unavailable: {cause} ({action} failed: {e})"))
 }
 
 /// The on-disk engine: one sled tree.
+///
+/// sled's I/O errors are sticky: once a write to its log fails (a full
+/// disk, say), every later write and flush of that database fails with the
+/// same error, even after space returns. So after an I/O error the engine
+/// reopens the database when the writer asks it to [`Engine::recover`]
+/// (at most every [`REOPEN_BACKOFF`]…[`REOPEN_BACKOFF_MAX`], doubling, so
+/// a disk that stays full is not re-read in a loop). Reopening recovers
+/// sled's log from disk, which may drop writes that were applied but not
+/// flushed; the writer puts those back.
 pub struct SledEngine {
+    dir: PathBuf,
+    /// `None` after a reopen failed (every operation then fails until the
+    /// next successful recover).
+    db: RwLock<Option<Opened>>,
+    recovery: Mutex<Recovery>,
+}
+
+struct Opened {
     db: sled::Db,
     tree: sled::Tree,
 }
 
+/// Whether the database needs reopening, and when it was last tried.
+struct Recovery {
+    /// The error that broke it (`None`: healthy).
+    broken: Option<Error>,
+    last_reopen: Option<Instant>,
+    /// The wait after `last_reopen` before the next attempt.
+    backoff: Duration,
+}
+
 /// sled's page cache.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The first wait before reopening after an I/O error…
+pub const REOPEN_BACKOFF: Duration = Duration::from_millis(250);
+/// …doubling up to this…
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// …and back to the first after this long without a reopen.
+const REOPEN_QUIET: Duration = Duration::from_secs(30);
 
 impl SledEngine {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Ok(SledEngine {
+            dir: dir.to_path_buf(),
+            db: RwLock::new(Some(Self::open_db(dir)?)),
+            recovery: Mutex::new(Recovery {
+                broken: None,
+                last_reopen: None,
+                backoff: REOPEN_BACKOFF,
+            }),
+        })
+    }
+
+    fn open_db(dir: &Path) -> Result<Opened> {
         let db = sled::Config::new()
             .path(dir)
             // Durability comes from our own flush before every acknowledgement;
@@ -49,18 +130,65 @@ impl SledEngine {
             // the hub's memory grow with the store for nothing.
             .cache_capacity(SLED_CACHE_BYTES)
             .open()
-            .map_err(|e| {
-                Error::Unavailable(format!("cannot open store in {}: {e}", dir.display()))
+            .map_err(|e| match e {
+                sled::Error::Io(io) => store_io_error(&format!("open of {}", dir.display()), &io),
+                other => Error::Unavailable(format!(
+                    "store unavailable: cannot open {}: {other}",
+                    dir.display()
+                )),
             })?;
         let tree = db
             .open_tree("records")
-            .map_err(|e| Error::Unavailable(format!("cannot open records tree: {e}")))?;
-        Ok(SledEngine { db, tree })
+            .map_err(|e| sled_error("open of the records tree", e))?;
+        Ok(Opened { db, tree })
+    }
+
+    /// Runs `f` on the open tree; an I/O error marks the database for
+    /// reopening.
+    fn with_tree<T>(
+        &self,
+        action: &str,
+        f: impl FnOnce(&sled::Tree) -> sled::Result<T>,
+    ) -> Result<T> {
+        let result = {
+            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            db.as_ref().map(|opened| f(&opened.tree))
+        };
+        let Some(result) = result else {
+            return Err(self.broken_error());
+        };
+        // The read lock is released before `recovery` is taken: `recover`
+        // takes them in the other order.
+        result.map_err(|e| {
+            let io = matches!(e, sled::Error::Io(_));
+            let error = sled_error(action, e);
+            if io {
+                self.mark_broken(&error);
+            }
+            error
+        })
+    }
+
+    fn mark_broken(&self, error: &Error) {
+        let mut recovery = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        recovery.broken.get_or_insert_with(|| error.clone());
+    }
+
+    fn broken_error(&self) -> Error {
+        self.recovery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .broken
+            .clone()
+            .unwrap_or_else(|| Error::Unavailable("store unavailable: not open".into()))
     }
 }
 
-fn io_error(action: &str, e: sled::Error) -> Error {
-    Error::Unavailable(format!("store {action} failed: {e}"))
+fn sled_error(action: &str, e: sled::Error) -> Error {
+    match e {
+        sled::Error::Io(io) => store_io_error(action, &io),
+        other => Error::Unavailable(format!("store unavailable: {action} failed: {other}")),
+    }
 }
 
 impl Engine for SledEngine {
@@ -72,30 +200,69 @@ impl Engine for SledEngine {
                 None => batch.remove(key),
             }
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| io_error("write", e))
+        self.with_tree("write", |tree| tree.apply_batch(batch))
     }
 
     fn flush(&self) -> Result<()> {
-        self.tree.flush().map_err(|e| io_error("flush", e))?;
-        Ok(())
+        self.with_tree("flush", |tree| tree.flush().map(drop))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.tree
-            .range(start..end)
-            .take(limit)
-            .map(|entry| {
-                entry
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(|e| io_error("read", e))
-            })
-            .collect()
+        self.with_tree("read", |tree| {
+            tree.range(start..end)
+                .take(limit)
+                .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect()
+        })
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        db.as_ref()
+            .and_then(|o| o.db.size_on_disk().ok())
+            .unwrap_or(0)
+    }
+
+    fn recover(&self) -> Result<()> {
+        let mut recovery = self.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(error) = recovery.broken.clone() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if let Some(last) = recovery.last_reopen {
+            let since = now.duration_since(last);
+            if since < recovery.backoff {
+                return Err(error);
+            }
+            if since > REOPEN_QUIET {
+                recovery.backoff = REOPEN_BACKOFF;
+            }
+        }
+        recovery.last_reopen = Some(now);
+        // A reopen that succeeds on a disk still full is followed by the
+        // same failure: the wait grows either way.
+        let wait = recovery.backoff;
+        recovery.backoff = (wait * 2).min(REOPEN_BACKOFF_MAX);
+        // The old database must be gone (its file lock released) before
+        // the directory can be opened again.
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        drop(db.take());
+        match Self::open_db(&self.dir) {
+            Ok(opened) => {
+                *db = Some(opened);
+                recovery.broken = None;
+                tracing::warn!(
+                    dir = %self.dir.display(),
+                    after = %error,
+                    "store reopened after an I/O error"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                recovery.broken = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 }
 
@@ -161,6 +328,19 @@ mod tests {
     }
 
     #[test]
+    fn store_errors_name_their_cause() {
+        let message =
+            |os: i32| store_io_error("write", &io::Error::from_raw_os_error(os)).to_string();
+        assert_eq!(
+            message(28),
+            "unavailable: store unavailable: disk full (write failed: No space left on device (os error 28))"
+        );
+        assert!(message(122).contains("store unavailable: disk quota exceeded (write failed"));
+        assert!(message(30).contains("store unavailable: file system is read-only"));
+        assert!(message(5).contains("store unavailable: I/O error (write failed"));
+    }
+
+    #[test]
     fn memory_engine_semantics() {
         exercise(&MemoryEngine::default());
     }
@@ -173,6 +353,9 @@ mod tests {
             exercise(&engine);
         }
         let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.scan(b"a/", b"a0", 10).unwrap().len(), 1);
+        // A healthy engine has nothing to recover.
+        engine.recover().unwrap();
         assert_eq!(engine.scan(b"a/", b"a0", 10).unwrap().len(), 1);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod engine;
+pub mod faults;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -17,6 +18,7 @@ use std::{
 use serde::de::DeserializeOwned;
 
 pub use engine::{Engine, KvWrite, MemoryEngine, SledEngine};
+pub use faults::{Fault, Faults, FaultyEngine, Op};
 
 use crate::domain::matching::MatchCalibration;
 use crate::domain::model::{
@@ -312,9 +314,40 @@ impl Store {
         self.engine.apply(changes.encode()?)
     }
 
+    /// Writes `changes` atomically on top of a repair of an earlier failed
+    /// commit: every record `touched` wrote is first put back as `restore`
+    /// has it, or erased where `restore` has no version of it. Whatever the
+    /// failed commit left in the engine — all of it, none of it — is thereby
+    /// replaced by what the hub acknowledged.
+    pub fn commit_repairing(
+        &self,
+        touched: &Changes,
+        restore: &Changes,
+        changes: &Changes,
+    ) -> Result<()> {
+        let restored = restore.encode()?;
+        let kept: HashSet<&[u8]> = restored.iter().map(|(k, _)| k.as_slice()).collect();
+        let mut writes: Vec<KvWrite> = touched
+            .encode()?
+            .into_iter()
+            .filter(|(k, _)| !kept.contains(k.as_slice()))
+            .map(|(k, _)| (k, None))
+            .collect();
+        writes.extend(restored);
+        // Later writes to a key win: the new changes over the repair.
+        writes.extend(changes.encode()?);
+        self.engine.apply(writes)
+    }
+
     /// Makes every committed change durable.
     pub fn flush(&self) -> Result<()> {
         self.engine.flush()
+    }
+
+    /// After a failed commit: makes the engine writable again if it can
+    /// (see [`Engine::recover`]).
+    pub fn recover(&self) -> Result<()> {
+        self.engine.recover()
     }
 
     /// Up to `limit` outcomes with a sequence greater than `after`, in order.
@@ -383,12 +416,29 @@ impl Store {
         Ok(removed)
     }
 
-    /// The sequence of the first record of a sequence-keyed log at or after
-    /// time `at` (or one past the last), found by reading forwards.
-    pub fn first_sequence_at(&self, kind: Kind, at: UnixMillis) -> Result<Option<u64>> {
+    /// Where trimming a sequence-keyed log for `cutoff` stops: the sequence
+    /// of the first record that may be from `cutoff` or later (or one past
+    /// the last record, if every record is older), reading forwards.
+    ///
+    /// Records are in the order they happened, but their stamps come from a
+    /// clock that may have jumped. A stamp at or before `now` is taken at
+    /// its word. A stamp after `now` cannot be right (the clock was ahead
+    /// when it was made and has since been set back); such a record
+    /// happened no later than the next record with a believable stamp, so
+    /// it is trimmed if that one is, and kept (with everything after it)
+    /// otherwise. A record from a clock that was ahead therefore neither
+    /// blocks trimming until the clock catches up nor is trimmed early.
+    pub fn first_sequence_at(
+        &self,
+        kind: Kind,
+        cutoff: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<Option<u64>> {
         let (start, end) = kind.range();
         let mut cursor = start;
         let mut last_seen = None;
+        // The first of a run of records stamped in the future.
+        let mut future_run = None;
         loop {
             let page = self.engine.scan(&cursor, &end, 4096)?;
             let Some((last, _)) = page.last() else { break };
@@ -405,14 +455,18 @@ impl Store {
                         (e.sequence, e.at)
                     }
                 };
-                if time >= at {
-                    return Ok(Some(sequence));
+                if time > now {
+                    future_run.get_or_insert(sequence);
+                } else if time >= cutoff {
+                    return Ok(Some(future_run.unwrap_or(sequence)));
+                } else {
+                    future_run = None;
+                    last_seen = Some(sequence + 1);
                 }
-                last_seen = Some(sequence + 1);
             }
             cursor = next;
         }
-        Ok(last_seen)
+        Ok(future_run.or(last_seen))
     }
 
     pub fn size_on_disk(&self) -> u64 {
@@ -494,6 +548,85 @@ mod tests {
             tail.iter().map(|o| o.sequence).collect::<Vec<_>>(),
             vec![3, 4]
         );
+    }
+
+    #[test]
+    fn log_trimming_follows_the_order_records_were_made_in() {
+        const NOW: i64 = 1_000_000;
+        const CUTOFF: i64 = 500_000;
+        let trim_point = |stamps: &[i64]| {
+            let store = Store::in_memory();
+            let outcomes = stamps
+                .iter()
+                .enumerate()
+                .map(|(i, &at)| StrategyOutcome {
+                    at,
+                    ..outcome(i as u64 + 1)
+                })
+                .collect();
+            store
+                .commit(&Changes {
+                    outcomes,
+                    ..Default::default()
+                })
+                .unwrap();
+            store.first_sequence_at(Kind::Outcome, CUTOFF, NOW).unwrap()
+        };
+        let future = NOW + 1;
+        let old = CUTOFF - 1;
+        assert_eq!(trim_point(&[]), None);
+        assert_eq!(trim_point(&[old, old]), Some(3), "all old: trim all");
+        assert_eq!(
+            trim_point(&[old, CUTOFF, old]),
+            Some(2),
+            "stop at the first kept"
+        );
+        // A future stamp followed by an old one: made before it, trimmed.
+        assert_eq!(trim_point(&[old, future, old, CUTOFF]), Some(4));
+        // Followed by a recent one, or by nothing: kept.
+        assert_eq!(trim_point(&[old, future, CUTOFF]), Some(2));
+        assert_eq!(trim_point(&[old, future, future]), Some(2));
+    }
+
+    #[test]
+    fn a_repair_puts_back_what_a_failed_commit_touched() {
+        let store = Store::in_memory();
+        let acknowledged = Changes {
+            outcomes: vec![outcome(1)],
+            outcome_sequence: Some(1),
+            insight_sequence: Some(4),
+            ..Default::default()
+        };
+        store.commit(&acknowledged).unwrap();
+        // A commit whose flush failed: it reached the engine anyway.
+        let failed = Changes {
+            outcomes: vec![outcome(2)],
+            outcome_sequence: Some(2),
+            ..Default::default()
+        };
+        store.commit(&failed).unwrap();
+        // The hub's view: outcome 2 never happened.
+        let restore = Changes {
+            outcome_sequence: Some(1),
+            ..Default::default()
+        };
+        let next = Changes {
+            insight_sequence: Some(5),
+            ..Default::default()
+        };
+        store.commit_repairing(&failed, &restore, &next).unwrap();
+        let snapshot = store.load().unwrap();
+        assert_eq!(
+            (snapshot.outcome_sequence, snapshot.insight_sequence),
+            (1, 5)
+        );
+        let log: Vec<u64> = store
+            .outcomes_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|o| o.sequence)
+            .collect();
+        assert_eq!(log, [1]);
     }
 
     #[test]

@@ -18,9 +18,13 @@ use learning_hub::{
     clock::Clock,
     config::Config,
     pb, pki,
+    store::Store,
 };
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+/// Opens the hub's store in its data directory (each start and restart).
+pub type StoreOpener = Arc<dyn Fn(&Path) -> learning_hub::Result<Store> + Send + Sync>;
 
 /// A hub running in this process.
 pub struct TestHub {
@@ -28,6 +32,8 @@ pub struct TestHub {
     pub config: Config,
     dirs: Arc<(TempDir, TempDir)>,
     clock: Option<Arc<dyn Clock>>,
+    /// `None`: sled in the data directory, as in production.
+    store: Option<StoreOpener>,
     /// API keys issued so far, by instance (they survive restarts).
     keys: Arc<Mutex<HashMap<String, String>>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -41,15 +47,29 @@ impl TestHub {
 
     /// Starts a hub after letting `adjust` change the configuration.
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        Self::start_full(None, adjust).await
+        Self::start_full(None, None, adjust).await
     }
 
     /// Starts a hub whose clock the test controls.
     pub async fn start_with_clock(clock: Arc<dyn Clock>, adjust: impl FnOnce(&mut Config)) -> Self {
-        Self::start_full(Some(clock), adjust).await
+        Self::start_full(Some(clock), None, adjust).await
     }
 
-    async fn start_full(clock: Option<Arc<dyn Clock>>, adjust: impl FnOnce(&mut Config)) -> Self {
+    /// Starts a hub on a store `open` makes (e.g. sled under a fault
+    /// injector); restarts open it the same way.
+    pub async fn start_with_store(
+        clock: Arc<dyn Clock>,
+        open: StoreOpener,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::start_full(Some(clock), Some(open), adjust).await
+    }
+
+    async fn start_full(
+        clock: Option<Arc<dyn Clock>>,
+        store: Option<StoreOpener>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let dirs = Arc::new((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
         pki::generate_dev_pki(dirs.1.path()).unwrap();
         let mut config = Config::new(dirs.0.path().join("data"), dirs.1.path());
@@ -60,6 +80,7 @@ impl TestHub {
             config,
             dirs,
             clock,
+            store,
             Arc::default(),
             "127.0.0.1:0".parse().unwrap(),
         )
@@ -70,6 +91,7 @@ impl TestHub {
         config: Config,
         dirs: Arc<(TempDir, TempDir)>,
         clock: Option<Arc<dyn Clock>>,
+        store: Option<StoreOpener>,
         keys: Arc<Mutex<HashMap<String, String>>>,
         bind: SocketAddr,
     ) -> Self {
@@ -79,14 +101,21 @@ impl TestHub {
         let shutdown = async move {
             let _ = rx.await;
         };
-        let task = match clock.clone() {
-            Some(clock) => tokio::spawn(learning_hub::server::run_with_clock(
+        let task = match (clock.clone(), store.clone()) {
+            (clock, Some(open)) => tokio::spawn(learning_hub::server::run_with_store(
+                listener,
+                config.clone(),
+                clock.unwrap_or_else(|| Arc::new(learning_hub::clock::SystemClock)),
+                move |dir: &Path| open(dir),
+                shutdown,
+            )),
+            (Some(clock), None) => tokio::spawn(learning_hub::server::run_with_clock(
                 listener,
                 config.clone(),
                 clock,
                 shutdown,
             )),
-            None => tokio::spawn(learning_hub::server::run(
+            (None, None) => tokio::spawn(learning_hub::server::run(
                 listener,
                 config.clone(),
                 shutdown,
@@ -97,6 +126,7 @@ impl TestHub {
             config,
             dirs,
             clock,
+            store,
             keys,
             shutdown: Some(tx),
             task: Some(task),
@@ -255,6 +285,7 @@ impl TestHub {
             self.config.clone(),
             self.dirs.clone(),
             self.clock.clone(),
+            self.store.clone(),
             self.keys.clone(),
             self.addr,
         )
