@@ -14,6 +14,8 @@
 //!   health, reflection and the services, and drains on shutdown.
 //! - [`transport`]: accepts TCP, completes the mTLS handshake, reads the
 //!   caller's identity from its certificate.
+//! - [`tls`]: the certificates the handshakes use, reloaded while serving;
+//!   client certificate revocation.
 //! - [`auth`]: one tower layer turns that into an [`auth::Identity`] on
 //!   every request and applies the role policy.
 //! - [`api`]: thin gRPC handlers: validate and convert, call the hub core,
@@ -44,6 +46,7 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 
