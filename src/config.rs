@@ -13,6 +13,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:3015";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9015";
 /// The seed's insight generation period: every 4 hours.
 pub const DEFAULT_INSIGHT_INTERVAL: Duration = Duration::from_secs(4 * 60 * 60);
+/// How often the hub looks for changed certificate files.
+pub const DEFAULT_CERT_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Limits that protect the server from oversized, idle and hostile peers.
 #[derive(Debug, Clone)]
@@ -34,6 +36,11 @@ pub struct Limits {
     pub http2_keepalive_timeout: Duration,
     /// How long shutdown waits for in-flight calls before closing anyway.
     pub drain_timeout: Duration,
+    /// How long a connection stays open after a certificate reload
+    /// refused its client certificate (revoked, or its CA removed): its
+    /// calls are refused with the reason meanwhile, then it is closed,
+    /// which also ends its streams.
+    pub refused_certificate_grace: Duration,
 }
 
 impl Default for Limits {
@@ -47,6 +54,7 @@ impl Default for Limits {
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            refused_certificate_grace: Duration::from_secs(5),
         }
     }
 }
@@ -75,6 +83,11 @@ pub struct Config {
     /// The CLI defaults to [`DEFAULT_METRICS_LISTEN`]; the library to none,
     /// so that tests and embedders opt in.
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the certificate files (`ca.pem`, `server.pem`,
+    /// `server.key`, `crl.pem`) are checked for changes, and reloaded if
+    /// they changed (`None`: only on request, i.e. SIGHUP). A revocation
+    /// takes effect within this interval.
+    pub cert_check_interval: Option<Duration>,
 }
 
 impl Config {
@@ -91,6 +104,7 @@ impl Config {
             insight_interval: Some(DEFAULT_INSIGHT_INTERVAL),
             retention_interval: Some(Duration::from_secs(60 * 60)),
             metrics_listen: None,
+            cert_check_interval: Some(DEFAULT_CERT_CHECK_INTERVAL),
         }
     }
 
@@ -104,6 +118,15 @@ impl Config {
             return Err(Error::invalid(
                 "limits",
                 "stream, connection and in-flight limits must be positive",
+            ));
+        }
+        if self
+            .cert_check_interval
+            .is_some_and(|every| every.is_zero())
+        {
+            return Err(Error::invalid(
+                "cert_check_interval",
+                "must be positive (None: only on request)",
             ));
         }
         if self.hub.insight_ttl_ms <= 0 || self.hub.insight_ttl_ms > self.hub.max_insight_ttl_ms {

@@ -16,6 +16,8 @@
 //!   caller's identity from its certificate.
 //! - [`overload`]: past a bound on calls in progress, calls are refused at
 //!   once rather than queued.
+//! - [`tls`]: the certificates the handshakes use, reloaded while serving;
+//!   client certificate revocation.
 //! - [`auth`]: one tower layer turns that into an [`auth::Identity`] on
 //!   every request and applies the role policy.
 //! - [`api`]: thin gRPC handlers: validate and convert, call the hub core,
@@ -49,6 +51,7 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod stream;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 

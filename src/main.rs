@@ -73,6 +73,11 @@ struct ServeArgs {
     /// Days the audit log is kept.
     #[arg(long, env = "LEARNING_HUB_AUDIT_RETENTION_DAYS", default_value_t = 30)]
     audit_retention_days: i64,
+    /// Seconds between checks of the certificate files (ca.pem, server.pem,
+    /// server.key, crl.pem); changed files are reloaded without a restart
+    /// (0: only on SIGHUP).
+    #[arg(long, env = "LEARNING_HUB_CERT_CHECK_SECONDS", default_value_t = 10)]
+    cert_check_seconds: u64,
     /// Unary calls the hub works on at once; more are refused at once with
     /// RESOURCE_EXHAUSTED (load shedding).
     #[arg(long, env = "LEARNING_HUB_MAX_IN_FLIGHT", default_value_t = 4096)]
@@ -327,6 +332,29 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke a client certificate: add its serial to the CA's CRL in
+    /// crl.pem (signed with ca.key). A running hub refuses it within
+    /// --cert-check-seconds, or at once on SIGHUP.
+    Revoke {
+        /// An instance id or operator name issued in --certs-dir, or a
+        /// certificate file (a path containing `/` or ending in `.pem`).
+        target: String,
+        #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
+        certs_dir: PathBuf,
+    },
+    /// List the certificates crl.pem revokes: serial, date, issuing CA.
+    Revoked {
+        #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
+        certs_dir: PathBuf,
+    },
+    /// Replace server.pem and server.key with a new key and certificate
+    /// from the CA (localhost, 127.0.0.1). A running hub switches to it
+    /// for new connections within --cert-check-seconds, or at once on
+    /// SIGHUP.
+    RenewServer {
+        #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
+        certs_dir: PathBuf,
+    },
 }
 
 /// Logs to stderr, filtered by RUST_LOG (default `default_level`).
@@ -361,7 +389,29 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Asks `tls` to reload on every SIGHUP (the reload itself, its checks
+/// and its logging are the library's: [`learning_hub::tls`]).
+#[cfg(unix)]
+fn reload_on_sighup(
+    mut hangups: tokio::signal::unix::Signal,
+    tls: Option<learning_hub::tls::ServerTls>,
+) {
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match &tls {
+                Some(tls) => tls.request_reload(),
+                None => tracing::warn!("SIGHUP ignored: no certificates in insecure dev mode"),
+            }
+        }
+    });
+}
+
 async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
+    // Before anything slow: until a handler is installed, SIGHUP would
+    // end the process.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| learning_hub::Error::Unavailable(format!("cannot handle SIGHUP: {e}")))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -374,9 +424,13 @@ async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
         .then(|| Duration::from_secs(60 * args.insight_interval_minutes));
     config.hub.rate_limit_per_hour = args.rate_limit_per_hour;
     config.hub.retention.audit_days = args.audit_retention_days;
+    config.cert_check_interval =
+        (args.cert_check_seconds > 0).then(|| Duration::from_secs(args.cert_check_seconds));
     config.limits.max_in_flight = args.max_in_flight;
     config.metrics_listen = args.metrics_listen.0;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
+    #[cfg(unix)]
+    reload_on_sighup(hangups, hub.tls());
     if let Ok(addr) = listener.local_addr() {
         // On stdout, for scripts and tests that start the hub on port 0:
         // printed once certificates exist and the store is open.
@@ -592,6 +646,42 @@ fn main() -> ExitCode {
                 pki::issue(&certs_dir, &pki::identity_for(&name, role), force).map(|paths| {
                     println!("{}", paths.cert.display());
                     println!("{}", paths.key.display());
+                })
+            }
+            CertsCommand::Revoke { target, certs_dir } => {
+                pki::revoke(&certs_dir, &target).map(|revoked| {
+                    if revoked.newly_revoked {
+                        println!("revoked {} serial {}", revoked.subject, revoked.serial);
+                        eprintln!(
+                            "{} lists {} certificate(s) of this CA; a running hub refuses it \
+                             within --cert-check-seconds (default 10), or at once on SIGHUP",
+                            revoked.crl.display(),
+                            revoked.listed
+                        );
+                    } else {
+                        println!(
+                            "already revoked: {} serial {}",
+                            revoked.subject, revoked.serial
+                        );
+                    }
+                })
+            }
+            CertsCommand::Revoked { certs_dir } => pki::list_revoked(&certs_dir).map(|listed| {
+                if listed.is_empty() {
+                    eprintln!("{} revokes nothing", certs_dir.join(pki::CRL).display());
+                }
+                for entry in listed {
+                    println!("{} {} {}", entry.serial, entry.revoked_at, entry.issuer);
+                }
+            }),
+            CertsCommand::RenewServer { certs_dir } => {
+                pki::renew_server(&certs_dir).map(|serial| {
+                    println!("{}", certs_dir.join(pki::SERVER_CERT).display());
+                    println!("{}", certs_dir.join(pki::SERVER_KEY).display());
+                    eprintln!(
+                        "new server certificate serial {serial}; a running hub uses it for new \
+                         connections within --cert-check-seconds (default 10), or at once on SIGHUP"
+                    );
                 })
             }
         },

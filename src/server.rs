@@ -11,6 +11,10 @@
 //! accepting, end insight streams (clients get UNAVAILABLE with their
 //! resume sequence), let in-flight calls finish (up to the drain timeout),
 //! then finish queued writes and flush the store.
+//!
+//! While serving, a reloader task ([`crate::tls::spawn_reloader`]) swaps in
+//! new certificates when their files change or a reload is requested
+//! ([`PreparedHub::tls`]; the binary does it on SIGHUP).
 
 use std::{future::Future, path::Path, sync::Arc};
 
@@ -24,8 +28,9 @@ use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::overload::{LoadShedLayer, Shedder};
 use crate::pb::{self, hub_server::HubServer};
-use crate::pki::{self, CertPaths};
+use crate::pki;
 use crate::store::Store;
+use crate::tls::{ServerTls, TlsFiles};
 use crate::transport::{self, ConnectionLimits};
 
 /// Serves until `shutdown` resolves, then drains and flushes.
@@ -78,7 +83,7 @@ where
 pub struct PreparedHub {
     config: Config,
     hub: Arc<Hub>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
     metrics: Option<TcpListener>,
 }
 
@@ -129,12 +134,7 @@ impl PreparedHub {
                      `learning-hub certs issue <id>`"
                 );
             }
-            let paths = CertPaths::server(&config.certs_dir);
-            Some(transport::server_tls_config(
-                &paths.ca,
-                &paths.cert,
-                &paths.key,
-            )?)
+            Some(ServerTls::load(TlsFiles::in_dir(&config.certs_dir))?)
         };
 
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
@@ -167,6 +167,12 @@ impl PreparedHub {
         self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The hub's TLS material (none in insecure dev mode): ask it to
+    /// reload with [`ServerTls::request_reload`] — on SIGHUP, say.
+    pub fn tls(&self) -> Option<ServerTls> {
+        self.tls.clone()
+    }
+
     /// Serves on `listener` until `shutdown` resolves, then drains and
     /// flushes the store.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<()>
@@ -186,6 +192,9 @@ impl PreparedHub {
             config
                 .retention_interval
                 .map(|every| crate::jobs::spawn_retention(hub.clone(), every)),
+            tls.clone().map(|tls| {
+                crate::tls::spawn_reloader(tls, config.cert_check_interval, hub.shutdown_signal())
+            }),
         ]
         .into_iter()
         .flatten()
@@ -224,7 +233,7 @@ async fn serve<F>(
     listener: TcpListener,
     config: &Config,
     hub: Arc<Hub>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<ServerTls>,
     shedder: Arc<Shedder>,
     shutdown: F,
 ) -> Result<()>
@@ -248,10 +257,11 @@ where
     let (stop_accepting, stop_rx) = watch::channel(false);
     let incoming = transport::incoming(
         listener,
-        tls.clone(),
+        tls.as_ref().map(ServerTls::subscribe),
         ConnectionLimits {
             handshake_timeout: limits.tls_handshake_timeout,
             max_connections: limits.max_connections,
+            refused_certificate_grace: limits.refused_certificate_grace,
         },
         stop_rx,
     );

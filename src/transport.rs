@@ -10,18 +10,27 @@
 //! identity is read out of its certificate once per connection, not per
 //! request. The identity travels to the request layer as tonic "connect
 //! info" ([`PeerInfo`]).
+//!
+//! Each handshake uses the TLS material current when the connection was
+//! accepted ([`crate::tls`]), so a certificate rotation affects new
+//! connections only. An open connection's client certificate is checked
+//! again against each new material: once it would be refused (revoked,
+//! its CA removed), every further call on the connection is refused with
+//! the reason ([`PeerInfo::check_certificate`], applied by the auth layer)
+//! and, after a grace period that lets the client read that reason, the
+//! connection is closed, which also ends its streams.
 
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
-    path::Path,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -33,6 +42,7 @@ use tonic::transport::server::Connected;
 
 use crate::auth::identity::Identity;
 use crate::error::{Error, Result};
+use crate::tls::TlsMaterial;
 
 /// What the transport learned about a peer.
 #[derive(Debug, Clone)]
@@ -50,6 +60,49 @@ pub enum PeerIdentity {
 pub struct PeerInfo {
     pub remote_addr: Option<SocketAddr>,
     pub identity: PeerIdentity,
+    /// The verified client certificate (TLS connections).
+    pub certificate: Option<PeerCertificate>,
+}
+
+impl PeerInfo {
+    /// UNAUTHENTICATED, with the reason, once the TLS material the hub
+    /// has loaded since this connection's handshake refuses its client
+    /// certificate.
+    pub fn check_certificate(&self) -> Result<()> {
+        match &self.certificate {
+            Some(certificate) => match certificate.refusal() {
+                Some(why) => Err(Error::Unauthenticated(format!(
+                    "the client certificate (serial {}) is no longer accepted: {why}",
+                    certificate.serial
+                ))),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+/// A connection's client certificate and whether it still stands.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// The leaf's serial number, as `openssl x509 -serial` prints it.
+    pub serial: String,
+    /// Set once, when a reloaded material refuses the certificate.
+    refused: Arc<OnceLock<String>>,
+}
+
+impl PeerCertificate {
+    fn new(serial: String) -> Self {
+        PeerCertificate {
+            serial,
+            refused: Arc::default(),
+        }
+    }
+
+    /// Why the current TLS material refuses this certificate, if it does.
+    pub fn refusal(&self) -> Option<&str> {
+        self.refused.get().map(String::as_str)
+    }
 }
 
 /// Limits on connections before and while they are trusted.
@@ -59,14 +112,47 @@ pub struct ConnectionLimits {
     pub handshake_timeout: Duration,
     /// Open connections at most; further peers wait in the listen backlog.
     pub max_connections: usize,
+    /// How long a connection whose client certificate was refused by a
+    /// reload stays open (its calls refused with the reason) before it is
+    /// closed.
+    pub refused_certificate_grace: Duration,
 }
+
+/// Resolves, with the reason, when the connection must close.
+type Closing = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// An accepted (and, with TLS, authenticated) connection.
 pub struct Connection {
     stream: Stream,
     info: PeerInfo,
+    /// TLS: watches the loaded material for a refusal of this
+    /// connection's certificate (polled with the connection's I/O, so it
+    /// needs no task of its own).
+    closing: Option<Closing>,
+    /// Set when `closing` resolved: every later read and write fails.
+    closed: Option<String>,
     /// Frees a connection slot when the connection is dropped.
     _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    /// Polls the certificate watch; an error once the connection must
+    /// close. The I/O methods call this first, so the watch is polled with
+    /// the task that drives the connection and wakes it.
+    fn poll_standing(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.closed.is_none() {
+            if let Some(closing) = &mut self.closing {
+                if let Poll::Ready(why) = closing.as_mut().poll(cx) {
+                    self.closing = None;
+                    self.closed = Some(why);
+                }
+            }
+        }
+        match &self.closed {
+            Some(why) => Err(io::Error::new(io::ErrorKind::PermissionDenied, why.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 enum Stream {
@@ -88,7 +174,11 @@ impl AsyncRead for Connection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if let Err(e) = this.poll_standing(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
         }
@@ -101,7 +191,11 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if let Err(e) = this.poll_standing(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
         }
@@ -112,7 +206,11 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if let Err(e) = this.poll_standing(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
@@ -126,7 +224,11 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if let Err(e) = this.poll_standing(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match &mut this.stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
         }
@@ -140,56 +242,17 @@ impl AsyncWrite for Connection {
     }
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path)
-        .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", path.display())))
-}
-
-/// Builds the server's TLS configuration: its certificate and key, and
-/// client certificates required and verified against `ca`.
-pub fn server_tls_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let bad = |path: &Path, e: &dyn std::fmt::Display| {
-        Error::Unavailable(format!("invalid PEM in {}: {e}", path.display()))
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&read_pem(ca)?) {
-        roots
-            .add(cert.map_err(|e| bad(ca, &e))?)
-            .map_err(|e| bad(ca, &e))?;
-    }
-    let chain = CertificateDer::pem_slice_iter(&read_pem(cert)?)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad(cert, &e))?;
-    let key_der = PrivateKeyDer::from_pem_slice(&read_pem(key)?).map_err(|e| bad(key, &e))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| bad(ca, &e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Internal(format!("TLS protocol setup: {e}")))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key_der)
-        .map_err(|e| bad(cert, &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// Accepts connections until `shutdown` turns true (or the receiver of the
 /// returned stream is dropped). With `tls`, only peers that complete a
 /// mutual-TLS handshake within the timeout are yielded.
 pub fn incoming(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<watch::Receiver<Arc<TlsMaterial>>>,
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let acceptor = tls.map(TlsAcceptor::from);
     tokio::spawn(async move {
         loop {
             let slot = tokio::select! {
@@ -218,22 +281,29 @@ pub fn incoming(
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
             let tx = tx.clone();
-            match &acceptor {
+            match &tls {
                 None => {
                     let info = PeerInfo {
                         remote_addr: Some(remote_addr),
                         identity: PeerIdentity::Plaintext,
+                        certificate: None,
                     };
                     let connection = Connection {
                         stream: Stream::Plain(socket),
                         info,
+                        closing: None,
+                        closed: None,
                         _slot: slot,
                     };
                     let _ = tx.send(Ok(connection)).await;
                 }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
+                Some(materials) => {
+                    // The material of this handshake, marked as seen: the
+                    // connection's watch wakes only for later ones.
+                    let mut materials = materials.clone();
+                    let material = materials.borrow_and_update().clone();
                     tokio::spawn(async move {
+                        let acceptor = TlsAcceptor::from(material.server_config());
                         match tokio::time::timeout(
                             limits.handshake_timeout,
                             acceptor.accept(socket),
@@ -242,12 +312,38 @@ pub fn incoming(
                         {
                             Ok(Ok(stream)) => {
                                 let identity = peer_identity(&stream);
+                                let chain: Vec<CertificateDer<'static>> = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .map(|c| c.clone().into_owned())
+                                    .collect();
+                                let certificate = chain.first().map(|leaf| {
+                                    PeerCertificate::new(
+                                        crate::pki::certificate_serial(leaf)
+                                            .unwrap_or_else(|| "unknown".into()),
+                                    )
+                                });
+                                let closing = certificate.clone().map(|certificate| {
+                                    Box::pin(watch_certificate(
+                                        materials,
+                                        chain,
+                                        certificate,
+                                        identity.clone(),
+                                        limits.refused_certificate_grace,
+                                    )) as Closing
+                                });
                                 let connection = Connection {
                                     stream: Stream::Tls(Box::new(stream)),
                                     info: PeerInfo {
                                         remote_addr: Some(remote_addr),
                                         identity,
+                                        certificate,
                                     },
+                                    closing,
+                                    closed: None,
                                     _slot: slot,
                                 };
                                 let _ = tx.send(Ok(connection)).await;
@@ -264,6 +360,46 @@ pub fn incoming(
         tracing::debug!("stopped accepting connections");
     });
     ReceiverStream::new(rx)
+}
+
+/// Re-checks a connection's client certificate `chain` against each new
+/// TLS material; once one refuses it, marks `certificate` refused (the
+/// auth layer then refuses every call with the reason), waits `grace`
+/// and resolves with the reason to close the connection.
+async fn watch_certificate(
+    mut materials: watch::Receiver<Arc<TlsMaterial>>,
+    chain: Vec<CertificateDer<'static>>,
+    certificate: PeerCertificate,
+    identity: PeerIdentity,
+    grace: Duration,
+) -> String {
+    let why = loop {
+        if materials.changed().await.is_err() {
+            // The hub is gone; the connection goes with it.
+            std::future::pending::<()>().await;
+        }
+        let material = materials.borrow_and_update().clone();
+        if let Some(why) = material.refusal(&chain) {
+            break why;
+        }
+    };
+    let caller = match &identity {
+        PeerIdentity::Verified(identity) => identity.to_string(),
+        PeerIdentity::Unidentified(_) | PeerIdentity::Plaintext => "unidentified".into(),
+    };
+    tracing::info!(
+        %caller,
+        serial = %certificate.serial,
+        reason = %why,
+        ?grace,
+        "client certificate no longer accepted: refusing its calls, closing its connection"
+    );
+    let _ = certificate.refused.set(why.clone());
+    tokio::time::sleep(grace).await;
+    format!(
+        "client certificate (serial {}) no longer accepted: {why}",
+        certificate.serial
+    )
 }
 
 /// Resolves once `shutdown` turns true (never, if its sender is gone).

@@ -1,5 +1,7 @@
 //! The tower layer in front of every service. For each call it resolves
-//! the caller's [`Identity`] from the connection, checks an instance's API
+//! the caller's [`Identity`] from the connection, checks that the
+//! connection's client certificate is still accepted (a reload may have
+//! revoked it since the handshake), checks an instance's API
 //! key, applies the role policy and the rate limit, puts the identity into
 //! the request's extensions for the handlers, and records the call in the
 //! audit log with the status it ended with — refused calls included.
@@ -112,6 +114,11 @@ impl<S> AuthService<S> {
         request: &http::Request<B>,
         identity: &Identity,
     ) -> std::result::Result<(), Refusal> {
+        // Checked per call, not per connection: a certificate revoked
+        // while its connection is open is refused from the next call on.
+        if let Some(peer) = request.extensions().get::<PeerInfo>() {
+            peer.check_certificate()?;
+        }
         // Health and reflection stay open to any peer the certificate
         // authenticated; the hub's own services want the key and count
         // against the rate limit.
