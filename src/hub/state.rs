@@ -335,6 +335,12 @@ impl<'a> Txn<'a> {
         self.own
     }
 
+    /// Drops everything this request staged: it failed, and nothing of it
+    /// may be written.
+    pub fn discard(&mut self) {
+        self.own = Changes::default();
+    }
+
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
         lookup(
             &self.own.instances,
