@@ -73,6 +73,16 @@ struct ServeArgs {
     /// Days the audit log is kept.
     #[arg(long, env = "LEARNING_HUB_AUDIT_RETENTION_DAYS", default_value_t = 30)]
     audit_retention_days: i64,
+    /// Hours a write's request_id is remembered: a retry within this window
+    /// is not applied again. Each remembered id costs about 200 bytes of
+    /// memory.
+    #[arg(
+        long,
+        env = "LEARNING_HUB_REQUEST_ID_WINDOW_HOURS",
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u32).range(1..=24 * 365)
+    )]
+    request_id_window_hours: u32,
 }
 
 #[derive(clap::Args)]
@@ -345,6 +355,7 @@ async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
         .then(|| Duration::from_secs(60 * args.insight_interval_minutes));
     config.hub.rate_limit_per_hour = args.rate_limit_per_hour;
     config.hub.retention.audit_days = args.audit_retention_days;
+    config.hub.request_id_window_ms = i64::from(args.request_id_window_hours) * 60 * 60 * 1000;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     if let Ok(addr) = listener.local_addr() {
         // On stdout, for scripts and tests that start the hub on port 0:

@@ -631,6 +631,7 @@ async fn retention_under_clock_jumps() {
     clock.advance(6 * DAY_MS);
     a.record_insight_use(pb::RecordInsightUseRequest {
         insight_id: used.id.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();

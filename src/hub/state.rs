@@ -12,6 +12,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+use crate::domain::idempotency::{RequestKey, RequestRecord};
 use crate::domain::matching::{MatchCalibration, PatternIndex};
 use crate::domain::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
@@ -61,6 +62,9 @@ pub struct State {
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     /// The last audit sequence handed out.
     pub audit_sequence: u64,
+    /// Request ids of applied writes, by (instance, request id), until the
+    /// retention sweep forgets them (see [`crate::domain::idempotency`]).
+    pub requests: HashMap<RequestKey, RequestRecord>,
 }
 
 impl State {
@@ -106,6 +110,7 @@ impl State {
                 .map(|k| (k.instance_id.clone(), Arc::new(k)))
                 .collect(),
             audit_sequence: snapshot.audit_sequence,
+            requests: snapshot.requests.into_iter().collect(),
             usage: HashMap::new(),
             metric_strategies: HashMap::new(),
             groups: Mutex::default(),
@@ -273,6 +278,12 @@ impl State {
         for seq in &changes.removed_insights {
             self.insights.remove(seq);
         }
+        for (key, record) in &changes.requests {
+            self.requests.insert(key.clone(), *record);
+        }
+        for key in &changes.removed_requests {
+            self.requests.remove(key);
+        }
     }
 
     /// Every aggregate (any strategy, any context) for `metric`.
@@ -433,6 +444,19 @@ impl<'a> Txn<'a> {
             .chain(self.own.insights.values())
     }
 
+    /// The insight with `sequence`, durable or staged, unless removed.
+    pub fn insight(&self, sequence: u64) -> Option<Arc<Insight>> {
+        for changes in [&self.own, self.batch] {
+            if let Some(v) = changes.insights.get(&sequence) {
+                return Some(v.clone());
+            }
+            if changes.removed_insights.contains(&sequence) {
+                return None;
+            }
+        }
+        self.base.insights.get(&sequence).cloned()
+    }
+
     pub fn put_insight(&mut self, v: Insight) -> Arc<Insight> {
         let v = Arc::new(v);
         self.own.insights.insert(v.sequence, v.clone());
@@ -511,6 +535,32 @@ impl<'a> Txn<'a> {
     pub fn remove_insight(&mut self, sequence: u64) {
         self.own.insights.remove(&sequence);
         self.own.removed_insights.insert(sequence);
+    }
+
+    /// What is remembered of request id `key`, durable or staged (expired
+    /// or not: the caller judges).
+    pub fn request(&self, key: &RequestKey) -> Option<RequestRecord> {
+        for changes in [&self.own, self.batch] {
+            if let Some(record) = changes.requests.get(key) {
+                return Some(*record);
+            }
+            if changes.removed_requests.contains(key) {
+                return None;
+            }
+        }
+        self.base.requests.get(key).copied()
+    }
+
+    /// Remembers request id `key`, in the same commit as the write it guards.
+    pub fn put_request(&mut self, key: RequestKey, record: RequestRecord) {
+        self.own.removed_requests.remove(&key);
+        self.own.requests.insert(key, record);
+    }
+
+    /// Forgets request id `key` (expired).
+    pub fn remove_request(&mut self, key: &RequestKey) {
+        self.own.requests.remove(key);
+        self.own.removed_requests.insert(key.clone());
     }
 
     pub fn put_pattern_calibration(&mut self, calibration: MatchCalibration) {
