@@ -3,6 +3,13 @@
 //! stream that reconnects by itself and resumes from the last sequence it
 //! delivered, so a hub restart or a dropped connection costs no insight.
 //!
+//! Unary calls retry what a retry can fix (UNAVAILABLE, DEADLINE_EXCEEDED,
+//! RESOURCE_EXHAUSTED) with exponential backoff and full jitter
+//! ([`RetryPolicy`]). Writes are made safe to retry first: each logical
+//! call gets a `request_id` (a UUID v4, unless the request has one), the
+//! same for all its attempts, so the hub applies it once even when an
+//! attempt timed out after the hub had applied it.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use learning_hub::client::{ClientSettings, HubClient};
@@ -39,6 +46,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
+use crate::domain::rng::Rng;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pki::CertPaths;
@@ -130,6 +138,7 @@ pub struct HubClient {
     inner: Inner,
     admin: AdminClient,
     instance_id: Option<String>,
+    retry: RetryPolicy,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
@@ -137,12 +146,138 @@ fn read(path: &Path) -> Result<Vec<u8>> {
         .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", path.display())))
 }
 
+/// How a [`HubClient`] retries a unary call that failed for a reason a
+/// retry can fix: UNAVAILABLE (hub restarting, connection lost),
+/// DEADLINE_EXCEEDED (an attempt got no answer in time) and
+/// RESOURCE_EXHAUSTED (rate limited; the hub's `retry-after` is waited
+/// out). Any other error is the answer. The wait before retry `n` (1, 2, …)
+/// is drawn uniformly from `[0, min(max_backoff, initial_backoff × 2^(n−1)))`
+/// ("full jitter": a fleet that lost the hub at the same moment does not
+/// come back in lockstep), and is at least the hub's `retry-after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts per call, the first included (1: never retry, and writes
+    /// get no generated request id).
+    pub max_attempts: u32,
+    /// The cap of the first wait; it doubles with every retry…
+    pub initial_backoff: Duration,
+    /// …up to this. A `retry-after` longer than this is not waited out:
+    /// the call fails with the hub's answer, for the caller to reschedule.
+    pub max_backoff: Duration,
+    /// Deadline of each attempt (`None`: none). An attempt past it fails
+    /// with DEADLINE_EXCEEDED, which is retried.
+    pub attempt_timeout: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// Six attempts, waits capped at 0.2, 0.4, 0.8, 1.6 and 3.2 s (so a
+    /// call rides out a hub restart of a few seconds), 10 s per attempt.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            attempt_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One attempt, no deadline: every error is the answer.
+    pub const fn none() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+            attempt_timeout: None,
+        }
+    }
+
+    /// Whether a call may be attempted more than once.
+    pub fn retries(&self) -> bool {
+        self.max_attempts > 1
+    }
+
+    /// The wait before the next attempt after attempt `attempt` (1-based)
+    /// failed with `status`, given `uniform`, a random number in [0, 1);
+    /// `None` if the call must not be retried.
+    pub fn backoff(&self, attempt: u32, status: &Status, uniform: f64) -> Option<Duration> {
+        if attempt >= self.max_attempts || !is_transient(status) {
+            return None;
+        }
+        let cap = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(self.max_backoff);
+        let uniform = if uniform.is_finite() {
+            uniform.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        // In whole nanoseconds (`as` saturates: no overflow, no panic).
+        let cap_nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+        let jittered = Duration::from_nanos((cap_nanos as f64 * uniform) as u64);
+        match retry_after(status) {
+            Some(after) if after > self.max_backoff => None,
+            Some(after) => Some(jittered.max(after)),
+            None => Some(jittered),
+        }
+    }
+}
+
+/// Errors a later attempt may not get.
+fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted
+    )
+}
+
+/// The hub's `retry-after` metadata: whole seconds.
+fn retry_after(status: &Status) -> Option<Duration> {
+    let value = status.metadata().get("retry-after")?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A new request id: a UUID v4 (random, so no two instances' or calls'
+/// ids meet).
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Reads: retried as they are.
 macro_rules! unary_calls {
     ($($(#[$doc:meta])* $method:ident($request:ty) -> $response:ty;)*) => {
         $(
             $(#[$doc])*
             pub async fn $method(&self, request: $request) -> std::result::Result<$response, Status> {
-                self.inner.clone().$method(request).await.map(Response::into_inner)
+                self.call(request, |mut inner, request| async move {
+                    inner.$method(request).await
+                })
+                .await
+            }
+        )*
+    };
+}
+
+/// Writes with a `request_id`: one is generated per logical call (unless
+/// the request has one, or the policy never retries), so that its retries
+/// are applied once.
+macro_rules! write_calls {
+    ($($(#[$doc:meta])* $method:ident($request:ty) -> $response:ty;)*) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// Retried under the client's [`RetryPolicy`] with one
+            /// `request_id` for every attempt (generated if empty).
+            pub async fn $method(&self, mut request: $request) -> std::result::Result<$response, Status> {
+                if request.request_id.is_empty() && self.retry.retries() {
+                    request.request_id = new_request_id();
+                }
+                self.call(request, |mut inner, request| async move {
+                    inner.$method(request).await
+                })
+                .await
             }
         )*
     };
@@ -222,6 +357,62 @@ impl HubClient {
             inner: pb::hub_client::HubClient::with_interceptor(channel, metadata)
                 .max_decoding_message_size(16 * 1024 * 1024),
             instance_id,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// This client with another retry policy (e.g. [`RetryPolicy::none`]
+    /// to see every error as it happens, as the bench does).
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Sends `request` with `send` until it succeeds, fails for good, or
+    /// the policy's attempts are spent.
+    async fn call<Req, Resp, Fut>(
+        &self,
+        request: Req,
+        send: impl Fn(Inner, Req) -> Fut,
+    ) -> std::result::Result<Resp, Status>
+    where
+        Req: Clone,
+        Fut: std::future::Future<Output = std::result::Result<Response<Resp>, Status>>,
+    {
+        let mut jitter: Option<Rng> = None;
+        let mut attempt = 1;
+        loop {
+            let sent = send(self.inner.clone(), request.clone());
+            let result = match self.retry.attempt_timeout {
+                Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "no answer within {} ms",
+                        limit.as_millis()
+                    )))
+                }),
+                None => sent.await,
+            };
+            let status = match result {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
+            };
+            let uniform = jitter.get_or_insert_with(random_rng).uniform();
+            let Some(wait) = self.retry.backoff(attempt, &status, uniform) else {
+                return Err(status);
+            };
+            tracing::debug!(
+                code = ?status.code(),
+                message = status.message(),
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "call failed; retrying"
+            );
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
     }
 
@@ -241,42 +432,45 @@ impl HubClient {
     }
 
     unary_calls! {
-        /// See `Hub.Register` in the proto.
+        /// See `Hub.Register` in the proto (idempotent as it is).
         register(pb::RegisterRequest) -> pb::RegisterResponse;
         /// See `Hub.GetStatus`.
         get_status(pb::GetStatusRequest) -> pb::GetStatusResponse;
         /// See `Hub.ListInstances`.
         list_instances(pb::ListInstancesRequest) -> pb::ListInstancesResponse;
-        /// See `Hub.SharePattern`.
-        share_pattern(pb::SharePatternRequest) -> pb::SharePatternResponse;
         /// See `Hub.GetPatterns`.
         get_patterns(pb::GetPatternsRequest) -> pb::GetPatternsResponse;
-        /// See `Hub.RecordPatternOutcome`.
-        record_pattern_outcome(pb::RecordPatternOutcomeRequest) -> pb::RecordPatternOutcomeResponse;
-        /// See `Hub.ShareStrategy`.
-        share_strategy(pb::ShareStrategyRequest) -> pb::ShareStrategyResponse;
         /// See `Hub.GetStrategies`.
         get_strategies(pb::GetStrategiesRequest) -> pb::GetStrategiesResponse;
         /// See `Hub.GetOptimalCombination`.
         get_optimal_combination(pb::GetOptimalCombinationRequest) -> pb::GetOptimalCombinationResponse;
-        /// See `Hub.ShareInsight`.
-        share_insight(pb::ShareInsightRequest) -> pb::ShareInsightResponse;
         /// See `Hub.GetInsights`.
         get_insights(pb::GetInsightsRequest) -> pb::GetInsightsResponse;
-        /// See `Hub.RecordInsightUse`.
-        record_insight_use(pb::RecordInsightUseRequest) -> pb::RecordInsightUseResponse;
-        /// See `Hub.ShareFailure`.
-        share_failure(pb::ShareFailureRequest) -> pb::ShareFailureResponse;
         /// See `Hub.GetFailures`.
         get_failures(pb::GetFailuresRequest) -> pb::GetFailuresResponse;
         /// See `Hub.CheckAction`.
         check_action(pb::CheckActionRequest) -> pb::CheckActionResponse;
-        /// See `Hub.ShareConfiguration`.
-        share_configuration(pb::ShareConfigurationRequest) -> pb::ShareConfigurationResponse;
         /// See `Hub.Bootstrap`.
         bootstrap(pb::BootstrapRequest) -> pb::BootstrapResponse;
         /// See `Hub.Echo`.
         echo(pb::EchoRequest) -> pb::EchoResponse;
+    }
+
+    write_calls! {
+        /// See `Hub.SharePattern` in the proto.
+        share_pattern(pb::SharePatternRequest) -> pb::SharePatternResponse;
+        /// See `Hub.RecordPatternOutcome`.
+        record_pattern_outcome(pb::RecordPatternOutcomeRequest) -> pb::RecordPatternOutcomeResponse;
+        /// See `Hub.ShareStrategy`.
+        share_strategy(pb::ShareStrategyRequest) -> pb::ShareStrategyResponse;
+        /// See `Hub.ShareInsight`.
+        share_insight(pb::ShareInsightRequest) -> pb::ShareInsightResponse;
+        /// See `Hub.RecordInsightUse`.
+        record_insight_use(pb::RecordInsightUseRequest) -> pb::RecordInsightUseResponse;
+        /// See `Hub.ShareFailure`.
+        share_failure(pb::ShareFailureRequest) -> pb::ShareFailureResponse;
+        /// See `Hub.ShareConfiguration`.
+        share_configuration(pb::ShareConfigurationRequest) -> pb::ShareConfigurationResponse;
     }
 
     /// (Operators) issues an API key for `instance_id`, replacing its
@@ -380,6 +574,15 @@ impl HubClient {
     }
 }
 
+/// A jitter source seeded from the system's randomness (via UUID v4), so
+/// clients started together do not draw the same waits.
+fn random_rng() -> Rng {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    let mut seed = [0u8; 8];
+    seed.copy_from_slice(&bytes[..8]);
+    Rng::new(u64::from_le_bytes(seed))
+}
+
 fn is_permanent(status: &Status) -> bool {
     matches!(
         status.code(),
@@ -415,5 +618,123 @@ impl Stream for InsightSubscription {
 impl Drop for InsightSubscription {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 6,
+            initial_backoff: 100 * MS,
+            max_backoff: 1000 * MS,
+            attempt_timeout: None,
+        }
+    }
+
+    fn rate_limited(seconds: &str) -> Status {
+        let mut status = Status::resource_exhausted("rate limit reached");
+        status
+            .metadata_mut()
+            .insert("retry-after", seconds.parse().unwrap());
+        status
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_full_jitter() {
+        let p = policy();
+        let unavailable = Status::unavailable("restarting");
+        // The largest draw gives the cap: 100, 200, 400, 800, then 1000 ms.
+        let top: Vec<Duration> = (1..6)
+            .map(|attempt| p.backoff(attempt, &unavailable, 1.0).unwrap())
+            .collect();
+        assert_eq!(top, [100 * MS, 200 * MS, 400 * MS, 800 * MS, 1000 * MS]);
+        // Full jitter: anywhere from nothing to the cap.
+        assert_eq!(p.backoff(3, &unavailable, 0.0), Some(Duration::ZERO));
+        assert_eq!(p.backoff(3, &unavailable, 0.25), Some(100 * MS));
+        // Attempts are bounded: after the sixth, the error is the answer.
+        assert_eq!(p.backoff(6, &unavailable, 0.5), None);
+        // A draw outside [0, 1] cannot make a wait outside the cap (nor a
+        // panic).
+        assert_eq!(p.backoff(1, &unavailable, f64::NAN), Some(Duration::ZERO));
+        assert_eq!(p.backoff(1, &unavailable, 7.0), Some(100 * MS));
+        // Large attempt numbers do not overflow.
+        let many = RetryPolicy {
+            max_attempts: u32::MAX,
+            ..p
+        };
+        assert_eq!(many.backoff(200, &unavailable, 1.0), Some(1000 * MS));
+    }
+
+    #[test]
+    fn draws_spread_over_the_whole_interval() {
+        let p = policy();
+        let status = Status::deadline_exceeded("slow");
+        let mut rng = Rng::new(7);
+        let waits: Vec<f64> = (0..2000)
+            .map(|_| p.backoff(3, &status, rng.uniform()).unwrap().as_secs_f64())
+            .collect();
+        assert!(waits.iter().all(|w| (0.0..0.4).contains(w)));
+        let mean = waits.iter().sum::<f64>() / waits.len() as f64;
+        assert!((mean - 0.2).abs() < 0.01, "mean {mean}");
+        assert!(waits.iter().any(|w| *w < 0.04) && waits.iter().any(|w| *w > 0.36));
+    }
+
+    #[test]
+    fn only_what_a_retry_can_fix_is_retried() {
+        let p = policy();
+        for status in [
+            Status::unavailable(""),
+            Status::deadline_exceeded(""),
+            Status::resource_exhausted(""),
+        ] {
+            assert!(p.backoff(1, &status, 0.5).is_some(), "{status:?}");
+        }
+        for status in [
+            Status::invalid_argument("request_id: is required"),
+            Status::failed_precondition(""),
+            Status::already_exists(""),
+            Status::permission_denied(""),
+            Status::unauthenticated(""),
+            Status::not_found(""),
+            Status::internal(""),
+            Status::cancelled(""),
+        ] {
+            assert_eq!(p.backoff(1, &status, 0.5), None, "{status:?}");
+        }
+        assert_eq!(
+            RetryPolicy::none().backoff(1, &Status::unavailable(""), 0.5),
+            None
+        );
+        assert!(!RetryPolicy::none().retries() && RetryPolicy::default().retries());
+    }
+
+    #[test]
+    fn retry_after_is_waited_out_unless_it_is_too_long() {
+        let p = policy();
+        // At least the hub's retry-after, even with a short draw…
+        assert_eq!(p.backoff(1, &rate_limited("1"), 0.0), Some(1000 * MS));
+        // …a longer draw stands…
+        let longer = RetryPolicy {
+            max_backoff: 5000 * MS,
+            initial_backoff: 4000 * MS,
+            ..p
+        };
+        assert_eq!(longer.backoff(1, &rate_limited("1"), 0.5), Some(2000 * MS));
+        // …and one beyond the longest wait is the caller's to schedule.
+        assert_eq!(p.backoff(1, &rate_limited("4"), 0.0), None);
+        // Without a readable retry-after, the usual backoff.
+        assert_eq!(p.backoff(1, &rate_limited("soon"), 1.0), Some(100 * MS));
+    }
+
+    #[test]
+    fn request_ids_are_fresh_valid_names() {
+        let a = new_request_id();
+        assert_ne!(a, new_request_id());
+        crate::validate::name("request_id", &a).unwrap();
     }
 }

@@ -129,6 +129,9 @@ impl Config {
                 "must be positive (None: only on request)",
             ));
         }
+        if self.hub.request_id_window_ms <= 0 {
+            return Err(Error::invalid("request_id_window", "must be positive"));
+        }
         if self.hub.insight_ttl_ms <= 0 || self.hub.insight_ttl_ms > self.hub.max_insight_ttl_ms {
             return Err(Error::invalid(
                 "insight_ttl",

@@ -33,6 +33,11 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
 
+    /// The request clashes with one made before: a request id reused for
+    /// a different request. The message names the field.
+    #[error("{0}")]
+    AlreadyExists(String),
+
     /// The hub cannot serve the request right now (store I/O failure,
     /// shutting down). Retrying later may succeed; nothing was acknowledged.
     #[error("unavailable: {0}")]
@@ -86,6 +91,7 @@ impl From<Error> for tonic::Status {
             Error::PermissionDenied(detail) => Status::permission_denied(detail),
             Error::Unauthenticated(detail) => Status::unauthenticated(detail),
             Error::FailedPrecondition(detail) => Status::failed_precondition(detail),
+            Error::AlreadyExists(detail) => Status::already_exists(detail),
             Error::Unavailable(detail) => Status::unavailable(detail),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");

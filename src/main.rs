@@ -73,6 +73,16 @@ struct ServeArgs {
     /// Days the audit log is kept.
     #[arg(long, env = "LEARNING_HUB_AUDIT_RETENTION_DAYS", default_value_t = 30)]
     audit_retention_days: i64,
+    /// Hours a write's request_id is remembered: a retry within this window
+    /// is not applied again. Each remembered id costs about 200 bytes of
+    /// memory.
+    #[arg(
+        long,
+        env = "LEARNING_HUB_REQUEST_ID_WINDOW_HOURS",
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u32).range(1..=24 * 365)
+    )]
+    request_id_window_hours: u32,
     /// Seconds between checks of the certificate files (ca.pem, server.pem,
     /// server.key, crl.pem); changed files are reloaded without a restart
     /// (0: only on SIGHUP).
@@ -428,6 +438,7 @@ async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
         (args.cert_check_seconds > 0).then(|| Duration::from_secs(args.cert_check_seconds));
     config.limits.max_in_flight = args.max_in_flight;
     config.metrics_listen = args.metrics_listen.0;
+    config.hub.request_id_window_ms = i64::from(args.request_id_window_hours) * 60 * 60 * 1000;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     #[cfg(unix)]
     reload_on_sighup(hangups, hub.tls());

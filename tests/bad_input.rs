@@ -299,6 +299,7 @@ fn good_insight() -> pb::Insight {
 fn share_insight(insight: pb::Insight) -> Call {
     Call::ShareInsight(pb::ShareInsightRequest {
         insight: Some(insight),
+        ..Default::default()
     })
 }
 
@@ -881,7 +882,10 @@ fn cases() -> Vec<Case> {
         // --- ShareInsight -------------------------------------------------
         invalid(
             "insight missing",
-            ShareInsight(pb::ShareInsightRequest { insight: None }),
+            ShareInsight(pb::ShareInsightRequest {
+                insight: None,
+                ..Default::default()
+            }),
             "insight",
         ),
         invalid(

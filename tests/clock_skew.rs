@@ -53,7 +53,11 @@ async fn hub_at(clock: &ManualClock, store: &Store) -> Arc<Hub> {
 /// Shares an insight with the default TTL (7 days); returns its sequence.
 async fn share_insight(hub: &Hub, title: &str) -> u64 {
     let draft = convert::insight_draft(insight(title).insight).unwrap();
-    hub.share_insight("a", draft).await.unwrap().0.sequence
+    hub.share_insight("a", draft, None)
+        .await
+        .unwrap()
+        .0
+        .sequence
 }
 
 /// Shares the pattern of metric `name` `times` times (fewer than 3: it
@@ -65,7 +69,7 @@ async fn share_pattern(hub: &Hub, name: &str, times: usize) {
             ..Default::default()
         })
         .unwrap();
-        hub.share_pattern("a", share).await.unwrap();
+        hub.share_pattern("a", share, None).await.unwrap();
     }
 }
 
@@ -80,7 +84,7 @@ async fn share_outcome(hub: &Hub) -> u64 {
         context: Attributes::new(),
         recent: vec![],
     };
-    hub.share_strategy("a", share).await.unwrap().0
+    hub.share_strategy("a", share, None).await.unwrap().0
 }
 
 fn titles(hub: &Hub) -> Vec<String> {

@@ -28,6 +28,7 @@ use std::{
 
 use common::*;
 use learning_hub::{
+    client::RetryPolicy,
     clock::ManualClock,
     domain::model::{Attributes, AuditEntry, Registration, StrategyRecord, StrategyShare},
     hub::{AuditQuery, Hub, HubSettings, access_control},
@@ -67,6 +68,8 @@ fn panics() -> Vec<String> {
 
 /// A hub on sled under `faults`, with the retention sweep and insight
 /// generation running every few tens of milliseconds.
+// Clients here send each call once (`RetryPolicy::none()`): the tests
+// check the hub's own answer to a failing disk, not the client's retries.
 async fn faulty_hub(faults: &Faults) -> TestHub {
     let faults = faults.clone();
     let open: StoreOpener = Arc::new(move |dir: &Path| {
@@ -189,10 +192,13 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_restart() {
     let panics_before = panics();
     let faults = Faults::new();
     let mut hub = faulty_hub(&faults).await;
-    let a = hub.registered("a").await;
+    let a = hub
+        .registered("a")
+        .await
+        .with_retry_policy(RetryPolicy::none());
     // b gets its key now: issuing one is itself a write.
-    let b = hub.client("b").await;
-    let op = hub.operator().await;
+    let b = hub.client("b").await.with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
 
     // Acknowledged before the fault.
     let p1 = a
@@ -259,6 +265,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_restart() {
             full,
             a.record_insight_use(pb::RecordInsightUseRequest {
                 insight_id: before.id.clone(),
+                ..Default::default()
             }),
         )
         .await,
@@ -371,8 +378,8 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers_without_restart() {
     // Everything acknowledged, before and after, survives a restart; none
     // of what was refused does.
     hub.restart().await;
-    let a = hub.client("a").await;
-    let op = hub.operator().await;
+    let a = hub.client("a").await.with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
     assert_eq!(titles(&a).await, ["after", "before"]);
     assert_eq!(instance_ids(&op).await, ["a", "b"]);
     let restarted = op.get_status(pb::GetStatusRequest {}).await.unwrap();
@@ -408,9 +415,15 @@ async fn a_failed_flush_leaves_nothing_behind() {
     let panics_before = panics();
     let faults = Faults::new();
     let mut hub = faulty_hub(&faults).await;
-    let a = hub.registered("a").await;
-    let ghost = hub.client("ghost").await;
-    let op = hub.operator().await;
+    let a = hub
+        .registered("a")
+        .await
+        .with_retry_policy(RetryPolicy::none());
+    let ghost = hub
+        .client("ghost")
+        .await
+        .with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
     a.share_strategy(strategy_outcome("s1", "lv", true, 0.2))
         .await
         .unwrap();
@@ -455,8 +468,8 @@ async fn a_failed_flush_leaves_nothing_behind() {
     a.share_failure(failure("after")).await.unwrap();
 
     hub.restart().await;
-    let a = hub.client("a").await;
-    let op = hub.operator().await;
+    let a = hub.client("a").await.with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
     assert_eq!(instance_ids(&op).await, ["a"]);
     let status = op.get_status(pb::GetStatusRequest {}).await.unwrap();
     assert_eq!(
@@ -477,8 +490,11 @@ async fn a_failed_flush_leaves_nothing_behind() {
 async fn reads_from_a_failing_disk_fail_cleanly_and_writes_go_on() {
     let faults = Faults::new();
     let hub = faulty_hub(&faults).await;
-    let a = hub.registered("a").await;
-    let op = hub.operator().await;
+    let a = hub
+        .registered("a")
+        .await
+        .with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
     faults.inject(Op::Scan, Fault::Io);
     // Only the audit log and the outcome log are read from disk.
     refused(
@@ -569,11 +585,11 @@ async fn a_checkpoint_that_cannot_be_written_is_rebuilt_from_the_outcome_log() {
     let hub = open(&store);
     register(&hub, "i1").await;
     for i in 0..30 {
-        hub.share_strategy("i1", outcome(i)).await.unwrap();
+        hub.share_strategy("i1", outcome(i), None).await.unwrap();
     }
     // Only writes of strategy aggregates fail: outcomes still go in.
     faults.inject_writes_of(Kind::Strategy.prefix(), Fault::DiskFull);
-    hub.share_strategy("i1", outcome(30)).await.unwrap();
+    hub.share_strategy("i1", outcome(30), None).await.unwrap();
     let served = sorted(hub.strategy_records());
     // The shutdown checkpoint of every aggregate fails, and says so.
     let closed = hub.close().await.unwrap_err().to_string();
@@ -615,10 +631,13 @@ async fn writes_a_recovering_engine_dropped_are_put_back() {
     // Let it be applied (but not flushed) before the disk fills.
     tokio::time::sleep(Duration::from_millis(50)).await;
     faults.inject(Op::Apply, Fault::DiskFull);
-    let refused = hub.share_strategy("i1", outcome(0)).await.unwrap_err();
+    let refused = hub
+        .share_strategy("i1", outcome(0), None)
+        .await
+        .unwrap_err();
     assert!(refused.to_string().contains("disk full"), "{refused}");
     faults.clear_all();
-    hub.share_strategy("i1", outcome(1)).await.unwrap();
+    hub.share_strategy("i1", outcome(1), None).await.unwrap();
 
     let everything = AuditQuery {
         from: 0,
@@ -696,8 +715,11 @@ async fn sled_on_a_full_tmpfs_refuses_writes_and_recovers_when_space_returns() {
         c.hub.rate_limit_per_hour = 0;
     })
     .await;
-    let a = hub.registered("a").await;
-    let op = hub.operator().await;
+    let a = hub
+        .registered("a")
+        .await
+        .with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let title = format!("before {i}");
@@ -772,7 +794,7 @@ async fn sled_on_a_full_tmpfs_refuses_writes_and_recovers_when_space_returns() {
     eprintln!("writes resumed {resumed:?} after space returned");
 
     hub.restart().await;
-    let a = hub.client("a").await;
+    let a = hub.client("a").await.with_retry_policy(RetryPolicy::none());
     let mut expected = acknowledged.clone();
     expected.sort();
     let mut found: Vec<String> = a

@@ -404,6 +404,7 @@ async fn pattern_matches_rank_recoveries_for_the_target_and_calibrate_confidence
             metric_name: "lv".into(),
             strategy: "strong".into(),
             similarity: 1.0,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -48,6 +48,7 @@ async fn share(hub: &Hub, n: usize) {
                 context,
                 recent: vec![],
             },
+            None,
         )
         .await
         .unwrap();

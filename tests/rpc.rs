@@ -507,6 +507,7 @@ async fn configurations_drive_bootstrap() {
             effectiveness: 0.82,
             risk: 0.15,
         }],
+        ..Default::default()
     };
     let candidate = a
         .share_configuration(share(0.95, 10, 300_000.0))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use prost_types::{Timestamp, Value, value::Kind};
 
+use crate::domain::idempotency::{Fingerprint, RequestTag};
 use crate::domain::matching::{RecoveryEstimate, rank_recoveries};
 use crate::domain::model::{
     ApplicableContext, Attributes, AuditEntry, ConfigAlternative, ConfigShare, Configuration,
@@ -195,6 +196,49 @@ pub fn budget(value: f64) -> Result<Option<f64>> {
 // ---------------------------------------------------------------------------
 // Inbound: requests
 // ---------------------------------------------------------------------------
+
+/// The write requests that carry a `request_id`.
+pub trait Idempotent: prost::Message + Sized {
+    /// Takes the request id out, leaving the payload it guards.
+    fn take_request_id(&mut self) -> String;
+}
+
+macro_rules! idempotent {
+    ($($request:ty),* $(,)?) => {
+        $(impl Idempotent for $request {
+            fn take_request_id(&mut self) -> String {
+                std::mem::take(&mut self.request_id)
+            }
+        })*
+    };
+}
+
+idempotent!(
+    pb::SharePatternRequest,
+    pb::RecordPatternOutcomeRequest,
+    pb::ShareStrategyRequest,
+    pb::ShareInsightRequest,
+    pb::RecordInsightUseRequest,
+    pb::ShareFailureRequest,
+    pb::ShareConfigurationRequest,
+);
+
+/// Takes `request`'s request id out and, if it has one, validates it (a
+/// name: 1 to 128 characters of `[A-Za-z0-9._:-]`) and fingerprints the
+/// rest of the request: its protobuf encoding, which is deterministic
+/// (fields in number order, maps sorted), so a retry of the same request
+/// has the same fingerprint even across hub restarts.
+pub fn request_tag<R: Idempotent>(request: &mut R) -> Result<Option<RequestTag>> {
+    let id = request.take_request_id();
+    if id.is_empty() {
+        return Ok(None);
+    }
+    name("request_id", &id)?;
+    Ok(Some(RequestTag {
+        fingerprint: Fingerprint::of(&request.encode_to_vec()),
+        id,
+    }))
+}
 
 pub fn registration(req: pb::RegisterRequest) -> Result<Registration> {
     name("instance_id", &req.instance_id)?;
@@ -1023,6 +1067,38 @@ mod tests {
             .unwrap(),
             ParamValue::Flag(true)
         );
+    }
+
+    #[test]
+    fn request_ids_are_validated_and_the_payload_fingerprinted() {
+        let share = |delta: f64, id: &str| pb::ShareStrategyRequest {
+            strategy: "s".into(),
+            metric: "m".into(),
+            delta,
+            context: BTreeMap::from([
+                ("b".to_string(), "2".to_string()),
+                ("a".to_string(), "1".to_string()),
+            ]),
+            request_id: id.into(),
+            ..Default::default()
+        };
+        let mut no_id = share(0.1, "");
+        assert_eq!(request_tag(&mut no_id).unwrap(), None);
+        let tag = |delta, id| request_tag(&mut share(delta, id)).unwrap().unwrap();
+        let first = tag(0.1, "r-1");
+        assert_eq!(first.id, "r-1");
+        // The id itself is not part of the fingerprint; the payload is.
+        assert_eq!(tag(0.1, "r-2").fingerprint, first.fingerprint);
+        assert_ne!(tag(0.2, "r-1").fingerprint, first.fingerprint);
+        let mut taken = share(0.1, "r-1");
+        request_tag(&mut taken).unwrap();
+        assert!(taken.request_id.is_empty());
+        for bad in ["has space", "é", &"x".repeat(129)] {
+            let err = request_tag(&mut share(0.1, bad)).unwrap_err().to_string();
+            assert!(err.starts_with("request_id: "), "{err}");
+        }
+        let uuid = uuid::Uuid::new_v4().to_string();
+        assert!(request_tag(&mut share(0.1, &uuid)).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The gRPC face of the hub: one thin handler per RPC. Each handler takes
 //! the caller's identity (put there by the auth layer), validates and
-//! converts the request ([`convert`]), calls the hub core, and converts the
-//! answer back. Errors become a `tonic::Status` through the crate's single
+//! converts the request ([`convert`]; a write's `request_id` is taken out
+//! and the rest fingerprinted, see [`convert::request_tag`]), calls the hub
+//! core, and converts the answer back. Errors become a `tonic::Status` through the crate's single
 //! `From<Error> for Status`.
 
 mod admin;
@@ -122,8 +123,10 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::SharePatternResponse> {
         let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
-        let share = convert::pattern_share(request.into_inner())?;
-        let (pattern, new_pattern) = self.hub.share_pattern(&caller, share).await?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let share = convert::pattern_share(req)?;
+        let (pattern, new_pattern) = self.hub.share_pattern(&caller, share, once).await?;
         let message = pb::SharePatternResponse {
             pattern: Some(convert::pattern(&pattern)),
             new_pattern,
@@ -156,7 +159,9 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::RecordPatternOutcomeResponse> {
         let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
-        let o = convert::pattern_outcome(request.into_inner())?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let o = convert::pattern_outcome(req)?;
         let pattern = self
             .hub
             .record_pattern_outcome(
@@ -166,6 +171,7 @@ impl pb::hub_server::Hub for HubService {
                 o.metric,
                 o.strategy,
                 o.similarity,
+                once,
             )
             .await?;
         let message = pb::RecordPatternOutcomeResponse {
@@ -180,8 +186,10 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::ShareStrategyResponse> {
         let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
-        let share = convert::strategy_share(request.into_inner())?;
-        let (outcome_sequence, record) = self.hub.share_strategy(&caller, share).await?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let share = convert::strategy_share(req)?;
+        let (outcome_sequence, record) = self.hub.share_strategy(&caller, share, once).await?;
         let message = pb::ShareStrategyResponse {
             outcome_sequence,
             record: Some(convert::strategy_record(&record)),
@@ -216,8 +224,10 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::ShareInsightRequest>,
     ) -> Reply<pb::ShareInsightResponse> {
         let caller = calling_instance(&request)?;
-        let draft = convert::insight_draft(request.into_inner().insight)?;
-        let (insight, duplicate) = self.hub.share_insight(&caller, draft).await?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let draft = convert::insight_draft(req.insight)?;
+        let (insight, duplicate) = self.hub.share_insight(&caller, draft, once).await?;
         reply(pb::ShareInsightResponse {
             insight: Some(convert::insight(&insight)),
             duplicate,
@@ -243,9 +253,13 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::RecordInsightUseRequest>,
     ) -> Reply<pb::RecordInsightUseResponse> {
         let caller = calling_instance(&request)?;
-        let id = request.into_inner().insight_id;
-        crate::validate::name("insight_id", &id)?;
-        let insight = self.hub.record_insight_use(&caller, id).await?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        crate::validate::name("insight_id", &req.insight_id)?;
+        let insight = self
+            .hub
+            .record_insight_use(&caller, req.insight_id, once)
+            .await?;
         reply(pb::RecordInsightUseResponse {
             insight: Some(convert::insight(&insight)),
         })
@@ -284,8 +298,10 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::ShareFailureResponse> {
         let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
-        let report = convert::failure_report(request.into_inner())?;
-        let failure = self.hub.share_failure(&caller, report).await?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let report = convert::failure_report(req)?;
+        let failure = self.hub.share_failure(&caller, report, once).await?;
         let message = pb::ShareFailureResponse {
             failure: Some(convert::failure(&failure)),
         };
@@ -336,8 +352,10 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::ShareConfigurationRequest>,
     ) -> Reply<pb::ShareConfigurationResponse> {
         let caller = calling_instance(&request)?;
-        let share = convert::config_share(request.into_inner())?;
-        let configuration = self.hub.share_configuration(&caller, share).await?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let share = convert::config_share(req)?;
+        let configuration = self.hub.share_configuration(&caller, share, once).await?;
         reply(pb::ShareConfigurationResponse {
             configuration: Some(convert::configuration(&configuration)),
         })

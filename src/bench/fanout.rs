@@ -184,6 +184,7 @@ pub async fn run(
             .client
             .share_insight(pb::ShareInsightRequest {
                 insight: Some(insight),
+                ..Default::default()
             })
             .await
             .map_err(|s| Error::Unavailable(format!("ShareInsight: {}", s.message())))?;

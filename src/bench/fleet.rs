@@ -10,7 +10,7 @@ use futures_util::{StreamExt, stream};
 use indicatif::ProgressBar;
 
 use crate::auth::Identity;
-use crate::client::{ClientPem, ClientSettings, HubClient};
+use crate::client::{ClientPem, ClientSettings, HubClient, RetryPolicy};
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pki::{self, ClientIssuer};
@@ -75,7 +75,11 @@ impl Enlister {
             cert: cert.into_bytes(),
             key: key.into_bytes(),
         };
-        let client = HubClient::connect_pem(&settings, pem).await?;
+        // A load generator counts every error as it happens: no retries
+        // (and so no generated request ids).
+        let client = HubClient::connect_pem(&settings, pem)
+            .await?
+            .with_retry_policy(RetryPolicy::none());
         client
             .register(pb::RegisterRequest {
                 instance_id: instance_id.to_string(),

@@ -1,10 +1,11 @@
 //! The hub's knowledge as plain Rust: records ([`model`]), the statistics
 //! they are built from ([`stats`]) and the pure logic that answers queries
 //! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`],
-//! [`insight_gen`], [`retention`]). Nothing
+//! [`insight_gen`], [`retention`], [`idempotency`]). Nothing
 //! here does I/O or knows about gRPC, so all of it is unit-tested directly.
 
 pub mod bootstrap;
+pub mod idempotency;
 pub mod insight_gen;
 pub mod matching;
 pub mod model;

@@ -3,14 +3,16 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use super::idempotency::unexpected;
 use super::{Hub, StrategyAsk, touch_instance};
 use crate::domain::bootstrap::choose_configuration;
+use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
 use crate::domain::model::{
     Attributes, ConfigShare, Configuration, Parameters, RIVAL_MIN_DATA_POINTS, context_key,
     default_parameters,
 };
 use crate::domain::recommend::Recommendation;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Proven strategies returned with a bootstrap configuration.
 const PROVEN_STRATEGIES: usize = 5;
@@ -31,42 +33,62 @@ pub struct Bootstrap {
 
 impl Hub {
     /// Folds a configuration share into its (context, parameters) record.
+    /// With a request id, a retry changes nothing and returns the
+    /// configuration as it is now.
     pub async fn share_configuration(
         &self,
         caller: &str,
         share: ConfigShare,
+        request: Option<RequestTag>,
     ) -> Result<Arc<Configuration>> {
-        let caller = caller.to_string();
-        self.write(move |txn| {
-            touch_instance(txn, &caller)?;
-            let id = Configuration::id_for(&share.context, &share.parameters);
-            let config = match txn.config(&id) {
-                Some(existing) => {
-                    let mut config = (*existing).clone();
-                    config.record(&share, &caller, txn.now);
-                    config
+        let instance = caller.to_string();
+        self.write_once(
+            caller,
+            WriteRpc::ShareConfiguration,
+            request,
+            move |txn, first| {
+                let id = Configuration::id_for(&share.context, &share.parameters);
+                if let Some(first) = first {
+                    if first != Applied::ShareConfiguration {
+                        return Err(unexpected(first, WriteRpc::ShareConfiguration));
+                    }
+                    // Configurations are never deleted.
+                    let config = txn
+                        .config(&id)
+                        .ok_or_else(|| Error::Internal(format!("configuration {id} is missing")))?;
+                    return Ok((config, first));
                 }
-                None => Configuration::new(&share, &caller, txn.now),
-            };
-            let id = config.id.clone();
-            txn.put_config(config);
-            // A share can change which configuration of the context is
-            // best, so every one of them is re-judged.
-            let rivals = txn.configs_in_context(&context_key(&share.context));
-            for candidate in &rivals {
-                let best_rival = rivals
-                    .iter()
-                    .filter(|r| r.id != candidate.id && r.data_points >= RIVAL_MIN_DATA_POINTS)
-                    .map(|r| r.effectiveness)
-                    .max_by(f64::total_cmp);
-                let mut judged = (**candidate).clone();
-                if judged.revalidate(best_rival, txn.now) {
-                    txn.put_config(judged);
+                touch_instance(txn, &instance)?;
+                let config = match txn.config(&id) {
+                    Some(existing) => {
+                        let mut config = (*existing).clone();
+                        config.record(&share, &instance, txn.now);
+                        config
+                    }
+                    None => Configuration::new(&share, &instance, txn.now),
+                };
+                let id = config.id.clone();
+                txn.put_config(config);
+                // A share can change which configuration of the context is
+                // best, so every one of them is re-judged.
+                let rivals = txn.configs_in_context(&context_key(&share.context));
+                for candidate in &rivals {
+                    let best_rival = rivals
+                        .iter()
+                        .filter(|r| r.id != candidate.id && r.data_points >= RIVAL_MIN_DATA_POINTS)
+                        .map(|r| r.effectiveness)
+                        .max_by(f64::total_cmp);
+                    let mut judged = (**candidate).clone();
+                    if judged.revalidate(best_rival, txn.now) {
+                        txn.put_config(judged);
+                    }
                 }
-            }
-            txn.config(&id)
-                .ok_or_else(|| crate::error::Error::Internal("configuration vanished".into()))
-        })
+                let config = txn
+                    .config(&id)
+                    .ok_or_else(|| Error::Internal("configuration vanished".into()))?;
+                Ok((config, Applied::ShareConfiguration))
+            },
+        )
         .await
     }
 

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
+use super::idempotency::unexpected;
 use super::{Hub, StrategyAsk, touch_instance};
+use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
 use crate::domain::model::{
     Attributes, FailurePattern, FailureReport, FailureType, Metrics, RecentApplication,
 };
 use crate::domain::prevention::{self, Warning};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Warnings at or above this failure rate make an action unsafe.
 pub const UNSAFE_FAILURE_RATE: f64 = 0.1;
@@ -23,25 +25,44 @@ pub struct ActionCheck {
 
 impl Hub {
     /// Folds a failure report into its (type, metric, strategy) pattern.
+    /// With a request id, a retry changes nothing and returns the failure
+    /// pattern as it is now.
     pub async fn share_failure(
         &self,
         caller: &str,
         report: FailureReport,
+        request: Option<RequestTag>,
     ) -> Result<Arc<FailurePattern>> {
-        let caller = caller.to_string();
-        self.write(move |txn| {
-            touch_instance(txn, &caller)?;
-            let id = FailurePattern::id_for(report.failure_type, &report.metric, &report.strategy);
-            let failure = match txn.failure(&id) {
-                Some(existing) => {
-                    let mut failure = (*existing).clone();
-                    failure.record(&report, &caller, txn.now);
-                    failure
+        let instance = caller.to_string();
+        self.write_once(
+            caller,
+            WriteRpc::ShareFailure,
+            request,
+            move |txn, first| {
+                let id =
+                    FailurePattern::id_for(report.failure_type, &report.metric, &report.strategy);
+                if let Some(first) = first {
+                    if first != Applied::ShareFailure {
+                        return Err(unexpected(first, WriteRpc::ShareFailure));
+                    }
+                    // Failures are never deleted.
+                    let failure = txn
+                        .failure(&id)
+                        .ok_or_else(|| Error::Internal(format!("failure {id} is missing")))?;
+                    return Ok((failure, first));
                 }
-                None => FailurePattern::new(&report, &caller, txn.now),
-            };
-            Ok(txn.put_failure(failure))
-        })
+                touch_instance(txn, &instance)?;
+                let failure = match txn.failure(&id) {
+                    Some(existing) => {
+                        let mut failure = (*existing).clone();
+                        failure.record(&report, &instance, txn.now);
+                        failure
+                    }
+                    None => FailurePattern::new(&report, &instance, txn.now),
+                };
+                Ok((txn.put_failure(failure), Applied::ShareFailure))
+            },
+        )
         .await
     }
 
@@ -49,7 +70,7 @@ impl Hub {
     pub async fn resolve_failure(&self, id: String) -> Result<Arc<FailurePattern>> {
         self.write(move |txn| {
             let Some(existing) = txn.failure(&id) else {
-                return Err(crate::error::Error::not_found("failure", id));
+                return Err(Error::not_found("failure", id));
             };
             let mut failure = (*existing).clone();
             failure.resolved = true;

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use super::Hub;
+use super::idempotency::{gone, unexpected};
+use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
 use crate::domain::insight_gen::{self, GenerationSettings};
 use crate::domain::model::{Insight, InsightCategory, InsightDraft, Pattern, StrategyOutcome};
 use crate::error::{Error, Result};
@@ -11,52 +13,81 @@ use crate::error::{Error, Result};
 impl Hub {
     /// Stores and publishes an insight. If an identical insight (category,
     /// title, text) is still valid, returns it with `true` and stores
-    /// nothing.
+    /// nothing. With a request id, a retry stores nothing and returns the
+    /// first call's insight (same id and sequence) and flag.
     pub async fn share_insight(
         &self,
         caller: &str,
         draft: InsightDraft,
+        request: Option<RequestTag>,
     ) -> Result<(Arc<Insight>, bool)> {
-        let caller = caller.to_string();
+        let instance = caller.to_string();
+        let request_id = request.as_ref().map(|r| r.id.clone()).unwrap_or_default();
         let ttl = self.shared.settings.insight_ttl_ms;
         let max_ttl = self.shared.settings.max_insight_ttl_ms;
-        self.write(move |txn| {
-            let now = txn.now;
-            if let Some(until) = draft.valid_until
-                && (until <= now || until > now + max_ttl)
-            {
-                return Err(Error::invalid(
-                    "insight.valid_until",
-                    format!(
-                        "must lie in the future and at most {} days ahead",
-                        max_ttl / super::DAY_MS
-                    ),
-                ));
-            }
-            if let Some(existing) = txn
-                .insights()
-                .find(|i| i.is_valid_at(now) && i.same_content(&draft))
-            {
-                let existing = existing.clone();
-                if txn.instance(&caller).is_none() {
-                    return Err(Error::FailedPrecondition(format!(
-                        "instance {caller:?} is not registered; call Register first"
-                    )));
+        self.write_once(
+            caller,
+            WriteRpc::ShareInsight,
+            request,
+            move |txn, first| {
+                if let Some(first) = first {
+                    let Applied::ShareInsight {
+                        sequence,
+                        duplicate,
+                    } = first
+                    else {
+                        return Err(unexpected(first, WriteRpc::ShareInsight));
+                    };
+                    let insight = txn
+                        .insight(sequence)
+                        .ok_or_else(|| gone(&request_id, "the insight"))?;
+                    return Ok(((insight, duplicate), first));
                 }
-                return Ok((existing, true));
-            }
-            super::touch_instance(txn, &caller)?;
-            let insight = Insight {
-                id: format!("insight_{}", uuid::Uuid::new_v4().simple()),
-                sequence: txn.next_insight_sequence(),
-                valid_until: draft.valid_until.unwrap_or(now + ttl),
-                draft,
-                created_at: now,
-                shared_by: caller,
-                uses: 0,
-            };
-            Ok((txn.put_insight(insight), false))
-        })
+                let now = txn.now;
+                if let Some(until) = draft.valid_until
+                    && (until <= now || until > now + max_ttl)
+                {
+                    return Err(Error::invalid(
+                        "insight.valid_until",
+                        format!(
+                            "must lie in the future and at most {} days ahead",
+                            max_ttl / super::DAY_MS
+                        ),
+                    ));
+                }
+                if let Some(existing) = txn
+                    .insights()
+                    .find(|i| i.is_valid_at(now) && i.same_content(&draft))
+                {
+                    let existing = existing.clone();
+                    if txn.instance(&instance).is_none() {
+                        return Err(Error::FailedPrecondition(format!(
+                            "instance {instance:?} is not registered; call Register first"
+                        )));
+                    }
+                    let applied = Applied::ShareInsight {
+                        sequence: existing.sequence,
+                        duplicate: true,
+                    };
+                    return Ok(((existing, true), applied));
+                }
+                super::touch_instance(txn, &instance)?;
+                let insight = Insight {
+                    id: format!("insight_{}", uuid::Uuid::new_v4().simple()),
+                    sequence: txn.next_insight_sequence(),
+                    valid_until: draft.valid_until.unwrap_or(now + ttl),
+                    draft,
+                    created_at: now,
+                    shared_by: instance,
+                    uses: 0,
+                };
+                let applied = Applied::ShareInsight {
+                    sequence: insight.sequence,
+                    duplicate: false,
+                };
+                Ok(((txn.put_insight(insight), false), applied))
+            },
+        )
         .await
     }
 
@@ -95,25 +126,42 @@ const MAX_LIFETIME_MS: i64 = 30 * super::DAY_MS;
 
 impl Hub {
     /// Records that `caller` acted on insight `id`, extending its validity.
-    pub async fn record_insight_use(&self, caller: &str, id: String) -> Result<Arc<Insight>> {
-        let caller = caller.to_string();
-        self.write(move |txn| {
-            let now = txn.now;
-            let Some(found) = txn
-                .insights()
-                .find(|i| i.id == id && i.is_valid_at(now))
-                .cloned()
-            else {
-                return Err(Error::not_found("valid insight", id));
-            };
-            super::touch_instance(txn, &caller)?;
-            let mut insight = (*found).clone();
-            insight.uses += 1;
-            insight.valid_until = insight
-                .valid_until
-                .max((now + USE_EXTENSION_MS).min(insight.created_at + MAX_LIFETIME_MS));
-            Ok(txn.put_insight(insight))
-        })
+    /// With a request id, a retry records nothing and returns the insight
+    /// as it is now.
+    pub async fn record_insight_use(
+        &self,
+        caller: &str,
+        id: String,
+        request: Option<RequestTag>,
+    ) -> Result<Arc<Insight>> {
+        let instance = caller.to_string();
+        let request_id = request.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+        self.write_once(
+            caller,
+            WriteRpc::RecordInsightUse,
+            request,
+            move |txn, first| {
+                if let Some(first) = first {
+                    if first != Applied::RecordInsightUse {
+                        return Err(unexpected(first, WriteRpc::RecordInsightUse));
+                    }
+                    let insight =
+                        newest_with_id(txn, &id).ok_or_else(|| gone(&request_id, "the insight"))?;
+                    return Ok((insight, first));
+                }
+                let now = txn.now;
+                let Some(found) = newest_with_id(txn, &id).filter(|i| i.is_valid_at(now)) else {
+                    return Err(Error::not_found("valid insight", id));
+                };
+                super::touch_instance(txn, &instance)?;
+                let mut insight = (*found).clone();
+                insight.uses += 1;
+                insight.valid_until = insight
+                    .valid_until
+                    .max((now + USE_EXTENSION_MS).min(insight.created_at + MAX_LIFETIME_MS));
+                Ok((txn.put_insight(insight), Applied::RecordInsightUse))
+            },
+        )
         .await
     }
 
@@ -136,6 +184,13 @@ impl Hub {
         })
         .await
     }
+}
+
+/// The newest version of the insight with `id`, durable or staged (two
+/// uses in one group commit must both count).
+fn newest_with_id(txn: &super::Txn<'_>, id: &str) -> Option<Arc<Insight>> {
+    let sequence = txn.insights().find(|i| i.id == id)?.sequence;
+    txn.insight(sequence)
 }
 
 /// What an insight-generation run did.

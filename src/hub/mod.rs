@@ -12,6 +12,7 @@
 mod access;
 mod configs;
 mod failures;
+mod idempotency;
 mod insights;
 mod instances;
 mod patterns;
@@ -74,6 +75,11 @@ pub struct HubSettings {
     pub rate_limit_max_tracked: usize,
     /// What the retention job keeps.
     pub retention: RetentionSettings,
+    /// How long a write's request id is remembered: a retry within this
+    /// window is answered without applying the write again. Each
+    /// remembered id costs about 200 bytes of memory (see
+    /// [`crate::domain::idempotency::RequestRecord`]).
+    pub request_id_window_ms: i64,
 }
 
 /// How long things are kept (the seed's "Data Retention").
@@ -115,6 +121,7 @@ impl Default for HubSettings {
             rate_limit_per_hour: 1000,
             rate_limit_max_tracked: 100_000,
             retention: RetentionSettings::default(),
+            request_id_window_ms: DAY_MS,
         }
     }
 }
@@ -193,7 +200,16 @@ pub struct Hub {
 impl Hub {
     /// Loads the state from `store` and starts the writer.
     pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
-        let snapshot = store.load()?;
+        let mut snapshot = store.load()?;
+        // Request ids past their window deduplicate nothing: they are not
+        // loaded, and are deleted with the start-up checkpoint below.
+        let now = clock.now();
+        let (live, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.requests)
+            .into_iter()
+            .partition(|(_, r)| r.live_at(now, settings.request_id_window_ms));
+        snapshot.requests = live;
+        let expired_requests: std::collections::BTreeSet<_> =
+            expired.into_iter().map(|(key, _)| key).collect();
         // A store that never recorded a floor persisted every aggregate
         // with its outcome: there is nothing to replay.
         let stored_floor = snapshot.strategy_floor;
@@ -203,15 +219,20 @@ impl Hub {
             strategies::replay_outcomes(&mut state, &store, floor, settings.tuning.retention_days)?;
         // The writer only writes the floor when it moves, so a store must
         // start with one.
-        if !replayed.is_empty() || stored_floor != Some(state.outcome_sequence) {
+        if !replayed.is_empty()
+            || stored_floor != Some(state.outcome_sequence)
+            || !expired_requests.is_empty()
+        {
             tracing::info!(
                 outcomes_after = floor,
                 aggregates = replayed.len(),
-                "rebuilt strategy aggregates from the outcome log"
+                expired_request_ids = expired_requests.len(),
+                "start-up checkpoint: aggregates rebuilt from the outcome log, expired request ids dropped"
             );
             let checkpoint = crate::store::Changes {
                 checkpoint: replayed,
                 strategy_floor: Some(state.outcome_sequence),
+                removed_requests: expired_requests,
                 ..Default::default()
             };
             store.commit(&checkpoint)?;
@@ -224,6 +245,7 @@ impl Hub {
             insights = state.insights.len(),
             failures = state.failures.len(),
             configurations = state.configs.len(),
+            request_ids = state.requests.len(),
             "state loaded"
         );
         let started_at = clock.now();

@@ -1,12 +1,14 @@
 //! The retention sweep: applies [`crate::domain::retention`] to the state
 //! (through the writer, re-checking each record in case it changed since
-//! the plan) and trims the outcome and audit logs on disk. Expiry is judged
-//! by the hub's clock when the sweep runs; see the domain module for what
-//! that means when the clock jumps.
+//! the plan), forgets request ids past their window, and trims the outcome
+//! and audit logs on disk. Expiry is judged by the hub's clock when the
+//! sweep runs; see the domain module for what that means when the clock
+//! jumps.
 
 use std::sync::atomic::Ordering;
 
 use super::Hub;
+use crate::domain::idempotency::RequestKey;
 use crate::domain::retention::{self, Rules};
 use crate::error::{Error, Result};
 use crate::store::codec::Kind;
@@ -19,6 +21,8 @@ pub struct RetentionReport {
     pub strategies_rolled_up: usize,
     pub outcomes: usize,
     pub audit_entries: usize,
+    /// Request ids forgotten (past the deduplication window).
+    pub request_ids: usize,
 }
 
 impl Hub {
@@ -42,7 +46,31 @@ impl Hub {
                 now,
             )
         };
+        let window = self.shared.settings.request_id_window_ms;
+        let expired_requests: Vec<RequestKey> = self
+            .state()
+            .requests
+            .iter()
+            .filter(|(_, r)| !r.live_at(now, window))
+            .map(|(key, _)| key.clone())
+            .collect();
         let mut report = RetentionReport::default();
+        if !expired_requests.is_empty() {
+            report.request_ids = self
+                .write(move |txn| {
+                    let now = txn.now;
+                    let mut forgotten = 0;
+                    for key in expired_requests {
+                        // Unless the id was used again since the plan.
+                        if txn.request(&key).is_some_and(|r| !r.live_at(now, window)) {
+                            txn.remove_request(&key);
+                            forgotten += 1;
+                        }
+                    }
+                    Ok(forgotten)
+                })
+                .await?;
+        }
         if !sweep.is_empty() {
             let (patterns, insights, strategies) = self
                 .write(move |txn| {

@@ -12,6 +12,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+use crate::domain::idempotency::{RequestKey, RequestRecord};
 use crate::domain::matching::{MatchCalibration, PatternIndex};
 use crate::domain::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
@@ -61,6 +62,9 @@ pub struct State {
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     /// The last audit sequence handed out.
     pub audit_sequence: u64,
+    /// Request ids of applied writes, by (instance, request id), until the
+    /// retention sweep forgets them (see [`crate::domain::idempotency`]).
+    pub requests: HashMap<RequestKey, RequestRecord>,
 }
 
 impl State {
@@ -106,6 +110,7 @@ impl State {
                 .map(|k| (k.instance_id.clone(), Arc::new(k)))
                 .collect(),
             audit_sequence: snapshot.audit_sequence,
+            requests: snapshot.requests.into_iter().collect(),
             usage: HashMap::new(),
             metric_strategies: HashMap::new(),
             groups: Mutex::default(),
@@ -273,6 +278,12 @@ impl State {
         for seq in &changes.removed_insights {
             self.insights.remove(seq);
         }
+        for (key, record) in &changes.requests {
+            self.requests.insert(key.clone(), *record);
+        }
+        for key in &changes.removed_requests {
+            self.requests.remove(key);
+        }
     }
 
     /// This state's version of every record `touched` writes, for
@@ -347,6 +358,13 @@ impl State {
         if touched.audit_sequence.is_some() {
             restore.audit_sequence = Some(self.audit_sequence);
         }
+        // A request id remembered by a write that failed must not survive
+        // it, or a retry of that write would be taken as already applied.
+        for key in touched.requests.keys().chain(&touched.removed_requests) {
+            if let Some(record) = self.requests.get(key) {
+                restore.requests.insert(key.clone(), *record);
+            }
+        }
         restore
     }
 
@@ -408,6 +426,12 @@ impl<'a> Txn<'a> {
 
     pub fn into_changes(self) -> Changes {
         self.own
+    }
+
+    /// Drops everything this request staged: it failed, and nothing of it
+    /// may be written.
+    pub fn discard(&mut self) {
+        self.own = Changes::default();
     }
 
     pub fn instance(&self, id: &str) -> Option<Arc<Instance>> {
@@ -600,6 +624,32 @@ impl<'a> Txn<'a> {
         self.own.removed_insights.insert(sequence);
     }
 
+    /// What is remembered of request id `key`, durable or staged (expired
+    /// or not: the caller judges).
+    pub fn request(&self, key: &RequestKey) -> Option<RequestRecord> {
+        for changes in [&self.own, self.batch] {
+            if let Some(record) = changes.requests.get(key) {
+                return Some(*record);
+            }
+            if changes.removed_requests.contains(key) {
+                return None;
+            }
+        }
+        self.base.requests.get(key).copied()
+    }
+
+    /// Remembers request id `key`, in the same commit as the write it guards.
+    pub fn put_request(&mut self, key: RequestKey, record: RequestRecord) {
+        self.own.removed_requests.remove(&key);
+        self.own.requests.insert(key, record);
+    }
+
+    /// Forgets request id `key` (expired).
+    pub fn remove_request(&mut self, key: &RequestKey) {
+        self.own.requests.remove(key);
+        self.own.removed_requests.insert(key.clone());
+    }
+
     pub fn put_pattern_calibration(&mut self, calibration: MatchCalibration) {
         self.own.pattern_calibration = Some(calibration);
     }
@@ -725,6 +775,31 @@ mod tests {
         );
         assert_eq!(restore.audit_sequence, Some(1));
         assert_eq!(restore.strategy_floor, None, "no floor was touched");
+    }
+
+    #[test]
+    fn restore_forgets_request_ids_only_a_failed_commit_remembered() {
+        use crate::domain::idempotency::{Applied, Fingerprint};
+        let record = RequestRecord {
+            applied: Applied::ShareStrategy {
+                outcome_sequence: 1,
+            },
+            fingerprint: Fingerprint::of(b"x"),
+            at: 1,
+        };
+        let known = RequestKey::new("i1", "acknowledged");
+        let failed = RequestKey::new("i1", "failed");
+        let mut state = State::default();
+        state.requests.insert(known.clone(), record);
+        let mut touched = Changes::default();
+        touched.requests.insert(failed.clone(), record);
+        touched.removed_requests.insert(known.clone());
+        let restore = state.restore(&touched, 0);
+        // The acknowledged id is put back; the failed write's is left out,
+        // so the repair erases it and a retry is applied.
+        assert_eq!(restore.requests.len(), 1);
+        assert!(restore.requests.contains_key(&known));
+        assert!(!restore.requests.contains_key(&failed));
     }
 
     #[test]

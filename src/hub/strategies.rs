@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
+use super::idempotency::unexpected;
 use super::{Hub, State, touch_instance};
+use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
 use crate::domain::model::{
     Attributes, FailurePattern, Metrics, RecentApplication, StrategyKey, StrategyOutcome,
     StrategyRecord, StrategyShare, context_key, preceding, streak,
@@ -12,7 +14,7 @@ use crate::domain::prevention::{self, StrategyUsage};
 use crate::domain::recommend::{
     self, Combination, CombinationProblem, Recommendation, StrategyQuery, StrategyView,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::Store;
 
 /// What an instance asks GetStrategies.
@@ -89,44 +91,68 @@ const CONFLICT_MIN_FAILURES: u64 = 2;
 impl Hub {
     /// Logs one outcome and folds it into its (strategy, metric, context)
     /// aggregate. Returns the outcome's sequence and the new aggregate.
+    /// With a request id, a retry logs nothing and returns the first
+    /// call's sequence with the aggregate as it is now.
     pub async fn share_strategy(
         &self,
         caller: &str,
         share: StrategyShare,
+        request: Option<RequestTag>,
     ) -> Result<(u64, Arc<StrategyRecord>)> {
-        let caller = caller.to_string();
+        let instance = caller.to_string();
         let retention_days = self.shared.settings.tuning.retention_days;
-        self.write(move |txn| {
-            touch_instance(txn, &caller)?;
-            let key = StrategyKey {
-                metric: share.metric.clone(),
-                strategy: share.strategy.clone(),
-                context_key: context_key(&share.context),
-            };
-            let outcome = StrategyOutcome {
-                sequence: txn.next_outcome_sequence(),
-                at: txn.now,
-                instance_id: caller,
-                streak: streak(&share.recent, &share.strategy, &share.metric),
-                preceded_by: preceding(&share.recent),
-                strategy: share.strategy,
-                metric: share.metric,
-                value_before: share.value_before,
-                successful: share.successful,
-                delta: share.delta,
-                condition: share.condition,
-                context: share.context,
-            };
-            let record = fold(
-                txn.strategy(&key).as_deref(),
-                &key,
-                &outcome,
-                retention_days,
-            );
-            let sequence = outcome.sequence;
-            txn.append_outcome(outcome);
-            Ok((sequence, txn.put_strategy(record)))
-        })
+        self.write_once(
+            caller,
+            WriteRpc::ShareStrategy,
+            request,
+            move |txn, first| {
+                let key = StrategyKey {
+                    metric: share.metric.clone(),
+                    strategy: share.strategy.clone(),
+                    context_key: context_key(&share.context),
+                };
+                if let Some(first) = first {
+                    let Applied::ShareStrategy { outcome_sequence } = first else {
+                        return Err(unexpected(first, WriteRpc::ShareStrategy));
+                    };
+                    let record = txn.strategy(&key).ok_or_else(|| {
+                        Error::Internal(format!(
+                            "aggregate of outcome {outcome_sequence} is missing"
+                        ))
+                    })?;
+                    return Ok(((outcome_sequence, record), first));
+                }
+                touch_instance(txn, &instance)?;
+                let outcome = StrategyOutcome {
+                    sequence: txn.next_outcome_sequence(),
+                    at: txn.now,
+                    instance_id: instance,
+                    streak: streak(&share.recent, &share.strategy, &share.metric),
+                    preceded_by: preceding(&share.recent),
+                    strategy: share.strategy,
+                    metric: share.metric,
+                    value_before: share.value_before,
+                    successful: share.successful,
+                    delta: share.delta,
+                    condition: share.condition,
+                    context: share.context,
+                };
+                let record = fold(
+                    txn.strategy(&key).as_deref(),
+                    &key,
+                    &outcome,
+                    retention_days,
+                );
+                let sequence = outcome.sequence;
+                txn.append_outcome(outcome);
+                Ok((
+                    (sequence, txn.put_strategy(record)),
+                    Applied::ShareStrategy {
+                        outcome_sequence: sequence,
+                    },
+                ))
+            },
+        )
         .await
     }
 

@@ -125,9 +125,13 @@ impl Writer {
             Ok(value) => Box::new(move |durable: Result<()>| {
                 let _ = reply.send(durable.map(|()| value));
             }),
-            Err(e) => Box::new(move |_| {
-                let _ = reply.send(Err(e));
-            }),
+            Err(e) => {
+                // Whatever it staged before failing is not written.
+                txn.discard();
+                Box::new(move |_| {
+                    let _ = reply.send(Err(e));
+                })
+            }
         });
         self.queue
             .send(Message::Job { job, durable: true })

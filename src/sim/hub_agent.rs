@@ -381,6 +381,7 @@ impl HubLink {
                 condition: band_condition(outcome.value_before).to_string(),
                 context: self.context.clone(),
                 recent: decision.recent.clone(),
+                ..Default::default()
             })
             .await
             .map_err(hub_error)?;
@@ -392,6 +393,7 @@ impl HubLink {
                     metric_name: metric.clone(),
                     strategy: strategy.clone(),
                     similarity: *similarity,
+                    ..Default::default()
                 })
                 .await
                 .map_err(hub_error)?;
@@ -404,6 +406,7 @@ impl HubLink {
                     recovery_strategies: vec![strategy.clone()],
                     environment: self.context.clone(),
                     target_metric: metric.clone(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(hub_error)?;
@@ -470,6 +473,7 @@ impl HubLink {
                     recommendation: format!("prefer {strategy} for {metric}"),
                     ..Default::default()
                 }),
+                ..Default::default()
             })
             .await
             .map_err(hub_error)?;
@@ -501,6 +505,7 @@ impl HubLink {
                 data_points,
                 recommendation: String::new(),
                 alternatives: vec![],
+                ..Default::default()
             })
             .await
             .map_err(hub_error)?;

@@ -7,6 +7,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::domain::idempotency::RequestKey;
 use crate::domain::model::StrategyKey;
 use crate::error::{Error, Result};
 
@@ -26,6 +27,7 @@ pub enum Kind {
     Meta,
     ApiKey,
     Audit,
+    Request,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Kind::Meta => b"m/",
             Kind::ApiKey => b"k/",
             Kind::Audit => b"u/",
+            Kind::Request => b"r/",
         }
     }
 
@@ -70,6 +73,11 @@ pub fn sequence_key(kind: Kind, sequence: u64) -> Vec<u8> {
 pub fn strategy_key(k: &StrategyKey) -> Vec<u8> {
     let id = format!("{}\u{0}{}\u{0}{}", k.metric, k.strategy, k.context_key);
     key(Kind::Strategy, id.as_bytes())
+}
+
+/// A remembered request id: `r/<instance>\0<request id>`.
+pub fn request_key(k: &RequestKey) -> Vec<u8> {
+    key(Kind::Request, k.as_str().as_bytes())
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {

@@ -20,12 +20,13 @@ use serde::de::DeserializeOwned;
 pub use engine::{Engine, KvWrite, MemoryEngine, SledEngine};
 pub use faults::{Fault, Faults, FaultyEngine, Op};
 
+use crate::domain::idempotency::{RequestKey, RequestRecord};
 use crate::domain::matching::MatchCalibration;
 use crate::domain::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
     StrategyOutcome, StrategyRecord, UnixMillis,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use codec::Kind;
 
 /// Meta keys for the hub's counters. Sequences are persisted rather than
@@ -81,6 +82,11 @@ pub struct Changes {
     /// Records removed (retention).
     pub removed_patterns: BTreeSet<String>,
     pub removed_insights: BTreeSet<u64>,
+    /// Request ids remembered (idempotent writes), written in the same
+    /// batch as the write they guard…
+    pub requests: HashMap<RequestKey, RequestRecord>,
+    /// …and forgotten once expired. A key is never in both.
+    pub removed_requests: BTreeSet<RequestKey>,
 }
 
 impl Changes {
@@ -111,6 +117,15 @@ impl Changes {
             self.insights.remove(&seq);
             self.removed_insights.insert(seq);
         }
+        // `later` never holds a key in both sets, so the order is free.
+        for key in later.removed_requests {
+            self.requests.remove(&key);
+            self.removed_requests.insert(key);
+        }
+        for (key, record) in later.requests {
+            self.removed_requests.remove(&key);
+            self.requests.insert(key, record);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,6 +147,8 @@ impl Changes {
             && self.audit_sequence.is_none()
             && self.removed_patterns.is_empty()
             && self.removed_insights.is_empty()
+            && self.requests.is_empty()
+            && self.removed_requests.is_empty()
     }
 
     fn encode(&self) -> Result<Vec<KvWrite>> {
@@ -246,6 +263,12 @@ impl Changes {
                 codec::encode(calibration)?,
             );
         }
+        for (key, record) in &self.requests {
+            put(&mut writes, codec::request_key(key), codec::encode(record)?);
+        }
+        for key in &self.removed_requests {
+            writes.push((codec::request_key(key), None));
+        }
         Ok(writes)
     }
 }
@@ -268,6 +291,8 @@ pub struct Snapshot {
     /// Outcomes after this one may be missing from `strategies` and must
     /// be replayed (`None`: the store never recorded a floor).
     pub strategy_floor: Option<u64>,
+    /// Remembered request ids, expired ones included (the hub drops those).
+    pub requests: Vec<(RequestKey, RequestRecord)>,
 }
 
 /// Typed access to the hub's durable records.
@@ -306,6 +331,7 @@ impl Store {
             api_keys: self.load_kind(Kind::ApiKey)?,
             audit_sequence: self.meta(AUDIT_SEQUENCE)?.unwrap_or(0),
             strategy_floor: self.meta(STRATEGY_FLOOR)?,
+            requests: self.load_requests()?,
         })
     }
 
@@ -482,6 +508,28 @@ impl Store {
             .collect()
     }
 
+    /// Remembered request ids with their keys (the key is not repeated in
+    /// the value).
+    fn load_requests(&self) -> Result<Vec<(RequestKey, RequestRecord)>> {
+        let (start, end) = Kind::Request.range();
+        self.engine
+            .scan(&start, &end, usize::MAX)?
+            .iter()
+            .map(|(k, v)| {
+                let key = String::from_utf8(k[Kind::Request.prefix().len()..].to_vec())
+                    .ok()
+                    .and_then(RequestKey::from_stored)
+                    .ok_or_else(|| {
+                        Error::Internal(format!(
+                            "corrupt request key {:?}",
+                            String::from_utf8_lossy(k)
+                        ))
+                    })?;
+                Ok((key, codec::decode(k, v)?))
+            })
+            .collect()
+    }
+
     fn meta<T: DeserializeOwned>(&self, name: &[u8]) -> Result<Option<T>> {
         let key = codec::key(Kind::Meta, name);
         let mut end = key.clone();
@@ -627,6 +675,40 @@ mod tests {
             .map(|o| o.sequence)
             .collect();
         assert_eq!(log, [1]);
+    }
+
+    #[test]
+    fn request_ids_round_trip_and_are_deleted() {
+        use crate::domain::idempotency::{Applied, Fingerprint};
+        let store = Store::in_memory();
+        let key = RequestKey::new("us-east-1", "3f1c-uuid");
+        let record = RequestRecord {
+            applied: Applied::ShareStrategy {
+                outcome_sequence: 4,
+            },
+            fingerprint: Fingerprint::of(b"payload"),
+            at: 1_700_000_000_000,
+        };
+        let mut changes = Changes::default();
+        changes.requests.insert(key.clone(), record);
+        store.commit(&changes).unwrap();
+        assert_eq!(store.load().unwrap().requests, vec![(key.clone(), record)]);
+
+        // A removal later in a batch wins over the earlier upsert, and the
+        // reverse.
+        let mut batch = Changes::default();
+        batch.requests.insert(key.clone(), record);
+        let mut removal = Changes::default();
+        removal.removed_requests.insert(key.clone());
+        batch.absorb(removal);
+        assert!(batch.requests.is_empty() && !batch.is_empty());
+        store.commit(&batch).unwrap();
+        assert!(store.load().unwrap().requests.is_empty());
+        let mut again = Changes::default();
+        again.requests.insert(key.clone(), record);
+        batch.absorb(again);
+        assert!(batch.removed_requests.is_empty());
+        assert_eq!(batch.requests.len(), 1);
     }
 
     #[test]

@@ -422,5 +422,6 @@ pub fn insight(title: &str) -> pb::ShareInsightRequest {
             effectiveness: 0.8,
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
