@@ -188,15 +188,7 @@ async fn run(kills: usize, seed: u64) -> Figures {
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         let id = writer_id(w);
-        let client = connect(addr, certs.path(), &Identity::instance(&id)).await;
-        client
-            .register(pb::RegisterRequest {
-                instance_id: id.clone(),
-                region: "crash".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let client = connect_registered(addr, certs.path(), &id, "crash").await;
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         ledgers.push(ledger.clone());
         writers.push(spawn_writer(client, id, ledger, stop.clone()));

@@ -144,15 +144,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut ledgers = Vec::new();
     for w in 0..WRITERS {
         let id = format!("writer{w}");
-        let client = connect(addr, certs.path(), &Identity::instance(&id)).await;
-        client
-            .register(pb::RegisterRequest {
-                instance_id: id.clone(),
-                region: "test".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let client = connect_registered(addr, certs.path(), &id, "test").await;
         let ledger = Arc::new(Mutex::new(Acked::default()));
         ledgers.push(ledger.clone());
         tasks.push(tokio::spawn(async move {

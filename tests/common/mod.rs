@@ -389,6 +389,25 @@ pub async fn connect(addr: SocketAddr, certs_dir: &Path, identity: &Identity) ->
     panic!("cannot connect to {addr}");
 }
 
+/// [`connect`] as instance `id`, then registers it in `region`.
+pub async fn connect_registered(
+    addr: SocketAddr,
+    certs_dir: &Path,
+    id: &str,
+    region: &str,
+) -> HubClient {
+    let client = connect(addr, certs_dir, &Identity::instance(id)).await;
+    client
+        .register(pb::RegisterRequest {
+            instance_id: id.to_string(),
+            region: region.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+}
+
 // ---------------------------------------------------------------------------
 // Request builders
 // ---------------------------------------------------------------------------
