@@ -185,8 +185,19 @@ where
         let record = {
             let access = access.clone();
             let bytes = bytes.clone();
+            let span = span.clone();
             move |code: i32| {
-                access.observe(&draft.rpc, code, arrived.elapsed());
+                let elapsed = arrived.elapsed();
+                // Called when the final status is known, which for most
+                // calls is after the body, outside the handler's future.
+                span.in_scope(|| {
+                    tracing::debug!(
+                        code,
+                        elapsed_us = elapsed.as_micros() as u64,
+                        "call finished"
+                    )
+                });
+                access.observe(&draft.rpc, code, elapsed);
                 access.audit(AuditEntry {
                     code,
                     request_bytes: bytes.load(Ordering::Relaxed),
@@ -208,11 +219,9 @@ where
                     async move {
                         let response = future.await?;
                         if let Some(code) = status_code(response.headers()) {
-                            tracing::debug!(code, "call answered");
                             record(code);
                             return Ok(response);
                         }
-                        tracing::debug!("call answered; the status follows the body");
                         Ok(response.map(|body| Body::new(ReportingBody::new(body, record))))
                     }
                     .instrument(span),
