@@ -493,11 +493,16 @@ impl Settings {
         Ok(())
     }
 
-    /// The value of `section.name` and where it came from.
-    ///
-    /// # Panics
-    /// If there is no such key in [`KEYS`] (a programming error).
-    pub fn entry(&self, section: &str, name: &str) -> (&toml::Value, &Source) {
+    /// The value of `section.name` and where it came from (`None`: no
+    /// such key in [`KEYS`]).
+    pub fn get(&self, section: &str, name: &str) -> Option<(&toml::Value, &Source)> {
+        let (value, source) = &self.values[index_of(section, name)?];
+        Some((value, source))
+    }
+
+    /// [`Settings::get`] for the names this module itself reads; that they
+    /// all exist is checked by the tests, which read every one.
+    fn entry(&self, section: &str, name: &str) -> (&toml::Value, &Source) {
         let at = index_of(section, name)
             .unwrap_or_else(|| panic!("no configuration key {section}.{name}"));
         let (value, source) = &self.values[at];
@@ -680,6 +685,14 @@ mod tests {
             Some(crate::config::DEFAULT_METRICS_LISTEN.parse().unwrap())
         );
         config.validate().unwrap();
+        assert!(settings.get("server", "lisen").is_none());
+        assert_eq!(
+            settings.get("server", "listen"),
+            Some((
+                &toml::Value::String("0.0.0.0:3015".into()),
+                &Source::Default
+            ))
+        );
         for (value, source) in &settings.values {
             assert_eq!(source, &Source::Default);
             assert!(!matches!(value, toml::Value::String(s) if s.starts_with('"')));
