@@ -29,6 +29,8 @@
 //! - [`stream`]: insight fan-out with replay and catch-up.
 //! - [`jobs`]: background jobs (insight generation).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
+//! - [`settings`]: the operator's configuration in layers (defaults, TOML
+//!   file, environment, flags), checked key by key.
 //! - [`client`]: a Rust client for instances, with a resuming subscription.
 //! - [`pki`]: the development certificates.
 //! - [`sim`]: the fleet simulator that measures what the hub is worth.
@@ -48,6 +50,7 @@ pub mod metrics;
 pub mod overload;
 pub mod pki;
 pub mod server;
+pub mod settings;
 pub mod sim;
 pub mod store;
 pub mod stream;

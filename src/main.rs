@@ -1,15 +1,15 @@
 //! The `learning-hub` command: parses arguments and calls into the library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Parser, Subcommand};
 use learning_hub::{
     auth::Role,
     client::{ClientSettings, HubClient},
     clock::SystemClock,
-    config::Config,
     pki,
     server::PreparedHub,
+    settings::{Layers, LogSettings, Settings},
 };
 
 #[derive(Parser)]
@@ -27,6 +27,11 @@ struct Cli {
 enum Command {
     /// Run the hub.
     Serve(ServeArgs),
+    /// Show the configuration `serve` would run with.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Operate a running hub as an operator (over mTLS).
     Admin(AdminArgs),
     /// Measure what the hub is worth: a simulated fleet learning in
@@ -44,69 +49,149 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LEARNING_HUB_LISTEN", default_value = learning_hub::config::DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Directory of the sled database.
-    #[arg(long, env = "LEARNING_HUB_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
-    /// Directory of ca.pem, server.pem and server.key; a development PKI is
-    /// generated there if it has no ca.pem.
-    #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
-    certs_dir: PathBuf,
-    /// Serve plaintext gRPC without client certificates or API keys.
-    /// Development only: anyone who can reach the port can act as any
-    /// instance.
-    #[arg(long)]
-    insecure_dev: bool,
-    /// Minutes between background insight-generation runs (0: never;
-    /// Admin/GenerateInsights runs it on demand).
-    #[arg(
-        long,
-        env = "LEARNING_HUB_INSIGHT_INTERVAL_MINUTES",
-        default_value_t = 240
-    )]
-    insight_interval_minutes: u64,
-    /// Requests each instance may make per hour (0: unlimited).
-    #[arg(long, env = "LEARNING_HUB_RATE_LIMIT_PER_HOUR", default_value_t = 1000)]
-    rate_limit_per_hour: u32,
-    /// Days the audit log is kept.
-    #[arg(long, env = "LEARNING_HUB_AUDIT_RETENTION_DAYS", default_value_t = 30)]
-    audit_retention_days: i64,
-    /// Hours a write's request_id is remembered: a retry within this window
-    /// is not applied again. Each remembered id costs about 200 bytes of
-    /// memory.
-    #[arg(
-        long,
-        env = "LEARNING_HUB_REQUEST_ID_WINDOW_HOURS",
-        default_value_t = 24,
-        value_parser = clap::value_parser!(u32).range(1..=24 * 365)
-    )]
-    request_id_window_hours: u32,
-    /// Seconds between checks of the certificate files (ca.pem, server.pem,
-    /// server.key, crl.pem); changed files are reloaded without a restart
-    /// (0: only on SIGHUP).
-    #[arg(long, env = "LEARNING_HUB_CERT_CHECK_SECONDS", default_value_t = 10)]
-    cert_check_seconds: u64,
-    /// Unary calls the hub works on at once; more are refused at once with
-    /// RESOURCE_EXHAUSTED (load shedding).
-    #[arg(long, env = "LEARNING_HUB_MAX_IN_FLIGHT", default_value_t = 4096)]
-    max_in_flight: usize,
-    /// Where Prometheus metrics are served (GET /metrics), or `off`.
-    #[arg(long, env = "LEARNING_HUB_METRICS_LISTEN", default_value = learning_hub::config::DEFAULT_METRICS_LISTEN, value_parser = parse_listen_or_off)]
-    metrics_listen: ListenOrOff,
+    #[command(flatten)]
+    settings: SettingsArgs,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct ListenOrOff(Option<SocketAddr>);
+/// The configuration flags of `serve` and `config print`. Each sets one
+/// key of the configuration (see config/hub.toml), over the file and the
+/// environment; unset, the key keeps the value they (or the default) give.
+#[derive(clap::Args)]
+struct SettingsArgs {
+    /// TOML configuration file (every key: config/hub.toml).
+    #[arg(long, env = "LEARNING_HUB_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [server.listen; default 0.0.0.0:3015].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Directory of the sled database [server.data_dir; default data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// Directory of ca.pem, server.pem and server.key; a development PKI is
+    /// generated there if it has no ca.pem [server.certs_dir; default certs].
+    #[arg(long, value_name = "DIR")]
+    certs_dir: Option<String>,
+    /// Serve plaintext gRPC without client certificates or API keys.
+    /// Development only: anyone who can reach the port can act as any
+    /// instance [server.insecure_dev].
+    #[arg(long)]
+    insecure_dev: bool,
+    /// Where Prometheus metrics are served (GET /metrics), or `off`
+    /// [server.metrics_listen; default 127.0.0.1:9015].
+    #[arg(long, value_name = "ADDR|off")]
+    metrics_listen: Option<String>,
+    /// Unary calls the hub works on at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED [limits.max_in_flight; default 4096].
+    #[arg(long, value_name = "N")]
+    max_in_flight: Option<String>,
+    /// Minutes between background insight-generation runs (0: never)
+    /// [hub.insight_interval_minutes; default 240].
+    #[arg(long, value_name = "N")]
+    insight_interval_minutes: Option<String>,
+    /// Requests each instance may make per hour (0: unlimited)
+    /// [hub.rate_limit_per_hour; default 1000].
+    #[arg(long, value_name = "N")]
+    rate_limit_per_hour: Option<String>,
+    /// Hours a write's request_id is remembered (about 200 bytes each)
+    /// [hub.request_id_window_hours; default 24].
+    #[arg(long, value_name = "N")]
+    request_id_window_hours: Option<String>,
+    /// Days the audit log is kept [retention.audit_days; default 30].
+    #[arg(long, value_name = "N")]
+    audit_retention_days: Option<String>,
+    /// Seconds between checks of the certificate files; changed files are
+    /// reloaded (0: only on SIGHUP) [tls.cert_check_seconds; default 10].
+    #[arg(long, value_name = "N")]
+    cert_check_seconds: Option<String>,
+    /// `text` or `json` (one object per line, with the call's span: rpc,
+    /// caller, role) [log.format; default text].
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
+    /// Log filter, e.g. `info` or `learning_hub=debug,warn`
+    /// [log.level; default info; also RUST_LOG].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
 
-fn parse_listen_or_off(text: &str) -> Result<ListenOrOff, String> {
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(ListenOrOff(None));
+impl SettingsArgs {
+    /// Resolves defaults → file → environment → these flags.
+    fn resolve(&self) -> learning_hub::Result<Settings> {
+        let mut layers = Layers {
+            file: self.config.clone(),
+            ..Layers::default()
+        }
+        .with_process_env();
+        let flags: [(&str, &str, &Option<String>); 12] = [
+            ("server.listen", "--listen", &self.listen),
+            ("server.data_dir", "--data-dir", &self.data_dir),
+            ("server.certs_dir", "--certs-dir", &self.certs_dir),
+            (
+                "server.metrics_listen",
+                "--metrics-listen",
+                &self.metrics_listen,
+            ),
+            (
+                "limits.max_in_flight",
+                "--max-in-flight",
+                &self.max_in_flight,
+            ),
+            (
+                "hub.insight_interval_minutes",
+                "--insight-interval-minutes",
+                &self.insight_interval_minutes,
+            ),
+            (
+                "hub.rate_limit_per_hour",
+                "--rate-limit-per-hour",
+                &self.rate_limit_per_hour,
+            ),
+            (
+                "hub.request_id_window_hours",
+                "--request-id-window-hours",
+                &self.request_id_window_hours,
+            ),
+            (
+                "retention.audit_days",
+                "--audit-retention-days",
+                &self.audit_retention_days,
+            ),
+            (
+                "tls.cert_check_seconds",
+                "--cert-check-seconds",
+                &self.cert_check_seconds,
+            ),
+            ("log.format", "--log-format", &self.log_format),
+            ("log.level", "--log-level", &self.log_level),
+        ];
+        for (key, flag, value) in flags {
+            layers.flag(key, flag, value.as_ref());
+        }
+        layers.flag(
+            "server.insecure_dev",
+            "--insecure-dev",
+            self.insecure_dev.then_some(true),
+        );
+        Settings::resolve(&layers).map_err(|e| match e {
+            learning_hub::Error::InvalidArgument { field, reason } => {
+                learning_hub::Error::invalid(format!("config error: {field}"), reason)
+            }
+            other => other,
+        })
     }
-    text.parse()
-        .map(|addr| ListenOrOff(Some(addr)))
-        .map_err(|_| format!("{text:?} is neither an address like 127.0.0.1:9015 nor `off`"))
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, --config file,
+    /// LEARNING_HUB_* environment, flags) as TOML that --config accepts,
+    /// each value followed by where it came from.
+    Print {
+        /// Leave out the comments naming each value's source.
+        #[arg(long)]
+        no_sources: bool,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -367,14 +452,35 @@ enum CertsCommand {
     },
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default `default_level`).
-fn init_tracing(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+/// Logs to stderr, as text or one JSON object per line; JSON lines carry
+/// the current span (`rpc`, `caller`, `role` during a call) and the list
+/// of spans they were logged in.
+fn init_tracing(log: &LogSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if log.json {
+        logs.json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        logs.init();
+    }
+}
+
+/// Logging of the commands other than `serve`: text, filtered by RUST_LOG
+/// (default `default_level`).
+fn init_default_tracing(default_level: &str) {
+    init_tracing(&LogSettings {
+        json: false,
+        level: std::env::var("RUST_LOG")
+            .ok()
+            .filter(|level| tracing_subscriber::EnvFilter::try_new(level).is_ok())
+            .unwrap_or_else(|| default_level.to_string()),
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -416,29 +522,18 @@ fn reload_on_sighup(
     });
 }
 
-async fn serve(args: ServeArgs) -> learning_hub::Result<()> {
+async fn serve(settings: Settings) -> learning_hub::Result<()> {
     // Before anything slow: until a handler is installed, SIGHUP would
     // end the process.
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| learning_hub::Error::Unavailable(format!("cannot handle SIGHUP: {e}")))?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let config = settings.config();
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| {
-            learning_hub::Error::Unavailable(format!("cannot listen on {}: {e}", args.listen))
+            learning_hub::Error::Unavailable(format!("cannot listen on {}: {e}", config.listen))
         })?;
-    let mut config = Config::new(args.data_dir, args.certs_dir);
-    config.listen = args.listen;
-    config.insecure_dev = args.insecure_dev;
-    config.insight_interval = (args.insight_interval_minutes > 0)
-        .then(|| Duration::from_secs(60 * args.insight_interval_minutes));
-    config.hub.rate_limit_per_hour = args.rate_limit_per_hour;
-    config.hub.retention.audit_days = args.audit_retention_days;
-    config.cert_check_interval =
-        (args.cert_check_seconds > 0).then(|| Duration::from_secs(args.cert_check_seconds));
-    config.limits.max_in_flight = args.max_in_flight;
-    config.metrics_listen = args.metrics_listen.0;
-    config.hub.request_id_window_ms = i64::from(args.request_id_window_hours) * 60 * 60 * 1000;
     let hub = PreparedHub::prepare(config, Arc::new(SystemClock)).await?;
     #[cfg(unix)]
     reload_on_sighup(hangups, hub.tls());
@@ -618,13 +713,28 @@ fn runtime() -> learning_hub::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The simulator starts hubs of its own and the admin commands print
-    // results: routine logs would bury both.
-    init_tracing(match cli.command {
-        Command::Serve(_) | Command::Certs { .. } => "info",
-        Command::Simulate(_) | Command::Admin(_) | Command::Bench(_) => "warn",
-    });
+    // results: routine logs would bury both. `serve` logs as configured.
+    match &cli.command {
+        Command::Serve(_) | Command::Config { .. } => {}
+        Command::Certs { .. } => init_default_tracing("info"),
+        Command::Simulate(_) | Command::Admin(_) | Command::Bench(_) => {
+            init_default_tracing("warn")
+        }
+    }
     let result = match cli.command {
-        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
+        Command::Serve(args) => args.settings.resolve().and_then(|settings| {
+            init_tracing(&settings.log());
+            runtime().and_then(|rt| rt.block_on(serve(settings)))
+        }),
+        Command::Config {
+            command:
+                ConfigCommand::Print {
+                    no_sources,
+                    settings,
+                },
+        } => settings
+            .resolve()
+            .map(|settings| print!("{}", settings.to_toml(!no_sources))),
         Command::Admin(args) => runtime().and_then(|rt| rt.block_on(admin(args))),
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(simulate(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench(*args))),

@@ -18,6 +18,7 @@ use std::{
 
 use tonic::body::Body;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use super::audit::{CountingBody, ReportingBody, status_code};
 use super::identity::{Identity, Role};
@@ -163,6 +164,14 @@ where
             Ok(identity) => (identity.name.clone(), identity.role.as_str().to_string()),
             Err(_) => (String::new(), "unknown".to_string()),
         };
+        // Everything logged while the call is handled (the handler, the
+        // hub core on this task) carries the method and who called it.
+        let span = tracing::info_span!(
+            "rpc",
+            rpc = %request.uri().path(),
+            caller = %caller,
+            role = %role,
+        );
         let draft = AuditEntry {
             sequence: 0,
             at: access.now(),
@@ -176,8 +185,19 @@ where
         let record = {
             let access = access.clone();
             let bytes = bytes.clone();
+            let span = span.clone();
             move |code: i32| {
-                access.observe(&draft.rpc, code, arrived.elapsed());
+                let elapsed = arrived.elapsed();
+                // Called when the final status is known, which for most
+                // calls is after the body, outside the handler's future.
+                span.in_scope(|| {
+                    tracing::debug!(
+                        code,
+                        elapsed_us = elapsed.as_micros() as u64,
+                        "call finished"
+                    )
+                });
+                access.observe(&draft.rpc, code, elapsed);
                 access.audit(AuditEntry {
                     code,
                     request_bytes: bytes.load(Ordering::Relaxed),
@@ -194,18 +214,21 @@ where
                 parts.extensions.insert(identity);
                 let request =
                     http::Request::from_parts(parts, Body::new(CountingBody::new(body, bytes)));
-                let future = self.inner.call(request);
-                Box::pin(async move {
-                    let response = future.await?;
-                    if let Some(code) = status_code(response.headers()) {
-                        record(code);
-                        return Ok(response);
+                let future = span.in_scope(|| self.inner.call(request));
+                Box::pin(
+                    async move {
+                        let response = future.await?;
+                        if let Some(code) = status_code(response.headers()) {
+                            record(code);
+                            return Ok(response);
+                        }
+                        Ok(response.map(|body| Body::new(ReportingBody::new(body, record))))
                     }
-                    Ok(response.map(|body| Body::new(ReportingBody::new(body, record))))
-                })
+                    .instrument(span),
+                )
             }
             Err(refusal) => {
-                tracing::debug!(path = request.uri().path(), "request refused");
+                let _entered = span.enter();
                 let status = match refusal {
                     Refusal::Error(e) => tonic::Status::from(e),
                     Refusal::RateLimited(seconds) => {
@@ -218,6 +241,11 @@ where
                         status
                     }
                 };
+                tracing::debug!(
+                    code = status.code() as i32,
+                    reason = status.message(),
+                    "call refused"
+                );
                 record(status.code() as i32);
                 let response = status.into_http::<Body>();
                 Box::pin(async move { Ok(response) })
