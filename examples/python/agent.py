@@ -385,7 +385,7 @@ class Agent:
         source = pb.ConfigSource.Name(bootstrap.source)
         log(
             f"registered {self.args.instance_id} in {self.args.region} ({'new' if response.newly_registered else 'refreshed'}); "
-            f"bootstrap from {source}: applied {applied}; cycle_interval_ms={parameters.get('cycle_interval_ms')} "
+            f"bootstrap from {source}: applied {json.dumps(applied)}; cycle_interval_ms={parameters.get('cycle_interval_ms')} "
             f"(a toy cycle waits --interval={self.args.interval}s instead)"
         )
         self.summary["bootstrap"] = {
