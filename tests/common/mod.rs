@@ -92,7 +92,7 @@ impl TestHub {
                 shutdown,
             )),
         };
-        let hub = TestHub {
+        let mut hub = TestHub {
             addr,
             config,
             dirs,
@@ -105,7 +105,7 @@ impl TestHub {
         hub
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) {
         // Generous: under a loaded test run, a restarted hub can take a
         // few seconds to load and answer.
         for _ in 0..1000 {
@@ -113,6 +113,12 @@ impl TestHub {
                 if op.get_status(pb::GetStatusRequest {}).await.is_ok() {
                     return;
                 }
+            }
+            // A hub that failed to start (e.g. its store still locked)
+            // says why instead of timing out.
+            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = self.task.take().unwrap().await;
+                panic!("hub stopped before it became ready: {result:?}");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
