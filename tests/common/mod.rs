@@ -95,58 +95,78 @@ impl TestHub {
         keys: Arc<Mutex<HashMap<String, String>>>,
         bind: SocketAddr,
     ) -> Self {
-        let listener = bind_retrying(bind).await;
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = rx.await;
-        };
-        let task = match (clock.clone(), store.clone()) {
-            (clock, Some(open)) => tokio::spawn(learning_hub::server::run_with_store(
-                listener,
-                config.clone(),
-                clock.unwrap_or_else(|| Arc::new(learning_hub::clock::SystemClock)),
-                move |dir: &Path| open(dir),
-                shutdown,
-            )),
-            (Some(clock), None) => tokio::spawn(learning_hub::server::run_with_clock(
-                listener,
-                config.clone(),
-                clock,
-                shutdown,
-            )),
-            (None, None) => tokio::spawn(learning_hub::server::run(
-                listener,
-                config.clone(),
-                shutdown,
-            )),
-        };
-        let hub = TestHub {
-            addr,
-            config,
-            dirs,
-            clock,
-            store,
-            keys,
-            shutdown: Some(tx),
-            task: Some(task),
-        };
-        hub.wait_ready().await;
-        hub
+        // sled lets go of its directory lock from a background thread, a
+        // moment after the previous hub in this process dropped the store:
+        // an in-process restart can find it still held (a real restart is
+        // a new process, whose lock the old one's exit released).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let listener = bind_retrying(bind).await;
+            let addr = listener.local_addr().unwrap();
+            let (tx, rx) = oneshot::channel::<()>();
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            let task = match (clock.clone(), store.clone()) {
+                (clock, Some(open)) => tokio::spawn(learning_hub::server::run_with_store(
+                    listener,
+                    config.clone(),
+                    clock.unwrap_or_else(|| Arc::new(learning_hub::clock::SystemClock)),
+                    move |dir: &Path| open(dir),
+                    shutdown,
+                )),
+                (Some(clock), None) => tokio::spawn(learning_hub::server::run_with_clock(
+                    listener,
+                    config.clone(),
+                    clock,
+                    shutdown,
+                )),
+                (None, None) => tokio::spawn(learning_hub::server::run(
+                    listener,
+                    config.clone(),
+                    shutdown,
+                )),
+            };
+            let mut hub = TestHub {
+                addr,
+                config: config.clone(),
+                dirs: dirs.clone(),
+                clock: clock.clone(),
+                store: store.clone(),
+                keys: keys.clone(),
+                shutdown: Some(tx),
+                task: Some(task),
+            };
+            match hub.wait_ready().await {
+                Ok(()) => return hub,
+                Err(e)
+                    if e.contains("could not acquire lock")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
-    async fn wait_ready(&self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         // Generous: under a loaded test run, a restarted hub can take a
         // few seconds to load and answer.
         for _ in 0..1000 {
             if let Ok(op) = self.try_operator().await {
                 if op.get_status(pb::GetStatusRequest {}).await.is_ok() {
-                    return;
+                    return Ok(());
                 }
+            }
+            // A hub that failed to start says why instead of timing out.
+            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                let result = self.task.take().unwrap().await;
+                return Err(format!("hub stopped before it became ready: {result:?}"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("hub did not become ready");
+        Err("hub did not become ready".into())
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,559 @@
+#!/usr/bin/env python3
+"""A small Learning Hub instance agent, on stubs generated from proto/.
+
+It connects over mutual TLS with the hub's CA, its instance certificate and
+key, and sends its API key as ``authorization: Bearer <key>`` on every call.
+Then it:
+
+1. registers (region, context, capabilities) and applies the bootstrap
+   configuration the hub answers with;
+2. subscribes to insights in a background thread, resuming with
+   ``after_sequence`` = the last sequence it received whenever the stream
+   breaks (hub restart, network), with backoff;
+3. runs ``--cycles`` learning cycles on a toy metric: ask for ranked
+   strategies (GetStrategies), check the chosen one (CheckAction), apply it
+   to the toy metric, share the outcome (ShareStrategy) and, when the metric
+   was on a plateau, the plateau pattern (SharePattern);
+4. optionally waits until ``--wait-insights`` insights arrived, and prints a
+   JSON summary as the last line on stdout (progress goes to stderr).
+
+Settings come from flags or the same environment as the Rust client
+(``learning_hub::client::ClientSettings::from_env``): ``LEARNING_HUB_URL``
+(default https://localhost:3015), ``INSTANCE_ID``, ``LEARNING_HUB_CERTS_DIR``
+(default ./certs, holding ca.pem, <INSTANCE_ID>.pem and <INSTANCE_ID>.key)
+and ``HUB_API_KEY``.
+
+Exit status: 0 when everything worked, 1 when a call failed or the insights
+waited for did not arrive in time, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gen_stubs  # noqa: E402  (next to this file)
+
+try:
+    import grpc
+except ImportError as e:  # pragma: no cover - depends on the machine
+    sys.exit(f"agent: grpcio is not installed ({e}); {gen_stubs.INSTALL_HINT}")
+
+# ---------------------------------------------------------------------------
+# The toy world: one metric the agent improves with strategies whose true
+# effects it does not know (the hub's recommendations are what it learns
+# from), and one more metric it tracks.
+# ---------------------------------------------------------------------------
+
+# strategy -> (mean gain at value 0.5, noise); gains shrink with headroom.
+STRATEGIES = {
+    "novelty_injection": (0.05, 0.02),
+    "curriculum_shift": (0.035, 0.03),
+    "replay": (0.02, 0.01),
+    "consolidation": (0.008, 0.005),
+    "speed_optimization": (-0.01, 0.03),
+}
+# A metric that gained less than this in the last cycle is on a plateau.
+PLATEAU_GAIN = 0.01
+OTHER_METRIC = ("retention", 0.7)
+# Calls that may be retried on UNAVAILABLE (reads and Register, which only
+# refreshes a record); shares are not retried, so an outcome is never
+# counted twice.
+RETRYABLE = [
+    "Register",
+    "GetStrategies",
+    "CheckAction",
+    "GetPatterns",
+    "GetInsights",
+    "GetStatus",
+    "Bootstrap",
+    "SubscribeInsights",
+]
+SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{"service": "learninghub.v1.Hub", "method": m} for m in RETRYABLE],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+CALL_TIMEOUT = 10.0
+
+
+class ToyMetric:
+    def __init__(self, name: str, value: float, rng: random.Random):
+        self.name, self.value, self.rng = name, value, rng
+
+    def apply(self, strategy: str) -> float:
+        """Applies `strategy`; returns the change of the metric."""
+        mean, noise = STRATEGIES[strategy]
+        headroom = 2.0 * (1.0 - self.value)
+        delta = (mean + self.rng.gauss(0.0, noise)) * headroom
+        delta = round(max(-self.value, min(1.0 - self.value, delta)), 4)
+        self.value = round(self.value + delta, 4)
+        return delta
+
+
+class AgentError(Exception):
+    """A call or the connection failed (exit status 1)."""
+
+
+class SettingsError(AgentError):
+    """A setting is wrong: a file that cannot be read, a bad URL (exit status 2)."""
+
+
+def log(message: str) -> None:
+    print(f"[py-agent] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        description="A Learning Hub instance agent (Python, grpcio).",
+        epilog="The API key is read from HUB_API_KEY (preferred: flags show up in process lists) or --api-key.",
+    )
+    p.add_argument("--hub-url", default=env("LEARNING_HUB_URL", "https://localhost:3015"), help="env LEARNING_HUB_URL")
+    p.add_argument("--instance-id", default=env("INSTANCE_ID"), help="env INSTANCE_ID (must match the certificate)")
+    p.add_argument("--certs-dir", default=env("LEARNING_HUB_CERTS_DIR", "certs"), help="env LEARNING_HUB_CERTS_DIR")
+    p.add_argument("--ca", help="CA certificate (default: CERTS_DIR/ca.pem)")
+    p.add_argument("--cert", help="instance certificate (default: CERTS_DIR/<id>.pem)")
+    p.add_argument("--key", help="instance private key (default: CERTS_DIR/<id>.key)")
+    p.add_argument("--api-key", default=env("HUB_API_KEY"), help="env HUB_API_KEY")
+    p.add_argument("--server-name", help="TLS name to verify (default: the URL's host)")
+    p.add_argument("--region", default="dev")
+    p.add_argument("--context", action="append", default=[], metavar="KEY=VALUE", help="context attribute (repeatable; default lang=python)")
+    p.add_argument("--metric", default="learningVelocity", help="the toy metric to improve")
+    p.add_argument("--start-value", type=float, default=0.55)
+    p.add_argument("--cycles", type=int, default=5)
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between cycles (stands in for the bootstrap's cycle_interval_ms)")
+    p.add_argument("--after-sequence", type=int, default=0, help="subscribe to insights after this sequence")
+    p.add_argument("--wait-insights", type=int, default=0, metavar="N", help="after the cycles, wait until N insights arrived")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for --wait-insights")
+    p.add_argument("--seed", type=int, help="seed of the toy metric's noise (default: from the instance id)")
+    p.add_argument("--stubs", type=Path, default=gen_stubs.DEFAULT_OUT, help="where the generated stubs live")
+    args = p.parse_args(argv)
+    if not args.instance_id:
+        p.error("no instance id: set INSTANCE_ID or pass --instance-id")
+    if not args.api_key:
+        p.error(f"no API key: set HUB_API_KEY (an operator prints one with `learning-hub admin keys issue {args.instance_id}`)")
+    if args.cycles < 0 or args.wait_insights < 0:
+        p.error("--cycles and --wait-insights must be >= 0")
+    if not 0.0 <= args.start_value <= 1.0:
+        p.error("--start-value must be within [0, 1]")
+    context = {}
+    for item in args.context or ["lang=python"]:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--context {item!r}: expected KEY=VALUE")
+        context[key] = value
+    args.context = context
+    certs = Path(args.certs_dir)
+    args.ca = Path(args.ca or certs / "ca.pem")
+    args.cert = Path(args.cert or certs / f"{args.instance_id}.pem")
+    args.key = Path(args.key or certs / f"{args.instance_id}.key")
+    if args.seed is None:
+        args.seed = sum(args.instance_id.encode())
+    return args
+
+
+def target_of(url: str) -> tuple[str, str]:
+    """`https://host:port` -> ("host:port", "host")."""
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    if parts.scheme != "https":
+        raise SettingsError(f"hub URL {url!r}: the hub speaks only TLS, use https://")
+    if not parts.hostname:
+        raise SettingsError(f"hub URL {url!r} has no host")
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{parts.port or 3015}", host
+
+
+def read_file(path: Path, what: str, hint: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SettingsError(f"cannot read the {what} {path}: {e.strerror}; {hint}") from e
+
+
+def connect(args: argparse.Namespace) -> grpc.Channel:
+    target, _host = target_of(args.hub_url)
+    issue = f"issue one with `learning-hub certs issue {args.instance_id}`"
+    ca = read_file(args.ca, "CA certificate", "it is the hub's certs/ca.pem")
+    cert = read_file(args.cert, "instance certificate", issue)
+    key = read_file(args.key, "instance key", issue)
+    credentials = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert),
+        # Sends `authorization: Bearer <key>` with every call.
+        grpc.access_token_call_credentials(args.api_key),
+    )
+    options = [
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ("grpc.enable_retries", 1),
+        # Reconnect quickly after a hub restart (the default starts at 1 s
+        # and grows to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+    if args.server_name:
+        options.append(("grpc.ssl_target_name_override", args.server_name))
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def explain(method: str, error: grpc.RpcError, args: argparse.Namespace) -> str:
+    code = error.code()
+    message = f"{method} failed: {code.name}: {error.details()}"
+    hints = {
+        grpc.StatusCode.UNAUTHENTICATED: f"HUB_API_KEY must be the key issued for {args.instance_id} (`learning-hub admin keys issue {args.instance_id}`)",
+        grpc.StatusCode.PERMISSION_DENIED: f"the instance id ({args.instance_id}) must be the one in the certificate {args.cert}",
+        grpc.StatusCode.UNAVAILABLE: f"is the hub running at {args.hub_url}, and is {args.ca} its CA?",
+    }
+    return f"{message} ({hints[code]})" if code in hints else message
+
+
+# ---------------------------------------------------------------------------
+# The insight subscription
+# ---------------------------------------------------------------------------
+
+
+class InsightSubscriber(threading.Thread):
+    """Reads SubscribeInsights in the background; when the stream breaks it
+    subscribes again with after_sequence = the last sequence received, so a
+    hub restart costs neither an insight nor a duplicate."""
+
+    PERMANENT = {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+
+    def __init__(self, stub, pb, after_sequence: int):
+        super().__init__(name="insights", daemon=True)
+        self.stub, self.pb = stub, pb
+        self.last = after_sequence
+        self.sequences: list[int] = []
+        self.titles: list[str] = []
+        self.resumed_from: list[int] = []
+        self.duplicates = 0
+        self.error: str | None = None
+        self._changed = threading.Condition()
+        self._stopping = threading.Event()
+        self._call = None
+
+    def run(self) -> None:
+        backoff, first = 0.1, True
+        while not self._stopping.is_set():
+            if not first:
+                self.resumed_from.append(self.last)
+            first = False
+            call = self.stub.SubscribeInsights(self.pb.SubscribeInsightsRequest(after_sequence=self.last))
+            with self._changed:
+                self._call = call
+            if self._stopping.is_set():
+                call.cancel()
+                break
+            try:
+                for item in call:
+                    insight = item.insight
+                    if insight.sequence <= self.last:
+                        self.duplicates += 1  # the hub promises none; counted, not delivered
+                        continue
+                    with self._changed:
+                        self.last = insight.sequence
+                        self.sequences.append(insight.sequence)
+                        self.titles.append(insight.title)
+                        self._changed.notify_all()
+                    log(f"insight #{insight.sequence}: {insight.title}")
+                    backoff = 0.1
+                reason = "the stream ended"
+            except grpc.RpcError as e:
+                if self._stopping.is_set():
+                    break
+                if e.code() in self.PERMANENT:
+                    with self._changed:
+                        self.error = f"SubscribeInsights: {e.code().name}: {e.details()}"
+                        self._changed.notify_all()
+                    log(self.error)
+                    return
+                reason = f"{e.code().name}: {e.details()}"
+            log(f"insight stream interrupted ({reason}); resuming after #{self.last} in {backoff:.1f}s")
+            if self._stopping.wait(backoff * random.uniform(1.0, 1.2)):
+                break
+            backoff = min(backoff * 2, 5.0)
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.sequences) >= count or self.error is not None, timeout) and self.error is None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._changed:
+            if self._call is not None:
+                self._call.cancel()
+
+
+# ---------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------
+
+
+def value_to_py(value):
+    """google.protobuf.Value -> a Python value."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        n = value.number_value
+        return int(n) if n.is_integer() else n
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return [value_to_py(v) for v in value.list_value.values]
+    if kind == "struct_value":
+        return {k: value_to_py(v) for k, v in value.struct_value.fields.items()}
+    return None
+
+
+class Agent:
+    def __init__(self, args, stub, pb):
+        self.args, self.stub, self.pb = args, stub, pb
+        self.metric = ToyMetric(args.metric, args.start_value, random.Random(args.seed))
+        self.recent: list[tuple[str, str]] = []  # (strategy, metric), newest first
+        # Agent configuration; the bootstrap overrides it.
+        self.config = {"default_strategy": "replay", "prediction_confidence_threshold": 0.65, "max_cycles": 0}
+        self.summary = {
+            "agent": "python",
+            "instance_id": args.instance_id,
+            "registered": False,
+            "cycles": 0,
+            "outcomes_shared": 0,
+            "patterns_shared": 0,
+            "recommendations_received": 0,
+            "recommendations_followed": 0,
+            "action_warnings": 0,
+        }
+
+    def call(self, method: str, request):
+        try:
+            return getattr(self.stub, method)(request, timeout=CALL_TIMEOUT)
+        except grpc.RpcError as e:
+            raise AgentError(explain(method, e, self.args)) from e
+
+    def register(self) -> None:
+        pb = self.pb
+        response = self.call(
+            "Register",
+            pb.RegisterRequest(
+                instance_id=self.args.instance_id,
+                region=self.args.region,
+                context=self.args.context,
+                capabilities=[f"strategy:{s}" for s in STRATEGIES],
+            ),
+        )
+        self.summary["registered"] = True
+        self.summary["newly_registered"] = response.newly_registered
+        bootstrap = response.bootstrap
+        parameters = {k: value_to_py(v) for k, v in bootstrap.parameters.items()}
+        applied = {}
+        for key in ("default_strategy", "prediction_confidence_threshold", "max_cycles"):
+            if key in parameters:
+                self.config[key] = applied[key] = parameters[key]
+        source = pb.ConfigSource.Name(bootstrap.source)
+        log(
+            f"registered {self.args.instance_id} in {self.args.region} ({'new' if response.newly_registered else 'refreshed'}); "
+            f"bootstrap from {source}: applied {json.dumps(applied)}; cycle_interval_ms={parameters.get('cycle_interval_ms')} "
+            f"(a toy cycle waits --interval={self.args.interval}s instead)"
+        )
+        self.summary["bootstrap"] = {
+            "source": source,
+            "parameters": parameters,
+            "applied": applied,
+            "proven_strategies": [r.strategy for r in bootstrap.proven_strategies],
+        }
+
+    def recent_pb(self):
+        return [
+            self.pb.RecentApplication(strategy=s, metric=m, cycles_ago=i + 1)
+            for i, (s, m) in enumerate(self.recent[:8])
+        ]
+
+    def metrics_pb(self, value: float, stuck: bool):
+        name, other = OTHER_METRIC
+        return {
+            self.metric.name: self.pb.MetricState(value=value, stuck=stuck),
+            name: self.pb.MetricState(value=other, stuck=False),
+        }
+
+    def choose(self, recommendations, cycle: int) -> tuple[str, str]:
+        threshold = float(self.config["prediction_confidence_threshold"])
+        for r in recommendations:
+            if r.strategy in STRATEGIES and r.confidence >= threshold:
+                self.summary["recommendations_followed"] += 1
+                return r.strategy, f"hub recommends it (confidence {r.confidence:.2f})"
+        # No confident recommendation this agent can apply: explore, starting
+        # with the bootstrap's default strategy.
+        names = list(STRATEGIES)
+        start = names.index(self.config["default_strategy"]) if self.config["default_strategy"] in names else 0
+        return names[(start + cycle) % len(names)], "exploring"
+
+    def cycle(self, cycle: int, last_delta: float | None) -> float:
+        pb, metric = self.pb, self.metric
+        before = metric.value
+        stuck = last_delta is None or last_delta < PLATEAU_GAIN
+        ranked = self.call(
+            "GetStrategies",
+            pb.GetStrategiesRequest(
+                metric=metric.name, current_value=before, context=self.args.context, limit=5, recent=self.recent_pb()
+            ),
+        ).recommendations
+        self.summary["recommendations_received"] += len(ranked)
+        strategy, why = self.choose(ranked, cycle)
+        check = self.call(
+            "CheckAction",
+            pb.CheckActionRequest(
+                strategy=strategy,
+                metric=metric.name,
+                metrics=self.metrics_pb(before, stuck),
+                recent=self.recent_pb(),
+                context=self.args.context,
+            ),
+        )
+        if not check.safe:
+            self.summary["action_warnings"] += len(check.warnings)
+            if check.safer_alternative in STRATEGIES:
+                warning = check.warnings[0].message if check.warnings else "not safe"
+                why = f"CheckAction warned ({warning}); safer: {check.safer_alternative}"
+                strategy = check.safer_alternative
+        delta = metric.apply(strategy)
+        successful = delta > 0
+        if stuck:
+            self.call(
+                "SharePattern",
+                pb.SharePatternRequest(
+                    metrics=self.metrics_pb(before, True),
+                    cycles_until_plateau=cycle,
+                    recovery_strategies=[strategy] if successful else [],
+                    environment=self.args.context,
+                    target_metric=metric.name,
+                ),
+            )
+            self.summary["patterns_shared"] += 1
+        shared = self.call(
+            "ShareStrategy",
+            pb.ShareStrategyRequest(
+                strategy=strategy,
+                metric=metric.name,
+                value_before=before,
+                successful=successful,
+                delta=delta,
+                condition="on plateau" if stuck else "",
+                context=self.args.context,
+                recent=self.recent_pb(),
+            ),
+        )
+        self.summary["outcomes_shared"] += 1
+        self.recent.insert(0, (strategy, metric.name))
+        log(
+            f"cycle {cycle + 1}: {metric.name} {before:.3f}{' (plateau)' if stuck else ''}; "
+            f"{len(ranked)} recommendation(s); applied {strategy} ({why}): {delta:+.4f}; "
+            f"outcome #{shared.outcome_sequence} shared"
+        )
+        return delta
+
+    def run_cycles(self) -> None:
+        cycles = self.args.cycles
+        if self.config["max_cycles"]:
+            cycles = min(cycles, int(self.config["max_cycles"]))
+        self.summary["metric"] = {"name": self.metric.name, "start": self.metric.value}
+        last_delta = None
+        for cycle in range(cycles):
+            if cycle and self.args.interval:
+                time.sleep(self.args.interval)
+            last_delta = self.cycle(cycle, last_delta)
+            self.summary["cycles"] += 1
+        self.summary["metric"]["end"] = self.metric.value
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    stubs = gen_stubs.ensure_stubs(args.stubs.resolve())
+    try:
+        from learninghub.v1 import hub_pb2 as pb  # generated
+        from learninghub.v1 import hub_pb2_grpc
+    except Exception as e:  # e.g. a protobuf runtime older than the generated code
+        sys.exit(f"agent: cannot import the stubs generated in {stubs}: {e}; {gen_stubs.INSTALL_HINT}")
+
+    error = None
+    status = 1
+    subscriber = None
+    agent = None
+    channel = None
+    try:
+        channel = connect(args)
+        stub = hub_pb2_grpc.HubStub(channel)
+        agent = Agent(args, stub, pb)
+        agent.register()
+        subscriber = InsightSubscriber(stub, pb, args.after_sequence)
+        subscriber.start()
+        agent.run_cycles()
+        if args.wait_insights and not subscriber.wait_for(args.wait_insights, args.timeout):
+            error = subscriber.error or (
+                f"received {len(subscriber.sequences)} of {args.wait_insights} insights within {args.timeout:.0f}s"
+            )
+    except AgentError as e:
+        error = str(e)
+        status = 2 if isinstance(e, SettingsError) else 1
+    except KeyboardInterrupt:
+        error = "interrupted"
+    finally:
+        if subscriber is not None:
+            subscriber.stop()
+            subscriber.join(timeout=5)
+        if channel is not None:
+            channel.close()
+
+    summary = agent.summary if agent else {"agent": "python", "registered": False}
+    if subscriber is not None:
+        error = error or subscriber.error
+        summary.update(
+            insights_received=len(subscriber.sequences),
+            insight_sequences=subscriber.sequences,
+            insight_titles=subscriber.titles,
+            duplicates_dropped=subscriber.duplicates,
+            resumes=len(subscriber.resumed_from),
+            resumed_from=subscriber.resumed_from,
+        )
+    summary["error"] = error
+    summary["ok"] = error is None
+    if error:
+        log(f"error: {error}")
+    print(json.dumps(summary), flush=True)
+    return 0 if error is None else status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
