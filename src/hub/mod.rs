@@ -42,7 +42,7 @@ use crate::clock::Clock;
 use crate::domain::model::{Insight, InsightCategory, UnixMillis};
 use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Changes, Store};
 use crate::stream::{Credentials, InsightBus, InsightLog, InsightStream};
 use writer::Writer;
 
@@ -191,27 +191,8 @@ pub struct Hub {
 impl Hub {
     /// Loads the state from `store` and starts the writer.
     pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
-        let snapshot = store.load()?;
-        // A store that never recorded a floor persisted every aggregate
-        // with its outcome: there is nothing to replay.
-        let stored_floor = snapshot.strategy_floor;
-        let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
-        let mut state = State::from_snapshot(snapshot);
-        let replayed =
-            strategies::replay_outcomes(&mut state, &store, floor, settings.tuning.retention_days)?;
-        // The writer only writes the floor when it moves, so a store must
-        // start with one.
-        if !replayed.is_empty() || stored_floor != Some(state.outcome_sequence) {
-            tracing::info!(
-                outcomes_after = floor,
-                aggregates = replayed.len(),
-                "rebuilt strategy aggregates from the outcome log"
-            );
-            let checkpoint = crate::store::Changes {
-                checkpoint: replayed,
-                strategy_floor: Some(state.outcome_sequence),
-                ..Default::default()
-            };
+        let (state, checkpoint) = Self::load_state(&store, &settings)?;
+        if let Some(checkpoint) = checkpoint {
             store.commit(&checkpoint)?;
             store.flush()?;
         }
@@ -251,6 +232,39 @@ impl Hub {
             limiter,
             key_changes: watch::channel(0).0,
         }))
+    }
+
+    /// Reads the hub's state from `store` as a start does: every record,
+    /// then the outcome log after the stored floor replayed into the
+    /// aggregates. Returns the state and, when the replay changed anything
+    /// (or the store has no floor yet), the checkpoint [`Hub::open`] makes
+    /// durable before serving. It starts nothing, so the load path can be
+    /// exercised on its own (`fuzz/`: arbitrary stores).
+    pub fn load_state(store: &Store, settings: &HubSettings) -> Result<(State, Option<Changes>)> {
+        let snapshot = store.load()?;
+        // A store that never recorded a floor persisted every aggregate
+        // with its outcome: there is nothing to replay.
+        let stored_floor = snapshot.strategy_floor;
+        let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
+        let mut state = State::from_snapshot(snapshot);
+        let replayed =
+            strategies::replay_outcomes(&mut state, store, floor, settings.tuning.retention_days)?;
+        // The writer only writes the floor when it moves, so a store must
+        // start with one.
+        if replayed.is_empty() && stored_floor == Some(state.outcome_sequence) {
+            return Ok((state, None));
+        }
+        tracing::info!(
+            outcomes_after = floor,
+            aggregates = replayed.len(),
+            "rebuilt strategy aggregates from the outcome log"
+        );
+        let checkpoint = Changes {
+            checkpoint: replayed,
+            strategy_floor: Some(state.outcome_sequence),
+            ..Default::default()
+        };
+        Ok((state, Some(checkpoint)))
     }
 
     /// Ends every insight stream (clients get UNAVAILABLE with their resume
