@@ -46,6 +46,7 @@ pub fn content_id(prefix: &str, content: &str) -> String {
 
 /// A strategy an instance applied shortly before something it reports or
 /// asks about.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentApplication {
     pub strategy: String,
@@ -82,6 +83,7 @@ pub fn preceding(recent: &[RecentApplication]) -> Vec<String> {
 }
 
 /// One metric's state.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MetricState {
     pub value: f64,
@@ -96,6 +98,7 @@ pub type Metrics = BTreeMap<String, MetricState>;
 // ---------------------------------------------------------------------------
 
 /// A registered instance.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub instance_id: String,
@@ -132,6 +135,7 @@ pub struct PatternShare {
 }
 
 /// How one recovery strategy has fared for one pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryStat {
     /// Shares that listed the strategy as a recovery.
@@ -147,6 +151,7 @@ impl RecoveryStat {
 }
 
 /// A deduplicated plateau pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
     pub id: String,
@@ -289,6 +294,7 @@ pub struct StrategyShare {
 }
 
 /// One strategy application as the hub logs it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyOutcome {
     /// Position in the hub's outcome log.
@@ -311,6 +317,7 @@ pub struct StrategyOutcome {
 }
 
 /// Applications, successes and deltas of a set of outcomes.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeStats {
     pub applications: u64,
@@ -365,6 +372,7 @@ pub fn day_of(at: UnixMillis) -> i64 {
 }
 
 /// One day's outcomes of one aggregate, per value band.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DayBucket {
     pub day: i64,
@@ -375,6 +383,7 @@ pub struct DayBucket {
 pub const STREAK_CLASSES: usize = 4;
 
 /// Applications and failures under one reported condition.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConditionStats {
     pub applications: u64,
@@ -397,6 +406,7 @@ pub struct StrategyKey {
 }
 
 /// Every outcome of one strategy on one metric in one context, folded.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyRecord {
     pub strategy: String,
@@ -602,6 +612,7 @@ impl StrategyRecord {
 // ---------------------------------------------------------------------------
 
 /// What an insight is about.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum InsightCategory {
     Configuration,
@@ -613,6 +624,7 @@ pub enum InsightCategory {
 }
 
 /// The data behind an insight.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct InsightEvidence {
     pub data_points: u64,
@@ -621,12 +633,14 @@ pub struct InsightEvidence {
     pub improvement_observed: f64,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplicableContext {
     pub context: String,
     pub threshold: String,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InsightAlternative {
     pub insight: String,
@@ -634,6 +648,7 @@ pub struct InsightAlternative {
 }
 
 /// The content of an insight, as shared (before the hub stamps it).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InsightDraft {
     pub category: InsightCategory,
@@ -650,6 +665,7 @@ pub struct InsightDraft {
 }
 
 /// A stored insight.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Insight {
     pub id: String,
@@ -688,6 +704,7 @@ impl Insight {
 // Failures
 // ---------------------------------------------------------------------------
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FailureType {
     MetricReversal,
@@ -732,6 +749,7 @@ pub struct FailureReport {
 }
 
 /// How one recovery method has fared for one failure.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryMethodStats {
     pub attempts: u64,
@@ -752,6 +770,7 @@ pub const MAX_TRIGGERS: usize = 10;
 pub const MAX_PREVENTION: usize = 32;
 
 /// A deduplicated failure pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailurePattern {
     pub id: String,
@@ -868,6 +887,7 @@ impl FailurePattern {
 // ---------------------------------------------------------------------------
 
 /// A configuration parameter's value.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ParamValue {
@@ -878,6 +898,7 @@ pub enum ParamValue {
 
 pub type Parameters = BTreeMap<String, ParamValue>;
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigAlternative {
     pub name: String,
@@ -905,6 +926,7 @@ pub const VALIDATION_MIN_INSTANCES: usize = 2;
 pub const RIVAL_MIN_DATA_POINTS: u64 = 30;
 
 /// A configuration as the fleet knows it: one per (context, parameters).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Configuration {
     pub id: String,
@@ -1025,6 +1047,7 @@ impl Configuration {
 
 /// An instance's API key, as stored: never the key itself, only a salted
 /// SHA-256 of it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub instance_id: String,
@@ -1038,6 +1061,7 @@ pub struct ApiKey {
 }
 
 /// One call, as the audit log keeps it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub sequence: u64,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Count, mean, variance, min and max of a stream of values, updated one
 /// value at a time.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunningStats {
     pub count: u64,
