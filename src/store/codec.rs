@@ -114,6 +114,27 @@ mod tests {
         assert!(decode::<RecoveryStat>(b"k", &[1, b'{']).is_err());
     }
 
+    /// Found by fuzz/store_records: serde_json's default number parser read
+    /// 2.7085039786150142e-306 back as …145e-306, so an aggregate could
+    /// change in its last digit with every checkpoint and reload.
+    #[test]
+    fn numbers_read_back_exactly() {
+        for x in [
+            2.7085039786150142e-306,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            0.123_456_789_012_345_68,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            -0.0,
+        ] {
+            let bytes = encode(&x).unwrap();
+            let back: f64 = decode(b"k", &bytes).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e} came back as {back:e}");
+        }
+    }
+
     #[test]
     fn sequence_keys_sort_numerically() {
         assert!(sequence_key(Kind::Insight, 2) < sequence_key(Kind::Insight, 10));
