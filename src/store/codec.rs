@@ -7,6 +7,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::finite::first_non_finite;
 use crate::domain::model::StrategyKey;
 use crate::error::{Error, Result};
 
@@ -72,7 +73,17 @@ pub fn strategy_key(k: &StrategyKey) -> Vec<u8> {
     key(Kind::Strategy, id.as_bytes())
 }
 
+/// The record's bytes: the format version, then its JSON. A record holding
+/// NaN or an infinity is refused (`Internal`): JSON has no such numbers,
+/// serde_json would write `null`, and the record would fail to load at the
+/// next start — better that this write fails.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    if let Some((path, number)) = first_non_finite(value) {
+        let at = if path.is_empty() { "the value" } else { &path };
+        return Err(Error::Internal(format!(
+            "cannot encode record: {at} is {number}; JSON cannot hold it"
+        )));
+    }
     let mut bytes = vec![FORMAT_V1];
     serde_json::to_writer(&mut bytes, value)
         .map_err(|e| Error::Internal(format!("cannot encode record: {e}")))?;
@@ -133,6 +144,34 @@ mod tests {
             let back: f64 = decode(b"k", &bytes).unwrap();
             assert_eq!(back.to_bits(), x.to_bits(), "{x:e} came back as {back:e}");
         }
+    }
+
+    /// Found by fuzz/store_records: a pattern whose metric value was NaN
+    /// was written as `"value":null` and then could not be decoded — a
+    /// store the hub could not start from. Such a record is refused at
+    /// encode, naming the number.
+    #[test]
+    fn numbers_json_cannot_hold_are_refused_at_encode() {
+        use crate::domain::model::MetricState;
+        use std::collections::BTreeMap;
+        let metrics = BTreeMap::from([(
+            "lv".to_string(),
+            MetricState {
+                value: f64::NAN,
+                stuck: false,
+            },
+        )]);
+        let err = encode(&metrics).unwrap_err().to_string();
+        assert!(err.contains("[…].value is NaN"), "{err}");
+        let stats = crate::domain::stats::RunningStats {
+            m2: f64::INFINITY,
+            ..Default::default()
+        };
+        let err = encode(&stats).unwrap_err().to_string();
+        assert!(err.contains("m2 is inf; JSON cannot hold it"), "{err}");
+        assert!(encode(&f64::NEG_INFINITY).is_err());
+        // Finite values, None and nested options still encode.
+        assert!(encode(&(Some(1.5), None::<f64>, vec![0.0, -0.0])).is_ok());
     }
 
     #[test]

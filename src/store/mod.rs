@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod engine;
+mod finite;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
