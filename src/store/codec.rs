@@ -90,13 +90,36 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+fn corrupt(key: &[u8], why: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "corrupt record at key {:?}: {why}",
+        String::from_utf8_lossy(key)
+    ))
+}
+
+/// The sequence in a key of a sequence-keyed `kind` (`None` if `key` is
+/// not one).
+pub fn key_sequence(kind: Kind, key: &[u8]) -> Option<u64> {
+    let id = key.strip_prefix(kind.prefix())?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Checks that a record read at a sequence key carries that sequence: code
+/// that pages through a log by the records' own sequences would otherwise
+/// read the same page forever.
+pub fn check_sequence(kind: Kind, key: &[u8], sequence: u64) -> Result<()> {
+    match key_sequence(kind, key) {
+        Some(at) if at == sequence => Ok(()),
+        Some(at) => Err(corrupt(
+            key,
+            format!("holds sequence {sequence}, stored at {at}"),
+        )),
+        None => Err(corrupt(key, "not a sequence key")),
+    }
+}
+
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    let corrupt = |why: String| {
-        Error::Internal(format!(
-            "corrupt record at key {:?}: {why}",
-            String::from_utf8_lossy(key)
-        ))
-    };
+    let corrupt = |why: String| corrupt(key, why);
     match bytes.split_first() {
         Some((&FORMAT_V1, json)) => {
             serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))

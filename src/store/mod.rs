@@ -325,7 +325,11 @@ impl Store {
         self.engine
             .scan(&start, &end, limit)?
             .iter()
-            .map(|(k, v)| codec::decode(k, v))
+            .map(|(k, v)| {
+                let outcome: StrategyOutcome = codec::decode(k, v)?;
+                codec::check_sequence(Kind::Outcome, k, outcome.sequence)?;
+                Ok(outcome)
+            })
             .collect()
     }
 
@@ -495,6 +499,35 @@ mod tests {
             tail.iter().map(|o| o.sequence).collect::<Vec<_>>(),
             vec![3, 4]
         );
+    }
+
+    /// Found by fuzz/store_load: an outcome whose own sequence was below
+    /// the one in its key made the start's replay (which pages on by the
+    /// outcomes' sequences) read the same page forever. It is now reported
+    /// as corrupt, and the hub's load fails at once.
+    #[test]
+    fn an_outcome_stored_under_another_sequence_is_corrupt_not_a_hang() {
+        let store = Store::in_memory();
+        store
+            .engine
+            .apply(vec![(
+                codec::sequence_key(Kind::Outcome, 5),
+                Some(codec::encode(&outcome(1)).unwrap()),
+            )])
+            .unwrap();
+        let err = store.outcomes_after(0, 10).unwrap_err().to_string();
+        assert!(err.contains("holds sequence 1, stored at 5"), "{err}");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let settings = crate::hub::HubSettings::default();
+            let loaded = crate::hub::Hub::load_state(&store, &settings).map(drop);
+            tx.send(loaded).ok();
+        });
+        let loaded = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("loading the store hangs");
+        assert!(loaded.unwrap_err().to_string().contains("corrupt record"));
     }
 
     #[test]
