@@ -245,6 +245,16 @@ impl Hub {
         // A store that never recorded a floor persisted every aggregate
         // with its outcome: there is nothing to replay.
         let stored_floor = snapshot.strategy_floor;
+        // The floor never passes the last outcome handed out; a store that
+        // says otherwise would have its floor lowered below outcomes this
+        // load never read.
+        if stored_floor.is_some_and(|floor| floor > snapshot.outcome_sequence) {
+            return Err(Error::Internal(format!(
+                "corrupt store: strategy floor {} is past the last outcome sequence {}",
+                stored_floor.unwrap_or_default(),
+                snapshot.outcome_sequence
+            )));
+        }
         let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
         let mut state = State::from_snapshot(snapshot);
         let replayed =

@@ -530,6 +530,30 @@ mod tests {
         assert!(loaded.unwrap_err().to_string().contains("corrupt record"));
     }
 
+    /// Found by fuzz/store_load: with a floor past the last outcome
+    /// sequence, a start replayed nothing, then lowered the floor to that
+    /// sequence — below outcomes it had never read, which the next start
+    /// then failed on. Such a store is now refused at the first start.
+    #[test]
+    fn a_floor_past_the_last_outcome_is_corrupt() {
+        let store = Store::in_memory();
+        store
+            .commit(&Changes {
+                strategy_floor: Some(10),
+                outcome_sequence: Some(3),
+                ..Default::default()
+            })
+            .unwrap();
+        let err = crate::hub::Hub::load_state(&store, &Default::default())
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("strategy floor 10 is past the last outcome sequence 3"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn absorb_prefers_later_changes() {
         let mut a = Changes {
