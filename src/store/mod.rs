@@ -410,10 +410,13 @@ impl Store {
                         (e.sequence, e.at)
                     }
                 };
+                // The caller deletes below the answer: it must be the
+                // sequence the key holds.
+                codec::check_sequence(kind, k, sequence)?;
                 if time >= at {
                     return Ok(Some(sequence));
                 }
-                last_seen = Some(sequence + 1);
+                last_seen = Some(sequence.saturating_add(1));
             }
             cursor = next;
         }
@@ -551,6 +554,30 @@ mod tests {
         assert!(
             err.contains("strategy floor 10 is past the last outcome sequence 3"),
             "{err}"
+        );
+    }
+
+    /// Found by fuzz/store_load: "one past the last sequence" overflowed
+    /// (a panic in debug builds) when the last record held u64::MAX.
+    #[test]
+    fn the_first_sequence_at_a_time_never_overflows() {
+        let store = Store::in_memory();
+        let mut last = outcome(u64::MAX);
+        last.at = 5;
+        store
+            .engine
+            .apply(vec![(
+                codec::sequence_key(Kind::Outcome, u64::MAX),
+                Some(codec::encode(&last).unwrap()),
+            )])
+            .unwrap();
+        assert_eq!(
+            store.first_sequence_at(Kind::Outcome, 10).unwrap(),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            store.first_sequence_at(Kind::Outcome, 5).unwrap(),
+            Some(u64::MAX)
         );
     }
 
