@@ -15,8 +15,8 @@ use libfuzzer_sys::fuzz_target;
 
 use learning_hub::domain::matching::MatchCalibration;
 use learning_hub::domain::model::{
-    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern,
-    StrategyOutcome, StrategyRecord,
+    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyOutcome,
+    StrategyRecord,
 };
 use learning_hub::hub::{Hub, HubSettings};
 use learning_hub::store::codec::{self, Kind};
@@ -103,7 +103,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let engine = Arc::new(MemoryEngine::default());
-    engine.apply(writes).expect("the memory engine takes any write");
+    engine
+        .apply(writes)
+        .expect("the memory engine takes any write");
     let store = Store::new(engine);
     let settings = HubSettings::default();
 

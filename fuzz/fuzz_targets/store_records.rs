@@ -117,7 +117,10 @@ fn structured(data: &[u8]) {
             );
             assert_eq!(a.cmp(&b), ka.cmp(&kb), "keys of {a} and {b} sort wrong");
             let (start, end) = Kind::Outcome.range();
-            assert!(start <= ka && ka < end, "key of {a} outside its kind's range");
+            assert!(
+                start <= ka && ka < end,
+                "key of {a} outside its kind's range"
+            );
         }
         Record::StrategyKeys(a, b) => {
             // Names never hold NUL (validation), which separates the parts.
