@@ -21,14 +21,22 @@ pub const MAX_MAP_ENTRIES: usize = 32;
 /// Most items in a list.
 pub const MAX_LIST_ITEMS: usize = 32;
 
-/// Shows at most 40 characters of a rejected value, so an error message
-/// never echoes a megabyte back.
+/// Shows the start of a rejected value, escaped, in at most 40 characters
+/// (plus quotes and an ellipsis), so an error message never echoes a
+/// megabyte back — nor 40 characters that each escape to ten.
 fn preview(value: &str) -> String {
-    let mut shown: String = value.chars().take(40).collect();
-    if value.chars().count() > 40 {
-        shown.push('…');
+    const MAX: usize = 40;
+    let (mut shown, mut width) = (String::new(), 0);
+    for c in value.chars() {
+        let escaped = c.escape_debug();
+        width += escaped.len();
+        if width > MAX {
+            shown.push('…');
+            break;
+        }
+        shown.extend(escaped);
     }
-    format!("{shown:?}")
+    format!("\"{shown}\"")
 }
 
 fn is_name_char(c: char) -> bool {
@@ -215,6 +223,12 @@ mod tests {
     fn previews_are_short() {
         let msg = reason(name("f", &"é".repeat(10_000)));
         assert!(msg.len() < 200, "{msg}");
+        // Each of these escapes to `\u{e0001}`: 40 of them were 400 bytes.
+        let msg = reason(name("f", &"\u{e0001}".repeat(100)));
+        assert!(msg.len() < 120, "{} bytes: {msg}", msg.len());
+        assert!(msg.ends_with("…\""), "{msg}");
+        assert_eq!(preview("a b"), "\"a b\"");
+        assert_eq!(preview("a\nb"), "\"a\\nb\"");
     }
 
     #[test]

@@ -1640,8 +1640,8 @@ async fn a_message_over_the_size_limit_is_refused_and_the_hub_keeps_serving() {
         "unexpected answer to a 5 MiB message: {status:?}"
     );
     assert!(
-        status.message().contains("too large"),
-        "{:?}",
+        status.message().contains("too large") && status.message().contains("4194304"),
+        "the refusal should name the limit: {:?}",
         status.message()
     );
 
@@ -1653,4 +1653,175 @@ async fn a_message_over_the_size_limit_is_refused_and_the_hub_keeps_serving() {
     let shared = a.share_insight(insight("small")).await.unwrap();
     assert_eq!(shared.insight.unwrap().sequence, 1);
     a.share_strategy(strategy()).await.unwrap();
+}
+
+/// A `google.protobuf.Value` nested `depth` lists deep.
+fn nested_value(depth: usize) -> Value {
+    let mut value = number(1.0);
+    for _ in 0..depth {
+        value = Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: vec![value],
+            })),
+        };
+    }
+    value
+}
+
+/// The encoded body of a ShareConfigurationRequest whose parameter `x` is a
+/// list nested `depth` deep, built without recursion (prost's encoder
+/// recurses, and would overflow the test's stack at this depth).
+fn deeply_nested_request(depth: usize) -> Vec<u8> {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    fn varint_len(n: usize) -> usize {
+        let mut out = Vec::new();
+        varint(n, &mut out);
+        out.len()
+    }
+    // Bottom-up lengths: Value.list_value (field 6) holds a ListValue whose
+    // values (field 1) hold the next Value; the innermost Value is empty.
+    let mut value_lens = vec![0usize];
+    let mut list_lens = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        let inner = *value_lens.last().unwrap();
+        let list = 1 + varint_len(inner) + inner;
+        list_lens.push(list);
+        value_lens.push(1 + varint_len(list) + list);
+    }
+    let value = *value_lens.last().unwrap();
+    // parameters (field 2) is a map: an entry with key "x" (1) and value (2).
+    let entry = 3 + 1 + varint_len(value) + value;
+    let mut out = Vec::with_capacity(entry + 8);
+    out.push(0x12);
+    varint(entry, &mut out);
+    out.extend_from_slice(&[0x0a, 1, b'x', 0x12]);
+    varint(value, &mut out);
+    for level in (0..depth).rev() {
+        out.push(0x32);
+        varint(list_lens[level], &mut out);
+        out.push(0x0a);
+        varint(value_lens[level], &mut out);
+    }
+    out
+}
+
+/// Sends raw bytes as the request of `path`, bypassing the typed stubs.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let n = bytes::Buf::remaining(buf);
+        Ok(Some(bytes::Buf::copy_to_bytes(buf, n).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+/// prost decodes at most 100 nested messages; deeper input is refused
+/// while decoding, before any handler runs, and the hub keeps serving.
+/// (tonic answers a request that does not decode with INTERNAL, as gRPC's
+/// status code table prescribes for request parse errors.)
+fn assert_refused_for_nesting(status: &Status) {
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status.message().contains("recursion limit"),
+        "the refusal should say what was wrong: {:?}",
+        status.message()
+    );
+    assert!(
+        status.message().len() < 4096,
+        "{} bytes",
+        status.message().len()
+    );
+}
+
+#[tokio::test]
+async fn deeply_nested_values_are_refused_without_overflowing_the_stack() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("inst-a").await;
+
+    // Within prost's limit (40 lists are 80 nested messages) the value
+    // decodes, and validation refuses it without descending into it.
+    let mut shallow = configuration();
+    shallow.parameters = params(vec![("x", nested_value(40))]);
+    let status = a.share_configuration(shallow).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("parameters[x]: "),
+        "{:?}",
+        status.message()
+    );
+
+    // Past it, decoding stops.
+    let mut deep = configuration();
+    deep.parameters = params(vec![("x", nested_value(200))]);
+    assert_refused_for_nesting(&a.share_configuration(deep).await.unwrap_err());
+
+    let op = hub.operator().await;
+    let status = op.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(status.configurations, 0);
+    a.share_configuration(configuration()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_levels_of_nesting_are_refused_and_the_hub_keeps_serving() {
+    // Plaintext dev mode: raw bytes need no TLS client of their own.
+    let hub = TestHub::start_with(|c| c.insecure_dev = true).await;
+    let a = hub.registered("inst-a").await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", hub.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let body = deeply_nested_request(100_000);
+    assert!(body.len() < 4 * 1024 * 1024, "{} bytes", body.len());
+
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(body);
+    request
+        .metadata_mut()
+        .insert("x-learning-hub-instance", "inst-a".parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static("/learninghub.v1.Hub/ShareConfiguration");
+    let status = grpc.unary(request, path, RawCodec).await.unwrap_err();
+    assert_refused_for_nesting(&status);
+
+    let shared = a.share_configuration(configuration()).await.unwrap();
+    assert!(shared.configuration.is_some());
 }

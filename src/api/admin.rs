@@ -9,7 +9,6 @@ use super::{Reply, caller, convert, reply};
 use crate::domain::insight_gen::GenerationSettings;
 use crate::hub::Hub;
 use crate::pb;
-use crate::validate;
 
 /// Implements `learninghub.v1.Admin` over a [`Hub`].
 #[derive(Clone)]
@@ -53,8 +52,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::IssueApiKeyRequest>,
     ) -> Reply<pb::IssueApiKeyResponse> {
         let operator = caller(&request)?.name.clone();
-        let instance_id = request.into_inner().instance_id;
-        validate::name("instance_id", &instance_id)?;
+        let instance_id = convert::required_name("instance_id", request.into_inner().instance_id)?;
         let api_key = self.hub.issue_api_key(&operator, instance_id).await?;
         reply(pb::IssueApiKeyResponse { api_key })
     }
@@ -63,8 +61,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Reply<pb::RevokeApiKeyResponse> {
-        let instance_id = request.into_inner().instance_id;
-        validate::name("instance_id", &instance_id)?;
+        let instance_id = convert::required_name("instance_id", request.into_inner().instance_id)?;
         self.hub.revoke_api_key(instance_id).await?;
         reply(pb::RevokeApiKeyResponse {})
     }
@@ -84,8 +81,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::ResolveFailureRequest>,
     ) -> Reply<pb::ResolveFailureResponse> {
-        let id = request.into_inner().failure_id;
-        validate::name("failure_id", &id)?;
+        let id = convert::required_name("failure_id", request.into_inner().failure_id)?;
         let failure = self.hub.resolve_failure(id).await?;
         reply(pb::ResolveFailureResponse {
             failure: Some(convert::failure(&failure)),
@@ -96,8 +92,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::InvalidateInsightRequest>,
     ) -> Reply<pb::InvalidateInsightResponse> {
-        let id = request.into_inner().insight_id;
-        validate::name("insight_id", &id)?;
+        let id = convert::required_name("insight_id", request.into_inner().insight_id)?;
         self.hub.invalidate_insight(id).await?;
         reply(pb::InvalidateInsightResponse {})
     }

@@ -181,10 +181,10 @@ pub fn failure_type_filter(raw: i32) -> Result<Option<FailureType>> {
     optional_enum("failure_type", raw, parse_failure_type)
 }
 
-/// An optional name filter: empty means "any".
-pub fn name_filter<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>> {
-    optional_name(field, value)?;
-    Ok((!value.is_empty()).then_some(value))
+/// A required name (an id the request refers to).
+pub fn required_name(field: &str, value: String) -> Result<String> {
+    name(field, &value)?;
+    Ok(value)
 }
 
 /// A budget: 0 means none; otherwise finite and positive.
@@ -637,6 +637,85 @@ pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
 
 pub fn bootstrap_context(req: &pb::BootstrapRequest) -> Result<Attributes> {
     context("context", &req.context)
+}
+
+/// Echo's payload: at most 4096 bytes.
+pub fn echo_payload(req: pb::EchoRequest) -> Result<Vec<u8>> {
+    validate::max_bytes("payload", req.payload.len(), 4096)?;
+    Ok(req.payload)
+}
+
+/// The validated parts of a ListInstances request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstancesQuery {
+    pub region: Option<String>,
+    pub after: Option<String>,
+    pub limit: usize,
+}
+
+pub fn instances_query(req: pb::ListInstancesRequest) -> Result<InstancesQuery> {
+    optional_name("region", &req.region)?;
+    optional_name("after_instance_id", &req.after_instance_id)?;
+    Ok(InstancesQuery {
+        limit: validate::limit("limit", req.limit, 100, 1000)?,
+        region: optional(req.region),
+        after: optional(req.after_instance_id),
+    })
+}
+
+/// The validated parts of a GetInsights request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InsightsQuery {
+    pub category: Option<InsightCategory>,
+    pub context: Option<String>,
+    pub limit: usize,
+}
+
+pub fn insights_query(req: pb::GetInsightsRequest) -> Result<InsightsQuery> {
+    let category = category_filter(req.category)?;
+    optional_name("context", &req.context)?;
+    Ok(InsightsQuery {
+        category,
+        limit: validate::limit("limit", req.limit, 10, 1000)?,
+        context: optional(req.context),
+    })
+}
+
+/// The validated parts of a SubscribeInsights request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionQuery {
+    pub after_sequence: u64,
+    pub category: Option<InsightCategory>,
+}
+
+pub fn subscription(req: &pb::SubscribeInsightsRequest) -> Result<SubscriptionQuery> {
+    Ok(SubscriptionQuery {
+        after_sequence: req.after_sequence,
+        category: category_filter(req.category)?,
+    })
+}
+
+/// The validated parts of a GetFailures request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailuresQuery {
+    pub failure_type: Option<FailureType>,
+    pub metric: Option<String>,
+    pub strategy: Option<String>,
+    pub include_resolved: bool,
+    pub limit: usize,
+}
+
+pub fn failures_query(req: pb::GetFailuresRequest) -> Result<FailuresQuery> {
+    let failure_type = failure_type_filter(req.failure_type)?;
+    optional_name("metric", &req.metric)?;
+    optional_name("strategy", &req.strategy)?;
+    Ok(FailuresQuery {
+        failure_type,
+        limit: validate::limit("limit", req.limit, 10, 1000)?,
+        include_resolved: req.include_resolved,
+        metric: optional(req.metric),
+        strategy: optional(req.strategy),
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod convert;
+pub mod inbound;
 pub mod visibility;
 
 pub use admin::AdminService;
@@ -88,8 +89,7 @@ impl pb::hub_server::Hub for HubService {
     }
 
     async fn echo(&self, request: Request<pb::EchoRequest>) -> Reply<pb::EchoResponse> {
-        let payload = request.into_inner().payload;
-        crate::validate::max_bytes("payload", payload.len(), 4096)?;
+        let payload = convert::echo_payload(request.into_inner())?;
         reply(pb::EchoResponse { payload })
     }
 
@@ -102,14 +102,13 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::ListInstancesRequest>,
     ) -> Reply<pb::ListInstancesResponse> {
         let viewer = caller(&request)?.clone();
-        let req = request.into_inner();
-        let region = convert::name_filter("region", &req.region)?;
-        let after = convert::name_filter("after_instance_id", &req.after_instance_id)?;
-        let limit = crate::validate::limit("limit", req.limit, 100, 1000)?;
+        let q = convert::instances_query(request.into_inner())?;
         let page = match viewer.instance_id() {
             // An instance sees the fleet's counts and only its own record.
             Some(own) => self.hub.own_listing(own),
-            None => self.hub.list_instances(region, after, limit),
+            None => self
+                .hub
+                .list_instances(q.region.as_deref(), q.after.as_deref(), q.limit),
         };
         reply(visibility::instance_listing(
             &viewer,
@@ -238,11 +237,10 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetInsightsRequest>,
     ) -> Reply<pb::GetInsightsResponse> {
-        let req = request.into_inner();
-        let category = convert::category_filter(req.category)?;
-        let context = convert::name_filter("context", &req.context)?;
-        let limit = crate::validate::limit("limit", req.limit, 10, 1000)?;
-        let insights = self.hub.get_insights(category, context, limit);
+        let q = convert::insights_query(request.into_inner())?;
+        let insights = self
+            .hub
+            .get_insights(q.category, q.context.as_deref(), q.limit);
         reply(pb::GetInsightsResponse {
             insights: insights.iter().map(|i| convert::insight(i)).collect(),
         })
@@ -255,11 +253,8 @@ impl pb::hub_server::Hub for HubService {
         let caller = calling_instance(&request)?;
         let mut req = request.into_inner();
         let once = convert::request_tag(&mut req)?;
-        crate::validate::name("insight_id", &req.insight_id)?;
-        let insight = self
-            .hub
-            .record_insight_use(&caller, req.insight_id, once)
-            .await?;
+        let id = convert::required_name("insight_id", req.insight_id)?;
+        let insight = self.hub.record_insight_use(&caller, id, once).await?;
         reply(pb::RecordInsightUseResponse {
             insight: Some(convert::insight(&insight)),
         })
@@ -278,11 +273,10 @@ impl pb::hub_server::Hub for HubService {
         let holder = caller(&request)?
             .instance_id()
             .map(|id| (id.to_string(), presented_key(&request)));
-        let req = request.into_inner();
-        let category = convert::category_filter(req.category)?;
+        let q = convert::subscription(request.get_ref())?;
         let insights = self
             .hub
-            .subscribe_insights(req.after_sequence, category, holder)?;
+            .subscribe_insights(q.after_sequence, q.category, holder)?;
         let stream = insights.map(|item| match item {
             Ok(insight) => Ok(pb::SubscribeInsightsResponse {
                 insight: Some(convert::insight(&insight)),
@@ -313,14 +307,14 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::GetFailuresRequest>,
     ) -> Reply<pb::GetFailuresResponse> {
         let viewer = caller(&request)?.clone();
-        let req = request.into_inner();
-        let failure_type = convert::failure_type_filter(req.failure_type)?;
-        let metric = convert::name_filter("metric", &req.metric)?;
-        let strategy = convert::name_filter("strategy", &req.strategy)?;
-        let limit = crate::validate::limit("limit", req.limit, 10, 1000)?;
-        let failures =
-            self.hub
-                .get_failures(failure_type, metric, strategy, req.include_resolved, limit);
+        let q = convert::failures_query(request.into_inner())?;
+        let failures = self.hub.get_failures(
+            q.failure_type,
+            q.metric.as_deref(),
+            q.strategy.as_deref(),
+            q.include_resolved,
+            q.limit,
+        );
         let message = pb::GetFailuresResponse {
             failures: failures.iter().map(|f| convert::failure(f)).collect(),
         };

@@ -7,13 +7,15 @@
 use super::identity::{Identity, Role};
 use crate::error::{Error, Result};
 
-/// The Hub RPCs that add to the fleet's knowledge.
+/// The Hub RPCs that add to the fleet's knowledge (or, RecordInsightUse,
+/// report an instance's own use of it).
 const INSTANCE_ONLY: &[&str] = &[
     "Register",
     "SharePattern",
     "RecordPatternOutcome",
     "ShareStrategy",
     "ShareInsight",
+    "RecordInsightUse",
     "ShareFailure",
     "ShareConfiguration",
 ];
@@ -57,6 +59,11 @@ mod tests {
                 Err(Error::PermissionDenied(_))
             ));
         }
+        // Reporting the use of an insight is an instance's own record too.
+        assert!(matches!(
+            authorize("/learninghub.v1.Hub/RecordInsightUse", &op),
+            Err(Error::PermissionDenied(_))
+        ));
         assert!(authorize("/learninghub.v1.Admin/GenerateInsights", &op).is_ok());
         assert!(matches!(
             authorize("/learninghub.v1.Admin/GenerateInsights", &inst),

@@ -89,6 +89,7 @@ pub fn environment_similarity(a: &Attributes, b: &Attributes) -> f64 {
 
 /// Acted-on matches and how they turned out, by similarity: what turns a
 /// pattern's own outcome record into a calibrated confidence.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct MatchCalibration {
     /// (successes, trials) for similarity < 0.7, < 0.8, < 0.9, < 1 and exact.

@@ -46,6 +46,7 @@ pub fn content_id(prefix: &str, content: &str) -> String {
 
 /// A strategy an instance applied shortly before something it reports or
 /// asks about.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentApplication {
     pub strategy: String,
@@ -82,6 +83,7 @@ pub fn preceding(recent: &[RecentApplication]) -> Vec<String> {
 }
 
 /// One metric's state.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MetricState {
     pub value: f64,
@@ -96,6 +98,7 @@ pub type Metrics = BTreeMap<String, MetricState>;
 // ---------------------------------------------------------------------------
 
 /// A registered instance.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
     pub instance_id: String,
@@ -132,6 +135,7 @@ pub struct PatternShare {
 }
 
 /// How one recovery strategy has fared for one pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryStat {
     /// Shares that listed the strategy as a recovery.
@@ -142,11 +146,12 @@ pub struct RecoveryStat {
 
 impl RecoveryStat {
     pub fn success_rate(&self) -> f64 {
-        laplace_rate(self.successes, self.successes + self.failures)
+        laplace_rate(self.successes, self.successes.saturating_add(self.failures))
     }
 }
 
 /// A deduplicated plateau pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
     pub id: String,
@@ -197,20 +202,22 @@ impl Pattern {
 
     /// Folds one more share of the same signature into the pattern.
     pub fn record_share(&mut self, share: &PatternShare, instance: &str, now: UnixMillis) {
-        self.frequency += 1;
+        self.frequency = self.frequency.saturating_add(1);
         self.last_seen = self.last_seen.max(now);
         self.instances.insert(instance.to_string());
         self.cycles_until_plateau
             .push(f64::from(share.cycles_until_plateau));
         for strategy in &share.recovery_strategies {
-            self.recovery.entry(strategy.clone()).or_default().suggested += 1;
+            let stat = self.recovery.entry(strategy.clone()).or_default();
+            stat.suggested = stat.suggested.saturating_add(1);
             if let Some(metric) = &share.target_metric {
-                self.recovery_by_metric
+                let stat = self
+                    .recovery_by_metric
                     .entry(metric.clone())
                     .or_default()
                     .entry(strategy.clone())
-                    .or_default()
-                    .suggested += 1;
+                    .or_default();
+                stat.suggested = stat.suggested.saturating_add(1);
             }
         }
     }
@@ -226,16 +233,16 @@ impl Pattern {
         now: UnixMillis,
     ) {
         if success {
-            self.successes += 1;
+            self.successes = self.successes.saturating_add(1);
         } else {
-            self.failures += 1;
+            self.failures = self.failures.saturating_add(1);
         }
         if let Some(strategy) = strategy {
             let credit = |stat: &mut RecoveryStat| {
                 if success {
-                    stat.successes += 1;
+                    stat.successes = stat.successes.saturating_add(1);
                 } else {
-                    stat.failures += 1;
+                    stat.failures = stat.failures.saturating_add(1);
                 }
             };
             credit(self.recovery.entry(strategy.to_string()).or_default());
@@ -267,7 +274,7 @@ impl Pattern {
 
     /// How far the pattern's outcome reports support acting on it.
     pub fn reliability(&self) -> f64 {
-        laplace_rate(self.successes, self.successes + self.failures)
+        laplace_rate(self.successes, self.successes.saturating_add(self.failures))
     }
 }
 
@@ -289,6 +296,7 @@ pub struct StrategyShare {
 }
 
 /// One strategy application as the hub logs it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyOutcome {
     /// Position in the hub's outcome log.
@@ -311,6 +319,7 @@ pub struct StrategyOutcome {
 }
 
 /// Applications, successes and deltas of a set of outcomes.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeStats {
     pub applications: u64,
@@ -323,9 +332,9 @@ pub struct OutcomeStats {
 
 impl OutcomeStats {
     pub fn record(&mut self, successful: bool, delta: f64) {
-        self.applications += 1;
+        self.applications = self.applications.saturating_add(1);
         if successful {
-            self.successes += 1;
+            self.successes = self.successes.saturating_add(1);
             self.improvement.push(delta);
         } else {
             self.regression.push(delta);
@@ -334,8 +343,8 @@ impl OutcomeStats {
 
     pub fn merge(&self, other: &OutcomeStats) -> OutcomeStats {
         OutcomeStats {
-            applications: self.applications + other.applications,
-            successes: self.successes + other.successes,
+            applications: self.applications.saturating_add(other.applications),
+            successes: self.successes.saturating_add(other.successes),
             improvement: self.improvement.merge(&other.improvement),
             regression: self.regression.merge(&other.regression),
         }
@@ -365,6 +374,7 @@ pub fn day_of(at: UnixMillis) -> i64 {
 }
 
 /// One day's outcomes of one aggregate, per value band.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DayBucket {
     pub day: i64,
@@ -375,6 +385,7 @@ pub struct DayBucket {
 pub const STREAK_CLASSES: usize = 4;
 
 /// Applications and failures under one reported condition.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConditionStats {
     pub applications: u64,
@@ -397,6 +408,7 @@ pub struct StrategyKey {
 }
 
 /// Every outcome of one strategy on one metric in one context, folded.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyRecord {
     pub strategy: String,
@@ -494,9 +506,9 @@ impl StrategyRecord {
                 .or_default()
                 .record(outcome.successful, outcome.delta);
         }
-        self.applications += 1;
+        self.applications = self.applications.saturating_add(1);
         if outcome.successful {
-            self.successes += 1;
+            self.successes = self.successes.saturating_add(1);
             self.improvement.push(outcome.delta);
         } else {
             self.regression.push(outcome.delta);
@@ -506,15 +518,16 @@ impl StrategyRecord {
                 .failure_modes
                 .entry(outcome.condition.clone())
                 .or_default();
-            mode.applications += 1;
+            mode.applications = mode.applications.saturating_add(1);
             if !outcome.successful {
-                mode.failures += 1;
+                mode.failures = mode.failures.saturating_add(1);
             }
         }
-        *self
+        let applications = self
             .instances
             .entry(outcome.instance_id.clone())
-            .or_default() += 1;
+            .or_default();
+        *applications = applications.saturating_add(1);
         self.last_updated = self.last_updated.max(outcome.at);
         self.through_sequence = self.through_sequence.max(outcome.sequence);
     }
@@ -530,17 +543,18 @@ impl StrategyRecord {
     /// Folds `other` into this aggregate in place (see [`Self::merge`]).
     pub fn absorb(&mut self, other: &StrategyRecord) {
         self.context_key.clear();
-        self.applications += other.applications;
-        self.successes += other.successes;
+        self.applications = self.applications.saturating_add(other.applications);
+        self.successes = self.successes.saturating_add(other.successes);
         self.improvement = self.improvement.merge(&other.improvement);
         self.regression = self.regression.merge(&other.regression);
         for (condition, stats) in &other.failure_modes {
             let mode = self.failure_modes.entry(condition.clone()).or_default();
-            mode.applications += stats.applications;
-            mode.failures += stats.failures;
+            mode.applications = mode.applications.saturating_add(stats.applications);
+            mode.failures = mode.failures.saturating_add(stats.failures);
         }
         for (instance, n) in &other.instances {
-            *self.instances.entry(instance.clone()).or_default() += n;
+            let mine = self.instances.entry(instance.clone()).or_default();
+            *mine = mine.saturating_add(*n);
         }
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_updated = self.last_updated.max(other.last_updated);
@@ -602,6 +616,7 @@ impl StrategyRecord {
 // ---------------------------------------------------------------------------
 
 /// What an insight is about.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum InsightCategory {
     Configuration,
@@ -613,6 +628,7 @@ pub enum InsightCategory {
 }
 
 /// The data behind an insight.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct InsightEvidence {
     pub data_points: u64,
@@ -621,12 +637,14 @@ pub struct InsightEvidence {
     pub improvement_observed: f64,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApplicableContext {
     pub context: String,
     pub threshold: String,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InsightAlternative {
     pub insight: String,
@@ -634,6 +652,7 @@ pub struct InsightAlternative {
 }
 
 /// The content of an insight, as shared (before the hub stamps it).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InsightDraft {
     pub category: InsightCategory,
@@ -650,6 +669,7 @@ pub struct InsightDraft {
 }
 
 /// A stored insight.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Insight {
     pub id: String,
@@ -688,6 +708,7 @@ impl Insight {
 // Failures
 // ---------------------------------------------------------------------------
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum FailureType {
     MetricReversal,
@@ -732,6 +753,7 @@ pub struct FailureReport {
 }
 
 /// How one recovery method has fared for one failure.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryMethodStats {
     pub attempts: u64,
@@ -752,6 +774,7 @@ pub const MAX_TRIGGERS: usize = 10;
 pub const MAX_PREVENTION: usize = 32;
 
 /// A deduplicated failure pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailurePattern {
     pub id: String,
@@ -815,7 +838,7 @@ impl FailurePattern {
 
     /// Folds one more report of the same failure in.
     pub fn record(&mut self, report: &FailureReport, instance: &str, now: UnixMillis) {
-        self.occurrences += 1;
+        self.occurrences = self.occurrences.saturating_add(1);
         self.last_seen = self.last_seen.max(now);
         self.instances.insert(instance.to_string());
         self.triggers.retain(|t| t != &report.trigger);
@@ -825,9 +848,9 @@ impl FailurePattern {
         }
         for attempt in &report.recovery {
             let stats = self.recovery.entry(attempt.method.clone()).or_default();
-            stats.attempts += 1;
+            stats.attempts = stats.attempts.saturating_add(1);
             if attempt.succeeded {
-                stats.successes += 1;
+                stats.successes = stats.successes.saturating_add(1);
                 stats.cycles.push(f64::from(attempt.cycles_to_recover));
             }
         }
@@ -841,7 +864,8 @@ impl FailurePattern {
             self.prevention.drain(..excess);
         }
         for p in &report.preceded_by {
-            *self.preceded_by.entry(p.clone()).or_default() += 1;
+            let count = self.preceded_by.entry(p.clone()).or_default();
+            *count = count.saturating_add(1);
         }
         if let Some(m) = report.magnitude {
             self.magnitude.push(m);
@@ -868,6 +892,7 @@ impl FailurePattern {
 // ---------------------------------------------------------------------------
 
 /// A configuration parameter's value.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ParamValue {
@@ -878,6 +903,7 @@ pub enum ParamValue {
 
 pub type Parameters = BTreeMap<String, ParamValue>;
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigAlternative {
     pub name: String,
@@ -905,6 +931,7 @@ pub const VALIDATION_MIN_INSTANCES: usize = 2;
 pub const RIVAL_MIN_DATA_POINTS: u64 = 30;
 
 /// A configuration as the fleet knows it: one per (context, parameters).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Configuration {
     pub id: String,
@@ -1025,6 +1052,7 @@ impl Configuration {
 
 /// An instance's API key, as stored: never the key itself, only a salted
 /// SHA-256 of it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
     pub instance_id: String,
@@ -1038,6 +1066,7 @@ pub struct ApiKey {
 }
 
 /// One call, as the audit log keeps it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub sequence: u64,
@@ -1105,6 +1134,45 @@ mod tests {
         assert_eq!(content_id("pattern", "x"), content_id("pattern", "x"));
         assert_ne!(content_id("pattern", "x"), content_id("pattern", "y"));
         assert_eq!(content_id("pattern", "x").len(), "pattern_".len() + 16);
+    }
+
+    /// Found by fuzz/store_load: counts come from the store, and a start
+    /// summing (or replaying into) aggregates whose counts are near
+    /// u64::MAX overflowed — a panic with overflow checks, a silent wrap
+    /// without. Counts now saturate.
+    #[test]
+    fn stored_counts_saturate_instead_of_overflowing() {
+        let key = StrategyKey {
+            metric: "learningVelocity".into(),
+            strategy: "novelty_injection".into(),
+            context_key: String::new(),
+        };
+        let mut r = StrategyRecord::empty(&key, 0);
+        r.record(&outcome(true, 0.2, "c", "a"), 7);
+        r.applications = u64::MAX;
+        r.successes = u64::MAX;
+        r.improvement.count = u64::MAX;
+        r.instances.insert("a".into(), u64::MAX);
+        r.failure_modes.insert(
+            "c".into(),
+            ConditionStats {
+                applications: u64::MAX,
+                failures: u64::MAX,
+            },
+        );
+        r.streaks[0].applications = u64::MAX;
+        r.record(&outcome(true, 0.1, "c", "a"), 7);
+        let merged = r.merge(&r);
+        for record in [&r, &merged] {
+            assert_eq!(record.applications, u64::MAX);
+            assert_eq!(record.improvement.count, u64::MAX);
+            assert_eq!(record.instances["a"], u64::MAX);
+            assert_eq!(record.failure_modes["c"].applications, u64::MAX);
+        }
+        let mut usage = crate::domain::prevention::StrategyUsage::default();
+        usage.add(&r);
+        usage.add(&r);
+        assert_eq!(usage.applications, u64::MAX);
     }
 
     #[test]

@@ -37,9 +37,12 @@ pub struct StrategyUsage {
 impl StrategyUsage {
     /// Counts `record`'s applications in.
     pub fn add(&mut self, record: &StrategyRecord) {
-        self.applications += record.applications;
+        // Saturating: counts come from the store, and a corrupt one must
+        // not wrap (or panic) when summed.
+        self.applications = self.applications.saturating_add(record.applications);
         for (p, stats) in &record.preceded_by {
-            *self.preceded_by.entry(p.clone()).or_default() += stats.applications;
+            let n = self.preceded_by.entry(p.clone()).or_default();
+            *n = n.saturating_add(stats.applications);
         }
     }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Count, mean, variance, min and max of a stream of values, updated one
 /// value at a time.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunningStats {
     pub count: u64,
@@ -27,7 +28,7 @@ impl RunningStats {
             self.min = self.min.min(x);
             self.max = self.max.max(x);
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         let delta = x - self.mean;
         self.mean += delta / self.count as f64;
         self.m2 += delta * (x - self.mean);
@@ -46,7 +47,7 @@ impl RunningStats {
         let n = n_a + n_b;
         let delta = other.mean - self.mean;
         RunningStats {
-            count: self.count + other.count,
+            count: self.count.saturating_add(other.count),
             mean: self.mean + delta * n_b / n,
             m2: self.m2 + other.m2 + delta * delta * n_a * n_b / n,
             min: self.min.min(other.min),

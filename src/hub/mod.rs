@@ -44,7 +44,7 @@ use crate::domain::model::{Insight, InsightCategory, UnixMillis};
 use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Changes, Store};
 use crate::stream::{Credentials, InsightBus, InsightLog, InsightStream};
 use writer::Writer;
 
@@ -200,41 +200,8 @@ pub struct Hub {
 impl Hub {
     /// Loads the state from `store` and starts the writer.
     pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
-        let mut snapshot = store.load()?;
-        // Request ids past their window deduplicate nothing: they are not
-        // loaded, and are deleted with the start-up checkpoint below.
-        let now = clock.now();
-        let (live, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.requests)
-            .into_iter()
-            .partition(|(_, r)| r.live_at(now, settings.request_id_window_ms));
-        snapshot.requests = live;
-        let expired_requests: std::collections::BTreeSet<_> =
-            expired.into_iter().map(|(key, _)| key).collect();
-        // A store that never recorded a floor persisted every aggregate
-        // with its outcome: there is nothing to replay.
-        let stored_floor = snapshot.strategy_floor;
-        let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
-        let mut state = State::from_snapshot(snapshot);
-        let replayed =
-            strategies::replay_outcomes(&mut state, &store, floor, settings.tuning.retention_days)?;
-        // The writer only writes the floor when it moves, so a store must
-        // start with one.
-        if !replayed.is_empty()
-            || stored_floor != Some(state.outcome_sequence)
-            || !expired_requests.is_empty()
-        {
-            tracing::info!(
-                outcomes_after = floor,
-                aggregates = replayed.len(),
-                expired_request_ids = expired_requests.len(),
-                "start-up checkpoint: aggregates rebuilt from the outcome log, expired request ids dropped"
-            );
-            let checkpoint = crate::store::Changes {
-                checkpoint: replayed,
-                strategy_floor: Some(state.outcome_sequence),
-                removed_requests: expired_requests,
-                ..Default::default()
-            };
+        let (state, checkpoint) = Self::load_state(&store, &settings, clock.now())?;
+        if let Some(checkpoint) = checkpoint {
             store.commit(&checkpoint)?;
             store.flush()?;
         }
@@ -287,6 +254,67 @@ impl Hub {
     pub fn render_metrics(&self) -> String {
         let store_bytes = self.shared.store.size_on_disk();
         self.shared.metrics.render(&self.status(), store_bytes)
+    }
+
+    /// Reads the hub's state from `store` as a start does: every record,
+    /// then the outcome log after the stored floor replayed into the
+    /// aggregates. Returns the state and, when the replay changed anything
+    /// (or the store has no floor yet), the checkpoint [`Hub::open`] makes
+    /// durable before serving. Request ids past their window at `now` are
+    /// not loaded, and the checkpoint deletes them. It starts nothing, so
+    /// the load path can be exercised on its own (`fuzz/`: arbitrary
+    /// stores).
+    pub fn load_state(
+        store: &Store,
+        settings: &HubSettings,
+        now: UnixMillis,
+    ) -> Result<(State, Option<Changes>)> {
+        let mut snapshot = store.load()?;
+        // Request ids past their window deduplicate nothing.
+        let (live, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.requests)
+            .into_iter()
+            .partition(|(_, r)| r.live_at(now, settings.request_id_window_ms));
+        snapshot.requests = live;
+        let expired_requests: std::collections::BTreeSet<_> =
+            expired.into_iter().map(|(key, _)| key).collect();
+        // A store that never recorded a floor persisted every aggregate
+        // with its outcome: there is nothing to replay.
+        let stored_floor = snapshot.strategy_floor;
+        // The floor never passes the last outcome handed out; a store that
+        // says otherwise would have its floor lowered below outcomes this
+        // load never read.
+        if stored_floor.is_some_and(|floor| floor > snapshot.outcome_sequence) {
+            return Err(Error::Internal(format!(
+                "corrupt store: strategy floor {} is past the last outcome sequence {}",
+                stored_floor.unwrap_or_default(),
+                snapshot.outcome_sequence
+            )));
+        }
+        let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
+        let mut state = State::from_snapshot(snapshot);
+        let replayed =
+            strategies::replay_outcomes(&mut state, store, floor, settings.tuning.retention_days)?;
+        // The writer only writes the floor when it moves, so a store must
+        // start with one.
+        if replayed.is_empty()
+            && stored_floor == Some(state.outcome_sequence)
+            && expired_requests.is_empty()
+        {
+            return Ok((state, None));
+        }
+        tracing::info!(
+            outcomes_after = floor,
+            aggregates = replayed.len(),
+            expired_request_ids = expired_requests.len(),
+            "start-up checkpoint: aggregates rebuilt from the outcome log, expired request ids dropped"
+        );
+        let checkpoint = Changes {
+            checkpoint: replayed,
+            strategy_floor: Some(state.outcome_sequence),
+            removed_requests: expired_requests,
+            ..Default::default()
+        };
+        Ok((state, Some(checkpoint)))
     }
 
     /// Ends every insight stream (clients get UNAVAILABLE with their resume

@@ -7,6 +7,7 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::finite::first_non_finite;
 use crate::domain::idempotency::RequestKey;
 use crate::domain::model::StrategyKey;
 use crate::error::{Error, Result};
@@ -80,20 +81,53 @@ pub fn request_key(k: &RequestKey) -> Vec<u8> {
     key(Kind::Request, k.as_str().as_bytes())
 }
 
+/// The record's bytes: the format version, then its JSON. A record holding
+/// NaN or an infinity is refused (`Internal`): JSON has no such numbers,
+/// serde_json would write `null`, and the record would fail to load at the
+/// next start — better that this write fails.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    if let Some((path, number)) = first_non_finite(value) {
+        let at = if path.is_empty() { "the value" } else { &path };
+        return Err(Error::Internal(format!(
+            "cannot encode record: {at} is {number}; JSON cannot hold it"
+        )));
+    }
     let mut bytes = vec![FORMAT_V1];
     serde_json::to_writer(&mut bytes, value)
         .map_err(|e| Error::Internal(format!("cannot encode record: {e}")))?;
     Ok(bytes)
 }
 
+fn corrupt(key: &[u8], why: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "corrupt record at key {:?}: {why}",
+        String::from_utf8_lossy(key)
+    ))
+}
+
+/// The sequence in a key of a sequence-keyed `kind` (`None` if `key` is
+/// not one).
+pub fn key_sequence(kind: Kind, key: &[u8]) -> Option<u64> {
+    let id = key.strip_prefix(kind.prefix())?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Checks that a record read at a sequence key carries that sequence: code
+/// that pages through a log by the records' own sequences would otherwise
+/// read the same page forever.
+pub fn check_sequence(kind: Kind, key: &[u8], sequence: u64) -> Result<()> {
+    match key_sequence(kind, key) {
+        Some(at) if at == sequence => Ok(()),
+        Some(at) => Err(corrupt(
+            key,
+            format!("holds sequence {sequence}, stored at {at}"),
+        )),
+        None => Err(corrupt(key, "not a sequence key")),
+    }
+}
+
 pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    let corrupt = |why: String| {
-        Error::Internal(format!(
-            "corrupt record at key {:?}: {why}",
-            String::from_utf8_lossy(key)
-        ))
-    };
+    let corrupt = |why: String| corrupt(key, why);
     match bytes.split_first() {
         Some((&FORMAT_V1, json)) => {
             serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))
@@ -120,6 +154,55 @@ mod tests {
         assert!(decode::<RecoveryStat>(b"k", &[]).is_err());
         assert!(decode::<RecoveryStat>(b"k", &[9, b'{', b'}']).is_err());
         assert!(decode::<RecoveryStat>(b"k", &[1, b'{']).is_err());
+    }
+
+    /// Found by fuzz/store_records: serde_json's default number parser read
+    /// 2.7085039786150142e-306 back as …145e-306, so an aggregate could
+    /// change in its last digit with every checkpoint and reload.
+    #[test]
+    fn numbers_read_back_exactly() {
+        for x in [
+            2.7085039786150142e-306,
+            0.1 + 0.2,
+            1.0 / 3.0,
+            0.123_456_789_012_345_68,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            -0.0,
+        ] {
+            let bytes = encode(&x).unwrap();
+            let back: f64 = decode(b"k", &bytes).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e} came back as {back:e}");
+        }
+    }
+
+    /// Found by fuzz/store_records: a pattern whose metric value was NaN
+    /// was written as `"value":null` and then could not be decoded — a
+    /// store the hub could not start from. Such a record is refused at
+    /// encode, naming the number.
+    #[test]
+    fn numbers_json_cannot_hold_are_refused_at_encode() {
+        use crate::domain::model::MetricState;
+        use std::collections::BTreeMap;
+        let metrics = BTreeMap::from([(
+            "lv".to_string(),
+            MetricState {
+                value: f64::NAN,
+                stuck: false,
+            },
+        )]);
+        let err = encode(&metrics).unwrap_err().to_string();
+        assert!(err.contains("[…].value is NaN"), "{err}");
+        let stats = crate::domain::stats::RunningStats {
+            m2: f64::INFINITY,
+            ..Default::default()
+        };
+        let err = encode(&stats).unwrap_err().to_string();
+        assert!(err.contains("m2 is inf; JSON cannot hold it"), "{err}");
+        assert!(encode(&f64::NEG_INFINITY).is_err());
+        // Finite values, None and nested options still encode.
+        assert!(encode(&(Some(1.5), None::<f64>, vec![0.0, -0.0])).is_ok());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod engine;
 pub mod faults;
+mod finite;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -383,7 +384,11 @@ impl Store {
         self.engine
             .scan(&start, &end, limit)?
             .iter()
-            .map(|(k, v)| codec::decode(k, v))
+            .map(|(k, v)| {
+                let outcome: StrategyOutcome = codec::decode(k, v)?;
+                codec::check_sequence(Kind::Outcome, k, outcome.sequence)?;
+                Ok(outcome)
+            })
             .collect()
     }
 
@@ -481,13 +486,16 @@ impl Store {
                         (e.sequence, e.at)
                     }
                 };
+                // The caller deletes below the answer: it must be the
+                // sequence the key holds.
+                codec::check_sequence(kind, k, sequence)?;
                 if time > now {
                     future_run.get_or_insert(sequence);
                 } else if time >= cutoff {
                     return Ok(Some(future_run.unwrap_or(sequence)));
                 } else {
                     future_run = None;
-                    last_seen = Some(sequence + 1);
+                    last_seen = Some(sequence.saturating_add(1));
                 }
             }
             cursor = next;
@@ -595,6 +603,83 @@ mod tests {
         assert_eq!(
             tail.iter().map(|o| o.sequence).collect::<Vec<_>>(),
             vec![3, 4]
+        );
+    }
+
+    /// Found by fuzz/store_load: an outcome whose own sequence was below
+    /// the one in its key made the start's replay (which pages on by the
+    /// outcomes' sequences) read the same page forever. It is now reported
+    /// as corrupt, and the hub's load fails at once.
+    #[test]
+    fn an_outcome_stored_under_another_sequence_is_corrupt_not_a_hang() {
+        let store = Store::in_memory();
+        store
+            .engine
+            .apply(vec![(
+                codec::sequence_key(Kind::Outcome, 5),
+                Some(codec::encode(&outcome(1)).unwrap()),
+            )])
+            .unwrap();
+        let err = store.outcomes_after(0, 10).unwrap_err().to_string();
+        assert!(err.contains("holds sequence 1, stored at 5"), "{err}");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let settings = crate::hub::HubSettings::default();
+            let loaded = crate::hub::Hub::load_state(&store, &settings, 0).map(drop);
+            tx.send(loaded).ok();
+        });
+        let loaded = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("loading the store hangs");
+        assert!(loaded.unwrap_err().to_string().contains("corrupt record"));
+    }
+
+    /// Found by fuzz/store_load: with a floor past the last outcome
+    /// sequence, a start replayed nothing, then lowered the floor to that
+    /// sequence — below outcomes it had never read, which the next start
+    /// then failed on. Such a store is now refused at the first start.
+    #[test]
+    fn a_floor_past_the_last_outcome_is_corrupt() {
+        let store = Store::in_memory();
+        store
+            .commit(&Changes {
+                strategy_floor: Some(10),
+                outcome_sequence: Some(3),
+                ..Default::default()
+            })
+            .unwrap();
+        let err = crate::hub::Hub::load_state(&store, &Default::default(), 0)
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("strategy floor 10 is past the last outcome sequence 3"),
+            "{err}"
+        );
+    }
+
+    /// Found by fuzz/store_load: "one past the last sequence" overflowed
+    /// (a panic in debug builds) when the last record held u64::MAX.
+    #[test]
+    fn the_first_sequence_at_a_time_never_overflows() {
+        let store = Store::in_memory();
+        let mut last = outcome(u64::MAX);
+        last.at = 5;
+        store
+            .engine
+            .apply(vec![(
+                codec::sequence_key(Kind::Outcome, u64::MAX),
+                Some(codec::encode(&last).unwrap()),
+            )])
+            .unwrap();
+        assert_eq!(
+            store.first_sequence_at(Kind::Outcome, 10, 100).unwrap(),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            store.first_sequence_at(Kind::Outcome, 5, 100).unwrap(),
+            Some(u64::MAX)
         );
     }
 
