@@ -223,31 +223,7 @@ async fn check(addr: std::net::SocketAddr, certs: &Path, ledgers: &[Arc<Mutex<Le
     let op = serving(addr, certs).await;
     let status = op.get_status(pb::GetStatusRequest {}).await.unwrap();
 
-    // Every stored insight, by a full replay of the stream.
-    let mut replay = op
-        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
-        .await
-        .unwrap();
-    let mut stored_insights = BTreeMap::new();
-    while stored_insights.len() < status.insights as usize {
-        let insight = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_stream::StreamExt::next(&mut replay),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("replay stopped after {} insights", stored_insights.len()))
-        .unwrap()
-        .unwrap()
-        .insight
-        .unwrap();
-        assert!(
-            stored_insights
-                .insert(insight.sequence, insight.title)
-                .is_none(),
-            "sequence {} replayed twice",
-            insight.sequence
-        );
-    }
+    let stored_insights = replay_insights(&op, status.insights).await;
 
     let ranked = op
         .get_strategies(pb::GetStrategiesRequest {

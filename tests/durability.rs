@@ -210,24 +210,7 @@ async fn acknowledged_writes_survive_sigkill() {
         .await
         .unwrap()
         .last_insight_sequence;
-    let mut replay = op
-        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
-        .await
-        .unwrap();
-    let mut stored_insights = BTreeMap::new();
-    while stored_insights.len() < last as usize {
-        let insight = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio_stream::StreamExt::next(&mut replay),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("replay stopped after {} insights", stored_insights.len()))
-        .unwrap()
-        .unwrap()
-        .insight
-        .unwrap();
-        stored_insights.insert(insight.sequence, insight.title);
-    }
+    let stored_insights = replay_insights(&op, last).await;
     for (w, ledger) in ledgers.iter().enumerate() {
         let ledger = ledger.lock().await;
         let id = format!("writer{w}");

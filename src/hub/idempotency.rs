@@ -123,13 +123,16 @@ mod tests {
         })
     }
 
-    async fn hub(store: &Store, clock: &ManualClock) -> Arc<Hub> {
-        let hub = Hub::open(
+    fn open(store: &Store, clock: &ManualClock) -> Arc<Hub> {
+        Hub::open(
             store.clone(),
             Arc::new(clock.clone()),
             HubSettings::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn register_a(hub: &Hub) {
         hub.register(
             "a",
             Registration {
@@ -141,6 +144,11 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+
+    async fn hub(store: &Store, clock: &ManualClock) -> Arc<Hub> {
+        let hub = open(store, clock);
+        register_a(&hub).await;
         hub
     }
 
@@ -177,26 +185,11 @@ mod tests {
     async fn a_failed_write_is_not_remembered() {
         let store = Store::in_memory();
         let clock = ManualClock::new(T0);
-        let hub = Hub::open(
-            store.clone(),
-            Arc::new(clock.clone()),
-            HubSettings::default(),
-        )
-        .unwrap();
+        let hub = open(&store, &clock);
         // Not registered yet: refused, and the id stays unused.
         let refused = hub.share_strategy("a", share(0.1), tag("r1", "p")).await;
         assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
-        hub.register(
-            "a",
-            Registration {
-                instance_id: "a".into(),
-                region: "r".into(),
-                context: Attributes::new(),
-                capabilities: vec![],
-            },
-        )
-        .await
-        .unwrap();
+        register_a(&hub).await;
         hub.share_strategy("a", share(0.1), tag("r1", "p"))
             .await
             .unwrap();

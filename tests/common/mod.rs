@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -407,6 +407,34 @@ pub async fn connect(addr: SocketAddr, certs_dir: &Path, identity: &Identity) ->
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("cannot connect to {addr}");
+}
+
+/// Every stored insight (sequence → title), read by a full replay of the
+/// stream until `count` have arrived; a sequence replayed twice fails.
+pub async fn replay_insights(client: &HubClient, count: u64) -> BTreeMap<u64, String> {
+    let mut replay = client
+        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
+        .await
+        .unwrap();
+    let mut stored = BTreeMap::new();
+    while stored.len() < count as usize {
+        let insight = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_stream::StreamExt::next(&mut replay),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("replay stopped after {} insights", stored.len()))
+        .unwrap()
+        .unwrap()
+        .insight
+        .unwrap();
+        assert!(
+            stored.insert(insight.sequence, insight.title).is_none(),
+            "sequence {} replayed twice",
+            insight.sequence
+        );
+    }
+    stored
 }
 
 /// [`connect`] as instance `id`, then registers it in `region`.
