@@ -50,11 +50,6 @@ impl Shedder {
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
-
-    /// Calls in progress now.
-    pub fn in_flight(&self) -> usize {
-        self.limit - self.permits.available_permits()
-    }
 }
 
 /// Installs [`LoadShedService`] around a service.
