@@ -22,6 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Sorted maps: deterministic output and direct conversion to the
         // domain's BTreeMaps.
         .btree_map(".")
+        // prost's codec, but undecodable requests are INVALID_ARGUMENT
+        // (src/api/codec.rs), not INTERNAL.
+        .codec_path("crate::api::codec::HubCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(compiler.file_descriptor_set())?;

@@ -1755,10 +1755,17 @@ impl tonic::codec::Codec for RawCodec {
 
 /// prost decodes at most 100 nested messages; deeper input is refused
 /// while decoding, before any handler runs, and the hub keeps serving.
-/// (tonic answers a request that does not decode with INTERNAL, as gRPC's
-/// status code table prescribes for request parse errors.)
+/// The sender is told it sent a bad message (INVALID_ARGUMENT, not the
+/// INTERNAL of tonic's own codec: see `api::codec`).
 fn assert_refused_for_nesting(status: &Status) {
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("the message is not a valid ShareConfigurationRequest: "),
+        "the refusal should name the message: {:?}",
+        status.message()
+    );
     assert!(
         status.message().contains("recursion limit"),
         "the refusal should say what was wrong: {:?}",
@@ -1800,7 +1807,7 @@ async fn deeply_nested_values_are_refused_without_overflowing_the_stack() {
 }
 
 #[tokio::test]
-async fn a_hundred_thousand_levels_of_nesting_are_refused_and_the_hub_keeps_serving() {
+async fn undecodable_requests_are_invalid_argument_and_the_hub_keeps_serving() {
     // Plaintext dev mode: raw bytes need no TLS client of their own.
     let hub = TestHub::start_with(|c| c.insecure_dev = true).await;
     let a = hub.registered("inst-a").await;
@@ -1811,17 +1818,36 @@ async fn a_hundred_thousand_levels_of_nesting_are_refused_and_the_hub_keeps_serv
         .unwrap();
     let body = deeply_nested_request(100_000);
     assert!(body.len() < 4 * 1024 * 1024, "{} bytes", body.len());
+    let status = send_raw(channel.clone(), "ShareConfiguration", body).await;
+    assert_refused_for_nesting(&status);
 
+    // Bytes that are no message at all: a field with wire type 7 (none
+    // exists), and a length-delimited field running past the end.
+    for garbage in [vec![0x0f], vec![0x0a, 0x05, b'a']] {
+        let status = send_raw(channel.clone(), "ShareStrategy", garbage).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("the message is not a valid ShareStrategyRequest: "),
+            "{:?}",
+            status.message()
+        );
+    }
+
+    let shared = a.share_configuration(configuration()).await.unwrap();
+    assert!(shared.configuration.is_some());
+}
+
+/// Sends `body` as the request of `Hub/<method>` from `inst-a` (plaintext
+/// dev mode) and returns the refusal.
+async fn send_raw(channel: tonic::transport::Channel, method: &str, body: Vec<u8>) -> Status {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let mut request = tonic::Request::new(body);
     request
         .metadata_mut()
         .insert("x-learning-hub-instance", "inst-a".parse().unwrap());
-    let path = http::uri::PathAndQuery::from_static("/learninghub.v1.Hub/ShareConfiguration");
-    let status = grpc.unary(request, path, RawCodec).await.unwrap_err();
-    assert_refused_for_nesting(&status);
-
-    let shared = a.share_configuration(configuration()).await.unwrap();
-    assert!(shared.configuration.is_some());
+    let path = http::uri::PathAndQuery::try_from(format!("/learninghub.v1.Hub/{method}")).unwrap();
+    grpc.unary(request, path, RawCodec).await.unwrap_err()
 }

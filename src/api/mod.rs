@@ -6,6 +6,7 @@
 //! `From<Error> for Status`.
 
 mod admin;
+pub mod codec;
 pub mod convert;
 pub mod inbound;
 pub mod visibility;
