@@ -234,7 +234,7 @@ fn is_transient(status: &Status) -> bool {
 }
 
 /// The hub's `retry-after` metadata: whole seconds.
-fn retry_after(status: &Status) -> Option<Duration> {
+pub(crate) fn retry_after(status: &Status) -> Option<Duration> {
     let value = status.metadata().get("retry-after")?.to_str().ok()?;
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }

@@ -302,9 +302,18 @@ struct BenchArgs {
     /// share-pattern, get-patterns or mixed.
     #[arg(long, default_value = "share-strategy")]
     rpc: learning_hub::bench::Rpc,
-    /// Requests in flight.
+    /// Requests in flight (closed loop), or with --rate the most calls
+    /// outstanding (beyond it a scheduled call is counted as unsent).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Open loop: send this many requests per second on a fixed schedule,
+    /// whatever the answers (latency counted from when each was due).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed loop: a caller refused with `retry-after` waits that long
+    /// before calling again (as the hub's clients do), instead of at once.
+    #[arg(long)]
+    honor_retry_after: bool,
     /// Connections, each its own instance (certificate, API key).
     #[arg(long, default_value_t = 8)]
     connections: usize,
@@ -658,6 +667,8 @@ async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
     let options = BenchOptions {
         rpc: args.rpc,
         concurrency: args.concurrency,
+        rate: args.rate,
+        honor_retry_after: args.honor_retry_after,
         connections: args.connections,
         duration: args.duration,
         warmup: args.warmup,

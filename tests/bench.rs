@@ -110,3 +110,48 @@ fn bad_options_name_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("preload_steps"), "{stderr}");
 }
+
+/// Calls refused, whatever the code.
+fn refused(report: &Value) -> u64 {
+    report["errors"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn an_open_loop_sends_every_call_due_in_the_window() {
+    // 200 req/s over the 1 s window: calls 40..240 of the schedule are due
+    // in it, and each is answered, refused or counted as unsent.
+    let report = bench(&["--rpc", "echo", "--rate", "200"]);
+    assert_eq!(report["offered_rps"], 200.0, "{report}");
+    let accounted = report["requests"].as_u64().unwrap()
+        + refused(&report)
+        + report["unsent"].as_u64().unwrap();
+    assert!((199..=201).contains(&accounted), "{report}");
+
+    // Waiting out retry-after is a closed-loop behaviour.
+    let output = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+        .args(["bench", "--rate", "10", "--honor-retry-after", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("honor_retry_after"), "{stderr}");
+}
+
+#[test]
+fn refused_callers_that_honour_retry_after_wait_it_out() {
+    // A bound of one call in progress: most of 8 callers are refused.
+    let bound = ["--hub-arg=--max-in-flight=1", "--rpc", "echo"];
+    let eager = bench(&bound);
+    let polite = bench(&[&bound[..], &["--honor-retry-after"]].concat());
+    // Retrying at once, a refused caller is refused again and again;
+    // waiting out `retry-after: 1`, at most about once per second each
+    // (the window is 1 s, the warm-up 0.2 s).
+    assert!(refused(&eager) > 100, "{eager}");
+    assert!(refused(&polite) <= 2 * 8, "{polite}");
+    assert!(polite["requests"].as_u64().unwrap() > 0, "{polite}");
+}

@@ -34,6 +34,27 @@ fn failed(what: &str, status: tonic::Status) -> Error {
     Error::Unavailable(format!("{what}: {:?}: {}", status.code(), status.message()))
 }
 
+/// Runs a set-up call (enlisting, preloading) until the hub admits it: a
+/// hub started with a small `--max-in-flight` sheds some of a bench's
+/// parallel set-up, and a shed call was not applied, so sending it again
+/// is safe. Any other answer is returned.
+pub async fn until_admitted<T, F, Fut>(mut call: F) -> std::result::Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let mut wait = std::time::Duration::from_millis(5);
+    loop {
+        match call().await {
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_millis(200));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 impl Enlister {
     /// Connects as the operator of `certs_dir` to the hub at `url`.
     pub async fn new(url: &str, certs_dir: &Path) -> Result<Self> {
@@ -63,9 +84,7 @@ impl Enlister {
         let (cert, key) = tokio::task::spawn_blocking(move || issuer.issue(&identity))
             .await
             .map_err(|e| Error::Internal(format!("certificate task failed: {e}")))??;
-        let api_key = self
-            .operator
-            .issue_api_key(instance_id)
+        let api_key = until_admitted(|| self.operator.issue_api_key(instance_id))
             .await
             .map_err(|s| failed("issuing an API key", s))?;
         let mut settings = ClientSettings::new(&self.url, Path::new("."), instance_id);
@@ -80,12 +99,12 @@ impl Enlister {
         let client = HubClient::connect_pem(&settings, pem)
             .await?
             .with_retry_policy(RetryPolicy::none());
-        client
-            .register(pb::RegisterRequest {
-                instance_id: instance_id.to_string(),
-                region: "bench".into(),
-                ..Default::default()
-            })
+        let register = pb::RegisterRequest {
+            instance_id: instance_id.to_string(),
+            region: "bench".into(),
+            ..Default::default()
+        };
+        until_admitted(|| client.register(register.clone()))
             .await
             .map_err(|s| failed("registering", s))?;
         Ok(Member {

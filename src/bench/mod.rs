@@ -35,7 +35,7 @@ use crate::domain::rng::Rng;
 use crate::error::{Error, Result};
 use crate::pb;
 pub use fanout::{FanoutSpec, FanoutSummary};
-use fleet::{Enlister, Member};
+use fleet::{Enlister, Member, until_admitted};
 pub use load::{LoadSpec, LoadSummary};
 pub use report::BenchReport;
 pub use target::{Target, TargetOptions};
@@ -49,8 +49,13 @@ const STREAMS_PER_CONNECTION: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub rpc: Rpc,
-    /// Requests in flight.
+    /// Requests in flight (with `rate`: at most outstanding).
     pub concurrency: usize,
+    /// Open loop: requests per second sent on schedule, whatever the
+    /// answers (`None`: closed loop, each caller waits for its answer).
+    pub rate: Option<f64>,
+    /// Closed loop: refused callers wait out the hub's `retry-after`.
+    pub honor_retry_after: bool,
     /// Connections, each its own instance.
     pub connections: usize,
     pub duration: Duration,
@@ -82,6 +87,8 @@ impl Default for BenchOptions {
         BenchOptions {
             rpc: Rpc::ShareStrategy,
             concurrency: 64,
+            rate: None,
+            honor_retry_after: false,
             connections: 8,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
@@ -104,6 +111,26 @@ impl BenchOptions {
     pub fn validate(&self) -> Result<()> {
         if self.concurrency == 0 || self.concurrency > 100_000 {
             return Err(Error::invalid("concurrency", "must be within [1, 100000]"));
+        }
+        if let Some(rate) = self.rate {
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) {
+                return Err(Error::invalid(
+                    "rate",
+                    "must be within (0, 1000000] requests/s",
+                ));
+            }
+            if self.fanout.is_some() {
+                return Err(Error::invalid(
+                    "rate",
+                    "applies to --rpc loads, not --fanout",
+                ));
+            }
+            if self.honor_retry_after {
+                return Err(Error::invalid(
+                    "honor_retry_after",
+                    "applies to the closed loop; an open loop sends on schedule",
+                ));
+            }
         }
         if self.connections == 0 || self.connections > 5_000 {
             return Err(Error::invalid("connections", "must be within [1, 5000]"));
@@ -187,11 +214,15 @@ async fn preload(
                 let sent = match kind {
                     Preload::Outcomes => {
                         let request = requests.preload_outcome(index);
-                        member.client.share_strategy(request).await.map(drop)
+                        until_admitted(|| member.client.share_strategy(request.clone()))
+                            .await
+                            .map(drop)
                     }
                     Preload::Patterns => {
                         let request = requests.share_pattern();
-                        member.client.share_pattern(request).await.map(drop)
+                        until_admitted(|| member.client.share_pattern(request.clone()))
+                            .await
+                            .map(drop)
                     }
                 };
                 sent.map_err(|s| {
@@ -351,6 +382,8 @@ async fn measure(
         duration: options.duration,
         shape: options.shape,
         seed: options.seed,
+        rate: None,
+        honor_retry_after: options.honor_retry_after,
     };
     Ok(match &options.fanout {
         Some(fanout_spec) => {
@@ -373,12 +406,11 @@ async fn measure(
             };
             let background = (options.write_concurrency > 0)
                 .then(|| spec(Rpc::ShareStrategy, options.write_concurrency));
-            let (main, background) = load::run(
-                members,
-                &spec(options.rpc, options.concurrency),
-                background.as_ref(),
-            )
-            .await;
+            let main = LoadSpec {
+                rate: options.rate,
+                ..spec(options.rpc, options.concurrency)
+            };
+            let (main, background) = load::run(members, &main, background.as_ref()).await;
             BenchReport::load(main, echo, background)
         }
     })

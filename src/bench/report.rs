@@ -119,6 +119,13 @@ impl BenchReport {
                 "{label:<16} {:>10.0} req/s   p50 {:>7.3} ms   p90 {:>7.3} ms   p99 {:>7.3} ms   p99.9 {:>7.3} ms   ({} ok, {} failed, {} in flight)",
                 s.rps, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.requests, errors, s.concurrency
             );
+            if let (Some(offered), Some(unsent)) = (s.offered_rps, s.unsent) {
+                let _ = writeln!(
+                    out,
+                    "{:<16}   open loop: {offered:.0} req/s offered, {unsent} not sent (cap of {} outstanding reached)",
+                    "", s.concurrency
+                );
+            }
             for (code, n) in &s.errors {
                 let _ = writeln!(out, "{:<16}   {n} × {code}", "");
             }

@@ -69,25 +69,28 @@ impl FromStr for Rpc {
     }
 }
 
+/// A single RPC, what a [`Rpc::Mixed`] draw resolves to.
+#[derive(Debug, Clone, Copy)]
+enum OneCall {
+    Echo,
+    Register,
+    ShareStrategy,
+    GetStrategies,
+    SharePattern,
+    GetPatterns,
+    CheckAction,
+}
+
 /// The share of each RPC in the `mixed` workload: what an instance does
 /// around a plateau in the seed's loop (ask for patterns, strategies and a
 /// failure check, then report what it applied).
-const MIX: [(MixedCall, f64); 5] = [
-    (MixedCall::GetStrategies, 0.30),
-    (MixedCall::GetPatterns, 0.20),
-    (MixedCall::CheckAction, 0.20),
-    (MixedCall::ShareStrategy, 0.20),
-    (MixedCall::SharePattern, 0.10),
+const MIX: [(OneCall, f64); 5] = [
+    (OneCall::GetStrategies, 0.30),
+    (OneCall::GetPatterns, 0.20),
+    (OneCall::CheckAction, 0.20),
+    (OneCall::ShareStrategy, 0.20),
+    (OneCall::SharePattern, 0.10),
 ];
-
-#[derive(Debug, Clone, Copy)]
-enum MixedCall {
-    GetStrategies,
-    GetPatterns,
-    CheckAction,
-    ShareStrategy,
-    SharePattern,
-}
 
 /// The vocabulary requests are drawn from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,35 +297,63 @@ impl Requests {
 
     /// Sends one request of `rpc` and waits for its answer.
     pub async fn call(&mut self, hub: &HubClient, rpc: Rpc) -> std::result::Result<(), Status> {
-        match rpc {
-            Rpc::Echo => {
-                let payload = self.echo_payload.clone();
-                hub.echo(pb::EchoRequest { payload }).await.map(drop)
-            }
-            Rpc::Register => hub.register(self.register()).await.map(drop),
-            Rpc::ShareStrategy => hub.share_strategy(self.share_strategy()).await.map(drop),
-            Rpc::GetStrategies => hub.get_strategies(self.get_strategies()).await.map(drop),
-            Rpc::SharePattern => hub.share_pattern(self.share_pattern()).await.map(drop),
-            Rpc::GetPatterns => hub.get_patterns(self.get_patterns()).await.map(drop),
+        self.issue(hub, rpc).await
+    }
+
+    /// Draws the next request of `rpc` now and returns its sending as a
+    /// future that owns everything it needs, so an open-loop generator can
+    /// spawn it without waiting for the previous answer.
+    pub fn issue(&mut self, hub: &HubClient, rpc: Rpc) -> Call {
+        let hub = hub.clone();
+        let one = match rpc {
+            Rpc::Echo => OneCall::Echo,
+            Rpc::Register => OneCall::Register,
+            Rpc::ShareStrategy => OneCall::ShareStrategy,
+            Rpc::GetStrategies => OneCall::GetStrategies,
+            Rpc::SharePattern => OneCall::SharePattern,
+            Rpc::GetPatterns => OneCall::GetPatterns,
             Rpc::Mixed => {
                 let weights: Vec<f64> = MIX.iter().map(|(_, w)| *w).collect();
-                match MIX[self.rng.weighted(&weights)].0 {
-                    MixedCall::GetStrategies => {
-                        hub.get_strategies(self.get_strategies()).await.map(drop)
-                    }
-                    MixedCall::GetPatterns => hub.get_patterns(self.get_patterns()).await.map(drop),
-                    MixedCall::CheckAction => hub.check_action(self.check_action()).await.map(drop),
-                    MixedCall::ShareStrategy => {
-                        hub.share_strategy(self.share_strategy()).await.map(drop)
-                    }
-                    MixedCall::SharePattern => {
-                        hub.share_pattern(self.share_pattern()).await.map(drop)
-                    }
-                }
+                MIX[self.rng.weighted(&weights)].0
+            }
+        };
+        match one {
+            OneCall::Echo => {
+                let payload = self.echo_payload.clone();
+                Box::pin(async move { hub.echo(pb::EchoRequest { payload }).await.map(drop) })
+            }
+            OneCall::Register => {
+                let request = self.register();
+                Box::pin(async move { hub.register(request).await.map(drop) })
+            }
+            OneCall::ShareStrategy => {
+                let request = self.share_strategy();
+                Box::pin(async move { hub.share_strategy(request).await.map(drop) })
+            }
+            OneCall::GetStrategies => {
+                let request = self.get_strategies();
+                Box::pin(async move { hub.get_strategies(request).await.map(drop) })
+            }
+            OneCall::SharePattern => {
+                let request = self.share_pattern();
+                Box::pin(async move { hub.share_pattern(request).await.map(drop) })
+            }
+            OneCall::GetPatterns => {
+                let request = self.get_patterns();
+                Box::pin(async move { hub.get_patterns(request).await.map(drop) })
+            }
+            OneCall::CheckAction => {
+                let request = self.check_action();
+                Box::pin(async move { hub.check_action(request).await.map(drop) })
             }
         }
     }
 }
+
+/// One request on its way: owns its client handle and request.
+pub type Call = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::result::Result<(), Status>> + Send + 'static>,
+>;
 
 #[cfg(test)]
 mod tests {
