@@ -43,6 +43,12 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
+    /// The hub could not finish in time — a write the store did not
+    /// confirm within the write timeout. Unlike UNAVAILABLE, the write may
+    /// still be applied: a retry must carry the same request id.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+
     /// A bug or corrupted state. Logged with detail; the client sees a
     /// generic message.
     #[error("internal error: {0}")]
@@ -93,6 +99,7 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(detail) => Status::failed_precondition(detail),
             Error::AlreadyExists(detail) => Status::already_exists(detail),
             Error::Unavailable(detail) => Status::unavailable(detail),
+            Error::DeadlineExceeded(detail) => Status::deadline_exceeded(detail),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; see the hub's log")

@@ -56,6 +56,7 @@ pub struct Metrics {
     latency: Family<RpcLabel, Histogram>,
     rate_limited: Counter,
     shed: Counter,
+    audit_dropped: Counter,
     batch_requests: Histogram,
     flush_seconds: Histogram,
     commit_failures: Counter,
@@ -113,6 +114,12 @@ impl Metrics {
             "shed",
             "Calls refused by load shedding (more than --max-in-flight in progress)",
             shed.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit entries dropped because the store stalled and too many waited",
+            audit_dropped.clone(),
         );
         let batch_requests = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register(
@@ -176,6 +183,7 @@ impl Metrics {
             latency,
             rate_limited,
             shed,
+            audit_dropped,
             batch_requests,
             flush_seconds,
             commit_failures,
@@ -215,6 +223,11 @@ impl Metrics {
         if total > now {
             self.shed.inc_by(total - now);
         }
+    }
+
+    /// An audit entry was dropped (see `hub::writer::MAX_DETACHED_WAITING`).
+    pub fn audit_dropped(&self) {
+        self.audit_dropped.inc();
     }
 
     /// One group commit of `requests` write requests, `flush` to write it.

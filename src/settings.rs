@@ -198,6 +198,7 @@ pub const KEYS: &[Key] = &[
     key("hub", "broadcast_capacity", int(1, 1 << 20), "1024"),
     key("hub", "writer_queue", int(1, 1 << 24), "4096"),
     key("hub", "max_batch", int(1, 1 << 20), "512"),
+    key("hub", "write_timeout_seconds", int(1, 3600), "10"),
     key(
         "retention",
         "interval_minutes",
@@ -576,6 +577,7 @@ impl Settings {
         hub.broadcast_capacity = self.unsigned("hub", "broadcast_capacity");
         hub.writer_queue = self.unsigned("hub", "writer_queue");
         hub.max_batch = self.unsigned("hub", "max_batch");
+        hub.write_timeout = self.seconds("hub", "write_timeout_seconds");
         let retention = &mut hub.retention;
         retention.pattern_days = self.int("retention", "pattern_days");
         retention.unconfirmed_pattern_days = self.int("retention", "unconfirmed_pattern_days");

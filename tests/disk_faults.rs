@@ -71,6 +71,13 @@ fn panics() -> Vec<String> {
 // Clients here send each call once (`RetryPolicy::none()`): the tests
 // check the hub's own answer to a failing disk, not the client's retries.
 async fn faulty_hub(faults: &Faults) -> TestHub {
+    faulty_hub_with(faults, |_| {}).await
+}
+
+async fn faulty_hub_with(
+    faults: &Faults,
+    adjust: impl FnOnce(&mut learning_hub::config::Config),
+) -> TestHub {
     let faults = faults.clone();
     let open: StoreOpener = Arc::new(move |dir: &Path| {
         let sled = SledEngine::open(dir)?;
@@ -82,6 +89,7 @@ async fn faulty_hub(faults: &Faults) -> TestHub {
     TestHub::start_with_store(Arc::new(ManualClock::new(EPOCH)), open, |c| {
         c.retention_interval = Some(Duration::from_millis(50));
         c.insight_interval = Some(Duration::from_millis(70));
+        adjust(c);
     })
     .await
 }
@@ -107,6 +115,104 @@ async fn refused<T: std::fmt::Debug>(
     );
     assert!(took < PROMPT, "{what} took {took:?}");
     took
+}
+
+/// A disk that stops answering (a hung volume) fails nothing, so without a
+/// bound a write would wait for ever, holding its caller and a share of
+/// the load-shedding bound. The hub answers DEADLINE_EXCEEDED after the
+/// write timeout, saying the write may still land; reads go on from
+/// memory; once the disk answers, the retry with the same request id is
+/// applied once; and a shutdown while the disk hangs ends, with an error,
+/// instead of waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_times_writes_out_keeps_reads_and_applies_the_retry_once() {
+    let panics_before = panics();
+    let faults = Faults::new();
+    let mut hub = faulty_hub_with(&faults, |c| {
+        c.hub.write_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let a = hub
+        .registered("a")
+        .await
+        .with_retry_policy(RetryPolicy::none());
+    let op = hub.operator().await.with_retry_policy(RetryPolicy::none());
+    a.share_strategy(strategy_outcome("s1", "lv", true, 0.2))
+        .await
+        .unwrap();
+    let before = op.get_status(pb::GetStatusRequest {}).await.unwrap();
+
+    faults.stall(Op::Flush);
+    let mut outcome = strategy_outcome("s1", "lv", true, 0.3);
+    outcome.request_id = "stalled-1".into();
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(10), a.share_strategy(outcome.clone()))
+        .await
+        .expect("a write to a stalled disk must be answered")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("may still be applied")
+            && status.message().contains("request_id"),
+        "{:?}",
+        status.message()
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < PROMPT,
+        "{took:?}"
+    );
+
+    // Reads are answered from memory meanwhile, however many: their audit
+    // entries queue behind the stalled flush without holding them up.
+    for _ in 0..50 {
+        let ranked = a
+            .get_strategies(pb::GetStrategiesRequest {
+                metric: "lv".into(),
+                current_value: 0.5,
+                limit: 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(ranked.recommendations[0].strategy, "s1");
+    }
+    let during = op.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(during.strategy_outcomes, before.strategy_outcomes);
+
+    // The disk answers again: the write that timed out lands, and its
+    // retry is recognised, not applied a second time.
+    faults.clear(Op::Flush);
+    let retried = a.share_strategy(outcome).await.unwrap();
+    let after = op.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(after.strategy_outcomes, before.strategy_outcomes + 1);
+    assert_eq!(retried.outcome_sequence, after.strategy_outcomes);
+    a.share_strategy(strategy_outcome("s2", "lv", true, 0.1))
+        .await
+        .unwrap();
+
+    // Shutting down on a stalled disk: given the write timeout, then given
+    // up on, with an error saying what was and was not flushed.
+    faults.stall(Op::Flush);
+    let pending = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.share_strategy(strategy_outcome("s3", "lv", true, 0.1))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), hub.stop())
+        .await
+        .expect("shutdown must not wait for a stalled disk");
+    let error = stopped.unwrap_err().to_string();
+    assert!(error.contains("did not finish its last flush"), "{error}");
+    assert_eq!(
+        pending.await.unwrap().unwrap_err().code(),
+        Code::DeadlineExceeded
+    );
+    faults.clear(Op::Flush);
+    assert_eq!(panics(), panics_before);
 }
 
 fn pattern(name: &str) -> pb::SharePatternRequest {

@@ -64,6 +64,9 @@ pub struct HubSettings {
     pub writer_queue: usize,
     /// Requests folded into one group commit at most.
     pub max_batch: usize,
+    /// How long a write waits for the store to make it durable before the
+    /// caller gets DEADLINE_EXCEEDED (the write may still be applied).
+    pub write_timeout: std::time::Duration,
     /// How strategy evidence is weighed (retention window, recency
     /// half-life, shrinkage).
     pub tuning: Tuning,
@@ -116,6 +119,7 @@ impl Default for HubSettings {
             broadcast_capacity: 1024,
             writer_queue: 4096,
             max_batch: 512,
+            write_timeout: std::time::Duration::from_secs(10),
             tuning: Tuning::default(),
             require_api_keys: true,
             rate_limit_per_hour: 1000,
@@ -230,6 +234,7 @@ impl Hub {
             shared.clone(),
             shared.settings.writer_queue,
             shared.settings.max_batch,
+            shared.settings.write_timeout,
         )?;
         let limiter = RateLimiter::new(
             shared.settings.rate_limit_per_hour,

@@ -36,12 +36,23 @@
 //! tick) first asks the engine to recover and repairs what the failure
 //! left in doubt (see [`InDoubt`]), so writes resume on their own once the
 //! disk does, without a restart.
+//!
+//! When the store stalls instead (a disk or network volume that stops
+//! answering), nothing fails, so nothing would ever answer: a caller waits
+//! at most the write timeout, then gets DEADLINE_EXCEEDED saying the write
+//! may still be applied (the same request id makes the retry safe). Audit
+//! entries queued meanwhile are bounded ([`MAX_DETACHED_WAITING`]) and
+//! counted when dropped, and `stop` gives up after the timeout: everything
+//! acknowledged was flushed before its acknowledgement.
 
 use std::{
     collections::{BTreeSet, HashMap},
     hash::Hash,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -52,6 +63,7 @@ use super::Shared;
 use super::state::{State, Txn};
 use crate::domain::model::StrategyKey;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::store::Changes;
 
 /// How long an aggregate or an instance's activity may stay changed in
@@ -61,6 +73,9 @@ pub const CHECKPOINT_AGE: Duration = Duration::from_secs(10);
 const CHECKPOINT_PER_COMMIT: usize = 64;
 /// How often an idle writer wakes to persist aged aggregates.
 const TICK: Duration = Duration::from_secs(1);
+/// Audit entries that may wait for room in a full queue (a stalled store);
+/// beyond this they are dropped and counted, not piled up without bound.
+pub const MAX_DETACHED_WAITING: usize = 10_000;
 
 /// Answers one request once its batch is durable (or failed).
 type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -82,12 +97,26 @@ enum Message {
 pub struct Writer {
     queue: mpsc::Sender<Message>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// How long a caller waits for its write to be durable.
+    timeout: Duration,
+    /// Audit entries waiting for room in the queue…
+    detached_waiting: Arc<AtomicUsize>,
+    /// …and those dropped because too many were (the first is logged).
+    detached_dropped: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
     /// Starts the writer thread. `queue_depth` bounds waiting requests
-    /// (senders wait when it is full); `max_batch` bounds one group commit.
-    pub fn spawn(shared: Arc<Shared>, queue_depth: usize, max_batch: usize) -> Result<Self> {
+    /// (senders wait when it is full); `max_batch` bounds one group commit;
+    /// a caller waits at most `timeout` for its write to be durable.
+    pub fn spawn(
+        shared: Arc<Shared>,
+        queue_depth: usize,
+        max_batch: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let metrics = shared.metrics.clone();
         let (queue, rx) = mpsc::channel(queue_depth.max(1));
         let thread = thread::Builder::new()
             .name("hub-writer".into())
@@ -110,6 +139,10 @@ impl Writer {
         Ok(Writer {
             queue,
             thread: Mutex::new(Some(thread)),
+            timeout,
+            detached_waiting: Arc::new(AtomicUsize::new(0)),
+            detached_dropped: AtomicU64::new(0),
+            metrics,
         })
     }
 
@@ -133,14 +166,24 @@ impl Writer {
                 })
             }
         });
-        self.queue
-            .send(Message::Job { job, durable: true })
-            .await
-            .map_err(|_| shutting_down())?;
-        // The reply is only dropped unanswered if the job panicked.
-        answer
-            .await
-            .map_err(|_| Error::Internal("a write job panicked".into()))?
+        let durable = async {
+            self.queue
+                .send(Message::Job { job, durable: true })
+                .await
+                .map_err(|_| shutting_down())?;
+            // The reply is only dropped unanswered if the job panicked.
+            answer
+                .await
+                .map_err(|_| Error::Internal("a write job panicked".into()))?
+        };
+        match tokio::time::timeout(self.timeout, durable).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::DeadlineExceeded(format!(
+                "the store did not confirm the write within {} s (a stalled disk?); \
+                 it may still be applied: send it again with the same request_id",
+                self.timeout.as_secs_f64()
+            ))),
+        }
     }
 
     /// Queues `f` without waiting for it (audit entries): it joins the next
@@ -159,11 +202,27 @@ impl Writer {
         }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
+                let waiting = self.detached_waiting.clone();
+                if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_DETACHED_WAITING {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.metrics.audit_dropped();
+                    if self.detached_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::error!(
+                            waiting = MAX_DETACHED_WAITING,
+                            "the store is not keeping up: audit entries are being dropped \
+                             (counted in learning_hub_audit_dropped_total)"
+                        );
+                    }
+                    return;
+                }
                 let queue = self.queue.clone();
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
                         let _ = queue.send(message).await;
+                        waiting.fetch_sub(1, Ordering::Relaxed);
                     });
+                } else {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
                 }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -171,13 +230,28 @@ impl Writer {
     }
 
     /// Finishes queued work, flushes, and stops the thread. Later writes
-    /// fail with UNAVAILABLE.
+    /// fail with UNAVAILABLE. A stalled store is given the write timeout,
+    /// then left behind (with an error): whatever was acknowledged was
+    /// already durable.
     pub async fn stop(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        if self.queue.send(Message::Stop(tx)).await.is_err() {
-            return Ok(()); // already stopped
-        }
-        let flushed = rx.await.map_err(|_| shutting_down())?;
+        let stopped = async {
+            if self.queue.send(Message::Stop(tx)).await.is_err() {
+                return None; // already stopped
+            }
+            Some(rx.await.map_err(|_| shutting_down()))
+        };
+        let flushed = match tokio::time::timeout(self.timeout, stopped).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(flushed)) => flushed?,
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "the store did not finish its last flush within {} s; \
+                     every acknowledged write was flushed before it was acknowledged",
+                    self.timeout.as_secs_f64()
+                )));
+            }
+        };
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;

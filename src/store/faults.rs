@@ -1,8 +1,9 @@
 //! Fault injection under the store, **for tests**: [`FaultyEngine`] wraps a
 //! real [`Engine`] and fails the operations a [`Faults`] handle switches on
 //! — a full disk or an I/O error on apply, flush or scan, optionally only
-//! for batches that write a given kind of record — so the hub's behaviour
-//! on a failing disk can be exercised end to end without filling one.
+//! for batches that write a given kind of record — or stalls them (a disk
+//! that stops answering), so the hub's behaviour on a failing disk can be
+//! exercised end to end without filling one.
 //! Injected errors are made by [`store_io_error`] from the same OS errors a
 //! real disk gives (ENOSPC, EIO), so clients see exactly the message they
 //! would in production.
@@ -14,7 +15,7 @@ use std::{
     collections::HashMap,
     io,
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
@@ -81,6 +82,9 @@ struct Switches {
     /// Whether a recovery drops the writes applied since the last
     /// successful flush, as sled's reopen after an I/O error can.
     lose_unflushed: AtomicBool,
+    /// Operations that block until released, and the wake-up for them.
+    stalled: Mutex<[bool; 3]>,
+    released: Condvar,
 }
 
 /// The switchboard of a [`FaultyEngine`]; clones share it.
@@ -123,9 +127,21 @@ impl Faults {
         self.0.lose_unflushed.store(true, Ordering::SeqCst);
     }
 
-    /// `op` works again.
+    /// Every `op` blocks its caller (the writer thread, for apply and
+    /// flush) until cleared: a disk that stops answering without failing.
+    pub fn stall(&self, op: Op) {
+        self.stalled()[op.index()] = true;
+    }
+
+    /// `op` works again (and stalled calls of it go on).
     pub fn clear(&self, op: Op) {
         self.set(op, None);
+        self.stalled()[op.index()] = false;
+        self.0.released.notify_all();
+    }
+
+    fn stalled(&self) -> std::sync::MutexGuard<'_, [bool; 3]> {
+        self.0.stalled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every operation works again ("space returned").
@@ -151,6 +167,15 @@ impl Faults {
     /// The error `op` fails with now, if any (`writes` for a prefix rule).
     fn check(&self, op: Op, writes: Option<&[KvWrite]>) -> Result<()> {
         self.0.calls[op.index()].fetch_add(1, Ordering::SeqCst);
+        let mut stalled = self.stalled();
+        while stalled[op.index()] {
+            stalled = self
+                .0
+                .released
+                .wait(stalled)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(stalled);
         let rule = self.0.rules.lock().unwrap_or_else(|e| e.into_inner())[op.index()].clone();
         let Some(rule) = rule else { return Ok(()) };
         let hit = match (&rule.prefix, writes) {
