@@ -9,7 +9,7 @@
 #   baseline   64 callers, closed loop (the bound exactly busy)
 #   3x-eager   192 callers that call again at once when refused
 #   3x-polite  192 callers that wait out the hub's retry-after when refused
-#              (what the hub's clients do)
+#              (what the Rust client's RetryPolicy does)
 # (An open loop at 3x, `--rate`, is not part of it: a generator on one core
 # cannot send 3x what a hub on one core answers for this RPC.)
 # One JSON object per run goes to bench/results/overload-<date>.jsonl, with
