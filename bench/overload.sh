@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The overload measurement of RELIABILITY.md §5, in one command:
 #
-#   bench/overload.sh              # 2 rounds, 8 s windows (about 2 min)
+#   bench/overload.sh              # 2 rounds, 8 s windows (about 3 min)
 #   ROUNDS=3 WINDOW=10s bench/overload.sh
 #
 # The hub runs on CPU 0 with --max-in-flight 64, the load generator on CPU 1,
@@ -10,6 +10,8 @@
 #   3x-eager   192 callers that call again at once when refused
 #   3x-polite  192 callers that wait out the hub's retry-after when refused
 #              (what the Rust client's RetryPolicy does)
+#   3x-eager-no-pause  3x-eager against a hub whose refusals are not held
+#              (limits.refusal_pause_ms = 0): what the pause buys
 # (An open loop at 3x, `--rate`, is not part of it: a generator on one core
 # cannot send 3x what a hub on one core answers for this RPC.)
 # One JSON object per run goes to bench/results/overload-<date>.jsonl, with
@@ -34,7 +36,10 @@ run() { # mode round flags...
     local mode="$1" round="$2"
     shift 2
     echo "round $round: $mode" >&2
-    taskset -c 1 "$HUB" bench --rpc share-strategy --hub-cpus 0 \
+    # The hub the bench starts inherits the environment.
+    local pause=20
+    [ "$mode" = 3x-eager-no-pause ] && pause=0
+    LEARNING_HUB_LIMITS_REFUSAL_PAUSE_MS=$pause taskset -c 1 "$HUB" bench --rpc share-strategy --hub-cpus 0 \
         --hub-arg=--max-in-flight=64 --connections 32 --duration "$WINDOW" \
         --json --quiet "$@" |
         python3 -c 'import json,sys; r=json.load(sys.stdin); r["mode"]=sys.argv[1]; r["round"]=int(sys.argv[2]); print(json.dumps(r))' "$mode" "$round" >>"$OUT"
@@ -44,6 +49,7 @@ for round in $(seq 1 "$ROUNDS"); do
     run baseline "$round" --concurrency 64
     run 3x-eager "$round" --concurrency 192
     run 3x-polite "$round" --concurrency 192 --honor-retry-after
+    run 3x-eager-no-pause "$round" --concurrency 192
 done
 
 python3 - "$OUT" <<'EOF'

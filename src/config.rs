@@ -25,9 +25,11 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Open connections at most.
     pub max_connections: usize,
-    /// Unary calls in progress at most, hub-wide; more are refused at once
-    /// with RESOURCE_EXHAUSTED (see `overload`).
+    /// Unary calls in progress at most, hub-wide; more are refused
+    /// with RESOURCE_EXHAUSTED (see `overload`)…
     pub max_in_flight: usize,
+    /// …after this pause, so that callers retrying at once cannot spin.
+    pub refusal_pause: Duration,
     /// Time allowed to complete a TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// HTTP/2 ping interval on idle connections, to find dead peers.
@@ -50,6 +52,7 @@ impl Default for Limits {
             max_concurrent_streams: 1024,
             max_connections: 10_000,
             max_in_flight: 4096,
+            refusal_pause: Duration::from_millis(20),
             tls_handshake_timeout: Duration::from_secs(10),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),

@@ -80,8 +80,8 @@ struct SettingsArgs {
     /// [server.metrics_listen; default 127.0.0.1:9015].
     #[arg(long, value_name = "ADDR|off")]
     metrics_listen: Option<String>,
-    /// Unary calls the hub works on at once; more are refused at once with
-    /// RESOURCE_EXHAUSTED [limits.max_in_flight; default 4096].
+    /// Unary calls the hub works on at once; more are refused without any
+    /// work with RESOURCE_EXHAUSTED [limits.max_in_flight; default 4096].
     #[arg(long, value_name = "N")]
     max_in_flight: Option<String>,
     /// Minutes between background insight-generation runs (0: never)

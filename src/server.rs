@@ -199,7 +199,7 @@ impl PreparedHub {
         .into_iter()
         .flatten()
         .collect();
-        let shedder = Shedder::new(config.limits.max_in_flight);
+        let shedder = Shedder::new(config.limits.max_in_flight, config.limits.refusal_pause);
         let (metrics_stop, metrics_stopped) = watch::channel(false);
         let metrics_task = metrics.map(|listener| {
             if let Ok(addr) = listener.local_addr() {

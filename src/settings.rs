@@ -150,6 +150,7 @@ pub const KEYS: &[Key] = &[
         key("limits", "max_in_flight", int(1, 10_000_000), "4096"),
         "LEARNING_HUB_MAX_IN_FLIGHT",
     ),
+    key("limits", "refusal_pause_ms", int(0, 10_000), "20"),
     key(
         "limits",
         "tls_handshake_timeout_seconds",
@@ -554,6 +555,7 @@ impl Settings {
         limits.max_concurrent_streams = self.unsigned("limits", "max_concurrent_streams");
         limits.max_connections = self.unsigned("limits", "max_connections");
         limits.max_in_flight = self.unsigned("limits", "max_in_flight");
+        limits.refusal_pause = Duration::from_millis(self.unsigned("limits", "refusal_pause_ms"));
         limits.tls_handshake_timeout = self.seconds("limits", "tls_handshake_timeout_seconds");
         limits.http2_keepalive_interval = self.seconds("limits", "keepalive_interval_seconds");
         limits.http2_keepalive_timeout = self.seconds("limits", "keepalive_timeout_seconds");
