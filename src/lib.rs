@@ -22,6 +22,8 @@
 //!   every request and applies the role policy.
 //! - [`api`]: thin gRPC handlers: validate and convert, call the hub core,
 //!   convert back.
+//! - [`compute`]: the threads queries compute on, so the runtime's
+//!   threads stay free to read requests and refuse what is too much.
 //! - [`hub`]: the core: in-memory state, a single writer with group commit,
 //!   the operations of each area.
 //! - [`domain`]: plain records and the pure logic on them.
@@ -41,6 +43,7 @@ pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod clock;
+pub mod compute;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -23,6 +23,7 @@ use tokio::{net::TcpListener, sync::watch};
 use crate::api::{AdminService, HubService};
 use crate::auth::AuthLayer;
 use crate::clock::{Clock, SystemClock};
+use crate::compute::ComputePool;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
@@ -285,6 +286,9 @@ where
         }
     };
 
+    // Queries compute here, off the threads that read and refuse requests.
+    let compute = ComputePool::per_core()?;
+    tracing::debug!(threads = compute.threads(), "compute pool started");
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
@@ -298,7 +302,7 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(HubService::new(hub.clone()).into_server(limits.max_message_bytes))
+        .add_service(HubService::new(hub.clone(), compute).into_server(limits.max_message_bytes))
         .add_service(AdminService::new(hub).into_server(limits.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, signal);
 

@@ -19,6 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Identity;
+use crate::compute::ComputePool;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::pb;
@@ -27,11 +28,24 @@ use crate::pb;
 #[derive(Clone)]
 pub struct HubService {
     hub: Arc<Hub>,
+    compute: Arc<ComputePool>,
 }
 
 impl HubService {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        HubService { hub }
+    /// Queries run on `compute`; everything else on the caller's task.
+    pub fn new(hub: Arc<Hub>, compute: Arc<ComputePool>) -> Self {
+        HubService { hub, compute }
+    }
+
+    /// Runs a query's CPU-bound part on the compute pool, off the threads
+    /// that read and refuse requests (see [`crate::compute`]).
+    async fn query<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Hub) -> T + Send + 'static,
+    {
+        let hub = self.hub.clone();
+        self.compute.run(move || work(&hub)).await
     }
 
     /// The generated tonic server, with the hub's message size limit.
@@ -140,16 +154,20 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::GetPatternsResponse> {
         let viewer = caller(&request)?.clone();
         let q = convert::pattern_query(request.into_inner())?;
-        let matches = self.hub.get_patterns(
-            &q.metrics,
-            &q.environment,
-            q.target_metric.as_deref(),
-            &q.recent,
-            q.limit,
-        );
-        let message = pb::GetPatternsResponse {
-            matches: matches.iter().map(convert::pattern_match).collect(),
-        };
+        let message = self
+            .query(move |hub| {
+                let matches = hub.get_patterns(
+                    &q.metrics,
+                    &q.environment,
+                    q.target_metric.as_deref(),
+                    &q.recent,
+                    q.limit,
+                );
+                pb::GetPatternsResponse {
+                    matches: matches.iter().map(convert::pattern_match).collect(),
+                }
+            })
+            .await?;
         reply(visibility::for_viewer(&viewer, message))
     }
 
@@ -202,10 +220,16 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::GetStrategiesRequest>,
     ) -> Reply<pb::GetStrategiesResponse> {
         let ask = convert::strategies_query(request.into_inner())?;
-        let ranked = self.hub.get_strategies(&ask);
-        reply(pb::GetStrategiesResponse {
-            recommendations: ranked.iter().map(convert::recommendation).collect(),
-        })
+        let message = self
+            .query(move |hub| pb::GetStrategiesResponse {
+                recommendations: hub
+                    .get_strategies(&ask)
+                    .iter()
+                    .map(convert::recommendation)
+                    .collect(),
+            })
+            .await?;
+        reply(message)
     }
 
     async fn get_optimal_combination(
@@ -213,10 +237,14 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::GetOptimalCombinationRequest>,
     ) -> Reply<pb::GetOptimalCombinationResponse> {
         let q = convert::combination_query(request.get_ref())?;
-        let (combination, conflicts) = self
-            .hub
-            .optimal_combination(&q.metrics, &q.context, q.budget, q.costs, &q.recent);
-        reply(convert::combination(&combination, &conflicts))
+        let message = self
+            .query(move |hub| {
+                let (combination, conflicts) =
+                    hub.optimal_combination(&q.metrics, &q.context, q.budget, q.costs, &q.recent);
+                convert::combination(&combination, &conflicts)
+            })
+            .await?;
+        reply(message)
     }
 
     async fn share_insight(
@@ -309,16 +337,20 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::GetFailuresResponse> {
         let viewer = caller(&request)?.clone();
         let q = convert::failures_query(request.into_inner())?;
-        let failures = self.hub.get_failures(
-            q.failure_type,
-            q.metric.as_deref(),
-            q.strategy.as_deref(),
-            q.include_resolved,
-            q.limit,
-        );
-        let message = pb::GetFailuresResponse {
-            failures: failures.iter().map(|f| convert::failure(f)).collect(),
-        };
+        let message = self
+            .query(move |hub| {
+                let failures = hub.get_failures(
+                    q.failure_type,
+                    q.metric.as_deref(),
+                    q.strategy.as_deref(),
+                    q.include_resolved,
+                    q.limit,
+                );
+                pb::GetFailuresResponse {
+                    failures: failures.iter().map(|f| convert::failure(f)).collect(),
+                }
+            })
+            .await?;
         reply(visibility::for_viewer(&viewer, message))
     }
 
@@ -327,19 +359,17 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::CheckActionRequest>,
     ) -> Reply<pb::CheckActionResponse> {
         let viewer = caller(&request)?.clone();
-        let req = request.get_ref();
-        let q = convert::action_check(req)?;
-        let check = self.hub.check_action(
-            &req.strategy,
-            &req.metric,
-            &q.metrics,
-            &q.recent,
-            &q.context,
-        );
-        reply(visibility::for_viewer(
-            &viewer,
-            convert::action_check_reply(&check),
-        ))
+        let q = convert::action_check(request.get_ref())?;
+        let pb::CheckActionRequest {
+            strategy, metric, ..
+        } = request.into_inner();
+        let message = self
+            .query(move |hub| {
+                let check = hub.check_action(&strategy, &metric, &q.metrics, &q.recent, &q.context);
+                convert::action_check_reply(&check)
+            })
+            .await?;
+        reply(visibility::for_viewer(&viewer, message))
     }
 
     async fn share_configuration(
@@ -362,9 +392,13 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::BootstrapResponse> {
         let caller = caller(&request)?.instance_id().map(str::to_string);
         let context = convert::bootstrap_context(request.get_ref())?;
-        let bootstrap = self.hub.bootstrap(caller.as_deref(), context);
-        reply(pb::BootstrapResponse {
-            config: Some(convert::bootstrap(&bootstrap)),
-        })
+        let message = self
+            .query(move |hub| pb::BootstrapResponse {
+                config: Some(convert::bootstrap(
+                    &hub.bootstrap(caller.as_deref(), context),
+                )),
+            })
+            .await?;
+        reply(message)
     }
 }
