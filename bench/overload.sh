@@ -5,7 +5,8 @@
 #   ROUNDS=3 WINDOW=10s bench/overload.sh
 #
 # The hub runs on CPU 0 with --max-in-flight 64, the load generator on CPU 1,
-# durable ShareStrategy. Each round, one after the other:
+# durable ShareStrategy unless RPC says otherwise. Each round, one after the
+# other:
 #   baseline   64 callers, closed loop (the bound exactly busy)
 #   3x-eager   192 callers that call again at once when refused
 #   3x-polite  192 callers that wait out the hub's retry-after when refused
@@ -22,6 +23,10 @@ BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$BENCH")"
 ROUNDS="${ROUNDS:-2}"
 WINDOW="${WINDOW:-8s}"
+# RPC=get-strategies measures a CPU-bound query instead (PRELOAD outcomes
+# stored first; the hub starts fresh for every run).
+RPC="${RPC:-share-strategy}"
+PRELOAD="${PRELOAD:-0}"
 command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
 
@@ -30,7 +35,7 @@ echo "building the hub (cargo build --release)" >&2
 HUB="${CARGO_TARGET_DIR:-$REPO/target}/release/learning-hub"
 
 mkdir -p "$BENCH/results"
-OUT="$BENCH/results/overload-$(date +%Y-%m-%d-%H%M%S).jsonl"
+OUT="$BENCH/results/overload-$RPC-$(date +%Y-%m-%d-%H%M%S).jsonl"
 
 run() { # mode round flags...
     local mode="$1" round="$2"
@@ -39,7 +44,7 @@ run() { # mode round flags...
     # The hub the bench starts inherits the environment.
     local pause=20
     [ "$mode" = 3x-eager-no-pause ] && pause=0
-    LEARNING_HUB_LIMITS_REFUSAL_PAUSE_MS=$pause taskset -c 1 "$HUB" bench --rpc share-strategy --hub-cpus 0 \
+    LEARNING_HUB_LIMITS_REFUSAL_PAUSE_MS=$pause taskset -c 1 "$HUB" bench --rpc "$RPC" --preload "$PRELOAD" --hub-cpus 0 \
         --hub-arg=--max-in-flight=64 --connections 32 --duration "$WINDOW" \
         --json --quiet "$@" |
         python3 -c 'import json,sys; r=json.load(sys.stdin); r["mode"]=sys.argv[1]; r["round"]=int(sys.argv[2]); print(json.dumps(r))' "$mode" "$round" >>"$OUT"
