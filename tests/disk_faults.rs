@@ -919,3 +919,75 @@ async fn sled_on_a_full_tmpfs_refuses_writes_and_recovers_when_space_returns() {
     hub.stop().await.unwrap();
     assert_eq!(panics(), panics_before, "threads that panicked");
 }
+
+/// What a metrics exposition says `name` is.
+fn metric_value(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .unwrap_or_else(|| panic!("{name} not in the metrics"))
+}
+
+/// Audit entries are written without their call waiting. Behind a disk
+/// that stalls, they wait for room in the writer's queue — each a task —
+/// so their number is bounded (10,000, `hub::writer::MAX_DETACHED_WAITING`)
+/// and the rest are dropped and counted; the ones that waited are written
+/// once the disk answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_entries_behind_a_stalled_disk_are_bounded_and_counted() {
+    const WAITING_AT_MOST: u64 = 10_000;
+    const QUEUE: u64 = 4;
+    let faults = Faults::new();
+    let store = faulty_store(&faults);
+    let settings = HubSettings {
+        writer_queue: QUEUE as usize,
+        ..HubSettings::default()
+    };
+    let hub = Hub::open(store, Arc::new(ManualClock::new(EPOCH)), settings).unwrap();
+    let audit = access_control(&hub);
+    faults.stall(Op::Apply);
+
+    let sent = WAITING_AT_MOST + 2_000;
+    for _ in 0..sent {
+        audit.audit(AuditEntry {
+            sequence: 0,
+            at: EPOCH,
+            caller: "i1".into(),
+            role: "instance".into(),
+            rpc: "/learninghub.v1.Hub/GetStatus".into(),
+            code: 0,
+            request_bytes: 5,
+        });
+    }
+    // The stalled batch took at least one entry and at most a batch, the
+    // queue holds `QUEUE`, at most `WAITING_AT_MOST` wait: the rest dropped.
+    let dropped = metric_value(&hub.render_metrics(), "learning_hub_audit_dropped_total");
+    let most = sent - WAITING_AT_MOST - QUEUE - 1;
+    let least = sent - WAITING_AT_MOST - QUEUE - 512;
+    assert!((least..=most).contains(&dropped), "{dropped} dropped");
+
+    faults.clear(Op::Apply);
+    let everything = AuditQuery {
+        from: 0,
+        until: i64::MAX,
+        limit: 100_000,
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let written = hub.query_audit(everything.clone()).await.unwrap().len() as u64;
+        if written == sent - dropped {
+            break;
+        }
+        assert!(written < sent - dropped, "{written} written");
+        assert!(
+            Instant::now() < deadline,
+            "only {written} of {} written",
+            sent - dropped
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    hub.close().await.unwrap();
+}
