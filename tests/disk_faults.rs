@@ -30,7 +30,7 @@ use common::*;
 use learning_hub::{
     client::RetryPolicy,
     clock::ManualClock,
-    domain::model::{Attributes, AuditEntry, Registration, StrategyRecord, StrategyShare},
+    domain::model::{Attributes, AuditEntry, StrategyRecord, StrategyShare},
     hub::{AuditQuery, Hub, HubSettings, access_control},
     pb,
     store::{Fault, Faults, FaultyEngine, MemoryEngine, Op, SledEngine, Store, codec::Kind},
@@ -652,20 +652,6 @@ fn open(store: &Store) -> Arc<Hub> {
     .unwrap()
 }
 
-async fn register(hub: &Hub, id: &str) {
-    hub.register(
-        id,
-        Registration {
-            instance_id: id.into(),
-            region: "test".into(),
-            context: Attributes::new(),
-            capabilities: vec![],
-        },
-    )
-    .await
-    .unwrap();
-}
-
 fn outcome(i: usize) -> StrategyShare {
     StrategyShare {
         strategy: format!("s{}", i % 4),
@@ -689,7 +675,7 @@ async fn a_checkpoint_that_cannot_be_written_is_rebuilt_from_the_outcome_log() {
     let faults = Faults::new();
     let store = faulty_store(&faults);
     let hub = open(&store);
-    register(&hub, "i1").await;
+    register_in_process(&hub, "i1").await;
     for i in 0..30 {
         hub.share_strategy("i1", outcome(i), None).await.unwrap();
     }
@@ -723,7 +709,7 @@ async fn writes_a_recovering_engine_dropped_are_put_back() {
     faults.lose_unflushed_on_recover();
     let store = faulty_store(&faults);
     let hub = open(&store);
-    register(&hub, "i1").await;
+    register_in_process(&hub, "i1").await;
     let audit = access_control(&hub);
     audit.audit(AuditEntry {
         sequence: 0,

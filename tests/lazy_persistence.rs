@@ -4,10 +4,13 @@
 //! stored past the floor, and with a retention sweep trimming the log in
 //! between. Instance activity trails registrations, which are immediate.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::register_in_process;
 use learning_hub::clock::ManualClock;
-use learning_hub::domain::model::{Attributes, Registration, StrategyRecord, StrategyShare};
+use learning_hub::domain::model::{Attributes, StrategyRecord, StrategyShare};
 use learning_hub::hub::{Hub, HubSettings};
 use learning_hub::store::{Changes, Store};
 
@@ -16,20 +19,6 @@ const DAY: i64 = 24 * 60 * 60 * 1000;
 
 fn open(store: &Store, clock: &Arc<ManualClock>) -> Arc<Hub> {
     Hub::open(store.clone(), clock.clone(), HubSettings::default()).unwrap()
-}
-
-async fn register(hub: &Hub, id: &str) {
-    hub.register(
-        id,
-        Registration {
-            instance_id: id.into(),
-            region: "test".into(),
-            context: Attributes::new(),
-            capabilities: vec![],
-        },
-    )
-    .await
-    .unwrap();
 }
 
 /// `n` outcomes over 5 strategies and 2 contexts, successes and failures.
@@ -75,7 +64,7 @@ async fn aggregates_are_rebuilt_from_the_outcome_log_after_a_crash() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(T0));
     let first = open(&store, &clock);
-    register(&first, "i1").await;
+    register_in_process(&first, "i1").await;
     share(&first, 60).await;
     let served = sorted(first.strategy_records());
     assert_eq!(served.iter().map(|r| r.applications).sum::<u64>(), 60);
@@ -96,7 +85,7 @@ async fn a_clean_close_leaves_nothing_to_replay() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(T0));
     let hub = open(&store, &clock);
-    register(&hub, "i1").await;
+    register_in_process(&hub, "i1").await;
     share(&hub, 40).await;
     let served = sorted(hub.strategy_records());
     hub.close().await.unwrap();
@@ -113,7 +102,7 @@ async fn a_replay_never_counts_an_outcome_twice() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(T0));
     let hub = open(&store, &clock);
-    register(&hub, "i1").await;
+    register_in_process(&hub, "i1").await;
     share(&hub, 30).await;
     let served = sorted(hub.strategy_records());
     hub.close().await.unwrap();
@@ -134,7 +123,7 @@ async fn trimming_the_outcome_log_keeps_what_a_replay_needs() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(T0));
     let first = open(&store, &clock);
-    register(&first, "i1").await;
+    register_in_process(&first, "i1").await;
     share(&first, 20).await;
     let served = sorted(first.strategy_records());
     // A month later the outcomes are past retention, but their aggregates
@@ -159,7 +148,7 @@ async fn registrations_are_written_at_once_and_activity_by_close() {
     let store = Store::in_memory();
     let clock = Arc::new(ManualClock::new(T0));
     let hub = open(&store, &clock);
-    register(&hub, "i1").await;
+    register_in_process(&hub, "i1").await;
     share(&hub, 5).await;
     // A crash now keeps the registration; the activity may trail.
     let stored = store.load().unwrap().instances;

@@ -224,12 +224,7 @@ mod tests {
         first.close().await.unwrap();
         drop(first);
 
-        let second = Hub::open(
-            store.clone(),
-            Arc::new(clock.clone()),
-            HubSettings::default(),
-        )
-        .unwrap();
+        let second = open(&store, &clock);
         let (sequence, _) = second
             .share_strategy("a", share(0.1), tag("r1", "p"))
             .await
@@ -251,12 +246,7 @@ mod tests {
         drop(second);
 
         clock.advance(-HOUR);
-        let third = Hub::open(
-            store.clone(),
-            Arc::new(clock.clone()),
-            HubSettings::default(),
-        )
-        .unwrap();
+        let third = open(&store, &clock);
         assert!(third.state().requests.is_empty(), "the sweep deleted it");
         let (sequence, _) = third
             .share_strategy("a", share(0.1), tag("r1", "p"))
@@ -277,24 +267,14 @@ mod tests {
         first.close().await.unwrap();
         drop(first);
         clock.advance(25 * HOUR);
-        let second = Hub::open(
-            store.clone(),
-            Arc::new(clock.clone()),
-            HubSettings::default(),
-        )
-        .unwrap();
+        let second = open(&store, &clock);
         assert!(second.state().requests.is_empty());
         second.close().await.unwrap();
         drop(second);
         // Deleted from the store, not merely skipped: even with the clock
         // back, nothing is loaded.
         clock.set(T0);
-        let third = Hub::open(
-            store.clone(),
-            Arc::new(clock.clone()),
-            HubSettings::default(),
-        )
-        .unwrap();
+        let third = open(&store, &clock);
         assert!(third.state().requests.is_empty());
     }
 }

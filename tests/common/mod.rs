@@ -460,6 +460,21 @@ pub async fn connect_registered(
 // Request builders
 // ---------------------------------------------------------------------------
 
+/// Registers `id` on an in-process hub (no server, no certificate).
+pub async fn register_in_process(hub: &learning_hub::hub::Hub, id: &str) {
+    hub.register(
+        id,
+        learning_hub::domain::model::Registration {
+            instance_id: id.into(),
+            region: "test".into(),
+            context: Default::default(),
+            capabilities: vec![],
+        },
+    )
+    .await
+    .unwrap();
+}
+
 pub fn metric(value: f64, stuck: bool) -> pb::MetricState {
     pb::MetricState { value, stuck }
 }
