@@ -27,15 +27,8 @@ WINDOW="${WINDOW:-8s}"
 # stored first; the hub starts fresh for every run).
 RPC="${RPC:-share-strategy}"
 PRELOAD="${PRELOAD:-0}"
-command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
-
-echo "building the hub (cargo build --release)" >&2
-(cd "$REPO" && cargo build --release --quiet)
-HUB="${CARGO_TARGET_DIR:-$REPO/target}/release/learning-hub"
-
-mkdir -p "$BENCH/results"
-OUT="$BENCH/results/overload-$RPC-$(date +%Y-%m-%d-%H%M%S).jsonl"
+# shellcheck source=pinned-setup.sh
+source "$BENCH/pinned-setup.sh" "overload-$RPC"
 
 run() { # mode round flags...
     local mode="$1" round="$2"

@@ -15,15 +15,8 @@ set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$BENCH")"
 PAIRS="${PAIRS:-5}"
-command -v taskset >/dev/null || { echo "taskset (util-linux) is needed" >&2; exit 1; }
-command -v python3 >/dev/null || { echo "python3 is needed for the summary" >&2; exit 1; }
-
-echo "building the hub (cargo build --release)" >&2
-(cd "$REPO" && cargo build --release --quiet)
-HUB="${CARGO_TARGET_DIR:-$REPO/target}/release/learning-hub"
-
-mkdir -p "$BENCH/results"
-OUT="$BENCH/results/slow-consumer-$(date +%Y-%m-%d-%H%M%S).jsonl"
+# shellcheck source=pinned-setup.sh
+source "$BENCH/pinned-setup.sh" "slow-consumer"
 
 for pair in $(seq 1 "$PAIRS"); do
     for stalled in 0 50; do
