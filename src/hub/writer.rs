@@ -51,7 +51,7 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -101,8 +101,8 @@ pub struct Writer {
     timeout: Duration,
     /// Audit entries waiting for room in the queue…
     detached_waiting: Arc<AtomicUsize>,
-    /// …and those dropped because too many were (the first is logged).
-    detached_dropped: AtomicU64,
+    /// Whether a drop of one (too many waiting) was logged.
+    detached_drop_logged: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -141,7 +141,7 @@ impl Writer {
             thread: Mutex::new(Some(thread)),
             timeout,
             detached_waiting: Arc::new(AtomicUsize::new(0)),
-            detached_dropped: AtomicU64::new(0),
+            detached_drop_logged: AtomicBool::new(false),
             metrics,
         })
     }
@@ -206,7 +206,7 @@ impl Writer {
                 if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_DETACHED_WAITING {
                     waiting.fetch_sub(1, Ordering::Relaxed);
                     self.metrics.audit_dropped();
-                    if self.detached_dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                    if !self.detached_drop_logged.swap(true, Ordering::Relaxed) {
                         tracing::error!(
                             waiting = MAX_DETACHED_WAITING,
                             "the store is not keeping up: audit entries are being dropped \
