@@ -7,15 +7,15 @@
 //! restart without a gap or a duplicate. The hub's side is checked as an
 //! operator sees it.
 //!
-//! Their dependencies are installed by `.ci/run`; when they are missing the
-//! tests fail and say how to install them, unless
-//! `LEARNING_HUB_SKIP_CLIENTS=1` is set.
+//! Their dependencies are installed by `scripts/test` (the README's test
+//! command, which `.ci/run` calls); a plain `cargo test` without them skips
+//! these tests and says so on the terminal.
 
 mod common;
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -31,68 +31,30 @@ use tokio::{
     task::JoinHandle,
 };
 
-const SKIP: &str = "LEARNING_HUB_SKIP_CLIENTS";
-const INSTALL: &str = "python3 -m pip install -r examples/python/requirements.txt; \
-                       (cd examples/node && npm ci)";
-
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `program args` in `dir`; on failure, what went wrong.
-fn probe(program: &str, args: &[&str], dir: &Path) -> Result<(), String> {
-    match std::process::Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(output) if output.status.success() => Ok(()),
-        Ok(output) => {
-            // The line naming the error (Python's ends its traceback with
-            // it; Node prints it first and its version last).
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-            let error = lines.iter().find(|l| l.contains("Error:")).or(lines.last());
-            Err(error.map_or("failed", |l| l.trim()).to_string())
-        }
-        Err(e) => Err(format!("cannot run {program}: {e}")),
-    }
-}
-
-/// Whether both agents can run. Missing dependencies fail the test with
-/// how to install them, unless `LEARNING_HUB_SKIP_CLIENTS=1`.
-fn clients_available() -> bool {
-    let mut missing = Vec::new();
-    if let Err(e) = probe(
+/// Whether both agents can run (`scripts/test` installs their packages).
+fn clients_available(test: &str) -> bool {
+    let python = probe(
         "python3",
         &["-c", "import grpc, grpc_tools, google.protobuf"],
         &repo(),
-    ) {
-        missing.push(format!("the Python packages ({e})"));
-    }
-    if let Err(e) = probe(
+    );
+    let node = probe(
         "node",
         &[
             "-e",
             "require('@grpc/grpc-js'); require('@grpc/proto-loader')",
         ],
         &repo().join("examples/node"),
-    ) {
-        missing.push(format!("the Node packages ({e})"));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let missing = missing.join(" and ");
-    if std::env::var(SKIP).as_deref() == Ok("1") {
-        eprintln!("note: {SKIP}=1 and {missing} are missing; skipping the client agents");
-        return false;
-    }
-    panic!(
-        "the example agents cannot run: {missing} are missing. Install them from the \
-         repository root with: {INSTALL} (.ci/run does), or set {SKIP}=1 to skip these tests"
     );
+    outside_dependency(
+        test,
+        "the Python packages of examples/python/requirements.txt",
+        python,
+    ) && outside_dependency(test, "the Node packages of examples/node (npm ci)", node)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -314,7 +276,7 @@ const TITLES: [&str; 3] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
-    if !clients_available() {
+    if !clients_available("clients::python_and_node_agents_share_learn_and_resume_over_mtls") {
         return;
     }
     let started = Instant::now();
@@ -580,7 +542,7 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_name_a_refused_key_and_a_missing_certificate() {
-    if !clients_available() {
+    if !clients_available("clients::agents_name_a_refused_key_and_a_missing_certificate") {
         return;
     }
     let hub = TestHub::start().await;

@@ -341,7 +341,8 @@ pub struct HubProcess {
 
 impl HubProcess {
     /// Starts `learning-hub serve` on 127.0.0.1:`port` (0: any) and waits
-    /// for it to print its address.
+    /// for it to print its address; a development PKI is generated in
+    /// `certs_dir` if it has none.
     pub fn spawn(data_dir: &Path, certs_dir: &Path, port: u16) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
             .args(["serve", "--listen"])
@@ -350,6 +351,8 @@ impl HubProcess {
             .arg(data_dir)
             .arg("--certs-dir")
             .arg(certs_dir)
+            // The harnesses' directories are not the default `certs`.
+            .arg("--init-dev-pki")
             // Harnesses write far more than an instance's hourly budget.
             .args([
                 "--rate-limit-per-hour",
@@ -505,5 +508,128 @@ pub fn insight(title: &str) -> pb::ShareInsightRequest {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Connects to `addr` with a bare TLS client (trusting `ca`, with the
+/// client certificate `identity` if given, speaking `versions`), sends
+/// what a gRPC client sends first and reads: what it saw — the alert the
+/// hub sent, or another error — and how long that took.
+pub async fn raw_tls_refusal(
+    addr: SocketAddr,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (String, Duration) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&std::fs::read(ca).unwrap()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_protocol_versions(versions)
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&std::fs::read(cert).unwrap())
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(&std::fs::read(key).unwrap()).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut tls = connector.connect(name, tcp).await?;
+        // As gRPC clients do: the HTTP/2 preface right after the handshake
+        // (with TLS 1.3 the client's side is done before the server has
+        // seen its certificate), then read the server's answer.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        tls.flush().await?;
+        // …and more frames a moment later, before reading (grpc-go does):
+        // a hub that closed at once would have reset the connection by
+        // now, failing this write with "broken pipe" instead of showing
+        // the alert.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tls.write_all(&[0u8; 9]).await?;
+        tls.flush().await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tls.write_all(&[0u8; 9]).await?;
+        tls.flush().await?;
+        let mut buf = [0u8; 256];
+        loop {
+            if tls.read(&mut buf).await? == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+        }
+    })
+    .await
+    .expect("the hub answered within 5 s");
+    let seen = match outcome {
+        Ok(()) => "closed without an alert".to_string(),
+        Err(e) => format!("{e}"),
+    };
+    (seen, started.elapsed())
+}
+
+// ---------------------------------------------------------------------------
+// Outside dependencies
+// ---------------------------------------------------------------------------
+
+/// The command that installs every outside dependency of the tests and
+/// runs them all (the README's test command; `.ci/run` calls it).
+pub const FULL_SUITE: &str = "scripts/test";
+
+/// Whether every test must run: under `scripts/test` (which installs what
+/// they need) and under CI (`CI=true`), a missing dependency fails.
+pub fn strict() -> bool {
+    std::env::var("HUB_TESTS_REQUIRE_ALL").as_deref() == Ok("1")
+        || matches!(std::env::var("CI").as_deref(), Ok("true" | "1"))
+}
+
+/// Whether a test that needs `what` (e.g. "grpcurl", "the Python packages
+/// of examples/python") can run: `found` says why not. When it cannot, a
+/// plain `cargo test` skips it with one line on the terminal — written past
+/// the test harness's capture, so a passing run still shows it — naming
+/// the test and the command that runs it; under [`strict`] it fails.
+pub fn outside_dependency(test: &str, what: &str, found: Result<(), String>) -> bool {
+    let why = match found {
+        Ok(()) => return true,
+        Err(why) => why,
+    };
+    let line = format!(
+        "SKIPPED {test}: {what} missing ({why}); `{FULL_SUITE}` installs it and runs every test"
+    );
+    assert!(!strict(), "{line} — and this run must not skip any test");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+    false
+}
+
+/// Runs `program args` in `dir`: `Ok` if it exits successfully, otherwise
+/// the line of its error output that names the problem.
+pub fn probe(program: &str, args: &[&str], dir: &Path) -> Result<(), String> {
+    match Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => {
+            // The line naming the error (Python's ends its traceback with
+            // it; Node prints it first and its version last).
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+            let error = lines.iter().find(|l| l.contains("Error:")).or(lines.last());
+            Err(error.map_or("failed", |l| l.trim()).to_string())
+        }
+        Err(e) => Err(format!("cannot run {program}: {e}")),
     }
 }
