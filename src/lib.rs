@@ -49,6 +49,7 @@ pub mod domain;
 pub mod error;
 pub mod hub;
 pub mod jobs;
+pub mod log_limit;
 pub mod metrics;
 pub mod overload;
 pub mod pki;

@@ -42,6 +42,7 @@ use tonic::transport::server::Connected;
 
 use crate::auth::identity::Identity;
 use crate::error::{Error, Result};
+use crate::log_limit::LogLimit;
 use crate::tls::TlsMaterial;
 
 /// What the transport learned about a peer.
@@ -304,52 +305,19 @@ pub fn incoming(
                     let material = materials.borrow_and_update().clone();
                     tokio::spawn(async move {
                         let acceptor = TlsAcceptor::from(material.server_config());
-                        match tokio::time::timeout(
-                            limits.handshake_timeout,
-                            acceptor.accept(socket),
-                        )
-                        .await
-                        {
+                        let handshake = acceptor.accept(socket).into_fallible();
+                        match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                             Ok(Ok(stream)) => {
-                                let identity = peer_identity(&stream);
-                                let chain: Vec<CertificateDer<'static>> = stream
-                                    .get_ref()
-                                    .1
-                                    .peer_certificates()
-                                    .unwrap_or_default()
-                                    .iter()
-                                    .map(|c| c.clone().into_owned())
-                                    .collect();
-                                let certificate = chain.first().map(|leaf| {
-                                    PeerCertificate::new(
-                                        crate::pki::certificate_serial(leaf)
-                                            .unwrap_or_else(|| "unknown".into()),
-                                    )
-                                });
-                                let closing = certificate.clone().map(|certificate| {
-                                    Box::pin(watch_certificate(
-                                        materials,
-                                        chain,
-                                        certificate,
-                                        identity.clone(),
-                                        limits.refused_certificate_grace,
-                                    )) as Closing
-                                });
-                                let connection = Connection {
-                                    stream: Stream::Tls(Box::new(stream)),
-                                    info: PeerInfo {
-                                        remote_addr: Some(remote_addr),
-                                        identity,
-                                        certificate,
-                                    },
-                                    closing,
-                                    closed: None,
-                                    _slot: slot,
-                                };
+                                let connection =
+                                    authenticated(stream, remote_addr, materials, limits, slot);
                                 let _ = tx.send(Ok(connection)).await;
                             }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote_addr, error = %e, "TLS handshake failed")
+                            Ok(Err((error, socket))) => {
+                                log_refused_handshake(remote_addr, &error);
+                                // The alert is written; let the client read it
+                                // before the socket goes.
+                                drop(slot);
+                                linger(socket).await;
                             }
                             Err(_) => tracing::debug!(%remote_addr, "TLS handshake timed out"),
                         }
@@ -360,6 +328,128 @@ pub fn incoming(
         tracing::debug!("stopped accepting connections");
     });
     ReceiverStream::new(rx)
+}
+
+/// The connection a completed mutual-TLS handshake yields: the identity
+/// and serial read from the client certificate, and a watch that closes
+/// it once a reloaded material refuses that certificate.
+fn authenticated(
+    stream: TlsStream<TcpStream>,
+    remote_addr: SocketAddr,
+    materials: watch::Receiver<Arc<TlsMaterial>>,
+    limits: ConnectionLimits,
+    slot: OwnedSemaphorePermit,
+) -> Connection {
+    let identity = peer_identity(&stream);
+    let chain: Vec<CertificateDer<'static>> = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.clone().into_owned())
+        .collect();
+    let certificate = chain.first().map(|leaf| {
+        PeerCertificate::new(
+            crate::pki::certificate_serial(leaf).unwrap_or_else(|| "unknown".into()),
+        )
+    });
+    let closing = certificate.clone().map(|certificate| {
+        Box::pin(watch_certificate(
+            materials,
+            chain,
+            certificate,
+            identity.clone(),
+            limits.refused_certificate_grace,
+        )) as Closing
+    });
+    Connection {
+        stream: Stream::Tls(Box::new(stream)),
+        info: PeerInfo {
+            remote_addr: Some(remote_addr),
+            identity,
+            certificate,
+        },
+        closing,
+        closed: None,
+        _slot: slot,
+    }
+}
+
+/// Refused handshakes are logged at `warn` — the operator's only view of a
+/// client with the wrong certificate — but at most 10 at once and then one
+/// a second, so a scanner cannot flood the log.
+static REFUSED_HANDSHAKES: LogLimit = LogLimit::new(10, Duration::from_secs(1));
+
+fn log_refused_handshake(remote_addr: SocketAddr, error: &io::Error) {
+    let Some(held_back) = REFUSED_HANDSHAKES.admit() else {
+        return;
+    };
+    let reason = handshake_refusal(error);
+    if held_back > 0 {
+        tracing::warn!(
+            peer = %remote_addr,
+            %reason,
+            more_refused_since_last_line = held_back,
+            "TLS handshake refused"
+        );
+    } else {
+        tracing::warn!(peer = %remote_addr, %reason, "TLS handshake refused");
+    }
+}
+
+/// Why a handshake failed, in the operator's terms: what is wrong with the
+/// client's certificate, when that is the reason.
+pub fn handshake_refusal(error: &io::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<E>()) else {
+        return error.to_string();
+    };
+    match tls {
+        E::NoCertificatesPresented => "the client presented no certificate".into(),
+        E::InvalidCertificate(C::UnknownIssuer) => format!(
+            "the client certificate is not signed by a CA in {} (alert unknown_ca)",
+            crate::pki::CA_CERT
+        ),
+        E::InvalidCertificate(C::Revoked) => format!(
+            "the client certificate is revoked: {} lists its serial (alert certificate_revoked)",
+            crate::pki::CRL
+        ),
+        E::InvalidCertificate(C::InvalidPurpose | C::InvalidPurposeContext { .. }) => {
+            "the client certificate is not for client authentication (no clientAuth extended \
+             key usage: a server certificate?) (alert unsupported_certificate)"
+                .into()
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the client certificate has expired (alert certificate_expired)".into()
+        }
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the client certificate is not valid yet (alert certificate_expired)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// After a refused handshake: half-close (the alert is already written),
+/// then read and discard what the client sends for a moment. Closing a
+/// socket with unread data makes the kernel send a reset, and a client that
+/// already sent its first request with its certificate (TLS 1.3 clients
+/// do) would then see "connection reset" or "broken pipe" instead of the
+/// alert saying what is wrong.
+async fn linger(mut socket: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = socket.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match socket.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// Re-checks a connection's client certificate `chain` against each new

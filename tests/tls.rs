@@ -474,3 +474,70 @@ async fn records_are_attributed_to_the_authenticated_instance() {
     assert_eq!(listed.instances[0].instance_id, "inst-a");
     assert_eq!(listed.instances[0].shared_records, 2);
 }
+
+/// 9. A refused client certificate is answered with the TLS alert that
+/// says why, at once — not a reset, not a silent timeout — whether the
+/// client speaks TLS 1.3 (it learns on its first read) or 1.2 (its
+/// handshake fails).
+#[tokio::test]
+async fn refused_certificates_get_the_alert_that_says_why_at_once() {
+    let hub = TestHub::start_with(|c| {
+        c.cert_check_interval = Some(Duration::from_millis(100));
+    })
+    .await;
+    let certs = hub.certs_dir().to_path_buf();
+    let ca = certs.join(pki::CA_CERT);
+    let revoked = pki::issue(&certs, &Identity::instance("revoked-1"), false).unwrap();
+    pki::revoke(&certs, "revoked-1").unwrap();
+    let other = tempfile::tempdir().unwrap();
+    pki::generate_dev_pki(other.path()).unwrap();
+    let foreign = pki::issue(other.path(), &Identity::instance("a"), false).unwrap();
+    let server = pki::CertPaths::for_name(&certs, "server");
+    // Until the reload has picked up crl.pem, the revoked one is accepted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !matches!(
+        tls_attempt(&hub, Some((&revoked.cert, &revoked.key))).await,
+        Attempt::CallFailed(status) if format!("{status:?}").contains("CertificateRevoked")
+    ) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "crl.pem not loaded: {:?}",
+            tls_attempt(&hub, Some((&revoked.cert, &revoked.key))).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    type Case<'a> = (&'a str, Option<(&'a Path, &'a Path)>, &'a str);
+    let cases: [Case; 4] = [
+        ("no certificate", None, "CertificateRequired"),
+        (
+            "another CA's certificate",
+            Some((&foreign.cert, &foreign.key)),
+            "UnknownCA",
+        ),
+        (
+            "a revoked certificate",
+            Some((&revoked.cert, &revoked.key)),
+            "CertificateRevoked",
+        ),
+        (
+            "the server's certificate as a client's",
+            Some((&server.cert, &server.key)),
+            "UnsupportedCertificate",
+        ),
+    ];
+    for (case, identity, alert) in cases {
+        for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
+            let (seen, took) = raw_tls_refusal(hub.addr, &ca, identity, versions).await;
+            let version = format!("{:?}", versions[0].version);
+            assert!(
+                seen.contains(&format!("received fatal alert: {alert}")),
+                "{case} over {version}: expected alert {alert}, saw {seen:?}"
+            );
+            assert!(
+                took < Duration::from_millis(900),
+                "{case} over {version}: the alert took {took:?}"
+            );
+        }
+    }
+}
