@@ -239,6 +239,43 @@ pub(crate) fn retry_after(status: &Status) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// An error and its causes in one line, outermost first, without the
+/// wrappers that add nothing ("transport error"): what went wrong on the
+/// way to the hub — `tcp connect error: Connection refused (os error 111)`,
+/// `received fatal alert: UnknownCA` — rather than Rust debug output.
+pub fn describe_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        // A cause's text is often repeated inside its wrapper's.
+        if !text.is_empty() && text != "transport error" && !parts.iter().any(|p| p.contains(&text))
+        {
+            parts.retain(|p| !text.contains(p.as_str()));
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    if parts.is_empty() {
+        error.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// A status in one line: its code, its message and the transport error
+/// behind it, if any (a TLS alert the hub sent, a refused connection).
+pub fn describe_status(status: &Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(cause) = std::error::Error::source(status) {
+        let cause = describe_error(cause);
+        if !text.contains(&cause) {
+            text.push_str(&format!(" ({cause})"));
+        }
+    }
+    text
+}
+
 /// A new request id: a UUID v4 (random, so no two instances' or calls'
 /// ids meet).
 pub fn new_request_id() -> String {
@@ -305,7 +342,11 @@ impl HubClient {
             tls = tls.domain_name(domain.clone());
         }
         let unavailable = |e: tonic::transport::Error| {
-            Error::Unavailable(format!("cannot connect to {}: {e} ({e:?})", settings.url))
+            Error::Unavailable(format!(
+                "cannot connect to {}: {}",
+                settings.url,
+                describe_error(&e)
+            ))
         };
         let channel = Endpoint::from_shared(settings.url.clone())
             .map_err(|e| Error::invalid("url", e))?

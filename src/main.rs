@@ -71,6 +71,10 @@ struct SettingsArgs {
     /// generated there if it has no ca.pem [server.certs_dir; default certs].
     #[arg(long, value_name = "DIR")]
     certs_dir: Option<String>,
+    /// Generate a development PKI in --certs-dir if it has no ca.pem (done
+    /// without asking only for the default `certs`) [server.init_dev_pki].
+    #[arg(long)]
+    init_dev_pki: bool,
     /// Serve plaintext gRPC without client certificates or API keys.
     /// Development only: anyone who can reach the port can act as any
     /// instance [server.insecure_dev].
@@ -167,6 +171,11 @@ impl SettingsArgs {
             layers.flag(key, flag, value.as_ref());
         }
         layers.flag(
+            "server.init_dev_pki",
+            "--init-dev-pki",
+            self.init_dev_pki.then_some(true),
+        );
+        layers.flag(
             "server.insecure_dev",
             "--insecure-dev",
             self.insecure_dev.then_some(true),
@@ -234,6 +243,10 @@ enum AdminCommand {
         /// Only calls whose method path contains this.
         #[arg(long)]
         rpc: Option<String>,
+        /// Only calls to the hub's services: no reflection (grpcurl's
+        /// lookups), no health checks.
+        #[arg(long)]
+        hub_calls_only: bool,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -467,8 +480,11 @@ enum CertsCommand {
 fn init_tracing(log: &LogSettings) {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours for a terminal only: not escape codes in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if log.json {
         logs.json()
@@ -555,11 +571,23 @@ async fn serve(settings: Settings) -> learning_hub::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
+    let url = args.hub.clone();
     let mut settings = ClientSettings::new(args.hub, &args.certs_dir, &args.operator);
     settings.instance_id = None;
-    let hub = HubClient::connect(&settings).await?;
+    let hub = HubClient::connect(&settings)
+        .await
+        .map_err(|e| unreachable_hub(&url, &args.certs_dir, e))?;
     let failed = |e: tonic::Status| {
-        learning_hub::Error::Unavailable(format!("{:?}: {}", e.code(), e.message()))
+        let detail = learning_hub::client::describe_status(&e);
+        match e.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown => {
+                learning_hub::Error::Unavailable(format!(
+                    "the connection to the hub at {url} failed: {detail}{}",
+                    tls_hint(&detail)
+                ))
+            }
+            _ => learning_hub::Error::Unavailable(format!("the hub at {url} refused: {detail}")),
+        }
     };
     match args.command {
         AdminCommand::Keys { command } => match command {
@@ -572,12 +600,18 @@ async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
                 eprintln!("revoked the API key of {instance_id}");
             }
         },
-        AdminCommand::Audit { caller, rpc, limit } => {
+        AdminCommand::Audit {
+            caller,
+            rpc,
+            hub_calls_only,
+            limit,
+        } => {
             let entries = hub
                 .admin()
                 .query_audit(learning_hub::pb::QueryAuditRequest {
                     caller: caller.unwrap_or_default(),
                     rpc: rpc.unwrap_or_default(),
+                    hub_calls_only,
                     limit,
                     ..Default::default()
                 })
@@ -595,6 +629,57 @@ async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The one line an operator gets when a command cannot reach the hub:
+/// the address tried, what failed, what to check.
+fn unreachable_hub(
+    url: &str,
+    certs_dir: &std::path::Path,
+    e: learning_hub::Error,
+) -> learning_hub::Error {
+    let detail = match &e {
+        learning_hub::Error::Unavailable(detail) => detail
+            .strip_prefix(&format!("cannot connect to {url}: "))
+            .unwrap_or(detail)
+            .to_string(),
+        other => other.to_string(),
+    };
+    if detail.starts_with("cannot read") {
+        // A certificate file: the message names it.
+        return learning_hub::Error::Unavailable(format!(
+            "{detail} (--certs-dir {} must hold ca.pem and the operator's certificate and key)",
+            certs_dir.display()
+        ));
+    }
+    let hint = if detail.contains("Connection refused") || detail.contains("tcp connect") {
+        " — is the hub running there? Start it with `cargo run --release -- serve`; \
+         --hub or LEARNING_HUB_URL sets the address"
+            .to_string()
+    } else {
+        tls_hint(&detail)
+    };
+    learning_hub::Error::Unavailable(format!("cannot reach the hub at {url}: {detail}{hint}"))
+}
+
+/// What a TLS failure between this command and the hub means.
+fn tls_hint(detail: &str) -> String {
+    let hint = if detail.contains("UnknownIssuer") {
+        "the hub's certificate is not signed by the ca.pem in --certs-dir (another PKI?)"
+    } else if detail.contains("UnknownCA") {
+        "the hub does not trust this certificate: it was not issued by the hub's CA"
+    } else if detail.contains("CertificateRevoked") {
+        "the hub has revoked this certificate (crl.pem)"
+    } else if detail.contains("UnsupportedCertificate") {
+        "this is not a client certificate (a server certificate used as a client's?)"
+    } else if detail.contains("CertificateExpired") {
+        "the hub says this certificate has expired or is not valid yet"
+    } else if detail.contains("NotValidForName") {
+        "the hub's certificate does not name the host in --hub"
+    } else {
+        return String::new();
+    };
+    format!(" — {hint}")
 }
 
 async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {

@@ -121,10 +121,15 @@ impl PreparedHub {
         } else {
             if !pki::has_ca(&config.certs_dir) {
                 if !config.generate_dev_pki {
+                    let dir = config.certs_dir.display();
                     return Err(Error::Unavailable(format!(
-                        "no {} in {}",
+                        "no {} in {dir}: the hub needs {}, {} and {} there (is --certs-dir \
+                         mistyped?); to create a development PKI in {dir}, add --init-dev-pki \
+                         or run `learning-hub certs init --certs-dir {dir}`",
                         pki::CA_CERT,
-                        config.certs_dir.display()
+                        pki::CA_CERT,
+                        pki::SERVER_CERT,
+                        pki::SERVER_KEY,
                     )));
                 }
                 pki::generate_dev_pki(&config.certs_dir)?;
@@ -149,6 +154,10 @@ impl PreparedHub {
             tokio::task::spawn_blocking(move || Hub::open(open_store(&dir)?, clock, settings))
                 .await
                 .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+        // The store is open, so this process holds the directory's lock:
+        // the PID written is the holder's (signals name it; a second hub on
+        // the directory is told who holds it).
+        write_pid_file(&config.data_dir);
         let metrics = match config.metrics_listen {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"))
@@ -225,8 +234,18 @@ impl PreparedHub {
             let _ = job.await;
         }
         let flushed = hub.close().await;
+        let _ = std::fs::remove_file(config.data_dir.join(crate::store::PID_FILE));
         tracing::info!("learning hub stopped");
         served.and(flushed)
+    }
+}
+
+/// Writes this process's PID to `hub.pid` in the data directory. A hub
+/// that cannot write it still serves (it is a convenience for signals).
+fn write_pid_file(data_dir: &Path) {
+    let path = data_dir.join(crate::store::PID_FILE);
+    if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the PID file");
     }
 }
 

@@ -137,6 +137,7 @@ pub const KEYS: &[Key] = &[
         ),
         "LEARNING_HUB_METRICS_LISTEN",
     ),
+    key("server", "init_dev_pki", Kind::Bool, "false"),
     key("server", "insecure_dev", Kind::Bool, "false"),
     key("limits", "max_message_bytes", int(1024, 1 << 30), "4194304"),
     key(
@@ -379,6 +380,56 @@ fn parse_text(key: &Key, text: &str, source: &Source) -> Result<toml::Value> {
     check(key, value, source)
 }
 
+/// `LEARNING_HUB_*` variables read by the project's other commands and
+/// clients (`admin`, `simulate`, `bench`, `HubClient`, the example agents),
+/// not by `serve`.
+pub const OTHER_ENV: &[&str] = &["LEARNING_HUB_CONFIG", "LEARNING_HUB_URL"];
+
+/// Every `LEARNING_HUB_*` name this project reads.
+pub fn known_env_names() -> Vec<String> {
+    let mut names: Vec<String> = KEYS
+        .iter()
+        .flat_map(|key| [Some(key.env()), key.legacy_env.map(String::from)])
+        .flatten()
+        .filter(|name| name.starts_with("LEARNING_HUB_"))
+        .chain(OTHER_ENV.iter().map(|name| name.to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// An error for the first `LEARNING_HUB_*` variable no part of the hub
+/// reads — a typo would otherwise be ignored in silence while the same
+/// typo in the file is an error. The prefix is this project's, so a name
+/// under it that nothing reads is a mistake, not another tool's variable.
+fn check_env_names(env: &BTreeMap<String, String>) -> Result<()> {
+    let known = known_env_names();
+    for name in env.keys().filter(|name| name.starts_with("LEARNING_HUB_")) {
+        if known.contains(name) {
+            continue;
+        }
+        // Compared without the shared prefix, which says nothing.
+        let suffix = &name["LEARNING_HUB_".len()..];
+        let nearest = known
+            .iter()
+            .map(|k| (strsim::levenshtein(&k["LEARNING_HUB_".len()..], suffix), k))
+            .min()
+            .filter(|(distance, _)| *distance <= suffix.len().max(3) / 3)
+            .map(|(_, k)| format!("; did you mean {k}?"))
+            .unwrap_or_else(|| {
+                "; the sectioned names are LEARNING_HUB_<SECTION>_<KEY> for each key of \
+                 config/hub.toml"
+                    .into()
+            });
+        return Err(Error::invalid(
+            format!("{name} (environment)"),
+            format!("unknown variable{nearest}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Every key at its built-in default.
     pub fn defaults() -> Self {
@@ -465,6 +516,7 @@ impl Settings {
     }
 
     fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<()> {
+        check_env_names(env)?;
         for (at, key) in KEYS.iter().enumerate() {
             // The sectioned name wins over the older short one.
             let found = [Some(key.env()), key.legacy_env.map(String::from)]
@@ -544,6 +596,14 @@ impl Settings {
             self.string("server", "certs_dir"),
         );
         config.listen = self.listen();
+        // A development PKI is made only where an operator would expect
+        // one: in the default directory, or where they asked. A mistyped
+        // --certs-dir is an error naming the missing ca.pem, not a new CA.
+        config.generate_dev_pki = self.string("server", "certs_dir") == "certs"
+            || matches!(
+                self.entry("server", "init_dev_pki").0,
+                toml::Value::Boolean(true)
+            );
         config.insecure_dev = matches!(
             self.entry("server", "insecure_dev").0,
             toml::Value::Boolean(true)

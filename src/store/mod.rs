@@ -18,7 +18,7 @@ use std::{
 
 use serde::de::DeserializeOwned;
 
-pub use engine::{Engine, KvWrite, MemoryEngine, SledEngine};
+pub use engine::{Engine, KvWrite, MemoryEngine, PID_FILE, SledEngine};
 pub use faults::{Fault, Faults, FaultyEngine, Op};
 
 use crate::domain::idempotency::{RequestKey, RequestRecord};
