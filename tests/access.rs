@@ -488,6 +488,38 @@ async fn every_call_is_audited_allowed_and_denied() {
             .iter()
             .any(|e| e.code == Code::Unauthenticated as i32 && e.caller == "a")
     );
+    // Health checks (and reflection) are audited, and left out on request.
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(hub.operator_channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    let audited = |hub_calls_only| {
+        let op = op.clone();
+        async move {
+            op.admin()
+                .query_audit(pb::QueryAuditRequest {
+                    hub_calls_only,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+        }
+    };
+    let is_health = |e: &pb::AuditEntry| e.rpc.starts_with("/grpc.health.");
+    for _ in 0..50 {
+        if audited(false).await.iter().any(is_health) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(audited(false).await.iter().any(is_health));
+    let hub_calls = audited(true).await;
+    assert!(!hub_calls.iter().any(is_health), "{hub_calls:?}");
+    assert!(hub_calls.iter().any(|e| e.rpc.ends_with("/ShareStrategy")));
 }
 
 #[tokio::test]

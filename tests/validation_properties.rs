@@ -1082,6 +1082,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 caller: "us-east-1".into(),
                 rpc: "ShareStrategy".into(),
                 limit: 50,
+                hub_calls_only: true,
             }
             .encode_to_vec(),
         ),

@@ -619,6 +619,7 @@ pub fn audit_query(req: pb::QueryAuditRequest, now: UnixMillis) -> Result<AuditQ
         until,
         caller: optional(req.caller),
         rpc: optional(req.rpc),
+        hub_calls_only: req.hub_calls_only,
         limit: validate::limit("limit", req.limit, 100, 10_000)?,
     })
 }

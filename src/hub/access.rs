@@ -19,6 +19,8 @@ pub struct AuditQuery {
     pub caller: Option<String>,
     /// Only calls whose method path contains this (e.g. "ShareStrategy").
     pub rpc: Option<String>,
+    /// Only calls to `learninghub.*` services (no reflection, no health).
+    pub hub_calls_only: bool,
     pub limit: usize,
 }
 
@@ -65,6 +67,7 @@ impl Hub {
         tokio::task::spawn_blocking(move || {
             store.audit_between(query.from, query.until, query.limit, |e| {
                 query.caller.as_ref().is_none_or(|c| &e.caller == c)
+                    && (!query.hub_calls_only || e.rpc.starts_with("/learninghub."))
                     && query
                         .rpc
                         .as_ref()
