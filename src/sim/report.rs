@@ -228,6 +228,10 @@ pub fn table(report: &SimReport) -> String {
 pub fn write_json(report: &SimReport, path: &Path) -> Result<()> {
     let json = serde_json::to_string_pretty(report)
         .map_err(|e| Error::Internal(format!("cannot encode the report: {e}")))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+    }
     std::fs::write(path, json)
         .map_err(|e| Error::Unavailable(format!("cannot write {}: {e}", path.display())))
 }
