@@ -23,15 +23,29 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Concurrent HTTP/2 streams (calls) per connection.
     pub max_concurrent_streams: u32,
-    /// Open connections at most.
+    /// Authenticated connections open at most.
     pub max_connections: usize,
+    /// Authenticated connections of one identity at most.
+    pub max_connections_per_identity: usize,
+    /// TLS handshakes in progress at most (within the open files left);
+    /// with no room, one is cut for a new one (`transport::admission`)…
+    pub max_handshakes: usize,
+    /// …first from a source holding more than this many.
+    pub max_handshakes_per_source: usize,
+    /// Open SubscribeInsights streams of one identity at most.
+    pub max_streams_per_identity: usize,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
     /// Unary calls in progress at most, hub-wide; more are refused
     /// with RESOURCE_EXHAUSTED (see `overload`)…
     pub max_in_flight: usize,
     /// …after this pause, so that callers retrying at once cannot spin.
     pub refusal_pause: Duration,
-    /// Time allowed to complete a TLS handshake.
+    /// Time allowed to complete a TLS handshake…
     pub tls_handshake_timeout: Duration,
+    /// …for the rest of a handshake whose hello arrived with more than half
+    /// the handshake budget in use.
+    pub tls_handshake_timeout_under_pressure: Duration,
     /// HTTP/2 ping interval on idle connections, to find dead peers.
     pub http2_keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
@@ -51,9 +65,15 @@ impl Default for Limits {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_streams: 1024,
             max_connections: 10_000,
+            max_connections_per_identity: 64,
+            max_handshakes: 16_384,
+            max_handshakes_per_source: 4096,
+            max_streams_per_identity: 32,
+            idle_timeout: Duration::from_secs(600),
             max_in_flight: 4096,
             refusal_pause: Duration::from_millis(20),
             tls_handshake_timeout: Duration::from_secs(10),
+            tls_handshake_timeout_under_pressure: Duration::from_secs(1),
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
@@ -117,10 +137,20 @@ impl Config {
         if l.max_message_bytes < 1024 {
             return Err(Error::invalid("max_message_bytes", "must be at least 1024"));
         }
-        if l.max_concurrent_streams == 0 || l.max_connections == 0 || l.max_in_flight == 0 {
+        if [
+            l.max_concurrent_streams as usize,
+            l.max_connections,
+            l.max_in_flight,
+            l.max_connections_per_identity,
+            l.max_handshakes,
+            l.max_handshakes_per_source,
+            l.max_streams_per_identity,
+        ]
+        .contains(&0)
+        {
             return Err(Error::invalid(
                 "limits",
-                "stream, connection and in-flight limits must be positive",
+                "stream, connection, handshake and in-flight limits must be positive",
             ));
         }
         if self
@@ -142,5 +172,22 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Limits {
+    /// What the transport enforces of these.
+    pub fn connections(&self) -> crate::transport::ConnectionLimits {
+        crate::transport::ConnectionLimits {
+            handshake_timeout: self.tls_handshake_timeout,
+            handshake_timeout_under_pressure: self.tls_handshake_timeout_under_pressure,
+            max_handshakes: self.max_handshakes,
+            max_handshakes_per_source: self.max_handshakes_per_source,
+            max_connections: self.max_connections,
+            max_connections_per_identity: self.max_connections_per_identity,
+            idle_timeout: self.idle_timeout,
+            refused_certificate_grace: self.refused_certificate_grace,
+            ..crate::transport::ConnectionLimits::default()
+        }
     }
 }

@@ -43,6 +43,11 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
+    /// The caller has used up a limit (open streams, connections): it may
+    /// retry once it has released some.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+
     /// The hub could not finish in time — a write the store did not
     /// confirm within the write timeout. Unlike UNAVAILABLE, the write may
     /// still be applied: a retry must carry the same request id.
@@ -100,6 +105,7 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(detail) => Status::already_exists(detail),
             Error::Unavailable(detail) => Status::unavailable(detail),
             Error::DeadlineExceeded(detail) => Status::deadline_exceeded(detail),
+            Error::ResourceExhausted(detail) => Status::resource_exhausted(detail),
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error; see the hub's log")

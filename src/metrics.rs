@@ -67,6 +67,9 @@ pub struct Metrics {
     stream_catch_ups: Gauge,
     last_insight_sequence: Gauge,
     store_bytes: Gauge,
+    connections_open: Gauge,
+    handshakes_pending: Gauge,
+    handshakes_cut: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -177,6 +180,24 @@ impl Metrics {
             "Approximate size of the sled database on disk",
             store_bytes.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Authenticated connections open (limits.max_connections)",
+            connections_open.clone(),
+        );
+        let handshakes_pending = Gauge::default();
+        registry.register(
+            "handshakes_pending",
+            "Connections in their TLS handshake (limits.max_handshakes)",
+            handshakes_pending.clone(),
+        );
+        let handshakes_cut = Counter::default();
+        registry.register(
+            "handshakes_cut",
+            "TLS handshakes cut to make room for newer ones (the handshake budget was full)",
+            handshakes_cut.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -194,6 +215,9 @@ impl Metrics {
             stream_catch_ups,
             last_insight_sequence,
             store_bytes,
+            connections_open,
+            handshakes_pending,
+            handshakes_cut,
         }
     }
 
@@ -222,6 +246,16 @@ impl Metrics {
         let now = self.shed.get();
         if total > now {
             self.shed.inc_by(total - now);
+        }
+    }
+
+    /// The transport's figures, mirrored at scrape time.
+    pub fn set_transport(&self, open: usize, pending: usize, cut_total: u64) {
+        self.connections_open.set(gauge(open as u64));
+        self.handshakes_pending.set(gauge(pending as u64));
+        let now = self.handshakes_cut.get();
+        if cut_total > now {
+            self.handshakes_cut.inc_by(cut_total - now);
         }
     }
 

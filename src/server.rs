@@ -32,7 +32,7 @@ use crate::pb::{self, hub_server::HubServer};
 use crate::pki;
 use crate::store::Store;
 use crate::tls::{ServerTls, TlsFiles};
-use crate::transport::{self, ConnectionLimits};
+use crate::transport;
 
 /// Serves until `shutdown` resolves, then drains and flushes.
 pub async fn run<F>(listener: TcpListener, config: Config, shutdown: F) -> Result<()>
@@ -202,6 +202,10 @@ impl PreparedHub {
             config
                 .retention_interval
                 .map(|every| crate::jobs::spawn_retention(hub.clone(), every)),
+            Some(crate::jobs::spawn_audit_sampling(
+                hub.clone(),
+                config.hub.audit_sample_window,
+            )),
             tls.clone().map(|tls| {
                 crate::tls::spawn_reloader(tls, config.cert_check_interval, hub.shutdown_signal())
             }),
@@ -210,6 +214,9 @@ impl PreparedHub {
         .flatten()
         .collect();
         let shedder = Shedder::new(config.limits.max_in_flight, config.limits.refusal_pause);
+        let fd_limit = transport::admission::raise_fd_limit();
+        tracing::debug!(fd_limit, "open files limit");
+        let admission = transport::Admission::new(config.limits.connections(), fd_limit);
         let (metrics_stop, metrics_stopped) = watch::channel(false);
         let metrics_task = metrics.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
@@ -217,13 +224,25 @@ impl PreparedHub {
             }
             let hub = hub.clone();
             let shedder = shedder.clone();
+            let admission = admission.clone();
             let page = move || {
                 hub.metrics().set_shed_total(shedder.shed());
+                hub.metrics()
+                    .set_transport(admission.open(), admission.pending(), admission.cut());
                 hub.render_metrics()
             };
             tokio::spawn(crate::metrics::serve(listener, page, metrics_stopped))
         });
-        let served = serve(listener, &config, hub.clone(), tls, shedder, shutdown).await;
+        let served = serve(
+            listener,
+            &config,
+            hub.clone(),
+            tls,
+            shedder,
+            admission,
+            shutdown,
+        )
+        .await;
         metrics_stop.send_replace(true);
         if let Some(task) = metrics_task {
             let _ = task.await;
@@ -255,6 +274,7 @@ async fn serve<F>(
     hub: Arc<Hub>,
     tls: Option<ServerTls>,
     shedder: Arc<Shedder>,
+    admission: Arc<transport::Admission>,
     shutdown: F,
 ) -> Result<()>
 where
@@ -278,11 +298,8 @@ where
     let incoming = transport::incoming(
         listener,
         tls.as_ref().map(ServerTls::subscribe),
-        ConnectionLimits {
-            handshake_timeout: limits.tls_handshake_timeout,
-            max_connections: limits.max_connections,
-            refused_certificate_grace: limits.refused_certificate_grace,
-        },
+        admission.clone(),
+        Some(crate::hub::connection_refusals(&hub)),
         stop_rx,
     );
     tracing::info!(
@@ -321,7 +338,11 @@ where
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(HubService::new(hub.clone(), compute).into_server(limits.max_message_bytes))
+        .add_service(
+            HubService::new(hub.clone(), compute)
+                .with_stream_limit(limits.max_streams_per_identity)
+                .into_server(limits.max_message_bytes),
+        )
         .add_service(AdminService::new(hub).into_server(limits.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, signal);
 

@@ -147,6 +147,26 @@ pub const KEYS: &[Key] = &[
         "1024",
     ),
     key("limits", "max_connections", int(1, 10_000_000), "10000"),
+    key(
+        "limits",
+        "max_connections_per_identity",
+        int(1, 10_000_000),
+        "64",
+    ),
+    key("limits", "max_handshakes", int(1, 10_000_000), "16384"),
+    key(
+        "limits",
+        "max_handshakes_per_source",
+        int(1, 10_000_000),
+        "4096",
+    ),
+    key(
+        "limits",
+        "max_streams_per_identity",
+        int(1, 10_000_000),
+        "32",
+    ),
+    key("limits", "idle_timeout_seconds", int(1, 86_400 * 7), "600"),
     legacy(
         key("limits", "max_in_flight", int(1, 10_000_000), "4096"),
         "LEARNING_HUB_MAX_IN_FLIGHT",
@@ -157,6 +177,12 @@ pub const KEYS: &[Key] = &[
         "tls_handshake_timeout_seconds",
         int(1, 3600),
         "10",
+    ),
+    key(
+        "limits",
+        "tls_handshake_timeout_under_pressure_ms",
+        int(10, 3_600_000),
+        "1000",
     ),
     key("limits", "keepalive_interval_seconds", int(1, 86_400), "30"),
     key("limits", "keepalive_timeout_seconds", int(1, 3600), "10"),
@@ -201,6 +227,7 @@ pub const KEYS: &[Key] = &[
     key("hub", "writer_queue", int(1, 1 << 24), "4096"),
     key("hub", "max_batch", int(1, 1 << 20), "512"),
     key("hub", "write_timeout_seconds", int(1, 3600), "10"),
+    key("hub", "audit_sample_window_seconds", int(1, 86_400), "60"),
     key(
         "retention",
         "interval_minutes",
@@ -614,6 +641,15 @@ impl Settings {
         limits.max_message_bytes = self.unsigned("limits", "max_message_bytes");
         limits.max_concurrent_streams = self.unsigned("limits", "max_concurrent_streams");
         limits.max_connections = self.unsigned("limits", "max_connections");
+        limits.max_connections_per_identity =
+            self.unsigned("limits", "max_connections_per_identity");
+        limits.max_handshakes = self.unsigned("limits", "max_handshakes");
+        limits.max_handshakes_per_source = self.unsigned("limits", "max_handshakes_per_source");
+        limits.max_streams_per_identity = self.unsigned("limits", "max_streams_per_identity");
+        limits.idle_timeout = self.seconds("limits", "idle_timeout_seconds");
+        limits.tls_handshake_timeout_under_pressure = Duration::from_millis(
+            self.unsigned("limits", "tls_handshake_timeout_under_pressure_ms"),
+        );
         limits.max_in_flight = self.unsigned("limits", "max_in_flight");
         limits.refusal_pause = Duration::from_millis(self.unsigned("limits", "refusal_pause_ms"));
         limits.tls_handshake_timeout = self.seconds("limits", "tls_handshake_timeout_seconds");
@@ -640,6 +676,7 @@ impl Settings {
         hub.writer_queue = self.unsigned("hub", "writer_queue");
         hub.max_batch = self.unsigned("hub", "max_batch");
         hub.write_timeout = self.seconds("hub", "write_timeout_seconds");
+        hub.audit_sample_window = self.seconds("hub", "audit_sample_window_seconds");
         let retention = &mut hub.retention;
         retention.pattern_days = self.int("retention", "pattern_days");
         retention.unconfirmed_pattern_days = self.int("retention", "unconfirmed_pattern_days");

@@ -16,34 +16,48 @@
 //! connections only. An open connection's client certificate is checked
 //! again against each new material: once it would be refused (revoked,
 //! its CA removed), every further call on the connection is refused with
-//! the reason ([`PeerInfo::check_certificate`], applied by the auth layer)
+//! the reason ([`PeerInfo::check_admitted`], applied by the auth layer)
 //! and, after a grace period that lets the client read that reason, the
 //! connection is closed, which also ends its streams.
+//!
+//! What a connection may hold is decided in [`admission`]: handshakes
+//! draw from their own budget, and when it is full the oldest pending one
+//! is cut, so sockets that never finish a handshake cannot starve the
+//! clients that do; authenticated connections have their own budget and a
+//! cap per identity. A connection with no call in progress for
+//! `idle_timeout` is closed.
 
 use std::{
     future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch},
+    sync::{Semaphore, mpsc, watch},
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 use crate::auth::identity::Identity;
 use crate::error::{Error, Result};
 use crate::log_limit::LogLimit;
+
+pub mod admission;
 use crate::tls::TlsMaterial;
+pub use admission::Admission;
+use admission::{ConnectionSlot, Refused};
 
 /// What the transport learned about a peer.
 #[derive(Debug, Clone)]
@@ -63,13 +77,34 @@ pub struct PeerInfo {
     pub identity: PeerIdentity,
     /// The verified client certificate (TLS connections).
     pub certificate: Option<PeerCertificate>,
+    /// Set when the connection was refused a slot (its identity holds its
+    /// share of connections): every call on it is refused with this, and
+    /// it closes after a moment.
+    pub over_limit: Option<String>,
+    /// Calls in progress on the connection, and when the last one ended.
+    pub activity: Arc<Activity>,
 }
 
 impl PeerInfo {
-    /// UNAUTHENTICATED, with the reason, once the TLS material the hub
-    /// has loaded since this connection's handshake refuses its client
-    /// certificate.
-    pub fn check_certificate(&self) -> Result<()> {
+    /// A plaintext or test connection's facts.
+    pub fn new(remote_addr: Option<SocketAddr>, identity: PeerIdentity) -> Self {
+        PeerInfo {
+            remote_addr,
+            identity,
+            certificate: None,
+            over_limit: None,
+            activity: Arc::default(),
+        }
+    }
+
+    /// Whether calls on this connection are still accepted:
+    /// RESOURCE_EXHAUSTED when the connection was refused a slot, and
+    /// UNAUTHENTICATED, with the reason, once the TLS material the hub has
+    /// loaded since the handshake refuses its client certificate.
+    pub fn check_admitted(&self) -> Result<()> {
+        if let Some(why) = &self.over_limit {
+            return Err(Error::ResourceExhausted(why.clone()));
+        }
         match &self.certificate {
             Some(certificate) => match certificate.refusal() {
                 Some(why) => Err(Error::Unauthenticated(format!(
@@ -80,6 +115,68 @@ impl PeerInfo {
             },
             None => Ok(()),
         }
+    }
+
+    /// Marks a call in progress until the guard is dropped (a connection
+    /// with a call in progress is not idle).
+    pub fn begin_call(&self) -> CallGuard {
+        self.activity.calls.fetch_add(1, Ordering::Relaxed);
+        CallGuard {
+            activity: self.activity.clone(),
+        }
+    }
+
+    /// The serial of the client certificate ("" without one).
+    pub fn serial(&self) -> &str {
+        self.certificate.as_ref().map_or("", |c| c.serial.as_str())
+    }
+}
+
+/// What a connection is doing, for its idle timeout.
+#[derive(Debug)]
+pub struct Activity {
+    calls: AtomicUsize,
+    /// Milliseconds after `EPOCH` when the last call ended (or the
+    /// connection opened).
+    last: AtomicU64,
+}
+
+/// The transport's own time origin for idle accounting.
+fn since_epoch() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            calls: AtomicUsize::new(0),
+            last: AtomicU64::new(since_epoch()),
+        }
+    }
+}
+
+impl Activity {
+    /// How long the connection has been without a call (zero while one is
+    /// in progress).
+    fn idle_for(&self) -> Duration {
+        if self.calls.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(since_epoch().saturating_sub(self.last.load(Ordering::Relaxed)))
+    }
+}
+
+/// A call in progress; see [`PeerInfo::begin_call`].
+#[derive(Debug)]
+pub struct CallGuard {
+    activity: Arc<Activity>,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.activity.last.store(since_epoch(), Ordering::Relaxed);
+        self.activity.calls.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -109,15 +206,55 @@ impl PeerCertificate {
 /// Limits on connections before and while they are trusted.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// A TLS handshake not finished within this is dropped.
+    /// A TLS handshake not finished within this is dropped…
     pub handshake_timeout: Duration,
-    /// Open connections at most; further peers wait in the listen backlog.
+    /// …and one whose ClientHello arrived with more than half the
+    /// handshake budget in use has this for the rest.
+    pub handshake_timeout_under_pressure: Duration,
+    /// Handshakes in progress at most (and never more than the open files
+    /// left allow); with no room, one is cut for the new one (`admission`).
+    pub max_handshakes: usize,
+    /// A source with more handshakes in progress than this is the first to
+    /// give one up when there is no room.
+    pub max_handshakes_per_source: usize,
+    /// Authenticated connections open at most; one more is closed after
+    /// its handshake.
     pub max_connections: usize,
+    /// Authenticated connections of one identity at most; one more has
+    /// its calls refused (RESOURCE_EXHAUSTED) and closes after
+    /// `over_limit_grace`.
+    pub max_connections_per_identity: usize,
+    /// A connection with no call in progress for this long is closed.
+    pub idle_timeout: Duration,
     /// How long a connection whose client certificate was refused by a
     /// reload stays open (its calls refused with the reason) before it is
     /// closed.
     pub refused_certificate_grace: Duration,
+    /// How long a connection over its identity's cap stays open (its calls
+    /// refused with the reason) before it is closed.
+    pub over_limit_grace: Duration,
 }
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout_under_pressure: Duration::from_secs(1),
+            max_handshakes: 16_384,
+            max_handshakes_per_source: 4096,
+            max_connections: 10_000,
+            max_connections_per_identity: 64,
+            idle_timeout: Duration::from_secs(600),
+            refused_certificate_grace: Duration::from_secs(5),
+            over_limit_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Told of each connection the transport refused after its handshake
+/// (over a budget or a cap), with the peer's facts and why — for the
+/// audit log.
+pub type RefusalSink = Arc<dyn Fn(&PeerInfo, &str) + Send + Sync>;
 
 /// Resolves, with the reason, when the connection must close.
 type Closing = Pin<Box<dyn Future<Output = String> + Send>>;
@@ -132,8 +269,43 @@ pub struct Connection {
     closing: Option<Closing>,
     /// Set when `closing` resolved: every later read and write fails.
     closed: Option<String>,
-    /// Frees a connection slot when the connection is dropped.
-    _slot: OwnedSemaphorePermit,
+    /// Closes the connection once it has had no call for the idle timeout.
+    idle: Option<IdleWatch>,
+    /// Frees the connection's slots when it is dropped.
+    _slot: Option<ConnectionSlot>,
+}
+
+/// The timer of a connection's idle timeout, polled with its I/O.
+struct IdleWatch {
+    activity: Arc<Activity>,
+    timeout: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleWatch {
+    fn new(activity: Arc<Activity>, timeout: Duration) -> Self {
+        IdleWatch {
+            activity,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// The reason to close, once the connection has been idle long enough.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Option<String> {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let idle = self.activity.idle_for();
+            if idle >= self.timeout {
+                return Some(format!(
+                    "closed after {} s without a call (limits.idle_timeout_seconds)",
+                    self.timeout.as_secs()
+                ));
+            }
+            let next = tokio::time::Instant::now() + (self.timeout - idle);
+            self.timer.as_mut().reset(next);
+        }
+        None
+    }
 }
 
 impl Connection {
@@ -147,6 +319,12 @@ impl Connection {
                     self.closing = None;
                     self.closed = Some(why);
                 }
+            }
+        }
+        if self.closed.is_none() {
+            if let Some(why) = self.idle.as_mut().and_then(|idle| idle.poll(cx)) {
+                tracing::debug!(peer = ?self.info.remote_addr, "{why}");
+                self.closed = Some(why);
             }
         }
         match &self.closed {
@@ -245,25 +423,22 @@ impl AsyncWrite for Connection {
 
 /// Accepts connections until `shutdown` turns true (or the receiver of the
 /// returned stream is dropped). With `tls`, only peers that complete a
-/// mutual-TLS handshake within the timeout are yielded.
+/// mutual-TLS handshake within their deadline, and get a connection slot,
+/// are yielded; `refusals` hears of those refused a slot.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<watch::Receiver<Arc<TlsMaterial>>>,
-    limits: ConnectionLimits,
+    admission: Arc<Admission>,
+    refusals: Option<RefusalSink>,
     mut shutdown: watch::Receiver<bool>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let limits = *admission.limits();
+    // Refused handshakes linger a moment so their client reads the alert;
+    // past this many at once, they close at once.
+    let lingering = Arc::new(Semaphore::new(256));
     tokio::spawn(async move {
         loop {
-            let slot = tokio::select! {
-                () = stopped(&mut shutdown) => break,
-                _ = tx.closed() => break,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-            };
             let (socket, remote_addr) = tokio::select! {
                 () = stopped(&mut shutdown) => break,
                 _ = tx.closed() => break,
@@ -284,17 +459,13 @@ pub fn incoming(
             let tx = tx.clone();
             match &tls {
                 None => {
-                    let info = PeerInfo {
-                        remote_addr: Some(remote_addr),
-                        identity: PeerIdentity::Plaintext,
-                        certificate: None,
-                    };
                     let connection = Connection {
                         stream: Stream::Plain(socket),
-                        info,
+                        info: PeerInfo::new(Some(remote_addr), PeerIdentity::Plaintext),
                         closing: None,
                         closed: None,
-                        _slot: slot,
+                        idle: None,
+                        _slot: None,
                     };
                     let _ = tx.send(Ok(connection)).await;
                 }
@@ -303,21 +474,75 @@ pub fn incoming(
                     // connection's watch wakes only for later ones.
                     let mut materials = materials.clone();
                     let material = materials.borrow_and_update().clone();
+                    // A second handle on the socket, for the budget to see
+                    // whether the client has spoken (a dup of the
+                    // descriptor, closed once its hello is read).
+                    let probe = std::os::fd::AsFd::as_fd(&socket)
+                        .try_clone_to_owned()
+                        .ok()
+                        .map(std::net::TcpStream::from);
+                    let ticket = admission.handshake(remote_addr.ip(), probe);
+                    let admission = admission.clone();
+                    let lingering = lingering.clone();
+                    let refusals = refusals.clone();
                     tokio::spawn(async move {
-                        let acceptor = TlsAcceptor::from(material.server_config());
-                        let handshake = acceptor.accept(socket).into_fallible();
-                        match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                        let mut ticket = ticket;
+                        let deadline = tokio::time::Instant::now() + ticket.deadline;
+                        // The hello first: once it is in, this handshake is
+                        // not among the first to be cut (`admission`).
+                        let greeter = ticket.greeter();
+                        let handshake = async {
+                            let mut hello = tokio_rustls::LazyConfigAcceptor::new(
+                                rustls::server::Acceptor::default(),
+                                socket,
+                            );
+                            let start = match tokio::time::timeout_at(deadline, &mut hello).await {
+                                Ok(Ok(start)) => start,
+                                Ok(Err(error)) => return Ok(Err((error, hello.take_io()))),
+                                Err(elapsed) => return Err(elapsed),
+                            };
+                            // Under pressure, what is left of the handshake
+                            // gets the short deadline.
+                            let deadline = match greeter.greeted() {
+                                Some(left) => deadline.min(tokio::time::Instant::now() + left),
+                                None => deadline,
+                            };
+                            let rest = start.into_stream(material.server_config()).into_fallible();
+                            tokio::time::timeout_at(deadline, rest)
+                                .await
+                                .map(|done| done.map_err(|(error, socket)| (error, Some(socket))))
+                        };
+                        let done = tokio::select! {
+                            done = handshake => done,
+                            _ = &mut ticket.cut => {
+                                log_cut_handshake(remote_addr, &admission);
+                                return;
+                            }
+                        };
+                        drop(ticket);
+                        match done {
                             Ok(Ok(stream)) => {
-                                let connection =
-                                    authenticated(stream, remote_addr, materials, limits, slot);
-                                let _ = tx.send(Ok(connection)).await;
+                                let connection = authenticated(
+                                    stream,
+                                    remote_addr,
+                                    materials,
+                                    limits,
+                                    &admission,
+                                    refusals.as_ref(),
+                                );
+                                if let Some(connection) = connection {
+                                    let _ = tx.send(Ok(connection)).await;
+                                }
                             }
                             Ok(Err((error, socket))) => {
                                 log_refused_handshake(remote_addr, &error);
                                 // The alert is written; let the client read it
                                 // before the socket goes.
-                                drop(slot);
-                                linger(socket).await;
+                                if let (Some(socket), Ok(_lingering)) =
+                                    (socket, lingering.try_acquire_owned())
+                                {
+                                    linger(socket).await;
+                                }
                             }
                             Err(_) => tracing::debug!(%remote_addr, "TLS handshake timed out"),
                         }
@@ -331,15 +556,17 @@ pub fn incoming(
 }
 
 /// The connection a completed mutual-TLS handshake yields: the identity
-/// and serial read from the client certificate, and a watch that closes
-/// it once a reloaded material refuses that certificate.
+/// and serial read from the client certificate, its slots, a watch that
+/// closes it once a reloaded material refuses that certificate, and its
+/// idle timer. `None` when every connection slot is taken.
 fn authenticated(
     stream: TlsStream<TcpStream>,
     remote_addr: SocketAddr,
     materials: watch::Receiver<Arc<TlsMaterial>>,
     limits: ConnectionLimits,
-    slot: OwnedSemaphorePermit,
-) -> Connection {
+    admission: &Arc<Admission>,
+    refusals: Option<&RefusalSink>,
+) -> Option<Connection> {
     let identity = peer_identity(&stream);
     let chain: Vec<CertificateDer<'static>> = stream
         .get_ref()
@@ -354,25 +581,93 @@ fn authenticated(
             crate::pki::certificate_serial(leaf).unwrap_or_else(|| "unknown".into()),
         )
     });
-    let closing = certificate.clone().map(|certificate| {
-        Box::pin(watch_certificate(
-            materials,
-            chain,
-            certificate,
-            identity.clone(),
-            limits.refused_certificate_grace,
-        )) as Closing
-    });
-    Connection {
+    let mut info = PeerInfo::new(Some(remote_addr), identity.clone());
+    info.certificate = certificate.clone();
+    // Connections are counted by the identity the certificate proves, or
+    // by the certificate itself when it proves none.
+    let owner = match &identity {
+        PeerIdentity::Verified(identity) => identity.to_string(),
+        _ => format!("certificate {}", info.serial()),
+    };
+    let (slot, closing) = match admission.connection(&owner) {
+        Ok(slot) => {
+            let closing = certificate.clone().map(|certificate| {
+                Box::pin(watch_certificate(
+                    materials,
+                    chain,
+                    certificate,
+                    identity,
+                    limits.refused_certificate_grace,
+                )) as Closing
+            });
+            (Some(slot), closing)
+        }
+        Err(Refused::IdentityFull(cap)) => {
+            // Served just long enough to tell its calls why.
+            let why = format!(
+                "{owner} already has {cap} connections open to this hub \
+                 (limits.max_connections_per_identity); close some or reuse one"
+            );
+            log_refused_connection(remote_addr, &why);
+            if let Some(sink) = refusals {
+                sink(&info, &why);
+            }
+            info.over_limit = Some(why.clone());
+            let grace = limits.over_limit_grace;
+            let closing = Box::pin(async move {
+                tokio::time::sleep(grace).await;
+                why
+            }) as Closing;
+            (None, Some(closing))
+        }
+        Err(Refused::Full(max)) => {
+            let why = format!(
+                "all {max} connection slots are taken (limits.max_connections); closed after \
+                 the handshake"
+            );
+            log_refused_connection(remote_addr, &why);
+            if let Some(sink) = refusals {
+                sink(&info, &why);
+            }
+            return None;
+        }
+    };
+    Some(Connection {
         stream: Stream::Tls(Box::new(stream)),
-        info: PeerInfo {
-            remote_addr: Some(remote_addr),
-            identity,
-            certificate,
-        },
+        idle: Some(IdleWatch::new(info.activity.clone(), limits.idle_timeout)),
+        info,
         closing,
         closed: None,
         _slot: slot,
+    })
+}
+
+/// Handshakes cut to make room and connections refused a slot: logged at
+/// `warn` like refused handshakes, each kind under its own limit.
+static CUT_HANDSHAKES: LogLimit = LogLimit::new(3, Duration::from_secs(10));
+static REFUSED_CONNECTIONS: LogLimit = LogLimit::new(10, Duration::from_secs(1));
+
+fn log_cut_handshake(remote_addr: SocketAddr, admission: &Admission) {
+    if let Some(held_back) = CUT_HANDSHAKES.admit() {
+        tracing::warn!(
+            peer = %remote_addr,
+            pending = admission.pending(),
+            cut_since_start = admission.cut(),
+            more_cut_since_last_line = held_back,
+            "TLS handshake cut to make room for a newer one: the handshake budget \
+             (limits.max_handshakes, limits.max_handshakes_per_source) is full"
+        );
+    }
+}
+
+fn log_refused_connection(remote_addr: SocketAddr, why: &str) {
+    if let Some(held_back) = REFUSED_CONNECTIONS.admit() {
+        tracing::warn!(
+            peer = %remote_addr,
+            reason = why,
+            more_refused_since_last_line = held_back,
+            "connection refused"
+        );
     }
 }
 
@@ -382,6 +677,14 @@ fn authenticated(
 static REFUSED_HANDSHAKES: LogLimit = LogLimit::new(10, Duration::from_secs(1));
 
 fn log_refused_handshake(remote_addr: SocketAddr, error: &io::Error) {
+    // A client that went away mid-handshake was not refused.
+    if matches!(
+        error.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    ) {
+        tracing::debug!(peer = %remote_addr, %error, "client left during the TLS handshake");
+        return;
+    }
     let Some(held_back) = REFUSED_HANDSHAKES.admit() else {
         return;
     };
