@@ -53,6 +53,7 @@ pub mod log_limit;
 pub mod metrics;
 pub mod overload;
 pub mod pki;
+pub mod schema;
 pub mod server;
 pub mod settings;
 pub mod sim;

@@ -67,9 +67,19 @@ impl<U: Message + Default> Decoder for HubDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let name = std::any::type_name::<U>();
+        let name = name.rsplit("::").next().unwrap_or(name);
+        // Count repeated fields on the wire first: a request of 4 MiB can
+        // hold 270 000 map entries, which would cost every caller's
+        // threads far more to decode than to refuse.
+        if let Err(why) = crate::schema::check_repeated(
+            name,
+            bytes::Buf::chunk(buf),
+            crate::schema::MAX_WIRE_ENTRIES,
+        ) {
+            return Err(Status::invalid_argument(why));
+        }
         self.inner.decode(buf).map_err(|status| {
-            let name = std::any::type_name::<U>();
-            let name = name.rsplit("::").next().unwrap_or(name);
             Status::invalid_argument(format!(
                 "the message is not a valid {name}: {}",
                 status.message()
