@@ -28,6 +28,15 @@ pub fn spawn_retention(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
     })
 }
 
+/// Writes the audit sampler's ended windows every `every` until the hub
+/// shuts down (the rest are written by `Hub::close`).
+pub fn spawn_audit_sampling(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
+    spawn_periodic(hub, every, "audit sampling", |hub| async move {
+        hub.flush_audit_samples();
+        Ok(())
+    })
+}
+
 fn spawn_periodic<F, Fut>(
     hub: Arc<Hub>,
     every: Duration,

@@ -247,6 +247,9 @@ enum AdminCommand {
         /// lookups), no health checks.
         #[arg(long)]
         hub_calls_only: bool,
+        /// Only calls by this role: instance, operator or unknown.
+        #[arg(long)]
+        role: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -604,6 +607,7 @@ async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
             caller,
             rpc,
             hub_calls_only,
+            role,
             limit,
         } => {
             let entries = hub
@@ -612,6 +616,7 @@ async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
                     caller: caller.unwrap_or_default(),
                     rpc: rpc.unwrap_or_default(),
                     hub_calls_only,
+                    role: role.unwrap_or_default(),
                     limit,
                     ..Default::default()
                 })
@@ -622,8 +627,21 @@ async fn admin(args: AdminArgs) -> learning_hub::Result<()> {
             for e in entries {
                 let at = e.at.map(|t| t.to_string()).unwrap_or_default();
                 println!(
-                    "{} {at} {} {:?} {} code={} bytes={}",
-                    e.sequence, e.role, e.caller, e.rpc, e.code, e.request_bytes
+                    "{} {at} {} {:?} {} code={} bytes={} count={} peer={} serial={}{}",
+                    e.sequence,
+                    e.role,
+                    e.caller,
+                    e.rpc,
+                    e.code,
+                    e.request_bytes,
+                    e.count,
+                    e.peer,
+                    e.certificate_serial,
+                    if e.path.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" path={:?}", e.path)
+                    }
                 );
             }
         }

@@ -546,16 +546,7 @@ pub fn renew_server(dir: &Path) -> Result<String> {
 /// as `<name>.pem` and `<name>.key`. Refuses to overwrite existing files
 /// unless `overwrite`.
 pub fn issue(dir: &Path, identity: &Identity, overwrite: bool) -> Result<CertPaths> {
-    crate::validate::name("name", &identity.name)?;
-    if ["ca", "server"].contains(&identity.name.as_str()) {
-        return Err(Error::invalid(
-            "name",
-            format!(
-                "{:?} is reserved for the hub's own certificate files",
-                identity.name
-            ),
-        ));
-    }
+    crate::auth::identity::check_name(identity.role, &identity.name)?;
     let paths = CertPaths::for_name(dir, &identity.name);
     if !overwrite && (paths.cert.exists() || paths.key.exists()) {
         return Err(Error::FailedPrecondition(format!(

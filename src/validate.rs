@@ -24,7 +24,7 @@ pub const MAX_LIST_ITEMS: usize = 32;
 /// Shows the start of a rejected value, escaped, in at most 40 characters
 /// (plus quotes and an ellipsis), so an error message never echoes a
 /// megabyte back — nor 40 characters that each escape to ten.
-fn preview(value: &str) -> String {
+pub fn preview(value: &str) -> String {
     const MAX: usize = 40;
     let (mut shown, mut width) = (String::new(), 0);
     for c in value.chars() {

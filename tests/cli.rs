@@ -105,16 +105,26 @@ fn certs_issue_writes_identity_certificates() {
         ("a b", "may only contain"),
         ("server", "reserved"),
         ("ca", "reserved"),
+        // `crl` would write a certificate into crl.pem and block
+        // revocation; an instance `operator` would pass for the operator.
+        ("crl", "reserved"),
+        ("operator", "reserved"),
+        (".", "not a name"),
+        ("..", "not a name"),
     ] {
         let refused = certs(dir, &["issue", bad]);
         assert!(!refused.status.success(), "{bad:?} must be refused");
         assert!(
-            stderr(&refused).contains("name") && stderr(&refused).contains(why),
+            stderr(&refused).contains("instance id") && stderr(&refused).contains(why),
             "{bad:?}: says why: {}",
             stderr(&refused)
         );
     }
     assert!(!dir.join("a b.pem").exists());
+    assert!(!dir.join("...pem").exists() && !dir.join("crl.pem").exists());
+    // Operators may be called `operator` (the default one is), not `crl`.
+    let refused = certs(dir, &["issue", "crl", "--operator"]);
+    assert!(stderr(&refused).contains("operator name") && stderr(&refused).contains("reserved"));
 
     // Without a CA there is nothing to sign with.
     let empty = tempfile::tempdir().unwrap();

@@ -711,15 +711,19 @@ async fn writes_a_recovering_engine_dropped_are_put_back() {
     let hub = open(&store);
     register_in_process(&hub, "i1").await;
     let audit = access_control(&hub);
-    audit.audit(AuditEntry {
-        sequence: 0,
-        at: EPOCH,
-        caller: "i1".into(),
-        role: "instance".into(),
-        rpc: "/learninghub.v1.Hub/GetStatus".into(),
-        code: 0,
-        request_bytes: 5,
-    });
+    audit.audit(
+        AuditEntry {
+            sequence: 0,
+            at: EPOCH,
+            caller: "i1".into(),
+            role: "instance".into(),
+            rpc: "/learninghub.v1.Hub/GetStatus".into(),
+            code: 0,
+            request_bytes: 5,
+            ..Default::default()
+        },
+        false,
+    );
     // Let it be applied (but not flushed) before the disk fills.
     tokio::time::sleep(Duration::from_millis(50)).await;
     faults.inject(Op::Apply, Fault::DiskFull);
@@ -937,15 +941,19 @@ async fn audit_entries_behind_a_stalled_disk_are_bounded_and_counted() {
 
     let sent = WAITING_AT_MOST + 2_000;
     for _ in 0..sent {
-        audit.audit(AuditEntry {
-            sequence: 0,
-            at: EPOCH,
-            caller: "i1".into(),
-            role: "instance".into(),
-            rpc: "/learninghub.v1.Hub/GetStatus".into(),
-            code: 0,
-            request_bytes: 5,
-        });
+        audit.audit(
+            AuditEntry {
+                sequence: 0,
+                at: EPOCH,
+                caller: "i1".into(),
+                role: "instance".into(),
+                rpc: "/learninghub.v1.Hub/GetStatus".into(),
+                code: 0,
+                request_bytes: 5,
+                ..Default::default()
+            },
+            false,
+        );
     }
     // The stalled batch took at least one entry and at most a batch, the
     // queue holds `QUEUE`, at most `WAITING_AT_MOST` wait: the rest dropped.

@@ -183,6 +183,12 @@ async fn register_under_another_identity_is_denied() {
 /// Writes `name.pem`/`name.key` into `dir`: a client certificate signed by
 /// the hub's CA with only a DNS SAN, i.e. no hub identity.
 fn issue_without_identity(certs_dir: &Path, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let san = SanType::DnsName(format!("{name}.example.com").try_into().unwrap());
+    issue_with_san(certs_dir, dir, name, san)
+}
+
+/// Like [`issue_without_identity`], with the subject alternative name `san`.
+fn issue_with_san(certs_dir: &Path, dir: &Path, name: &str, san: SanType) -> (PathBuf, PathBuf) {
     let ca_key =
         KeyPair::from_pem(&String::from_utf8(read(certs_dir.join(pki::CA_KEY))).unwrap()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(
@@ -193,9 +199,7 @@ fn issue_without_identity(certs_dir: &Path, dir: &Path, name: &str) -> (PathBuf,
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, name);
-    params.subject_alt_names = vec![SanType::DnsName(
-        format!("{name}.example.com").try_into().unwrap(),
-    )];
+    params.subject_alt_names = vec![san];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = date_time_ymd(2020, 1, 1);
     params.not_after = date_time_ymd(2100, 1, 1);
@@ -259,6 +263,43 @@ async fn certificate_without_hub_identity_is_denied() {
     tls_attempt(&hub, Some((&server.cert, &server.key)))
         .await
         .assert_refused_by_transport(&["UnsupportedCertificate"]);
+}
+
+/// 4b. A certificate the CA signed for a name no instance may have — `.`,
+/// `..`, or one reserved for the hub's files and the operator — carries no
+/// hub identity either (`certs issue` refuses these names; another CA
+/// tool might not).
+#[tokio::test]
+async fn certificates_naming_reserved_or_dot_instances_are_denied() {
+    let hub = TestHub::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let ca = hub.certs_dir().join(pki::CA_CERT);
+    for (file, id) in [
+        ("dot", "."),
+        ("dotdot", ".."),
+        ("op", "operator"),
+        ("crl", "crl"),
+    ] {
+        let uri = format!("spiffe://learning-hub/instance/{id}");
+        let (cert, key) = issue_with_san(
+            hub.certs_dir(),
+            scratch.path(),
+            file,
+            SanType::URI(uri.clone().try_into().unwrap()),
+        );
+        let channel = Endpoint::from_shared(hub.url())
+            .unwrap()
+            .tls_config(tls_config(&ca, Some((&cert, &key))))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let status = pb::hub_client::HubClient::new(channel)
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{uri}: {status:?}");
+    }
 }
 
 /// 5. Operators read everything and share nothing.

@@ -142,6 +142,8 @@ impl Violations {
 fn name_like() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => "[A-Za-z0-9._:-]{1,12}",
+        1 => prop_oneof![Just("."), Just(".."), Just("operator"), Just("crl"), Just("ca")]
+            .prop_map(String::from),
         2 => "[a-z]{126,130}",
         1 => Just(String::new()),
         2 => ("[a-z]{0,6}", "[ /é\n\t+*#]", "[a-z]{0,6}").prop_map(|(a, b, c)| format!("{a}{b}{c}")),
@@ -610,7 +612,7 @@ impl AccessControl for FakeAccess {
         if self.exhausted { Err(30) } else { Ok(()) }
     }
 
-    fn audit(&self, entry: AuditEntry) {
+    fn audit(&self, entry: AuditEntry, _sampled: bool) {
         self.audit.lock().unwrap().push(entry);
     }
 
@@ -705,7 +707,7 @@ proptest! {
                 Key::Missing => {}
             }
             let mut request = request.body(Body::empty()).unwrap();
-            request.extensions_mut().insert(PeerInfo { remote_addr: None, identity: identity.clone(), certificate: None });
+            request.extensions_mut().insert(PeerInfo::new(None, identity.clone()));
 
             let response = runtime.block_on(service.call(request)).unwrap();
             let code = tonic::Status::from_header_map(response.headers())
@@ -746,7 +748,14 @@ proptest! {
     fn identities_round_trip_through_their_uri(name in name_like(), operator in any::<bool>()) {
         let identity = if operator { Identity::operator(name.clone()) } else { Identity::instance(name.clone()) };
         let parsed = Identity::from_uri(&identity.uri());
-        if doc_name(&name) {
+        // The documented rules: a valid name, not `.` or `..`, and not one
+        // of the role's reserved names (README, security model).
+        let reserved: &[&str] = if operator {
+            &["ca", "server", "crl"]
+        } else {
+            &["ca", "server", "crl", "operator", "hub"]
+        };
+        if doc_name(&name) && name != "." && name != ".." && !reserved.contains(&name.as_str()) {
             prop_assert_eq!(parsed, Some(identity));
         } else {
             prop_assert_eq!(parsed, None, "an identity with an invalid name was accepted");
@@ -1083,6 +1092,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 rpc: "ShareStrategy".into(),
                 limit: 50,
                 hub_calls_only: true,
+                role: "instance".into(),
             }
             .encode_to_vec(),
         ),

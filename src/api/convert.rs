@@ -620,6 +620,19 @@ pub fn audit_query(req: pb::QueryAuditRequest, now: UnixMillis) -> Result<AuditQ
         caller: optional(req.caller),
         rpc: optional(req.rpc),
         hub_calls_only: req.hub_calls_only,
+        role: match req.role.as_str() {
+            "" => None,
+            role @ ("instance" | "operator" | "unknown") => Some(role.to_string()),
+            other => {
+                return Err(Error::invalid(
+                    "role",
+                    format!(
+                        "must be \"instance\", \"operator\" or \"unknown\", got {}",
+                        validate::preview(other)
+                    ),
+                ));
+            }
+        },
         limit: validate::limit("limit", req.limit, 100, 10_000)?,
     })
 }
@@ -633,6 +646,10 @@ pub fn audit_entry(e: &AuditEntry) -> pb::AuditEntry {
         rpc: e.rpc.clone(),
         code: e.code,
         request_bytes: e.request_bytes,
+        count: e.count,
+        peer: e.peer.clone(),
+        certificate_serial: e.serial.clone(),
+        path: e.path.clone(),
     }
 }
 

@@ -9,6 +9,7 @@ mod admin;
 pub mod codec;
 pub mod convert;
 pub mod inbound;
+pub mod quota;
 pub mod visibility;
 
 pub use admin::AdminService;
@@ -29,12 +30,27 @@ use crate::pb;
 pub struct HubService {
     hub: Arc<Hub>,
     compute: Arc<ComputePool>,
+    streams: Arc<quota::StreamQuota>,
 }
 
 impl HubService {
     /// Queries run on `compute`; everything else on the caller's task.
+    /// Each identity may hold the default number of insight streams
+    /// ([`crate::config::Limits::max_streams_per_identity`]).
     pub fn new(hub: Arc<Hub>, compute: Arc<ComputePool>) -> Self {
-        HubService { hub, compute }
+        let streams =
+            quota::StreamQuota::new(crate::config::Limits::default().max_streams_per_identity);
+        HubService {
+            hub,
+            compute,
+            streams,
+        }
+    }
+
+    /// At most `max` open insight streams per identity.
+    pub fn with_stream_limit(mut self, max: usize) -> Self {
+        self.streams = quota::StreamQuota::new(max);
+        self
     }
 
     /// Runs a query's CPU-bound part on the compute pool, off the threads
@@ -299,18 +315,24 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<Self::SubscribeInsightsStream> {
         // An instance's stream lives only as long as the key it was opened
         // with stays valid.
-        let holder = caller(&request)?
+        let subscriber = caller(&request)?;
+        let holder = subscriber
             .instance_id()
             .map(|id| (id.to_string(), presented_key(&request)));
         let q = convert::subscription(request.get_ref())?;
+        let slot = self.streams.open(subscriber)?;
         let insights = self
             .hub
             .subscribe_insights(q.after_sequence, q.category, holder)?;
-        let stream = insights.map(|item| match item {
-            Ok(insight) => Ok(pb::SubscribeInsightsResponse {
-                insight: Some(convert::insight(&insight)),
-            }),
-            Err(e) => Err(Status::from(e)),
+        let stream = insights.map(move |item| {
+            // The stream's place is held as long as the stream.
+            let _open = &slot;
+            match item {
+                Ok(insight) => Ok(pb::SubscribeInsightsResponse {
+                    insight: Some(convert::insight(&insight)),
+                }),
+                Err(e) => Err(Status::from(e)),
+            }
         });
         reply(Box::pin(stream))
     }

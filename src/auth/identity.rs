@@ -56,16 +56,21 @@ impl Identity {
         format!("{SPIFFE_PREFIX}{}/{}", self.role.as_str(), self.name)
     }
 
-    /// Parses a URI made by [`Identity::uri`].
+    /// Parses a URI made by [`Identity::uri`]; a name that
+    /// [`check_name`] refuses is no identity.
     pub fn from_uri(uri: &str) -> Option<Identity> {
         let rest = uri.strip_prefix(SPIFFE_PREFIX)?;
         let (role, name) = rest.split_once('/')?;
-        crate::validate::name("identity", name).ok()?;
-        match role {
-            "instance" => Some(Identity::instance(name)),
-            "operator" => Some(Identity::operator(name)),
-            _ => None,
-        }
+        let role = match role {
+            "instance" => Role::Instance,
+            "operator" => Role::Operator,
+            _ => return None,
+        };
+        check_name(role, name).ok()?;
+        Some(Identity {
+            role,
+            name: name.to_string(),
+        })
     }
 
     /// The identity in a DER certificate's URI SANs. The certificate's
@@ -102,6 +107,48 @@ impl Identity {
     pub fn instance_id(&self) -> Option<&str> {
         (self.role == Role::Instance).then_some(self.name.as_str())
     }
+}
+
+/// Names no instance may have: the hub's own certificate files (`ca.pem`,
+/// `server.pem`, `crl.pem` share the directory with `<id>.pem`), the
+/// default operator's (an instance named `operator` would be mixed up with
+/// it in the audit log and in `certs issue`), and `hub`, for the hubs of
+/// other regions.
+pub const RESERVED_INSTANCE_IDS: &[&str] = &["ca", "server", "crl", "operator", "hub"];
+
+/// Names no operator may have: the hub's own certificate files.
+pub const RESERVED_OPERATOR_NAMES: &[&str] = &["ca", "server", "crl"];
+
+/// Whether `name` may name a caller of `role`: a valid name (characters,
+/// length), not `.` or `..` (the SPIFFE ID rules forbid them as path
+/// segments, and `certs issue ..` would write `...pem`), and not reserved.
+pub fn check_name(role: Role, name: &str) -> crate::error::Result<()> {
+    let field = match role {
+        Role::Instance => "instance id",
+        Role::Operator => "operator name",
+    };
+    crate::validate::name(field, name)?;
+    if name == "." || name == ".." {
+        return Err(crate::error::Error::invalid(
+            field,
+            format!("{name:?} is not a name (a SPIFFE ID path segment may not be . or ..)"),
+        ));
+    }
+    let reserved = match role {
+        Role::Instance => RESERVED_INSTANCE_IDS,
+        Role::Operator => RESERVED_OPERATOR_NAMES,
+    };
+    if reserved.contains(&name) {
+        return Err(crate::error::Error::invalid(
+            field,
+            format!(
+                "{name:?} is reserved (reserved {}s: {})",
+                field,
+                reserved.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl fmt::Display for Identity {

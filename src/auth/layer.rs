@@ -25,7 +25,49 @@ use super::identity::{Identity, Role};
 use super::{AccessControl, keys, policy};
 use crate::domain::model::AuditEntry;
 use crate::error::{Error, Result};
+use crate::log_limit::LogLimit;
+use crate::schema;
 use crate::transport::{PeerIdentity, PeerInfo};
+
+/// The longest unknown path an audit entry keeps.
+const MAX_AUDITED_PATH: usize = 128;
+
+/// Health and reflection: open to every authenticated peer, without a key
+/// or the rate limit.
+fn is_infrastructure(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Refused calls are logged at `warn`, a burst of 10 and then one a
+/// second: the operator sees who is refused and why, a flood does not
+/// flood the log.
+static REFUSED_CALLS: LogLimit = LogLimit::new(10, std::time::Duration::from_secs(1));
+
+fn log_refused_call(peer: Option<&PeerInfo>, status: &tonic::Status) {
+    let Some(held_back) = REFUSED_CALLS.admit() else {
+        return;
+    };
+    let peer = peer
+        .and_then(|p| p.remote_addr)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::warn!(
+        %peer,
+        code = ?status.code(),
+        reason = status.message(),
+        more_refused_since_last_line = held_back,
+        "call refused"
+    );
+}
 
 /// In `--insecure-dev` mode only: the metadata header that says which
 /// instance a plaintext caller is. Without it the caller is an operator.
@@ -85,7 +127,8 @@ fn identify<B>(request: &http::Request<B>, insecure_dev: bool) -> Result<Identit
                     let id = value
                         .to_str()
                         .map_err(|_| Error::invalid(INSECURE_IDENTITY_HEADER, "must be ASCII"))?;
-                    crate::validate::name(INSECURE_IDENTITY_HEADER, id)?;
+                    super::identity::check_name(Role::Instance, id)
+                        .map_err(|e| Error::invalid(INSECURE_IDENTITY_HEADER, e))?;
                     Ok(Identity::instance(id))
                 }
                 None => Ok(Identity::operator("insecure-dev")),
@@ -118,12 +161,12 @@ impl<S> AuthService<S> {
         // Checked per call, not per connection: a certificate revoked
         // while its connection is open is refused from the next call on.
         if let Some(peer) = request.extensions().get::<PeerInfo>() {
-            peer.check_certificate()?;
+            peer.check_admitted()?;
         }
         // Health and reflection stay open to any peer the certificate
-        // authenticated; the hub's own services want the key and count
-        // against the rate limit.
-        let hub_call = request.uri().path().starts_with("/learninghub.");
+        // authenticated; everything else — the hub's services, and paths
+        // that are none — wants the key and counts against the rate limit.
+        let hub_call = !is_infrastructure(request.uri().path());
         if identity.role == Role::Instance && hub_call && !self.insecure_dev {
             let presented = request
                 .headers()
@@ -159,6 +202,11 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let access = self.access.clone();
         let bytes = Arc::new(AtomicU64::new(0));
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let path = request.uri().path();
+        // Labels from the closed set of real RPCs: a caller cannot mint
+        // metric series, log fields or stored strings by making paths up.
+        let rpc = schema::rpc_label(path);
         let identified = identify(&request, self.insecure_dev);
         let (caller, role) = match &identified {
             Ok(identity) => (identity.name.clone(), identity.role.as_str().to_string()),
@@ -166,28 +214,49 @@ where
         };
         // Everything logged while the call is handled (the handler, the
         // hub core on this task) carries the method and who called it.
-        let span = tracing::info_span!(
-            "rpc",
-            rpc = %request.uri().path(),
-            caller = %caller,
-            role = %role,
-        );
+        let span = tracing::info_span!("rpc", rpc = %rpc, caller = %caller, role = %role);
         let draft = AuditEntry {
             sequence: 0,
             at: access.now(),
             caller,
             role,
-            rpc: request.uri().path().to_string(),
+            rpc: rpc.to_string(),
             code: 0,
             request_bytes: 0,
+            count: 1,
+            peer: peer
+                .as_ref()
+                .and_then(|p| p.remote_addr)
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            serial: peer
+                .as_ref()
+                .map(|p| p.serial().to_string())
+                .unwrap_or_default(),
+            path: if rpc == schema::UNKNOWN_RPC {
+                truncate(path, MAX_AUDITED_PATH).to_string()
+            } else {
+                String::new()
+            },
         };
+        let infrastructure = is_infrastructure(path);
+        // The connection is busy until the call ends (its idle timeout).
+        let in_progress = peer.as_ref().map(PeerInfo::begin_call);
         let arrived = std::time::Instant::now();
+        let decided = identified
+            .map_err(Refusal::from)
+            .and_then(|identity| self.admit(&request, &identity).map(|()| identity));
+        // Admitted calls to the hub's services are rate limited (instances)
+        // or trusted (operators), so each is kept; everything else is
+        // sampled.
+        let sampled = decided.is_err() || infrastructure || rpc == schema::UNKNOWN_RPC;
         let record = {
             let access = access.clone();
             let bytes = bytes.clone();
             let span = span.clone();
             move |code: i32| {
                 let elapsed = arrived.elapsed();
+                drop(in_progress);
                 // Called when the final status is known, which for most
                 // calls is after the body, outside the handler's future.
                 span.in_scope(|| {
@@ -198,16 +267,16 @@ where
                     )
                 });
                 access.observe(&draft.rpc, code, elapsed);
-                access.audit(AuditEntry {
-                    code,
-                    request_bytes: bytes.load(Ordering::Relaxed),
-                    ..draft
-                })
+                access.audit(
+                    AuditEntry {
+                        code,
+                        request_bytes: bytes.load(Ordering::Relaxed),
+                        ..draft
+                    },
+                    sampled,
+                )
             }
         };
-        let decided = identified
-            .map_err(Refusal::from)
-            .and_then(|identity| self.admit(&request, &identity).map(|()| identity));
         match decided {
             Ok(identity) => {
                 let (mut parts, body) = request.into_parts();
@@ -241,11 +310,7 @@ where
                         status
                     }
                 };
-                tracing::debug!(
-                    code = status.code() as i32,
-                    reason = status.message(),
-                    "call refused"
-                );
+                log_refused_call(peer.as_ref(), &status);
                 record(status.code() as i32);
                 let response = status.into_http::<Body>();
                 Box::pin(async move { Ok(response) })

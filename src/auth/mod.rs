@@ -28,8 +28,11 @@ pub trait AccessControl: Send + Sync + 'static {
     /// Takes one request from the caller's allowance; `Err(seconds)` until
     /// the next one when it is used up.
     fn take_rate_token(&self, identity: &Identity) -> std::result::Result<(), u64>;
-    /// Appends to the audit log (without waiting for it).
-    fn audit(&self, entry: AuditEntry);
+    /// Appends to the audit log (without waiting for it); a `sampled`
+    /// entry (a refusal, an unknown path, health, reflection) is kept once
+    /// per kind and window, the rest of the window counted
+    /// ([`crate::hub::audit_sampler`]).
+    fn audit(&self, entry: AuditEntry, sampled: bool);
     /// Counts a call that ended with gRPC status `code` after `elapsed`.
     fn observe(&self, _rpc: &str, _code: i32, _elapsed: std::time::Duration) {}
     fn now(&self) -> UnixMillis;

@@ -97,6 +97,10 @@ impl Target {
             .arg("127.0.0.1:0")
             .args(&options.serve_args)
             .env("RUST_LOG", "warn")
+            // The fan-out opens up to 1000 streams on each bench
+            // connection, each connection one identity: far past the cap a
+            // real instance never meets.
+            .env("LEARNING_HUB_LIMITS_MAX_STREAMS_PER_IDENTITY", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

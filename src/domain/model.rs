@@ -1075,12 +1075,51 @@ pub struct AuditEntry {
     pub caller: String,
     /// "instance", "operator" or "unknown".
     pub role: String,
-    /// The full gRPC method path, e.g. "/learninghub.v1.Hub/ShareStrategy".
+    /// The gRPC method, e.g. "/learninghub.v1.Hub/ShareStrategy", from
+    /// the closed set of real RPCs; "unknown" for any other path.
     pub rpc: String,
     /// The gRPC status code it ended with.
     pub code: i32,
-    /// Bytes of the request body.
+    /// Bytes of the request body (of all `count` calls).
     pub request_bytes: u64,
+    /// How many calls this entry stands for: 1, or for a sampled kind of
+    /// call (refusals, unknown paths, health, reflection) the calls of a
+    /// window after its first.
+    #[serde(default = "one")]
+    pub count: u64,
+    /// The peer's address, `ip:port` ("" before this was recorded).
+    #[serde(default)]
+    pub peer: String,
+    /// The serial of the client certificate, as OpenSSL prints it.
+    #[serde(default)]
+    pub serial: String,
+    /// For `rpc` "unknown": the path the caller sent, cut to 128 bytes
+    /// (on the first entry of a sampling window only).
+    #[serde(default)]
+    pub path: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl Default for AuditEntry {
+    /// An entry for one call (`count` 1), everything else empty.
+    fn default() -> Self {
+        AuditEntry {
+            sequence: 0,
+            at: 0,
+            caller: String::new(),
+            role: String::new(),
+            rpc: String::new(),
+            code: 0,
+            request_bytes: 0,
+            count: 1,
+            peer: String::new(),
+            serial: String::new(),
+            path: String::new(),
+        }
+    }
 }
 
 /// The configuration a new instance gets when the fleet has none that

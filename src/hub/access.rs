@@ -9,6 +9,7 @@ use super::Hub;
 use crate::auth::{AccessControl, Identity, keys};
 use crate::domain::model::{AuditEntry, UnixMillis};
 use crate::error::{Error, Result};
+use crate::transport::{PeerIdentity, PeerInfo};
 
 /// Filters of an audit query.
 #[derive(Debug, Clone, Default)]
@@ -21,6 +22,8 @@ pub struct AuditQuery {
     pub rpc: Option<String>,
     /// Only calls to `learninghub.*` services (no reflection, no health).
     pub hub_calls_only: bool,
+    /// Only calls by this role ("instance", "operator", "unknown").
+    pub role: Option<String>,
     pub limit: usize,
 }
 
@@ -68,6 +71,7 @@ impl Hub {
             store.audit_between(query.from, query.until, query.limit, |e| {
                 query.caller.as_ref().is_none_or(|c| &e.caller == c)
                     && (!query.hub_calls_only || e.rpc.starts_with("/learninghub."))
+                    && query.role.as_ref().is_none_or(|r| &e.role == r)
                     && query
                         .rpc
                         .as_ref()
@@ -124,9 +128,16 @@ impl AccessControl for Hub {
         self.shared.metrics.observe_call(rpc, code, elapsed);
     }
 
-    fn audit(&self, entry: AuditEntry) {
-        self.writer
-            .write_detached(move |txn| txn.append_audit(entry));
+    fn audit(&self, entry: AuditEntry, sampled: bool) {
+        let entries = if sampled {
+            self.sampler.admit(entry, self.now())
+        } else {
+            vec![entry]
+        };
+        for entry in entries {
+            self.writer
+                .write_detached(move |txn| txn.append_audit(entry));
+        }
     }
 
     fn now(&self) -> UnixMillis {
@@ -137,4 +148,44 @@ impl AccessControl for Hub {
 /// The hub as the auth layer's access control.
 pub fn access_control(hub: &Arc<Hub>) -> Arc<dyn AccessControl> {
     hub.clone()
+}
+
+/// Where the transport reports connections it refused a slot: sampled
+/// audit entries (rpc `connection`, RESOURCE_EXHAUSTED), like refused
+/// calls.
+pub fn connection_refusals(hub: &Arc<Hub>) -> crate::transport::RefusalSink {
+    let hub = hub.clone();
+    Arc::new(move |peer: &PeerInfo, _why: &str| {
+        let (caller, role) = match &peer.identity {
+            PeerIdentity::Verified(identity) => {
+                (identity.name.clone(), identity.role.as_str().to_string())
+            }
+            _ => (String::new(), "unknown".to_string()),
+        };
+        let entry = AuditEntry {
+            sequence: 0,
+            at: hub.now(),
+            caller,
+            role,
+            rpc: crate::schema::CONNECTION.to_string(),
+            code: tonic::Code::ResourceExhausted as i32,
+            request_bytes: 0,
+            count: 1,
+            peer: peer.remote_addr.map(|a| a.to_string()).unwrap_or_default(),
+            serial: peer.serial().to_string(),
+            path: String::new(),
+        };
+        AccessControl::audit(&*hub, entry, true);
+    })
+}
+
+impl Hub {
+    /// Writes the summaries of audit sampling windows that have ended (a
+    /// background job calls this every window).
+    pub fn flush_audit_samples(&self) {
+        for entry in self.sampler.due(self.now()) {
+            self.writer
+                .write_detached(move |txn| txn.append_audit(entry));
+        }
+    }
 }

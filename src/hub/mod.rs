@@ -10,6 +10,7 @@
 //! `domain` applied to the state.
 
 mod access;
+pub mod audit_sampler;
 mod configs;
 mod failures;
 mod idempotency;
@@ -28,7 +29,7 @@ use std::sync::{
 
 use tokio::sync::watch;
 
-pub use access::{AuditQuery, access_control};
+pub use access::{AuditQuery, access_control, connection_refusals};
 pub use configs::Bootstrap;
 pub use failures::ActionCheck;
 pub use insights::{GENERATED_BY, GenerationReport};
@@ -83,6 +84,10 @@ pub struct HubSettings {
     /// remembered id costs about 200 bytes of memory (see
     /// [`crate::domain::idempotency::RequestRecord`]).
     pub request_id_window_ms: i64,
+    /// The window of audit sampling (see [`audit_sampler`]): refusals,
+    /// unknown paths, health and reflection are written once per kind and
+    /// window, plus one entry counting the rest.
+    pub audit_sample_window: std::time::Duration,
 }
 
 /// How long things are kept (the seed's "Data Retention").
@@ -126,6 +131,7 @@ impl Default for HubSettings {
             rate_limit_max_tracked: 100_000,
             retention: RetentionSettings::default(),
             request_id_window_ms: DAY_MS,
+            audit_sample_window: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -199,6 +205,8 @@ pub struct Hub {
     limiter: RateLimiter,
     /// Bumped whenever a key is revoked or replaced: streams re-check.
     key_changes: watch::Sender<u64>,
+    /// What the audit log keeps of calls nobody vouched for.
+    sampler: audit_sampler::AuditSampler,
 }
 
 impl Hub {
@@ -240,6 +248,10 @@ impl Hub {
             shared.settings.rate_limit_per_hour,
             shared.settings.rate_limit_max_tracked,
         );
+        let sampler = audit_sampler::AuditSampler::new(
+            i64::try_from(shared.settings.audit_sample_window.as_millis()).unwrap_or(i64::MAX),
+            10_000,
+        );
         Ok(Arc::new(Hub {
             shared,
             writer,
@@ -247,6 +259,7 @@ impl Hub {
             shutdown: watch::channel(false).0,
             limiter,
             key_changes: watch::channel(0).0,
+            sampler,
         }))
     }
 
@@ -331,6 +344,11 @@ impl Hub {
     /// Finishes queued writes, flushes the store and stops the writer.
     pub async fn close(&self) -> Result<()> {
         self.begin_shutdown();
+        // The windows still open are written with the last flush.
+        for entry in self.sampler.drain() {
+            self.writer
+                .write_detached(move |txn| txn.append_audit(entry));
+        }
         self.writer.stop().await
     }
 

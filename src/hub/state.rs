@@ -737,6 +737,7 @@ mod tests {
             rpc: "/learninghub.v1.Hub/GetStatus".into(),
             code: 0,
             request_bytes: 0,
+            ..Default::default()
         }
     }
 
