@@ -33,7 +33,7 @@ use learning_hub::{
     domain::model::{Attributes, AuditEntry, StrategyRecord, StrategyShare},
     hub::{AuditQuery, Hub, HubSettings, access_control},
     pb,
-    store::{Fault, Faults, FaultyEngine, MemoryEngine, Op, SledEngine, Store, codec::Kind},
+    store::{Fault, Faults, FaultyEngine, MemoryEngine, Op, SledEngine, Store},
 };
 use tonic::Code;
 
@@ -81,7 +81,7 @@ async fn faulty_hub_with(
     let faults = faults.clone();
     let open: StoreOpener = Arc::new(move |dir: &Path| {
         let sled = SledEngine::open(dir)?;
-        Ok(Store::new(Arc::new(FaultyEngine::new(
+        Ok(Store::on_engine(Arc::new(FaultyEngine::new(
             Arc::new(sled),
             faults.clone(),
         ))))
@@ -637,7 +637,7 @@ async fn reads_from_a_failing_disk_fail_cleanly_and_writes_go_on() {
 // ---------------------------------------------------------------------------
 
 fn faulty_store(faults: &Faults) -> Store {
-    Store::new(Arc::new(FaultyEngine::new(
+    Store::on_engine(Arc::new(FaultyEngine::new(
         Arc::new(MemoryEngine::default()),
         faults.clone(),
     )))
@@ -671,7 +671,7 @@ fn sorted(mut records: Vec<Arc<StrategyRecord>>) -> Vec<StrategyRecord> {
 }
 
 #[tokio::test]
-async fn a_checkpoint_that_cannot_be_written_is_rebuilt_from_the_outcome_log() {
+async fn a_checkpoint_that_cannot_be_written_is_rebuilt_from_the_command_log() {
     let faults = Faults::new();
     let store = faulty_store(&faults);
     let hub = open(&store);
@@ -679,25 +679,25 @@ async fn a_checkpoint_that_cannot_be_written_is_rebuilt_from_the_outcome_log() {
     for i in 0..30 {
         hub.share_strategy("i1", outcome(i), None).await.unwrap();
     }
-    // Only writes of strategy aggregates fail: outcomes still go in.
-    faults.inject_writes_of(Kind::Strategy.prefix(), Fault::DiskFull);
+    // Only batches that write strategy aggregates fail — checkpoints; the
+    // commands still go into the log.
+    faults.inject_writes_of(b"s/", Fault::DiskFull);
     hub.share_strategy("i1", outcome(30), None).await.unwrap();
     let served = sorted(hub.strategy_records());
-    // The shutdown checkpoint of every aggregate fails, and says so.
+    // The shutdown checkpoint fails, and says so.
     let closed = hub.close().await.unwrap_err().to_string();
     assert!(closed.contains("disk full"), "{closed}");
     assert!(faults.failed(Op::Apply) > 0);
-    let snapshot = store.load().unwrap();
-    assert_eq!(snapshot.outcome_sequence, 31);
+    let checkpointed = store.backend().checkpoint_position().unwrap().unwrap_or(0);
     assert!(
-        snapshot.strategy_floor.unwrap() < 31,
-        "{:?}",
-        snapshot.strategy_floor
+        checkpointed < store.log_head().unwrap(),
+        "the log holds commands past the checkpoint ({checkpointed})"
     );
 
     faults.clear_all();
     let reopened = open(&store);
     assert_eq!(sorted(reopened.strategy_records()), served);
+    assert_eq!(reopened.status().strategy_outcomes, 31);
 }
 
 #[tokio::test]

@@ -164,11 +164,11 @@ fn hub_code_never_refers_to_the_simulator() {
         "clock.rs",
     ];
     let mut files = Vec::new();
-    for entry in hub_side {
-        let path = src.join(entry);
+    let mut pending: Vec<std::path::PathBuf> = hub_side.iter().map(|e| src.join(e)).collect();
+    while let Some(path) = pending.pop() {
         if path.is_dir() {
             for file in std::fs::read_dir(&path).unwrap() {
-                files.push(file.unwrap().path());
+                pending.push(file.unwrap().path());
             }
         } else {
             files.push(path);

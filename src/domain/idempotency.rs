@@ -145,7 +145,7 @@ impl<'de> Deserialize<'de> for Fingerprint {
 }
 
 /// A write's request id and the fingerprint of its payload, as sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestTag {
     pub id: String,
     pub fingerprint: Fingerprint,

@@ -3,7 +3,7 @@
 //! environment); matching ranks exact signatures first and then patterns
 //! whose metric state is close to the query's.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -233,18 +233,21 @@ fn bucket(value: f64) -> i64 {
 /// the metric part as arithmetic over value vectors — no string-keyed
 /// lookups per pattern. Ranking is the same as comparing the query with
 /// each pattern one by one.
+///
+/// Its collections are persistent, so the hub's state (which holds it)
+/// clones in constant time for every snapshot it publishes.
 #[derive(Debug, Clone, Default)]
 pub struct PatternIndex {
-    groups: Vec<Group>,
-    group_of: HashMap<(Vec<String>, Attributes), usize>,
-    slot_of: HashMap<String, (usize, usize)>,
+    groups: imbl::Vector<Group>,
+    group_of: imbl::OrdMap<(Vec<String>, Attributes), usize>,
+    slot_of: imbl::OrdMap<String, (usize, usize)>,
 }
 
 #[derive(Debug, Clone)]
 struct Group {
     names: Vec<String>,
     environment: Attributes,
-    members: Vec<Member>,
+    members: imbl::Vector<Member>,
 }
 
 #[derive(Debug, Clone)]
@@ -261,40 +264,55 @@ impl PatternIndex {
     /// state never changes after creation (only its counts do).
     pub fn upsert(&mut self, pattern: Arc<Pattern>) {
         if let Some(&(g, m)) = self.slot_of.get(&pattern.id) {
-            self.groups[g].members[m].pattern = pattern;
+            if let Some(member) = self.groups.get_mut(g).and_then(|g| g.members.get_mut(m)) {
+                member.pattern = pattern;
+            }
             return;
         }
         let names: Vec<String> = pattern.metrics.keys().cloned().collect();
         let key = (names.clone(), pattern.environment.clone());
-        let g = *self.group_of.entry(key).or_insert_with(|| {
-            self.groups.push(Group {
-                names,
-                environment: pattern.environment.clone(),
-                members: Vec::new(),
-            });
-            self.groups.len() - 1
-        });
+        let g = match self.group_of.get(&key) {
+            Some(&g) => g,
+            None => {
+                self.groups.push_back(Group {
+                    names,
+                    environment: pattern.environment.clone(),
+                    members: imbl::Vector::new(),
+                });
+                let g = self.groups.len() - 1;
+                self.group_of.insert(key, g);
+                g
+            }
+        };
         let states: Vec<MetricState> = pattern.metrics.values().copied().collect();
         let cells = states.iter().map(|s| (bucket(s.value), s.stuck)).collect();
-        let group = &mut self.groups[g];
+        let Some(group) = self.groups.get_mut(g) else {
+            return;
+        };
         self.slot_of
             .insert(pattern.id.clone(), (g, group.members.len()));
-        group.members.push(Member {
+        group.members.push_back(Member {
             states,
             cells,
             pattern,
         });
     }
 
-    /// Forgets a pattern (retention). The slot is swapped out of its group.
+    /// Forgets a pattern (retention). The group's last member takes its
+    /// slot.
     pub fn remove(&mut self, id: &str) {
         let Some((g, m)) = self.slot_of.remove(id) else {
             return;
         };
-        let members = &mut self.groups[g].members;
-        members.swap_remove(m);
-        if let Some(moved) = members.get(m) {
-            self.slot_of.insert(moved.pattern.id.clone(), (g, m));
+        let Some(group) = self.groups.get_mut(g) else {
+            return;
+        };
+        let Some(last) = group.members.pop_back() else {
+            return;
+        };
+        if m < group.members.len() {
+            self.slot_of.insert(last.pattern.id.clone(), (g, m));
+            group.members.set(m, last);
         }
     }
 

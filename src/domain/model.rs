@@ -111,7 +111,7 @@ pub struct Instance {
 }
 
 /// What an instance sends to register.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     pub instance_id: String,
     pub region: String,
@@ -124,7 +124,7 @@ pub struct Registration {
 // ---------------------------------------------------------------------------
 
 /// What an instance shares about a plateau.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PatternShare {
     pub metrics: Metrics,
     pub cycles_until_plateau: u32,
@@ -283,7 +283,7 @@ impl Pattern {
 // ---------------------------------------------------------------------------
 
 /// What an instance shares about one strategy application.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyShare {
     pub strategy: String,
     pub metric: String,
@@ -736,7 +736,7 @@ pub struct RecoveryAttempt {
 }
 
 /// What an instance reports about a failure.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureReport {
     pub failure_type: FailureType,
     pub trigger: String,
@@ -912,7 +912,7 @@ pub struct ConfigAlternative {
 }
 
 /// What an instance shares about a configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigShare {
     pub context: Attributes,
     pub parameters: Parameters,

@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::Hub;
+use super::{Hub, wrong_answer};
 use crate::auth::{AccessControl, Identity, keys};
+use crate::domain::command::Action;
+use crate::domain::fold::Answer;
 use crate::domain::model::{AuditEntry, UnixMillis};
 use crate::error::{Error, Result};
 use crate::transport::{PeerIdentity, PeerInfo};
@@ -29,34 +31,30 @@ pub struct AuditQuery {
 
 impl Hub {
     /// Issues a new key for `instance_id` (replacing any previous one) and
-    /// returns it: the only time it is shown.
+    /// returns it: the only time it is shown. The command carries only its
+    /// salted hash.
     pub async fn issue_api_key(&self, operator: &str, instance_id: String) -> Result<String> {
         let (key, stored) = keys::issue(&instance_id, operator, self.now())?;
-        let replaced = self
-            .write(move |txn| {
-                let replaced = txn.api_key(&stored.instance_id).is_some();
-                txn.put_api_key(&stored.instance_id.clone(), Some(stored));
-                Ok(replaced)
-            })
-            .await?;
-        if replaced {
-            self.key_changes.send_modify(|n| *n += 1);
+        match self.submit(Action::IssueApiKey { key: stored }).await? {
+            Answer::KeyIssued { replaced } => {
+                if replaced {
+                    self.key_changes.send_modify(|n| *n += 1);
+                }
+                Ok(key)
+            }
+            other => Err(wrong_answer("IssueApiKey", other)),
         }
-        Ok(key)
     }
 
     /// Revokes `instance_id`'s key at once; its calls and streams stop.
     pub async fn revoke_api_key(&self, instance_id: String) -> Result<()> {
-        self.write(move |txn| {
-            if txn.api_key(&instance_id).is_none() {
-                return Err(Error::not_found("API key of instance", instance_id));
+        match self.submit(Action::RevokeApiKey { instance_id }).await? {
+            Answer::KeyRevoked => {
+                self.key_changes.send_modify(|n| *n += 1);
+                Ok(())
             }
-            txn.put_api_key(&instance_id, None);
-            Ok(())
-        })
-        .await?;
-        self.key_changes.send_modify(|n| *n += 1);
-        Ok(())
+            other => Err(wrong_answer("RevokeApiKey", other)),
+        }
     }
 
     /// Changes whenever a key is revoked or replaced.
@@ -64,24 +62,58 @@ impl Hub {
         self.key_changes.subscribe()
     }
 
-    /// The audit entries matching `query`, newest first.
+    /// The audit entries matching `query`, newest first: those folded
+    /// since the last checkpoint, then the store's, read backwards a page
+    /// at a time until `limit` match or the entries are older than the
+    /// range (the log is in time order) — not a scan of the whole log.
     pub async fn query_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>> {
+        let state = self.state();
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || {
-            store.audit_between(query.from, query.until, query.limit, |e| {
-                query.caller.as_ref().is_none_or(|c| &e.caller == c)
+            let keep = |e: &AuditEntry| {
+                e.at >= query.from
+                    && e.at < query.until
+                    && query.caller.as_ref().is_none_or(|c| &e.caller == c)
                     && (!query.hub_calls_only || e.rpc.starts_with("/learninghub."))
                     && query.role.as_ref().is_none_or(|r| &e.role == r)
                     && query
                         .rpc
                         .as_ref()
                         .is_none_or(|r| e.rpc.contains(r.as_str()))
-            })
+            };
+            let mut found: Vec<AuditEntry> = Vec::new();
+            let mut before = u64::MAX;
+            for entry in state.rows.audit.iter().rev() {
+                if found.len() >= query.limit || entry.at < query.from {
+                    return Ok(found);
+                }
+                before = entry.sequence;
+                if keep(entry) {
+                    found.push((**entry).clone());
+                }
+            }
+            while found.len() < query.limit {
+                let page = store.audit_before(before, AUDIT_PAGE)?;
+                let Some(last) = page.last() else { break };
+                before = last.sequence;
+                for entry in page {
+                    if found.len() >= query.limit || entry.at < query.from {
+                        return Ok(found);
+                    }
+                    if keep(&entry) {
+                        found.push(entry);
+                    }
+                }
+            }
+            Ok(found)
         })
         .await
         .map_err(|e| Error::Internal(format!("audit query failed: {e}")))?
     }
 }
+
+/// Audit entries read from the store per page of a query.
+const AUDIT_PAGE: usize = 1024;
 
 impl super::Shared {
     /// Ok if `presented` is `instance_id`'s current key, or keys are not
@@ -95,7 +127,7 @@ impl super::Shared {
                 "instance {instance_id:?} must present its API key (authorization: Bearer <key>)"
             )));
         };
-        let stored = self.read_state().api_keys.get(instance_id).cloned();
+        let stored = self.state().tables.api_keys.get(instance_id).cloned();
         match stored {
             Some(stored) if keys::verify(&stored, presented) => Ok(()),
             Some(_) => Err(Error::Unauthenticated(format!(
@@ -135,8 +167,7 @@ impl AccessControl for Hub {
             vec![entry]
         };
         for entry in entries {
-            self.writer
-                .write_detached(move |txn| txn.append_audit(entry));
+            self.writer.audit(entry);
         }
     }
 
@@ -184,8 +215,7 @@ impl Hub {
     /// background job calls this every window).
     pub fn flush_audit_samples(&self) {
         for entry in self.sampler.due(self.now()) {
-            self.writer
-                .write_detached(move |txn| txn.append_audit(entry));
+            self.writer.audit(entry);
         }
     }
 }

@@ -3,16 +3,16 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use super::idempotency::unexpected;
-use super::{Hub, StrategyAsk, touch_instance};
+use super::{Hub, StrategyAsk, wrong_answer};
 use crate::domain::bootstrap::choose_configuration;
-use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
+use crate::domain::command::Action;
+use crate::domain::fold::Answer;
+use crate::domain::idempotency::RequestTag;
 use crate::domain::model::{
-    Attributes, ConfigShare, Configuration, Parameters, RIVAL_MIN_DATA_POINTS, context_key,
-    default_parameters,
+    Attributes, ConfigShare, Configuration, Parameters, default_parameters,
 };
 use crate::domain::recommend::Recommendation;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Proven strategies returned with a bootstrap configuration.
 const PROVEN_STRATEGIES: usize = 5;
@@ -32,64 +32,25 @@ pub struct Bootstrap {
 }
 
 impl Hub {
-    /// Folds a configuration share into its (context, parameters) record.
-    /// With a request id, a retry changes nothing and returns the
-    /// configuration as it is now.
+    /// Records a configuration's results; it is judged against its
+    /// context's rivals (and they against it) as it is stored.
     pub async fn share_configuration(
         &self,
         caller: &str,
         share: ConfigShare,
         request: Option<RequestTag>,
     ) -> Result<Arc<Configuration>> {
-        let instance = caller.to_string();
-        self.write_once(
-            caller,
-            WriteRpc::ShareConfiguration,
-            request,
-            move |txn, first| {
-                let id = Configuration::id_for(&share.context, &share.parameters);
-                if let Some(first) = first {
-                    if first != Applied::ShareConfiguration {
-                        return Err(unexpected(first, WriteRpc::ShareConfiguration));
-                    }
-                    // Configurations are never deleted.
-                    let config = txn
-                        .config(&id)
-                        .ok_or_else(|| Error::Internal(format!("configuration {id} is missing")))?;
-                    return Ok((config, first));
-                }
-                touch_instance(txn, &instance)?;
-                let config = match txn.config(&id) {
-                    Some(existing) => {
-                        let mut config = (*existing).clone();
-                        config.record(&share, &instance, txn.now);
-                        config
-                    }
-                    None => Configuration::new(&share, &instance, txn.now),
-                };
-                let id = config.id.clone();
-                txn.put_config(config);
-                // A share can change which configuration of the context is
-                // best, so every one of them is re-judged.
-                let rivals = txn.configs_in_context(&context_key(&share.context));
-                for candidate in &rivals {
-                    let best_rival = rivals
-                        .iter()
-                        .filter(|r| r.id != candidate.id && r.data_points >= RIVAL_MIN_DATA_POINTS)
-                        .map(|r| r.effectiveness)
-                        .max_by(f64::total_cmp);
-                    let mut judged = (**candidate).clone();
-                    if judged.revalidate(best_rival, txn.now) {
-                        txn.put_config(judged);
-                    }
-                }
-                let config = txn
-                    .config(&id)
-                    .ok_or_else(|| Error::Internal("configuration vanished".into()))?;
-                Ok((config, Applied::ShareConfiguration))
-            },
-        )
-        .await
+        let answer = self
+            .submit(Action::ShareConfiguration {
+                caller: caller.to_string(),
+                share,
+                request: self.idempotency(request),
+            })
+            .await?;
+        match answer {
+            Answer::ConfigurationShared { config } => Ok(config),
+            other => Err(wrong_answer("ShareConfiguration", other)),
+        }
     }
 
     /// The bootstrap for `context`, or for the caller's registered context
@@ -97,7 +58,13 @@ impl Hub {
     pub fn bootstrap(&self, caller: Option<&str>, context: Attributes) -> Bootstrap {
         let context = if context.is_empty() {
             caller
-                .and_then(|id| self.state().instances.get(id).map(|i| i.context.clone()))
+                .and_then(|id| {
+                    self.state()
+                        .tables
+                        .instances
+                        .get(id)
+                        .map(|i| i.context.clone())
+                })
                 .unwrap_or_default()
         } else {
             context
@@ -107,8 +74,9 @@ impl Hub {
 
     pub(super) fn bootstrap_for(&self, context: &Attributes) -> Bootstrap {
         let state = self.state();
-        let configuration = choose_configuration(state.configs.values(), context).cloned();
+        let configuration = choose_configuration(state.tables.configs.values(), context).cloned();
         let mut alternatives: Vec<Arc<Configuration>> = state
+            .tables
             .configs
             .values()
             .filter(|c| c.context_match(context).is_some())
@@ -125,7 +93,12 @@ impl Hub {
                 .then(a.id.cmp(&b.id))
         });
         alternatives.truncate(MAX_ALTERNATIVES);
-        let metrics: BTreeSet<&str> = state.strategies.keys().map(|k| k.metric.as_str()).collect();
+        let metrics: BTreeSet<&str> = state
+            .tables
+            .strategies
+            .keys()
+            .map(|k| k.metric.as_str())
+            .collect();
         let mut proven: Vec<Recommendation> = metrics
             .into_iter()
             .flat_map(|metric| {

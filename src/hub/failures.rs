@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use super::idempotency::unexpected;
-use super::{Hub, StrategyAsk, touch_instance};
-use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
+use super::{Hub, StrategyAsk, wrong_answer};
+use crate::domain::command::Action;
+use crate::domain::fold::Answer;
+use crate::domain::idempotency::RequestTag;
 use crate::domain::model::{
     Attributes, FailurePattern, FailureReport, FailureType, Metrics, RecentApplication,
 };
 use crate::domain::prevention::{self, Warning};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Warnings at or above this failure rate make an action unsafe.
 pub const UNSAFE_FAILURE_RATE: f64 = 0.1;
@@ -24,59 +25,36 @@ pub struct ActionCheck {
 }
 
 impl Hub {
-    /// Folds a failure report into its (type, metric, strategy) pattern.
-    /// With a request id, a retry changes nothing and returns the failure
-    /// pattern as it is now.
+    /// Records a failure (deduplicated by type, metric and strategy) with
+    /// how it was recovered from.
     pub async fn share_failure(
         &self,
         caller: &str,
         report: FailureReport,
         request: Option<RequestTag>,
     ) -> Result<Arc<FailurePattern>> {
-        let instance = caller.to_string();
-        self.write_once(
-            caller,
-            WriteRpc::ShareFailure,
-            request,
-            move |txn, first| {
-                let id =
-                    FailurePattern::id_for(report.failure_type, &report.metric, &report.strategy);
-                if let Some(first) = first {
-                    if first != Applied::ShareFailure {
-                        return Err(unexpected(first, WriteRpc::ShareFailure));
-                    }
-                    // Failures are never deleted.
-                    let failure = txn
-                        .failure(&id)
-                        .ok_or_else(|| Error::Internal(format!("failure {id} is missing")))?;
-                    return Ok((failure, first));
-                }
-                touch_instance(txn, &instance)?;
-                let failure = match txn.failure(&id) {
-                    Some(existing) => {
-                        let mut failure = (*existing).clone();
-                        failure.record(&report, &instance, txn.now);
-                        failure
-                    }
-                    None => FailurePattern::new(&report, &instance, txn.now),
-                };
-                Ok((txn.put_failure(failure), Applied::ShareFailure))
-            },
-        )
-        .await
+        let answer = self
+            .submit(Action::ShareFailure {
+                caller: caller.to_string(),
+                report,
+                request: self.idempotency(request),
+            })
+            .await?;
+        match answer {
+            Answer::FailureShared { failure } => Ok(failure),
+            other => Err(wrong_answer("ShareFailure", other)),
+        }
     }
 
-    /// Marks failure `id` resolved: no longer warned about.
+    /// Marks a failure resolved (operators).
     pub async fn resolve_failure(&self, id: String) -> Result<Arc<FailurePattern>> {
-        self.write(move |txn| {
-            let Some(existing) = txn.failure(&id) else {
-                return Err(Error::not_found("failure", id));
-            };
-            let mut failure = (*existing).clone();
-            failure.resolved = true;
-            Ok(txn.put_failure(failure))
-        })
-        .await
+        match self
+            .submit(Action::ResolveFailure { failure_id: id })
+            .await?
+        {
+            Answer::FailureResolved { failure } => Ok(failure),
+            other => Err(wrong_answer("ResolveFailure", other)),
+        }
     }
 
     /// Failures matching the filters, most frequent first.
@@ -90,6 +68,7 @@ impl Hub {
     ) -> Vec<Arc<FailurePattern>> {
         let state = self.state();
         let mut failures: Vec<_> = state
+            .tables
             .failures
             .values()
             .filter(|f| include_resolved || !f.resolved)
@@ -125,8 +104,13 @@ impl Hub {
                 metric,
                 metrics,
                 recent,
-                state.failures.values().filter(|f| !f.resolved).cloned(),
-                &Self::usage_of(&state, candidate),
+                state
+                    .tables
+                    .failures
+                    .values()
+                    .filter(|f| !f.resolved)
+                    .cloned(),
+                &state.usage_of(candidate),
             )
         };
         let warnings = warnings_for(strategy);

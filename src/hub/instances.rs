@@ -2,7 +2,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use super::{Bootstrap, Hub};
+use super::{Bootstrap, Hub, wrong_answer};
+use crate::domain::command::Action;
+use crate::domain::fold::Answer;
 use crate::domain::model::{Instance, Registration};
 use crate::error::{Error, Result};
 
@@ -30,21 +32,15 @@ impl Hub {
                 registration.instance_id
             )));
         }
-        let (instance, new) = self
-            .write(move |txn| {
-                let existing = txn.instance(&registration.instance_id);
-                let instance = Instance {
-                    registered_at: existing.as_ref().map_or(txn.now, |e| e.registered_at),
-                    shared_records: existing.as_ref().map_or(0, |e| e.shared_records),
-                    last_seen: txn.now,
-                    instance_id: registration.instance_id,
-                    region: registration.region,
-                    context: registration.context,
-                    capabilities: registration.capabilities,
-                };
-                Ok((txn.put_instance(instance), existing.is_none()))
+        let answer = self
+            .submit(Action::Register {
+                caller: caller.to_string(),
+                registration,
             })
             .await?;
+        let Answer::Registered { instance, new } = answer else {
+            return Err(wrong_answer("Register", answer));
+        };
         let bootstrap = self.bootstrap_for(&instance.context);
         Ok((instance, new, bootstrap))
     }
@@ -54,6 +50,7 @@ impl Hub {
         let mut page = self.list_instances(None, None, 0);
         page.instances = self
             .state()
+            .tables
             .instances
             .get(instance_id)
             .cloned()
@@ -72,13 +69,14 @@ impl Hub {
     ) -> InstancePage {
         let state = self.state();
         let mut by_region = BTreeMap::new();
-        for instance in state.instances.values() {
+        for instance in state.tables.instances.values() {
             *by_region.entry(instance.region.clone()).or_insert(0) += 1;
         }
         let start = after.map_or(std::ops::Bound::Unbounded, |a| {
             std::ops::Bound::Excluded(a.to_string())
         });
         let mut matching = state
+            .tables
             .instances
             .range((start, std::ops::Bound::Unbounded))
             .map(|(_, i)| i)
@@ -91,7 +89,7 @@ impl Hub {
         InstancePage {
             instances,
             by_region,
-            total: state.instances.len() as u64,
+            total: state.tables.instances.len() as u64,
             next_after,
         }
     }

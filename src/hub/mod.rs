@@ -1,51 +1,54 @@
 //! The hub's core: what happens when an instance shares something or asks
 //! for collective knowledge, independent of gRPC.
 //!
-//! [`Hub`] owns the in-memory [`State`] (read by queries under a short read
-//! lock), the [`Writer`] thread that makes changes durable in group commits,
-//! and the [`InsightBus`] that fans new insights out to subscribers. The
-//! operations live in one file per area (`instances`, `patterns`,
-//! `strategies`, `insights`, `failures`, `configs`); each write is a closure
-//! run by the writer against a [`Txn`], each read a pure function from
-//! `domain` applied to the state.
+//! A write is a [`Command`]: [`Hub`] builds it (fixing its time and the ids
+//! it creates), the [`Writer`] thread folds it into the state
+//! ([`crate::domain::fold`]), appends it to the command log, flushes, and
+//! publishes the new state. A read is a pure function of `domain` applied
+//! to the published [`State`] snapshot — it never takes a lock the writer
+//! needs. The operations live in one file per area (`instances`,
+//! `patterns`, `strategies`, `insights`, `failures`, `configs`,
+//! `retention`, `access`); the [`InsightBus`] fans new insights out to
+//! subscribers.
 
 mod access;
 pub mod audit_sampler;
 mod configs;
 mod failures;
-mod idempotency;
 mod insights;
 mod instances;
 mod patterns;
 mod retention;
-pub mod state;
 mod strategies;
 mod writer;
 
-use std::sync::{
-    Arc, RwLock, RwLockReadGuard, RwLockWriteGuard,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, atomic::Ordering};
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use access::{AuditQuery, access_control, connection_refusals};
 pub use configs::Bootstrap;
 pub use failures::ActionCheck;
-pub use insights::{GENERATED_BY, GenerationReport};
+pub use insights::GenerationReport;
 pub use instances::InstancePage;
 pub use patterns::RankedMatch;
-pub use retention::RetentionReport;
-pub use state::{State, Txn};
 pub use strategies::StrategyAsk;
+pub use writer::{CHECKPOINT_EVERY, CHECKPOINT_ROWS, MAX_DETACHED_WAITING};
+
+pub use crate::domain::fold::{GENERATED_BY, RetentionReport};
+pub use crate::domain::state::State;
 
 use crate::auth::limits::RateLimiter;
 use crate::clock::Clock;
+use crate::domain::command::{Action, Command, Idempotency};
+use crate::domain::fold::{Answer, fold};
+use crate::domain::idempotency::RequestTag;
 use crate::domain::model::{Insight, InsightCategory, UnixMillis};
 use crate::domain::recommend::Tuning;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::store::{Changes, Store};
+use crate::store::Store;
 use crate::stream::{Credentials, InsightBus, InsightLog, InsightStream};
 use writer::Writer;
 
@@ -138,26 +141,18 @@ impl Default for HubSettings {
 
 /// What the writer thread and the request handlers share.
 pub(crate) struct Shared {
-    state: RwLock<State>,
+    /// The state as of the last batch the writer installed.
+    snapshot: ArcSwap<State>,
     store: Store,
     bus: InsightBus,
     clock: Arc<dyn Clock>,
     settings: HubSettings,
-    /// Every outcome up to this sequence is in the stored aggregates (the
-    /// writer moves it; log trimming must keep the outcomes after it).
-    strategy_floor: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        // A poisoned lock only means a panic elsewhere while writing; the
-        // state itself is replaced whole per record, so it stays usable.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> Arc<State> {
+        self.snapshot.load_full()
     }
 }
 
@@ -167,7 +162,8 @@ impl InsightLog for Shared {
             return Vec::new();
         }
         let now = self.clock.now();
-        self.read_state()
+        self.state()
+            .tables
             .insights
             .range(after + 1..=up_to)
             .map(|(_, i)| i)
@@ -194,6 +190,8 @@ pub struct HubStatus {
     pub live_subscribers: u64,
     pub last_insight_sequence: u64,
     pub stream_catch_ups: u64,
+    /// The last command-log position folded in.
+    pub log_position: u64,
 }
 
 /// The hub core. Cheap to share behind an `Arc`.
@@ -210,36 +208,37 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Loads the state from `store` and starts the writer.
+    /// Loads the newest checkpoint from `store`, folds the command log's
+    /// tail after it, and starts the writer.
     pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
-        let (state, checkpoint) = Self::load_state(&store, &settings, clock.now())?;
-        if let Some(checkpoint) = checkpoint {
-            store.commit(&checkpoint)?;
-            store.flush()?;
-        }
+        let (stored, state, checkpoint_now) = Self::load_state(&store, &settings)?;
         tracing::info!(
-            instances = state.instances.len(),
-            patterns = state.patterns.len(),
-            strategy_records = state.strategies.len(),
-            insights = state.insights.len(),
-            failures = state.failures.len(),
-            configurations = state.configs.len(),
-            request_ids = state.requests.len(),
+            position = state.position,
+            instances = state.tables.instances.len(),
+            patterns = state.tables.patterns.len(),
+            strategy_records = state.tables.strategies.len(),
+            insights = state.tables.insights.len(),
+            failures = state.tables.failures.len(),
+            configurations = state.tables.configs.len(),
+            request_ids = state.tables.requests.len(),
             "state loaded"
         );
         let started_at = clock.now();
-        let outcome_sequence = state.outcome_sequence;
         let shared = Arc::new(Shared {
-            state: RwLock::new(state),
+            snapshot: ArcSwap::from_pointee(state.clone()),
             store,
             bus: InsightBus::new(settings.broadcast_capacity),
             clock,
             settings,
-            strategy_floor: AtomicU64::new(outcome_sequence),
             metrics: Arc::new(Metrics::new()),
         });
         let writer = Writer::spawn(
             shared.clone(),
+            writer::Start {
+                state,
+                stored,
+                checkpoint_now,
+            },
             shared.settings.writer_queue,
             shared.settings.max_batch,
             shared.settings.write_timeout,
@@ -274,65 +273,57 @@ impl Hub {
         self.shared.metrics.render(&self.status(), store_bytes)
     }
 
-    /// Reads the hub's state from `store` as a start does: every record,
-    /// then the outcome log after the stored floor replayed into the
-    /// aggregates. Returns the state and, when the replay changed anything
-    /// (or the store has no floor yet), the checkpoint [`Hub::open`] makes
-    /// durable before serving. Request ids past their window at `now` are
-    /// not loaded, and the checkpoint deletes them. It starts nothing, so
-    /// the load path can be exercised on its own (`fuzz/`: arbitrary
-    /// stores).
-    pub fn load_state(
-        store: &Store,
-        settings: &HubSettings,
-        now: UnixMillis,
-    ) -> Result<(State, Option<Changes>)> {
-        let mut snapshot = store.load()?;
-        // Request ids past their window deduplicate nothing.
-        let (live, expired): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.requests)
-            .into_iter()
-            .partition(|(_, r)| r.live_at(now, settings.request_id_window_ms));
-        snapshot.requests = live;
-        let expired_requests: std::collections::BTreeSet<_> =
-            expired.into_iter().map(|(key, _)| key).collect();
-        // A store that never recorded a floor persisted every aggregate
-        // with its outcome: there is nothing to replay.
-        let stored_floor = snapshot.strategy_floor;
-        // The floor never passes the last outcome handed out; a store that
-        // says otherwise would have its floor lowered below outcomes this
-        // load never read.
-        if stored_floor.is_some_and(|floor| floor > snapshot.outcome_sequence) {
-            return Err(Error::Internal(format!(
-                "corrupt store: strategy floor {} is past the last outcome sequence {}",
-                stored_floor.unwrap_or_default(),
-                snapshot.outcome_sequence
-            )));
+    /// Reads the hub's state from `store` as a start does: the newest
+    /// checkpoint, then every command logged after it folded in. Returns
+    /// the state the store holds (the next checkpoint's base), the state to
+    /// serve, and whether a checkpoint is due at once (a tail was folded,
+    /// or the store was written before the command log). It starts
+    /// nothing, so the load path can be exercised on its own (`fuzz/`:
+    /// arbitrary stores).
+    pub fn load_state(store: &Store, settings: &HubSettings) -> Result<(State, State, bool)> {
+        let loaded = store.load(settings.tuning.retention_days)?;
+        let mut state = loaded.state;
+        let checkpointed = state.position;
+        loop {
+            let page = store.read_log(state.position, 4096)?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in page {
+                if entry.position <= state.position {
+                    return Err(Error::Internal(format!(
+                        "corrupt store: log entry {} after position {}",
+                        entry.position, state.position
+                    )));
+                }
+                if let Err(e) = fold(&mut state, entry.position, &entry.command) {
+                    // Only commands that folded are logged here; one that
+                    // no longer does changed nothing when it was folded.
+                    tracing::warn!(
+                        position = entry.position,
+                        command = entry.command.action.name(),
+                        error = %e,
+                        "a logged command did not fold again; skipped"
+                    );
+                    state.skip_to(entry.position);
+                }
+            }
         }
-        let floor = stored_floor.unwrap_or(snapshot.outcome_sequence);
-        let mut state = State::from_snapshot(snapshot);
-        let replayed =
-            strategies::replay_outcomes(&mut state, store, floor, settings.tuning.retention_days)?;
-        // The writer only writes the floor when it moves, so a store must
-        // start with one.
-        if replayed.is_empty()
-            && stored_floor == Some(state.outcome_sequence)
-            && expired_requests.is_empty()
-        {
-            return Ok((state, None));
+        if state.position > checkpointed {
+            tracing::info!(
+                from = checkpointed,
+                to = state.position,
+                "folded the command log after the checkpoint"
+            );
         }
-        tracing::info!(
-            outcomes_after = floor,
-            aggregates = replayed.len(),
-            expired_request_ids = expired_requests.len(),
-            "start-up checkpoint: aggregates rebuilt from the outcome log, expired request ids dropped"
-        );
-        let checkpoint = Changes {
-            checkpoint: replayed,
-            strategy_floor: Some(state.outcome_sequence),
-            removed_requests: expired_requests,
-            ..Default::default()
-        };
-        Ok((state, Some(checkpoint)))
+        let checkpoint_now = loaded.legacy || state.position > checkpointed;
+        if loaded.legacy {
+            tracing::info!(
+                "data directory written before the command log: it is checkpointed in the new \
+                 format now (records, outcomes and audit entries kept as they are)"
+            );
+        }
+        Ok((loaded.stored, state, checkpoint_now))
     }
 
     /// Ends every insight stream (clients get UNAVAILABLE with their resume
@@ -341,13 +332,13 @@ impl Hub {
         self.shutdown.send_replace(true);
     }
 
-    /// Finishes queued writes, flushes the store and stops the writer.
+    /// Finishes queued writes, checkpoints, flushes the store and stops
+    /// the writer.
     pub async fn close(&self) -> Result<()> {
         self.begin_shutdown();
         // The windows still open are written with the last flush.
         for entry in self.sampler.drain() {
-            self.writer
-                .write_detached(move |txn| txn.append_audit(entry));
+            self.writer.audit(entry);
         }
         self.writer.stop().await
     }
@@ -361,16 +352,29 @@ impl Hub {
         self.shared.clock.now()
     }
 
-    fn state(&self) -> RwLockReadGuard<'_, State> {
-        self.shared.read_state()
+    /// The state as of the last batch the writer installed: a snapshot
+    /// that stays as it is however long a query holds it.
+    pub fn state(&self) -> Arc<State> {
+        self.shared.state()
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Txn<'_>) -> Result<T> + Send + 'static,
-    {
-        self.writer.write(f).await
+    /// Folds `action` in the writer (decided now) and returns its answer
+    /// once it is durable.
+    async fn submit(&self, action: Action) -> Result<Answer> {
+        self.writer
+            .submit(Command {
+                at: self.now(),
+                action,
+            })
+            .await
+    }
+
+    /// The idempotency a write's request id asks for.
+    fn idempotency(&self, request: Option<RequestTag>) -> Option<Idempotency> {
+        request.map(|tag| Idempotency {
+            tag,
+            window_ms: self.shared.settings.request_id_window_ms,
+        })
     }
 
     /// Opens an insight stream (see [`crate::stream`]). `holder` is the
@@ -406,7 +410,7 @@ impl Hub {
     /// Every strategy aggregate as the hub serves it now (diagnostics and
     /// tests).
     pub fn strategy_records(&self) -> Vec<Arc<crate::domain::model::StrategyRecord>> {
-        self.state().strategies.values().cloned().collect()
+        self.state().tables.strategies.values().cloned().collect()
     }
 
     pub fn status(&self) -> HubStatus {
@@ -416,37 +420,34 @@ impl Hub {
             version: env!("CARGO_PKG_VERSION"),
             started_at: self.started_at,
             uptime_seconds: (now - self.started_at).max(0) as u64 / 1000,
-            instances: state.instances.len() as u64,
-            patterns: state.patterns.len() as u64,
-            strategy_records: state.strategies.len() as u64,
-            strategy_outcomes: state.outcome_sequence,
+            instances: state.tables.instances.len() as u64,
+            patterns: state.tables.patterns.len() as u64,
+            strategy_records: state.tables.strategies.len() as u64,
+            strategy_outcomes: state.counters.outcome_sequence,
             insights: state
+                .tables
                 .insights
                 .values()
                 .filter(|i| i.is_valid_at(now))
                 .count() as u64,
-            failures: state.failures.len() as u64,
-            configurations: state.configs.len() as u64,
+            failures: state.tables.failures.len() as u64,
+            configurations: state.tables.configs.len() as u64,
             live_subscribers: self.shared.bus.stats().live.load(Ordering::SeqCst),
-            last_insight_sequence: state.insight_sequence,
+            last_insight_sequence: state.counters.insight_sequence,
             stream_catch_ups: self.shared.bus.stats().catch_ups.load(Ordering::SeqCst),
+            log_position: state.position,
         }
+    }
+
+    /// The state's digest (see [`State::digest`]): equal on two hubs that
+    /// folded the same log.
+    pub fn state_digest(&self) -> [u8; 32] {
+        self.state().digest()
     }
 }
 
-/// Every write needs a registered instance; this stamps its activity on the
-/// instance record (last seen, records shared) within the same commit.
-fn touch_instance(txn: &mut Txn<'_>, instance_id: &str) -> Result<()> {
-    let Some(instance) = txn.instance(instance_id) else {
-        return Err(Error::FailedPrecondition(format!(
-            "instance {instance_id:?} is not registered; call Register first"
-        )));
-    };
-    let mut instance = (*instance).clone();
-    instance.last_seen = instance.last_seen.max(txn.now);
-    instance.shared_records += 1;
-    // Activity, not registration: a crash may lose the last few seconds of
-    // it (see the writer), never a shared record.
-    txn.put_instance_activity(instance);
-    Ok(())
+/// The answer `answer` should be, for a command that answers `expected`;
+/// any other is a bug in the hub.
+fn wrong_answer(expected: &str, answer: Answer) -> Error {
+    Error::Internal(format!("{expected} was answered with {answer:?}"))
 }

@@ -3,19 +3,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use super::idempotency::unexpected;
-use super::{Hub, State, touch_instance};
-use crate::domain::idempotency::{Applied, RequestTag, WriteRpc};
+use super::{Hub, State, wrong_answer};
+use crate::domain::command::Action;
+use crate::domain::fold::Answer;
+use crate::domain::idempotency::RequestTag;
 use crate::domain::model::{
-    Attributes, FailurePattern, Metrics, RecentApplication, StrategyKey, StrategyOutcome,
-    StrategyRecord, StrategyShare, context_key, preceding, streak,
+    Attributes, FailurePattern, Metrics, RecentApplication, StrategyRecord, StrategyShare,
+    context_key,
 };
-use crate::domain::prevention::{self, StrategyUsage};
+use crate::domain::prevention;
 use crate::domain::recommend::{
     self, Combination, CombinationProblem, Recommendation, StrategyQuery, StrategyView,
 };
-use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::error::Result;
 
 /// What an instance asks GetStrategies.
 #[derive(Debug, Clone, Default)]
@@ -28,55 +28,6 @@ pub struct StrategyAsk {
     pub recent: Vec<RecentApplication>,
     /// Rank by a Thompson draw with this seed.
     pub explore_seed: Option<u64>,
-}
-
-/// The aggregate `existing` (or a new one for `key`) with `outcome` folded
-/// in: the one way an outcome changes an aggregate, live or in a replay.
-fn fold(
-    existing: Option<&StrategyRecord>,
-    key: &StrategyKey,
-    outcome: &StrategyOutcome,
-    retention_days: i64,
-) -> StrategyRecord {
-    let mut record = match existing {
-        Some(existing) => existing.clone(),
-        None => StrategyRecord::empty(key, outcome.at),
-    };
-    record.record(outcome, retention_days);
-    record
-}
-
-/// Brings the aggregates loaded from the store up to date with the outcome
-/// log: folds every outcome after `floor` into its aggregate unless the
-/// stored aggregate already holds it. Returns the aggregates it changed.
-pub(super) fn replay_outcomes(
-    state: &mut State,
-    store: &Store,
-    floor: u64,
-    retention_days: i64,
-) -> Result<Vec<Arc<StrategyRecord>>> {
-    let mut changed: BTreeMap<StrategyKey, Arc<StrategyRecord>> = BTreeMap::new();
-    let mut after = floor;
-    loop {
-        let page = store.outcomes_after(after, 4096)?;
-        let Some(last) = page.last() else { break };
-        after = last.sequence;
-        for outcome in &page {
-            let key = StrategyKey {
-                metric: outcome.metric.clone(),
-                strategy: outcome.strategy.clone(),
-                context_key: context_key(&outcome.context),
-            };
-            let existing = state.strategies.get(&key);
-            if existing.is_some_and(|r| r.through_sequence >= outcome.sequence) {
-                continue;
-            }
-            let record = Arc::new(fold(existing.map(|r| &**r), &key, outcome, retention_days));
-            state.put_strategy(record.clone());
-            changed.insert(key, record);
-        }
-    }
-    Ok(changed.into_values().collect())
 }
 
 /// A strategy that, applied shortly before another, lowered its success
@@ -99,61 +50,21 @@ impl Hub {
         share: StrategyShare,
         request: Option<RequestTag>,
     ) -> Result<(u64, Arc<StrategyRecord>)> {
-        let instance = caller.to_string();
-        let retention_days = self.shared.settings.tuning.retention_days;
-        self.write_once(
-            caller,
-            WriteRpc::ShareStrategy,
-            request,
-            move |txn, first| {
-                let key = StrategyKey {
-                    metric: share.metric.clone(),
-                    strategy: share.strategy.clone(),
-                    context_key: context_key(&share.context),
-                };
-                if let Some(first) = first {
-                    let Applied::ShareStrategy { outcome_sequence } = first else {
-                        return Err(unexpected(first, WriteRpc::ShareStrategy));
-                    };
-                    let record = txn.strategy(&key).ok_or_else(|| {
-                        Error::Internal(format!(
-                            "aggregate of outcome {outcome_sequence} is missing"
-                        ))
-                    })?;
-                    return Ok(((outcome_sequence, record), first));
-                }
-                touch_instance(txn, &instance)?;
-                let outcome = StrategyOutcome {
-                    sequence: txn.next_outcome_sequence(),
-                    at: txn.now,
-                    instance_id: instance,
-                    streak: streak(&share.recent, &share.strategy, &share.metric),
-                    preceded_by: preceding(&share.recent),
-                    strategy: share.strategy,
-                    metric: share.metric,
-                    value_before: share.value_before,
-                    successful: share.successful,
-                    delta: share.delta,
-                    condition: share.condition,
-                    context: share.context,
-                };
-                let record = fold(
-                    txn.strategy(&key).as_deref(),
-                    &key,
-                    &outcome,
-                    retention_days,
-                );
-                let sequence = outcome.sequence;
-                txn.append_outcome(outcome);
-                Ok((
-                    (sequence, txn.put_strategy(record)),
-                    Applied::ShareStrategy {
-                        outcome_sequence: sequence,
-                    },
-                ))
-            },
-        )
-        .await
+        let answer = self
+            .submit(Action::ShareStrategy {
+                caller: caller.to_string(),
+                share,
+                evidence_days: self.shared.settings.tuning.retention_days,
+                request: self.idempotency(request),
+            })
+            .await?;
+        match answer {
+            Answer::StrategyShared {
+                outcome_sequence,
+                record,
+            } => Ok((outcome_sequence, record)),
+            other => Err(wrong_answer("ShareStrategy", other)),
+        }
     }
 
     /// Ranked recommendations (see [`crate::domain::recommend`]).
@@ -167,7 +78,7 @@ impl Hub {
         let views = state.strategy_views(&ask.metric, &key);
         // Open failures by strategy, read once rather than once per strategy.
         let mut open_failures: BTreeMap<&str, Vec<&FailurePattern>> = BTreeMap::new();
-        for failure in state.failures.values().filter(|f| !f.resolved) {
+        for failure in state.tables.failures.values().filter(|f| !f.resolved) {
             open_failures
                 .entry(failure.strategy.as_str())
                 .or_default()
@@ -178,7 +89,7 @@ impl Hub {
             .filter_map(|(fleet, _)| {
                 let name = fleet.strategy.as_str();
                 let failures = open_failures.get(name)?;
-                let usage = Self::usage_of(state, name);
+                let usage = state.usage_of(name);
                 Some((
                     name.to_string(),
                     prevention::expected_loss(failures.iter().copied(), &ask.recent, &usage),
@@ -247,11 +158,6 @@ impl Hub {
         let combination = problem.solve();
         (combination, conflicts)
     }
-
-    /// How `strategy` has been used (any metric, any context).
-    pub(super) fn usage_of(state: &State, strategy: &str) -> StrategyUsage {
-        state.usage.get(strategy).cloned().unwrap_or_default()
-    }
 }
 
 /// Pairs among `names` the fleet has seen conflict, each as (a, b) with a < b.
@@ -264,7 +170,7 @@ fn conflicts(state: &State, names: &BTreeSet<&str>) -> Vec<(String, String)> {
             (b.to_string(), a.to_string())
         }
     };
-    for record in state.strategies.values() {
+    for record in state.tables.strategies.values() {
         if !names.contains(record.strategy.as_str()) || record.applications == 0 {
             continue;
         }
@@ -281,11 +187,11 @@ fn conflicts(state: &State, names: &BTreeSet<&str>) -> Vec<(String, String)> {
             }
         }
     }
-    for failure in state.failures.values().filter(|f| !f.resolved) {
+    for failure in state.tables.failures.values().filter(|f| !f.resolved) {
         if !names.contains(failure.strategy.as_str()) {
             continue;
         }
-        let usage = Hub::usage_of(state, &failure.strategy);
+        let usage = state.usage_of(&failure.strategy);
         for (before, failures_with) in &failure.preceded_by {
             if before == &failure.strategy || !names.contains(before.as_str()) {
                 continue;

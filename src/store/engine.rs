@@ -38,6 +38,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Up to `limit` entries with `start <= key < end`, in key order.
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// The same from the end: the last `limit` entries of the range, in
+    /// descending key order.
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
     /// Approximate bytes on disk (0 for memory).
     fn size_on_disk(&self) -> u64;
 
@@ -243,6 +247,16 @@ impl Engine for SledEngine {
         })
     }
 
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.with_tree("read", |tree| {
+            tree.range(start..end)
+                .rev()
+                .take(limit)
+                .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect()
+        })
+    }
+
     fn size_on_disk(&self) -> u64 {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         db.as_ref()
@@ -330,6 +344,19 @@ impl Engine for MemoryEngine {
             .collect())
     }
 
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let map = self
+            .map
+            .lock()
+            .map_err(|_| Error::Internal("memory engine poisoned".into()))?;
+        Ok(map
+            .range::<[u8], _>((Bound::Included(start), Bound::Excluded(end)))
+            .rev()
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn size_on_disk(&self) -> u64 {
         0
     }
@@ -352,6 +379,8 @@ mod tests {
         let a = engine.scan(b"a/", b"a0", usize::MAX).unwrap();
         assert_eq!(a, vec![(b"a/2".to_vec(), b"two".to_vec())]);
         assert_eq!(engine.scan(b"", b"\xff", 1).unwrap().len(), 1);
+        let newest = engine.scan_rev(b"", b"\xff", 1).unwrap();
+        assert_eq!(newest, vec![(b"b/1".to_vec(), b"other".to_vec())]);
     }
 
     #[test]

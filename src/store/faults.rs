@@ -249,6 +249,11 @@ impl Engine for FaultyEngine {
         self.inner.scan(start, end, limit)
     }
 
+    fn scan_rev(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.faults.check(Op::Scan, None)?;
+        self.inner.scan_rev(start, end, limit)
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.inner.size_on_disk()
     }

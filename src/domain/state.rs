@@ -1,0 +1,512 @@
+//! The hub's state: what folding the command log up to a position yields.
+//!
+//! Everything in it is a persistent (immutable, structurally shared) map, so
+//! the writer can hand readers a snapshot after every batch at the cost of
+//! a few reference counts, keep the version it last checkpointed and write
+//! only the difference ([`Tables::diff`]), and make a command atomic by
+//! folding it into a clone that it drops if the command fails.
+//!
+//! The record tables are declared once, in [`tables!`]: each is a map from
+//! a key to `Arc<Record>` with a one-letter prefix that names it in the
+//! store. What the declaration generates — the fields, loading, the diff a
+//! checkpoint writes, the digest — is all a new record kind needs.
+//!
+//! Besides the tables: [`Counters`] (the sequences handed out, pattern
+//! calibration), the rows of the outcome and audit logs folded since the
+//! last checkpoint (the store keeps the rest), and indexes derived from the
+//! tables for queries (never checkpointed, rebuilt at load, not part of
+//! the digest). Nothing in here is iterated in hash order where the order
+//! could reach a result.
+
+use std::sync::{Arc, OnceLock};
+
+use imbl::{OrdMap, OrdSet, Vector};
+use serde::{Deserialize, Serialize};
+
+use super::idempotency::{RequestKey, RequestRecord};
+use super::matching::{MatchCalibration, PatternIndex};
+use super::model::{
+    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
+    StrategyOutcome, StrategyRecord,
+};
+use super::prevention::StrategyUsage;
+use super::recommend::fleet_view;
+
+/// A table of records.
+pub type Table<K, V> = OrdMap<K, Arc<V>>;
+
+/// How a table's key is written in the store: bytes whose order is the
+/// key's order.
+pub trait TableKey: Ord + Clone + Sized {
+    fn to_bytes(&self) -> Vec<u8>;
+    fn from_bytes(bytes: &[u8]) -> Option<Self>;
+}
+
+impl TableKey for String {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}
+
+impl TableKey for u64 {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+}
+
+impl TableKey for StrategyKey {
+    fn to_bytes(&self) -> Vec<u8> {
+        format!("{}\0{}\0{}", self.metric, self.strategy, self.context_key).into_bytes()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut parts = text.splitn(3, '\0');
+        Some(StrategyKey {
+            metric: parts.next()?.to_string(),
+            strategy: parts.next()?.to_string(),
+            context_key: parts.next()?.to_string(),
+        })
+    }
+}
+
+impl TableKey for RequestKey {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.as_str().as_bytes().to_vec()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        RequestKey::from_stored(String::from_utf8(bytes.to_vec()).ok()?)
+    }
+}
+
+/// What walks the tables: a checkpoint writing them, a digest hashing them.
+pub trait TableVisitor {
+    type Error;
+    /// One record of `table` (`None`: removed, in a diff).
+    fn record<K: TableKey, V: Serialize>(
+        &mut self,
+        table: &'static str,
+        key: &K,
+        value: Option<&V>,
+    ) -> Result<(), Self::Error>;
+}
+
+/// What fills the tables when the state is loaded.
+pub trait TableSource {
+    type Error;
+    /// Every record of `table`, in key order.
+    fn records<K: TableKey, V: for<'de> Deserialize<'de>>(
+        &mut self,
+        table: &'static str,
+    ) -> Result<Vec<(K, V)>, Self::Error>;
+}
+
+/// Declares the record tables: `field: prefix => Key, Record`.
+macro_rules! tables {
+    ($($(#[$doc:meta])* $field:ident: $prefix:literal => $key:ty, $value:ty;)*) => {
+        /// Every record the hub keeps, by table.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct Tables {
+            $($(#[$doc])* pub $field: Table<$key, $value>,)*
+        }
+
+        /// The tables' store prefixes, in declaration order.
+        pub const TABLES: &[&str] = &[$($prefix),*];
+
+        impl Tables {
+            /// Visits every record of every table, in key order.
+            pub fn visit<T: TableVisitor>(&self, visitor: &mut T) -> Result<(), T::Error> {
+                $(for (key, value) in self.$field.iter() {
+                    visitor.record($prefix, key, Some(&**value))?;
+                })*
+                Ok(())
+            }
+
+            /// Visits what changed from `old` to `self`: new and replaced
+            /// records, and removed ones as `None`. Structure the two
+            /// versions share is skipped unread.
+            pub fn diff<T: TableVisitor>(&self, old: &Tables, visitor: &mut T) -> Result<(), T::Error> {
+                $(for item in old.$field.diff(&self.$field) {
+                    match item {
+                        imbl::ordmap::DiffItem::Add(key, value)
+                        | imbl::ordmap::DiffItem::Update { new: (key, value), .. } => {
+                            visitor.record($prefix, key, Some(&**value))?
+                        }
+                        imbl::ordmap::DiffItem::Remove(key, _) => {
+                            visitor.record::<$key, $value>($prefix, key, None)?
+                        }
+                    }
+                })*
+                Ok(())
+            }
+
+            /// Reads every table from `source`.
+            pub fn load<S: TableSource>(source: &mut S) -> Result<Tables, S::Error> {
+                Ok(Tables {
+                    $($field: source
+                        .records::<$key, $value>($prefix)?
+                        .into_iter()
+                        .map(|(k, v)| (k, Arc::new(v)))
+                        .collect(),)*
+                })
+            }
+        }
+    };
+}
+
+tables! {
+    /// Registered instances, by id.
+    instances: "i/" => String, Instance;
+    /// Plateau patterns, by id (derived from their signature).
+    patterns: "p/" => String, Pattern;
+    /// Strategy aggregates, by (metric, strategy, context): one metric's
+    /// aggregates are one range.
+    strategies: "s/" => StrategyKey, StrategyRecord;
+    /// Insights, by sequence.
+    insights: "n/" => u64, Insight;
+    /// Failure patterns, by id.
+    failures: "f/" => String, FailurePattern;
+    /// Configurations, by id.
+    configs: "c/" => String, Configuration;
+    /// Each instance's current API key (salted hash), by instance.
+    api_keys: "k/" => String, ApiKey;
+    /// Remembered request ids of idempotent writes, by (instance, id).
+    requests: "r/" => RequestKey, RequestRecord;
+}
+
+/// The sequences handed out, and what acted-on pattern matches taught.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// The last insight sequence handed out (never reused).
+    pub insight_sequence: u64,
+    /// The last strategy-outcome sequence handed out.
+    pub outcome_sequence: u64,
+    /// The last audit sequence handed out.
+    pub audit_sequence: u64,
+    /// How acted-on pattern matches turned out, by similarity.
+    pub pattern_calibration: MatchCalibration,
+}
+
+/// Rows of the outcome and audit logs folded since the last checkpoint;
+/// the store holds the older ones. Kept out of the tables because the logs
+/// are read by range, never loaded whole.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    pub outcomes: Vector<Arc<StrategyOutcome>>,
+    pub audit: Vector<Arc<AuditEntry>>,
+    /// A running SHA-256 over every row ever folded (checkpointed or not),
+    /// so that the digest covers the logs without holding them.
+    pub digest: [u8; 32],
+}
+
+impl Rows {
+    fn chain(&mut self, kind: u8, row: &impl Serialize) {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        hash.update(&self.digest);
+        hash.update(&[kind]);
+        // Rows are plain data; an encoding error would be a bug, and the
+        // digest then still differs from a replica's that encoded it.
+        hash.update(&serde_json::to_vec(row).unwrap_or_default());
+        self.digest.copy_from_slice(hash.finish().as_ref());
+    }
+}
+
+/// One strategy's aggregates on one metric, merged across contexts.
+#[derive(Debug)]
+pub struct StrategyGroup {
+    /// Every context merged (see [`fleet_view`]).
+    pub fleet: Arc<StrategyRecord>,
+    pub by_context: OrdMap<String, Arc<StrategyRecord>>,
+}
+
+/// Indexes derived from the tables, kept up to date as they change.
+#[derive(Debug, Clone, Default)]
+pub struct Indexes {
+    /// The patterns, grouped for matching.
+    pub patterns: PatternIndex,
+    /// Each strategy's use on any metric in any context (failure warnings
+    /// need it per query).
+    pub usage: OrdMap<String, StrategyUsage>,
+    /// The strategies with an aggregate on each metric.
+    pub metric_strategies: OrdMap<String, OrdSet<String>>,
+    /// metric → strategy → its merged view, built by the first query that
+    /// needs it and replaced (empty) when one of its aggregates changes.
+    views: OrdMap<(String, String), Arc<OnceLock<StrategyGroup>>>,
+}
+
+/// Everything the hub knows, as of log position `position`.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The last log position folded in (0: none).
+    pub position: u64,
+    pub tables: Tables,
+    pub counters: Counters,
+    pub rows: Rows,
+    pub indexes: Indexes,
+}
+
+impl State {
+    /// A state from loaded tables, with its indexes built.
+    pub fn from_tables(
+        position: u64,
+        tables: Tables,
+        counters: Counters,
+        rows_digest: [u8; 32],
+    ) -> Self {
+        let mut state = State {
+            position,
+            counters,
+            rows: Rows {
+                digest: rows_digest,
+                ..Rows::default()
+            },
+            ..State::default()
+        };
+        for pattern in tables.patterns.values() {
+            state.indexes.patterns.upsert(pattern.clone());
+        }
+        for record in tables.strategies.values() {
+            state.index_strategy(record, None);
+        }
+        state.tables = tables;
+        state
+    }
+
+    /// Moves past a log position whose command failed to fold (it changed
+    /// nothing).
+    pub fn skip_to(&mut self, position: u64) {
+        self.position = self.position.max(position);
+    }
+
+    // --- records with indexes: the fold changes them through these -------
+
+    /// Replaces (or adds) one aggregate, keeping the indexes right.
+    pub fn put_strategy(&mut self, record: Arc<StrategyRecord>) {
+        let key = record.key();
+        let old = self.tables.strategies.insert(key, record.clone());
+        self.index_strategy(&record, old.as_deref());
+    }
+
+    fn index_strategy(&mut self, record: &Arc<StrategyRecord>, old: Option<&StrategyRecord>) {
+        let usage = self
+            .indexes
+            .usage
+            .entry(record.strategy.clone())
+            .or_default();
+        usage.add(record);
+        if let Some(old) = old {
+            usage.subtract(old);
+        }
+        self.indexes
+            .metric_strategies
+            .entry(record.metric.clone())
+            .or_default()
+            .insert(record.strategy.clone());
+        self.indexes.views.insert(
+            (record.metric.clone(), record.strategy.clone()),
+            Arc::default(),
+        );
+    }
+
+    pub fn put_pattern(&mut self, pattern: Arc<Pattern>) {
+        self.indexes.patterns.upsert(pattern.clone());
+        self.tables.patterns.insert(pattern.id.clone(), pattern);
+    }
+
+    pub fn remove_pattern(&mut self, id: &str) {
+        self.tables.patterns.remove(id);
+        self.indexes.patterns.remove(id);
+    }
+
+    /// Appends a strategy outcome to the outcome log.
+    pub fn log_outcome(&mut self, outcome: StrategyOutcome) {
+        self.rows.chain(b'o', &outcome);
+        self.rows.outcomes.push_back(Arc::new(outcome));
+    }
+
+    /// Appends an entry to the audit log, giving it the next sequence.
+    pub fn log_audit(&mut self, mut entry: AuditEntry) -> u64 {
+        self.counters.audit_sequence += 1;
+        entry.sequence = self.counters.audit_sequence;
+        self.rows.chain(b'u', &entry);
+        self.rows.audit.push_back(Arc::new(entry));
+        self.counters.audit_sequence
+    }
+
+    // --- queries ----------------------------------------------------------
+
+    /// Every strategy with evidence on `metric`: its fleet view, and its
+    /// aggregate in `context_key` if it has one there.
+    pub fn strategy_views(
+        &self,
+        metric: &str,
+        context_key: &str,
+    ) -> Vec<(Arc<StrategyRecord>, Option<Arc<StrategyRecord>>)> {
+        let Some(names) = self.indexes.metric_strategies.get(metric) else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|name| {
+                let cell = self
+                    .indexes
+                    .views
+                    .get(&(metric.to_string(), name.clone()))?;
+                let group = cell.get_or_init(|| self.build_group(metric, name));
+                let own = if context_key.is_empty() {
+                    None
+                } else {
+                    group.by_context.get(context_key).cloned()
+                };
+                Some((group.fleet.clone(), own))
+            })
+            .collect()
+    }
+
+    fn build_group(&self, metric: &str, strategy: &str) -> StrategyGroup {
+        let start = StrategyKey {
+            metric: metric.to_string(),
+            strategy: strategy.to_string(),
+            context_key: String::new(),
+        };
+        let records: Vec<&Arc<StrategyRecord>> = self
+            .tables
+            .strategies
+            .range(start..)
+            .take_while(|(k, _)| k.metric == metric && k.strategy == strategy)
+            .map(|(_, r)| r)
+            .collect();
+        StrategyGroup {
+            fleet: Arc::new(fleet_view(records.iter().map(|r| &***r))),
+            by_context: records
+                .into_iter()
+                .map(|r| (r.context_key.clone(), r.clone()))
+                .collect(),
+        }
+    }
+
+    /// How `strategy` has been used (any metric, any context).
+    pub fn usage_of(&self, strategy: &str) -> StrategyUsage {
+        self.indexes
+            .usage
+            .get(strategy)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A SHA-256 over everything the log decides: the position, every
+    /// record of every table in key order, the counters and the rows ever
+    /// logged. Two replicas at the same position hold the same state if and
+    /// only if (barring a collision) their digests are equal; how they got
+    /// there — from scratch, from a checkpoint — does not enter it.
+    pub fn digest(&self) -> [u8; 32] {
+        struct Hasher(ring::digest::Context);
+        impl TableVisitor for Hasher {
+            type Error = std::convert::Infallible;
+            fn record<K: TableKey, V: Serialize>(
+                &mut self,
+                table: &'static str,
+                key: &K,
+                value: Option<&V>,
+            ) -> Result<(), Self::Error> {
+                let key = key.to_bytes();
+                let value = value
+                    .map(|v| serde_json::to_vec(v).unwrap_or_default())
+                    .unwrap_or_default();
+                for part in [table.as_bytes(), &key, &value] {
+                    self.0.update(&(part.len() as u64).to_be_bytes());
+                    self.0.update(part);
+                }
+                Ok(())
+            }
+        }
+        let mut hasher = Hasher(ring::digest::Context::new(&ring::digest::SHA256));
+        hasher.0.update(&self.position.to_be_bytes());
+        let Ok(()) = self.tables.visit(&mut hasher);
+        hasher
+            .0
+            .update(&serde_json::to_vec(&self.counters).unwrap_or_default());
+        hasher.0.update(&self.rows.digest);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(hasher.0.finish().as_ref());
+        digest
+    }
+}
+
+/// Hex of a digest, for logs and reports.
+pub fn digest_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_in_order() {
+        let a = StrategyKey {
+            metric: "m".into(),
+            strategy: "a".into(),
+            context_key: "p=1".into(),
+        };
+        assert_eq!(StrategyKey::from_bytes(&a.to_bytes()), Some(a.clone()));
+        assert!(2u64.to_bytes() < 10u64.to_bytes());
+        let r = RequestKey::new("i1", "req-1");
+        assert_eq!(RequestKey::from_bytes(&r.to_bytes()), Some(r));
+        assert_eq!(RequestKey::from_bytes(b"no-separator"), None);
+    }
+
+    #[test]
+    fn a_clone_is_a_snapshot_and_the_diff_is_what_changed() {
+        let mut state = State::default();
+        let instance = |id: &str| {
+            Arc::new(Instance {
+                instance_id: id.into(),
+                region: "r".into(),
+                context: Default::default(),
+                capabilities: vec![],
+                registered_at: 1,
+                last_seen: 1,
+                shared_records: 0,
+            })
+        };
+        for id in ["a", "b", "c"] {
+            state.tables.instances.insert(id.into(), instance(id));
+        }
+        let snapshot = state.clone();
+        state.tables.instances.insert("d".into(), instance("d"));
+        state.tables.instances.remove("a");
+        assert_eq!(
+            snapshot.tables.instances.len(),
+            3,
+            "the snapshot is unchanged"
+        );
+
+        struct Seen(Vec<(String, bool)>);
+        impl TableVisitor for Seen {
+            type Error = ();
+            fn record<K: TableKey, V: Serialize>(
+                &mut self,
+                table: &'static str,
+                key: &K,
+                value: Option<&V>,
+            ) -> Result<(), ()> {
+                let key = String::from_utf8(key.to_bytes()).unwrap();
+                self.0.push((format!("{table}{key}"), value.is_some()));
+                Ok(())
+            }
+        }
+        let mut seen = Seen(Vec::new());
+        state.tables.diff(&snapshot.tables, &mut seen).unwrap();
+        assert_eq!(
+            seen.0,
+            vec![("i/a".to_string(), false), ("i/d".to_string(), true)]
+        );
+        assert_ne!(state.digest(), snapshot.digest());
+    }
+}

@@ -1,0 +1,278 @@
+//! The writer's loop and one group commit.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::Arc,
+    time::Instant,
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::checkpoints::Checkpoints;
+use super::repair::Pending;
+use super::{Message, Start, TrimRows, shutting_down};
+use crate::domain::command::{Action, Command, LogEntry};
+use crate::domain::fold::{Answer, fold};
+use crate::domain::model::AuditEntry;
+use crate::domain::state::State;
+use crate::error::{Error, Result};
+use crate::hub::Shared;
+use crate::store::RowLog;
+
+type Reply = oneshot::Sender<Result<Answer>>;
+type TrimReply = oneshot::Sender<Result<(usize, usize)>>;
+
+/// What the loop keeps between batches.
+struct Writer {
+    shared: Arc<Shared>,
+    /// The installed state (what readers see, but for rows the last
+    /// checkpoint moved to the store).
+    state: State,
+    checkpoints: Checkpoints,
+    pending: Pending,
+}
+
+/// One batch's messages, sorted.
+#[derive(Default)]
+struct Batch {
+    writes: Vec<(Command, Reply)>,
+    audit: Vec<AuditEntry>,
+    trims: Vec<(TrimRows, TrimReply)>,
+    stop: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl Batch {
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Write { command, reply } => self.writes.push((command, reply)),
+            Message::Audit(entry) => self.audit.push(entry),
+            Message::Trim { trim, reply } => self.trims.push((trim, reply)),
+            Message::Tick => {}
+            Message::Stop(tx) => self.stop = Some(tx),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.writes.len() + self.audit.len() + self.trims.len()
+    }
+}
+
+pub(super) fn run(
+    shared: Arc<Shared>,
+    start: Start,
+    mut rx: mpsc::Receiver<Message>,
+    max_batch: usize,
+) {
+    let now = Instant::now();
+    let mut writer = Writer {
+        pending: Pending::new(start.state.position),
+        checkpoints: Checkpoints::new(start.stored, start.checkpoint_now, now),
+        state: start.state,
+        shared,
+    };
+    writer.checkpoint_if_due(Instant::now());
+    let mut stop = None;
+    while stop.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut batch = Batch::default();
+        batch.take(first);
+        while batch.stop.is_none() && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(message) => batch.take(message),
+                Err(_) => break,
+            }
+        }
+        stop = batch.stop.take();
+        // A failure was answered to the batch's callers and logged.
+        let _ = writer.commit(batch.writes, batch.audit);
+        for (trim, reply) in batch.trims {
+            let _ = reply.send(writer.trim(trim));
+        }
+        writer.checkpoint_if_due(Instant::now());
+    }
+    rx.close();
+    // Requests that raced with the stop get a clear answer rather than a
+    // dropped channel.
+    let mut late = Batch::default();
+    while let Ok(message) = rx.try_recv() {
+        late.take(message);
+    }
+    for (_, reply) in late.writes {
+        let _ = reply.send(Err(shutting_down()));
+    }
+    for (_, reply) in late.trims {
+        let _ = reply.send(Err(shutting_down()));
+    }
+    // The audit entries that raced with the stop are still written.
+    let last = writer.commit(Vec::new(), late.audit);
+    // Checkpoint everything, so the next start has nothing to fold. If that
+    // fails the next start folds the log instead; the caller of `stop`
+    // still hears of it.
+    let flushed = last.and_then(|()| writer.checkpoint()).and_then(|()| {
+        writer.shared.store.flush()?;
+        writer.pending.flushed(writer.state.position);
+        Ok(())
+    });
+    if let Err(e) = &flushed {
+        tracing::error!(error = %e, "final checkpoint or flush failed; the next start folds the log");
+    }
+    if let Some(tx) = stop {
+        let _ = tx.send(flushed);
+    }
+}
+
+impl Writer {
+    /// Folds `writes` (and `audit` as one command) into a copy of the
+    /// state, appends what folded, flushes if any of it must be durable
+    /// (or unflushed entries have waited long enough, or a failure left
+    /// the log's tail in doubt), installs and publishes the copy, and
+    /// answers. On a store failure nothing is installed and every folded
+    /// write is answered with the store's error.
+    fn commit(&mut self, writes: Vec<(Command, Reply)>, audit: Vec<AuditEntry>) -> Result<()> {
+        let requests = writes.len();
+        let mut state = self.state.clone();
+        let previous_insight = state.counters.insight_sequence;
+        let mut entries: Vec<LogEntry> = Vec::new();
+        let mut answered: Vec<(Reply, Result<Answer>)> = Vec::with_capacity(requests);
+        let mut durable = false;
+        for (command, reply) in writes {
+            let position = state.position + 1;
+            // A panic in a fold must not take the writer (and with it every
+            // later write) down; the fold changed nothing.
+            let folded = catch_unwind(AssertUnwindSafe(|| fold(&mut state, position, &command)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(command = command.action.name(), "a fold panicked");
+                    Err(Error::Internal(format!(
+                        "{} could not be applied",
+                        command.action.name()
+                    )))
+                });
+            if folded.is_ok() {
+                durable |= command.action.durable();
+                entries.push(LogEntry { position, command });
+            }
+            answered.push((reply, folded));
+        }
+        if !audit.is_empty() {
+            let command = Command {
+                at: self.shared.clock.now(),
+                action: Action::Audit { entries: audit },
+            };
+            let position = state.position + 1;
+            if fold(&mut state, position, &command).is_ok() {
+                entries.push(LogEntry { position, command });
+            }
+        }
+
+        let now = Instant::now();
+        let repair = self.pending.repair_plan().is_some();
+        let flush = durable || repair || self.pending.aged(now);
+        if entries.is_empty() && !flush {
+            for (reply, answer) in answered {
+                let _ = reply.send(answer);
+            }
+            return Ok(());
+        }
+        let store = &self.shared.store;
+        let written = (|| -> Result<()> {
+            if let Some(plan) = self.pending.repair_plan() {
+                store.recover()?;
+                store.discard_log_after(plan.discard_after)?;
+                store.append(plan.reappend)?;
+            }
+            if !entries.is_empty() {
+                store.append(&entries)?;
+            }
+            if flush {
+                store.flush()?;
+            }
+            Ok(())
+        })();
+        self.shared
+            .metrics
+            .group_commit(requests, now.elapsed(), written.is_ok());
+        match &written {
+            Ok(()) => {
+                if flush {
+                    self.pending.flushed(state.position);
+                } else {
+                    self.pending.installed(entries, now);
+                }
+                self.install(state, previous_insight);
+                for (reply, answer) in answered {
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(e) => {
+                self.pending.failed(requests, e, now);
+                for (reply, answer) in answered {
+                    let _ = reply.send(answer.and(Err(e.clone())));
+                }
+            }
+        }
+        written
+    }
+
+    /// Makes `state` the installed one: readers see it from now on, and
+    /// the insights it added are published in sequence order.
+    fn install(&mut self, state: State, previous_insight: u64) {
+        let published = Arc::new(state.clone());
+        self.state = state;
+        self.shared.snapshot.store(published.clone());
+        for (_, insight) in published.tables.insights.range(previous_insight + 1..) {
+            self.shared.bus.publish(insight.clone());
+        }
+    }
+
+    fn checkpoint_if_due(&mut self, now: Instant) {
+        if !self.checkpoints.due(&self.state, now) {
+            return;
+        }
+        // A failure is logged; the next tick tries again.
+        let _ = self.checkpoint();
+    }
+
+    /// Checkpoints the installed state, then trims the log it covers.
+    fn checkpoint(&mut self) -> Result<()> {
+        if self.checkpoints.up_to_date(&self.state) && self.pending.repair_plan().is_none() {
+            return Ok(());
+        }
+        let store = &self.shared.store;
+        let written = (|| -> Result<()> {
+            if let Some(plan) = self.pending.repair_plan() {
+                store.recover()?;
+                store.discard_log_after(plan.discard_after)?;
+                store.append(plan.reappend)?;
+            }
+            store.checkpoint(&self.checkpoints.stored, &self.state)
+        })();
+        match written {
+            Ok(()) => {
+                // The checkpoint's flush made the log durable too.
+                self.pending.flushed(self.state.position);
+                self.checkpoints.written(&mut self.state, Instant::now());
+                self.shared.snapshot.store(Arc::new(self.state.clone()));
+                if let Err(e) = store.trim_log(self.state.position.saturating_add(1)) {
+                    tracing::warn!(error = %e, "cannot trim the command log; the next checkpoint tries again");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the log keeps every command meanwhile");
+                self.pending.failed(0, &e, Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    /// Trims the outcome and audit logs in the store.
+    fn trim(&mut self, trim: TrimRows) -> Result<(usize, usize)> {
+        let store = &self.shared.store;
+        Ok((
+            store.trim_rows(RowLog::Outcomes, trim.outcomes_before, trim.now)?,
+            store.trim_rows(RowLog::Audit, trim.audit_before, trim.now)?,
+        ))
+    }
+}

@@ -1,0 +1,102 @@
+//! When the writer checkpoints, and what a checkpoint makes durable.
+//!
+//! Between checkpoints only commands are written: a write costs its
+//! command's bytes, however large the records it changes (an aggregate with
+//! a month of daily evidence is kilobytes). A checkpoint writes what
+//! changed since the previous one — the difference of two versions of the
+//! state, which share everything else — with the rows of the outcome and
+//! audit logs folded meanwhile, and its position; a start then folds only
+//! the log after it. The log before a checkpoint is no longer needed and
+//! is trimmed.
+//!
+//! A checkpoint is due every [`CHECKPOINT_EVERY`], or sooner once
+//! [`CHECKPOINT_ROWS`] rows wait in memory, and always at shutdown (so the
+//! next start has nothing to fold) and after a start that folded a tail or
+//! read a store written before the command log.
+
+use std::time::{Duration, Instant};
+
+use crate::domain::state::State;
+
+/// The longest the state goes without a checkpoint while it changes.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// Rows (outcomes, audit entries) that may wait in memory for one.
+pub const CHECKPOINT_ROWS: usize = 50_000;
+
+/// The writer's view of its checkpoints.
+#[derive(Debug)]
+pub struct Checkpoints {
+    /// The state the newest checkpoint holds (the next one's diff base).
+    pub stored: State,
+    /// When it was written.
+    written_at: Instant,
+    /// Write one at the first chance, whatever the clock says.
+    urgent: bool,
+}
+
+impl Checkpoints {
+    /// `stored` is what the store holds; `urgent` asks for a checkpoint at
+    /// once (a start that folded a tail, or read a legacy store).
+    pub fn new(stored: State, urgent: bool, now: Instant) -> Self {
+        Checkpoints {
+            stored,
+            written_at: now,
+            urgent,
+        }
+    }
+
+    /// Whether `state` should be checkpointed now.
+    pub fn due(&self, state: &State, now: Instant) -> bool {
+        if state.position == self.stored.position && !self.urgent {
+            return false;
+        }
+        self.urgent
+            || state.rows.outcomes.len() + state.rows.audit.len() >= CHECKPOINT_ROWS
+            || now.duration_since(self.written_at) >= CHECKPOINT_EVERY
+    }
+
+    /// Whether nothing would be written: `state` is what the store holds.
+    pub fn up_to_date(&self, state: &State) -> bool {
+        !self.urgent
+            && state.position == self.stored.position
+            && state.rows.outcomes.is_empty()
+            && state.rows.audit.is_empty()
+    }
+
+    /// `state` was written: it is the new base. Its rows are in the store
+    /// now, so the state keeps none.
+    pub fn written(&mut self, state: &mut State, now: Instant) {
+        state.rows.outcomes.clear();
+        state.rows.audit.clear();
+        self.stored = state.clone();
+        self.written_at = now;
+        self.urgent = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::AuditEntry;
+
+    #[test]
+    fn due_by_time_by_rows_or_when_urgent_and_never_without_change() {
+        let t0 = Instant::now();
+        let mut state = State::default();
+        let mut checkpoints = Checkpoints::new(state.clone(), false, t0);
+        assert!(!checkpoints.due(&state, t0 + CHECKPOINT_EVERY), "unchanged");
+        state.position = 1;
+        assert!(!checkpoints.due(&state, t0));
+        assert!(checkpoints.due(&state, t0 + CHECKPOINT_EVERY));
+        for _ in 0..CHECKPOINT_ROWS {
+            state.log_audit(AuditEntry::default());
+        }
+        assert!(checkpoints.due(&state, t0), "rows pile up");
+        checkpoints.written(&mut state, t0);
+        assert!(state.rows.audit.is_empty(), "written rows leave memory");
+        assert_eq!(checkpoints.stored.position, 1);
+        assert!(!checkpoints.due(&state, t0 + CHECKPOINT_EVERY));
+        let urgent = Checkpoints::new(state.clone(), true, t0);
+        assert!(urgent.due(&state, t0));
+    }
+}
