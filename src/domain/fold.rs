@@ -875,3 +875,189 @@ fn publish(
     }
     Answer::InsightsPublished { stored, duplicates }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::idempotency::{Fingerprint, RequestTag};
+    use crate::domain::model::ApiKey;
+    use crate::domain::model::Attributes;
+
+    const T0: i64 = 1_700_000_000_000;
+    const HOUR: i64 = 60 * 60 * 1000;
+
+    fn at(at: i64, action: Action) -> Command {
+        Command { at, action }
+    }
+
+    fn register(id: &str) -> Action {
+        Action::Register {
+            caller: id.into(),
+            registration: Registration {
+                instance_id: id.into(),
+                region: "r".into(),
+                context: Attributes::new(),
+                capabilities: vec![],
+            },
+        }
+    }
+
+    fn share(delta: f64, request: Option<(&str, &str)>) -> Action {
+        Action::ShareStrategy {
+            caller: "a".into(),
+            share: StrategyShare {
+                strategy: "s".into(),
+                metric: "m".into(),
+                value_before: 0.5,
+                successful: true,
+                delta,
+                condition: String::new(),
+                context: Attributes::new(),
+                recent: vec![],
+            },
+            evidence_days: 7,
+            request: request.map(|(id, payload)| Idempotency {
+                tag: RequestTag {
+                    id: id.into(),
+                    fingerprint: Fingerprint::of(payload.as_bytes()),
+                },
+                window_ms: 24 * HOUR,
+            }),
+        }
+    }
+
+    /// Folds `actions` at T0 + i ms, each at the next position.
+    fn folded(actions: Vec<Action>) -> (State, Vec<Result<Answer>>) {
+        let mut state = State::default();
+        let answers = actions
+            .into_iter()
+            .enumerate()
+            .map(|(i, action)| {
+                let position = state.position + 1;
+                fold(&mut state, position, &at(T0 + i as i64, action))
+            })
+            .collect();
+        (state, answers)
+    }
+
+    fn outcome_sequence(answer: &Result<Answer>) -> u64 {
+        match answer {
+            Ok(Answer::StrategyShared {
+                outcome_sequence, ..
+            }) => *outcome_sequence,
+            other => panic!("not a share: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retried_request_gets_the_first_answer_and_is_applied_once() {
+        let (state, answers) = folded(vec![
+            register("a"),
+            share(0.1, Some(("r1", "p"))),
+            share(0.1, Some(("r1", "p"))),
+            share(0.1, Some(("r1", "p"))),
+        ]);
+        assert_eq!(
+            answers[1..]
+                .iter()
+                .map(outcome_sequence)
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert_eq!(state.counters.outcome_sequence, 1);
+        assert_eq!(state.rows.outcomes.len(), 1);
+        let record = state.tables.strategies.values().next().unwrap();
+        assert_eq!(record.applications, 1);
+        assert_eq!(state.tables.instances["a"].shared_records, 1);
+    }
+
+    #[test]
+    fn an_id_reused_for_another_payload_is_refused_naming_it() {
+        let (_, answers) = folded(vec![
+            register("a"),
+            share(0.1, Some(("r1", "p"))),
+            share(0.2, Some(("r1", "q"))),
+        ]);
+        assert!(matches!(
+            &answers[2],
+            Err(Error::AlreadyExists(m)) if m.starts_with("request_id \"r1\" was already used")
+        ));
+    }
+
+    #[test]
+    fn a_failed_command_changes_nothing_and_its_id_stays_unused() {
+        let mut state = State::default();
+        let before = state.digest();
+        // Not registered yet: refused.
+        let refused = fold(&mut state, 1, &at(T0, share(0.1, Some(("r1", "p")))));
+        assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
+        assert_eq!(state.digest(), before);
+        assert_eq!(state.position, 0, "a failed command takes no position");
+        fold(&mut state, 1, &at(T0, register("a"))).unwrap();
+        let answer = fold(&mut state, 2, &at(T0, share(0.1, Some(("r1", "p")))));
+        assert_eq!(outcome_sequence(&answer), 1, "the id was not remembered");
+    }
+
+    #[test]
+    fn ids_are_forgotten_after_their_window_by_the_sweep() {
+        let mut state = State::default();
+        fold(&mut state, 1, &at(T0, register("a"))).unwrap();
+        fold(&mut state, 2, &at(T0, share(0.1, Some(("r1", "p"))))).unwrap();
+        // Within the window: a retry. Past it: a new write.
+        let retry = fold(&mut state, 3, &at(T0 + HOUR, share(0.1, Some(("r1", "p")))));
+        assert_eq!(outcome_sequence(&retry), 1);
+        let sweep = Action::Retention {
+            rules: RetentionRules {
+                pattern_days: 30,
+                unconfirmed_pattern_days: 7,
+                low_frequency: 3,
+                evidence_days: 7,
+                request_window_ms: 24 * HOUR,
+            },
+        };
+        let Answer::Retained(report) = fold(&mut state, 4, &at(T0 + 25 * HOUR, sweep)).unwrap()
+        else {
+            panic!("not a sweep");
+        };
+        assert_eq!(report.request_ids, 1);
+        assert!(state.tables.requests.is_empty());
+        let again = fold(
+            &mut state,
+            5,
+            &at(T0 + 25 * HOUR, share(0.1, Some(("r1", "p")))),
+        );
+        assert_eq!(outcome_sequence(&again), 2);
+    }
+
+    #[test]
+    fn a_key_revoked_twice_is_not_found_the_second_time() {
+        let key = ApiKey {
+            instance_id: "a".into(),
+            salt: "00".into(),
+            hash: "11".into(),
+            issued_at: T0,
+            issued_by: "op".into(),
+        };
+        let (state, answers) = folded(vec![
+            Action::IssueApiKey { key: key.clone() },
+            Action::IssueApiKey { key },
+            Action::RevokeApiKey {
+                instance_id: "a".into(),
+            },
+            Action::RevokeApiKey {
+                instance_id: "a".into(),
+            },
+        ]);
+        assert!(matches!(
+            answers[0],
+            Ok(Answer::KeyIssued { replaced: false })
+        ));
+        assert!(matches!(
+            answers[1],
+            Ok(Answer::KeyIssued { replaced: true })
+        ));
+        assert!(matches!(answers[2], Ok(Answer::KeyRevoked)));
+        assert!(matches!(answers[3], Err(Error::NotFound { .. })));
+        assert!(state.tables.api_keys.is_empty());
+    }
+}

@@ -2,6 +2,8 @@
 //! generated for the test, and real clients talking to it over mutual TLS.
 #![allow(dead_code)]
 
+pub mod commands;
+
 use std::{
     collections::{BTreeMap, HashMap},
     io::{BufRead, BufReader},

@@ -1,0 +1,240 @@
+//! Random command logs for determinism tests: a seeded mix of every kind
+//! of command a hub folds — registrations, shares of every record kind
+//! (some with request ids, some retried, some reusing an id for another
+//! payload), keys issued and revoked, operators' actions, audit entries,
+//! retention sweeps and generated insights — on a clock that moves
+//! forward, sometimes by days.
+#![allow(dead_code)]
+
+use learning_hub::domain::command::{Action, Command, Generated, Idempotency, RetentionRules};
+use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
+use learning_hub::domain::model::{
+    ApiKey, Attributes, AuditEntry, ConfigShare, FailureReport, FailureType, InsightCategory,
+    InsightDraft, InsightEvidence, MetricState, ParamValue, PatternShare, RecentApplication,
+    RecoveryAttempt, Registration, StrategyShare,
+};
+use learning_hub::domain::rng::Rng;
+
+const DAY: i64 = 24 * 60 * 60 * 1000;
+const INSTANCES: [&str; 4] = ["a", "b", "c", "d"];
+const METRICS: [&str; 3] = ["lv", "acc", "loss"];
+const STRATEGIES: [&str; 4] = ["s1", "s2", "s3", "s4"];
+
+fn pick<'a>(rng: &mut Rng, items: &[&'a str]) -> &'a str {
+    items[(rng.next_u64() % items.len() as u64) as usize]
+}
+
+fn context(rng: &mut Rng) -> Attributes {
+    Attributes::from([("p".to_string(), format!("p{}", rng.next_u64() % 2))])
+}
+
+fn request(rng: &mut Rng, payload: &str) -> Option<Idempotency> {
+    if !rng.chance(0.4) {
+        return None;
+    }
+    // Few ids, so retries (same payload) and reuse (another) both happen.
+    Some(Idempotency {
+        tag: RequestTag {
+            id: format!("req-{}", rng.next_u64() % 12),
+            fingerprint: Fingerprint::of(payload.as_bytes()),
+        },
+        window_ms: DAY,
+    })
+}
+
+fn draft(rng: &mut Rng) -> InsightDraft {
+    let n = rng.next_u64() % 6;
+    InsightDraft {
+        category: [InsightCategory::Timing, InsightCategory::Sequence][(n % 2) as usize],
+        title: format!("insight {n}"),
+        insight: format!("text {n}"),
+        evidence: InsightEvidence {
+            data_points: n * 10,
+            correlation_strength: 0.5,
+            instances_covered: 2,
+            improvement_observed: 0.1,
+        },
+        applicable_contexts: vec![],
+        effectiveness: 0.2 + 0.1 * n as f64,
+        risk: 0.1,
+        recommendation: String::new(),
+        alternatives: vec![],
+        valid_until: None,
+    }
+}
+
+/// `n` commands from `seed`, starting at time `start`.
+pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
+    let mut rng = Rng::new(seed);
+    let mut at = start;
+    let mut commands = Vec::with_capacity(n);
+    for i in 0..n {
+        at += if rng.chance(0.02) {
+            3 * DAY
+        } else {
+            (rng.next_u64() % 5_000) as i64
+        };
+        let caller = pick(&mut rng, &INSTANCES).to_string();
+        let roll = rng.next_u64() % 100;
+        let action = match roll {
+            0..=7 => Action::Register {
+                caller: caller.clone(),
+                registration: Registration {
+                    instance_id: caller,
+                    region: format!("r{}", rng.next_u64() % 2),
+                    context: context(&mut rng),
+                    capabilities: vec![],
+                },
+            },
+            8..=37 => {
+                let share = StrategyShare {
+                    strategy: pick(&mut rng, &STRATEGIES).into(),
+                    metric: pick(&mut rng, &METRICS).into(),
+                    value_before: rng.uniform(),
+                    successful: rng.chance(0.6),
+                    delta: rng.uniform() * 0.2 - 0.05,
+                    condition: String::new(),
+                    context: context(&mut rng),
+                    recent: vec![RecentApplication {
+                        strategy: pick(&mut rng, &STRATEGIES).into(),
+                        metric: pick(&mut rng, &METRICS).into(),
+                        cycles_ago: 1,
+                    }],
+                };
+                let payload = format!("{share:?}");
+                Action::ShareStrategy {
+                    caller,
+                    share,
+                    evidence_days: 7,
+                    request: request(&mut rng, &payload),
+                }
+            }
+            38..=49 => {
+                let share = PatternShare {
+                    metrics: [(
+                        pick(&mut rng, &METRICS).to_string(),
+                        MetricState {
+                            value: (rng.next_u64() % 4) as f64 * 0.25,
+                            stuck: true,
+                        },
+                    )]
+                    .into(),
+                    cycles_until_plateau: 3,
+                    recovery_strategies: vec![pick(&mut rng, &STRATEGIES).into()],
+                    environment: context(&mut rng),
+                    target_metric: None,
+                };
+                let payload = format!("{share:?}");
+                Action::SharePattern {
+                    caller,
+                    share,
+                    request: request(&mut rng, &payload),
+                }
+            }
+            50..=53 => Action::RecordPatternOutcome {
+                caller,
+                pattern_id: "pattern_unknown".into(),
+                success: rng.chance(0.5),
+                metric: None,
+                strategy: None,
+                similarity: Some(0.8),
+                request: None,
+            },
+            54..=61 => Action::ShareInsight {
+                caller,
+                draft: draft(&mut rng),
+                id: format!("insight_{seed}_{i}"),
+                default_ttl_ms: 7 * DAY,
+                request: None,
+            },
+            62..=64 => Action::RecordInsightUse {
+                caller,
+                insight_id: format!("insight_{seed}_{}", rng.next_u64() % (i as u64 + 1)),
+                request: None,
+            },
+            65..=71 => Action::ShareFailure {
+                caller,
+                report: FailureReport {
+                    failure_type: [FailureType::Deadlock, FailureType::MetricReversal]
+                        [(rng.next_u64() % 2) as usize],
+                    trigger: "t".into(),
+                    metric: pick(&mut rng, &METRICS).into(),
+                    strategy: pick(&mut rng, &STRATEGIES).into(),
+                    recovery: vec![RecoveryAttempt {
+                        method: "rollback".into(),
+                        succeeded: rng.chance(0.5),
+                        cycles_to_recover: 2,
+                    }],
+                    prevention: vec![],
+                    preceded_by: vec![],
+                    magnitude: None,
+                },
+                request: None,
+            },
+            72..=77 => Action::ShareConfiguration {
+                caller,
+                share: ConfigShare {
+                    context: context(&mut rng),
+                    parameters: [(
+                        "rate".to_string(),
+                        ParamValue::Number((rng.next_u64() % 3) as f64),
+                    )]
+                    .into(),
+                    effectiveness: rng.uniform(),
+                    data_points: 20 + rng.next_u64() % 100,
+                    recommendation: String::new(),
+                    alternatives: vec![],
+                },
+                request: None,
+            },
+            78..=80 => Action::IssueApiKey {
+                key: ApiKey {
+                    instance_id: caller,
+                    salt: format!("{:032x}", rng.next_u64()),
+                    hash: format!("{:064x}", rng.next_u64()),
+                    issued_at: at,
+                    issued_by: "operator".into(),
+                },
+            },
+            81..=82 => Action::RevokeApiKey {
+                instance_id: caller,
+            },
+            83..=84 => Action::ResolveFailure {
+                failure_id: "failure_unknown".into(),
+            },
+            85..=86 => Action::InvalidateInsight {
+                insight_id: format!("insight_{seed}_{}", rng.next_u64() % (i as u64 + 1)),
+            },
+            87..=95 => Action::Audit {
+                entries: (0..1 + rng.next_u64() % 3)
+                    .map(|_| AuditEntry {
+                        at,
+                        caller: caller.clone(),
+                        role: "instance".into(),
+                        rpc: "/learninghub.v1.Hub/GetStatus".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            },
+            96..=97 => Action::Retention {
+                rules: RetentionRules {
+                    pattern_days: 30,
+                    unconfirmed_pattern_days: 7,
+                    low_frequency: 3,
+                    evidence_days: 7,
+                    request_window_ms: DAY,
+                },
+            },
+            _ => Action::PublishInsights {
+                generated: vec![Generated {
+                    id: format!("generated_{seed}_{i}"),
+                    draft: draft(&mut rng),
+                }],
+                ttl_ms: 7 * DAY,
+                by: "hub".into(),
+            },
+        };
+        commands.push(Command { at, action });
+    }
+    commands
+}
