@@ -1,0 +1,1063 @@
+//! The one way the state changes: [`fold`] applies a [`Command`] to a
+//! [`State`] and computes the answer its caller gets.
+//!
+//! The fold is pure. It reads no clock (the command carries its time),
+//! draws no random numbers (ids and key hashes come in the command), and
+//! iterates only ordered maps, so every replica that folds the same log
+//! reaches the same state — the property `tests/` checks by folding random
+//! logs in two processes with different hash seeds and comparing
+//! [`State::digest`]s. A command is atomic: one that fails (an instance
+//! that never registered shares an outcome, a request id reused for
+//! another payload) leaves the state as it was and answers with the error.
+//!
+//! Idempotent writes are judged here too: a request id seen within its
+//! window answers with what the first attempt answered, rebuilt from the
+//! records as they are now, and changes nothing.
+
+use std::sync::Arc;
+
+use super::command::{Action, Command, Generated, Idempotency, RetentionRules};
+use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc};
+use super::matching;
+use super::model::{
+    AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight, InsightDraft,
+    Instance, Pattern, PatternShare, RIVAL_MIN_DATA_POINTS, Registration, StrategyKey,
+    StrategyOutcome, StrategyRecord, StrategyShare, UnixMillis, content_id, context_key, preceding,
+    streak,
+};
+use super::retention::{self, Rules};
+use super::state::State;
+use crate::error::{Error, Result};
+
+/// The identity the hub's own insights are shared under.
+pub const GENERATED_BY: &str = "hub";
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+/// How far one recorded use extends an insight's validity…
+const USE_EXTENSION_MS: i64 = 7 * DAY_MS;
+/// …up to this long after it was created.
+const MAX_LIFETIME_MS: i64 = 30 * DAY_MS;
+
+/// What a retention sweep removed or rewrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub patterns: usize,
+    pub insights: usize,
+    pub strategies_rolled_up: usize,
+    /// Raw outcomes and audit entries trimmed (the writer trims the store's
+    /// logs after the fold; these count what it removed).
+    pub outcomes: usize,
+    pub audit_entries: usize,
+    pub request_ids: usize,
+}
+
+/// What a command answers.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Registered {
+        instance: Arc<Instance>,
+        new: bool,
+    },
+    PatternShared {
+        pattern: Arc<Pattern>,
+        new: bool,
+    },
+    PatternOutcome {
+        pattern: Arc<Pattern>,
+    },
+    StrategyShared {
+        outcome_sequence: u64,
+        record: Arc<StrategyRecord>,
+    },
+    InsightShared {
+        insight: Arc<Insight>,
+        duplicate: bool,
+    },
+    InsightUsed {
+        insight: Arc<Insight>,
+    },
+    FailureShared {
+        failure: Arc<FailurePattern>,
+    },
+    ConfigurationShared {
+        config: Arc<Configuration>,
+    },
+    KeyIssued {
+        replaced: bool,
+    },
+    KeyRevoked,
+    FailureResolved {
+        failure: Arc<FailurePattern>,
+    },
+    InsightInvalidated,
+    Audited,
+    Retained(RetentionReport),
+    InsightsPublished {
+        stored: Vec<Arc<Insight>>,
+        duplicates: usize,
+    },
+}
+
+/// Folds `command`, found at log `position`, into `state`. On error the
+/// state is unchanged, its position included: a reader of a log in which
+/// failed commands stand (a shared log, appended before it is folded)
+/// moves past them with [`State::skip_to`].
+pub fn fold(state: &mut State, position: u64, command: &Command) -> Result<Answer> {
+    let mut next = state.clone();
+    next.position = position;
+    let answer = apply(&mut next, command)?;
+    *state = next;
+    Ok(answer)
+}
+
+fn apply(state: &mut State, command: &Command) -> Result<Answer> {
+    let now = command.at;
+    match &command.action {
+        Action::Register {
+            caller,
+            registration,
+        } => register(state, now, caller, registration),
+        Action::SharePattern {
+            caller,
+            share,
+            request,
+        } => share_pattern(state, now, caller, share, request.as_ref()),
+        Action::RecordPatternOutcome {
+            caller,
+            pattern_id,
+            success,
+            metric,
+            strategy,
+            similarity,
+            request,
+        } => once(
+            state,
+            now,
+            caller,
+            WriteRpc::RecordPatternOutcome,
+            request.as_ref(),
+            |state, first| {
+                if let Some(first) = first {
+                    if first != Applied::RecordPatternOutcome {
+                        return Err(unexpected(first, WriteRpc::RecordPatternOutcome));
+                    }
+                    let pattern = state
+                        .tables
+                        .patterns
+                        .get(pattern_id)
+                        .cloned()
+                        .ok_or_else(|| gone(request.as_ref(), "the pattern"))?;
+                    return Ok((Answer::PatternOutcome { pattern }, first));
+                }
+                let Some(existing) = state.tables.patterns.get(pattern_id).cloned() else {
+                    return Err(Error::not_found("pattern", pattern_id.clone()));
+                };
+                touch_instance(state, now, caller)?;
+                let mut pattern = (*existing).clone();
+                pattern.record_outcome(*success, strategy.as_deref(), metric.as_deref(), now);
+                if let Some(similarity) = similarity {
+                    state
+                        .counters
+                        .pattern_calibration
+                        .record(*similarity, *success);
+                }
+                let pattern = Arc::new(pattern);
+                state.put_pattern(pattern.clone());
+                Ok((
+                    Answer::PatternOutcome { pattern },
+                    Applied::RecordPatternOutcome,
+                ))
+            },
+        ),
+        Action::ShareStrategy {
+            caller,
+            share,
+            evidence_days,
+            request,
+        } => share_strategy(state, now, caller, share, *evidence_days, request.as_ref()),
+        Action::ShareInsight {
+            caller,
+            draft,
+            id,
+            default_ttl_ms,
+            request,
+        } => share_insight(
+            state,
+            now,
+            caller,
+            draft,
+            id,
+            *default_ttl_ms,
+            request.as_ref(),
+        ),
+        Action::RecordInsightUse {
+            caller,
+            insight_id,
+            request,
+        } => record_insight_use(state, now, caller, insight_id, request.as_ref()),
+        Action::ShareFailure {
+            caller,
+            report,
+            request,
+        } => share_failure(state, now, caller, report, request.as_ref()),
+        Action::ShareConfiguration {
+            caller,
+            share,
+            request,
+        } => share_configuration(state, now, caller, share, request.as_ref()),
+        Action::IssueApiKey { key } => {
+            let replaced = state
+                .tables
+                .api_keys
+                .insert(key.instance_id.clone(), Arc::new(key.clone()))
+                .is_some();
+            Ok(Answer::KeyIssued { replaced })
+        }
+        Action::RevokeApiKey { instance_id } => match state.tables.api_keys.remove(instance_id) {
+            Some(_) => Ok(Answer::KeyRevoked),
+            None => Err(Error::not_found("API key of instance", instance_id.clone())),
+        },
+        Action::ResolveFailure { failure_id } => {
+            let Some(existing) = state.tables.failures.get(failure_id).cloned() else {
+                return Err(Error::not_found("failure", failure_id.clone()));
+            };
+            let mut failure = (*existing).clone();
+            failure.resolved = true;
+            let failure = Arc::new(failure);
+            state
+                .tables
+                .failures
+                .insert(failure_id.clone(), failure.clone());
+            Ok(Answer::FailureResolved { failure })
+        }
+        Action::InvalidateInsight { insight_id } => {
+            let found = state
+                .tables
+                .insights
+                .values()
+                .find(|i| &i.id == insight_id && i.is_valid_at(now))
+                .map(|i| i.sequence);
+            match found {
+                Some(sequence) => {
+                    state.tables.insights.remove(&sequence);
+                    Ok(Answer::InsightInvalidated)
+                }
+                None => Err(Error::not_found("valid insight", insight_id.clone())),
+            }
+        }
+        Action::Audit { entries } => {
+            for entry in entries {
+                state.log_audit(AuditEntry {
+                    sequence: 0,
+                    ..entry.clone()
+                });
+            }
+            Ok(Answer::Audited)
+        }
+        Action::Retention { rules } => Ok(Answer::Retained(sweep(state, now, rules))),
+        Action::PublishInsights {
+            generated,
+            ttl_ms,
+            by,
+        } => Ok(publish(state, now, generated, *ttl_ms, by)),
+    }
+}
+
+// --- idempotency -------------------------------------------------------------
+
+/// Runs `apply` at most once for `caller`'s request: with `None` the first
+/// time (it applies the write and says what to remember), with the first
+/// answer on a retry within the window (it must rebuild the answer without
+/// changing anything; whatever it changes is dropped).
+fn once<F>(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    rpc: WriteRpc,
+    request: Option<&Idempotency>,
+    apply: F,
+) -> Result<Answer>
+where
+    F: FnOnce(&mut State, Option<Applied>) -> Result<(Answer, Applied)>,
+{
+    let Some(request) = request else {
+        return apply(state, None).map(|(answer, _)| answer);
+    };
+    let key = RequestKey::new(caller, &request.tag.id);
+    let first = state
+        .tables
+        .requests
+        .get(&key)
+        .filter(|r| r.live_at(now, request.window_ms))
+        .map(|r| **r);
+    if let Some(first) = first {
+        let applied = first
+            .judge(rpc, &request.tag.fingerprint)
+            .map_err(|reuse| reused(&request.tag.id, reuse, request.window_ms))?;
+        let before = state.clone();
+        let answer = apply(state, Some(applied)).map(|(answer, _)| answer);
+        *state = before;
+        return answer;
+    }
+    let (answer, applied) = apply(state, None)?;
+    if applied.rpc() != rpc {
+        return Err(Error::Internal(format!(
+            "{rpc} answered as {}",
+            applied.rpc()
+        )));
+    }
+    state.tables.requests.insert(
+        key,
+        Arc::new(RequestRecord {
+            applied,
+            fingerprint: request.tag.fingerprint,
+            at: now,
+        }),
+    );
+    Ok(answer)
+}
+
+fn reused(id: &str, reuse: impl std::fmt::Display, window_ms: i64) -> Error {
+    let hours = window_ms / (60 * 60 * 1000);
+    let window = if hours >= 1 {
+        format!("{hours} h")
+    } else {
+        format!("{} s", window_ms / 1000)
+    };
+    Error::AlreadyExists(format!(
+        "request_id {id:?} {reuse} within the last {window}; a different request needs a new request_id"
+    ))
+}
+
+/// The answer a replay got does not belong to its RPC (the caller checked
+/// the RPC, so this is a bug, not a client error).
+fn unexpected(applied: Applied, rpc: WriteRpc) -> Error {
+    Error::Internal(format!("{rpc} replay got the answer of {applied:?}"))
+}
+
+/// A retried write whose record has since been removed by retention.
+fn gone(request: Option<&Idempotency>, what: &str) -> Error {
+    let id = request.map(|r| r.tag.id.as_str()).unwrap_or_default();
+    Error::FailedPrecondition(format!(
+        "request_id {id:?} was already applied, but {what} it changed has since expired and been removed"
+    ))
+}
+
+/// Every write needs a registered instance; this stamps its activity on the
+/// instance record (last seen, records shared).
+fn touch_instance(state: &mut State, now: UnixMillis, instance_id: &str) -> Result<()> {
+    let Some(instance) = state.tables.instances.get(instance_id) else {
+        return Err(not_registered(instance_id));
+    };
+    let mut instance = (**instance).clone();
+    instance.last_seen = instance.last_seen.max(now);
+    instance.shared_records += 1;
+    state
+        .tables
+        .instances
+        .insert(instance_id.to_string(), Arc::new(instance));
+    Ok(())
+}
+
+fn not_registered(instance_id: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "instance {instance_id:?} is not registered; call Register first"
+    ))
+}
+
+// --- the writes ----------------------------------------------------------------
+
+fn register(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    registration: &Registration,
+) -> Result<Answer> {
+    if registration.instance_id != caller {
+        return Err(Error::PermissionDenied(format!(
+            "instance_id {:?} does not match the client certificate's identity {caller:?}",
+            registration.instance_id
+        )));
+    }
+    let existing = state.tables.instances.get(caller).cloned();
+    let instance = Arc::new(Instance {
+        registered_at: existing.as_ref().map_or(now, |e| e.registered_at),
+        shared_records: existing.as_ref().map_or(0, |e| e.shared_records),
+        last_seen: now,
+        instance_id: registration.instance_id.clone(),
+        region: registration.region.clone(),
+        context: registration.context.clone(),
+        capabilities: registration.capabilities.clone(),
+    });
+    state
+        .tables
+        .instances
+        .insert(caller.to_string(), instance.clone());
+    Ok(Answer::Registered {
+        instance,
+        new: existing.is_none(),
+    })
+}
+
+fn share_pattern(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    share: &PatternShare,
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::SharePattern,
+        request,
+        |state, first| {
+            let signature = matching::signature(&share.metrics, &share.environment);
+            let id = content_id("pattern", &signature);
+            if let Some(first) = first {
+                let Applied::SharePattern { new_pattern } = first else {
+                    return Err(unexpected(first, WriteRpc::SharePattern));
+                };
+                let pattern = state
+                    .tables
+                    .patterns
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| gone(request, "the pattern"))?;
+                return Ok((
+                    Answer::PatternShared {
+                        pattern,
+                        new: new_pattern,
+                    },
+                    first,
+                ));
+            }
+            touch_instance(state, now, caller)?;
+            let (pattern, new) = match state.tables.patterns.get(&id) {
+                Some(existing) => {
+                    let mut pattern = (**existing).clone();
+                    pattern.record_share(share, caller, now);
+                    (pattern, false)
+                }
+                None => (Pattern::new(signature, share, caller, now), true),
+            };
+            let pattern = Arc::new(pattern);
+            state.put_pattern(pattern.clone());
+            Ok((
+                Answer::PatternShared { pattern, new },
+                Applied::SharePattern { new_pattern: new },
+            ))
+        },
+    )
+}
+
+/// The aggregate `existing` (or a new one for `key`) with `outcome` folded
+/// in: the one way an outcome changes an aggregate.
+pub fn fold_outcome(
+    existing: Option<&StrategyRecord>,
+    key: &StrategyKey,
+    outcome: &StrategyOutcome,
+    evidence_days: i64,
+) -> StrategyRecord {
+    let mut record = match existing {
+        Some(existing) => existing.clone(),
+        None => StrategyRecord::empty(key, outcome.at),
+    };
+    record.record(outcome, evidence_days);
+    record
+}
+
+fn share_strategy(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    share: &StrategyShare,
+    evidence_days: i64,
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::ShareStrategy,
+        request,
+        |state, first| {
+            let key = StrategyKey {
+                metric: share.metric.clone(),
+                strategy: share.strategy.clone(),
+                context_key: context_key(&share.context),
+            };
+            if let Some(first) = first {
+                let Applied::ShareStrategy { outcome_sequence } = first else {
+                    return Err(unexpected(first, WriteRpc::ShareStrategy));
+                };
+                let record = state.tables.strategies.get(&key).cloned().ok_or_else(|| {
+                    Error::Internal(format!(
+                        "aggregate of outcome {outcome_sequence} is missing"
+                    ))
+                })?;
+                return Ok((
+                    Answer::StrategyShared {
+                        outcome_sequence,
+                        record,
+                    },
+                    first,
+                ));
+            }
+            touch_instance(state, now, caller)?;
+            state.counters.outcome_sequence += 1;
+            let outcome = StrategyOutcome {
+                sequence: state.counters.outcome_sequence,
+                at: now,
+                instance_id: caller.to_string(),
+                streak: streak(&share.recent, &share.strategy, &share.metric),
+                preceded_by: preceding(&share.recent),
+                strategy: share.strategy.clone(),
+                metric: share.metric.clone(),
+                value_before: share.value_before,
+                successful: share.successful,
+                delta: share.delta,
+                condition: share.condition.clone(),
+                context: share.context.clone(),
+            };
+            let record = Arc::new(fold_outcome(
+                state.tables.strategies.get(&key).map(|r| &**r),
+                &key,
+                &outcome,
+                evidence_days,
+            ));
+            let sequence = outcome.sequence;
+            state.log_outcome(outcome);
+            state.put_strategy(record.clone());
+            Ok((
+                Answer::StrategyShared {
+                    outcome_sequence: sequence,
+                    record,
+                },
+                Applied::ShareStrategy {
+                    outcome_sequence: sequence,
+                },
+            ))
+        },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn share_insight(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    draft: &InsightDraft,
+    id: &str,
+    default_ttl_ms: i64,
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::ShareInsight,
+        request,
+        |state, first| {
+            if let Some(first) = first {
+                let Applied::ShareInsight {
+                    sequence,
+                    duplicate,
+                } = first
+                else {
+                    return Err(unexpected(first, WriteRpc::ShareInsight));
+                };
+                let insight = state
+                    .tables
+                    .insights
+                    .get(&sequence)
+                    .cloned()
+                    .ok_or_else(|| gone(request, "the insight"))?;
+                return Ok((Answer::InsightShared { insight, duplicate }, first));
+            }
+            let known = state
+                .tables
+                .insights
+                .values()
+                .find(|i| i.is_valid_at(now) && i.same_content(draft))
+                .cloned();
+            if let Some(existing) = known {
+                if !state.tables.instances.contains_key(caller) {
+                    return Err(not_registered(caller));
+                }
+                let applied = Applied::ShareInsight {
+                    sequence: existing.sequence,
+                    duplicate: true,
+                };
+                return Ok((
+                    Answer::InsightShared {
+                        insight: existing,
+                        duplicate: true,
+                    },
+                    applied,
+                ));
+            }
+            touch_instance(state, now, caller)?;
+            state.counters.insight_sequence += 1;
+            let insight = Arc::new(Insight {
+                id: id.to_string(),
+                sequence: state.counters.insight_sequence,
+                valid_until: draft.valid_until.unwrap_or(now + default_ttl_ms),
+                draft: draft.clone(),
+                created_at: now,
+                shared_by: caller.to_string(),
+                uses: 0,
+            });
+            state
+                .tables
+                .insights
+                .insert(insight.sequence, insight.clone());
+            let applied = Applied::ShareInsight {
+                sequence: insight.sequence,
+                duplicate: false,
+            };
+            Ok((
+                Answer::InsightShared {
+                    insight,
+                    duplicate: false,
+                },
+                applied,
+            ))
+        },
+    )
+}
+
+/// The newest version of the insight with `id`.
+fn insight_with_id(state: &State, id: &str) -> Option<Arc<Insight>> {
+    state.tables.insights.values().find(|i| i.id == id).cloned()
+}
+
+fn record_insight_use(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    insight_id: &str,
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::RecordInsightUse,
+        request,
+        |state, first| {
+            if let Some(first) = first {
+                if first != Applied::RecordInsightUse {
+                    return Err(unexpected(first, WriteRpc::RecordInsightUse));
+                }
+                let insight = insight_with_id(state, insight_id)
+                    .ok_or_else(|| gone(request, "the insight"))?;
+                return Ok((Answer::InsightUsed { insight }, first));
+            }
+            let Some(found) = insight_with_id(state, insight_id).filter(|i| i.is_valid_at(now))
+            else {
+                return Err(Error::not_found("valid insight", insight_id.to_string()));
+            };
+            touch_instance(state, now, caller)?;
+            let mut insight = (*found).clone();
+            insight.uses += 1;
+            insight.valid_until = insight
+                .valid_until
+                .max((now + USE_EXTENSION_MS).min(insight.created_at + MAX_LIFETIME_MS));
+            let insight = Arc::new(insight);
+            state
+                .tables
+                .insights
+                .insert(insight.sequence, insight.clone());
+            Ok((Answer::InsightUsed { insight }, Applied::RecordInsightUse))
+        },
+    )
+}
+
+fn share_failure(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    report: &FailureReport,
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::ShareFailure,
+        request,
+        |state, first| {
+            let id = FailurePattern::id_for(report.failure_type, &report.metric, &report.strategy);
+            if let Some(first) = first {
+                if first != Applied::ShareFailure {
+                    return Err(unexpected(first, WriteRpc::ShareFailure));
+                }
+                let failure = state
+                    .tables
+                    .failures
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("failure {id} is missing")))?;
+                return Ok((Answer::FailureShared { failure }, first));
+            }
+            touch_instance(state, now, caller)?;
+            let failure = match state.tables.failures.get(&id) {
+                Some(existing) => {
+                    let mut failure = (**existing).clone();
+                    failure.record(report, caller, now);
+                    failure
+                }
+                None => FailurePattern::new(report, caller, now),
+            };
+            let failure = Arc::new(failure);
+            state.tables.failures.insert(id, failure.clone());
+            Ok((Answer::FailureShared { failure }, Applied::ShareFailure))
+        },
+    )
+}
+
+fn share_configuration(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    share: &ConfigShare,
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::ShareConfiguration,
+        request,
+        |state, first| {
+            let id = Configuration::id_for(&share.context, &share.parameters);
+            if let Some(first) = first {
+                if first != Applied::ShareConfiguration {
+                    return Err(unexpected(first, WriteRpc::ShareConfiguration));
+                }
+                let config = state
+                    .tables
+                    .configs
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("configuration {id} is missing")))?;
+                return Ok((Answer::ConfigurationShared { config }, first));
+            }
+            touch_instance(state, now, caller)?;
+            let config = match state.tables.configs.get(&id) {
+                Some(existing) => {
+                    let mut config = (**existing).clone();
+                    config.record(share, caller, now);
+                    config
+                }
+                None => Configuration::new(share, caller, now),
+            };
+            state.tables.configs.insert(id.clone(), Arc::new(config));
+            // Each configuration of the context is judged against its
+            // rivals again: one share can validate or demote another.
+            let key = context_key(&share.context);
+            let rivals: Vec<Arc<Configuration>> = state
+                .tables
+                .configs
+                .values()
+                .filter(|c| c.context_key == key)
+                .cloned()
+                .collect();
+            for candidate in &rivals {
+                let best_rival = rivals
+                    .iter()
+                    .filter(|r| r.id != candidate.id && r.data_points >= RIVAL_MIN_DATA_POINTS)
+                    .map(|r| r.effectiveness)
+                    .max_by(f64::total_cmp);
+                let mut judged = (**candidate).clone();
+                if judged.revalidate(best_rival, now) {
+                    state
+                        .tables
+                        .configs
+                        .insert(judged.id.clone(), Arc::new(judged));
+                }
+            }
+            let config = state
+                .tables
+                .configs
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::Internal("configuration vanished".into()))?;
+            Ok((
+                Answer::ConfigurationShared { config },
+                Applied::ShareConfiguration,
+            ))
+        },
+    )
+}
+
+// --- maintenance -----------------------------------------------------------------
+
+fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> RetentionReport {
+    let domain_rules = Rules {
+        pattern_days: rules.pattern_days,
+        unconfirmed_pattern_days: rules.unconfirmed_pattern_days,
+        low_frequency: rules.low_frequency,
+        evidence_days: rules.evidence_days,
+    };
+    let planned = retention::plan(
+        state.tables.patterns.values(),
+        state.tables.insights.values(),
+        state.tables.strategies.values(),
+        &domain_rules,
+        now,
+    );
+    let mut report = RetentionReport {
+        patterns: planned.patterns.len(),
+        insights: planned.insights.len(),
+        strategies_rolled_up: planned.strategies.len(),
+        ..RetentionReport::default()
+    };
+    for id in &planned.patterns {
+        state.remove_pattern(id);
+    }
+    for sequence in &planned.insights {
+        state.tables.insights.remove(sequence);
+    }
+    for rolled in planned.strategies {
+        state.put_strategy(Arc::new(rolled));
+    }
+    let expired: Vec<RequestKey> = state
+        .tables
+        .requests
+        .iter()
+        .filter(|(_, r)| !r.live_at(now, rules.request_window_ms))
+        .map(|(key, _)| key.clone())
+        .collect();
+    report.request_ids = expired.len();
+    for key in expired {
+        state.tables.requests.remove(&key);
+    }
+    report
+}
+
+fn publish(
+    state: &mut State,
+    now: UnixMillis,
+    generated: &[Generated],
+    ttl_ms: i64,
+    by: &str,
+) -> Answer {
+    let mut stored = Vec::new();
+    let mut duplicates = 0;
+    for found in generated {
+        let known = state.tables.insights.values().any(|i| {
+            i.is_valid_at(now)
+                && i.draft.category == found.draft.category
+                && i.draft.title == found.draft.title
+        });
+        if known {
+            duplicates += 1;
+            continue;
+        }
+        state.counters.insight_sequence += 1;
+        let insight = Arc::new(Insight {
+            id: found.id.clone(),
+            sequence: state.counters.insight_sequence,
+            valid_until: now + ttl_ms,
+            draft: found.draft.clone(),
+            created_at: now,
+            shared_by: by.to_string(),
+            uses: 0,
+        });
+        state
+            .tables
+            .insights
+            .insert(insight.sequence, insight.clone());
+        stored.push(insight);
+    }
+    Answer::InsightsPublished { stored, duplicates }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::{Fingerprint, RequestTag};
+    use crate::model::ApiKey;
+    use crate::model::Attributes;
+
+    const T0: i64 = 1_700_000_000_000;
+    const HOUR: i64 = 60 * 60 * 1000;
+
+    fn at(at: i64, action: Action) -> Command {
+        Command { at, action }
+    }
+
+    fn register(id: &str) -> Action {
+        Action::Register {
+            caller: id.into(),
+            registration: Registration {
+                instance_id: id.into(),
+                region: "r".into(),
+                context: Attributes::new(),
+                capabilities: vec![],
+            },
+        }
+    }
+
+    fn share(delta: f64, request: Option<(&str, &str)>) -> Action {
+        Action::ShareStrategy {
+            caller: "a".into(),
+            share: StrategyShare {
+                strategy: "s".into(),
+                metric: "m".into(),
+                value_before: 0.5,
+                successful: true,
+                delta,
+                condition: String::new(),
+                context: Attributes::new(),
+                recent: vec![],
+            },
+            evidence_days: 7,
+            request: request.map(|(id, payload)| Idempotency {
+                tag: RequestTag {
+                    id: id.into(),
+                    fingerprint: Fingerprint::of(payload.as_bytes()),
+                },
+                window_ms: 24 * HOUR,
+            }),
+        }
+    }
+
+    /// Folds `actions` at T0 + i ms, each at the next position.
+    fn folded(actions: Vec<Action>) -> (State, Vec<Result<Answer>>) {
+        let mut state = State::default();
+        let answers = actions
+            .into_iter()
+            .enumerate()
+            .map(|(i, action)| {
+                let position = state.position + 1;
+                fold(&mut state, position, &at(T0 + i as i64, action))
+            })
+            .collect();
+        (state, answers)
+    }
+
+    fn outcome_sequence(answer: &Result<Answer>) -> u64 {
+        match answer {
+            Ok(Answer::StrategyShared {
+                outcome_sequence, ..
+            }) => *outcome_sequence,
+            other => panic!("not a share: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_retried_request_gets_the_first_answer_and_is_applied_once() {
+        let (state, answers) = folded(vec![
+            register("a"),
+            share(0.1, Some(("r1", "p"))),
+            share(0.1, Some(("r1", "p"))),
+            share(0.1, Some(("r1", "p"))),
+        ]);
+        assert_eq!(
+            answers[1..]
+                .iter()
+                .map(outcome_sequence)
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
+        assert_eq!(state.counters.outcome_sequence, 1);
+        assert_eq!(state.rows.outcomes.len(), 1);
+        let record = state.tables.strategies.values().next().unwrap();
+        assert_eq!(record.applications, 1);
+        assert_eq!(state.tables.instances["a"].shared_records, 1);
+    }
+
+    #[test]
+    fn an_id_reused_for_another_payload_is_refused_naming_it() {
+        let (_, answers) = folded(vec![
+            register("a"),
+            share(0.1, Some(("r1", "p"))),
+            share(0.2, Some(("r1", "q"))),
+        ]);
+        assert!(matches!(
+            &answers[2],
+            Err(Error::AlreadyExists(m)) if m.starts_with("request_id \"r1\" was already used")
+        ));
+    }
+
+    #[test]
+    fn a_failed_command_changes_nothing_and_its_id_stays_unused() {
+        let mut state = State::default();
+        let before = state.digest();
+        // Not registered yet: refused.
+        let refused = fold(&mut state, 1, &at(T0, share(0.1, Some(("r1", "p")))));
+        assert!(matches!(refused, Err(Error::FailedPrecondition(_))));
+        assert_eq!(state.digest(), before);
+        assert_eq!(state.position, 0, "a failed command takes no position");
+        fold(&mut state, 1, &at(T0, register("a"))).unwrap();
+        let answer = fold(&mut state, 2, &at(T0, share(0.1, Some(("r1", "p")))));
+        assert_eq!(outcome_sequence(&answer), 1, "the id was not remembered");
+    }
+
+    #[test]
+    fn ids_are_forgotten_after_their_window_by_the_sweep() {
+        let mut state = State::default();
+        fold(&mut state, 1, &at(T0, register("a"))).unwrap();
+        fold(&mut state, 2, &at(T0, share(0.1, Some(("r1", "p"))))).unwrap();
+        // Within the window: a retry. Past it: a new write.
+        let retry = fold(&mut state, 3, &at(T0 + HOUR, share(0.1, Some(("r1", "p")))));
+        assert_eq!(outcome_sequence(&retry), 1);
+        let sweep = Action::Retention {
+            rules: RetentionRules {
+                pattern_days: 30,
+                unconfirmed_pattern_days: 7,
+                low_frequency: 3,
+                evidence_days: 7,
+                request_window_ms: 24 * HOUR,
+            },
+        };
+        let Answer::Retained(report) = fold(&mut state, 4, &at(T0 + 25 * HOUR, sweep)).unwrap()
+        else {
+            panic!("not a sweep");
+        };
+        assert_eq!(report.request_ids, 1);
+        assert!(state.tables.requests.is_empty());
+        let again = fold(
+            &mut state,
+            5,
+            &at(T0 + 25 * HOUR, share(0.1, Some(("r1", "p")))),
+        );
+        assert_eq!(outcome_sequence(&again), 2);
+    }
+
+    #[test]
+    fn a_key_revoked_twice_is_not_found_the_second_time() {
+        let key = ApiKey {
+            instance_id: "a".into(),
+            salt: "00".into(),
+            hash: "11".into(),
+            issued_at: T0,
+            issued_by: "op".into(),
+        };
+        let (state, answers) = folded(vec![
+            Action::IssueApiKey { key: key.clone() },
+            Action::IssueApiKey { key },
+            Action::RevokeApiKey {
+                instance_id: "a".into(),
+            },
+            Action::RevokeApiKey {
+                instance_id: "a".into(),
+            },
+        ]);
+        assert!(matches!(
+            answers[0],
+            Ok(Answer::KeyIssued { replaced: false })
+        ));
+        assert!(matches!(
+            answers[1],
+            Ok(Answer::KeyIssued { replaced: true })
+        ));
+        assert!(matches!(answers[2], Ok(Answer::KeyRevoked)));
+        assert!(matches!(answers[3], Err(Error::NotFound { .. })));
+        assert!(state.tables.api_keys.is_empty());
+    }
+}

@@ -1,0 +1,31 @@
+//! The hub's knowledge as plain Rust: records ([`model`]), the statistics
+//! they are built from ([`stats`]), the state they make up ([`state`]), the
+//! commands that change it ([`command`]) and the one pure function that
+//! applies them ([`fold`]), and the pure logic that answers queries
+//! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`],
+//! [`insight_gen`], [`retention`], [`idempotency`]). Nothing here does I/O
+//! or knows about gRPC (but for the one conversion of its [`error::Error`]
+//! into a gRPC status), so all of it is unit-tested directly. Also here:
+//! [`clock`] (time as an injected dependency), [`validate`] (the input
+//! rules), [`identity`] and [`keys`] (who calls, and their API keys).
+
+pub mod bootstrap;
+pub mod clock;
+pub mod command;
+pub mod error;
+pub mod fold;
+pub mod idempotency;
+pub mod identity;
+pub mod insight_gen;
+pub mod keys;
+pub mod matching;
+pub mod model;
+pub mod prevention;
+pub mod recommend;
+pub mod retention;
+pub mod rng;
+pub mod state;
+pub mod stats;
+pub mod validate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,1292 @@
+//! The hub's records as plain Rust values: what is stored, independent of
+//! the wire format (prost types live in `api`, conversions in
+//! `api::convert`). Each record knows how to fold a new observation into
+//! itself; those updates are pure so they are tested without I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::stats::{RunningStats, laplace_rate, ratio};
+
+/// Milliseconds since the Unix epoch.
+pub type UnixMillis = i64;
+
+/// Free-form attributes (instance context, pattern environment), sorted so
+/// their canonical form is stable.
+pub type Attributes = BTreeMap<String, String>;
+
+/// The canonical form of a context: sorted `key=value` pairs joined by `;`.
+/// Two maps with the same entries always give the same key.
+pub fn context_key(context: &Attributes) -> String {
+    let mut key = String::new();
+    for (i, (k, v)) in context.iter().enumerate() {
+        if i > 0 {
+            key.push(';');
+        }
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+    }
+    key
+}
+
+/// Hex of the first 8 bytes of SHA-256: short stable ids for records whose
+/// identity is their content (patterns, failures, configurations).
+pub fn content_id(prefix: &str, content: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
+    let mut id = String::with_capacity(prefix.len() + 17);
+    id.push_str(prefix);
+    id.push('_');
+    for byte in &digest.as_ref()[..8] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
+/// A strategy an instance applied shortly before something it reports or
+/// asks about.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentApplication {
+    pub strategy: String,
+    pub metric: String,
+    /// Cycles before the current one (1 = the previous cycle).
+    pub cycles_ago: u32,
+}
+
+/// Strategies applied within this many cycles before another count as
+/// having preceded it (prerequisites, conflicts).
+pub const PRECEDING_WINDOW: u32 = 3;
+
+/// How many times in a row `strategy` was applied to `metric` just before
+/// now: the leading run of `recent` (newest first, other metrics skipped).
+pub fn streak(recent: &[RecentApplication], strategy: &str, metric: &str) -> u32 {
+    recent
+        .iter()
+        .filter(|r| r.metric == metric)
+        .take_while(|r| r.strategy == strategy)
+        .count() as u32
+}
+
+/// The distinct strategies applied within [`PRECEDING_WINDOW`] cycles, in
+/// name order.
+pub fn preceding(recent: &[RecentApplication]) -> Vec<String> {
+    let mut names: Vec<String> = recent
+        .iter()
+        .filter(|r| r.cycles_ago <= PRECEDING_WINDOW)
+        .map(|r| r.strategy.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// One metric's state.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricState {
+    pub value: f64,
+    pub stuck: bool,
+}
+
+/// Metric states by metric name.
+pub type Metrics = BTreeMap<String, MetricState>;
+
+// ---------------------------------------------------------------------------
+// Instances
+// ---------------------------------------------------------------------------
+
+/// A registered instance.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub instance_id: String,
+    pub region: String,
+    pub context: Attributes,
+    pub capabilities: Vec<String>,
+    pub registered_at: UnixMillis,
+    pub last_seen: UnixMillis,
+    pub shared_records: u64,
+}
+
+/// What an instance sends to register.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub instance_id: String,
+    pub region: String,
+    pub context: Attributes,
+    pub capabilities: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Plateau patterns
+// ---------------------------------------------------------------------------
+
+/// What an instance shares about a plateau.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatternShare {
+    pub metrics: Metrics,
+    pub cycles_until_plateau: u32,
+    pub recovery_strategies: Vec<String>,
+    pub environment: Attributes,
+    /// The metric the recovery strategies got unstuck, if known.
+    pub target_metric: Option<String>,
+}
+
+/// How one recovery strategy has fared for one pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryStat {
+    /// Shares that listed the strategy as a recovery.
+    pub suggested: u64,
+    pub successes: u64,
+    pub failures: u64,
+}
+
+impl RecoveryStat {
+    pub fn success_rate(&self) -> f64 {
+        laplace_rate(self.successes, self.successes.saturating_add(self.failures))
+    }
+}
+
+/// A deduplicated plateau pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pattern {
+    pub id: String,
+    pub signature: String,
+    /// The metric state as first shared.
+    pub metrics: Metrics,
+    pub cycles_until_plateau: RunningStats,
+    pub recovery: BTreeMap<String, RecoveryStat>,
+    /// Recovery statistics per unstuck metric: metric → strategy → stat.
+    #[serde(default)]
+    pub recovery_by_metric: BTreeMap<String, BTreeMap<String, RecoveryStat>>,
+    pub successes: u64,
+    pub failures: u64,
+    pub environment: Attributes,
+    pub instances: BTreeSet<String>,
+    pub first_seen: UnixMillis,
+    pub last_seen: UnixMillis,
+    pub frequency: u64,
+}
+
+impl AsRef<Pattern> for Pattern {
+    fn as_ref(&self) -> &Pattern {
+        self
+    }
+}
+
+impl Pattern {
+    /// A new pattern from its first share.
+    pub fn new(signature: String, share: &PatternShare, instance: &str, now: UnixMillis) -> Self {
+        let mut pattern = Pattern {
+            id: content_id("pattern", &signature),
+            signature,
+            metrics: share.metrics.clone(),
+            cycles_until_plateau: RunningStats::default(),
+            recovery: BTreeMap::new(),
+            recovery_by_metric: BTreeMap::new(),
+            successes: 0,
+            failures: 0,
+            environment: share.environment.clone(),
+            instances: BTreeSet::new(),
+            first_seen: now,
+            last_seen: now,
+            frequency: 0,
+        };
+        pattern.record_share(share, instance, now);
+        pattern
+    }
+
+    /// Folds one more share of the same signature into the pattern.
+    pub fn record_share(&mut self, share: &PatternShare, instance: &str, now: UnixMillis) {
+        self.frequency = self.frequency.saturating_add(1);
+        self.last_seen = self.last_seen.max(now);
+        self.instances.insert(instance.to_string());
+        self.cycles_until_plateau
+            .push(f64::from(share.cycles_until_plateau));
+        for strategy in &share.recovery_strategies {
+            let stat = self.recovery.entry(strategy.clone()).or_default();
+            stat.suggested = stat.suggested.saturating_add(1);
+            if let Some(metric) = &share.target_metric {
+                let stat = self
+                    .recovery_by_metric
+                    .entry(metric.clone())
+                    .or_default()
+                    .entry(strategy.clone())
+                    .or_default();
+                stat.suggested = stat.suggested.saturating_add(1);
+            }
+        }
+    }
+
+    /// Records whether acting on the pattern worked, crediting `strategy`
+    /// (for `metric`, when named) when the instance names the recovery it
+    /// applied.
+    pub fn record_outcome(
+        &mut self,
+        success: bool,
+        strategy: Option<&str>,
+        metric: Option<&str>,
+        now: UnixMillis,
+    ) {
+        if success {
+            self.successes = self.successes.saturating_add(1);
+        } else {
+            self.failures = self.failures.saturating_add(1);
+        }
+        if let Some(strategy) = strategy {
+            let credit = |stat: &mut RecoveryStat| {
+                if success {
+                    stat.successes = stat.successes.saturating_add(1);
+                } else {
+                    stat.failures = stat.failures.saturating_add(1);
+                }
+            };
+            credit(self.recovery.entry(strategy.to_string()).or_default());
+            if let Some(metric) = metric {
+                credit(
+                    self.recovery_by_metric
+                        .entry(metric.to_string())
+                        .or_default()
+                        .entry(strategy.to_string())
+                        .or_default(),
+                );
+            }
+        }
+        self.last_seen = self.last_seen.max(now);
+    }
+
+    /// Recovery strategies, best first: by success rate, then by how often
+    /// they were suggested, then by name (so the order is deterministic).
+    pub fn ranked_recovery(&self) -> Vec<(&str, &RecoveryStat)> {
+        let mut ranked: Vec<_> = self.recovery.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        ranked.sort_by(|a, b| {
+            b.1.success_rate()
+                .total_cmp(&a.1.success_rate())
+                .then(b.1.suggested.cmp(&a.1.suggested))
+                .then(a.0.cmp(b.0))
+        });
+        ranked
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------
+
+/// What an instance shares about one strategy application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyShare {
+    pub strategy: String,
+    pub metric: String,
+    pub value_before: f64,
+    pub successful: bool,
+    pub delta: f64,
+    pub condition: String,
+    pub context: Attributes,
+    pub recent: Vec<RecentApplication>,
+}
+
+/// One strategy application as the hub logs it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyOutcome {
+    /// Position in the hub's outcome log.
+    pub sequence: u64,
+    pub at: UnixMillis,
+    pub instance_id: String,
+    pub strategy: String,
+    pub metric: String,
+    pub value_before: f64,
+    pub successful: bool,
+    pub delta: f64,
+    pub condition: String,
+    pub context: Attributes,
+    /// Applications of this strategy to this metric immediately before.
+    #[serde(default)]
+    pub streak: u32,
+    /// Strategies applied within [`PRECEDING_WINDOW`] cycles before.
+    #[serde(default)]
+    pub preceded_by: Vec<String>,
+}
+
+/// Applications, successes and deltas of a set of outcomes.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeStats {
+    pub applications: u64,
+    pub successes: u64,
+    /// Deltas of successful applications.
+    pub improvement: RunningStats,
+    /// Deltas of failed applications.
+    pub regression: RunningStats,
+}
+
+impl OutcomeStats {
+    pub fn record(&mut self, successful: bool, delta: f64) {
+        self.applications = self.applications.saturating_add(1);
+        if successful {
+            self.successes = self.successes.saturating_add(1);
+            self.improvement.push(delta);
+        } else {
+            self.regression.push(delta);
+        }
+    }
+
+    pub fn merge(&self, other: &OutcomeStats) -> OutcomeStats {
+        OutcomeStats {
+            applications: self.applications.saturating_add(other.applications),
+            successes: self.successes.saturating_add(other.successes),
+            improvement: self.improvement.merge(&other.improvement),
+            regression: self.regression.merge(&other.regression),
+        }
+    }
+}
+
+/// Bands of the metric value before an application; evidence is kept per
+/// band so recommendations depend on where the metric is.
+pub const VALUE_BANDS: usize = 5;
+
+/// The band of a value in [0, 1].
+pub fn value_band(value: f64) -> usize {
+    ((value * VALUE_BANDS as f64) as usize).min(VALUE_BANDS - 1)
+}
+
+/// The value range of a band.
+pub fn band_range(band: usize) -> (f64, f64) {
+    let width = 1.0 / VALUE_BANDS as f64;
+    (band as f64 * width, (band + 1) as f64 * width)
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The day (since the epoch) a time falls on.
+pub fn day_of(at: UnixMillis) -> i64 {
+    at.div_euclid(DAY_MS)
+}
+
+/// One day's outcomes of one aggregate, per value band.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DayBucket {
+    pub day: i64,
+    pub bands: [OutcomeStats; VALUE_BANDS],
+}
+
+/// Streaks are tracked as 0, 1, 2 and "3 or more" previous applications.
+pub const STREAK_CLASSES: usize = 4;
+
+/// Applications and failures under one reported condition.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConditionStats {
+    pub applications: u64,
+    pub failures: u64,
+}
+
+impl ConditionStats {
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failures, self.applications)
+    }
+}
+
+/// The key of a strategy aggregate. Ordered by metric first so every
+/// aggregate for a metric is one contiguous range.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct StrategyKey {
+    pub metric: String,
+    pub strategy: String,
+    pub context_key: String,
+}
+
+/// Every outcome of one strategy on one metric in one context, folded.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategyRecord {
+    pub strategy: String,
+    pub metric: String,
+    pub context_key: String,
+    pub applications: u64,
+    pub successes: u64,
+    /// Deltas of successful applications.
+    pub improvement: RunningStats,
+    /// Deltas of failed applications.
+    pub regression: RunningStats,
+    pub failure_modes: BTreeMap<String, ConditionStats>,
+    /// Applications per instance.
+    pub instances: BTreeMap<String, u64>,
+    pub first_seen: UnixMillis,
+    pub last_updated: UnixMillis,
+    /// Outcomes within the retention window, per day and value band: what
+    /// recommendations are computed from.
+    #[serde(default)]
+    pub window: Vec<DayBucket>,
+    /// Outcomes by streak class (0, 1, 2, 3+ previous applications in a row).
+    #[serde(default)]
+    pub streaks: Vec<OutcomeStats>,
+    /// Outcomes by strategy applied within [`PRECEDING_WINDOW`] cycles before.
+    #[serde(default)]
+    pub preceded_by: BTreeMap<String, OutcomeStats>,
+    /// The sequence of the newest outcome folded in. The store persists
+    /// aggregates lazily and rebuilds them from the outcome log after a
+    /// crash; this is how a replay knows which outcomes a stored aggregate
+    /// already holds.
+    #[serde(default)]
+    pub through_sequence: u64,
+}
+
+impl StrategyRecord {
+    /// An empty aggregate for `key`.
+    pub fn empty(key: &StrategyKey, now: UnixMillis) -> Self {
+        StrategyRecord {
+            strategy: key.strategy.clone(),
+            metric: key.metric.clone(),
+            context_key: key.context_key.clone(),
+            applications: 0,
+            successes: 0,
+            improvement: RunningStats::default(),
+            regression: RunningStats::default(),
+            failure_modes: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            first_seen: now,
+            last_updated: now,
+            window: Vec::new(),
+            streaks: Vec::new(),
+            preceded_by: BTreeMap::new(),
+            through_sequence: 0,
+        }
+    }
+
+    pub fn key(&self) -> StrategyKey {
+        StrategyKey {
+            metric: self.metric.clone(),
+            strategy: self.strategy.clone(),
+            context_key: self.context_key.clone(),
+        }
+    }
+
+    /// Folds one outcome into the aggregate, keeping `retention_days` days
+    /// of windowed evidence.
+    pub fn record(&mut self, outcome: &StrategyOutcome, retention_days: i64) {
+        let day = day_of(outcome.at);
+        self.window.retain(|b| b.day > day - retention_days);
+        let bucket = match self.window.iter().position(|b| b.day == day) {
+            Some(i) => &mut self.window[i],
+            None => {
+                self.window.push(DayBucket {
+                    day,
+                    bands: [OutcomeStats::default(); VALUE_BANDS],
+                });
+                self.window.sort_by_key(|b| b.day);
+                let i = self
+                    .window
+                    .iter()
+                    .position(|b| b.day == day)
+                    .expect("just inserted");
+                &mut self.window[i]
+            }
+        };
+        bucket.bands[value_band(outcome.value_before)].record(outcome.successful, outcome.delta);
+        let class = (outcome.streak as usize).min(STREAK_CLASSES - 1);
+        if self.streaks.len() < STREAK_CLASSES {
+            self.streaks.resize(STREAK_CLASSES, OutcomeStats::default());
+        }
+        self.streaks[class].record(outcome.successful, outcome.delta);
+        for p in &outcome.preceded_by {
+            self.preceded_by
+                .entry(p.clone())
+                .or_default()
+                .record(outcome.successful, outcome.delta);
+        }
+        self.applications = self.applications.saturating_add(1);
+        if outcome.successful {
+            self.successes = self.successes.saturating_add(1);
+            self.improvement.push(outcome.delta);
+        } else {
+            self.regression.push(outcome.delta);
+        }
+        if !outcome.condition.is_empty() {
+            let mode = self
+                .failure_modes
+                .entry(outcome.condition.clone())
+                .or_default();
+            mode.applications = mode.applications.saturating_add(1);
+            if !outcome.successful {
+                mode.failures = mode.failures.saturating_add(1);
+            }
+        }
+        let applications = self
+            .instances
+            .entry(outcome.instance_id.clone())
+            .or_default();
+        *applications = applications.saturating_add(1);
+        self.last_updated = self.last_updated.max(outcome.at);
+        self.through_sequence = self.through_sequence.max(outcome.sequence);
+    }
+
+    /// Combines aggregates of the same strategy and metric from different
+    /// contexts into a fleet-wide view (context key left empty).
+    pub fn merge(&self, other: &StrategyRecord) -> StrategyRecord {
+        let mut merged = self.clone();
+        merged.absorb(other);
+        merged
+    }
+
+    /// Folds `other` into this aggregate in place (see [`Self::merge`]).
+    pub fn absorb(&mut self, other: &StrategyRecord) {
+        self.context_key.clear();
+        self.applications = self.applications.saturating_add(other.applications);
+        self.successes = self.successes.saturating_add(other.successes);
+        self.improvement = self.improvement.merge(&other.improvement);
+        self.regression = self.regression.merge(&other.regression);
+        for (condition, stats) in &other.failure_modes {
+            let mode = self.failure_modes.entry(condition.clone()).or_default();
+            mode.applications = mode.applications.saturating_add(stats.applications);
+            mode.failures = mode.failures.saturating_add(stats.failures);
+        }
+        for (instance, n) in &other.instances {
+            let mine = self.instances.entry(instance.clone()).or_default();
+            *mine = mine.saturating_add(*n);
+        }
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_updated = self.last_updated.max(other.last_updated);
+        for bucket in &other.window {
+            match self.window.iter_mut().find(|b| b.day == bucket.day) {
+                Some(mine) => {
+                    for (a, b) in mine.bands.iter_mut().zip(&bucket.bands) {
+                        *a = a.merge(b);
+                    }
+                }
+                None => self.window.push(*bucket),
+            }
+        }
+        self.window.sort_by_key(|b| b.day);
+        if self.streaks.len() < other.streaks.len() {
+            self.streaks
+                .resize(other.streaks.len(), OutcomeStats::default());
+        }
+        for (a, b) in self.streaks.iter_mut().zip(&other.streaks) {
+            *a = a.merge(b);
+        }
+        for (p, stats) in &other.preceded_by {
+            let mine = self.preceded_by.entry(p.clone()).or_default();
+            *mine = mine.merge(stats);
+        }
+        self.through_sequence = self.through_sequence.max(other.through_sequence);
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        ratio(self.successes, self.applications)
+    }
+
+    /// Mean delta over all applications: successes' improvement weighted by
+    /// the success rate plus failures' regression weighted by the rest.
+    pub fn expected_delta(&self) -> f64 {
+        let p = self.success_rate();
+        p * self.improvement.mean + (1.0 - p) * self.regression.mean
+    }
+
+    /// Failure modes, highest failure rate first (then most applications).
+    pub fn ranked_failure_modes(&self) -> Vec<(&str, &ConditionStats)> {
+        let mut modes: Vec<_> = self
+            .failure_modes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        modes.sort_by(|a, b| {
+            b.1.failure_rate()
+                .total_cmp(&a.1.failure_rate())
+                .then(b.1.applications.cmp(&a.1.applications))
+                .then(a.0.cmp(b.0))
+        });
+        modes
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Insights
+// ---------------------------------------------------------------------------
+
+/// What an insight is about.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum InsightCategory {
+    Configuration,
+    Timing,
+    Sequence,
+    Fallback,
+    Context,
+    Prediction,
+}
+
+/// The data behind an insight.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct InsightEvidence {
+    pub data_points: u64,
+    pub correlation_strength: f64,
+    pub instances_covered: u32,
+    pub improvement_observed: f64,
+}
+
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplicableContext {
+    pub context: String,
+    pub threshold: String,
+}
+
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InsightAlternative {
+    pub insight: String,
+    pub effectiveness: f64,
+}
+
+/// The content of an insight, as shared (before the hub stamps it).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InsightDraft {
+    pub category: InsightCategory,
+    pub title: String,
+    pub insight: String,
+    pub evidence: InsightEvidence,
+    pub applicable_contexts: Vec<ApplicableContext>,
+    pub effectiveness: f64,
+    pub risk: f64,
+    pub recommendation: String,
+    pub alternatives: Vec<InsightAlternative>,
+    /// Requested end of validity; `None` means the default TTL.
+    pub valid_until: Option<UnixMillis>,
+}
+
+/// A stored insight.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Insight {
+    pub id: String,
+    pub sequence: u64,
+    pub draft: InsightDraft,
+    pub created_at: UnixMillis,
+    pub valid_until: UnixMillis,
+    /// The instance that shared it (or "hub" for generated insights).
+    pub shared_by: String,
+    /// Times instances reported acting on it.
+    #[serde(default)]
+    pub uses: u64,
+}
+
+impl Insight {
+    pub fn is_valid_at(&self, now: UnixMillis) -> bool {
+        now < self.valid_until
+    }
+
+    /// Same category, title and text: the same piece of knowledge.
+    pub fn same_content(&self, draft: &InsightDraft) -> bool {
+        self.draft.category == draft.category
+            && self.draft.title == draft.title
+            && self.draft.insight == draft.insight
+    }
+
+    pub fn applies_to(&self, context: &str) -> bool {
+        self.draft
+            .applicable_contexts
+            .iter()
+            .any(|c| c.context == context)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Failures
+// ---------------------------------------------------------------------------
+
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum FailureType {
+    MetricReversal,
+    Deadlock,
+    Cascade,
+    RecoveryFail,
+}
+
+impl FailureType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureType::MetricReversal => "metric_reversal",
+            FailureType::Deadlock => "deadlock",
+            FailureType::Cascade => "cascade",
+            FailureType::RecoveryFail => "recovery_fail",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryAttempt {
+    pub method: String,
+    pub succeeded: bool,
+    pub cycles_to_recover: u32,
+}
+
+/// What an instance reports about a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailureReport {
+    pub failure_type: FailureType,
+    pub trigger: String,
+    pub metric: String,
+    /// Empty when no strategy triggered it.
+    pub strategy: String,
+    pub recovery: Vec<RecoveryAttempt>,
+    pub prevention: Vec<String>,
+    /// Strategies applied within [`PRECEDING_WINDOW`] cycles before the
+    /// triggering one.
+    pub preceded_by: Vec<String>,
+    /// How far the metric fell, if measured.
+    pub magnitude: Option<f64>,
+}
+
+/// How one recovery method has fared for one failure.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryMethodStats {
+    pub attempts: u64,
+    pub successes: u64,
+    /// Cycles to recover, over successful attempts.
+    pub cycles: RunningStats,
+}
+
+impl RecoveryMethodStats {
+    pub fn success_rate(&self) -> f64 {
+        ratio(self.successes, self.attempts)
+    }
+}
+
+/// The most triggers and prevention items a failure keeps; older ones give
+/// way so the record stays small however often the failure recurs.
+pub const MAX_TRIGGERS: usize = 10;
+pub const MAX_PREVENTION: usize = 32;
+
+/// A deduplicated failure pattern.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailurePattern {
+    pub id: String,
+    pub failure_type: FailureType,
+    pub metric: String,
+    pub strategy: String,
+    /// Distinct triggers, newest last.
+    pub triggers: Vec<String>,
+    pub occurrences: u64,
+    pub recovery: BTreeMap<String, RecoveryMethodStats>,
+    pub prevention: Vec<String>,
+    pub instances: BTreeSet<String>,
+    pub first_seen: UnixMillis,
+    pub last_seen: UnixMillis,
+    /// Reports in which each strategy had been applied shortly before.
+    #[serde(default)]
+    pub preceded_by: BTreeMap<String, u64>,
+    /// Magnitudes reported.
+    #[serde(default)]
+    pub magnitude: RunningStats,
+    /// Marked by an operator as no longer applicable.
+    #[serde(default)]
+    pub resolved: bool,
+}
+
+impl AsRef<FailurePattern> for FailurePattern {
+    fn as_ref(&self) -> &FailurePattern {
+        self
+    }
+}
+
+impl FailurePattern {
+    /// The id shared by every report of this (type, metric, strategy).
+    pub fn id_for(failure_type: FailureType, metric: &str, strategy: &str) -> String {
+        content_id(
+            "failure",
+            &format!("{}\u{0}{metric}\u{0}{strategy}", failure_type.as_str()),
+        )
+    }
+
+    pub fn new(report: &FailureReport, instance: &str, now: UnixMillis) -> Self {
+        let mut failure = FailurePattern {
+            id: Self::id_for(report.failure_type, &report.metric, &report.strategy),
+            failure_type: report.failure_type,
+            metric: report.metric.clone(),
+            strategy: report.strategy.clone(),
+            triggers: Vec::new(),
+            occurrences: 0,
+            recovery: BTreeMap::new(),
+            prevention: Vec::new(),
+            instances: BTreeSet::new(),
+            first_seen: now,
+            last_seen: now,
+            preceded_by: BTreeMap::new(),
+            magnitude: RunningStats::default(),
+            resolved: false,
+        };
+        failure.record(report, instance, now);
+        failure
+    }
+
+    /// Folds one more report of the same failure in.
+    pub fn record(&mut self, report: &FailureReport, instance: &str, now: UnixMillis) {
+        self.occurrences = self.occurrences.saturating_add(1);
+        self.last_seen = self.last_seen.max(now);
+        self.instances.insert(instance.to_string());
+        self.triggers.retain(|t| t != &report.trigger);
+        self.triggers.push(report.trigger.clone());
+        if self.triggers.len() > MAX_TRIGGERS {
+            self.triggers.remove(0);
+        }
+        for attempt in &report.recovery {
+            let stats = self.recovery.entry(attempt.method.clone()).or_default();
+            stats.attempts = stats.attempts.saturating_add(1);
+            if attempt.succeeded {
+                stats.successes = stats.successes.saturating_add(1);
+                stats.cycles.push(f64::from(attempt.cycles_to_recover));
+            }
+        }
+        for advice in &report.prevention {
+            if !self.prevention.contains(advice) {
+                self.prevention.push(advice.clone());
+            }
+        }
+        if self.prevention.len() > MAX_PREVENTION {
+            let excess = self.prevention.len() - MAX_PREVENTION;
+            self.prevention.drain(..excess);
+        }
+        for p in &report.preceded_by {
+            let count = self.preceded_by.entry(p.clone()).or_default();
+            *count = count.saturating_add(1);
+        }
+        if let Some(m) = report.magnitude {
+            self.magnitude.push(m);
+        }
+    }
+
+    /// Recovery methods, best first: highest success rate, then fewest
+    /// cycles to recover, then most attempts.
+    pub fn ranked_recovery(&self) -> Vec<(&str, &RecoveryMethodStats)> {
+        let mut ranked: Vec<_> = self.recovery.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        ranked.sort_by(|a, b| {
+            b.1.success_rate()
+                .total_cmp(&a.1.success_rate())
+                .then(a.1.cycles.mean.total_cmp(&b.1.cycles.mean))
+                .then(b.1.attempts.cmp(&a.1.attempts))
+                .then(a.0.cmp(b.0))
+        });
+        ranked
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Configurations
+// ---------------------------------------------------------------------------
+
+/// A configuration parameter's value.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Flag(bool),
+    Number(f64),
+    Text(String),
+}
+
+pub type Parameters = BTreeMap<String, ParamValue>;
+
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigAlternative {
+    pub name: String,
+    pub effectiveness: f64,
+    pub risk: f64,
+}
+
+/// What an instance shares about a configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigShare {
+    pub context: Attributes,
+    pub parameters: Parameters,
+    pub effectiveness: f64,
+    pub data_points: u64,
+    pub recommendation: String,
+    pub alternatives: Vec<ConfigAlternative>,
+}
+
+/// Data points and distinct instances a configuration needs before the hub
+/// calls it validated.
+pub const VALIDATION_MIN_DATA_POINTS: u64 = 100;
+pub const VALIDATION_MIN_INSTANCES: usize = 2;
+/// A rival configuration counts against validation from this many data
+/// points on.
+pub const RIVAL_MIN_DATA_POINTS: u64 = 30;
+
+/// A configuration as the fleet knows it: one per (context, parameters).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub id: String,
+    pub context: Attributes,
+    pub context_key: String,
+    pub parameters: Parameters,
+    /// Effectiveness averaged over shares, weighted by their data points.
+    pub effectiveness: f64,
+    /// The effectiveness values shared, unweighted: their spread is the
+    /// configuration's risk.
+    #[serde(default)]
+    pub shared_effectiveness: RunningStats,
+    pub data_points: u64,
+    pub instances: BTreeSet<String>,
+    pub recommendation: String,
+    pub alternatives: Vec<ConfigAlternative>,
+    pub validated: bool,
+    pub validation_date: Option<UnixMillis>,
+    pub first_seen: UnixMillis,
+    pub last_updated: UnixMillis,
+}
+
+impl AsRef<Configuration> for Configuration {
+    fn as_ref(&self) -> &Configuration {
+        self
+    }
+}
+
+impl Configuration {
+    /// The id shared by every share of these parameters in this context.
+    pub fn id_for(context: &Attributes, parameters: &Parameters) -> String {
+        let params = serde_json::to_string(parameters).unwrap_or_default();
+        content_id("config", &format!("{}\u{0}{params}", context_key(context)))
+    }
+
+    pub fn new(share: &ConfigShare, instance: &str, now: UnixMillis) -> Self {
+        let mut config = Configuration {
+            id: Self::id_for(&share.context, &share.parameters),
+            context: share.context.clone(),
+            context_key: context_key(&share.context),
+            parameters: share.parameters.clone(),
+            effectiveness: 0.0,
+            shared_effectiveness: RunningStats::default(),
+            data_points: 0,
+            instances: BTreeSet::new(),
+            recommendation: String::new(),
+            alternatives: Vec::new(),
+            validated: false,
+            validation_date: None,
+            first_seen: now,
+            last_updated: now,
+        };
+        config.record(share, instance, now);
+        config
+    }
+
+    /// Folds one more share of the same configuration in.
+    pub fn record(&mut self, share: &ConfigShare, instance: &str, now: UnixMillis) {
+        let points = share.data_points.max(1);
+        let total = self.data_points + points;
+        self.effectiveness = (self.effectiveness * self.data_points as f64
+            + share.effectiveness * points as f64)
+            / total as f64;
+        self.data_points = total;
+        self.shared_effectiveness.push(share.effectiveness);
+        self.instances.insert(instance.to_string());
+        if !share.recommendation.is_empty() {
+            self.recommendation = share.recommendation.clone();
+        }
+        if !share.alternatives.is_empty() {
+            self.alternatives = share.alternatives.clone();
+        }
+        self.last_updated = self.last_updated.max(now);
+    }
+
+    /// Whether it rests on enough evidence to be validated (the hub also
+    /// requires it to beat the other configurations of its context; see
+    /// [`Configuration::revalidate`]).
+    pub fn has_enough_evidence(&self) -> bool {
+        self.data_points >= VALIDATION_MIN_DATA_POINTS
+            && self.instances.len() >= VALIDATION_MIN_INSTANCES
+    }
+
+    /// Sets `validated` from the evidence and the effectiveness of the
+    /// rivals in the same context (those with at least
+    /// [`RIVAL_MIN_DATA_POINTS`]). Returns whether it changed.
+    pub fn revalidate(&mut self, best_rival: Option<f64>, now: UnixMillis) -> bool {
+        let validated = self.has_enough_evidence()
+            && best_rival.is_none_or(|rival| self.effectiveness >= rival);
+        if validated == self.validated {
+            return false;
+        }
+        self.validated = validated;
+        self.validation_date = validated.then_some(now);
+        true
+    }
+
+    /// The spread of the effectiveness shared for it.
+    pub fn risk(&self) -> f64 {
+        self.shared_effectiveness.std_dev()
+    }
+
+    /// How many of the configuration's context attributes `context` has
+    /// with the same value, or `None` if any attribute differs or is missing
+    /// (a configuration made for latency > 500 ms does not suit a fast
+    /// instance).
+    pub fn context_match(&self, context: &Attributes) -> Option<usize> {
+        self.context
+            .iter()
+            .all(|(k, v)| context.get(k) == Some(v))
+            .then_some(self.context.len())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Access control records
+// ---------------------------------------------------------------------------
+
+/// An instance's API key, as stored: never the key itself, only a salted
+/// SHA-256 of it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub instance_id: String,
+    /// Hex of 16 random bytes.
+    pub salt: String,
+    /// Hex of SHA-256(salt || key).
+    pub hash: String,
+    pub issued_at: UnixMillis,
+    /// The operator who issued it.
+    pub issued_by: String,
+}
+
+/// One call, as the audit log keeps it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub sequence: u64,
+    pub at: UnixMillis,
+    /// Instance id or operator name ("" when the caller was not identified).
+    pub caller: String,
+    /// "instance", "operator" or "unknown".
+    pub role: String,
+    /// The gRPC method, e.g. "/learninghub.v1.Hub/ShareStrategy", from
+    /// the closed set of real RPCs; "unknown" for any other path.
+    pub rpc: String,
+    /// The gRPC status code it ended with.
+    pub code: i32,
+    /// Bytes of the request body (of all `count` calls).
+    pub request_bytes: u64,
+    /// How many calls this entry stands for: 1, or for a sampled kind of
+    /// call (refusals, unknown paths, health, reflection) the calls of a
+    /// window after its first.
+    #[serde(default = "one")]
+    pub count: u64,
+    /// The peer's address, `ip:port` ("" before this was recorded).
+    #[serde(default)]
+    pub peer: String,
+    /// The serial of the client certificate, as OpenSSL prints it.
+    #[serde(default)]
+    pub serial: String,
+    /// For `rpc` "unknown": the path the caller sent, cut to 128 bytes
+    /// (on the first entry of a sampling window only).
+    #[serde(default)]
+    pub path: String,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl Default for AuditEntry {
+    /// An entry for one call (`count` 1), everything else empty.
+    fn default() -> Self {
+        AuditEntry {
+            sequence: 0,
+            at: 0,
+            caller: String::new(),
+            role: String::new(),
+            rpc: String::new(),
+            code: 0,
+            request_bytes: 0,
+            count: 1,
+            peer: String::new(),
+            serial: String::new(),
+            path: String::new(),
+        }
+    }
+}
+
+/// The configuration a new instance gets when the fleet has none that
+/// matches its context. Documented in the proto (BootstrapConfig.parameters).
+pub fn default_parameters() -> Parameters {
+    Parameters::from([
+        ("cycle_interval_ms".into(), ParamValue::Number(300_000.0)),
+        ("max_cycles".into(), ParamValue::Number(0.0)),
+        (
+            "prediction_confidence_threshold".into(),
+            ParamValue::Number(0.65),
+        ),
+        ("adaptation_budget".into(), ParamValue::Number(0.3)),
+        (
+            "default_strategy".into(),
+            ParamValue::Text("conservative".into()),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(successful: bool, delta: f64, condition: &str, instance: &str) -> StrategyOutcome {
+        StrategyOutcome {
+            sequence: 0,
+            at: 1,
+            instance_id: instance.into(),
+            strategy: "novelty_injection".into(),
+            metric: "learningVelocity".into(),
+            value_before: 0.5,
+            successful,
+            delta,
+            condition: condition.into(),
+            context: Attributes::new(),
+            streak: 0,
+            preceded_by: vec![],
+        }
+    }
+
+    #[test]
+    fn context_key_is_canonical() {
+        let a = Attributes::from([("b".into(), "2".into()), ("a".into(), "1".into())]);
+        assert_eq!(context_key(&a), "a=1;b=2");
+        assert_eq!(context_key(&Attributes::new()), "");
+    }
+
+    #[test]
+    fn content_ids_are_stable_and_distinct() {
+        assert_eq!(content_id("pattern", "x"), content_id("pattern", "x"));
+        assert_ne!(content_id("pattern", "x"), content_id("pattern", "y"));
+        assert_eq!(content_id("pattern", "x").len(), "pattern_".len() + 16);
+    }
+
+    /// Found by fuzz/store_load: counts come from the store, and a start
+    /// summing (or replaying into) aggregates whose counts are near
+    /// u64::MAX overflowed — a panic with overflow checks, a silent wrap
+    /// without. Counts now saturate.
+    #[test]
+    fn stored_counts_saturate_instead_of_overflowing() {
+        let key = StrategyKey {
+            metric: "learningVelocity".into(),
+            strategy: "novelty_injection".into(),
+            context_key: String::new(),
+        };
+        let mut r = StrategyRecord::empty(&key, 0);
+        r.record(&outcome(true, 0.2, "c", "a"), 7);
+        r.applications = u64::MAX;
+        r.successes = u64::MAX;
+        r.improvement.count = u64::MAX;
+        r.instances.insert("a".into(), u64::MAX);
+        r.failure_modes.insert(
+            "c".into(),
+            ConditionStats {
+                applications: u64::MAX,
+                failures: u64::MAX,
+            },
+        );
+        r.streaks[0].applications = u64::MAX;
+        r.record(&outcome(true, 0.1, "c", "a"), 7);
+        let merged = r.merge(&r);
+        for record in [&r, &merged] {
+            assert_eq!(record.applications, u64::MAX);
+            assert_eq!(record.improvement.count, u64::MAX);
+            assert_eq!(record.instances["a"], u64::MAX);
+            assert_eq!(record.failure_modes["c"].applications, u64::MAX);
+        }
+        let mut usage = crate::prevention::StrategyUsage::default();
+        usage.add(&r);
+        usage.add(&r);
+        assert_eq!(usage.applications, u64::MAX);
+    }
+
+    #[test]
+    fn strategy_record_folds_outcomes() {
+        let key = StrategyKey {
+            metric: "learningVelocity".into(),
+            strategy: "novelty_injection".into(),
+            context_key: String::new(),
+        };
+        let mut r = StrategyRecord::empty(&key, 0);
+        r.record(&outcome(true, 0.2, "", "a"), 7);
+        r.record(&outcome(true, 0.1, "", "b"), 7);
+        r.record(&outcome(false, -0.05, "metric already > 0.9", "a"), 7);
+        r.record(&outcome(true, 0.3, "metric already > 0.9", "a"), 7);
+        assert_eq!((r.applications, r.successes), (4, 3));
+        assert!((r.success_rate() - 0.75).abs() < 1e-12);
+        assert!((r.improvement.mean - 0.2).abs() < 1e-12);
+        assert!((r.improvement.std_dev() - 0.1).abs() < 1e-12);
+        assert_eq!(r.regression.count, 1);
+        let mode = r.failure_modes["metric already > 0.9"];
+        assert_eq!((mode.applications, mode.failures), (2, 1));
+        assert_eq!(r.instances["a"], 3);
+        assert!((r.expected_delta() - (0.75 * 0.2 + 0.25 * -0.05)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn failure_keeps_bounded_history() {
+        let report = |trigger: &str| FailureReport {
+            failure_type: FailureType::MetricReversal,
+            trigger: trigger.into(),
+            metric: "transferEfficiency".into(),
+            strategy: "speed_optimization".into(),
+            recovery: vec![RecoveryAttempt {
+                method: "apply_consolidation".into(),
+                succeeded: true,
+                cycles_to_recover: 2,
+            }],
+            prevention: vec!["consolidate first".into()],
+            preceded_by: vec![],
+            magnitude: Some(0.2),
+        };
+        let mut f = FailurePattern::new(&report("t0"), "a", 0);
+        for i in 1..20 {
+            f.record(&report(&format!("t{i}")), "b", i);
+        }
+        f.record(&report("t5"), "b", 30);
+        assert_eq!(f.occurrences, 21);
+        assert_eq!(f.triggers.len(), MAX_TRIGGERS);
+        assert_eq!(f.triggers.last().unwrap(), "t5");
+        assert_eq!(f.prevention, vec!["consolidate first".to_string()]);
+        assert_eq!(f.recovery["apply_consolidation"].attempts, 21);
+        assert_eq!(f.instances.len(), 2);
+    }
+
+    #[test]
+    fn configuration_validates_with_enough_evidence() {
+        let share = |points| ConfigShare {
+            context: Attributes::new(),
+            parameters: default_parameters(),
+            effectiveness: 0.8,
+            data_points: points,
+            recommendation: String::new(),
+            alternatives: vec![],
+        };
+        let mut c = Configuration::new(&share(150), "a", 1);
+        assert!(!c.revalidate(None, 1), "one instance is not enough");
+        c.record(
+            &ConfigShare {
+                effectiveness: 0.5,
+                ..share(50)
+            },
+            "b",
+            2,
+        );
+        assert!(c.revalidate(Some(0.6), 2));
+        assert!(c.validated);
+        assert_eq!(c.validation_date, Some(2));
+        // A better rival in the same context makes it a candidate again.
+        assert!(c.revalidate(Some(0.9), 3));
+        assert!(!c.validated && c.validation_date.is_none());
+        assert!((c.effectiveness - (0.8 * 150.0 + 0.5 * 50.0) / 200.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,163 @@
+//! What the retention job removes (the seed's "Data Retention"), decided
+//! from the records and the time alone so it is tested with any clock.
+//!
+//! - Patterns not seen for `pattern_days` go; so do patterns seen fewer
+//!   than `low_frequency` times and not confirmed for
+//!   `unconfirmed_pattern_days`.
+//! - Insights past their validity go (they already vanished from reads and
+//!   stream replays; sequences are never reused).
+//! - Strategy aggregates keep their lifetime figures; their daily evidence
+//!   older than the recommendation window is dropped (the daily roll-up).
+//! - Failures are kept indefinitely (operators mark them resolved).
+//!
+//! Time is what the hub's clock says when the sweep runs:
+//!
+//! - A forward jump is taken as time having passed: whatever the new
+//!   present puts past its expiry goes at the first sweep after it,
+//!   nothing before.
+//! - A backward jump deletes nothing new — every rule is "older than",
+//!   measured from the clock's present — and records not yet swept stay
+//!   until the clock reaches their expiry again.
+//! - A record stamped while the clock was ahead therefore lives until the
+//!   clock reaches its stamped expiry, longer than it should by however
+//!   far the clock was ahead. Re-dating such records is not safe: a sweep
+//!   cannot tell a clock that was ahead then from one that is behind now,
+//!   and in the second case re-dating would delete data early.
+//! - The logs are trimmed by the order records were made in, so one record
+//!   with a future stamp holds nothing else back (see
+//!   [`crate::store::Store::first_sequence_at`]).
+
+use std::sync::Arc;
+
+use super::model::{Insight, Pattern, StrategyRecord, UnixMillis, day_of};
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The retention rules' parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    pub pattern_days: i64,
+    pub unconfirmed_pattern_days: i64,
+    pub low_frequency: u64,
+    /// Days of daily evidence a strategy aggregate keeps.
+    pub evidence_days: i64,
+}
+
+/// What one sweep removes or rewrites.
+#[derive(Debug, Clone, Default)]
+pub struct Sweep {
+    pub patterns: Vec<String>,
+    pub insights: Vec<u64>,
+    /// Aggregates with their expired days dropped.
+    pub strategies: Vec<StrategyRecord>,
+}
+
+impl Sweep {
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty() && self.insights.is_empty() && self.strategies.is_empty()
+    }
+}
+
+/// Whether a pattern has expired at `now`.
+pub fn pattern_expired(pattern: &Pattern, rules: &Rules, now: UnixMillis) -> bool {
+    let idle = now - pattern.last_seen;
+    idle > rules.pattern_days * DAY_MS
+        || (pattern.frequency < rules.low_frequency
+            && idle > rules.unconfirmed_pattern_days * DAY_MS)
+}
+
+/// Plans a sweep over the given records at `now`.
+pub fn plan<'a>(
+    patterns: impl IntoIterator<Item = &'a Arc<Pattern>>,
+    insights: impl IntoIterator<Item = &'a Arc<Insight>>,
+    strategies: impl IntoIterator<Item = &'a Arc<StrategyRecord>>,
+    rules: &Rules,
+    now: UnixMillis,
+) -> Sweep {
+    let today = day_of(now);
+    Sweep {
+        patterns: patterns
+            .into_iter()
+            .filter(|p| pattern_expired(p, rules, now))
+            .map(|p| p.id.clone())
+            .collect(),
+        insights: insights
+            .into_iter()
+            .filter(|i| !i.is_valid_at(now))
+            .map(|i| i.sequence)
+            .collect(),
+        strategies: strategies
+            .into_iter()
+            .filter(|r| {
+                r.window
+                    .iter()
+                    .any(|b| b.day <= today - rules.evidence_days)
+            })
+            .map(|r| {
+                let mut rolled = (**r).clone();
+                rolled
+                    .window
+                    .retain(|b| b.day > today - rules.evidence_days);
+                rolled
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::signature;
+    use crate::model::{Attributes, MetricState, Metrics, PatternShare};
+
+    fn pattern(frequency: u64, last_seen_days: i64) -> Arc<Pattern> {
+        let metrics = Metrics::from([(
+            "m".to_string(),
+            MetricState {
+                value: 0.5,
+                stuck: true,
+            },
+        )]);
+        let share = PatternShare {
+            metrics: metrics.clone(),
+            cycles_until_plateau: 1,
+            recovery_strategies: vec![],
+            environment: Attributes::new(),
+            target_metric: None,
+        };
+        let mut p = Pattern::new(signature(&metrics, &Attributes::new()), &share, "i", 0);
+        p.frequency = frequency;
+        p.last_seen = last_seen_days * DAY_MS;
+        Arc::new(p)
+    }
+
+    const RULES: Rules = Rules {
+        pattern_days: 30,
+        unconfirmed_pattern_days: 7,
+        low_frequency: 3,
+        evidence_days: 7,
+    };
+
+    #[test]
+    fn patterns_expire_by_age_and_confirmation() {
+        let now = 40 * DAY_MS;
+        assert!(
+            !pattern_expired(&pattern(1, 35), &RULES, now),
+            "5 days idle, unconfirmed: kept"
+        );
+        assert!(
+            pattern_expired(&pattern(1, 32), &RULES, now),
+            "8 days idle, unconfirmed: gone"
+        );
+        assert!(
+            !pattern_expired(&pattern(5, 32), &RULES, now),
+            "confirmed: kept"
+        );
+        assert!(
+            pattern_expired(&pattern(50, 9), &RULES, now),
+            "31 days idle: gone"
+        );
+        // A clock that went back deletes nothing.
+        assert!(!pattern_expired(&pattern(1, 32), &RULES, 33 * DAY_MS));
+    }
+}

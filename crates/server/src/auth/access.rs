@@ -1,0 +1,95 @@
+//! The hub as the auth layer sees it: [`HubAccess`] answers the layer's
+//! [`AccessControl`] questions from the hub's keys and audit log, and
+//! holds the per-identity rate limiter (the hub core knows nothing of
+//! request rates). [`connection_refusals`] is where the transport reports
+//! the connections it turned away, audited like refused calls.
+
+use std::sync::Arc;
+
+use super::limits::RateLimiter;
+use super::{AccessControl, Identity};
+use crate::domain::model::{AuditEntry, UnixMillis};
+use crate::error::Result;
+use crate::hub::Hub;
+use crate::transport::{PeerIdentity, PeerInfo, RefusalSink};
+
+/// [`AccessControl`] over a [`Hub`].
+pub struct HubAccess {
+    hub: Arc<Hub>,
+    limiter: RateLimiter,
+}
+
+impl HubAccess {
+    /// Access control over `hub`, with its configured rate limit.
+    pub fn new(hub: Arc<Hub>) -> Self {
+        let settings = hub.settings();
+        let limiter = RateLimiter::new(
+            settings.rate_limit_per_hour,
+            settings.rate_limit_max_tracked,
+        );
+        HubAccess { hub, limiter }
+    }
+}
+
+impl AccessControl for HubAccess {
+    fn check_key(&self, instance_id: &str, presented: Option<&str>) -> Result<()> {
+        self.hub.check_key(instance_id, presented)
+    }
+
+    fn take_rate_token(&self, identity: &Identity) -> std::result::Result<(), u64> {
+        if self.hub.settings().rate_limit_per_hour == 0 {
+            return Ok(());
+        }
+        let taken = self.limiter.take(&identity.name, self.hub.now());
+        if taken.is_err() {
+            self.hub.metrics().rate_limited();
+        }
+        taken
+    }
+
+    fn observe(&self, rpc: &str, code: i32, elapsed: std::time::Duration) {
+        self.hub.metrics().observe_call(rpc, code, elapsed);
+    }
+
+    fn audit(&self, entry: AuditEntry, sampled: bool) {
+        self.hub.audit(entry, sampled);
+    }
+
+    fn now(&self) -> UnixMillis {
+        self.hub.now()
+    }
+}
+
+/// The hub as the auth layer's access control.
+pub fn access_control(hub: &Arc<Hub>) -> Arc<dyn AccessControl> {
+    Arc::new(HubAccess::new(hub.clone()))
+}
+
+/// Where the transport reports connections it refused a slot: sampled
+/// audit entries (rpc `connection`, RESOURCE_EXHAUSTED), like refused
+/// calls.
+pub fn connection_refusals(hub: &Arc<Hub>) -> RefusalSink {
+    let hub = hub.clone();
+    Arc::new(move |peer: &PeerInfo, _why: &str| {
+        let (caller, role) = match &peer.identity {
+            PeerIdentity::Verified(identity) => {
+                (identity.name.clone(), identity.role.as_str().to_string())
+            }
+            _ => (String::new(), "unknown".to_string()),
+        };
+        let entry = AuditEntry {
+            sequence: 0,
+            at: hub.now(),
+            caller,
+            role,
+            rpc: crate::schema::CONNECTION.to_string(),
+            code: tonic::Code::ResourceExhausted as i32,
+            request_bytes: 0,
+            count: 1,
+            peer: peer.remote_addr.map(|a| a.to_string()).unwrap_or_default(),
+            serial: peer.serial().to_string(),
+            path: String::new(),
+        };
+        hub.audit(entry, true);
+    })
+}

@@ -1,0 +1,365 @@
+//! Runs the hub: `run(listener, config, shutdown)`.
+//!
+//! Start-up: install the ring crypto provider, make sure certificates exist
+//! (generating a development PKI on first start), open the store and load
+//! the state, then serve `learninghub.v1.Hub`, `grpc.health.v1.Health` and
+//! gRPC reflection (v1 and v1alpha, which grpcurl 1.8 speaks) behind the
+//! auth layer, over connections from [`crate::transport`], plus the
+//! operators' `learninghub.v1.Admin`; runs background insight generation.
+//!
+//! Shutdown, when the `shutdown` future resolves: report NOT_SERVING, stop
+//! accepting, end insight streams (clients get UNAVAILABLE with their
+//! resume sequence), let in-flight calls finish (up to the drain timeout),
+//! then finish queued writes and flush the store.
+//!
+//! While serving, a reloader task ([`crate::tls::spawn_reloader`]) swaps in
+//! new certificates when their files change or a reload is requested
+//! ([`PreparedHub::tls`]; the binary does it on SIGHUP).
+
+use std::{future::Future, path::Path, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch};
+
+use crate::api::{AdminService, HubService};
+use crate::auth::AuthLayer;
+use crate::clock::{Clock, SystemClock};
+use crate::compute::ComputePool;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::overload::{LoadShedLayer, Shedder};
+use crate::pb::{self, hub_server::HubServer};
+use crate::pki;
+use crate::store::Store;
+use crate::tls::{ServerTls, TlsFiles};
+use crate::transport;
+
+/// Serves until `shutdown` resolves, then drains and flushes.
+pub async fn run<F>(listener: TcpListener, config: Config, shutdown: F) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    run_with_clock(listener, config, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`] with an injected clock (tests control TTLs with it).
+pub async fn run_with_clock<F>(
+    listener: TcpListener,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    PreparedHub::prepare(config, clock)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// [`run_with_clock`] on a store `open_store` opens in the data directory
+/// instead of sled there — for tests that put a fault injector (the store
+/// crate's `FaultyEngine`) under a real hub. Only with the `test-hooks`
+/// feature, which the shipped binary does not enable.
+#[cfg(feature = "test-hooks")]
+pub async fn run_with_store<F, O>(
+    listener: TcpListener,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    open_store: O,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+    O: FnOnce(&Path) -> Result<Store> + Send + 'static,
+{
+    PreparedHub::prepare_with_store(config, clock, open_store)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// A hub with its certificates in place and its state loaded, not yet
+/// serving. Splitting start-up from serving lets a caller announce the hub
+/// only once everything that can fail at start has succeeded.
+pub struct PreparedHub {
+    config: Config,
+    hub: Arc<Hub>,
+    tls: Option<ServerTls>,
+    metrics: Option<TcpListener>,
+}
+
+impl PreparedHub {
+    /// Validates the configuration, makes sure certificates exist
+    /// (generating a development PKI when allowed and there is no CA), opens
+    /// the store and loads the state.
+    pub async fn prepare(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::prepare_with_store(config, clock, Store::open).await
+    }
+
+    /// [`PreparedHub::prepare`] with the store opened by `open_store` in
+    /// the data directory (the `test-hooks` feature's `run_with_store`).
+    async fn prepare_with_store<O>(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        open_store: O,
+    ) -> Result<Self>
+    where
+        O: FnOnce(&Path) -> Result<Store> + Send + 'static,
+    {
+        // tokio-rustls and tonic's client share one process-wide provider;
+        // installing ring explicitly avoids depending on feature unification.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        config.validate()?;
+
+        let tls = if config.insecure_dev {
+            tracing::warn!(
+                "INSECURE DEV MODE: plaintext gRPC, no client certificates, identities taken from \
+                 the `{}` header. Never expose this hub beyond your machine.",
+                crate::auth::INSECURE_IDENTITY_HEADER
+            );
+            None
+        } else {
+            if !pki::has_ca(&config.certs_dir) {
+                if !config.generate_dev_pki {
+                    let dir = config.certs_dir.display();
+                    return Err(Error::Unavailable(format!(
+                        "no {} in {dir}: the hub needs {}, {} and {} there (is --certs-dir \
+                         mistyped?); to create a development PKI in {dir}, add --init-dev-pki \
+                         or run `learning-hub certs init --certs-dir {dir}`",
+                        pki::CA_CERT,
+                        pki::CA_CERT,
+                        pki::SERVER_CERT,
+                        pki::SERVER_KEY,
+                    )));
+                }
+                pki::generate_dev_pki(&config.certs_dir)?;
+                tracing::info!(
+                    dir = %config.certs_dir.display(),
+                    "generated a development PKI: ca.pem, ca.key, server.pem, server.key, \
+                     operator.pem, operator.key; issue instance certificates with \
+                     `learning-hub certs issue <id>`"
+                );
+            }
+            Some(ServerTls::load(TlsFiles::in_dir(&config.certs_dir))?)
+        };
+
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Unavailable(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let dir = config.data_dir.clone();
+        let settings = config.hub.clone();
+        // sled's open and the state load block on disk: keep them off the
+        // async workers.
+        let hub =
+            tokio::task::spawn_blocking(move || Hub::open(open_store(&dir)?, clock, settings))
+                .await
+                .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+        // The store is open, so this process holds the directory's lock:
+        // the PID written is the holder's (signals name it; a second hub on
+        // the directory is told who holds it).
+        write_pid_file(&config.data_dir);
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"))
+            })?),
+            None => None,
+        };
+        Ok(PreparedHub {
+            config,
+            hub,
+            tls,
+            metrics,
+        })
+    }
+
+    /// Where `GET /metrics` is served, once bound (`None`: metrics off).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The hub's TLS material (none in insecure dev mode): ask it to
+    /// reload with [`ServerTls::request_reload`] — on SIGHUP, say.
+    pub fn tls(&self) -> Option<ServerTls> {
+        self.tls.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains and
+    /// flushes the store.
+    pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let PreparedHub {
+            config,
+            hub,
+            tls,
+            metrics,
+        } = self;
+        let jobs: Vec<_> = [
+            config
+                .insight_interval
+                .map(|every| crate::jobs::spawn_insight_generation(hub.clone(), every)),
+            config
+                .retention_interval
+                .map(|every| crate::jobs::spawn_retention(hub.clone(), every)),
+            Some(crate::jobs::spawn_audit_sampling(
+                hub.clone(),
+                config.hub.audit_sample_window,
+            )),
+            tls.clone().map(|tls| {
+                crate::tls::spawn_reloader(tls, config.cert_check_interval, hub.shutdown_signal())
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let shedder = Shedder::new(config.limits.max_in_flight, config.limits.refusal_pause);
+        let fd_limit = transport::admission::raise_fd_limit();
+        tracing::debug!(fd_limit, "open files limit");
+        let admission = transport::Admission::new(config.limits.connections(), fd_limit);
+        let (metrics_stop, metrics_stopped) = watch::channel(false);
+        let metrics_task = metrics.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("metrics on http://{addr}/metrics");
+            }
+            let hub = hub.clone();
+            let shedder = shedder.clone();
+            let admission = admission.clone();
+            let page = move || {
+                hub.metrics().set_shed_total(shedder.shed());
+                hub.metrics()
+                    .set_transport(admission.open(), admission.pending(), admission.cut());
+                hub.render_metrics()
+            };
+            tokio::spawn(crate::metrics::serve(listener, page, metrics_stopped))
+        });
+        let served = serve(
+            listener,
+            &config,
+            hub.clone(),
+            tls,
+            shedder,
+            admission,
+            shutdown,
+        )
+        .await;
+        metrics_stop.send_replace(true);
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
+        for job in jobs {
+            // They stop at the hub's shutdown signal; wait so no run races
+            // the final flush.
+            let _ = job.await;
+        }
+        let flushed = hub.close().await;
+        let _ = std::fs::remove_file(config.data_dir.join(crate::store::PID_FILE));
+        tracing::info!("learning hub stopped");
+        served.and(flushed)
+    }
+}
+
+/// Writes this process's PID to `hub.pid` in the data directory. A hub
+/// that cannot write it still serves (it is a convenience for signals).
+fn write_pid_file(data_dir: &Path) {
+    let path = data_dir.join(crate::store::PID_FILE);
+    if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the PID file");
+    }
+}
+
+async fn serve<F>(
+    listener: TcpListener,
+    config: &Config,
+    hub: Arc<Hub>,
+    tls: Option<ServerTls>,
+    shedder: Arc<Shedder>,
+    admission: Arc<transport::Admission>,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let limits = &config.limits;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<HubServer<HubService>>().await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| Error::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let local_addr = listener.local_addr().ok();
+    let (stop_accepting, stop_rx) = watch::channel(false);
+    let incoming = transport::incoming(
+        listener,
+        tls.as_ref().map(ServerTls::subscribe),
+        admission.clone(),
+        Some(crate::auth::connection_refusals(&hub)),
+        stop_rx,
+    );
+    tracing::info!(
+        addr = ?local_addr,
+        tls = tls.is_some(),
+        data_dir = %config.data_dir.display(),
+        "learning hub serving"
+    );
+
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let hub = hub.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            health.set_not_serving::<HubServer<HubService>>().await;
+            hub.begin_shutdown();
+            stop_accepting.send_replace(true);
+            let _ = draining_tx.send(());
+        }
+    };
+
+    // Queries compute here, off the threads that read and refuse requests.
+    let compute = ComputePool::per_core()?;
+    tracing::debug!(threads = compute.threads(), "compute pool started");
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // Outermost: an overloaded hub refuses before spending anything.
+        .layer(LoadShedLayer::new(shedder))
+        .layer(AuthLayer::new(
+            config.insecure_dev,
+            crate::auth::access_control(&hub),
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            HubService::new(hub.clone(), compute)
+                .with_stream_limit(limits.max_streams_per_identity)
+                .into_server(limits.max_message_bytes),
+        )
+        .add_service(AdminService::new(hub).into_server(limits.max_message_bytes))
+        .serve_with_incoming_shutdown(incoming, signal);
+
+    let drain_timeout = limits.drain_timeout;
+    tokio::select! {
+        served = server => served.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
+        () = async {
+            if draining_rx.await.is_ok() {
+                tokio::time::sleep(drain_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?drain_timeout, "drain timed out; closing remaining connections");
+            Ok(())
+        }
+    }
+}

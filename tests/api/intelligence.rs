@@ -1,0 +1,587 @@
+//! Fleet intelligence over gRPC: recommendations that learn value bands,
+//! contexts, streaks and failure risk; failure prevention with learned
+//! prerequisites; combinations that avoid conflicts; calibrated pattern
+//! matches; validated configurations; insight generation on demand and in
+//! the background; evidence that ages out.
+
+use crate::common;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use common::*;
+use learning_hub::{client::HubClient, clock::ManualClock, pb};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+fn outcome(
+    strategy: &str,
+    metric: &str,
+    value: f64,
+    ok: bool,
+    delta: f64,
+) -> pb::ShareStrategyRequest {
+    pb::ShareStrategyRequest {
+        value_before: value,
+        ..strategy_outcome(strategy, metric, ok, delta)
+    }
+}
+
+fn recent(entries: &[(&str, &str, u32)]) -> Vec<pb::RecentApplication> {
+    entries
+        .iter()
+        .map(|(strategy, metric, cycles_ago)| pb::RecentApplication {
+            strategy: strategy.to_string(),
+            metric: metric.to_string(),
+            cycles_ago: *cycles_ago,
+        })
+        .collect()
+}
+
+async fn share_all(
+    client: &HubClient,
+    requests: impl IntoIterator<Item = pb::ShareStrategyRequest>,
+) {
+    for request in requests {
+        client.share_strategy(request).await.unwrap();
+    }
+}
+
+async fn top_strategy(client: &HubClient, metric: &str, value: f64) -> pb::StrategyRecommendation {
+    client
+        .get_strategies(pb::GetStrategiesRequest {
+            metric: metric.into(),
+            current_value: value,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .recommendations
+        .remove(0)
+}
+
+#[tokio::test]
+async fn recommendations_depend_on_the_value_band() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let mut shares = Vec::new();
+    for _ in 0..12 {
+        shares.push(outcome("boost", "lv", 0.3, true, 0.2));
+        shares.push(outcome("boost", "lv", 0.9, false, -0.05));
+        shares.push(outcome("steady", "lv", 0.3, true, 0.05));
+        shares.push(outcome("steady", "lv", 0.9, true, 0.03));
+    }
+    share_all(&a, shares).await;
+    let low = top_strategy(&a, "lv", 0.3).await;
+    assert_eq!(low.strategy, "boost");
+    assert!(low.band_high <= 0.6 + 1e-9, "{low:?}");
+    assert!(
+        low.optimal_conditions.starts_with("use when lv in (0.20"),
+        "{}",
+        low.optimal_conditions
+    );
+    assert_eq!(top_strategy(&a, "lv", 0.9).await.strategy, "steady");
+}
+
+#[tokio::test]
+async fn the_callers_context_counts_when_it_has_evidence() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let ctx = |latency: &str| BTreeMap::from([("latency".to_string(), latency.to_string())]);
+    let mut shares = Vec::new();
+    for _ in 0..20 {
+        shares.push(pb::ShareStrategyRequest {
+            context: ctx("low"),
+            ..outcome("fast", "lv", 0.5, true, 0.3)
+        });
+        shares.push(pb::ShareStrategyRequest {
+            context: ctx("low"),
+            ..outcome("slow", "lv", 0.5, true, 0.1)
+        });
+    }
+    for _ in 0..8 {
+        shares.push(pb::ShareStrategyRequest {
+            context: ctx("high"),
+            ..outcome("fast", "lv", 0.5, false, -0.05)
+        });
+        shares.push(pb::ShareStrategyRequest {
+            context: ctx("high"),
+            ..outcome("slow", "lv", 0.5, true, 0.1)
+        });
+    }
+    share_all(&a, shares).await;
+    let ask = |latency: &str| pb::GetStrategiesRequest {
+        metric: "lv".into(),
+        current_value: 0.5,
+        context: ctx(latency),
+        ..Default::default()
+    };
+    let low = a.get_strategies(ask("low")).await.unwrap().recommendations;
+    assert_eq!(low[0].strategy, "fast");
+    let high = a.get_strategies(ask("high")).await.unwrap().recommendations;
+    assert_eq!(high[0].strategy, "slow");
+    assert_eq!(high[0].scope, pb::EvidenceScope::Context as i32);
+    // A context nobody shared from gets the fleet's view.
+    let unknown = a
+        .get_strategies(ask("medium"))
+        .await
+        .unwrap()
+        .recommendations;
+    assert_eq!(unknown[0].scope, pb::EvidenceScope::Fleet as i32);
+}
+
+#[tokio::test]
+async fn exploring_draws_vary_by_seed_and_repeat_for_a_seed() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    share_all(
+        &a,
+        [
+            outcome("x", "lv", 0.5, true, 0.2),
+            outcome("x", "lv", 0.5, false, -0.02),
+            outcome("y", "lv", 0.5, true, 0.2),
+            outcome("y", "lv", 0.5, false, -0.02),
+        ],
+    )
+    .await;
+    let draw = |seed: u64| {
+        let a = a.clone();
+        async move {
+            a.get_strategies(pb::GetStrategiesRequest {
+                metric: "lv".into(),
+                current_value: 0.5,
+                explore: true,
+                explore_seed: seed,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .recommendations[0]
+                .strategy
+                .clone()
+        }
+    };
+    assert_eq!(draw(3).await, draw(3).await);
+    let mut tops = std::collections::BTreeSet::new();
+    for seed in 0..30 {
+        tops.insert(draw(seed).await);
+    }
+    assert_eq!(tops.len(), 2, "both strategies get explored");
+}
+
+#[tokio::test]
+async fn streaks_are_learned_and_applied() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let mut shares = Vec::new();
+    for _ in 0..10 {
+        // First use pays 0.2; a third use in a row pays almost nothing.
+        shares.push(outcome("repeat", "lv", 0.5, true, 0.2));
+        shares.push(pb::ShareStrategyRequest {
+            recent: recent(&[("repeat", "lv", 1), ("repeat", "lv", 2)]),
+            ..outcome("repeat", "lv", 0.5, true, 0.01)
+        });
+        shares.push(outcome("other", "lv", 0.5, true, 0.1));
+    }
+    share_all(&a, shares).await;
+    let fresh = top_strategy(&a, "lv", 0.5).await;
+    assert_eq!(fresh.strategy, "repeat");
+    assert_eq!(fresh.max_consecutive_uses, 2);
+    assert_eq!(fresh.cooldown_cycles, 1);
+    let after_two = a
+        .get_strategies(pb::GetStrategiesRequest {
+            metric: "lv".into(),
+            current_value: 0.5,
+            recent: recent(&[("repeat", "lv", 1), ("repeat", "lv", 2)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .recommendations;
+    assert_eq!(
+        after_two[0].strategy, "other",
+        "a third use in a row is not worth it"
+    );
+}
+
+/// speed_optimization knocks transferEfficiency back unless
+/// consolidation_cycle came within 3 cycles before.
+async fn teach_prerequisite(a: &HubClient) {
+    for i in 0..12 {
+        let guarded = i % 2 == 0;
+        let before = if guarded {
+            recent(&[("consolidation_cycle", "te", 1)])
+        } else {
+            recent(&[("calibration", "lv", 1)])
+        };
+        a.share_strategy(pb::ShareStrategyRequest {
+            recent: before.clone(),
+            ..outcome("speed_optimization", "as", 0.5, true, 0.2)
+        })
+        .await
+        .unwrap();
+        if !guarded {
+            a.share_failure(pb::ShareFailureRequest {
+                failure_type: pb::FailureType::MetricReversal as i32,
+                trigger: "te dropped after speed_optimization".into(),
+                context: Some(pb::FailureContext {
+                    metric: "te".into(),
+                    strategy: "speed_optimization".into(),
+                }),
+                recent: before,
+                magnitude: 0.15,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        a.share_strategy(outcome("calibration", "as", 0.5, true, 0.05))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn failure_prevention_learns_prerequisites_and_offers_alternatives() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    teach_prerequisite(&a).await;
+    let check = |recent_apps: Vec<pb::RecentApplication>| {
+        let a = a.clone();
+        async move {
+            a.check_action(pb::CheckActionRequest {
+                strategy: "speed_optimization".into(),
+                metric: "as".into(),
+                metrics: BTreeMap::from([
+                    ("te".into(), metric(0.6, false)),
+                    ("as".into(), metric(0.5, true)),
+                ]),
+                recent: recent_apps,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let unguarded = check(vec![]).await;
+    assert!(!unguarded.safe);
+    let warning = &unguarded.warnings[0];
+    assert_eq!(warning.prerequisite, "consolidation_cycle");
+    assert!((warning.failure_rate - 1.0).abs() < 1e-9, "{warning:?}");
+    assert_eq!(warning.failure_rate_with_prerequisite, 0.0);
+    assert!(
+        warning
+            .prevention
+            .iter()
+            .any(|p| p.contains("apply consolidation_cycle"))
+    );
+    assert_eq!(unguarded.safer_alternative, "calibration");
+    assert!((warning.failure.as_ref().unwrap().mean_magnitude - 0.15).abs() < 1e-12);
+
+    let guarded = check(recent(&[("consolidation_cycle", "te", 2)])).await;
+    assert!(guarded.safe, "{guarded:?}");
+    assert_eq!(guarded.warnings[0].failure_rate, 0.0);
+
+    // GetStrategies prices the risk in: without the prerequisite the risky
+    // strategy's score carries its expected damage.
+    let recs = a
+        .get_strategies(pb::GetStrategiesRequest {
+            metric: "as".into(),
+            current_value: 0.5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .recommendations;
+    let risky = recs
+        .iter()
+        .find(|r| r.strategy == "speed_optimization")
+        .unwrap();
+    assert!((risky.failure_risk - 0.15).abs() < 1e-9, "{risky:?}");
+    assert!((risky.score - (risky.lower_bound - risky.failure_risk)).abs() < 1e-12);
+}
+
+#[tokio::test]
+async fn combinations_avoid_conflicts_and_respect_costs() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let mut shares = Vec::new();
+    for i in 0..10 {
+        shares.push(outcome("a_strat", "m1", 0.5, true, 0.2));
+        // b_strat works alone, fails right after a_strat.
+        let after_a = i % 2 == 0;
+        shares.push(pb::ShareStrategyRequest {
+            recent: if after_a {
+                recent(&[("a_strat", "m1", 1)])
+            } else {
+                vec![]
+            },
+            ..outcome(
+                "b_strat",
+                "m2",
+                0.5,
+                !after_a,
+                if after_a { -0.05 } else { 0.2 },
+            )
+        });
+        shares.push(outcome("c_strat", "m2", 0.5, true, 0.05));
+    }
+    share_all(&a, shares).await;
+    let ask = |budget: f64, costs: BTreeMap<String, f64>| pb::GetOptimalCombinationRequest {
+        metrics: BTreeMap::from([
+            ("m1".into(), metric(0.5, true)),
+            ("m2".into(), metric(0.5, true)),
+        ]),
+        budget,
+        costs,
+        ..Default::default()
+    };
+    let combo = a
+        .get_optimal_combination(ask(0.0, BTreeMap::new()))
+        .await
+        .unwrap();
+    assert_eq!(combo.conflicts, ["a_strat+b_strat"]);
+    assert!(
+        !(combo.strategies.contains(&"a_strat".to_string())
+            && combo.strategies.contains(&"b_strat".to_string()))
+    );
+    assert_eq!(combo.steps.len(), 2);
+    // With a_strat expensive and a budget of 1.5, only one cheap step fits.
+    let costly = a
+        .get_optimal_combination(ask(1.5, BTreeMap::from([("a_strat".to_string(), 2.0)])))
+        .await
+        .unwrap();
+    assert!(costly.total_cost <= 1.5);
+    assert!(!costly.strategies.contains(&"a_strat".to_string()));
+}
+
+#[tokio::test]
+async fn pattern_matches_rank_recoveries_for_the_target_and_calibrate_confidence() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let state = BTreeMap::from([
+        ("lv".into(), metric(0.6, true)),
+        ("as".into(), metric(0.4, false)),
+    ]);
+    let shared = a
+        .share_pattern(pb::SharePatternRequest {
+            metrics: state.clone(),
+            recovery_strategies: vec!["weak".into()],
+            target_metric: "lv".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pattern
+        .unwrap();
+    // The fleet knows "strong" works on lv at this value; "weak" barely.
+    let mut shares = Vec::new();
+    for _ in 0..10 {
+        shares.push(outcome("strong", "lv", 0.6, true, 0.2));
+        shares.push(outcome("weak", "lv", 0.6, false, -0.02));
+    }
+    share_all(&a, shares).await;
+    let get = |target: &str| pb::GetPatternsRequest {
+        metrics: state.clone(),
+        target_metric: target.into(),
+        ..Default::default()
+    };
+    let found = a.get_patterns(get("lv")).await.unwrap().matches;
+    let recovery = &found[0].pattern.as_ref().unwrap().recovery_strategies;
+    assert_eq!(recovery[0].strategy, "strong", "{recovery:?}");
+    let weak = recovery.iter().find(|r| r.strategy == "weak").unwrap();
+    assert_eq!(weak.suggested, 1);
+    let before = found[0].confidence;
+    assert!(
+        (before - 0.5).abs() < 1e-9,
+        "no outcome reports yet: {before}"
+    );
+    for _ in 0..6 {
+        a.record_pattern_outcome(pb::RecordPatternOutcomeRequest {
+            pattern_id: shared.id.clone(),
+            success: true,
+            metric_name: "lv".into(),
+            strategy: "strong".into(),
+            similarity: 1.0,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let after = a.get_patterns(get("lv")).await.unwrap().matches[0].confidence;
+    assert!(after > 0.8, "{after}");
+}
+
+#[tokio::test]
+async fn configurations_are_validated_against_rivals_and_offered_as_alternatives() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let b = hub.registered("b").await;
+    let share = |interval: f64, effectiveness: f64, points: u64| pb::ShareConfigurationRequest {
+        parameters: BTreeMap::from([(
+            "cycle_interval_ms".into(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(interval)),
+            },
+        )]),
+        effectiveness,
+        data_points: points,
+        ..Default::default()
+    };
+    a.share_configuration(share(1.0, 0.7, 80)).await.unwrap();
+    let first = b
+        .share_configuration(share(1.0, 0.7, 80))
+        .await
+        .unwrap()
+        .configuration
+        .unwrap();
+    assert!(
+        first.validated,
+        "160 data points from 2 instances, no rival"
+    );
+    // A better-performing rival with enough data takes the title.
+    a.share_configuration(share(2.0, 0.9, 60)).await.unwrap();
+    let rival = b
+        .share_configuration(share(2.0, 0.9, 60))
+        .await
+        .unwrap()
+        .configuration
+        .unwrap();
+    assert!(rival.validated);
+    let bootstrap = a
+        .bootstrap(pb::BootstrapRequest::default())
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(bootstrap.configuration.unwrap().id, rival.id);
+    assert_eq!(bootstrap.alternatives.len(), 1);
+    assert_eq!(bootstrap.alternatives[0].name, first.id);
+    let op = hub.operator().await;
+    let list = op
+        .bootstrap(pb::BootstrapRequest::default())
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(list.alternatives[0].effectiveness, 0.7);
+}
+
+/// A history with a clear sequence effect: B works when A came first.
+async fn sequence_history(client: &HubClient) {
+    let mut shares = Vec::new();
+    for i in 0..120 {
+        let after_a = i % 2 == 0;
+        shares.push(pb::ShareStrategyRequest {
+            recent: if after_a {
+                recent(&[("a_first", "m", 1)])
+            } else {
+                vec![]
+            },
+            ..outcome("b_then", "m", 0.5, true, if after_a { 0.2 } else { 0.05 })
+        });
+    }
+    share_all(client, shares).await;
+}
+
+#[tokio::test]
+async fn generate_insights_is_for_operators_validates_and_publishes() {
+    let hub = TestHub::start_with(|c| c.insight_interval = None).await;
+    let a = hub.registered("a").await;
+    let denied = a
+        .admin()
+        .generate_insights(pb::GenerateInsightsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    sequence_history(&a).await;
+    let mut stream = a
+        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
+        .await
+        .unwrap();
+    let mut admin = hub.operator().await.admin();
+    let report = admin
+        .generate_insights(pb::GenerateInsightsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.outcomes_examined, 120);
+    assert!(report.validated >= 1);
+    let insight = report
+        .insights
+        .iter()
+        .find(|i| i.title == "a_first before b_then helps m")
+        .expect("the sequence insight");
+    assert_eq!(insight.category, pb::InsightCategory::Sequence as i32);
+    assert_eq!(insight.evidence.as_ref().unwrap().data_points, 120);
+    assert!((insight.evidence.as_ref().unwrap().improvement_observed - 0.15).abs() < 1e-9);
+    let streamed = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(streamed.insight.unwrap().sequence, insight.sequence);
+
+    let again = admin
+        .generate_insights(pb::GenerateInsightsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.insights.is_empty());
+    assert_eq!(again.duplicates, report.validated);
+}
+
+#[tokio::test]
+async fn background_generation_runs_on_its_interval() {
+    let hub = TestHub::start_with(|c| c.insight_interval = Some(Duration::from_millis(200))).await;
+    let a = hub.registered("a").await;
+    sequence_history(&a).await;
+    for _ in 0..100 {
+        let insights = a
+            .get_insights(pb::GetInsightsRequest::default())
+            .await
+            .unwrap()
+            .insights;
+        if insights
+            .iter()
+            .any(|i| i.title == "a_first before b_then helps m")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no insight generated in the background");
+}
+
+#[tokio::test]
+async fn evidence_older_than_the_retention_window_stops_counting() {
+    let clock = ManualClock::new(1_762_214_400_000);
+    let hub = TestHub::start_with_clock(Arc::new(clock.clone()), |_| {}).await;
+    let a = hub.registered("a").await;
+    share_all(
+        &a,
+        (0..10).map(|_| outcome("old_favourite", "lv", 0.5, true, 0.3)),
+    )
+    .await;
+    clock.advance(8 * DAY_MS);
+    share_all(
+        &a,
+        (0..3).map(|_| outcome("newcomer", "lv", 0.5, true, 0.1)),
+    )
+    .await;
+    let recs = a
+        .get_strategies(pb::GetStrategiesRequest {
+            metric: "lv".into(),
+            current_value: 0.5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .recommendations;
+    assert_eq!(recs[0].strategy, "newcomer");
+    let old = recs.iter().find(|r| r.strategy == "old_favourite").unwrap();
+    assert_eq!(old.evidence, 0.0);
+    assert_eq!(old.applications, 10, "the lifetime record stays");
+}
