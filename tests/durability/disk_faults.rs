@@ -938,23 +938,30 @@ async fn audit_entries_behind_a_stalled_disk_are_bounded_and_counted() {
     };
     let hub = Hub::open(store, Arc::new(ManualClock::new(EPOCH)), settings).unwrap();
     let audit = access_control(&hub);
+    let entry = || AuditEntry {
+        sequence: 0,
+        at: EPOCH,
+        caller: "i1".into(),
+        role: "instance".into(),
+        rpc: "/learninghub.v1.Hub/GetStatus".into(),
+        code: 0,
+        request_bytes: 5,
+        ..Default::default()
+    };
+    let applies_before = faults.calls(Op::Apply);
     faults.stall(Op::Apply);
 
+    // One entry first, and wait until the writer is stuck writing it, so
+    // the bounds below do not depend on when the writer thread runs.
+    audit.audit(entry(), false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while faults.calls(Op::Apply) == applies_before {
+        assert!(Instant::now() < deadline, "the writer never wrote");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let sent = WAITING_AT_MOST + 2_000;
-    for _ in 0..sent {
-        audit.audit(
-            AuditEntry {
-                sequence: 0,
-                at: EPOCH,
-                caller: "i1".into(),
-                role: "instance".into(),
-                rpc: "/learninghub.v1.Hub/GetStatus".into(),
-                code: 0,
-                request_bytes: 5,
-                ..Default::default()
-            },
-            false,
-        );
+    for _ in 1..sent {
+        audit.audit(entry(), false);
     }
     // The stalled batch took at least one entry and at most a batch, the
     // queue holds `QUEUE`, at most `WAITING_AT_MOST` wait: the rest dropped.
