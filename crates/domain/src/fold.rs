@@ -104,10 +104,21 @@ pub enum Answer {
 /// moves past them with [`State::skip_to`].
 pub fn fold(state: &mut State, position: u64, command: &Command) -> Result<Answer> {
     let mut next = state.clone();
-    next.position = position;
-    let answer = apply(&mut next, command)?;
+    let answer = fold_in_place(&mut next, position, command)?;
     *state = next;
     Ok(answer)
+}
+
+/// [`fold`] without its copy: the same state and answer when the command
+/// succeeds, but on error `state` may be left half-changed and must be
+/// thrown away. For a caller that folds many commands into a state of its
+/// own and can rebuild it when one fails (the writer: failures are rare,
+/// and the copy [`fold`] takes before each command makes every change
+/// copy the path to it in every table it touches, since the copy shares
+/// them).
+pub fn fold_in_place(state: &mut State, position: u64, command: &Command) -> Result<Answer> {
+    state.position = position;
+    apply(state, command)
 }
 
 fn apply(state: &mut State, command: &Command) -> Result<Answer> {

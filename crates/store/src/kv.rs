@@ -4,7 +4,7 @@
 //!
 //! | prefix | holds |
 //! |---|---|
-//! | `L/` + position (u64 big-endian) | the command log |
+//! | `L/` + position (u64 big-endian) | the command log, one frame per append |
 //! | a table's prefix (`i/`, `p/`, `s/` …) + key | checkpointed records |
 //! | `o/`, `u/` + sequence (u64 big-endian) | the outcome and audit logs |
 //! | `m/` + name | meta values; `m/checkpoint` is the checkpoint's position |
@@ -12,6 +12,12 @@
 //! The table, row and meta prefixes are the ones the hub used before the
 //! command log existed, so a data directory written then is a checkpoint
 //! without a position (see `Store::load`).
+//!
+//! The log is kept in *frames*: an append (the writer's group commit)
+//! becomes one key, the position of its first entry, whose value holds all
+//! its entries. A group commit then costs the engine one insert, and
+//! trimming one delete, rather than one per command — per-key writes and
+//! deletes were most of what a durable write cost in sled.
 
 use std::sync::Arc;
 
@@ -42,6 +48,56 @@ fn range_of(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// Frames read per engine scan.
+const FRAME_PAGE: usize = 256;
+
+fn frame_key(position: u64) -> Vec<u8> {
+    prefixed(LOG, &position.to_be_bytes())
+}
+
+/// The smallest key after `key` (keys of one prefix have one length).
+fn after_key(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// A frame's value: each entry as its position (u64 big-endian), its
+/// length (u32 big-endian) and its bytes.
+fn encode_frame(entries: &[Appended]) -> Vec<u8> {
+    let len = entries.iter().map(|e| 12 + e.bytes.len()).sum();
+    let mut value = Vec::with_capacity(len);
+    for entry in entries {
+        value.extend_from_slice(&entry.position.to_be_bytes());
+        // An entry is a command, far below 4 GiB (requests are capped at 4 MiB).
+        value.extend_from_slice(&(entry.bytes.len() as u32).to_be_bytes());
+        value.extend_from_slice(&entry.bytes);
+    }
+    value
+}
+
+fn decode_frame(key: &[u8], mut value: &[u8]) -> Result<Vec<Appended>> {
+    let corrupt = || {
+        Error::Internal(format!(
+            "corrupt store: the command log frame at key {:?} is cut short",
+            String::from_utf8_lossy(key)
+        ))
+    };
+    let mut entries = Vec::new();
+    while !value.is_empty() {
+        let (head, rest) = value.split_at_checked(12).ok_or_else(corrupt)?;
+        let position = u64::from_be_bytes(head[..8].try_into().map_err(|_| corrupt())?);
+        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?) as usize;
+        let (bytes, rest) = rest.split_at_checked(len).ok_or_else(corrupt)?;
+        entries.push(Appended {
+            position,
+            bytes: bytes.to_vec(),
+        });
+        value = rest;
+    }
+    Ok(entries)
+}
+
 fn row_prefix(log: RowLog) -> &'static [u8] {
     match log {
         RowLog::Outcomes => b"o/",
@@ -70,6 +126,22 @@ pub struct KvBackend {
 impl KvBackend {
     pub fn new(engine: Arc<dyn Engine>) -> Self {
         KvBackend { engine }
+    }
+
+    /// The last frame starting at or before `position`, with its entries.
+    fn frame_at_or_before(&self, position: u64) -> Result<Option<(Vec<u8>, Vec<Appended>)>> {
+        let (start, _) = range_of(LOG);
+        match self
+            .engine
+            .scan_rev(&start, &after_key(&frame_key(position)), 1)?
+            .pop()
+        {
+            Some((key, value)) => {
+                let entries = decode_frame(&key, &value)?;
+                Ok(Some((key, entries)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Deletes every key in `[start, end)`, a page at a time; how many.
@@ -112,16 +184,13 @@ impl Backend for KvBackend {
     }
 
     fn append(&self, entries: &[Appended]) -> Result<()> {
-        let writes = entries
-            .iter()
-            .map(|e| {
-                (
-                    prefixed(LOG, &e.position.to_be_bytes()),
-                    Some(e.bytes.clone()),
-                )
-            })
-            .collect();
-        self.engine.apply(writes)
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        self.engine.apply(vec![(
+            frame_key(first.position),
+            Some(encode_frame(entries)),
+        )])
     }
 
     fn flush(&self) -> Result<()> {
@@ -133,22 +202,36 @@ impl Backend for KvBackend {
             return Ok(Vec::new());
         };
         let (_, end) = range_of(LOG);
-        self.engine
-            .scan(&prefixed(LOG, &from.to_be_bytes()), &end, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                Ok(Appended {
-                    position: sequence_of(LOG, &k)?,
-                    bytes: v,
-                })
-            })
-            .collect()
+        // The frame holding `from` may start before it.
+        let mut start = match self.frame_at_or_before(from)? {
+            Some((key, _)) => key,
+            None => frame_key(from),
+        };
+        let mut found = Vec::new();
+        loop {
+            let page = self.engine.scan(&start, &end, FRAME_PAGE)?;
+            let full = page.len() == FRAME_PAGE;
+            for (key, value) in &page {
+                for entry in decode_frame(key, value)? {
+                    if entry.position >= from {
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                        found.push(entry);
+                    }
+                }
+            }
+            match page.last() {
+                Some((key, _)) if full => start = after_key(key),
+                _ => return Ok(found),
+            }
+        }
     }
 
     fn log_head(&self) -> Result<u64> {
         let (start, end) = range_of(LOG);
         match self.engine.scan_rev(&start, &end, 1)?.pop() {
-            Some((k, _)) => sequence_of(LOG, &k),
+            Some((key, value)) => Ok(decode_frame(&key, &value)?.last().map_or(0, |e| e.position)),
             None => Ok(0),
         }
     }
@@ -158,8 +241,18 @@ impl Backend for KvBackend {
             return Ok(());
         };
         let (_, end) = range_of(LOG);
-        self.delete_range(&prefixed(LOG, &from.to_be_bytes()), &end)
-            .map(drop)
+        self.delete_range(&frame_key(from), &end)?;
+        // The frame holding `position` keeps its entries up to it.
+        if let Some((key, entries)) = self.frame_at_or_before(position)? {
+            if entries.last().is_some_and(|e| e.position > position) {
+                let kept: Vec<Appended> = entries
+                    .into_iter()
+                    .filter(|e| e.position <= position)
+                    .collect();
+                self.engine.apply(vec![(key, Some(encode_frame(&kept)))])?;
+            }
+        }
+        Ok(())
     }
 
     fn checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
@@ -188,7 +281,28 @@ impl Backend for KvBackend {
 
     fn trim_log(&self, before: u64) -> Result<usize> {
         let (start, _) = range_of(LOG);
-        self.delete_range(&start, &prefixed(LOG, &before.to_be_bytes()))
+        let end = frame_key(before);
+        let mut removed = 0;
+        loop {
+            let page = self.engine.scan(&start, &end, FRAME_PAGE)?;
+            if page.is_empty() {
+                return Ok(removed);
+            }
+            let mut writes: Vec<KvWrite> = Vec::with_capacity(page.len() + 1);
+            for (key, value) in page {
+                let entries = decode_frame(&key, &value)?;
+                let (gone, kept): (Vec<Appended>, Vec<Appended>) =
+                    entries.into_iter().partition(|e| e.position < before);
+                removed += gone.len();
+                writes.push((key, None));
+                // A frame that straddles `before` keeps its later entries,
+                // under the position of the first of them.
+                if let Some(first) = kept.first() {
+                    writes.push((frame_key(first.position), Some(encode_frame(&kept))));
+                }
+            }
+            self.engine.apply(writes)?;
+        }
     }
 
     fn rows_after(&self, log: RowLog, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {

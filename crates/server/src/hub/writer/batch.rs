@@ -12,7 +12,7 @@ use super::checkpoints::Checkpoints;
 use super::repair::Pending;
 use super::{Message, Start, TrimRows, shutting_down};
 use crate::domain::command::{Action, Command, LogEntry};
-use crate::domain::fold::{Answer, fold};
+use crate::domain::fold::{Answer, fold_in_place};
 use crate::domain::model::AuditEntry;
 use crate::domain::state::State;
 use crate::error::{Error, Result};
@@ -132,28 +132,38 @@ impl Writer {
     /// write is answered with the store's error.
     fn commit(&mut self, writes: Vec<(Command, Reply)>, audit: Vec<AuditEntry>) -> Result<()> {
         let requests = writes.len();
-        let mut state = self.state.clone();
+        // Commands are folded in place into one copy of the state (each
+        // change then copies the path to it once per batch, not once per
+        // command); when one fails, the copy is rebuilt from the batch's
+        // start and the commands that succeeded before it.
+        let base = self.state.clone();
+        let mut state = base.clone();
         let previous_insight = state.counters.insight_sequence;
         let mut entries: Vec<LogEntry> = Vec::new();
         let mut answered: Vec<(Reply, Result<Answer>)> = Vec::with_capacity(requests);
         let mut durable = false;
         for (command, reply) in writes {
             let position = state.position + 1;
-            // A panic in a fold must not take the writer (and with it every
-            // later write) down; the fold changed nothing.
-            let folded = catch_unwind(AssertUnwindSafe(|| fold(&mut state, position, &command)))
-                .unwrap_or_else(|_| {
-                    tracing::error!(command = command.action.name(), "a fold panicked");
-                    Err(Error::Internal(format!(
-                        "{} could not be applied",
-                        command.action.name()
-                    )))
-                });
-            if folded.is_ok() {
-                durable |= command.action.durable();
-                entries.push(LogEntry { position, command });
+            match fold_guarded(&mut state, position, &command) {
+                Ok(answer) => {
+                    durable |= command.action.durable();
+                    entries.push(LogEntry { position, command });
+                    answered.push((reply, Ok(answer)));
+                }
+                Err(e) => {
+                    state = match refold(&base, &entries) {
+                        Ok(state) => state,
+                        Err(bug) => {
+                            for (reply, _) in answered {
+                                let _ = reply.send(Err(bug.clone()));
+                            }
+                            let _ = reply.send(Err(bug.clone()));
+                            return Err(bug);
+                        }
+                    };
+                    answered.push((reply, Err(e)));
+                }
             }
-            answered.push((reply, folded));
         }
         if !audit.is_empty() {
             let command = Command {
@@ -161,7 +171,10 @@ impl Writer {
                 action: Action::Audit { entries: audit },
             };
             let position = state.position + 1;
-            if fold(&mut state, position, &command).is_ok() {
+            // Audit entries are plain rows: their fold does not fail.
+            let mut next = state.clone();
+            if fold_guarded(&mut next, position, &command).is_ok() {
+                state = next;
                 entries.push(LogEntry { position, command });
             }
         }
@@ -240,6 +253,7 @@ impl Writer {
             return Ok(());
         }
         let store = &self.shared.store;
+        let started = Instant::now();
         let written = (|| -> Result<()> {
             if let Some(plan) = self.pending.repair_plan() {
                 store.recover()?;
@@ -250,6 +264,12 @@ impl Writer {
         })();
         match written {
             Ok(()) => {
+                tracing::debug!(
+                    position = self.state.position,
+                    rows = self.state.rows.outcomes.len() + self.state.rows.audit.len(),
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "checkpoint written"
+                );
                 // The checkpoint's flush made the log durable too.
                 self.pending.flushed(self.state.position);
                 self.checkpoints.written(&mut self.state, Instant::now());
@@ -275,4 +295,34 @@ impl Writer {
             store.trim_rows(RowLog::Audit, trim.audit_before, trim.now)?,
         ))
     }
+}
+
+/// Folds `command` in place; a panic in the fold is an internal error
+/// rather than the end of the writer (and with it of every later write).
+/// On error `state` may be half-changed.
+fn fold_guarded(state: &mut State, position: u64, command: &Command) -> Result<Answer> {
+    catch_unwind(AssertUnwindSafe(|| fold_in_place(state, position, command))).unwrap_or_else(
+        |_| {
+            tracing::error!(command = command.action.name(), "a fold panicked");
+            Err(Error::Internal(format!(
+                "{} could not be applied",
+                command.action.name()
+            )))
+        },
+    )
+}
+
+/// `base` with `entries` folded in again: the batch's state up to its
+/// last successful command. They folded before, so they fold again (the
+/// fold is deterministic); if one did not, that is a bug, and the batch is
+/// refused rather than logged with a state that disagrees with it.
+fn refold(base: &State, entries: &[LogEntry]) -> Result<State> {
+    let mut state = base.clone();
+    for entry in entries {
+        fold_guarded(&mut state, entry.position, &entry.command).map_err(|e| {
+            tracing::error!(error = %e, position = entry.position, "a command folded once but not again");
+            Error::Internal("the hub could not apply this batch".into())
+        })?;
+    }
+    Ok(state)
 }
