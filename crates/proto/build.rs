@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // domain's BTreeMaps.
         .btree_map(".")
         // prost's codec, but undecodable requests are INVALID_ARGUMENT
-        // (src/codec.rs), not INTERNAL.
+        // (crates/proto/src/codec.rs), not INTERNAL.
         .codec_path("crate::codec::HubCodec")
         .build_client(true)
         .build_server(true)

@@ -14,7 +14,7 @@ use learning_hub::api::inbound::{METHODS, validate_encoded};
 
 /// A fixed clock: QueryAudit's default time range depends on it.
 const NOW: i64 = 1_762_214_400_000;
-/// What `tests/bad_input.rs` allows a gRPC answer: field paths hold map
+/// What `tests/api/bad_input.rs` allows a gRPC answer: field paths hold map
 /// keys (names, at most 128 characters, checked before they are echoed)
 /// and rejected values are shown as a short preview.
 const MAX_MESSAGE: usize = 400;

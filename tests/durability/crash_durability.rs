@@ -4,7 +4,7 @@
 //! present and intact afterwards. It also measures restart-to-serving time.
 //!
 //! The default suite runs a few kills (`crash_quick`); the long run is
-//! opt-in: `cargo test --release --test crash_durability -- --ignored`
+//! opt-in: `cargo test --release --test durability crash_durability:: -- --ignored`
 //! (50 kills). Both print their figures (see RELIABILITY.md).
 //!
 //! The checker is exact where the protocol allows: a write that was

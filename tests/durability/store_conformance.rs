@@ -24,7 +24,7 @@
 //! trim_rows o/ before=N
 //! ```
 //!
-//! `UPDATE_GOLDENFILES=1 cargo test --test store_conformance` rewrites the
+//! `UPDATE_GOLDENFILES=1 cargo test --test durability store_conformance::` rewrites the
 //! expected output; read the diff before committing it.
 
 use std::{error::Error, fmt::Write as _, path::Path, sync::Arc};

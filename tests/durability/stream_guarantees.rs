@@ -11,7 +11,7 @@
 //!
 //! Quick run in the default suite (`stream_guarantees_quick`: 200
 //! subscribers, 2 restarts); long run opt-in:
-//! `cargo test --release --test stream_guarantees -- --ignored`.
+//! `cargo test --release --test durability stream_guarantees:: -- --ignored`.
 
 use crate::common;
 

@@ -5,7 +5,7 @@
 //! they measured (RELIABILITY.md, "Abuse"):
 //!
 //! ```text
-//! cargo test --release --test abuse -- --ignored --nocapture --test-threads 1
+//! cargo test --release --test operations abuse:: -- --ignored --nocapture --test-threads 1
 //! ```
 //!
 //! 1. Silent TCP sockets (no certificate needed) cannot starve the clients
@@ -18,7 +18,7 @@
 //! 5. A request with a huge map is refused before it is decoded.
 //! 6. Insight streams are capped per identity.
 //!
-//! 7 (reserved names) is in tests/cli.rs and tests/tls.rs; 8 (what audit
+//! 7 (reserved names) is in tests/operations/cli.rs and tests/operations/tls.rs; 8 (what audit
 //! entries carry) is below with 3.
 
 use crate::common;

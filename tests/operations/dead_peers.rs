@@ -38,7 +38,7 @@ async fn silent_connections_neither_block_clients_nor_linger() {
         c.limits.tls_handshake_timeout = timeout;
         // Room for every silent socket, so each is held to the timeout
         // (with the default budgets most would be cut for newer ones
-        // sooner: tests/abuse.rs).
+        // sooner: tests/operations/abuse.rs).
         c.limits.max_handshakes = 4 * SILENT;
         c.limits.max_handshakes_per_source = 4 * SILENT;
     })

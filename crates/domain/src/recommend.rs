@@ -16,7 +16,7 @@
 //! recency (a half-life). A strategy's success probability is a Beta
 //! posterior mean — the recommendation's `confidence`, calibrated by
 //! construction when outcomes are exchangeable, which
-//! `tests/ranking_statistics.rs` measures — and its gains are shrunk
+//! `tests/api/ranking_statistics.rs` measures — and its gains are shrunk
 //! means. Applying the same strategy again to the same metric is judged at
 //! the caller's streak, using how gains fell with streaks across the fleet.
 //! Ranking is by a lower confidence bound of the expected delta, or by a

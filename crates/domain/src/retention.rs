@@ -25,7 +25,7 @@
 //!   and in the second case re-dating would delete data early.
 //! - The logs are trimmed by the order records were made in, so one record
 //!   with a future stamp holds nothing else back (see
-//!   [`crate::store::Store::first_sequence_at`]).
+//!   the store's `Store::first_sequence_at`).
 
 use std::sync::Arc;
 

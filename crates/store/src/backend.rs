@@ -13,7 +13,7 @@
 //! - a few named **meta** values written with checkpoints (the counters).
 //!
 //! Every implementation passes one conformance suite
-//! (`tests/store_conformance.rs`), written against this trait only, so a
+//! (`tests/durability/store_conformance.rs`), written against this trait only, so a
 //! backend that stores the same in another way (PostgreSQL, for replicas)
 //! runs it unchanged. [`KvBackend`](super::kv::KvBackend) implements it
 //! over an ordered key-value [`Engine`](super::Engine): sled on disk,
