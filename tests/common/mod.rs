@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod commands;
+pub mod pg;
 
 use std::{
     collections::{BTreeMap, HashMap},

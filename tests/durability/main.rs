@@ -13,5 +13,6 @@ mod crash_durability;
 mod disk_faults;
 mod durability;
 mod fold_determinism;
+mod shared_log;
 mod store_conformance;
 mod stream_guarantees;

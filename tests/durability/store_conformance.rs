@@ -2,8 +2,9 @@
 //! goldenscripts (`tests/scripts/backend/*`) — scripts of backend
 //! operations and the output they must give — so that a backend that keeps
 //! the log, the checkpoint and the row logs in another way behaves the
-//! same to the hub. Here: sled, memory, and the fault injector (with no
-//! fault switched on) around each.
+//! same to the hub. Here: sled, memory, the fault injector (with no fault
+//! switched on), the in-memory shared log, and PostgreSQL (a database of
+//! the test's own per script).
 //!
 //! The commands, with values as text:
 //!
@@ -30,9 +31,11 @@
 use std::{error::Error, fmt::Write as _, path::Path, sync::Arc};
 
 use learning_hub::store::{
-    Appended, Backend, Checkpoint, Faults, FaultyEngine, KvBackend, MemoryEngine, RowLog, RowWrite,
-    SledEngine, TableWrite,
+    Appended, Backend, Checkpoint, Faults, FaultyEngine, KvBackend, MemoryEngine, MemorySharedLog,
+    PgBackend, PgSettings, RowLog, RowWrite, SledEngine, TableWrite,
 };
+
+use crate::common::pg::TestDb;
 
 /// Opens handles on one storage.
 trait Storage {
@@ -245,6 +248,35 @@ fn the_fault_injector_with_no_fault_conforms() {
             Faults::new(),
         )))
     });
+}
+
+#[test]
+fn the_memory_shared_log_conforms() {
+    struct Shared(MemorySharedLog);
+    impl Storage for Shared {
+        fn open(&mut self) -> Box<dyn Backend> {
+            Box::new(self.0.clone())
+        }
+    }
+    run_all(|| Shared(MemorySharedLog::new()));
+}
+
+#[test]
+fn postgres_conforms() {
+    /// A database per script; `reopen` connects again.
+    struct Pg(TestDb);
+    impl Storage for Pg {
+        fn open(&mut self) -> Box<dyn Backend> {
+            Box::new(PgBackend::connect(&PgSettings::new(&self.0.url)).unwrap())
+        }
+    }
+    for script in scripts() {
+        let Some(db) = TestDb::create("store_conformance::postgres_conforms") else {
+            return;
+        };
+        goldenscript::run(&mut Runner::new(Pg(db)), &script)
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    }
 }
 
 /// The suite has teeth: a backend that reads the log one entry short

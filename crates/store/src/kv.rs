@@ -24,6 +24,7 @@ use std::sync::Arc;
 use super::backend::{Appended, Backend, Checkpoint, RowLog};
 use super::codec;
 use super::engine::{Engine, KvWrite};
+use super::frame::{decode_frame, encode_frame};
 use crate::error::{Error, Result};
 
 const LOG: &[u8] = b"L/";
@@ -60,42 +61,6 @@ fn after_key(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next
-}
-
-/// A frame's value: each entry as its position (u64 big-endian), its
-/// length (u32 big-endian) and its bytes.
-fn encode_frame(entries: &[Appended]) -> Vec<u8> {
-    let len = entries.iter().map(|e| 12 + e.bytes.len()).sum();
-    let mut value = Vec::with_capacity(len);
-    for entry in entries {
-        value.extend_from_slice(&entry.position.to_be_bytes());
-        // An entry is a command, far below 4 GiB (requests are capped at 4 MiB).
-        value.extend_from_slice(&(entry.bytes.len() as u32).to_be_bytes());
-        value.extend_from_slice(&entry.bytes);
-    }
-    value
-}
-
-fn decode_frame(key: &[u8], mut value: &[u8]) -> Result<Vec<Appended>> {
-    let corrupt = || {
-        Error::Internal(format!(
-            "corrupt store: the command log frame at key {:?} is cut short",
-            String::from_utf8_lossy(key)
-        ))
-    };
-    let mut entries = Vec::new();
-    while !value.is_empty() {
-        let (head, rest) = value.split_at_checked(12).ok_or_else(corrupt)?;
-        let position = u64::from_be_bytes(head[..8].try_into().map_err(|_| corrupt())?);
-        let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?) as usize;
-        let (bytes, rest) = rest.split_at_checked(len).ok_or_else(corrupt)?;
-        entries.push(Appended {
-            position,
-            bytes: bytes.to_vec(),
-        });
-        value = rest;
-    }
-    Ok(entries)
 }
 
 fn row_prefix(log: RowLog) -> &'static [u8] {

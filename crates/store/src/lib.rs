@@ -16,7 +16,12 @@ pub mod engine;
 #[cfg(feature = "faults")]
 pub mod faults;
 mod finite;
+mod frame;
 pub mod kv;
+pub mod pg;
+pub mod shared;
+#[cfg(feature = "faults")]
+pub mod shared_memory;
 
 use std::{path::Path, sync::Arc};
 
@@ -30,6 +35,10 @@ pub use kv::KvBackend;
 /// The domain this store keeps, under the name the modules here use.
 pub use learning_hub_domain as domain;
 pub use learning_hub_domain::error;
+pub use pg::{PgBackend, PgSettings};
+pub use shared::{AppendError, BatchId, SharedLog, WatchGuard};
+#[cfg(feature = "faults")]
+pub use shared_memory::MemorySharedLog;
 
 use crate::domain::command::{Command, LogEntry};
 use crate::domain::fold::fold_outcome;
