@@ -107,6 +107,15 @@ struct SettingsArgs {
     /// reloaded (0: only on SIGHUP) [tls.cert_check_seconds; default 10].
     #[arg(long, value_name = "N")]
     cert_check_seconds: Option<String>,
+    /// Keep the state in this PostgreSQL database, shared with the other
+    /// replicas of the hub (sets storage.backend = "postgres")
+    /// [storage.postgres_url].
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// This replica's name in logs and in the jobs lease
+    /// [storage.replica_name; default <host>:<port>].
+    #[arg(long, value_name = "NAME")]
+    replica_name: Option<String>,
     /// `text` or `json` (one object per line, with the call's span: rpc,
     /// caller, role) [log.format; default text].
     #[arg(long, value_name = "text|json")]
@@ -125,7 +134,7 @@ impl SettingsArgs {
             ..Layers::default()
         }
         .with_process_env();
-        let flags: [(&str, &str, &Option<String>); 12] = [
+        let flags: [(&str, &str, &Option<String>); 14] = [
             ("server.listen", "--listen", &self.listen),
             ("server.data_dir", "--data-dir", &self.data_dir),
             ("server.certs_dir", "--certs-dir", &self.certs_dir),
@@ -164,6 +173,8 @@ impl SettingsArgs {
                 "--cert-check-seconds",
                 &self.cert_check_seconds,
             ),
+            ("storage.postgres_url", "--postgres", &self.postgres),
+            ("storage.replica_name", "--replica-name", &self.replica_name),
             ("log.format", "--log-format", &self.log_format),
             ("log.level", "--log-level", &self.log_level),
         ];
@@ -174,6 +185,11 @@ impl SettingsArgs {
             "server.init_dev_pki",
             "--init-dev-pki",
             self.init_dev_pki.then_some(true),
+        );
+        layers.flag(
+            "storage.backend",
+            "--postgres",
+            self.postgres.as_ref().map(|_| "postgres"),
         );
         layers.flag(
             "server.insecure_dev",

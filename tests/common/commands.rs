@@ -6,7 +6,9 @@
 //! forward, sometimes by days.
 #![allow(dead_code)]
 
-use learning_hub::domain::command::{Action, Command, Generated, Idempotency, RetentionRules};
+use learning_hub::domain::command::{
+    Action, Command, Generated, Idempotency, JobStamp, RetentionRules,
+};
 use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
 use learning_hub::domain::model::{
     ApiKey, Attributes, AuditEntry, ConfigShare, FailureReport, FailureType, InsightCategory,
@@ -217,6 +219,13 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                     .collect(),
             },
             96..=97 => Action::Retention {
+                // Some sweeps are job runs: admitted or refused by epoch
+                // and period, alike everywhere.
+                job: (i % 2 == 0).then(|| JobStamp {
+                    job: "retention".into(),
+                    epoch: (i / 40) as u64,
+                    period: (i / 20) as u64,
+                }),
                 rules: RetentionRules {
                     pattern_days: 30,
                     unconfirmed_pattern_days: 7,
@@ -232,6 +241,11 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                 }],
                 ttl_ms: 7 * DAY,
                 by: "hub".into(),
+                job: (i % 3 == 0).then(|| JobStamp {
+                    job: "insights".into(),
+                    epoch: (i / 30) as u64,
+                    period: (i / 10) as u64,
+                }),
             },
         };
         commands.push(Command { at, action });

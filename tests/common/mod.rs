@@ -2,6 +2,7 @@
 //! generated for the test, and real clients talking to it over mutual TLS.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod commands;
 pub mod pg;
 
@@ -251,7 +252,7 @@ impl TestHub {
         client
     }
 
-    async fn try_operator(&self) -> learning_hub::Result<HubClient> {
+    pub async fn try_operator(&self) -> learning_hub::Result<HubClient> {
         if self.config.insecure_dev {
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
                 .unwrap()

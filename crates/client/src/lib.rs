@@ -10,6 +10,16 @@
 //! same for all its attempts, so the hub applies it once even when an
 //! attempt timed out after the hub had applied it.
 //!
+//! A replicated hub is reached through several endpoints
+//! (`LEARNING_HUB_URL=https://a:3015,https://b:3015`): the client talks to
+//! one, and when a call fails with UNAVAILABLE (a replica that is down,
+//! lost its database, or has not caught up) or a stream breaks, it moves
+//! to the next and retries or resumes there. Every answer says which log
+//! position it was computed at (`x-hub-log-pos`); the client sends the
+//! highest it has seen (`x-hub-min-pos`), so a replica that has not folded
+//! the caller's own writes yet waits for them (or refuses, and the client
+//! moves on) instead of answering from older state.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use learning_hub_client::{ClientSettings, HubClient, pb};
@@ -32,6 +42,10 @@
 use std::{
     path::{Path, PathBuf},
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -40,7 +54,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{
     Code, Request, Response, Status,
-    metadata::AsciiMetadataValue,
+    metadata::{AsciiMetadataValue, MetadataMap},
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
@@ -93,10 +107,16 @@ pub const ENV_CERTS_DIR: &str = "LEARNING_HUB_CERTS_DIR";
 /// The seed's variable for the instance's API key.
 pub const ENV_API_KEY: &str = "HUB_API_KEY";
 
+/// The response header with the log position that answered.
+pub const POSITION_HEADER: &str = "x-hub-log-pos";
+/// The request header with the lowest log position the caller accepts.
+pub const MIN_POSITION_HEADER: &str = "x-hub-min-pos";
+
 /// How to reach the hub and who to be.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
-    /// e.g. `https://localhost:3015`.
+    /// e.g. `https://localhost:3015`; several replicas of one hub
+    /// comma-separated (`https://a:3015,https://b:3015`).
     pub url: String,
     /// The hub's CA, this client's certificate and key.
     pub certs: CertPaths,
@@ -119,6 +139,16 @@ impl ClientSettings {
             instance_id: Some(name.to_string()),
             api_key: None,
         }
+    }
+
+    /// The endpoints of `url`, in order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect()
     }
 
     /// From the seed's environment: `LEARNING_HUB_URL` (default
@@ -146,16 +176,24 @@ pub struct ClientPem {
     pub key: Vec<u8>,
 }
 
-/// Adds per-call metadata: the API key.
+/// Adds per-call metadata: the API key, and the highest log position the
+/// client was answered at.
 #[derive(Debug, Clone, Default)]
 pub struct CallMetadata {
     headers: Vec<(&'static str, AsciiMetadataValue)>,
+    position: Arc<AtomicU64>,
 }
 
 impl Interceptor for CallMetadata {
     fn call(&mut self, mut request: Request<()>) -> std::result::Result<Request<()>, Status> {
         for (name, value) in &self.headers {
             request.metadata_mut().insert(*name, value.clone());
+        }
+        let position = self.position.load(Ordering::SeqCst);
+        if position > 0 {
+            request
+                .metadata_mut()
+                .insert(MIN_POSITION_HEADER, AsciiMetadataValue::from(position));
         }
         Ok(request)
     }
@@ -165,11 +203,23 @@ type Inner = pb::hub_client::HubClient<InterceptedService<Channel, CallMetadata>
 /// The operators' Admin service over the same connection.
 pub type AdminClient = pb::admin_client::AdminClient<InterceptedService<Channel, CallMetadata>>;
 
-/// A connected client. Cheap to clone; clones share the connection.
+/// One endpoint of the hub.
 #[derive(Clone)]
-pub struct HubClient {
+struct Replica {
+    url: String,
     inner: Inner,
     admin: AdminClient,
+}
+
+/// A connected client. Cheap to clone; clones share the connections, the
+/// endpoint in use and the log position seen.
+#[derive(Clone)]
+pub struct HubClient {
+    replicas: Arc<Vec<Replica>>,
+    /// The endpoint calls go to now.
+    current: Arc<AtomicUsize>,
+    /// The highest log position an answer came from.
+    position: Arc<AtomicU64>,
     instance_id: Option<String>,
     retry: RetryPolicy,
 }
@@ -365,7 +415,8 @@ impl HubClient {
     }
 
     /// Connects over mutual TLS with certificates held in memory
-    /// (`settings.certs` is not read).
+    /// (`settings.certs` is not read). With several endpoints, the first
+    /// that answers is used and the others are connected when needed.
     pub async fn connect_pem(settings: &ClientSettings, pem: ClientPem) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut tls = ClientTlsConfig::new()
@@ -374,24 +425,10 @@ impl HubClient {
         if let Some(domain) = &settings.domain {
             tls = tls.domain_name(domain.clone());
         }
-        let unavailable = |e: tonic::transport::Error| {
-            Error::Unavailable(format!(
-                "cannot connect to {}: {}",
-                settings.url,
-                describe_error(&e)
-            ))
-        };
-        let channel = Endpoint::from_shared(settings.url.clone())
-            .map_err(|e| Error::invalid("url", e))?
-            .tls_config(tls)
-            .map_err(unavailable)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(unavailable)?;
+        let urls = settings.endpoints();
+        if urls.is_empty() {
+            return Err(Error::invalid("url", "names no endpoint"));
+        }
         let mut metadata = CallMetadata::default();
         if let Some(key) = &settings.api_key {
             let value = format!("Bearer {key}")
@@ -399,11 +436,52 @@ impl HubClient {
                 .map_err(|_| Error::invalid("api_key", "must be ASCII"))?;
             metadata.headers.push(("authorization", value));
         }
-        Ok(Self::with_metadata(
-            channel,
-            metadata,
-            settings.instance_id.clone(),
-        ))
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| Error::invalid("url", format!("{url}: {e}")))?
+                .tls_config(tls.clone())
+                .map_err(|e| {
+                    Error::Unavailable(format!("cannot connect to {url}: {}", describe_error(&e)))
+                })?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10));
+            endpoints.push(endpoint);
+        }
+        // The first endpoint that answers; the rest connect when used.
+        let mut first = None;
+        let mut failures = Vec::new();
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    first = Some((i, channel));
+                    break;
+                }
+                Err(e) => failures.push(format!("{}: {}", urls[i], describe_error(&e))),
+            }
+        }
+        let Some((current, channel)) = first else {
+            return Err(Error::Unavailable(match failures.as_slice() {
+                [one] => format!("cannot connect to {one}"),
+                all => format!("cannot connect to any of {}", all.join("; ")),
+            }));
+        };
+        let channels = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                if i == current {
+                    channel.clone()
+                } else {
+                    endpoint.connect_lazy()
+                }
+            })
+            .collect();
+        let client = Self::with_metadata(urls, channels, metadata, settings.instance_id.clone());
+        client.current.store(current, Ordering::SeqCst);
+        Ok(client)
     }
 
     /// Wraps a plaintext channel to a hub started with `--insecure-dev`;
@@ -413,24 +491,86 @@ impl HubClient {
         if let Some(id) = instance_id.as_deref().and_then(|id| id.parse().ok()) {
             metadata.headers.push((INSECURE_IDENTITY_HEADER, id));
         }
-        Self::with_metadata(channel, metadata, instance_id)
+        Self::with_metadata(vec![String::new()], vec![channel], metadata, instance_id)
     }
 
     fn with_metadata(
-        channel: Channel,
+        urls: Vec<String>,
+        channels: Vec<Channel>,
         metadata: CallMetadata,
         instance_id: Option<String>,
     ) -> Self {
+        let position = metadata.position.clone();
+        let replicas = urls
+            .into_iter()
+            .zip(channels)
+            .map(|(url, channel)| Replica {
+                url,
+                admin: pb::admin_client::AdminClient::with_interceptor(
+                    channel.clone(),
+                    metadata.clone(),
+                ),
+                inner: pb::hub_client::HubClient::with_interceptor(channel, metadata.clone())
+                    .max_decoding_message_size(16 * 1024 * 1024),
+            })
+            .collect();
         HubClient {
-            admin: pb::admin_client::AdminClient::with_interceptor(
-                channel.clone(),
-                metadata.clone(),
-            ),
-            inner: pb::hub_client::HubClient::with_interceptor(channel, metadata)
-                .max_decoding_message_size(16 * 1024 * 1024),
+            replicas: Arc::new(replicas),
+            current: Arc::default(),
+            position,
             instance_id,
             retry: RetryPolicy::default(),
         }
+    }
+
+    fn replica(&self) -> (usize, &Replica) {
+        let i = self.current.load(Ordering::SeqCst) % self.replicas.len();
+        (i, &self.replicas[i])
+    }
+
+    /// The endpoint calls go to now.
+    pub fn endpoint(&self) -> &str {
+        &self.replica().1.url
+    }
+
+    /// The highest log position an answer to this client came from (0:
+    /// none said).
+    pub fn log_position(&self) -> u64 {
+        self.position.load(Ordering::SeqCst)
+    }
+
+    /// Notes the log position an answer came from.
+    fn observe(&self, metadata: &MetadataMap) {
+        if let Some(position) = metadata
+            .get(POSITION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.position.fetch_max(position, Ordering::SeqCst);
+        }
+    }
+
+    /// After `status` from endpoint `from`: moves to the next endpoint if
+    /// another might do better (one that is down, not serving or behind
+    /// answers UNAVAILABLE). Whether it moved.
+    fn fail_over(&self, from: usize, status: &Status) -> bool {
+        if self.replicas.len() < 2 || status.code() != Code::Unavailable {
+            return false;
+        }
+        let next = (from + 1) % self.replicas.len();
+        let moved = self
+            .current
+            .compare_exchange(from, next, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if moved {
+            tracing::debug!(
+                from = %self.replicas[from].url,
+                to = %self.replicas[next].url,
+                message = status.message(),
+                "moving to another endpoint"
+            );
+        }
+        true
     }
 
     /// This client with another retry policy (e.g. [`RetryPolicy::none`]
@@ -458,7 +598,8 @@ impl HubClient {
         let mut jitter: Option<Rng> = None;
         let mut attempt = 1;
         loop {
-            let sent = send(self.inner.clone(), request.clone());
+            let (endpoint, replica) = self.replica();
+            let sent = send(replica.inner.clone(), request.clone());
             let result = match self.retry.attempt_timeout {
                 Some(limit) => tokio::time::timeout(limit, sent).await.unwrap_or_else(|_| {
                     Err(Status::deadline_exceeded(format!(
@@ -469,13 +610,21 @@ impl HubClient {
                 None => sent.await,
             };
             let status = match result {
-                Ok(response) => return Ok(response.into_inner()),
+                Ok(response) => {
+                    self.observe(response.metadata());
+                    return Ok(response.into_inner());
+                }
                 Err(status) => status,
             };
             let uniform = jitter.get_or_insert_with(random_rng).uniform();
-            let Some(wait) = self.retry.backoff(attempt, &status, uniform) else {
+            let Some(mut wait) = self.retry.backoff(attempt, &status, uniform) else {
                 return Err(status);
             };
+            // Another replica is tried at once, not after a backoff meant
+            // for the same one.
+            if self.fail_over(endpoint, &status) && attempt < self.replicas.len() as u32 {
+                wait = Duration::ZERO;
+            }
             tracing::debug!(
                 code = ?status.code(),
                 message = status.message(),
@@ -493,14 +642,15 @@ impl HubClient {
         self.instance_id.as_deref()
     }
 
-    /// The generated client, for calls with custom metadata or deadlines.
+    /// The generated client of the endpoint in use, for calls with custom
+    /// metadata or deadlines.
     pub fn raw(&self) -> Inner {
-        self.inner.clone()
+        self.replica().1.inner.clone()
     }
 
     /// `learninghub.v1.Admin` over the same connection (operators only).
     pub fn admin(&self) -> AdminClient {
-        self.admin.clone()
+        self.replica().1.admin.clone()
     }
 
     unary_calls! {
@@ -548,22 +698,26 @@ impl HubClient {
     /// (Operators) issues an API key for `instance_id`, replacing its
     /// previous one, and returns it.
     pub async fn issue_api_key(&self, instance_id: &str) -> std::result::Result<String, Status> {
-        self.admin()
+        let response = self
+            .admin()
             .issue_api_key(pb::IssueApiKeyRequest {
                 instance_id: instance_id.to_string(),
             })
-            .await
-            .map(|r| r.into_inner().api_key)
+            .await?;
+        self.observe(response.metadata());
+        Ok(response.into_inner().api_key)
     }
 
     /// (Operators) revokes `instance_id`'s API key.
     pub async fn revoke_api_key(&self, instance_id: &str) -> std::result::Result<(), Status> {
-        self.admin()
+        let response = self
+            .admin()
             .revoke_api_key(pb::RevokeApiKeyRequest {
                 instance_id: instance_id.to_string(),
             })
-            .await
-            .map(drop)
+            .await?;
+        self.observe(response.metadata());
+        Ok(())
     }
 
     /// One `SubscribeInsights` call, without resuming: the raw stream.
@@ -571,16 +725,15 @@ impl HubClient {
         &self,
         request: pb::SubscribeInsightsRequest,
     ) -> std::result::Result<tonic::Streaming<pb::SubscribeInsightsResponse>, Status> {
-        self.inner
-            .clone()
-            .subscribe_insights(request)
-            .await
-            .map(Response::into_inner)
+        let response = self.raw().subscribe_insights(request).await?;
+        self.observe(response.metadata());
+        Ok(response.into_inner())
     }
 
     /// Insights with a sequence greater than `after`, forever: when the
     /// stream breaks (network, hub restart) it resubscribes with the last
-    /// sequence delivered, backing off from 100 ms up to 5 s. Only errors a
+    /// sequence delivered — on another endpoint, if there are several —
+    /// backing off from 100 ms up to 5 s. Only errors a
     /// retry cannot fix (bad request, refused identity) are yielded, and
     /// they end the subscription.
     pub fn subscribe_insights(
@@ -599,6 +752,7 @@ impl HubClient {
                     after_sequence: last,
                     category: category as i32,
                 };
+                let (endpoint, _) = client.replica();
                 let error = match client.subscribe_insights_once(request).await {
                     Ok(mut stream) => loop {
                         match stream.next().await {
@@ -626,6 +780,8 @@ impl HubClient {
                     let _ = tx.send(Err(error)).await;
                     return;
                 }
+                // Replicas number insights alike: resume on the next one.
+                client.fail_over(endpoint, &Status::unavailable(error.message()));
                 failures_in_a_row += 1;
                 // A hub restart costs a few attempts; more in a row usually
                 // means a configuration problem (a refused certificate shows

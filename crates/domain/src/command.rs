@@ -44,6 +44,19 @@ pub struct RetentionRules {
     pub request_window_ms: i64,
 }
 
+/// Which run of a periodic job a command is the output of: the lease
+/// epoch its replica held and the period it ran for. With replicas, only
+/// the lease holder runs the jobs; a deposed holder that still appends is
+/// refused by the fold (a smaller epoch than the job's last run), and a
+/// period runs once (a period not after the job's last).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStamp {
+    /// The job's name (`insights`, `retention`).
+    pub job: String,
+    pub epoch: u64,
+    pub period: u64,
+}
+
 /// One generated insight to publish, with the id its appender chose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generated {
@@ -125,12 +138,18 @@ pub enum Action {
     /// Forget what has expired.
     Retention {
         rules: RetentionRules,
+        /// Set when a periodic job decided it (absent: an operator asked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobStamp>,
     },
     /// Insights derived from the fleet's history, to store and publish.
     PublishInsights {
         generated: Vec<Generated>,
         ttl_ms: i64,
         by: String,
+        /// Set when a periodic job generated them (absent: an operator asked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobStamp>,
     },
 }
 
@@ -154,6 +173,15 @@ impl Action {
             Action::Retention { .. } => "Retention",
             Action::PublishInsights { .. } => "PublishInsights",
         }
+    }
+
+    /// Whether folding it can change which API keys are valid (streams
+    /// re-check their key when one does).
+    pub fn changes_keys(&self) -> bool {
+        matches!(
+            self,
+            Action::IssueApiKey { .. } | Action::RevokeApiKey { .. }
+        )
     }
 
     /// Whether the caller waits for it to be durable (everything but audit

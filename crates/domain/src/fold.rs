@@ -16,12 +16,12 @@
 
 use std::sync::Arc;
 
-use super::command::{Action, Command, Generated, Idempotency, RetentionRules};
+use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc};
 use super::matching;
 use super::model::{
     AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight, InsightDraft,
-    Instance, Pattern, PatternShare, RIVAL_MIN_DATA_POINTS, Registration, StrategyKey,
+    Instance, JobRun, Pattern, PatternShare, RIVAL_MIN_DATA_POINTS, Registration, StrategyKey,
     StrategyOutcome, StrategyRecord, StrategyShare, UnixMillis, content_id, context_key, preceding,
     streak,
 };
@@ -265,12 +265,19 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             }
             Ok(Answer::Audited)
         }
-        Action::Retention { rules } => Ok(Answer::Retained(sweep(state, now, rules))),
+        Action::Retention { rules, job } => {
+            run_job(state, job.as_ref())?;
+            Ok(Answer::Retained(sweep(state, now, rules)))
+        }
         Action::PublishInsights {
             generated,
             ttl_ms,
             by,
-        } => Ok(publish(state, now, generated, *ttl_ms, by)),
+            job,
+        } => {
+            run_job(state, job.as_ref())?;
+            Ok(publish(state, now, generated, *ttl_ms, by))
+        }
     }
 }
 
@@ -806,6 +813,34 @@ fn share_configuration(
 
 // --- maintenance -----------------------------------------------------------------
 
+/// Admits one run of a periodic job: refused if a later lease epoch ran
+/// it, or if it ran for this period already (see [`JobStamp`]).
+fn run_job(state: &mut State, stamp: Option<&JobStamp>) -> Result<()> {
+    let Some(stamp) = stamp else { return Ok(()) };
+    if let Some(last) = state.tables.jobs.get(&stamp.job) {
+        if stamp.epoch < last.epoch {
+            return Err(Error::FailedPrecondition(format!(
+                "{} job of lease epoch {} refused: epoch {} has run it since",
+                stamp.job, stamp.epoch, last.epoch
+            )));
+        }
+        if stamp.period <= last.period {
+            return Err(Error::FailedPrecondition(format!(
+                "{} job already ran for period {} (this run is for {})",
+                stamp.job, last.period, stamp.period
+            )));
+        }
+    }
+    state.tables.jobs.insert(
+        stamp.job.clone(),
+        Arc::new(JobRun {
+            epoch: stamp.epoch,
+            period: stamp.period,
+        }),
+    );
+    Ok(())
+}
+
 fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> RetentionReport {
     let domain_rules = Rules {
         pattern_days: rules.pattern_days,
@@ -1009,6 +1044,53 @@ mod tests {
         assert_eq!(outcome_sequence(&answer), 1, "the id was not remembered");
     }
 
+    /// With replicas, a job's output is admitted once per period and never
+    /// from a lease epoch older than the last that ran it.
+    #[test]
+    fn job_outputs_are_admitted_once_per_period_from_the_newest_epoch() {
+        let run = |epoch, period| Action::PublishInsights {
+            generated: vec![],
+            ttl_ms: HOUR,
+            by: "hub".into(),
+            job: Some(JobStamp {
+                job: "insights".into(),
+                epoch,
+                period,
+            }),
+        };
+        let mut state = State::default();
+        assert!(fold(&mut state, 1, &at(T0, run(1, 10))).is_ok());
+        let again = fold(&mut state, 2, &at(T0, run(1, 10)));
+        assert!(
+            matches!(&again, Err(Error::FailedPrecondition(m)) if m.contains("already ran for period 10")),
+            "{again:?}"
+        );
+        assert!(
+            fold(&mut state, 2, &at(T0, run(2, 11))).is_ok(),
+            "a new holder, a new period"
+        );
+        let deposed = fold(&mut state, 3, &at(T0, run(1, 12)));
+        assert!(
+            matches!(&deposed, Err(Error::FailedPrecondition(m)) if m.contains("epoch 2 has run it since")),
+            "{deposed:?}"
+        );
+        assert_eq!(
+            *state.tables.jobs["insights"],
+            JobRun {
+                epoch: 2,
+                period: 11
+            }
+        );
+        // Unstamped (an operator asked) is always admitted.
+        let asked = Action::PublishInsights {
+            generated: vec![],
+            ttl_ms: HOUR,
+            by: "op".into(),
+            job: None,
+        };
+        assert!(fold(&mut state, 3, &at(T0, asked)).is_ok());
+    }
+
     #[test]
     fn ids_are_forgotten_after_their_window_by_the_sweep() {
         let mut state = State::default();
@@ -1018,6 +1100,7 @@ mod tests {
         let retry = fold(&mut state, 3, &at(T0 + HOUR, share(0.1, Some(("r1", "p")))));
         assert_eq!(outcome_sequence(&retry), 1);
         let sweep = Action::Retention {
+            job: None,
             rules: RetentionRules {
                 pattern_days: 30,
                 unconfirmed_pattern_days: 7,

@@ -1060,6 +1060,14 @@ pub struct ApiKey {
     pub issued_by: String,
 }
 
+/// The last run of a periodic job, as the fold admitted it: the lease
+/// epoch of the replica that ran it and the period it ran for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub epoch: u64,
+    pub period: u64,
+}
+
 /// One call, as the audit log keeps it.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
-    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, Pattern, StrategyKey,
-    StrategyOutcome, StrategyRecord,
+    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Pattern,
+    StrategyKey, StrategyOutcome, StrategyRecord,
 };
 use super::prevention::StrategyUsage;
 use super::recommend::fleet_view;
@@ -177,6 +177,8 @@ tables! {
     api_keys: "k/" => String, ApiKey;
     /// Remembered request ids of idempotent writes, by (instance, id).
     requests: "r/" => RequestKey, RequestRecord;
+    /// The last run of each periodic job (replicas: lease epoch, period).
+    jobs: "j/" => String, JobRun;
 }
 
 /// The sequences handed out, and what acted-on pattern matches taught.

@@ -111,6 +111,50 @@ pub struct Config {
     /// they changed (`None`: only on request, i.e. SIGHUP). A revocation
     /// takes effect within this interval.
     pub cert_check_interval: Option<Duration>,
+    /// Where the hub keeps its state: sled in `data_dir`, or a PostgreSQL
+    /// database shared with other replicas.
+    pub storage: StorageConfig,
+}
+
+/// The storage backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageBackend {
+    /// sled in the data directory: one hub, nothing else to run.
+    #[default]
+    Sled,
+    /// One PostgreSQL database shared by every replica.
+    Postgres,
+}
+
+/// Where the hub keeps its state (`[storage]`).
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// The shared database (with [`StorageBackend::Postgres`]).
+    pub postgres_url: Option<String>,
+    /// This replica's name in logs and in the jobs lease (default: the
+    /// host's name and the port it serves on).
+    pub replica_name: Option<String>,
+    /// Connections to PostgreSQL in the pool.
+    pub postgres_pool_size: usize,
+    /// How long the jobs lease lasts unless renewed.
+    pub lease: Duration,
+    /// How long a replica may stay behind the log before it reports
+    /// NOT_SERVING.
+    pub max_lag: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            backend: StorageBackend::Sled,
+            postgres_url: None,
+            replica_name: None,
+            postgres_pool_size: 8,
+            lease: Duration::from_secs(10),
+            max_lag: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Config {
@@ -128,11 +172,18 @@ impl Config {
             retention_interval: Some(Duration::from_secs(60 * 60)),
             metrics_listen: None,
             cert_check_interval: Some(DEFAULT_CERT_CHECK_INTERVAL),
+            storage: StorageConfig::default(),
         }
     }
 
     /// Checks values no server could run with.
     pub fn validate(&self) -> Result<()> {
+        if self.storage.backend == StorageBackend::Postgres && self.storage.postgres_url.is_none() {
+            return Err(Error::invalid(
+                "storage.postgres_url",
+                "must be set when storage.backend is \"postgres\" (or give --postgres URL)",
+            ));
+        }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
             return Err(Error::invalid("max_message_bytes", "must be at least 1024"));

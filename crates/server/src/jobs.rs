@@ -2,7 +2,9 @@
 //! sweep (hourly). Each holds an `Arc` of the hub, waits for its next tick
 //! or the hub's shutdown (whichever comes first), and uses the hub's clock
 //! for anything time-stamped — so tests drive it with a short interval and
-//! a manual clock instead of waiting days.
+//! a manual clock instead of waiting days. Among replicas only the holder
+//! of the jobs lease runs insight generation and retention, and their
+//! output carries the lease epoch and period (`Hub::job_turn`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,8 +16,12 @@ use crate::hub::Hub;
 /// Runs insight generation every `every` (first run one interval after
 /// start) until the hub shuts down.
 pub fn spawn_insight_generation(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
-    spawn_periodic(hub, every, "insight generation", |hub| async move {
-        hub.generate_insights(GenerationSettings::default())
+    spawn_periodic(hub, every, "insight generation", move |hub| async move {
+        // Replicas: only the holder of the jobs lease runs it.
+        let Some(job) = hub.job_turn("insights", every) else {
+            return Ok(());
+        };
+        hub.generate_insights_for(GenerationSettings::default(), job)
             .await
             .map(drop)
     })
@@ -23,8 +29,11 @@ pub fn spawn_insight_generation(hub: Arc<Hub>, every: Duration) -> JoinHandle<()
 
 /// Runs the retention sweep every `every` until the hub shuts down.
 pub fn spawn_retention(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
-    spawn_periodic(hub, every, "retention", |hub| async move {
-        hub.run_retention().await.map(drop)
+    spawn_periodic(hub, every, "retention", move |hub| async move {
+        let Some(job) = hub.job_turn("retention", every) else {
+            return Ok(());
+        };
+        hub.run_retention_for(job).await.map(drop)
     })
 }
 

@@ -25,12 +25,14 @@ use crate::auth::AuthLayer;
 use crate::clock::{Clock, SystemClock};
 use crate::compute::ComputePool;
 use crate::config::Config;
+use crate::config::StorageBackend;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
+use crate::hub::replica::ReplicaSettings;
 use crate::overload::{LoadShedLayer, Shedder};
 use crate::pb::{self, hub_server::HubServer};
 use crate::pki;
-use crate::store::Store;
+use crate::store::{PgBackend, PgSettings, Store};
 use crate::tls::{ServerTls, TlsFiles};
 use crate::transport;
 
@@ -150,12 +152,30 @@ impl PreparedHub {
         })?;
         let dir = config.data_dir.clone();
         let settings = config.hub.clone();
-        // sled's open and the state load block on disk: keep them off the
+        let storage = config.storage.clone();
+        let listen = config.listen;
+        // Opening the store and loading the state block: keep them off the
         // async workers.
-        let hub =
-            tokio::task::spawn_blocking(move || Hub::open(open_store(&dir)?, clock, settings))
-                .await
-                .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
+        let hub = tokio::task::spawn_blocking(move || match storage.backend {
+            StorageBackend::Sled => Hub::open(open_store(&dir)?, clock, settings),
+            StorageBackend::Postgres => {
+                let url = storage.postgres_url.as_deref().unwrap_or_default();
+                let mut pg = PgSettings::new(url);
+                pg.pool_size = storage.postgres_pool_size;
+                pg.timeout = settings.write_timeout;
+                let log = Arc::new(PgBackend::connect(&pg)?);
+                let mut replica = ReplicaSettings::new(
+                    storage
+                        .replica_name
+                        .unwrap_or_else(|| default_replica_name(listen)),
+                );
+                replica.lease = storage.lease;
+                replica.max_lag = storage.max_lag;
+                Hub::open_replica(log, replica, clock, settings)
+            }
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("start-up task failed: {e}")))??;
         // The store is open, so this process holds the directory's lock:
         // the PID written is the holder's (signals name it; a second hub on
         // the directory is told who holds it).
@@ -211,6 +231,7 @@ impl PreparedHub {
             tls.clone().map(|tls| {
                 crate::tls::spawn_reloader(tls, config.cert_check_interval, hub.shutdown_signal())
             }),
+            hub.spawn_lease(),
         ]
         .into_iter()
         .flatten()
@@ -261,6 +282,18 @@ impl PreparedHub {
     }
 }
 
+/// A replica's name when none is configured: the host's name and the port
+/// it serves on.
+fn default_replica_name(listen: std::net::SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hub".into());
+    format!("{host}:{}", listen.port())
+}
+
 /// Writes this process's PID to `hub.pid` in the data directory. A hub
 /// that cannot write it still serves (it is a convenience for signals).
 fn write_pid_file(data_dir: &Path) {
@@ -285,6 +318,29 @@ where
     let limits = &config.limits;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HubServer<HubService>>().await;
+    // A replica that cannot reach the shared log, or lags it, says so.
+    let health_task = {
+        let health = health.clone();
+        let mut problem = hub.health();
+        let mut shutdown = hub.shutdown_signal();
+        tokio::spawn(async move {
+            loop {
+                let serving = problem.borrow_and_update().is_none();
+                if *shutdown.borrow() {
+                    return;
+                }
+                if serving {
+                    health.set_serving::<HubServer<HubService>>().await;
+                } else {
+                    health.set_not_serving::<HubServer<HubService>>().await;
+                }
+                tokio::select! {
+                    changed = problem.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    };
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -349,6 +405,7 @@ where
         .serve_with_incoming_shutdown(incoming, signal);
 
     let drain_timeout = limits.drain_timeout;
+    let _health_task = AbortOnDrop(health_task);
     tokio::select! {
         served = server => served.map_err(|e| Error::Unavailable(format!("server failed: {e}"))),
         () = async {
@@ -361,5 +418,14 @@ where
             tracing::warn!(?drain_timeout, "drain timed out; closing remaining connections");
             Ok(())
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use crate::config::Config;
+use crate::config::{Config, StorageBackend};
 use crate::error::{Error, Result};
 
 /// Where a value came from.
@@ -66,6 +66,10 @@ pub enum Kind {
     Choice(&'static [&'static str]),
     /// A `tracing` filter such as `info` or `learning_hub=debug,warn`.
     LogFilter,
+    /// Any text, empty included.
+    Text,
+    /// A PostgreSQL connection URL or nothing; shown without its password.
+    ConnectionUrl,
 }
 
 /// One configuration key.
@@ -261,6 +265,17 @@ pub const KEYS: &[Key] = &[
         key("tls", "cert_check_seconds", int(0, 86_400), "10"),
         "LEARNING_HUB_CERT_CHECK_SECONDS",
     ),
+    key(
+        "storage",
+        "backend",
+        Kind::Choice(&["sled", "postgres"]),
+        "\"sled\"",
+    ),
+    key("storage", "postgres_url", Kind::ConnectionUrl, "\"\""),
+    key("storage", "replica_name", Kind::Text, "\"\""),
+    key("storage", "postgres_pool_size", int(2, 1000), "8"),
+    key("storage", "lease_seconds", int(1, 3600), "10"),
+    key("storage", "max_lag_seconds", int(1, 3600), "5"),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
 ];
@@ -362,13 +377,29 @@ fn check(key: &Key, value: toml::Value, source: &Source) -> Result<toml::Value> 
                 Err(e) => Err(bad(format!("is not a log filter: {e}"))),
             }
         }
+        (Kind::Text, V::String(_)) => Ok(value),
+        (Kind::ConnectionUrl, V::String(text)) => {
+            if text.is_empty() || text.parse::<tokio_postgres::Config>().is_ok() {
+                Ok(value)
+            } else {
+                Err(bad(
+                    "must be a PostgreSQL URL like postgres://user@host:5432/database".into(),
+                ))
+            }
+        }
         (kind, _) => Err(bad(format!("must be {}", kind_noun(kind)))),
     }
 }
 
 fn kind_noun(kind: Kind) -> &'static str {
     match kind {
-        Kind::Addr | Kind::AddrOrOff | Kind::Path | Kind::Choice(_) | Kind::LogFilter => "a string",
+        Kind::Addr
+        | Kind::AddrOrOff
+        | Kind::Path
+        | Kind::Choice(_)
+        | Kind::LogFilter
+        | Kind::Text
+        | Kind::ConnectionUrl => "a string",
         Kind::Bool => "true or false",
         Kind::Int { .. } => "an integer",
     }
@@ -683,6 +714,19 @@ impl Settings {
         retention.low_frequency = self.unsigned("retention", "low_frequency");
         retention.outcome_days = self.int("retention", "outcome_days");
         retention.audit_days = self.int("retention", "audit_days");
+
+        let storage = &mut config.storage;
+        storage.backend = match self.string("storage", "backend") {
+            "postgres" => StorageBackend::Postgres,
+            _ => StorageBackend::Sled,
+        };
+        storage.postgres_url =
+            Some(self.string("storage", "postgres_url").to_string()).filter(|url| !url.is_empty());
+        storage.replica_name = Some(self.string("storage", "replica_name").to_string())
+            .filter(|name| !name.is_empty());
+        storage.postgres_pool_size = self.unsigned("storage", "postgres_pool_size");
+        storage.lease = self.seconds("storage", "lease_seconds");
+        storage.max_lag = self.seconds("storage", "max_lag_seconds");
         config
     }
 
@@ -708,13 +752,41 @@ impl Settings {
                 section = key.section;
                 out.push_str(&format!("[{section}]\n"));
             }
-            out.push_str(&format!("{} = {value}", key.name));
+            let shown = match (key.kind, value) {
+                (Kind::ConnectionUrl, toml::Value::String(url)) => {
+                    toml::Value::String(without_password(url))
+                }
+                _ => value.clone(),
+            };
+            out.push_str(&format!("{} = {shown}", key.name));
             if sources {
                 out.push_str(&format!("  # {source}"));
             }
             out.push('\n');
         }
         out
+    }
+}
+
+/// A connection URL with its password replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // key=value form: hide `password=…`.
+        return url
+            .split_whitespace()
+            .map(|part| match part.split_once('=') {
+                Some(("password", _)) => "password=***".to_string(),
+                _ => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) if credentials.contains(':') => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_string(),
     }
 }
 

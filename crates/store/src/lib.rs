@@ -176,8 +176,10 @@ impl Store {
             Some(hex) => parse_digest(&hex)?,
             None => [0; 32],
         };
+        // A store with nothing in it is new, not one from before the log.
+        let fresh = tables == Tables::default() && counters == Counters::default();
         let stored = State::from_tables(position.unwrap_or(0), tables, counters, digest);
-        if position.is_some() {
+        if position.is_some() || fresh {
             return Ok(Loaded {
                 state: stored.clone(),
                 stored,
@@ -287,6 +289,11 @@ impl Store {
     /// `stored` (the previous checkpoint, or nothing for a legacy store's
     /// first), its rows not yet stored, its counters and its position.
     pub fn checkpoint(&self, stored: &State, state: &State) -> Result<()> {
+        self.backend
+            .checkpoint(self.prepare_checkpoint(stored, state)?)
+    }
+
+    fn prepare_checkpoint(&self, stored: &State, state: &State) -> Result<Checkpoint> {
         let mut writes = Writes(Vec::new());
         state.tables.diff(&stored.tables, &mut writes)?;
         let mut rows = Vec::with_capacity(state.rows.outcomes.len() + state.rows.audit.len());
@@ -318,12 +325,33 @@ impl Store {
                 codec::encode(&crate::domain::state::digest_hex(&state.rows.digest))?,
             ),
         ];
-        self.backend.checkpoint(Checkpoint {
+        Ok(Checkpoint {
             position: state.position,
             tables: writes.0,
             rows,
             meta,
         })
+    }
+
+    /// [`Store::checkpoint`] written by `write` instead of the backend's
+    /// `checkpoint` (a shared log fences it on its base): whatever `write`
+    /// answers.
+    pub fn checkpoint_with<T>(
+        &self,
+        stored: &State,
+        state: &State,
+        write: impl FnOnce(Checkpoint) -> Result<T>,
+    ) -> Result<T> {
+        write(self.prepare_checkpoint(stored, state)?)
+    }
+
+    /// The last outcome and audit sequences the checkpoint holds rows up
+    /// to: rows at or before them are in the store.
+    pub fn stored_sequences(&self) -> Result<(u64, u64)> {
+        Ok((
+            self.meta(OUTCOME_SEQUENCE)?.unwrap_or(0),
+            self.meta(AUDIT_SEQUENCE)?.unwrap_or(0),
+        ))
     }
 
     /// Removes log entries before `position`.

@@ -40,7 +40,7 @@ impl AppendError {
 }
 
 /// Keeps a head watch running; dropping it stops the watch.
-pub type WatchGuard = Box<dyn Any + Send>;
+pub type WatchGuard = Box<dyn Any + Send + Sync>;
 
 /// A command log shared by hub replicas, with the checkpoint and row logs
 /// of [`Backend`].

@@ -96,4 +96,21 @@ impl pb::admin_server::Admin for AdminService {
         self.hub.invalidate_insight(id).await?;
         reply(pb::InvalidateInsightResponse {})
     }
+
+    async fn get_replica_status(
+        &self,
+        _: Request<pb::GetReplicaStatusRequest>,
+    ) -> Reply<pb::GetReplicaStatusResponse> {
+        let status = self.hub.replica_report().await?;
+        reply(pb::GetReplicaStatusResponse {
+            replica: status.replica,
+            storage: status.storage,
+            log_position: status.log_position,
+            log_head: status.log_head,
+            state_digest: status.state_digest,
+            holds_jobs_lease: status.lease_epoch.is_some() || !status.is_replica,
+            lease_epoch: status.lease_epoch.unwrap_or(0),
+            not_serving: status.not_serving.unwrap_or_default(),
+        })
+    }
 }

@@ -1114,6 +1114,7 @@ pub fn status(s: &HubStatus) -> pb::GetStatusResponse {
         live_subscribers: s.live_subscribers,
         last_insight_sequence: s.last_insight_sequence,
         stream_catch_ups: s.stream_catch_ups,
+        log_position: s.log_position,
     }
 }
 

@@ -58,6 +58,19 @@ impl AccessControl for HubAccess {
     fn now(&self) -> UnixMillis {
         self.hub.now()
     }
+
+    fn log_position(&self) -> u64 {
+        self.hub.position()
+    }
+
+    fn wait_for_position(
+        &self,
+        position: u64,
+        timeout: std::time::Duration,
+    ) -> futures_util::future::BoxFuture<'static, bool> {
+        let hub = self.hub.clone();
+        Box::pin(async move { hub.wait_for_position(position, timeout).await })
+    }
 }
 
 /// The hub as the auth layer's access control.

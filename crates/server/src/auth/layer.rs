@@ -183,9 +183,36 @@ impl<S> AuthService<S> {
     }
 }
 
+/// Read-your-writes across replicas: a client sends the highest log
+/// position it was answered at ([`MIN_POSITION_HEADER`]); a replica that
+/// has not folded that far waits up to this long, then refuses with
+/// UNAVAILABLE and `retry-after`.
+pub const READ_YOUR_WRITES_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The request header with the lowest log position the caller may be
+/// answered from.
+pub const MIN_POSITION_HEADER: &str = "x-hub-min-pos";
+/// The response header with the log position of the state that answered.
+pub const POSITION_HEADER: &str = "x-hub-log-pos";
+
+/// The position a request asks to be answered at or after.
+fn min_position<B>(request: &http::Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(MIN_POSITION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Says which log position answered.
+fn stamp_position(response: &mut http::Response<Body>, position: u64) {
+    if let Ok(value) = http::HeaderValue::from_str(&position.to_string()) {
+        response.headers_mut().insert(POSITION_HEADER, value);
+    }
+}
+
 impl<S> Service<http::Request<Body>> for AuthService<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -277,14 +304,44 @@ where
         };
         match decided {
             Ok(identity) => {
+                let min_position = min_position(&request);
                 let (mut parts, body) = request.into_parts();
                 parts.extensions.insert(identity);
                 let request =
                     http::Request::from_parts(parts, Body::new(CountingBody::new(body, bytes)));
-                let future = span.in_scope(|| self.inner.call(request));
+                // The service is called once the hub has folded what the
+                // caller saw (ready services here are always ready: a
+                // clone takes this one's place).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let call_span = span.clone();
                 Box::pin(
                     async move {
-                        let response = future.await?;
+                        if let Some(position) = min_position {
+                            if !access
+                                .wait_for_position(position, READ_YOUR_WRITES_WAIT)
+                                .await
+                            {
+                                let mut status = tonic::Status::unavailable(format!(
+                                    "this replica has folded the log up to position {}, not yet \
+                                     {position} (the caller's last write): retry, or call \
+                                     another replica",
+                                    access.log_position()
+                                ));
+                                status
+                                    .metadata_mut()
+                                    .insert("retry-after", tonic::metadata::MetadataValue::from(1));
+                                record(status.code() as i32);
+                                let mut response = status.into_http::<Body>();
+                                stamp_position(&mut response, access.log_position());
+                                return Ok(response);
+                            }
+                        }
+                        let future = call_span.in_scope(|| inner.call(request));
+                        let mut response = future.await?;
+                        // After the call: a write's answer was installed
+                        // before it was sent, so this is at or past it.
+                        stamp_position(&mut response, access.log_position());
                         if let Some(code) = status_code(response.headers()) {
                             record(code);
                             return Ok(response);

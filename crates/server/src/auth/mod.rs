@@ -38,4 +38,17 @@ pub trait AccessControl: Send + Sync + 'static {
     /// Counts a call that ended with gRPC status `code` after `elapsed`.
     fn observe(&self, _rpc: &str, _code: i32, _elapsed: std::time::Duration) {}
     fn now(&self) -> UnixMillis;
+    /// The log position of the state the hub answers from now.
+    fn log_position(&self) -> u64 {
+        0
+    }
+    /// Waits until the hub answers from the log up to `position`, at most
+    /// `timeout`; whether it does (replicas: read-your-writes).
+    fn wait_for_position(
+        &self,
+        _position: u64,
+        _timeout: std::time::Duration,
+    ) -> futures_util::future::BoxFuture<'static, bool> {
+        Box::pin(std::future::ready(true))
+    }
 }

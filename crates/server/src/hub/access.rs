@@ -34,12 +34,8 @@ impl Hub {
     pub async fn issue_api_key(&self, operator: &str, instance_id: String) -> Result<String> {
         let (key, stored) = keys::issue(&instance_id, operator, self.now())?;
         match self.submit(Action::IssueApiKey { key: stored }).await? {
-            Answer::KeyIssued { replaced } => {
-                if replaced {
-                    self.key_changes.send_modify(|n| *n += 1);
-                }
-                Ok(key)
-            }
+            // The writer tells streams (on every replica) that keys changed.
+            Answer::KeyIssued { .. } => Ok(key),
             other => Err(wrong_answer("IssueApiKey", other)),
         }
     }
@@ -47,17 +43,14 @@ impl Hub {
     /// Revokes `instance_id`'s key at once; its calls and streams stop.
     pub async fn revoke_api_key(&self, instance_id: String) -> Result<()> {
         match self.submit(Action::RevokeApiKey { instance_id }).await? {
-            Answer::KeyRevoked => {
-                self.key_changes.send_modify(|n| *n += 1);
-                Ok(())
-            }
+            Answer::KeyRevoked => Ok(()),
             other => Err(wrong_answer("RevokeApiKey", other)),
         }
     }
 
     /// Changes whenever a key is revoked or replaced.
     pub fn key_changes(&self) -> watch::Receiver<u64> {
-        self.key_changes.subscribe()
+        self.shared.key_changes.subscribe()
     }
 
     /// The audit entries matching `query`, newest first: those folded

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{DAY_MS, Hub, wrong_answer};
-use crate::domain::command::{Action, Generated};
+use crate::domain::command::{Action, Generated, JobStamp};
 use crate::domain::fold::{Answer, GENERATED_BY};
 use crate::domain::idempotency::RequestTag;
 use crate::domain::insight_gen::{self, GenerationSettings};
@@ -176,6 +176,16 @@ impl Hub {
         &self,
         settings: GenerationSettings,
     ) -> Result<GenerationReport> {
+        self.generate_insights_for(settings, None).await
+    }
+
+    /// [`Hub::generate_insights`] as a run of the periodic job `job` (see
+    /// [`Hub::job_turn`]): the fold refuses it if that run is stale.
+    pub async fn generate_insights_for(
+        &self,
+        settings: GenerationSettings,
+        job: Option<JobStamp>,
+    ) -> Result<GenerationReport> {
         let since = self.now() - self.shared.settings.tuning.retention_days * DAY_MS;
         let outcomes = self.outcomes_since(since).await?;
         let patterns: Vec<Arc<Pattern>> = self.state().tables.patterns.values().cloned().collect();
@@ -195,6 +205,7 @@ impl Hub {
                 generated,
                 ttl_ms: self.shared.settings.insight_ttl_ms,
                 by: GENERATED_BY.to_string(),
+                job,
             })
             .await?;
         let Answer::InsightsPublished { stored, duplicates } = answer else {

@@ -18,6 +18,7 @@ mod failures;
 mod insights;
 mod instances;
 mod patterns;
+pub mod replica;
 mod retention;
 mod strategies;
 mod writer;
@@ -142,16 +143,57 @@ impl Default for HubSettings {
 pub(crate) struct Shared {
     /// The state as of the last batch the writer installed.
     snapshot: ArcSwap<State>,
+    /// Its log position, for callers that wait to read their own writes.
+    position: watch::Sender<u64>,
     store: Store,
     bus: InsightBus,
     clock: Arc<dyn Clock>,
     settings: HubSettings,
     metrics: Arc<Metrics>,
+    /// Bumped whenever a key is issued or revoked: streams re-check.
+    key_changes: watch::Sender<u64>,
+    /// Why the hub cannot serve writes now (`None`: it can).
+    health: watch::Sender<Option<String>>,
+    /// Set when the hub is a replica of a shared log.
+    replica: Option<replica::Replica>,
 }
 
 impl Shared {
     fn state(&self) -> Arc<State> {
         self.snapshot.load_full()
+    }
+
+    /// Makes `state` what readers see, and publishes the insights it added
+    /// after `previous_insight` in sequence order. `keys_changed`: a key
+    /// was issued or revoked since the last install.
+    fn install(&self, state: Arc<State>, previous_insight: u64, keys_changed: bool) {
+        self.snapshot.store(state.clone());
+        self.position.send_if_modified(|p| {
+            let moved = *p != state.position;
+            *p = state.position;
+            moved
+        });
+        for (_, insight) in state.tables.insights.range(previous_insight + 1..) {
+            self.bus.publish(insight.clone());
+        }
+        if keys_changed {
+            self.key_changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Says whether writes can be served, and why not.
+    fn set_health(&self, problem: Option<String>) {
+        self.health.send_if_modified(|now| {
+            if *now == problem {
+                return false;
+            }
+            match &problem {
+                Some(why) => tracing::warn!(reason = %why, "not serving writes"),
+                None => tracing::info!("serving again"),
+            }
+            *now = problem;
+            true
+        });
     }
 }
 
@@ -199,8 +241,6 @@ pub struct Hub {
     writer: Writer,
     started_at: UnixMillis,
     shutdown: watch::Sender<bool>,
-    /// Bumped whenever a key is revoked or replaced: streams re-check.
-    key_changes: watch::Sender<u64>,
     /// What the audit log keeps of calls nobody vouched for.
     sampler: audit_sampler::AuditSampler,
 }
@@ -210,6 +250,56 @@ impl Hub {
     /// tail after it, and starts the writer.
     pub fn open(store: Store, clock: Arc<dyn Clock>, settings: HubSettings) -> Result<Arc<Self>> {
         let (stored, state, checkpoint_now) = Self::load_state(&store, &settings)?;
+        Self::start(
+            store,
+            None,
+            clock,
+            settings,
+            writer::Start {
+                state,
+                stored,
+                checkpoint_now,
+            },
+        )
+    }
+
+    /// Opens a replica of the log `log` shares with other hubs: the newest
+    /// checkpoint, read whole (see [`SharedLog::checkpoint_generation`]),
+    /// the log folded after it, then the writer appends this hub's commands
+    /// to the shared log and folds everyone's in log order.
+    pub fn open_replica(
+        log: Arc<dyn crate::store::SharedLog>,
+        replica: replica::ReplicaSettings,
+        clock: Arc<dyn Clock>,
+        settings: HubSettings,
+    ) -> Result<Arc<Self>> {
+        let store = Store::new(log.clone());
+        let (stored, state) = replica::load_whole(&*log, || {
+            let (stored, state, _) = Self::load_state(&store, &settings)?;
+            Ok((stored, state))
+        })?;
+        let replica = replica::Replica::new(log, replica);
+        Self::start(
+            store,
+            Some(replica),
+            clock,
+            settings,
+            writer::Start {
+                state,
+                stored,
+                checkpoint_now: false,
+            },
+        )
+    }
+
+    fn start(
+        store: Store,
+        replica: Option<replica::Replica>,
+        clock: Arc<dyn Clock>,
+        settings: HubSettings,
+        start: writer::Start,
+    ) -> Result<Arc<Self>> {
+        let state = &start.state;
         tracing::info!(
             position = state.position,
             instances = state.tables.instances.len(),
@@ -224,19 +314,19 @@ impl Hub {
         let started_at = clock.now();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(state.clone()),
+            position: watch::channel(state.position).0,
             store,
             bus: InsightBus::new(settings.broadcast_capacity),
             clock,
             settings,
             metrics: Arc::new(Metrics::new()),
+            key_changes: watch::channel(0).0,
+            health: watch::channel(None).0,
+            replica,
         });
         let writer = Writer::spawn(
             shared.clone(),
-            writer::Start {
-                state,
-                stored,
-                checkpoint_now,
-            },
+            start,
             shared.settings.writer_queue,
             shared.settings.max_batch,
             shared.settings.write_timeout,
@@ -250,7 +340,6 @@ impl Hub {
             writer,
             started_at,
             shutdown: watch::channel(false).0,
-            key_changes: watch::channel(0).0,
             sampler,
         }))
     }
@@ -407,7 +496,7 @@ impl Hub {
             .map(|(instance, key)| {
                 let shared = self.shared.clone();
                 Credentials {
-                    changes: self.key_changes.subscribe(),
+                    changes: self.shared.key_changes.subscribe(),
                     still_valid: Box::new(move || {
                         shared.key_valid(&instance, key.as_deref()).is_ok()
                     }),

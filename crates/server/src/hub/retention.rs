@@ -5,13 +5,19 @@
 
 use super::writer::TrimRows;
 use super::{DAY_MS, Hub, wrong_answer};
-use crate::domain::command::{Action, RetentionRules};
+use crate::domain::command::{Action, JobStamp, RetentionRules};
 use crate::domain::fold::{Answer, RetentionReport};
 use crate::error::Result;
 
 impl Hub {
     /// Runs one sweep at the hub's clock.
     pub async fn run_retention(&self) -> Result<RetentionReport> {
+        self.run_retention_for(None).await
+    }
+
+    /// [`Hub::run_retention`] as a run of the periodic job (see
+    /// [`Hub::job_turn`]): the fold refuses it if that run is stale.
+    pub async fn run_retention_for(&self, job: Option<JobStamp>) -> Result<RetentionReport> {
         let now = self.now();
         let settings = self.shared.settings.retention;
         let rules = RetentionRules {
@@ -21,7 +27,7 @@ impl Hub {
             evidence_days: self.shared.settings.tuning.retention_days,
             request_window_ms: self.shared.settings.request_id_window_ms,
         };
-        let mut report = match self.submit(Action::Retention { rules }).await? {
+        let mut report = match self.submit(Action::Retention { rules, job }).await? {
             Answer::Retained(report) => report,
             other => return Err(wrong_answer("Retention", other)),
         };

@@ -229,7 +229,10 @@ impl PgBackend {
         // An appender that died between its UPDATE and its COMMIT holds
         // the counter row; the server ends its transaction soon.
         if config.get_options().is_none() {
-            config.options("-c idle_in_transaction_session_timeout=10000 -c lock_timeout=15000");
+            config.options(
+                "-c idle_in_transaction_session_timeout=10000 -c lock_timeout=15000 \
+                 -c client_min_messages=warning",
+            );
         }
         let described = describe(&config);
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -34,15 +34,15 @@ struct Writer {
 
 /// One batch's messages, sorted.
 #[derive(Default)]
-struct Batch {
-    writes: Vec<(Command, Reply)>,
-    audit: Vec<AuditEntry>,
-    trims: Vec<(TrimRows, TrimReply)>,
-    stop: Option<oneshot::Sender<Result<()>>>,
+pub(super) struct Batch {
+    pub writes: Vec<(Command, Reply)>,
+    pub audit: Vec<AuditEntry>,
+    pub trims: Vec<(TrimRows, TrimReply)>,
+    pub stop: Option<oneshot::Sender<Result<()>>>,
 }
 
 impl Batch {
-    fn take(&mut self, message: Message) {
+    pub fn take(&mut self, message: Message) {
         match message {
             Message::Write { command, reply } => self.writes.push((command, reply)),
             Message::Audit(entry) => self.audit.push(entry),
@@ -52,7 +52,7 @@ impl Batch {
         }
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.writes.len() + self.audit.len() + self.trims.len()
     }
 }
@@ -208,12 +208,13 @@ impl Writer {
             .group_commit(requests, now.elapsed(), written.is_ok());
         match &written {
             Ok(()) => {
+                let keys_changed = entries.iter().any(|e| e.command.action.changes_keys());
                 if flush {
                     self.pending.flushed(state.position);
                 } else {
                     self.pending.installed(entries, now);
                 }
-                self.install(state, previous_insight);
+                self.install(state, previous_insight, keys_changed);
                 for (reply, answer) in answered {
                     let _ = reply.send(answer);
                 }
@@ -230,13 +231,11 @@ impl Writer {
 
     /// Makes `state` the installed one: readers see it from now on, and
     /// the insights it added are published in sequence order.
-    fn install(&mut self, state: State, previous_insight: u64) {
+    fn install(&mut self, state: State, previous_insight: u64, keys_changed: bool) {
         let published = Arc::new(state.clone());
         self.state = state;
-        self.shared.snapshot.store(published.clone());
-        for (_, insight) in published.tables.insights.range(previous_insight + 1..) {
-            self.shared.bus.publish(insight.clone());
-        }
+        self.shared
+            .install(published, previous_insight, keys_changed);
     }
 
     fn checkpoint_if_due(&mut self, now: Instant) {
@@ -300,7 +299,7 @@ impl Writer {
 /// Folds `command` in place; a panic in the fold is an internal error
 /// rather than the end of the writer (and with it of every later write).
 /// On error `state` may be half-changed.
-fn fold_guarded(state: &mut State, position: u64, command: &Command) -> Result<Answer> {
+pub(super) fn fold_guarded(state: &mut State, position: u64, command: &Command) -> Result<Answer> {
     catch_unwind(AssertUnwindSafe(|| fold_in_place(state, position, command))).unwrap_or_else(
         |_| {
             tracing::error!(command = command.action.name(), "a fold panicked");
@@ -316,7 +315,7 @@ fn fold_guarded(state: &mut State, position: u64, command: &Command) -> Result<A
 /// last successful command. They folded before, so they fold again (the
 /// fold is deterministic); if one did not, that is a bug, and the batch is
 /// refused rather than logged with a state that disagrees with it.
-fn refold(base: &State, entries: &[LogEntry]) -> Result<State> {
+pub(super) fn refold(base: &State, entries: &[LogEntry]) -> Result<State> {
     let mut state = base.clone();
     for entry in entries {
         fold_guarded(&mut state, entry.position, &entry.command).map_err(|e| {

@@ -33,6 +33,7 @@ mod backpressure;
 mod batch;
 mod checkpoints;
 mod repair;
+mod replica;
 
 use std::{
     sync::{Arc, Mutex},
@@ -84,6 +85,8 @@ enum Message {
 pub struct Writer {
     queue: mpsc::Sender<Message>,
     thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// A replica's watch of the shared log's head (wakes the writer).
+    _watch: Option<crate::store::WatchGuard>,
     /// How long a caller waits for its write to be durable.
     timeout: Duration,
     pressure: Arc<Backpressure>,
@@ -113,10 +116,31 @@ impl Writer {
     ) -> Result<Self> {
         let (queue, rx) = mpsc::channel(queue_depth.max(1));
         let loop_shared = shared.clone();
+        let replica = shared.replica.is_some();
         let thread = thread::Builder::new()
             .name("hub-writer".into())
-            .spawn(move || batch::run(loop_shared, start, rx, max_batch.max(1)))
+            .spawn(move || {
+                if replica {
+                    replica::run(loop_shared, start, rx, max_batch.max(1), timeout)
+                } else {
+                    batch::run(loop_shared, start, rx, max_batch.max(1))
+                }
+            })
             .map_err(|e| Error::Internal(format!("cannot start writer thread: {e}")))?;
+        // A replica reads the log when another appends to it.
+        let watch = match &shared.replica {
+            Some(replica) => {
+                let wake = queue.clone();
+                let notes = shared.clone();
+                Some(replica.log.watch_head(Box::new(move |head| {
+                    if let Some(replica) = &notes.replica {
+                        replica.note_head(head);
+                    }
+                    let _ = wake.try_send(Message::Tick);
+                }))?)
+            }
+            None => None,
+        };
         let ticks = queue.clone();
         thread::Builder::new()
             .name("hub-writer-tick".into())
@@ -134,6 +158,7 @@ impl Writer {
         Ok(Writer {
             queue,
             thread: Mutex::new(Some(thread)),
+            _watch: watch,
             timeout,
             pressure: Arc::default(),
             shared,
@@ -155,6 +180,12 @@ impl Writer {
                 .map_err(|_| Error::Internal("the writer stopped".into()))?
         };
         self.waited(durable).await
+    }
+
+    /// Asks the writer to look at the log now (a replica reads what other
+    /// replicas appended).
+    pub fn wake(&self) {
+        let _ = self.queue.try_send(Message::Tick);
     }
 
     /// Trims the outcome and audit logs (retention); how many of each.
