@@ -1110,6 +1110,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             }
             .encode_to_vec(),
         ),
+        (
+            admin("GetReplicaStatus"),
+            pb::GetReplicaStatusRequest {}.encode_to_vec(),
+        ),
     ];
     list.into_iter()
         .map(|(path, body)| {

@@ -19,26 +19,31 @@ use learning_hub::{
 use super::{TestHub, pg::TestDb};
 
 /// Replicas sharing one database.
+/// Changes the configuration of the replica started `i`-th.
+type Adjust = dyn Fn(usize, &mut Config) + Send + Sync;
+
+/// Fields drop in order: the hubs before their database.
 pub struct Cluster {
-    pub db: TestDb,
     pub hubs: Vec<TestHub>,
+    pub db: TestDb,
     keys: Arc<Mutex<HashMap<String, String>>>,
-    adjust: Arc<dyn Fn(&mut Config) + Send + Sync>,
+    adjust: Arc<Adjust>,
     started: usize,
 }
 
 impl Cluster {
     /// `n` replicas, or `None` when PostgreSQL is missing and the run may
-    /// skip `test`. `adjust` changes every replica's configuration.
+    /// skip `test`. `adjust` changes the configuration of replica `i` (the
+    /// `i`-th started).
     pub async fn start(
         test: &str,
         n: usize,
-        adjust: impl Fn(&mut Config) + Send + Sync + 'static,
+        adjust: impl Fn(usize, &mut Config) + Send + Sync + 'static,
     ) -> Option<Cluster> {
         let db = TestDb::create(test)?;
         let mut cluster = Cluster {
-            db,
             hubs: Vec::new(),
+            db,
             keys: Arc::default(),
             adjust: Arc::new(adjust),
             started: 0,
@@ -65,7 +70,7 @@ impl Cluster {
         config.storage.replica_name = Some(format!("r{}", self.started));
         config.storage.lease = Duration::from_secs(2);
         config.hub.write_timeout = Duration::from_secs(5);
-        (self.adjust)(&mut config);
+        (self.adjust)(self.started, &mut config);
         self.started += 1;
         let hub = TestHub::launch(
             config,

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod commands;
 pub mod pg;
+pub mod proxy;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -348,6 +349,18 @@ impl HubProcess {
     /// for it to print its address; a development PKI is generated in
     /// `certs_dir` if it has none.
     pub fn spawn(data_dir: &Path, certs_dir: &Path, port: u16) -> Self {
+        Self::spawn_with(data_dir, certs_dir, port, &[], &[])
+    }
+
+    /// [`HubProcess::spawn`] with more arguments and environment variables
+    /// (a replica's `--postgres URL`, say).
+    pub fn spawn_with(
+        data_dir: &Path,
+        certs_dir: &Path,
+        port: u16,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
             .args(["serve", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
@@ -364,7 +377,9 @@ impl HubProcess {
                 "--metrics-listen",
                 "127.0.0.1:0",
             ])
+            .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

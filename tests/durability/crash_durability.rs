@@ -34,7 +34,7 @@ const WRITERS: usize = 8;
 
 /// Per kind: writes acknowledged, and attempts that failed (maybe applied).
 #[derive(Default, Debug, Clone, Copy)]
-struct Tally {
+pub(crate) struct Tally {
     acked: u64,
     unsure: u64,
 }
@@ -55,7 +55,7 @@ impl Tally {
 
 /// What one writer knows about its own writes.
 #[derive(Default)]
-struct Ledger {
+pub(crate) struct Ledger {
     outcomes: Tally,
     patterns: Tally,
     failures: Tally,
@@ -65,12 +65,16 @@ struct Ledger {
     insights_unsure: u64,
 }
 
-fn writer_id(w: usize) -> String {
+pub(crate) fn writer_id(w: usize) -> String {
     format!("writer{w}")
 }
 
 /// One write of kind `i % 5` as writer `id`; `Ok(Some(seq))` for insights.
-async fn write_one(client: &HubClient, id: &str, i: u64) -> Result<Option<(u64, String)>, ()> {
+pub(crate) async fn write_one(
+    client: &HubClient,
+    id: &str,
+    i: u64,
+) -> Result<Option<(u64, String)>, ()> {
     let r = match i % 5 {
         0 => client
             .share_strategy(strategy_outcome(
@@ -126,16 +130,35 @@ async fn write_one(client: &HubClient, id: &str, i: u64) -> Result<Option<(u64, 
     r.map_err(|_| ())
 }
 
-fn spawn_writer(
+pub(crate) fn spawn_writer(
     client: HubClient,
     id: String,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
+    spawn_timed_writer(client, id, ledger, stop, None)
+}
+
+/// [`spawn_writer`] that also records each logical write's duration, in
+/// milliseconds (retries and failovers included).
+pub(crate) fn spawn_timed_writer(
+    client: HubClient,
+    id: String,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+    durations: Option<Arc<std::sync::Mutex<Vec<f64>>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
             let result = write_one(&client, &id, i).await;
+            if let Some(durations) = &durations {
+                durations
+                    .lock()
+                    .unwrap()
+                    .push(started.elapsed().as_secs_f64() * 1e3);
+            }
             let failed = result.is_err();
             let mut ledger = ledger.lock().await;
             match (i % 5, result) {
@@ -219,7 +242,11 @@ async fn run(kills: usize, seed: u64) -> Figures {
     Figures { kills, restart_ms }
 }
 
-async fn check(addr: std::net::SocketAddr, certs: &Path, ledgers: &[Arc<Mutex<Ledger>>]) {
+pub(crate) async fn check(
+    addr: std::net::SocketAddr,
+    certs: &Path,
+    ledgers: &[Arc<Mutex<Ledger>>],
+) {
     let op = serving(addr, certs).await;
     let status = op.get_status(pb::GetStatusRequest {}).await.unwrap();
 

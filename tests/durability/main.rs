@@ -13,6 +13,7 @@ mod crash_durability;
 mod disk_faults;
 mod durability;
 mod fold_determinism;
+mod replica_kills;
 mod replicas;
 mod shared_log;
 mod store_conformance;

@@ -22,13 +22,15 @@ use std::{
 use learning_hub::{
     clock::SystemClock,
     domain::command::{Action, COMMAND_FORMAT, Command},
+    domain::fold::fold,
     domain::model::Registration,
     hub::{Hub, HubSettings, replica::ReplicaSettings},
     pb,
-    store::{Backend, MemorySharedLog, SharedLog},
+    store::{Backend, MemorySharedLog, PgBackend, PgSettings, SharedLog, Store},
 };
 use tonic::Code;
 
+use super::crash_durability::{Ledger, check, spawn_writer, writer_id};
 use crate::common::cluster::Cluster;
 
 fn share(i: usize) -> pb::ShareStrategyRequest {
@@ -48,7 +50,7 @@ async fn writes_through_every_replica_fold_to_one_state() {
     let Some(cluster) = Cluster::start(
         "replicas::writes_through_every_replica_fold_to_one_state",
         3,
-        |_| {},
+        |_, _| {},
     )
     .await
     else {
@@ -91,7 +93,7 @@ async fn a_read_on_another_replica_includes_the_callers_write() {
     let Some(cluster) = Cluster::start(
         "replicas::a_read_on_another_replica_includes_the_callers_write",
         2,
-        |_| {},
+        |_, _| {},
     )
     .await
     else {
@@ -156,7 +158,7 @@ async fn insight_sequences_are_the_same_on_every_replica() {
     let Some(cluster) = Cluster::start(
         "replicas::insight_sequences_are_the_same_on_every_replica",
         2,
-        |_| {},
+        |_, _| {},
     )
     .await
     else {
@@ -206,7 +208,7 @@ async fn a_key_revoked_through_one_replica_is_refused_by_the_others() {
     let Some(cluster) = Cluster::start(
         "replicas::a_key_revoked_through_one_replica_is_refused_by_the_others",
         2,
-        |_| {},
+        |_, _| {},
     )
     .await
     else {
@@ -265,7 +267,7 @@ async fn the_jobs_lease_has_one_holder_and_moves_when_it_stops() {
     let Some(mut cluster) = Cluster::start(
         "replicas::the_jobs_lease_has_one_holder_and_moves_when_it_stops",
         3,
-        |_| {},
+        |_, _| {},
     )
     .await
     else {
@@ -309,7 +311,7 @@ async fn a_client_carries_on_when_its_replica_stops() {
     let Some(mut cluster) = Cluster::start(
         "replicas::a_client_carries_on_when_its_replica_stops",
         2,
-        |_| {},
+        |_, _| {},
     )
     .await
     else {
@@ -461,4 +463,322 @@ async fn a_newer_command_format_stops_a_replica_by_name() {
         "{refused}"
     );
     hub.close().await.unwrap();
+}
+
+/// A replica that loses its log ends its insight streams with where to
+/// resume, so their clients go on on another replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_its_log_ends_its_streams_with_a_resume_hint() {
+    use tokio_stream::StreamExt;
+    let log = MemorySharedLog::new();
+    let hub = replica(&log, "a");
+    let mut stream = hub.subscribe_insights(0, None, None).unwrap();
+    log.set_down(true);
+    hub.wake();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("ended within 5 s")
+        .expect("an error, not the end")
+        .unwrap_err();
+    assert!(
+        matches!(&ended, learning_hub::Error::Unavailable(m) if m.contains("resume with after_sequence=0")),
+        "{ended:?}"
+    );
+    // New subscriptions are refused while the log is away.
+    assert!(hub.subscribe_insights(0, None, None).is_err());
+    log.set_down(false);
+    hub.close().await.unwrap();
+}
+
+/// One instance calling three replicas in turn gets its hourly allowance
+/// across them, not three times over: each replica charges the calls the
+/// others admitted as their audit entries fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_replicas() {
+    const PER_HOUR: u32 = 60;
+    let Some(cluster) = Cluster::start(
+        "replicas::the_rate_limit_holds_across_replicas",
+        3,
+        |_, c| {
+            c.hub.rate_limit_per_hour = PER_HOUR;
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let mut clients = Vec::new();
+    for hub in &cluster.hubs {
+        clients.push(
+            hub.client("sprayer")
+                .await
+                .with_retry_policy(learning_hub::client::RetryPolicy::none()),
+        );
+    }
+    let mut admitted = 0;
+    let mut refused = 0;
+    for i in 0..3 * PER_HOUR as usize {
+        match clients[i % 3].echo(pb::EchoRequest::default()).await {
+            Ok(_) => admitted += 1,
+            Err(status) if status.code() == Code::ResourceExhausted => refused += 1,
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    // The bound (README, "Running several hubs"): calls admitted on other
+    // replicas in the moment before their audit entries fold — a few here,
+    // where each call follows the last.
+    assert!(
+        (PER_HOUR as usize..=PER_HOUR as usize + 6).contains(&admitted),
+        "{admitted} admitted, {refused} refused"
+    );
+    eprintln!(
+        "rate limit across 3 replicas: {admitted} of {} admitted (limit {PER_HOUR})",
+        3 * PER_HOUR
+    );
+}
+
+// --- PostgreSQL down, a replica cut off ------------------------------------
+
+/// Writers on two replicas while PostgreSQL goes away for three seconds
+/// (a proxy between the hubs and it refuses every connection): the
+/// replicas answer UNAVAILABLE and report NOT_SERVING meanwhile, nothing
+/// acknowledged is lost, writes whose answer was lost are applied once
+/// (their retries carry the same request id), and service resumes within
+/// five seconds of PostgreSQL's return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_loses_nothing_acknowledged() {
+    use crate::common::proxy::{Mode, Proxy, postgres_addr};
+    let proxy = Arc::new(Proxy::start(postgres_addr()).await);
+    let via = proxy.clone();
+    let Some(cluster) = Cluster::start(
+        "replicas::postgres_going_away_loses_nothing_acknowledged",
+        2,
+        move |_, c| {
+            let url = c.storage.postgres_url.clone().unwrap();
+            c.storage.postgres_url = Some(via.url(&url));
+            c.hub.write_timeout = Duration::from_secs(2);
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let (ledgers, stop, writers) = start_writers(&cluster, 2).await;
+    let probe = cluster
+        .client("probe", 0)
+        .await
+        .with_retry_policy(learning_hub::client::RetryPolicy::none());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set(Mode::Refuse);
+    // Meanwhile: refused, and saying so.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = probe.share_strategy(share(0)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("PostgreSQL"),
+        "{}",
+        refused.message()
+    );
+    let status = cluster.hubs[0]
+        .operator()
+        .await
+        .admin()
+        .get_replica_status(pb::GetReplicaStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.not_serving.is_empty(), "{status:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.set(Mode::Pass);
+    let back = Instant::now();
+    loop {
+        if probe.share_strategy(share(1)).await.is_ok() {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "not serving 5 s after its return"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed = back.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let reports = cluster.settled().await;
+    assert!(reports.iter().all(|r| r.1 == reports[0].1), "{reports:?}");
+    check_ledgers(&cluster, &ledgers).await;
+    eprintln!(
+        "PostgreSQL away 3 s: writes resumed {} ms after it returned",
+        resumed.as_millis()
+    );
+}
+
+/// One replica loses PostgreSQL (its connections black-holed, as in a
+/// network partition) while the others keep it: the cut-off replica stops
+/// acknowledging, reports why, ends its streams with where to resume and
+/// lets the jobs lease go; clients that know every replica carry on.
+/// After the cut heals it catches up to the same state, and no periodic
+/// job's run was admitted twice for one period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up() {
+    use crate::common::proxy::{Mode, Proxy, postgres_addr};
+    let proxy = Arc::new(Proxy::start(postgres_addr()).await);
+    let via = proxy.clone();
+    let Some(cluster) = Cluster::start(
+        "replicas::a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up",
+        3,
+        move |i, c| {
+            if i == 0 {
+                let url = c.storage.postgres_url.clone().unwrap();
+                c.storage.postgres_url = Some(via.url(&url));
+            }
+            c.hub.write_timeout = Duration::from_secs(2);
+            c.insight_interval = Some(Duration::from_millis(300));
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    // Replica 0 takes the lease first, so the cut deposes a holder.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lease_holders(&cluster).await.first().map(|h| h.0) != Some(0) {
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (ledgers, stop, writers) = start_writers(&cluster, 3).await;
+    let watcher = cluster.hubs[0].client("watcher").await;
+    let mut stream = watcher
+        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.set(Mode::Blackhole);
+    let cut = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the cut-off replica ended its stream within 10 s");
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(
+        ended.message().contains("resume with after_sequence="),
+        "{}",
+        ended.message()
+    );
+    let ended_after = cut.elapsed();
+    let cut_off = cluster.hubs[0]
+        .operator()
+        .await
+        .admin()
+        .get_replica_status(pb::GetReplicaStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!cut_off.not_serving.is_empty(), "{cut_off:?}");
+    let holders = lease_holders(&cluster).await;
+    assert!(
+        holders.iter().all(|(i, _)| *i != 0),
+        "the cut-off replica still counts on the lease: {holders:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.set(Mode::Pass);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let reports = cluster.settled().await;
+    assert!(reports.iter().all(|r| r.1 == reports[0].1), "{reports:?}");
+    check_ledgers(&cluster, &ledgers).await;
+    let (admitted, refused) = job_runs(cluster.db.url.clone()).await;
+    let mut periods: Vec<u64> = admitted.iter().map(|(_, p)| *p).collect();
+    periods.dedup();
+    assert_eq!(
+        periods.len(),
+        admitted.len(),
+        "a period ran twice: {admitted:?}"
+    );
+    eprintln!(
+        "cut-off replica: stream ended {} ms after the cut; {} job runs admitted, {} refused \
+         (stale epoch or period already run)",
+        ended_after.as_millis(),
+        admitted.len(),
+        refused
+    );
+}
+
+// --- helpers of the two tests above ---------------------------------------
+
+type Writers = (
+    Vec<Arc<tokio::sync::Mutex<Ledger>>>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// `n` writers of every record kind, each through a client that knows
+/// every replica (starting with a different one), keeping ledgers.
+async fn start_writers(cluster: &Cluster, n: usize) -> Writers {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ledgers = Vec::new();
+    let mut writers = Vec::new();
+    for w in 0..n {
+        let id = writer_id(w);
+        let client = cluster.client(&id, w % cluster.hubs.len()).await;
+        let ledger = Arc::new(tokio::sync::Mutex::new(Ledger::default()));
+        ledgers.push(ledger.clone());
+        writers.push(spawn_writer(client, id, ledger, stop.clone()));
+    }
+    (ledgers, stop, writers)
+}
+
+/// Every acknowledged write is there, none applied twice.
+async fn check_ledgers(cluster: &Cluster, ledgers: &[Arc<tokio::sync::Mutex<Ledger>>]) {
+    let hub = &cluster.hubs[cluster.hubs.len() - 1];
+    check(hub.addr, hub.certs_dir(), ledgers).await;
+}
+
+/// The periodic job runs in the shared log after its checkpoint: the
+/// (epoch, period) of each the fold admitted, and how many it refused.
+async fn job_runs(url: String) -> (Vec<(u64, u64)>, usize) {
+    tokio::task::spawn_blocking(move || {
+        let store = Store::new(Arc::new(
+            PgBackend::connect(&PgSettings::new(&url)).unwrap(),
+        ));
+        let mut state = store.load(7).unwrap().state;
+        let (mut admitted, mut refused) = (Vec::new(), 0);
+        loop {
+            let page = store.read_log(state.position, 1000).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            for entry in page {
+                let stamp = match &entry.command.action {
+                    Action::PublishInsights { job: Some(job), .. } => Some((job.epoch, job.period)),
+                    _ => None,
+                };
+                match fold(&mut state, entry.position, &entry.command) {
+                    Ok(_) => admitted.extend(stamp),
+                    Err(_) => {
+                        refused += usize::from(stamp.is_some());
+                        state.skip_to(entry.position);
+                    }
+                }
+            }
+        }
+        (admitted, refused)
+    })
+    .await
+    .unwrap()
 }

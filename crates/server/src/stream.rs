@@ -92,14 +92,16 @@ impl InsightBus {
     }
 
     /// Opens a subscription yielding insights with `sequence > after` in
-    /// order, then an error if the hub shuts down or the subscriber's
-    /// credentials are revoked.
+    /// order, then an error if the hub shuts down, stops serving (`stopped`
+    /// says why: a replica that lost its log), or the subscriber's
+    /// credentials are revoked. The error says where to resume.
     pub fn subscribe(
         &self,
         log: Arc<dyn InsightLog>,
         after: u64,
         category: Option<InsightCategory>,
         shutdown: watch::Receiver<bool>,
+        stopped: watch::Receiver<Option<String>>,
         credentials: Option<Credentials>,
     ) -> InsightStream {
         let subscription = Subscription {
@@ -114,6 +116,7 @@ impl InsightBus {
             ending: None,
             ended: false,
             shutdown,
+            stopped,
             credentials,
             guard: SubscriberGuard::new(self.stats.clone()),
         };
@@ -169,6 +172,8 @@ struct Subscription {
     ending: Option<Error>,
     ended: bool,
     shutdown: watch::Receiver<bool>,
+    /// Why the hub stopped serving, while it has.
+    stopped: watch::Receiver<Option<String>>,
     credentials: Option<Credentials>,
     guard: SubscriberGuard,
 }
@@ -216,6 +221,16 @@ impl Subscription {
                 let error = self.shutting_down();
                 self.end_with(error);
             }
+            if self.ending.is_none() {
+                let stopped = self.stopped.borrow_and_update().clone();
+                if let Some(why) = stopped {
+                    // Another replica can go on from here.
+                    self.end_with(Error::Unavailable(format!(
+                        "{why}; resume with after_sequence={} (on another replica)",
+                        self.position
+                    )));
+                }
+            }
             if let Some(insight) = self.pending.pop_front() {
                 if insight.sequence <= self.position {
                     continue;
@@ -255,6 +270,8 @@ impl Subscription {
                     self.end_with(error);
                     continue;
                 }
+                // Checked at the top of the loop.
+                Ok(()) = self.stopped.changed() => continue,
                 () = revoked(&mut self.credentials) => {
                     self.end_with(Error::Unauthenticated(
                         "the API key of this stream was revoked".into(),

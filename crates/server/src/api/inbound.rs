@@ -121,6 +121,7 @@ inbound! {
         |r, _| convert::required_name("failure_id", r.failure_id);
     "Admin" / "InvalidateInsight": InvalidateInsightRequest => String =
         |r, _| convert::required_name("insight_id", r.insight_id);
+    "Admin" / "GetReplicaStatus": GetReplicaStatusRequest => () = |_r, _| Ok(());
 }
 
 #[cfg(test)]

@@ -16,19 +16,40 @@ use crate::transport::{PeerIdentity, PeerInfo, RefusalSink};
 /// [`AccessControl`] over a [`Hub`].
 pub struct HubAccess {
     hub: Arc<Hub>,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
 }
 
 impl HubAccess {
-    /// Access control over `hub`, with its configured rate limit.
+    /// Access control over `hub`, with its configured rate limit. On a
+    /// replica, calls other replicas admitted (their audit entries, folded
+    /// from the shared log) are charged to the same buckets, so an instance
+    /// has one allowance across the replicas.
     pub fn new(hub: Arc<Hub>) -> Self {
         let settings = hub.settings();
-        let limiter = RateLimiter::new(
+        let limiter = Arc::new(RateLimiter::new(
             settings.rate_limit_per_hour,
             settings.rate_limit_max_tracked,
-        );
+        ));
+        let charged = limiter.clone();
+        hub.on_remote_calls(Box::new(move |entries: &[AuditEntry]| {
+            for entry in entries.iter().filter(|e| took_a_token(e)) {
+                charged.charge(&entry.caller, entry.at);
+            }
+        }));
         HubAccess { hub, limiter }
     }
+}
+
+/// Whether the call an audit entry records took a rate-limit token: an
+/// instance's call to the Hub service that the auth layer admitted (it
+/// refuses with UNAUTHENTICATED, PERMISSION_DENIED or RESOURCE_EXHAUSTED).
+fn took_a_token(entry: &AuditEntry) -> bool {
+    const UNAUTHENTICATED: i32 = 16;
+    const PERMISSION_DENIED: i32 = 7;
+    const RESOURCE_EXHAUSTED: i32 = 8;
+    entry.role == "instance"
+        && entry.rpc.starts_with("/learninghub.v1.Hub/")
+        && ![UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED].contains(&entry.code)
 }
 
 impl AccessControl for HubAccess {

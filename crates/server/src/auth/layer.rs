@@ -38,6 +38,14 @@ fn is_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
+/// Calls that monitoring makes over and over: audited like health checks,
+/// once per window and kind with a count of the rest, so that polling a
+/// replica's status neither fills the audit log nor moves the shared log
+/// it reports on.
+fn is_monitoring(path: &str) -> bool {
+    path == "/learninghub.v1.Admin/GetReplicaStatus"
+}
+
 /// `text` cut to at most `max` bytes, on a character boundary.
 fn truncate(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
@@ -274,7 +282,8 @@ where
         // Admitted calls to the hub's services are rate limited (instances)
         // or trusted (operators), so each is kept; everything else is
         // sampled.
-        let sampled = decided.is_err() || infrastructure || rpc == schema::UNKNOWN_RPC;
+        let sampled =
+            decided.is_err() || infrastructure || is_monitoring(path) || rpc == schema::UNKNOWN_RPC;
         let record = {
             let access = access.clone();
             let bytes = bytes.clone();

@@ -80,6 +80,20 @@ impl RateLimiter {
         result
     }
 
+    /// Counts a call another replica admitted for `key` at `at`: the token
+    /// is taken whether or not one is left (down to a debt of one hour's
+    /// allowance), so that every replica's bucket holds the fleet's use.
+    pub fn charge(&self, key: &str, at: UnixMillis) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.get(key).copied().unwrap_or(Bucket {
+            tokens: f64::from(self.per_hour),
+            updated: at,
+        });
+        let mut bucket = self.refilled(bucket, at);
+        bucket.tokens = (bucket.tokens - 1.0).max(-f64::from(self.per_hour));
+        buckets.insert(key.to_string(), bucket);
+    }
+
     /// Identities currently tracked.
     pub fn tracked(&self) -> usize {
         self.buckets.lock().map(|b| b.len()).unwrap_or(0)
@@ -103,6 +117,24 @@ mod tests {
         assert!(limiter.take("a", 3_600).is_err());
         // Other identities are unaffected.
         assert!(limiter.take("b", 0).is_ok());
+    }
+
+    #[test]
+    fn calls_charged_from_other_replicas_use_up_the_same_allowance() {
+        let limiter = RateLimiter::new(10, 100);
+        for _ in 0..6 {
+            limiter.charge("a", 0);
+        }
+        for i in 0..4 {
+            assert!(limiter.take("a", 0).is_ok(), "call {i}");
+        }
+        assert!(limiter.take("a", 0).is_err(), "6 elsewhere + 4 here");
+        // Charges past empty are a debt that refills like any use.
+        for _ in 0..5 {
+            limiter.charge("a", 0);
+        }
+        assert!(limiter.take("a", 5 * 360_000).is_err(), "still paying off");
+        assert!(limiter.take("a", 6 * 360_000).is_ok());
     }
 
     #[test]

@@ -156,7 +156,12 @@ pub(crate) struct Shared {
     health: watch::Sender<Option<String>>,
     /// Set when the hub is a replica of a shared log.
     replica: Option<replica::Replica>,
+    /// Told of the calls other replicas audited, as their entries fold.
+    remote_calls: std::sync::OnceLock<RemoteCalls>,
 }
+
+/// See [`Hub::on_remote_calls`].
+pub type RemoteCalls = Box<dyn Fn(&[crate::domain::model::AuditEntry]) + Send + Sync>;
 
 impl Shared {
     fn state(&self) -> Arc<State> {
@@ -323,6 +328,7 @@ impl Hub {
             key_changes: watch::channel(0).0,
             health: watch::channel(None).0,
             replica,
+            remote_calls: std::sync::OnceLock::new(),
         });
         let writer = Writer::spawn(
             shared.clone(),
@@ -491,6 +497,12 @@ impl Hub {
         if *shutdown.borrow() {
             return Err(Error::Unavailable("hub is shutting down".into()));
         }
+        let stopped = self.shared.health.subscribe();
+        if let Some(why) = stopped.borrow().clone() {
+            return Err(Error::Unavailable(format!(
+                "{why}; subscribe on another replica"
+            )));
+        }
         let credentials = holder
             .filter(|_| self.shared.settings.require_api_keys)
             .map(|(instance, key)| {
@@ -502,10 +514,14 @@ impl Hub {
                     }),
                 }
             });
-        Ok(self
-            .shared
-            .bus
-            .subscribe(self.shared.clone(), after, category, shutdown, credentials))
+        Ok(self.shared.bus.subscribe(
+            self.shared.clone(),
+            after,
+            category,
+            shutdown,
+            stopped,
+            credentials,
+        ))
     }
 
     /// Every strategy aggregate as the hub serves it now (diagnostics and

@@ -279,6 +279,13 @@ impl Hub {
         self.shared.health.subscribe()
     }
 
+    /// On a replica, `tell` hears of every call another replica audited, as
+    /// the shared log brings its audit entries (the rate limiter charges
+    /// them). Set once; later calls are ignored.
+    pub fn on_remote_calls(&self, tell: super::RemoteCalls) {
+        let _ = self.shared.remote_calls.set(tell);
+    }
+
     /// Asks the writer to read the log now (a replica folds what others
     /// appended; it also does so when told, and every second).
     pub fn wake(&self) {

@@ -63,6 +63,9 @@ struct ReplicaWriter {
     state: State,
     /// Callers waiting for their command to be folded, by position.
     waiting: BTreeMap<u64, Reply>,
+    /// Positions of this replica's own audit commands not yet folded:
+    /// every other audit command's calls are told to `remote_calls`.
+    own_audit: std::collections::BTreeSet<u64>,
     /// The lease holder's checkpoint base (`None`: to be read first).
     checkpoints: Option<Checkpoints>,
     rows_checked: Instant,
@@ -85,6 +88,7 @@ pub(super) fn run(
         checkpoints: Some(Checkpoints::new(start.stored, false, now)),
         state: start.state,
         waiting: BTreeMap::new(),
+        own_audit: Default::default(),
         rows_checked: now,
         behind_since: None,
         stuck: None,
@@ -198,7 +202,11 @@ impl ReplicaWriter {
             .group_commit(writes.len(), started.elapsed(), appended.is_ok());
         match appended {
             Ok(first) => {
-                self.replica().note_head(first + encoded.len() as u64 - 1);
+                let last = first + encoded.len() as u64 - 1;
+                self.replica().note_head(last);
+                if encoded.len() > writes.len() {
+                    self.own_audit.insert(last);
+                }
                 for (i, (_, reply)) in writes.into_iter().enumerate() {
                     self.waiting.insert(first + i as u64, reply);
                 }
@@ -325,6 +333,13 @@ impl ReplicaWriter {
             }
             if let Some(reply) = self.waiting.remove(&entry.position) {
                 answers.push((reply, result.clone()));
+            }
+            if let Action::Audit { entries } = &entry.command.action {
+                if !self.own_audit.remove(&entry.position) {
+                    if let Some(tell) = self.shared.remote_calls.get() {
+                        tell(entries);
+                    }
+                }
             }
             if result.is_ok() {
                 applied.push(entry);
