@@ -782,3 +782,109 @@ async fn job_runs(url: String) -> (Vec<(u64, u64)>, usize) {
     .await
     .unwrap()
 }
+
+// --- growing from one hub ---------------------------------------------------
+
+fn migrate_cli(from: &str, to: &str) -> (bool, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+        .args(["migrate", "--from", from, "--to", to])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The digest `migrate` printed.
+fn printed_digest(text: &str) -> String {
+    text.split("state digest ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no digest in {text:?}"))
+        .to_string()
+}
+
+/// A sled hub's data copied into PostgreSQL serves as a replica with every
+/// record (equal digests), goes on writing there, and copies back into a
+/// new data directory alike; a target that is not empty is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hub_grows_into_replicas_and_back() {
+    let Some(db) =
+        crate::common::pg::TestDb::create("replicas::one_hub_grows_into_replicas_and_back")
+    else {
+        return;
+    };
+    let mut single = crate::common::TestHub::start().await;
+    let client = single.registered("grower").await;
+    for i in 0..20 {
+        client.share_strategy(share(i)).await.unwrap();
+    }
+    client
+        .share_insight(crate::common::insight("carried over"))
+        .await
+        .unwrap();
+    let before = single
+        .operator()
+        .await
+        .admin()
+        .get_replica_status(pb::GetReplicaStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    single.stop().await.unwrap();
+    let data = single.data_dir();
+
+    let (ok, text) = migrate_cli(data.to_str().unwrap(), &db.url);
+    assert!(ok, "{text}");
+    let copied = printed_digest(&text);
+
+    // A replica on the copy: the same state, and it goes on.
+    let log = Arc::new(PgBackend::connect(&PgSettings::new(&db.url)).unwrap());
+    let hub = Hub::open_replica(
+        log.clone(),
+        ReplicaSettings::new("grown"),
+        Arc::new(SystemClock),
+        settings(),
+    )
+    .unwrap();
+    assert_eq!(
+        learning_hub::domain::state::digest_hex(&hub.state_digest()),
+        copied
+    );
+    assert_eq!(hub.state().counters.outcome_sequence, 20);
+    assert_eq!(hub.state().counters.insight_sequence, 1);
+    assert!(hub.position() >= before.log_position);
+    hub.register("late", register("late")).await.unwrap();
+    assert!(
+        hub.position() > before.log_position,
+        "the log goes on after the copy"
+    );
+    hub.close().await.unwrap();
+    drop(hub);
+
+    let (ok, text) = migrate_cli(data.to_str().unwrap(), &db.url);
+    assert!(
+        !ok && text.contains("already holds a hub's state"),
+        "{text}"
+    );
+
+    let back = tempfile::tempdir().unwrap();
+    let back_dir = back.path().join("data");
+    let (ok, text) = migrate_cli(&db.url, back_dir.to_str().unwrap());
+    assert!(ok, "{text}");
+    let reopened = Hub::open(
+        Store::open(&back_dir).unwrap(),
+        Arc::new(SystemClock),
+        settings(),
+    )
+    .unwrap();
+    assert_eq!(
+        learning_hub::domain::state::digest_hex(&reopened.state_digest()),
+        printed_digest(&text)
+    );
+    assert!(reopened.state().tables.instances.contains_key("late"));
+    reopened.close().await.unwrap();
+}

@@ -38,6 +38,7 @@ pub mod hub;
 pub mod jobs;
 pub mod log_limit;
 pub mod metrics;
+pub mod migrate;
 pub mod overload;
 pub mod pki;
 pub mod server;

@@ -282,6 +282,21 @@ impl PgBackend {
         Ok(backend)
     }
 
+    /// Makes the log's next position `position + 1` (or later): a state
+    /// copied in at `position` (`learning-hub migrate`) continues there.
+    pub fn continue_log_after(&self, position: u64) -> Result<()> {
+        let position = int(position, "log position")?;
+        self.with_client(Stage::Append, move |client| async move {
+            client
+                .execute(
+                    "UPDATE hub_log_head SET pos = greatest(pos, $1) WHERE id = 1",
+                    &[&position],
+                )
+                .await
+                .map(drop)
+        })
+    }
+
     /// Runs `work` on the backend's runtime and waits for it, at most the
     /// timeout.
     fn run<T: Send + 'static>(
