@@ -19,6 +19,14 @@
 // 4. optionally waits until --wait-insights insights arrived, and prints a
 //    JSON summary as the last line on stdout (progress goes to stderr).
 //
+// A replicated hub has several endpoints (LEARNING_HUB_URL with
+// comma-separated URLs): the agent talks to one and, when a call fails with
+// UNAVAILABLE (that replica is down, cut off from its database, or has not
+// yet folded this agent's own writes), moves to the next and sends the call
+// again; its writes carry a request_id, so a write sent twice counts once.
+// It sends the highest log position it was answered from (x-hub-min-pos),
+// so no replica answers it from state older than its own writes.
+//
 // Settings come from flags or the same environment as the Rust client:
 // LEARNING_HUB_URL (default https://localhost:3015), INSTANCE_ID,
 // LEARNING_HUB_CERTS_DIR (default ./certs, holding ca.pem, <INSTANCE_ID>.pem
@@ -28,6 +36,7 @@
 // waited for did not arrive in time, 2 for bad settings.
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
@@ -62,9 +71,10 @@ const STRATEGIES = {
 // A metric that gained less than this in the last cycle is on a plateau.
 const PLATEAU_GAIN = 0.01;
 const OTHER_METRIC = ['retention', 0.7];
-// Calls that may be retried on UNAVAILABLE (reads and Register, which only
-// refreshes a record); shares are not retried, so an outcome is never
-// counted twice.
+// Calls grpc-js itself retries on UNAVAILABLE when the hub has one endpoint
+// (reads and Register, which only refreshes a record). With several, the
+// agent moves to another endpoint instead (see Hub), shares included: they
+// carry request ids.
 const RETRYABLE = ['Register', 'GetStrategies', 'CheckAction', 'GetPatterns', 'GetInsights', 'GetStatus', 'Bootstrap', 'SubscribeInsights'];
 const SERVICE_CONFIG = {
   methodConfig: [
@@ -133,7 +143,8 @@ const log = (message) => process.stderr.write(`[node-agent] ${message}\n`);
 
 const USAGE = `usage: node agent.js [options]
 
-  --hub-url URL          env LEARNING_HUB_URL (default https://localhost:3015)
+  --hub-url URL[,URL…]   env LEARNING_HUB_URL (default https://localhost:3015);
+                         a replicated hub's endpoints comma-separated
   --instance-id ID       env INSTANCE_ID (must match the certificate)
   --certs-dir DIR        env LEARNING_HUB_CERTS_DIR (default ./certs)
   --ca FILE --cert FILE --key FILE
@@ -265,7 +276,16 @@ function loadHubService() {
   return grpc.loadPackageDefinition(definition).learninghub.v1.Hub;
 }
 
-function connect(settings) {
+function hubUrls(settings) {
+  const urls = settings.hubUrl
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u);
+  if (urls.length === 0) throw new SettingsError(`hub URL ${JSON.stringify(settings.hubUrl)} names no endpoint`);
+  return urls;
+}
+
+function connect(settings, url, several) {
   const issue = `issue one with \`learning-hub certs issue ${settings.instanceId}\``;
   const ca = readFile(settings.ca, 'CA certificate', "it is the hub's certs/ca.pem");
   const cert = readFile(settings.cert, 'instance certificate', issue);
@@ -278,7 +298,10 @@ function connect(settings) {
     callback(null, metadata);
   });
   const options = {
-    'grpc.service_config': JSON.stringify(SERVICE_CONFIG),
+    // One endpoint: grpc-js retries reads there. Several: the agent moves on
+    // at once instead (a retry against a replica that is down only delays).
+    'grpc.service_config': JSON.stringify(several ? {} : SERVICE_CONFIG),
+    'grpc.enable_retries': several ? 0 : 1,
     // Reconnect quickly after a hub restart.
     'grpc.initial_reconnect_backoff_ms': 100,
     'grpc.max_reconnect_backoff_ms': 2000,
@@ -286,8 +309,86 @@ function connect(settings) {
     'grpc.keepalive_timeout_ms': 10_000,
   };
   if (settings.serverName) options['grpc.ssl_target_name_override'] = settings.serverName;
-  const Hub = loadHubService();
-  return new Hub(targetOf(settings.hubUrl), grpc.credentials.combineChannelCredentials(tls, apiKey), options);
+  const HubService = loadHubService();
+  return new HubService(targetOf(url), grpc.credentials.combineChannelCredentials(tls, apiKey), options);
+}
+
+// ---------------------------------------------------------------------------
+// The hub's endpoints
+// ---------------------------------------------------------------------------
+
+// One client per endpoint; calls go to the current one. On UNAVAILABLE the
+// call moves to the next endpoint and is sent again (each endpoint tried
+// twice at most). Answers carry the log position they were computed at
+// (x-hub-log-pos); calls send the highest seen (x-hub-min-pos).
+class Hub {
+  constructor(urls, clients) {
+    this.urls = urls;
+    this.clients = clients;
+    this.current = 0;
+    this.position = 0n;
+    this.failovers = 0;
+  }
+
+  metadata() {
+    const metadata = new grpc.Metadata();
+    if (this.position > 0n) metadata.set('x-hub-min-pos', this.position.toString());
+    return metadata;
+  }
+
+  observe(metadata) {
+    const [value] = metadata.get('x-hub-log-pos');
+    if (typeof value === 'string' && /^[0-9]+$/.test(value) && BigInt(value) > this.position) {
+      this.position = BigInt(value);
+    }
+  }
+
+  // After `error` from endpoint `index`: moves to the next endpoint when
+  // there is one and the error says another might answer.
+  failOver(index, error) {
+    if (this.clients.length < 2 || error.code !== grpc.status.UNAVAILABLE) return false;
+    if (this.current === index) {
+      this.current = (index + 1) % this.clients.length;
+      this.failovers += 1;
+      log(`${this.urls[index]}: ${error.details}; moving to ${this.urls[this.current]}`);
+    }
+    return true;
+  }
+
+  once(index, method, request) {
+    return new Promise((resolve, reject) => {
+      const call = this.clients[index][method](
+        request,
+        this.metadata(),
+        { deadline: Date.now() + CALL_TIMEOUT_MS },
+        (error, response) => (error ? reject(error) : resolve(response)),
+      );
+      call.on('metadata', (metadata) => this.observe(metadata));
+    });
+  }
+
+  async call(method, request) {
+    const attempts = 2 * this.clients.length;
+    for (let attempt = 0; ; attempt += 1) {
+      const index = this.current;
+      try {
+        return await this.once(index, method, request);
+      } catch (error) {
+        if (attempt === attempts - 1 || !this.failOver(index, error)) throw error;
+        await new Promise((r) => setTimeout(r, 50 * attempt));
+      }
+    }
+  }
+
+  // [endpoint index, the call] of SubscribeInsights on the current endpoint.
+  subscribe(request) {
+    const index = this.current;
+    return [index, this.clients[index].SubscribeInsights(request, this.metadata())];
+  }
+
+  close() {
+    for (const client of this.clients) client.close();
+  }
 }
 
 function explain(method, error, settings) {
@@ -313,11 +414,12 @@ const PERMANENT = new Set([
 ]);
 
 // Reads SubscribeInsights; when the stream breaks it subscribes again with
-// after_sequence = the last sequence received, so a hub restart costs
-// neither an insight nor a duplicate.
+// after_sequence = the last sequence received — on the next endpoint, if
+// there are several (replicas number insights alike) — so a hub restart
+// costs neither an insight nor a duplicate.
 class InsightSubscriber {
-  constructor(client, afterSequence) {
-    this.client = client;
+  constructor(hub, afterSequence) {
+    this.hub = hub;
     this.last = afterSequence; // BigInt
     this.sequences = [];
     this.titles = [];
@@ -338,7 +440,7 @@ class InsightSubscriber {
   subscribe(first) {
     if (this.stopping) return;
     if (!first) this.resumedFrom.push(Number(this.last));
-    const call = this.client.SubscribeInsights({ after_sequence: this.last.toString() });
+    const [index, call] = this.hub.subscribe({ after_sequence: this.last.toString() });
     this.call = call;
     call.on('data', (item) => {
       const insight = item.insight;
@@ -368,6 +470,7 @@ class InsightSubscriber {
         return;
       }
       const reason = status.code === grpc.status.OK ? 'the stream ended' : `${name}: ${status.details}`;
+      if (this.hub.failOver(index, status)) this.backoff = 100;
       const delay = this.backoff * (1 + Math.random() * 0.2);
       log(`insight stream interrupted (${reason}); resuming after #${this.last} in ${(delay / 1000).toFixed(1)}s`);
       // By the time the timer fires every message already received has
@@ -438,9 +541,9 @@ function valueToJs(value) {
 }
 
 class Agent {
-  constructor(settings, client) {
+  constructor(settings, hub) {
     this.settings = settings;
-    this.client = client;
+    this.hub = hub;
     this.metric = new ToyMetric(settings.metric, settings.startValue, rngFrom(settings.seed));
     this.recent = []; // [strategy, metric], newest first
     // Agent configuration; the bootstrap overrides it.
@@ -458,13 +561,12 @@ class Agent {
     };
   }
 
-  call(method, request) {
-    return new Promise((resolve, reject) => {
-      this.client[method](request, { deadline: Date.now() + CALL_TIMEOUT_MS }, (error, response) => {
-        if (error) reject(new AgentError(explain(method, error, this.settings)));
-        else resolve(response);
-      });
-    });
+  async call(method, request) {
+    try {
+      return await this.hub.call(method, request);
+    } catch (error) {
+      throw new AgentError(explain(method, error, this.settings));
+    }
   }
 
   async register() {
@@ -558,6 +660,9 @@ class Agent {
         recovery_strategies: successful ? [strategy] : [],
         environment: s.context,
         target_metric: metric.name,
+        // One id per logical write: sent again (another replica, a
+        // retry), it counts once.
+        request_id: crypto.randomUUID(),
       });
       this.summary.patterns_shared += 1;
     }
@@ -570,6 +675,7 @@ class Agent {
       condition: stuck ? 'on plateau' : '',
       context: s.context,
       recent: this.recentPb(),
+      request_id: crypto.randomUUID(),
     });
     this.summary.outcomes_shared += 1;
     this.recent.unshift([strategy, metric.name]);
@@ -599,7 +705,7 @@ async function main() {
   const settings = parseSettings(process.argv.slice(2));
   let error = null;
   let status = 1;
-  let client = null;
+  let hub = null;
   let agent = null;
   let subscriber = null;
   const onSignal = () => {
@@ -608,10 +714,14 @@ async function main() {
   };
   process.once('SIGINT', onSignal);
   try {
-    client = connect(settings);
-    agent = new Agent(settings, client);
+    const urls = hubUrls(settings);
+    hub = new Hub(
+      urls,
+      urls.map((url) => connect(settings, url, urls.length > 1)),
+    );
+    agent = new Agent(settings, hub);
     await agent.register();
-    subscriber = new InsightSubscriber(client, settings.afterSequence);
+    subscriber = new InsightSubscriber(hub, settings.afterSequence);
     subscriber.start();
     await agent.runCycles();
     if (settings.waitInsights && !(await subscriber.waitFor(settings.waitInsights, settings.timeout * 1000))) {
@@ -623,7 +733,7 @@ async function main() {
     status = e instanceof SettingsError ? 2 : 1;
   } finally {
     if (subscriber) subscriber.stop();
-    if (client) client.close();
+    if (hub) hub.close();
   }
 
   const summary = agent ? agent.summary : { agent: 'node', registered: false };
@@ -638,6 +748,7 @@ async function main() {
       resumed_from: subscriber.resumedFrom,
     });
   }
+  if (hub) Object.assign(summary, { failovers: hub.failovers, log_position: Number(hub.position) });
   summary.error = error;
   summary.ok = error === null;
   if (error) log(`error: ${error}`);

@@ -17,6 +17,14 @@ Then it:
 4. optionally waits until ``--wait-insights`` insights arrived, and prints a
    JSON summary as the last line on stdout (progress goes to stderr).
 
+A replicated hub has several endpoints (``LEARNING_HUB_URL`` with
+comma-separated URLs): the agent talks to one and, when a call fails with
+UNAVAILABLE (that replica is down, cut off from its database, or has not
+yet folded this agent's own writes), moves to the next and sends the call
+again; its writes carry a ``request_id``, so a write sent twice counts once.
+It sends the highest log position it was answered from (``x-hub-min-pos``),
+so no replica answers it from state older than its own writes.
+
 Settings come from flags or the same environment as the Rust client
 (``learning_hub::client::ClientSettings::from_env``): ``LEARNING_HUB_URL``
 (default https://localhost:3015), ``INSTANCE_ID``, ``LEARNING_HUB_CERTS_DIR``
@@ -36,6 +44,7 @@ import random
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -66,9 +75,10 @@ STRATEGIES = {
 # A metric that gained less than this in the last cycle is on a plateau.
 PLATEAU_GAIN = 0.01
 OTHER_METRIC = ("retention", 0.7)
-# Calls that may be retried on UNAVAILABLE (reads and Register, which only
-# refreshes a record); shares are not retried, so an outcome is never
-# counted twice.
+# Calls grpcio itself retries on UNAVAILABLE when the hub has one endpoint
+# (reads and Register, which only refreshes a record). With several, the
+# agent moves to another endpoint instead (see Hub), shares included: they
+# carry request ids.
 RETRYABLE = [
     "Register",
     "GetStrategies",
@@ -133,7 +143,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="A Learning Hub instance agent (Python, grpcio).",
         epilog="The API key is read from HUB_API_KEY (preferred: flags show up in process lists) or --api-key.",
     )
-    p.add_argument("--hub-url", default=env("LEARNING_HUB_URL", "https://localhost:3015"), help="env LEARNING_HUB_URL")
+    p.add_argument(
+        "--hub-url",
+        default=env("LEARNING_HUB_URL", "https://localhost:3015"),
+        help="env LEARNING_HUB_URL; a replicated hub's endpoints comma-separated",
+    )
     p.add_argument("--instance-id", default=env("INSTANCE_ID"), help="env INSTANCE_ID (must match the certificate)")
     p.add_argument("--certs-dir", default=env("LEARNING_HUB_CERTS_DIR", "certs"), help="env LEARNING_HUB_CERTS_DIR")
     p.add_argument("--ca", help="CA certificate (default: CERTS_DIR/ca.pem)")
@@ -196,8 +210,15 @@ def read_file(path: Path, what: str, hint: str) -> bytes:
         raise SettingsError(f"cannot read the {what} {path}: {e.strerror}; {hint}") from e
 
 
-def connect(args: argparse.Namespace) -> grpc.Channel:
-    target, _host = target_of(args.hub_url)
+def hub_urls(args: argparse.Namespace) -> list[str]:
+    urls = [u.strip() for u in args.hub_url.split(",") if u.strip()]
+    if not urls:
+        raise SettingsError(f"hub URL {args.hub_url!r} names no endpoint")
+    return urls
+
+
+def connect(args: argparse.Namespace, url: str, several: bool) -> grpc.Channel:
+    target, _host = target_of(url)
     issue = f"issue one with `learning-hub certs issue {args.instance_id}`"
     ca = read_file(args.ca, "CA certificate", "it is the hub's certs/ca.pem")
     cert = read_file(args.cert, "instance certificate", issue)
@@ -208,8 +229,11 @@ def connect(args: argparse.Namespace) -> grpc.Channel:
         grpc.access_token_call_credentials(args.api_key),
     )
     options = [
-        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-        ("grpc.enable_retries", 1),
+        # One endpoint: grpcio retries reads there. Several: the agent moves
+        # on at once instead (a retry against a replica that is down only
+        # delays that).
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG if not several else {})),
+        ("grpc.enable_retries", 0 if several else 1),
         # Reconnect quickly after a hub restart (the default starts at 1 s
         # and grows to 120 s).
         ("grpc.initial_reconnect_backoff_ms", 100),
@@ -235,14 +259,77 @@ def explain(method: str, error: grpc.RpcError, args: argparse.Namespace) -> str:
 
 
 # ---------------------------------------------------------------------------
+# The hub's endpoints
+# ---------------------------------------------------------------------------
+
+
+class Hub:
+    """One stub per endpoint; calls go to the current one. On UNAVAILABLE
+    the call moves to the next endpoint and is sent again (each endpoint
+    tried twice at most). Answers carry the log position they were computed
+    at (``x-hub-log-pos``); calls send the highest seen (``x-hub-min-pos``)."""
+
+    def __init__(self, urls: list[str], stubs: list):
+        self.urls, self.stubs = urls, stubs
+        self.current = 0
+        self.position = 0
+        self.failovers = 0
+        self._lock = threading.Lock()
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("x-hub-min-pos", str(self.position))] if self.position else []
+
+    def observe(self, call) -> None:
+        for key, value in call.initial_metadata() or ():
+            if key == "x-hub-log-pos" and value.isdigit():
+                with self._lock:
+                    self.position = max(self.position, int(value))
+
+    def fail_over(self, index: int, error: grpc.RpcError) -> bool:
+        """After `error` from endpoint `index`: moves to the next endpoint
+        when there is one and the error says another might answer."""
+        if len(self.stubs) < 2 or error.code() != grpc.StatusCode.UNAVAILABLE:
+            return False
+        with self._lock:
+            if self.current == index:
+                self.current = (index + 1) % len(self.stubs)
+                self.failovers += 1
+                log(f"{self.urls[index]}: {error.details()}; moving to {self.urls[self.current]}")
+        return True
+
+    def call(self, method: str, request):
+        attempts = 2 * len(self.stubs)
+        for attempt in range(attempts):
+            index = self.current
+            try:
+                response, call = getattr(self.stubs[index], method).with_call(
+                    request, timeout=CALL_TIMEOUT, metadata=self.metadata()
+                )
+                self.observe(call)
+                return response
+            except grpc.RpcError as e:
+                if attempt == attempts - 1 or not self.fail_over(index, e):
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def subscribe(self, request):
+        """(endpoint index, the call) of SubscribeInsights on the current
+        endpoint."""
+        index = self.current
+        return index, self.stubs[index].SubscribeInsights(request, metadata=self.metadata())
+
+
+# ---------------------------------------------------------------------------
 # The insight subscription
 # ---------------------------------------------------------------------------
 
 
 class InsightSubscriber(threading.Thread):
     """Reads SubscribeInsights in the background; when the stream breaks it
-    subscribes again with after_sequence = the last sequence received, so a
-    hub restart costs neither an insight nor a duplicate."""
+    subscribes again with after_sequence = the last sequence received — on
+    the next endpoint, if there are several (replicas number insights
+    alike) — so a hub restart costs neither an insight nor a duplicate."""
 
     PERMANENT = {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -251,9 +338,9 @@ class InsightSubscriber(threading.Thread):
         grpc.StatusCode.UNIMPLEMENTED,
     }
 
-    def __init__(self, stub, pb, after_sequence: int):
+    def __init__(self, hub: Hub, pb, after_sequence: int):
         super().__init__(name="insights", daemon=True)
-        self.stub, self.pb = stub, pb
+        self.hub, self.pb = hub, pb
         self.last = after_sequence
         self.sequences: list[int] = []
         self.titles: list[str] = []
@@ -270,7 +357,7 @@ class InsightSubscriber(threading.Thread):
             if not first:
                 self.resumed_from.append(self.last)
             first = False
-            call = self.stub.SubscribeInsights(self.pb.SubscribeInsightsRequest(after_sequence=self.last))
+            index, call = self.hub.subscribe(self.pb.SubscribeInsightsRequest(after_sequence=self.last))
             with self._changed:
                 self._call = call
             if self._stopping.is_set():
@@ -300,6 +387,8 @@ class InsightSubscriber(threading.Thread):
                     log(self.error)
                     return
                 reason = f"{e.code().name}: {e.details()}"
+                if self.hub.fail_over(index, e):
+                    backoff = 0.1
             log(f"insight stream interrupted ({reason}); resuming after #{self.last} in {backoff:.1f}s")
             if self._stopping.wait(backoff * random.uniform(1.0, 1.2)):
                 break
@@ -339,8 +428,8 @@ def value_to_py(value):
 
 
 class Agent:
-    def __init__(self, args, stub, pb):
-        self.args, self.stub, self.pb = args, stub, pb
+    def __init__(self, args, hub: Hub, pb):
+        self.args, self.hub, self.pb = args, hub, pb
         self.metric = ToyMetric(args.metric, args.start_value, random.Random(args.seed))
         self.recent: list[tuple[str, str]] = []  # (strategy, metric), newest first
         # Agent configuration; the bootstrap overrides it.
@@ -359,7 +448,7 @@ class Agent:
 
     def call(self, method: str, request):
         try:
-            return getattr(self.stub, method)(request, timeout=CALL_TIMEOUT)
+            return self.hub.call(method, request)
         except grpc.RpcError as e:
             raise AgentError(explain(method, e, self.args)) from e
 
@@ -459,6 +548,9 @@ class Agent:
                     recovery_strategies=[strategy] if successful else [],
                     environment=self.args.context,
                     target_metric=metric.name,
+                    # One id per logical write: sent again (another
+                    # replica, a retry), it counts once.
+                    request_id=str(uuid.uuid4()),
                 ),
             )
             self.summary["patterns_shared"] += 1
@@ -473,6 +565,7 @@ class Agent:
                 condition="on plateau" if stuck else "",
                 context=self.args.context,
                 recent=self.recent_pb(),
+                request_id=str(uuid.uuid4()),
             ),
         )
         self.summary["outcomes_shared"] += 1
@@ -511,13 +604,15 @@ def main(argv: list[str]) -> int:
     status = 1
     subscriber = None
     agent = None
-    channel = None
+    channels = []
+    hub = None
     try:
-        channel = connect(args)
-        stub = hub_pb2_grpc.HubStub(channel)
-        agent = Agent(args, stub, pb)
+        urls = hub_urls(args)
+        channels = [connect(args, url, len(urls) > 1) for url in urls]
+        hub = Hub(urls, [hub_pb2_grpc.HubStub(c) for c in channels])
+        agent = Agent(args, hub, pb)
         agent.register()
-        subscriber = InsightSubscriber(stub, pb, args.after_sequence)
+        subscriber = InsightSubscriber(hub, pb, args.after_sequence)
         subscriber.start()
         agent.run_cycles()
         if args.wait_insights and not subscriber.wait_for(args.wait_insights, args.timeout):
@@ -533,7 +628,7 @@ def main(argv: list[str]) -> int:
         if subscriber is not None:
             subscriber.stop()
             subscriber.join(timeout=5)
-        if channel is not None:
+        for channel in channels:
             channel.close()
 
     summary = agent.summary if agent else {"agent": "python", "registered": False}
@@ -547,6 +642,8 @@ def main(argv: list[str]) -> int:
             resumes=len(subscriber.resumed_from),
             resumed_from=subscriber.resumed_from,
         )
+    if hub is not None:
+        summary.update(failovers=hub.failovers, log_position=hub.position)
     summary["error"] = error
     summary["ok"] = error is None
     if error:

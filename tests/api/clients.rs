@@ -110,11 +110,24 @@ impl AgentRun {
     /// Starts the agent as instance `id` with the settings in its
     /// environment, as an operator would deploy it.
     fn spawn(lang: Lang, hub: &TestHub, id: &str, api_key: &str, args: &[&str]) -> Self {
+        Self::spawn_at(lang, &hub.url(), hub, id, api_key, args)
+    }
+
+    /// [`AgentRun::spawn`] with `LEARNING_HUB_URL` set to `url` (several
+    /// replicas, comma-separated).
+    fn spawn_at(
+        lang: Lang,
+        url: &str,
+        hub: &TestHub,
+        id: &str,
+        api_key: &str,
+        args: &[&str],
+    ) -> Self {
         let name = format!("{lang:?} {id}");
         let mut child = lang
             .command()
             .current_dir(repo())
-            .env("LEARNING_HUB_URL", hub.url())
+            .env("LEARNING_HUB_URL", url)
             .env("INSTANCE_ID", id)
             .env("LEARNING_HUB_CERTS_DIR", hub.certs_dir())
             .env("HUB_API_KEY", api_key)
@@ -583,4 +596,79 @@ async fn agents_name_a_refused_key_and_a_missing_certificate() {
         .await
         .unwrap();
     assert_eq!(status.instances, 0);
+}
+
+/// Both agents with the endpoints of two replicas: the replica they use
+/// stops in the middle of their cycles, and they carry on on the other —
+/// every outcome counted once (their writes carry request ids), the
+/// insights published before and after the stop each received once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_node_agents_carry_on_when_their_replica_stops() {
+    const RUN: u64 = 40;
+    if !clients_available("clients::python_and_node_agents_carry_on_when_their_replica_stops") {
+        return;
+    }
+    let Some(mut cluster) = cluster::Cluster::start(
+        "clients::python_and_node_agents_carry_on_when_their_replica_stops",
+        2,
+        |_, _| {},
+    )
+    .await
+    else {
+        return;
+    };
+    let urls = cluster.urls();
+    let mut runs = Vec::new();
+    for (lang, id) in [(Lang::Python, "py-replicas"), (Lang::Node, "node-replicas")] {
+        let key = cluster.hubs[0].instance_settings(id).await.api_key.unwrap();
+        let cycles = RUN.to_string();
+        runs.push(AgentRun::spawn_at(
+            lang,
+            &urls,
+            &cluster.hubs[0],
+            id,
+            &key,
+            &[
+                "--cycles",
+                &cycles,
+                "--interval",
+                "0.05",
+                "--wait-insights",
+                "2",
+                "--timeout",
+                "60",
+            ],
+        ));
+    }
+    let [mut py, mut node]: [AgentRun; 2] = runs.try_into().ok().unwrap();
+    let seed = cluster.client("seed", 1).await;
+    let op = cluster.hubs[1].operator().await;
+    wait_status(
+        "both agents running on replica 0",
+        &op,
+        &mut [&mut py, &mut node],
+        |s| s.strategy_outcomes >= 6,
+    )
+    .await;
+    seed.share_insight(insight(TITLES[0])).await.unwrap();
+    wait_logged("insight #1:", &mut [&mut py, &mut node]).await;
+    cluster.hubs[0].stop().await.unwrap();
+    seed.share_insight(insight(TITLES[1])).await.unwrap();
+    let (py_status, py_summary, py_err) = py.finish(Duration::from_secs(90)).await;
+    let (node_status, node_summary, node_err) = node.finish(Duration::from_secs(90)).await;
+    for (status, summary, err) in [
+        (py_status, &py_summary, &py_err),
+        (node_status, &node_summary, &node_err),
+    ] {
+        assert!(status.success(), "{summary}\n{err}");
+        assert_eq!(summary["outcomes_shared"], RUN, "{summary}");
+        assert!(summary["failovers"].as_u64().unwrap() >= 1, "{summary}");
+        assert_eq!(
+            summary["insight_sequences"],
+            serde_json::json!([1, 2]),
+            "{summary}"
+        );
+    }
+    let stored = status(&op).await.strategy_outcomes;
+    assert_eq!(stored, 2 * RUN, "each outcome counted once");
 }
