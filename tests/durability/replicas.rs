@@ -888,3 +888,102 @@ async fn one_hub_grows_into_replicas_and_back() {
     assert!(reopened.state().tables.instances.contains_key("late"));
     reopened.close().await.unwrap();
 }
+
+// --- measured, opt-in ------------------------------------------------------
+
+/// How far behind replica B trails replica A while 64 writers keep A busy
+/// with ShareStrategy for 10 s: for each write A acknowledged, the time
+/// until B's readers saw its position. Both replicas in this process on the
+/// machine's PostgreSQL (BENCHMARKS.md, "Replicas"):
+/// `cargo test --release --test durability replicas::tail_lag -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: 10 s of writes on one replica, lag on the other"]
+async fn tail_lag_at_a_sustained_write_rate() {
+    use learning_hub::domain::model::StrategyShare;
+    let Some(db) = crate::common::pg::TestDb::create("replicas::tail_lag_at_a_sustained_write_rate")
+    else {
+        return;
+    };
+    let open = |name: &str| {
+        Hub::open_replica(
+            Arc::new(PgBackend::connect(&PgSettings::new(&db.url)).unwrap()),
+            ReplicaSettings::new(name),
+            Arc::new(SystemClock),
+            settings(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    for w in 0..8 {
+        a.register(&format!("w{w}"), register(&format!("w{w}"))).await.unwrap();
+    }
+    // B's positions as its readers see them, with when.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
+    let watcher = {
+        let (seen, mut position) = (seen.clone(), b.log_position());
+        tokio::spawn(async move {
+            while position.changed().await.is_ok() {
+                let p = *position.borrow_and_update();
+                seen.lock().unwrap().push((p, Instant::now()));
+            }
+        })
+    };
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut writers = Vec::new();
+    for i in 0..64usize {
+        let (a, acked) = (a.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let caller = format!("w{}", i % 8);
+            let mut n = 0usize;
+            while Instant::now() < until {
+                let share = StrategyShare {
+                    strategy: format!("s{}", (i + n) % 50),
+                    metric: format!("m{}", n % 10),
+                    value_before: 0.5,
+                    successful: n % 3 != 0,
+                    delta: 0.01,
+                    condition: String::new(),
+                    context: Default::default(),
+                    recent: vec![],
+                };
+                a.share_strategy(&caller, share, None).await.unwrap();
+                acked.lock().unwrap().push((a.position(), Instant::now()));
+                n += 1;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let head = a.position();
+    assert!(b.wait_for_position(head, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    watcher.abort();
+    let seen = seen.lock().unwrap().clone();
+    let acked = acked.lock().unwrap().clone();
+    let mut lags: Vec<f64> = acked
+        .iter()
+        .map(|(p, at)| {
+            let shown = seen
+                .iter()
+                .find(|(q, _)| q >= p)
+                .map(|(_, t)| *t)
+                .expect("B reached every position");
+            shown.saturating_duration_since(*at).as_secs_f64() * 1e3
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let pick = |q: f64| lags[((lags.len() as f64 - 1.0) * q).round() as usize];
+    eprintln!(
+        "replica tail lag: {} writes acknowledged by A in 10 s ({:.0}/s, 64 writers); visible on B \
+         after p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+        lags.len(),
+        lags.len() as f64 / 10.0,
+        pick(0.5),
+        pick(0.99),
+        pick(1.0)
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}

@@ -71,6 +71,7 @@ pub struct Metrics {
     audit_dropped: Counter,
     batch_requests: Histogram,
     flush_seconds: Histogram,
+    fold_lag_seconds: Histogram,
     commit_failures: Counter,
     insight_runs: Counter,
     insights_generated: Counter,
@@ -148,6 +149,13 @@ impl Metrics {
             "Time to write and flush one group commit",
             flush_seconds.clone(),
         );
+        let fold_lag_seconds = Histogram::new(seconds_buckets());
+        registry.register(
+            "replica_fold_lag_seconds",
+            "Replicas: from when another replica stamped a command to when this one folded it \
+             (as far apart as the two machines' clocks allow)",
+            fold_lag_seconds.clone(),
+        );
         let commit_failures = Counter::default();
         registry.register(
             "group_commit_failures",
@@ -219,6 +227,7 @@ impl Metrics {
             audit_dropped,
             batch_requests,
             flush_seconds,
+            fold_lag_seconds,
             commit_failures,
             insight_runs,
             insights_generated,
@@ -283,6 +292,11 @@ impl Metrics {
         if !ok {
             self.commit_failures.inc();
         }
+    }
+
+    /// A replica folded a command another replica stamped `lag` ago.
+    pub fn fold_lag(&self, lag: Duration) {
+        self.fold_lag_seconds.observe(lag.as_secs_f64());
     }
 
     pub fn insight_run(&self, stored: usize) {

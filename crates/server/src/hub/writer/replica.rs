@@ -333,6 +333,12 @@ impl ReplicaWriter {
             }
             if let Some(reply) = self.waiting.remove(&entry.position) {
                 answers.push((reply, result.clone()));
+            } else if !self.own_audit.contains(&entry.position) {
+                // Another replica's command: how long it took to get here.
+                let lag = self.shared.clock.now() - entry.command.at;
+                self.shared
+                    .metrics
+                    .fold_lag(Duration::from_millis(lag.max(0) as u64));
             }
             if let Action::Audit { entries } = &entry.command.action {
                 if !self.own_audit.remove(&entry.position) {
