@@ -900,7 +900,8 @@ async fn one_hub_grows_into_replicas_and_back() {
 #[ignore = "measurement: 10 s of writes on one replica, lag on the other"]
 async fn tail_lag_at_a_sustained_write_rate() {
     use learning_hub::domain::model::StrategyShare;
-    let Some(db) = crate::common::pg::TestDb::create("replicas::tail_lag_at_a_sustained_write_rate")
+    let Some(db) =
+        crate::common::pg::TestDb::create("replicas::tail_lag_at_a_sustained_write_rate")
     else {
         return;
     };
@@ -915,7 +916,9 @@ async fn tail_lag_at_a_sustained_write_rate() {
     };
     let (a, b) = (open("a"), open("b"));
     for w in 0..8 {
-        a.register(&format!("w{w}"), register(&format!("w{w}"))).await.unwrap();
+        a.register(&format!("w{w}"), register(&format!("w{w}")))
+            .await
+            .unwrap();
     }
     // B's positions as its readers see them, with when.
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));

@@ -55,6 +55,39 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.writes.len() + self.audit.len() + self.trims.len()
     }
+
+    /// Waits for a message, then takes every one waiting (up to
+    /// `max_batch`, and none after a stop); `None` once the queue closed.
+    pub fn next(rx: &mut mpsc::Receiver<Message>, max_batch: usize) -> Option<Batch> {
+        let first = rx.blocking_recv()?;
+        let mut batch = Batch::default();
+        batch.take(first);
+        while batch.stop.is_none() && batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(message) => batch.take(message),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// After a stop: closes the queue, answers the writes and trims that
+    /// raced with it (a clear answer rather than a dropped channel), and
+    /// returns the audit entries that did, which are still written.
+    pub fn late_audit(rx: &mut mpsc::Receiver<Message>) -> Vec<AuditEntry> {
+        rx.close();
+        let mut late = Batch::default();
+        while let Ok(message) = rx.try_recv() {
+            late.take(message);
+        }
+        for (_, reply) in late.writes {
+            let _ = reply.send(Err(shutting_down()));
+        }
+        for (_, reply) in late.trims {
+            let _ = reply.send(Err(shutting_down()));
+        }
+        late.audit
+    }
 }
 
 pub(super) fn run(
@@ -73,17 +106,9 @@ pub(super) fn run(
     writer.checkpoint_if_due(Instant::now());
     let mut stop = None;
     while stop.is_none() {
-        let Some(first) = rx.blocking_recv() else {
+        let Some(mut batch) = Batch::next(&mut rx, max_batch) else {
             break;
         };
-        let mut batch = Batch::default();
-        batch.take(first);
-        while batch.stop.is_none() && batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(message) => batch.take(message),
-                Err(_) => break,
-            }
-        }
         stop = batch.stop.take();
         // A failure was answered to the batch's callers and logged.
         let _ = writer.commit(batch.writes, batch.audit);
@@ -92,21 +117,8 @@ pub(super) fn run(
         }
         writer.checkpoint_if_due(Instant::now());
     }
-    rx.close();
-    // Requests that raced with the stop get a clear answer rather than a
-    // dropped channel.
-    let mut late = Batch::default();
-    while let Ok(message) = rx.try_recv() {
-        late.take(message);
-    }
-    for (_, reply) in late.writes {
-        let _ = reply.send(Err(shutting_down()));
-    }
-    for (_, reply) in late.trims {
-        let _ = reply.send(Err(shutting_down()));
-    }
     // The audit entries that raced with the stop are still written.
-    let last = writer.commit(Vec::new(), late.audit);
+    let last = writer.commit(Vec::new(), Batch::late_audit(&mut rx));
     // Checkpoint everything, so the next start has nothing to fold. If that
     // fails the next start folds the log instead; the caller of `stop`
     // still hears of it.

@@ -97,17 +97,9 @@ pub(super) fn run(
     };
     let mut stop = None;
     while stop.is_none() {
-        let Some(first) = rx.blocking_recv() else {
+        let Some(mut batch) = Batch::next(&mut rx, max_batch) else {
             break;
         };
-        let mut batch = Batch::default();
-        batch.take(first);
-        while batch.stop.is_none() && batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(message) => batch.take(message),
-                Err(_) => break,
-            }
-        }
         stop = batch.stop.take();
         writer.append(batch.writes, batch.audit);
         writer.tail();
@@ -123,23 +115,9 @@ pub(super) fn run(
         }
         writer.housekeeping(Instant::now());
     }
-    rx.close();
-    let mut late_audit = Vec::new();
-    while let Ok(message) = rx.try_recv() {
-        match message {
-            Message::Write { reply, .. } => {
-                let _ = reply.send(Err(super::shutting_down()));
-            }
-            Message::Trim { reply, .. } => {
-                let _ = reply.send(Err(super::shutting_down()));
-            }
-            Message::Audit(entry) => late_audit.push(entry),
-            Message::Tick | Message::Stop(_) => {}
-        }
-    }
     // The audit entries that raced with the stop are still appended, and
     // the holder checkpoints what it folded.
-    writer.append(Vec::new(), late_audit);
+    writer.append(Vec::new(), Batch::late_audit(&mut rx));
     writer.tail();
     for (_, reply) in std::mem::take(&mut writer.waiting) {
         let _ = reply.send(Err(in_doubt(&super::shutting_down())));
