@@ -206,15 +206,29 @@ pub struct Rows {
     pub digest: [u8; 32],
 }
 
+/// Feeds what is written into a running SHA-256 (a row's JSON goes
+/// straight into the hash, without a buffer of its own).
+struct HashWriter(ring::digest::Context);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Rows {
     fn chain(&mut self, kind: u8, row: &impl Serialize) {
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        hash.update(&self.digest);
-        hash.update(&[kind]);
+        let mut hash = HashWriter(ring::digest::Context::new(&ring::digest::SHA256));
+        hash.0.update(&self.digest);
+        hash.0.update(&[kind]);
         // Rows are plain data; an encoding error would be a bug, and the
         // digest then still differs from a replica's that encoded it.
-        hash.update(&serde_json::to_vec(row).unwrap_or_default());
-        self.digest.copy_from_slice(hash.finish().as_ref());
+        let _ = serde_json::to_writer(&mut hash, row);
+        self.digest.copy_from_slice(hash.0.finish().as_ref());
     }
 }
 

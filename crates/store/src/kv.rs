@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `L/` + position (u64 big-endian) | the command log, one frame per append |
 //! | a table's prefix (`i/`, `p/`, `s/` …) + key | checkpointed records |
-//! | `o/`, `u/` + sequence (u64 big-endian) | the outcome and audit logs |
+//! | `o/`, `u/` + sequence (u64 big-endian) | the outcome and audit logs, one frame of rows per checkpoint under its first sequence (a value written before frames holds one row) |
 //! | `m/` + name | meta values; `m/checkpoint` is the checkpoint's position |
 //!
 //! The table, row and meta prefixes are the ones the hub used before the
@@ -17,7 +17,11 @@
 //! becomes one key, the position of its first entry, whose value holds all
 //! its entries. A group commit then costs the engine one insert, and
 //! trimming one delete, rather than one per command — per-key writes and
-//! deletes were most of what a durable write cost in sled.
+//! deletes were most of what a durable write cost in sled. The row logs
+//! are kept the same way: a checkpoint writes its outcome rows as one
+//! frame and its audit rows as another (a value that starts with
+//! [`ROW_FRAME`]); single rows stored before frames existed are read as
+//! frames of one.
 
 use std::sync::Arc;
 
@@ -61,6 +65,32 @@ fn after_key(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next
+}
+
+/// The first byte of a row-log value holding a frame of rows. A single
+/// row (written before frames) starts with its codec format byte, never
+/// this.
+const ROW_FRAME: u8 = 0xFE;
+
+fn row_key(prefix: &[u8], sequence: u64) -> Vec<u8> {
+    prefixed(prefix, &sequence.to_be_bytes())
+}
+
+fn encode_rows(rows: &[Appended]) -> Vec<u8> {
+    let mut value = vec![ROW_FRAME];
+    value.extend_from_slice(&encode_frame(rows));
+    value
+}
+
+/// The rows a row-log value holds, as (sequence, bytes) in order.
+fn decode_rows(prefix: &[u8], key: &[u8], value: &[u8]) -> Result<Vec<Appended>> {
+    match value.split_first() {
+        Some((&ROW_FRAME, frame)) => decode_frame(key, frame),
+        _ => Ok(vec![Appended {
+            position: sequence_of(prefix, key)?,
+            bytes: value.to_vec(),
+        }]),
+    }
 }
 
 fn row_prefix(log: RowLog) -> &'static [u8] {
@@ -107,6 +137,16 @@ impl KvBackend {
             }
             None => Ok(None),
         }
+    }
+
+    /// The last row frame of `prefix` starting at or before `sequence`.
+    fn row_frame_at_or_before(&self, prefix: &[u8], sequence: u64) -> Result<Option<Vec<u8>>> {
+        let (start, _) = range_of(prefix);
+        Ok(self
+            .engine
+            .scan_rev(&start, &after_key(&row_key(prefix, sequence)), 1)?
+            .pop()
+            .map(|(key, _)| key))
     }
 
     /// Deletes every key in `[start, end)`, a page at a time; how many.
@@ -227,11 +267,24 @@ impl Backend for KvBackend {
         for write in checkpoint.tables {
             writes.push((prefixed(write.table.as_bytes(), &write.key), write.value));
         }
-        for row in checkpoint.rows {
-            writes.push((
-                prefixed(row_prefix(row.log), &row.sequence.to_be_bytes()),
-                Some(row.bytes),
-            ));
+        // Each log's rows as one frame, under the first sequence.
+        for log in [RowLog::Outcomes, RowLog::Audit] {
+            let mut rows: Vec<Appended> = checkpoint
+                .rows
+                .iter()
+                .filter(|r| r.log == log)
+                .map(|r| Appended {
+                    position: r.sequence,
+                    bytes: r.bytes.clone(),
+                })
+                .collect();
+            rows.sort_by_key(|r| r.position);
+            if let Some(first) = rows.first() {
+                writes.push((
+                    row_key(row_prefix(log), first.position),
+                    Some(encode_rows(&rows)),
+                ));
+            }
         }
         for (name, value) in checkpoint.meta {
             writes.push((prefixed(META, name.as_bytes()), Some(value)));
@@ -274,29 +327,92 @@ impl Backend for KvBackend {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let prefix = row_prefix(log);
         let (_, end) = range_of(prefix);
-        self.engine
-            .scan(&prefixed(prefix, &from.to_be_bytes()), &end, limit)?
-            .into_iter()
-            .map(|(k, v)| Ok((sequence_of(prefix, &k)?, v)))
-            .collect()
+        // The frame holding `from` may start before it.
+        let mut start = self
+            .row_frame_at_or_before(prefix, from)?
+            .unwrap_or_else(|| row_key(prefix, from));
+        let mut found = Vec::new();
+        loop {
+            let page = self.engine.scan(&start, &end, FRAME_PAGE)?;
+            let full = page.len() == FRAME_PAGE;
+            for (key, value) in &page {
+                for row in decode_rows(prefix, key, value)? {
+                    if row.position > after {
+                        found.push((row.position, row.bytes));
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+            match page.last() {
+                Some((key, _)) if full => start = after_key(key),
+                _ => return Ok(found),
+            }
+        }
     }
 
     fn rows_before(&self, log: RowLog, before: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let prefix = row_prefix(log);
         let (start, _) = range_of(prefix);
-        self.engine
-            .scan_rev(&start, &prefixed(prefix, &before.to_be_bytes()), limit)?
-            .into_iter()
-            .map(|(k, v)| Ok((sequence_of(prefix, &k)?, v)))
-            .collect()
+        // Frames start at their first row: none at or after `before` holds
+        // an earlier row.
+        let mut end = row_key(prefix, before);
+        let mut found = Vec::new();
+        loop {
+            let page = self.engine.scan_rev(&start, &end, FRAME_PAGE)?;
+            let full = page.len() == FRAME_PAGE;
+            for (key, value) in &page {
+                for row in decode_rows(prefix, key, value)?.into_iter().rev() {
+                    if row.position < before {
+                        found.push((row.position, row.bytes));
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                }
+            }
+            match page.last() {
+                Some((key, _)) if full => end = key.clone(),
+                _ => return Ok(found),
+            }
+        }
     }
 
     fn trim_rows(&self, log: RowLog, before: u64) -> Result<usize> {
         let prefix = row_prefix(log);
         let (start, _) = range_of(prefix);
-        let removed = self.delete_range(&start, &prefixed(prefix, &before.to_be_bytes()))?;
+        let end = row_key(prefix, before);
+        let mut removed = 0;
+        loop {
+            let page = self.engine.scan(&start, &end, FRAME_PAGE)?;
+            if page.is_empty() {
+                break;
+            }
+            let mut writes: Vec<KvWrite> = Vec::with_capacity(page.len() + 1);
+            for (key, value) in page {
+                let (gone, kept): (Vec<Appended>, Vec<Appended>) =
+                    decode_rows(prefix, &key, &value)?
+                        .into_iter()
+                        .partition(|r| r.position < before);
+                removed += gone.len();
+                writes.push((key, None));
+                // A frame that straddles `before` keeps its later rows,
+                // under the sequence of the first of them.
+                if let Some(first) = kept.first() {
+                    writes.push((row_key(prefix, first.position), Some(encode_rows(&kept))));
+                }
+            }
+            self.engine.apply(writes)?;
+        }
         if removed > 0 {
             self.engine.flush()?;
         }
