@@ -136,17 +136,19 @@ pub(crate) fn spawn_writer(
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    spawn_timed_writer(client, id, ledger, stop, None)
+    spawn_timed_writer(client, id, ledger, stop, None, Duration::ZERO)
 }
 
 /// [`spawn_writer`] that also records each logical write's duration, in
-/// milliseconds (retries and failovers included).
+/// milliseconds (retries and failovers included), and waits `pause`
+/// between writes.
 pub(crate) fn spawn_timed_writer(
     client: HubClient,
     id: String,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
     durations: Option<Arc<std::sync::Mutex<Vec<f64>>>>,
+    pause: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut i = 0u64;
@@ -183,6 +185,8 @@ pub(crate) fn spawn_timed_writer(
             if failed {
                 // The hub is probably down: retry soon, without spinning.
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            } else if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
             }
             i += 1;
         }
