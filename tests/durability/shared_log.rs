@@ -256,3 +256,50 @@ fn connection_problems_are_named() {
     let error = PgBackend::connect(&settings).unwrap_err().to_string();
     assert!(error.contains("PostgreSQL unavailable"), "{error}");
 }
+
+/// TLS to PostgreSQL: with the CA of its certificate every connection is
+/// TLS and verified (here the machine's server, whose self-signed
+/// certificate for `localhost` is its own CA); another CA, or
+/// `sslmode=require` without one, is refused naming what is wrong.
+#[test]
+fn tls_to_postgres_is_verified_against_the_configured_ca() {
+    const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    let found = if std::path::Path::new(SERVER_CERT).exists() {
+        Ok(())
+    } else {
+        Err(format!("no {SERVER_CERT}"))
+    };
+    if !crate::common::outside_dependency(
+        "shared_log::tls_to_postgres_is_verified_against_the_configured_ca",
+        "PostgreSQL's TLS certificate (Debian's ssl-cert snakeoil)",
+        found,
+    ) {
+        return;
+    }
+    let Some(db) =
+        TestDb::create("shared_log::tls_to_postgres_is_verified_against_the_configured_ca")
+    else {
+        return;
+    };
+    let url = db.url.replace("127.0.0.1", "localhost");
+    let mut settings = PgSettings::new(format!("{url}?sslmode=require"));
+    settings.ca_file = Some(SERVER_CERT.into());
+    let log = PgBackend::connect(&settings).unwrap();
+    assert_eq!(log.append_batch(batch(1), &commands(&["over TLS"])), Ok(1));
+    drop(log);
+    crate::common::pg::admin_on(&db.url, "SELECT 1".into()).unwrap();
+
+    let other_ca = tempfile::tempdir().unwrap();
+    learning_hub::pki::generate_dev_pki(other_ca.path()).unwrap();
+    settings.ca_file = Some(other_ca.path().join("ca.pem"));
+    settings.timeout = Duration::from_secs(5);
+    let error = PgBackend::connect(&settings).unwrap_err().to_string();
+    assert!(
+        error.contains("PostgreSQL unavailable") && error.contains("certificate"),
+        "{error}"
+    );
+
+    settings.ca_file = None;
+    let error = PgBackend::connect(&settings).unwrap_err().to_string();
+    assert!(error.contains("storage.postgres_ca_file"), "{error}");
+}

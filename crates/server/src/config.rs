@@ -132,6 +132,8 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// The shared database (with [`StorageBackend::Postgres`]).
     pub postgres_url: Option<String>,
+    /// The CA (PEM) of PostgreSQL's certificate: set, connections are TLS.
+    pub postgres_ca_file: Option<std::path::PathBuf>,
     /// This replica's name in logs and in the jobs lease (default: the
     /// host's name and the port it serves on).
     pub replica_name: Option<String>,
@@ -149,6 +151,7 @@ impl Default for StorageConfig {
         StorageConfig {
             backend: StorageBackend::Sled,
             postgres_url: None,
+            postgres_ca_file: None,
             replica_name: None,
             postgres_pool_size: 8,
             lease: Duration::from_secs(10),

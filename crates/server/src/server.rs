@@ -162,6 +162,7 @@ impl PreparedHub {
                 let url = storage.postgres_url.as_deref().unwrap_or_default();
                 let mut pg = PgSettings::new(url);
                 pg.pool_size = storage.postgres_pool_size;
+                pg.ca_file = storage.postgres_ca_file.clone();
                 pg.timeout = settings.write_timeout;
                 let log = Arc::new(PgBackend::connect(&pg)?);
                 let mut replica = ReplicaSettings::new(

@@ -272,6 +272,7 @@ pub const KEYS: &[Key] = &[
         "\"sled\"",
     ),
     key("storage", "postgres_url", Kind::ConnectionUrl, "\"\""),
+    key("storage", "postgres_ca_file", Kind::Text, "\"\""),
     key("storage", "replica_name", Kind::Text, "\"\""),
     key("storage", "postgres_pool_size", int(2, 1000), "8"),
     key("storage", "lease_seconds", int(1, 3600), "10"),
@@ -722,6 +723,9 @@ impl Settings {
         };
         storage.postgres_url =
             Some(self.string("storage", "postgres_url").to_string()).filter(|url| !url.is_empty());
+        storage.postgres_ca_file = Some(self.string("storage", "postgres_ca_file"))
+            .filter(|path| !path.is_empty())
+            .map(std::path::PathBuf::from);
         storage.replica_name = Some(self.string("storage", "replica_name").to_string())
             .filter(|name| !name.is_empty());
         storage.postgres_pool_size = self.unsigned("storage", "postgres_pool_size");

@@ -24,6 +24,11 @@
 //! database's clock (not an advisory lock, which dies unnoticed with its
 //! session behind a pooler).
 //!
+//! TLS: with a CA file (`storage.postgres_ca_file`) every connection is
+//! TLS (rustls, ring), the server's certificate verified against that CA
+//! and the URL's host name; `sslmode=require` without one is refused,
+//! naming the setting.
+//!
 //! The hub calls backends from threads that may block (its writer thread,
 //! the blocking pool). This backend owns a small runtime for tokio-postgres
 //! and deadpool: each call is run there and its caller waits, at most the
@@ -35,13 +40,16 @@ pub mod schema;
 use std::{
     collections::BTreeMap,
     future::Future,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::{Handle, Runtime};
-use tokio_postgres::{AsyncMessage, NoTls, error::SqlState};
+use tokio_postgres::{AsyncMessage, NoTls, config::SslMode, error::SqlState};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::backend::{Appended, Backend, Checkpoint, RowLog};
 use crate::error::{Error, Result};
@@ -62,6 +70,9 @@ pub struct PgSettings {
     pub pool_size: usize,
     /// The longest one call may take before it fails as UNAVAILABLE.
     pub timeout: Duration,
+    /// The CA (PEM) that signed PostgreSQL's certificate: set, every
+    /// connection is TLS and verified.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PgSettings {
@@ -70,6 +81,7 @@ impl PgSettings {
             url: url.into(),
             pool_size: 8,
             timeout: Duration::from_secs(10),
+            ca_file: None,
         }
     }
 }
@@ -162,6 +174,8 @@ fn row_log(log: RowLog) -> i16 {
 pub struct PgBackend {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// TLS for the LISTEN connection, as for the pool's.
+    tls: Option<MakeRustlsConnect>,
     handle: Handle,
     /// Owned, so that the backend works from any thread; shut down in the
     /// background on drop (dropping a runtime inside another would panic).
@@ -213,13 +227,20 @@ impl PgBackend {
                 format!("not a PostgreSQL connection URL: {e}"),
             )
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(Error::invalid(
-                "storage.postgres_url",
-                "sslmode=require: TLS to PostgreSQL is not supported by this build; \
-                 connect over a private network or a local socket",
-            ));
-        }
+        let tls = match (&settings.ca_file, config.get_ssl_mode()) {
+            (Some(ca), mode) if mode != SslMode::Disable => {
+                config.ssl_mode(SslMode::Require);
+                Some(rustls_connector(ca)?)
+            }
+            (None, SslMode::Require) => {
+                return Err(Error::invalid(
+                    "storage.postgres_ca_file",
+                    "sslmode=require needs the CA that signed PostgreSQL's certificate, \
+                     to verify it",
+                ));
+            }
+            _ => None,
+        };
         config.application_name("learning-hub");
         config.connect_timeout(settings.timeout);
         // A peer that vanished is noticed in seconds, not hours.
@@ -242,13 +263,13 @@ impl PgBackend {
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let handle = runtime.handle().clone();
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(config.clone(), tls.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(settings.pool_size.max(2))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -260,6 +281,7 @@ impl PgBackend {
         let backend = PgBackend {
             pool,
             config,
+            tls,
             handle,
             runtime: Mutex::new(Some(runtime)),
             timeout: settings.timeout,
@@ -908,13 +930,14 @@ impl SharedLog for PgBackend {
     fn watch_head(&self, wake: Box<dyn Fn(u64) + Send + Sync>) -> Result<WatchGuard> {
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let config = self.config.clone();
+        let tls = self.tls.clone();
         let wake: Arc<dyn Fn(u64) + Send + Sync> = Arc::from(wake);
         let described = self.described.clone();
         self.handle.spawn(async move {
             loop {
                 tokio::select! {
                     _ = &mut stopped => return,
-                    ended = listen(&config, wake.clone()) => {
+                    ended = listen(&config, tls.clone(), wake.clone()) => {
                         if let Err(e) = ended {
                             tracing::debug!(database = %described, error = %e, "LISTEN connection lost; reconnecting");
                         }
@@ -934,12 +957,59 @@ impl SharedLog for PgBackend {
     }
 }
 
+/// A rustls connector that trusts the CA certificates in `ca` (PEM).
+fn rustls_connector(ca: &std::path::Path) -> Result<MakeRustlsConnect> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let bad = |why: String| Error::invalid("storage.postgres_ca_file", why);
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| bad(format!("cannot read {}: {e}", ca.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("{}: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("{}: {e}", ca.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(format!("{} holds no certificate", ca.display())));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::Internal(format!("TLS to PostgreSQL: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 /// One LISTEN session: wakes with every NOTIFY until the connection ends.
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
     wake: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> std::result::Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            listen_on(client, connection, wake).await
+        }
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            listen_on(client, connection, wake).await
+        }
+    }
+}
+
+async fn listen_on<S, T>(
+    client: tokio_postgres::Client,
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: Arc<dyn Fn(u64) + Send + Sync>,
+) -> std::result::Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         while let Some(message) =
