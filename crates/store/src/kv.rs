@@ -4,9 +4,9 @@
 //!
 //! | prefix | holds |
 //! |---|---|
-//! | `L/` + position (u64 big-endian) | the command log, one frame per append |
+//! | `L/` + position (u64 big-endian) | the command log in frames, each under its first position |
 //! | a table's prefix (`i/`, `p/`, `s/` …) + key | checkpointed records |
-//! | `o/`, `u/` + sequence (u64 big-endian) | the outcome and audit logs, one frame of rows per checkpoint under its first sequence (a value written before frames holds one row) |
+//! | `o/`, `u/` + sequence (u64 big-endian) | the outcome and audit logs in frames of rows, each under its first sequence (a value written before frames holds one row) |
 //! | `m/` + name | meta values; `m/checkpoint` is the checkpoint's position |
 //!
 //! The table, row and meta prefixes are the ones the hub used before the
@@ -14,21 +14,22 @@
 //! without a position (see `Store::load`).
 //!
 //! The log is kept in *frames*: an append (the writer's group commit)
-//! becomes one key, the position of its first entry, whose value holds all
-//! its entries. A group commit then costs the engine one insert, and
-//! trimming one delete, rather than one per command — per-key writes and
-//! deletes were most of what a durable write cost in sled. The row logs
-//! are kept the same way: a checkpoint writes its outcome rows as one
-//! frame and its audit rows as another (a value that starts with
-//! [`ROW_FRAME`]); single rows stored before frames existed are read as
-//! frames of one.
+//! becomes a few keys, each the position of its first entry, whose values
+//! hold runs of up to [`MAX_FRAME_BYTES`] of entries. A group commit then
+//! costs the engine a few inserts, and trimming a few deletes, rather than
+//! one per command — per-key writes and deletes were most of what a
+//! durable write cost in sled. The row logs are kept the same way: a
+//! checkpoint writes its outcome rows and its audit rows in frames (values
+//! that start with [`ROW_FRAME`]); single rows stored before frames existed
+//! are read as frames of one. Frames are capped because sled hangs on
+//! large nodes (see [`MAX_FRAME_BYTES`]).
 
 use std::sync::Arc;
 
 use super::backend::{Appended, Backend, Checkpoint, RowLog};
 use super::codec;
 use super::engine::{Engine, KvWrite};
-use super::frame::{decode_frame, encode_frame};
+use super::frame::{MAX_FRAME_BYTES, decode_frame, encode_frame, frame_runs};
 use crate::error::{Error, Result};
 
 const LOG: &[u8] = b"L/";
@@ -189,13 +190,15 @@ impl Backend for KvBackend {
     }
 
     fn append(&self, entries: &[Appended]) -> Result<()> {
-        let Some(first) = entries.first() else {
+        if entries.is_empty() {
             return Ok(());
-        };
-        self.engine.apply(vec![(
-            frame_key(first.position),
-            Some(encode_frame(entries)),
-        )])
+        }
+        self.engine.apply(
+            frame_runs(entries)
+                .into_iter()
+                .map(|run| (frame_key(run[0].position), Some(encode_frame(run))))
+                .collect(),
+        )
     }
 
     fn flush(&self) -> Result<()> {
@@ -267,7 +270,7 @@ impl Backend for KvBackend {
         for write in checkpoint.tables {
             writes.push((prefixed(write.table.as_bytes(), &write.key), write.value));
         }
-        // Each log's rows as one frame, under the first sequence.
+        // Each log's rows in frames, each under its first sequence.
         for log in [RowLog::Outcomes, RowLog::Audit] {
             let mut rows: Vec<Appended> = checkpoint
                 .rows
@@ -279,10 +282,10 @@ impl Backend for KvBackend {
                 })
                 .collect();
             rows.sort_by_key(|r| r.position);
-            if let Some(first) = rows.first() {
+            for run in frame_runs(&rows) {
                 writes.push((
-                    row_key(row_prefix(log), first.position),
-                    Some(encode_rows(&rows)),
+                    row_key(row_prefix(log), run[0].position),
+                    Some(encode_rows(run)),
                 ));
             }
         }
