@@ -202,7 +202,7 @@ async fn insight_sequences_are_the_same_on_every_replica() {
 }
 
 /// A key revoked through one replica stops working on the others within
-/// two seconds.
+/// two seconds, and the instance's insight stream on another replica ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_through_one_replica_is_refused_by_the_others() {
     let Some(cluster) = Cluster::start(
@@ -216,6 +216,10 @@ async fn a_key_revoked_through_one_replica_is_refused_by_the_others() {
     };
     let on_b = cluster.hubs[1].registered("victim").await;
     on_b.get_status(pb::GetStatusRequest {}).await.unwrap();
+    let mut stream = on_b
+        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
+        .await
+        .unwrap();
     let revoked = Instant::now();
     cluster.hubs[0]
         .operator()
@@ -235,6 +239,11 @@ async fn a_key_revoked_through_one_replica_is_refused_by_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let ended = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .expect("the stream on the other replica ended within 2 s")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
 }
 
 async fn lease_holders(cluster: &Cluster) -> Vec<(usize, u64)> {
