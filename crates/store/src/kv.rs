@@ -15,21 +15,21 @@
 //!
 //! The log is kept in *frames*: an append (the writer's group commit)
 //! becomes a few keys, each the position of its first entry, whose values
-//! hold runs of up to [`MAX_FRAME_BYTES`] of entries. A group commit then
-//! costs the engine a few inserts, and trimming a few deletes, rather than
-//! one per command — per-key writes and deletes were most of what a
-//! durable write cost in sled. The row logs are kept the same way: a
-//! checkpoint writes its outcome rows and its audit rows in frames (values
-//! that start with [`ROW_FRAME`]); single rows stored before frames existed
-//! are read as frames of one. Frames are capped because sled hangs on
-//! large nodes (see [`MAX_FRAME_BYTES`]).
+//! hold runs of entries of up to 4 KiB. A group commit then costs the
+//! engine a few inserts, and trimming a few deletes, rather than one per
+//! command — per-key writes and deletes were most of what a durable write
+//! cost in sled. The row logs are kept the same way: a checkpoint writes
+//! its outcome rows and its audit rows in frames (values that start with
+//! [`ROW_FRAME`]); single rows stored before frames existed are read as
+//! frames of one. Frames are capped because sled hangs on large nodes (see
+//! [`MAX_FRAME_BYTES`](super::frame::MAX_FRAME_BYTES)).
 
 use std::sync::Arc;
 
 use super::backend::{Appended, Backend, Checkpoint, RowLog};
 use super::codec;
 use super::engine::{Engine, KvWrite};
-use super::frame::{MAX_FRAME_BYTES, decode_frame, encode_frame, frame_runs};
+use super::frame::{decode_frame, encode_frame, frame_runs};
 use crate::error::{Error, Result};
 
 const LOG: &[u8] = b"L/";
