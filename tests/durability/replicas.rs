@@ -534,12 +534,23 @@ async fn the_rate_limit_holds_across_replicas() {
         }
     }
     // The bound (README, "Running several hubs"): calls admitted on other
-    // replicas in the moment before their audit entries fold — a few here,
-    // where each call follows the last.
+    // replicas before their audit entries folded. How many depends on how
+    // far behind the log the replicas fold — 4 on a quiet machine, 8 with
+    // the rest of the suite running — so the test holds it to a third of
+    // the limit, far from the 3× of replicas that counted alone.
     assert!(
-        (PER_HOUR as usize..=PER_HOUR as usize + 6).contains(&admitted),
+        (PER_HOUR as usize..=(PER_HOUR + PER_HOUR / 3) as usize).contains(&admitted),
         "{admitted} admitted, {refused} refused"
     );
+    // Once every replica has folded the others' entries, none admits more.
+    cluster.settled().await;
+    for client in &clients {
+        let status = client
+            .echo(pb::EchoRequest::default())
+            .await
+            .expect_err("over the limit on every replica once settled");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    }
     eprintln!(
         "rate limit across 3 replicas: {admitted} of {} admitted (limit {PER_HOUR})",
         3 * PER_HOUR
