@@ -299,6 +299,8 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
     // agent's context (the bootstrap they must apply) and outcomes, so that
     // GetStrategies has something to rank from the first cycle on.
     let seed = hub.registered("seed").await;
+    // A configuration is offered to others once two instances shared it.
+    let seed_2 = hub.registered("seed-2").await;
     let agents_spec = [
         (
             Lang::Python,
@@ -310,7 +312,7 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
         (Lang::Node, "node-agent", "node", "us-east", "replay"),
     ];
     for (_, _, lang, _, default_strategy) in agents_spec {
-        seed.share_configuration(pb::ShareConfigurationRequest {
+        let share = pb::ShareConfigurationRequest {
             context: BTreeMap::from([("lang".to_string(), lang.to_string())]),
             parameters: BTreeMap::from([
                 ("default_strategy".to_string(), string(default_strategy)),
@@ -321,9 +323,9 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
             effectiveness: 0.8,
             data_points: 40,
             ..Default::default()
-        })
-        .await
-        .unwrap();
+        };
+        seed.share_configuration(share.clone()).await.unwrap();
+        seed_2.share_configuration(share).await.unwrap();
     }
     for _ in 0..SEED_OUTCOMES {
         seed.share_strategy(strategy_outcome(
@@ -548,7 +550,7 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
     }
     let status = status(&op).await;
     assert_eq!(status.strategy_outcomes, SEED_OUTCOMES + outcomes);
-    assert_eq!(status.instances, 3);
+    assert_eq!(status.instances, 4, "two seeds and the two agents");
     assert!(status.patterns >= 1);
     eprintln!("client agents test took {:?}", started.elapsed());
 }

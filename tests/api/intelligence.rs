@@ -413,6 +413,48 @@ async fn pattern_matches_rank_recoveries_for_the_target_and_calibrate_confidence
     assert!(after > 0.8, "{after}");
 }
 
+/// The attack from the review: one instance shares a configuration with an
+/// empty context and a declared million data points. It must not become
+/// what new instances start with, nor be offered to them, until another
+/// instance shares it too.
+#[tokio::test]
+async fn one_instance_cannot_make_the_fleet_bootstrap() {
+    let hub = TestHub::start().await;
+    let attacker = hub.registered("attacker").await;
+    let share = pb::ShareConfigurationRequest {
+        parameters: BTreeMap::from([(
+            "cycle_interval_ms".into(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(1.0)),
+            },
+        )]),
+        effectiveness: 1.0,
+        data_points: 1_000_000,
+        ..Default::default()
+    };
+    attacker.share_configuration(share.clone()).await.unwrap();
+    let newcomer = hub.registered("newcomer").await;
+    let config = newcomer
+        .bootstrap(pb::BootstrapRequest::default())
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(config.source, pb::ConfigSource::Default as i32);
+    assert!(config.configuration.is_none() && config.alternatives.is_empty());
+    // A second instance's share makes it the fleet's (the documented bound).
+    newcomer.share_configuration(share).await.unwrap();
+    let config = hub
+        .registered("third")
+        .await
+        .bootstrap(pb::BootstrapRequest::default())
+        .await
+        .unwrap()
+        .config
+        .unwrap();
+    assert_eq!(config.source, pb::ConfigSource::Fleet as i32);
+}
+
 #[tokio::test]
 async fn configurations_are_validated_against_rivals_and_offered_as_alternatives() {
     let hub = TestHub::start().await;

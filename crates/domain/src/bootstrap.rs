@@ -1,9 +1,22 @@
 //! Which configuration a (new) instance should start with. A shared
 //! configuration qualifies when every one of its context attributes matches
-//! the instance's context; among those, the most specific (most matching
-//! attributes) wins, validated before candidates, then the most effective.
+//! the instance's context and at least [`VALIDATION_MIN_INSTANCES`]
+//! distinct instances shared it; among those, the most specific (most
+//! matching attributes) wins, validated before candidates, then the most
+//! effective.
+//!
+//! One instance's word is not enough: its `data_points` and effectiveness
+//! are what it declares, and a single share with an empty context and a
+//! declared million data points used to become every new instance's
+//! bootstrap.
 
-use super::model::{Attributes, Configuration};
+use super::model::{Attributes, Configuration, VALIDATION_MIN_INSTANCES};
+
+/// Whether `config` may be offered to other instances (as the bootstrap or
+/// an alternative to it): shared by enough distinct instances.
+pub fn offered_to_others(config: &Configuration) -> bool {
+    config.instances.len() >= VALIDATION_MIN_INSTANCES
+}
 
 /// The best configuration for `context`, if any qualifies.
 pub fn choose_configuration<'c, C: AsRef<Configuration> + 'c>(
@@ -12,6 +25,7 @@ pub fn choose_configuration<'c, C: AsRef<Configuration> + 'c>(
 ) -> Option<&'c C> {
     configs
         .into_iter()
+        .filter(|c| offered_to_others(c.as_ref()))
         .filter_map(|c| {
             c.as_ref()
                 .context_match(context)
@@ -68,8 +82,8 @@ mod tests {
             ("provider".into(), "claude".into()),
         ]
         .into();
-        let generic = config(&[], 0.99, 10, &["a"]);
-        let specific = config(&[("latency", "high")], 0.7, 10, &["a"]);
+        let generic = config(&[], 0.99, 10, &["a", "b"]);
+        let specific = config(&[("latency", "high")], 0.7, 10, &["a", "b"]);
         let specific_validated = config(&[("latency", "high")], 0.6, 200, &["a", "b"]);
         let mismatched = config(&[("latency", "low")], 1.0, 500, &["a", "b"]);
         let all = [
@@ -87,5 +101,16 @@ mod tests {
         );
         let none: [Configuration; 0] = [];
         assert!(choose_configuration(&none, &ctx).is_none());
+    }
+
+    #[test]
+    fn one_instance_alone_bootstraps_nobody_whatever_it_declares() {
+        let ctx: Attributes = [("latency".into(), "high".into())].into();
+        let loud = config(&[], 1.0, 1_000_000, &["attacker"]);
+        assert!(!offered_to_others(&loud));
+        assert!(choose_configuration(std::slice::from_ref(&loud), &ctx).is_none());
+        let modest = config(&[], 0.6, 10, &["a", "b"]);
+        let both = [loud, modest.clone()];
+        assert_eq!(choose_configuration(&both, &ctx).unwrap().id, modest.id);
     }
 }

@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use super::{Hub, StrategyAsk, wrong_answer};
-use crate::domain::bootstrap::choose_configuration;
+use crate::domain::bootstrap::{choose_configuration, offered_to_others};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
@@ -79,7 +79,7 @@ impl Hub {
             .tables
             .configs
             .values()
-            .filter(|c| c.context_match(context).is_some())
+            .filter(|c| offered_to_others(c) && c.context_match(context).is_some())
             .filter(|c| {
                 configuration
                     .as_ref()
