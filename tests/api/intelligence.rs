@@ -573,6 +573,37 @@ async fn generate_insights_is_for_operators_validates_and_publishes() {
         .into_inner();
     assert!(again.insights.is_empty());
     assert_eq!(again.duplicates, report.validated);
+
+    // An instance's insight claiming more than anything the hub measured
+    // (effectiveness 1.0, a trillion data points) ranks after the hub's own.
+    let mut loud = crate::common::insight("loud claim");
+    if let Some(i) = loud.insight.as_mut() {
+        i.effectiveness = 1.0;
+        i.evidence = Some(pb::InsightEvidence {
+            data_points: 1_000_000_000_000,
+            instances_covered: 4_000_000_000,
+            ..Default::default()
+        });
+    }
+    let loud = a.share_insight(loud).await.unwrap().insight.unwrap();
+    let generated: Vec<String> = report.insights.iter().map(|i| i.id.clone()).collect();
+    let listed = a
+        .get_insights(pb::GetInsightsRequest {
+            limit: generated.len() as u32 + 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .insights;
+    let ids: Vec<String> = listed.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(ids.len(), generated.len() + 1);
+    assert!(
+        ids[..generated.len()]
+            .iter()
+            .all(|id| generated.contains(id)),
+        "{ids:?}"
+    );
+    assert_eq!(ids.last(), Some(&loud.id));
 }
 
 #[tokio::test]

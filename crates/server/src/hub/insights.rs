@@ -56,7 +56,13 @@ impl Hub {
         }
     }
 
-    /// Valid insights, most effective first (ties: newest first).
+    /// Valid insights: those the hub derived and validated on held-out
+    /// history first, then those instances shared; each group most
+    /// effective first (ties: newest first).
+    ///
+    /// A shared insight's effectiveness is what its instance declares, so
+    /// however high it claims, it cannot push what the hub measured out of
+    /// a top-N.
     pub fn get_insights(
         &self,
         category: Option<InsightCategory>,
@@ -74,10 +80,11 @@ impl Hub {
             .filter(|i| context.is_none_or(|c| i.applies_to(c)))
             .cloned()
             .collect();
+        let generated = |i: &Insight| i.shared_by == GENERATED_BY;
         insights.sort_by(|a, b| {
-            b.draft
-                .effectiveness
-                .total_cmp(&a.draft.effectiveness)
+            generated(b)
+                .cmp(&generated(a))
+                .then(b.draft.effectiveness.total_cmp(&a.draft.effectiveness))
                 .then(b.sequence.cmp(&a.sequence))
         });
         insights.truncate(limit);
