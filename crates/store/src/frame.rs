@@ -7,10 +7,14 @@
 use super::backend::Appended;
 use crate::error::{Error, Result};
 
+/// What precedes each entry's bytes in a frame: its position (u64) and its
+/// length (u32).
+const ENTRY_HEADER: usize = 12;
+
 /// A frame's value: each entry as its position (u64 big-endian), its
 /// length (u32 big-endian) and its bytes.
 pub fn encode_frame(entries: &[Appended]) -> Vec<u8> {
-    let len = entries.iter().map(|e| 12 + e.bytes.len()).sum();
+    let len = entries.iter().map(|e| ENTRY_HEADER + e.bytes.len()).sum();
     let mut value = Vec::with_capacity(len);
     for entry in entries {
         value.extend_from_slice(&entry.position.to_be_bytes());
@@ -40,7 +44,7 @@ pub fn frame_runs(entries: &[Appended]) -> Vec<&[Appended]> {
     let mut start = 0;
     let mut bytes = 0;
     for (i, entry) in entries.iter().enumerate() {
-        let size = 12 + entry.bytes.len();
+        let size = ENTRY_HEADER + entry.bytes.len();
         if i > start && bytes + size > MAX_FRAME_BYTES {
             runs.push(&entries[start..i]);
             start = i;
@@ -63,7 +67,7 @@ pub fn decode_frame(key: &[u8], mut value: &[u8]) -> Result<Vec<Appended>> {
     };
     let mut entries = Vec::new();
     while !value.is_empty() {
-        let (head, rest) = value.split_at_checked(12).ok_or_else(corrupt)?;
+        let (head, rest) = value.split_at_checked(ENTRY_HEADER).ok_or_else(corrupt)?;
         let position = u64::from_be_bytes(head[..8].try_into().map_err(|_| corrupt())?);
         let len = u32::from_be_bytes(head[8..].try_into().map_err(|_| corrupt())?) as usize;
         let (bytes, rest) = rest.split_at_checked(len).ok_or_else(corrupt)?;

@@ -271,14 +271,16 @@ impl Backend for KvBackend {
             writes.push((prefixed(write.table.as_bytes(), &write.key), write.value));
         }
         // Each log's rows in frames, each under its first sequence.
-        for log in [RowLog::Outcomes, RowLog::Audit] {
-            let mut rows: Vec<Appended> = checkpoint
-                .rows
-                .iter()
-                .filter(|r| r.log == log)
+        let (outcomes, audit): (Vec<_>, Vec<_>) = checkpoint
+            .rows
+            .into_iter()
+            .partition(|r| r.log == RowLog::Outcomes);
+        for (log, rows) in [(RowLog::Outcomes, outcomes), (RowLog::Audit, audit)] {
+            let mut rows: Vec<Appended> = rows
+                .into_iter()
                 .map(|r| Appended {
                     position: r.sequence,
-                    bytes: r.bytes.clone(),
+                    bytes: r.bytes,
                 })
                 .collect();
             rows.sort_by_key(|r| r.position);
