@@ -145,7 +145,7 @@ impl TestHub {
             match hub.wait_ready().await {
                 Ok(()) => return hub,
                 Err(e)
-                    if e.contains("could not acquire lock")
+                    if e.contains("is in use by another hub")
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
