@@ -70,9 +70,9 @@ fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(record: &T) {
 
 fn strategy_key([metric, strategy, context_key]: [String; 3]) -> StrategyKey {
     StrategyKey {
-        metric,
-        strategy,
-        context_key,
+        metric: metric.into(),
+        strategy: strategy.into(),
+        context_key: context_key.into(),
     }
 }
 

@@ -56,7 +56,7 @@ fn record_of(name: &str, outcomes: &[(bool, f64)]) -> StrategyRecord {
     let key = StrategyKey {
         metric: METRIC.into(),
         strategy: name.into(),
-        context_key: String::new(),
+        context_key: "".into(),
     };
     let mut record = StrategyRecord::empty(&key, NOW);
     for (i, (successful, delta)) in outcomes.iter().enumerate() {

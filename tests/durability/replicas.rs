@@ -434,7 +434,13 @@ async fn two_replicas_on_one_log_agree() {
     assert!(a.wait_for_position(head, Duration::from_secs(5)).await);
     assert!(b.wait_for_position(head, Duration::from_secs(5)).await);
     assert_eq!(a.state_digest(), b.state_digest());
-    let ids: BTreeSet<String> = b.state().tables.instances.keys().cloned().collect();
+    let ids: BTreeSet<String> = b
+        .state()
+        .tables
+        .instances
+        .keys()
+        .map(|k| k.to_string())
+        .collect();
     assert_eq!(ids.len(), 20);
     a.close().await.unwrap();
     b.close().await.unwrap();

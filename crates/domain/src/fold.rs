@@ -364,16 +364,12 @@ fn gone(request: Option<&Idempotency>, what: &str) -> Error {
 /// Every write needs a registered instance; this stamps its activity on the
 /// instance record (last seen, records shared).
 fn touch_instance(state: &mut State, now: UnixMillis, instance_id: &str) -> Result<()> {
-    let Some(instance) = state.tables.instances.get(instance_id) else {
+    let Some(instance) = state.tables.instances.get_mut(instance_id) else {
         return Err(not_registered(instance_id));
     };
-    let mut instance = (**instance).clone();
+    let instance = Arc::make_mut(instance);
     instance.last_seen = instance.last_seen.max(now);
     instance.shared_records += 1;
-    state
-        .tables
-        .instances
-        .insert(instance_id.to_string(), Arc::new(instance));
     Ok(())
 }
 
@@ -410,7 +406,7 @@ fn register(
     state
         .tables
         .instances
-        .insert(caller.to_string(), instance.clone());
+        .insert(caller.into(), instance.clone());
     Ok(Answer::Registered {
         instance,
         new: existing.is_none(),
@@ -502,9 +498,9 @@ fn share_strategy(
         request,
         |state, first| {
             let key = StrategyKey {
-                metric: share.metric.clone(),
-                strategy: share.strategy.clone(),
-                context_key: context_key(&share.context),
+                metric: share.metric.as_str().into(),
+                strategy: share.strategy.as_str().into(),
+                context_key: context_key(&share.context).into(),
             };
             if let Some(first) = first {
                 let Applied::ShareStrategy { outcome_sequence } = first else {
@@ -547,7 +543,7 @@ fn share_strategy(
             ));
             let sequence = outcome.sequence;
             state.log_outcome(outcome);
-            state.put_strategy(record.clone());
+            state.put_strategy(key, record.clone());
             Ok((
                 Answer::StrategyShared {
                     outcome_sequence: sequence,
@@ -868,7 +864,7 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
         state.tables.insights.remove(sequence);
     }
     for rolled in planned.strategies {
-        state.put_strategy(Arc::new(rolled));
+        state.put_strategy(rolled.key(), Arc::new(rolled));
     }
     let expired: Vec<RequestKey> = state
         .tables

@@ -154,7 +154,7 @@ pub struct RequestTag {
 /// Whose request id: the instance and the id, joined by NUL (neither may
 /// contain one: both are validated names), which is also its store key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RequestKey(String);
+pub struct RequestKey(std::sync::Arc<str>);
 
 impl RequestKey {
     pub fn new(instance_id: &str, request_id: &str) -> Self {
@@ -162,14 +162,14 @@ impl RequestKey {
         key.push_str(instance_id);
         key.push('\0');
         key.push_str(request_id);
-        RequestKey(key)
+        RequestKey(key.into())
     }
 
     /// A key read back from the store (`None` unless it has both parts).
     pub fn from_stored(key: String) -> Option<Self> {
         match key.split_once('\0') {
             Some((instance, request)) if !instance.is_empty() && !request.is_empty() => {
-                Some(RequestKey(key))
+                Some(RequestKey(key.into()))
             }
             _ => None,
         }

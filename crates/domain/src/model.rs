@@ -4,6 +4,7 @@
 //! itself; those updates are pure so they are tested without I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -393,13 +394,23 @@ impl ConditionStats {
     }
 }
 
+/// A shared, immutable name (a metric, strategy, context key or instance
+/// id) used as a map key in the state.
+///
+/// The state's maps are persistent: a write copies the tree nodes on its
+/// path, keys included, once per group commit. With `String` keys every
+/// copied key was an allocation and a copy (profiled: about a third of the
+/// writer thread went to the allocator); an `Arc<str>` is a reference
+/// count. It serializes as a plain string.
+pub type Name = Arc<str>;
+
 /// The key of a strategy aggregate. Ordered by metric first so every
 /// aggregate for a metric is one contiguous range.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StrategyKey {
-    pub metric: String,
-    pub strategy: String,
-    pub context_key: String,
+    pub metric: Name,
+    pub strategy: Name,
+    pub context_key: Name,
 }
 
 /// Every outcome of one strategy on one metric in one context, folded.
@@ -442,9 +453,9 @@ impl StrategyRecord {
     /// An empty aggregate for `key`.
     pub fn empty(key: &StrategyKey, now: UnixMillis) -> Self {
         StrategyRecord {
-            strategy: key.strategy.clone(),
-            metric: key.metric.clone(),
-            context_key: key.context_key.clone(),
+            strategy: key.strategy.to_string(),
+            metric: key.metric.to_string(),
+            context_key: key.context_key.to_string(),
             applications: 0,
             successes: 0,
             improvement: RunningStats::default(),
@@ -462,9 +473,9 @@ impl StrategyRecord {
 
     pub fn key(&self) -> StrategyKey {
         StrategyKey {
-            metric: self.metric.clone(),
-            strategy: self.strategy.clone(),
-            context_key: self.context_key.clone(),
+            metric: self.metric.as_str().into(),
+            strategy: self.strategy.as_str().into(),
+            context_key: self.context_key.as_str().into(),
         }
     }
 
@@ -1187,7 +1198,7 @@ mod tests {
         let key = StrategyKey {
             metric: "learningVelocity".into(),
             strategy: "novelty_injection".into(),
-            context_key: String::new(),
+            context_key: "".into(),
         };
         let mut r = StrategyRecord::empty(&key, 0);
         r.record(&outcome(true, 0.2, "c", "a"), 7);
@@ -1222,7 +1233,7 @@ mod tests {
         let key = StrategyKey {
             metric: "learningVelocity".into(),
             strategy: "novelty_injection".into(),
-            context_key: String::new(),
+            context_key: "".into(),
         };
         let mut r = StrategyRecord::empty(&key, 0);
         r.record(&outcome(true, 0.2, "", "a"), 7);

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
-    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Pattern,
+    ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Name, Pattern,
     StrategyKey, StrategyOutcome, StrategyRecord,
 };
 use super::prevention::StrategyUsage;
@@ -51,6 +51,15 @@ impl TableKey for String {
     }
 }
 
+impl TableKey for Name {
+    fn to_bytes(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        std::str::from_utf8(bytes).ok().map(Name::from)
+    }
+}
+
 impl TableKey for u64 {
     fn to_bytes(&self) -> Vec<u8> {
         self.to_be_bytes().to_vec()
@@ -68,9 +77,9 @@ impl TableKey for StrategyKey {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.splitn(3, '\0');
         Some(StrategyKey {
-            metric: parts.next()?.to_string(),
-            strategy: parts.next()?.to_string(),
-            context_key: parts.next()?.to_string(),
+            metric: parts.next()?.into(),
+            strategy: parts.next()?.into(),
+            context_key: parts.next()?.into(),
         })
     }
 }
@@ -161,7 +170,7 @@ macro_rules! tables {
 
 tables! {
     /// Registered instances, by id.
-    instances: "i/" => String, Instance;
+    instances: "i/" => Name, Instance;
     /// Plateau patterns, by id (derived from their signature).
     patterns: "p/" => String, Pattern;
     /// Strategy aggregates, by (metric, strategy, context): one metric's
@@ -247,12 +256,12 @@ pub struct Indexes {
     pub patterns: PatternIndex,
     /// Each strategy's use on any metric in any context (failure warnings
     /// need it per query).
-    pub usage: OrdMap<String, StrategyUsage>,
+    pub usage: OrdMap<Name, Arc<StrategyUsage>>,
     /// The strategies with an aggregate on each metric.
-    pub metric_strategies: OrdMap<String, OrdSet<String>>,
+    pub metric_strategies: OrdMap<Name, OrdSet<Name>>,
     /// metric → strategy → its merged view, built by the first query that
     /// needs it and replaced (empty) when one of its aggregates changes.
-    views: OrdMap<(String, String), Arc<OnceLock<StrategyGroup>>>,
+    views: OrdMap<(Name, Name), Arc<OnceLock<StrategyGroup>>>,
 }
 
 /// Everything the hub knows, as of log position `position`.
@@ -286,8 +295,8 @@ impl State {
         for pattern in tables.patterns.values() {
             state.indexes.patterns.upsert(pattern.clone());
         }
-        for record in tables.strategies.values() {
-            state.index_strategy(record, None);
+        for (key, record) in tables.strategies.iter() {
+            state.index_strategy(key, record, None);
         }
         state.tables = tables;
         state
@@ -301,32 +310,41 @@ impl State {
 
     // --- records with indexes: the fold changes them through these -------
 
-    /// Replaces (or adds) one aggregate, keeping the indexes right.
-    pub fn put_strategy(&mut self, record: Arc<StrategyRecord>) {
-        let key = record.key();
-        let old = self.tables.strategies.insert(key, record.clone());
-        self.index_strategy(&record, old.as_deref());
+    /// Replaces (or adds) the aggregate at `key` (its own key), keeping
+    /// the indexes right.
+    pub fn put_strategy(&mut self, key: StrategyKey, record: Arc<StrategyRecord>) {
+        debug_assert!(*key.metric == *record.metric && *key.strategy == *record.strategy);
+        let old = self.tables.strategies.insert(key.clone(), record.clone());
+        self.index_strategy(&key, &record, old.as_deref());
     }
 
-    fn index_strategy(&mut self, record: &Arc<StrategyRecord>, old: Option<&StrategyRecord>) {
-        let usage = self
-            .indexes
-            .usage
-            .entry(record.strategy.clone())
-            .or_default();
+    fn index_strategy(
+        &mut self,
+        key: &StrategyKey,
+        record: &StrategyRecord,
+        old: Option<&StrategyRecord>,
+    ) {
+        let usage = Arc::make_mut(self.indexes.usage.entry(key.strategy.clone()).or_default());
         usage.add(record);
         if let Some(old) = old {
             usage.subtract(old);
         }
-        self.indexes
+        // An entry copies the path to it even when nothing changes.
+        let known = self
+            .indexes
             .metric_strategies
-            .entry(record.metric.clone())
-            .or_default()
-            .insert(record.strategy.clone());
-        self.indexes.views.insert(
-            (record.metric.clone(), record.strategy.clone()),
-            Arc::default(),
-        );
+            .get(&key.metric)
+            .is_some_and(|names| names.contains(&key.strategy));
+        if !known {
+            self.indexes
+                .metric_strategies
+                .entry(key.metric.clone())
+                .or_default()
+                .insert(key.strategy.clone());
+        }
+        self.indexes
+            .views
+            .insert((key.metric.clone(), key.strategy.clone()), Arc::default());
     }
 
     pub fn put_pattern(&mut self, pattern: Arc<Pattern>) {
@@ -366,13 +384,14 @@ impl State {
         let Some(names) = self.indexes.metric_strategies.get(metric) else {
             return Vec::new();
         };
+        let metric_name = Name::from(metric);
         names
             .iter()
             .filter_map(|name| {
                 let cell = self
                     .indexes
                     .views
-                    .get(&(metric.to_string(), name.clone()))?;
+                    .get(&(metric_name.clone(), name.clone()))?;
                 let group = cell.get_or_init(|| self.build_group(metric, name));
                 let own = if context_key.is_empty() {
                     None
@@ -386,15 +405,15 @@ impl State {
 
     fn build_group(&self, metric: &str, strategy: &str) -> StrategyGroup {
         let start = StrategyKey {
-            metric: metric.to_string(),
-            strategy: strategy.to_string(),
-            context_key: String::new(),
+            metric: metric.into(),
+            strategy: strategy.into(),
+            context_key: "".into(),
         };
         let records: Vec<&Arc<StrategyRecord>> = self
             .tables
             .strategies
             .range(start..)
-            .take_while(|(k, _)| k.metric == metric && k.strategy == strategy)
+            .take_while(|(k, _)| *k.metric == *metric && *k.strategy == *strategy)
             .map(|(_, r)| r)
             .collect();
         StrategyGroup {
@@ -411,7 +430,7 @@ impl State {
         self.indexes
             .usage
             .get(strategy)
-            .cloned()
+            .map(|usage| (**usage).clone())
             .unwrap_or_default()
     }
 

@@ -222,9 +222,9 @@ impl Store {
             after = last.sequence;
             for outcome in &page {
                 let key = StrategyKey {
-                    metric: outcome.metric.clone(),
-                    strategy: outcome.strategy.clone(),
-                    context_key: context_key(&outcome.context),
+                    metric: outcome.metric.as_str().into(),
+                    strategy: outcome.strategy.as_str().into(),
+                    context_key: context_key(&outcome.context).into(),
                 };
                 let existing = state.tables.strategies.get(&key).cloned();
                 if existing
@@ -234,7 +234,7 @@ impl Store {
                     continue;
                 }
                 let record = fold_outcome(existing.as_deref(), &key, outcome, evidence_days);
-                state.put_strategy(Arc::new(record));
+                state.put_strategy(key, Arc::new(record));
             }
         }
     }

@@ -93,12 +93,7 @@ impl Hub {
                 .then(a.id.cmp(&b.id))
         });
         alternatives.truncate(MAX_ALTERNATIVES);
-        let metrics: BTreeSet<&str> = state
-            .tables
-            .strategies
-            .keys()
-            .map(|k| k.metric.as_str())
-            .collect();
+        let metrics: BTreeSet<&str> = state.tables.strategies.keys().map(|k| &*k.metric).collect();
         let mut proven: Vec<Recommendation> = metrics
             .into_iter()
             .flat_map(|metric| {

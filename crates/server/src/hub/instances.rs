@@ -73,7 +73,7 @@ impl Hub {
             *by_region.entry(instance.region.clone()).or_insert(0) += 1;
         }
         let start = after.map_or(std::ops::Bound::Unbounded, |a| {
-            std::ops::Bound::Excluded(a.to_string())
+            std::ops::Bound::Excluded(crate::domain::model::Name::from(a))
         });
         let mut matching = state
             .tables
