@@ -470,9 +470,7 @@ impl ReplicaWriter {
                     ms = started.elapsed().as_secs_f64() * 1000.0,
                     "checkpoint written"
                 );
-                checkpoints.written(self.state.clone(), now);
-                self.state.rows.outcomes.clear();
-                self.state.rows.audit.clear();
+                checkpoints.written(&mut self.state, now);
                 self.shared.snapshot.store(Arc::new(self.state.clone()));
                 // What the previous checkpoint covers goes: a replica that
                 // has folded that far still finds the rest of its tail.
