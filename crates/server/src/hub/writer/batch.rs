@@ -337,3 +337,112 @@ pub(super) fn refold(base: &State, entries: &[LogEntry]) -> Result<State> {
     }
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::{Attributes, Registration, StrategyShare};
+
+    fn register(id: &str) -> Command {
+        Command {
+            at: 1_700_000_000_000,
+            action: Action::Register {
+                caller: id.into(),
+                registration: Registration {
+                    instance_id: id.into(),
+                    region: "r".into(),
+                    context: Attributes::new(),
+                    capabilities: vec![],
+                },
+            },
+        }
+    }
+
+    fn write(id: &str) -> (Message, oneshot::Receiver<Result<Answer>>) {
+        let (reply, answer) = oneshot::channel();
+        let message = Message::Write {
+            command: register(id),
+            reply,
+        };
+        (message, answer)
+    }
+
+    #[test]
+    fn a_batch_takes_what_waits_up_to_its_limit_and_nothing_after_a_stop() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut answers = Vec::new();
+        for i in 0..5 {
+            let (message, answer) = write(&format!("i{i}"));
+            tx.try_send(message).unwrap();
+            answers.push(answer);
+        }
+        tx.try_send(Message::Audit(AuditEntry::default())).unwrap();
+        let first = Batch::next(&mut rx, 3).unwrap();
+        assert_eq!((first.writes.len(), first.audit.len()), (3, 0), "the limit");
+        let second = Batch::next(&mut rx, 3).unwrap();
+        assert_eq!((second.writes.len(), second.audit.len()), (2, 1));
+
+        let (stop, _stopped) = oneshot::channel();
+        tx.try_send(Message::Tick).unwrap();
+        tx.try_send(Message::Stop(stop)).unwrap();
+        let (late, late_answer) = write("late");
+        tx.try_send(late).unwrap();
+        tx.try_send(Message::Audit(AuditEntry::default())).unwrap();
+        let last = Batch::next(&mut rx, 64).unwrap();
+        assert!(last.stop.is_some());
+        assert_eq!(last.len(), 0, "nothing after the stop joins its batch");
+
+        // What raced with the stop: writes are refused, audit kept.
+        let audit = Batch::late_audit(&mut rx);
+        assert_eq!(audit.len(), 1);
+        let refused = late_answer.blocking_recv().unwrap();
+        assert!(matches!(refused, Err(Error::Unavailable(_))), "{refused:?}");
+        assert!(tx.try_send(Message::Tick).is_err(), "the queue is closed");
+        drop(tx);
+        assert!(Batch::next(&mut rx, 64).is_none());
+    }
+
+    #[test]
+    fn a_refold_replays_the_commands_that_folded_and_refuses_one_that_does_not() {
+        let base = State::default();
+        let mut state = base.clone();
+        let mut entries = Vec::new();
+        for id in ["a", "b"] {
+            let position = state.position + 1;
+            let command = register(id);
+            fold_guarded(&mut state, position, &command).unwrap();
+            entries.push(LogEntry { position, command });
+        }
+        let again = refold(&base, &entries).unwrap();
+        assert_eq!(again.digest(), state.digest());
+        assert_eq!(again.position, 2);
+
+        // A command that cannot fold on the base (its caller is not
+        // registered): the batch would disagree with its own log, so the
+        // refold refuses it rather than logging it.
+        let orphan = Command {
+            at: 1_700_000_000_000,
+            action: Action::ShareStrategy {
+                caller: "nobody".into(),
+                share: StrategyShare {
+                    strategy: "s".into(),
+                    metric: "m".into(),
+                    value_before: 0.5,
+                    successful: true,
+                    delta: 0.1,
+                    condition: String::new(),
+                    context: Attributes::new(),
+                    recent: vec![],
+                },
+                evidence_days: 7,
+                request: None,
+            },
+        };
+        let mut bad = entries.clone();
+        bad.push(LogEntry {
+            position: 3,
+            command: orphan,
+        });
+        assert!(matches!(refold(&base, &bad), Err(Error::Internal(_))));
+    }
+}
