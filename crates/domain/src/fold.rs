@@ -497,11 +497,8 @@ fn share_strategy(
         WriteRpc::ShareStrategy,
         request,
         |state, first| {
-            let key = StrategyKey {
-                metric: share.metric.as_str().into(),
-                strategy: share.strategy.as_str().into(),
-                context_key: context_key(&share.context).into(),
-            };
+            let key =
+                StrategyKey::new(&share.metric, &share.strategy, &context_key(&share.context));
             if let Some(first) = first {
                 let Applied::ShareStrategy { outcome_sequence } = first else {
                     return Err(unexpected(first, WriteRpc::ShareStrategy));

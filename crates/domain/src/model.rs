@@ -413,6 +413,16 @@ pub struct StrategyKey {
     pub context_key: Name,
 }
 
+impl StrategyKey {
+    pub fn new(metric: &str, strategy: &str, context_key: &str) -> Self {
+        StrategyKey {
+            metric: metric.into(),
+            strategy: strategy.into(),
+            context_key: context_key.into(),
+        }
+    }
+}
+
 /// Every outcome of one strategy on one metric in one context, folded.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,11 +482,7 @@ impl StrategyRecord {
     }
 
     pub fn key(&self) -> StrategyKey {
-        StrategyKey {
-            metric: self.metric.as_str().into(),
-            strategy: self.strategy.as_str().into(),
-            context_key: self.context_key.as_str().into(),
-        }
+        StrategyKey::new(&self.metric, &self.strategy, &self.context_key)
     }
 
     /// Folds one outcome into the aggregate, keeping `retention_days` days

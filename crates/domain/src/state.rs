@@ -76,11 +76,11 @@ impl TableKey for StrategyKey {
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.splitn(3, '\0');
-        Some(StrategyKey {
-            metric: parts.next()?.into(),
-            strategy: parts.next()?.into(),
-            context_key: parts.next()?.into(),
-        })
+        Some(StrategyKey::new(
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        ))
     }
 }
 
@@ -404,11 +404,7 @@ impl State {
     }
 
     fn build_group(&self, metric: &str, strategy: &str) -> StrategyGroup {
-        let start = StrategyKey {
-            metric: metric.into(),
-            strategy: strategy.into(),
-            context_key: "".into(),
-        };
+        let start = StrategyKey::new(metric, strategy, "");
         let records: Vec<&Arc<StrategyRecord>> = self
             .tables
             .strategies
@@ -426,11 +422,11 @@ impl State {
     }
 
     /// How `strategy` has been used (any metric, any context).
-    pub fn usage_of(&self, strategy: &str) -> StrategyUsage {
+    pub fn usage_of(&self, strategy: &str) -> Arc<StrategyUsage> {
         self.indexes
             .usage
             .get(strategy)
-            .map(|usage| (**usage).clone())
+            .cloned()
             .unwrap_or_default()
     }
 

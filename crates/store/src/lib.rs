@@ -221,11 +221,11 @@ impl Store {
             };
             after = last.sequence;
             for outcome in &page {
-                let key = StrategyKey {
-                    metric: outcome.metric.as_str().into(),
-                    strategy: outcome.strategy.as_str().into(),
-                    context_key: context_key(&outcome.context).into(),
-                };
+                let key = StrategyKey::new(
+                    &outcome.metric,
+                    &outcome.strategy,
+                    &context_key(&outcome.context),
+                );
                 let existing = state.tables.strategies.get(&key).cloned();
                 if existing
                     .as_ref()
