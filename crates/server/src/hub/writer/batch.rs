@@ -30,22 +30,6 @@ struct Writer {
     state: State,
     checkpoints: Checkpoints,
     pending: Pending,
-    /// The log a checkpoint made redundant and not yet trimmed.
-    log_trim: Option<LogTrim>,
-}
-
-/// Log positions a trim goes through, a step per batch: deleting a
-/// checkpoint's worth of log at once (about 25,000 commands) took 50–60 ms
-/// on the writer thread, on top of the checkpoint itself (`bench`, one
-/// core); a step of this many positions takes a few.
-const TRIM_STEP: u64 = 1024;
-
-/// A trim of the log in progress: entries from `next` to before `before`
-/// still to go.
-#[derive(Debug, Clone, Copy)]
-struct LogTrim {
-    next: u64,
-    before: u64,
 }
 
 /// One batch's messages, sorted.
@@ -117,7 +101,6 @@ pub(super) fn run(
         pending: Pending::new(start.state.position),
         checkpoints: Checkpoints::new(start.stored, start.checkpoint_now, now),
         state: start.state,
-        log_trim: None,
         shared,
     };
     writer.checkpoint_if_due(Instant::now());
@@ -133,7 +116,6 @@ pub(super) fn run(
             let _ = reply.send(writer.trim(trim));
         }
         writer.checkpoint_if_due(Instant::now());
-        writer.trim_log(TRIM_STEP);
     }
     // The audit entries that raced with the stop are still written.
     let last = writer.commit(Vec::new(), Batch::late_audit(&mut rx));
@@ -145,7 +127,6 @@ pub(super) fn run(
         writer.pending.flushed(writer.state.position);
         Ok(())
     });
-    writer.trim_log(u64::MAX);
     if let Err(e) = &flushed {
         tracing::error!(error = %e, "final checkpoint or flush failed; the next start folds the log");
     }
@@ -304,45 +285,15 @@ impl Writer {
                 self.pending.flushed(self.state.position);
                 self.checkpoints.written(&mut self.state, Instant::now());
                 self.shared.snapshot.store(Arc::new(self.state.clone()));
-                self.start_log_trim(self.state.position.saturating_add(1));
+                if let Err(e) = store.trim_log(self.state.position.saturating_add(1)) {
+                    tracing::warn!(error = %e, "cannot trim the command log; the next checkpoint tries again");
+                }
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint failed; the log keeps every command meanwhile");
                 self.pending.failed(0, &e, Instant::now());
                 Err(e)
-            }
-        }
-    }
-
-    /// The log before `before` may go: from its first entry on, a step at
-    /// a time ([`Writer::trim_log`]).
-    fn start_log_trim(&mut self, before: u64) {
-        match self.shared.store.backend().log_after(0, 1) {
-            Ok(first) => {
-                let next = first.first().map_or(before, |e| e.position);
-                self.log_trim = (next < before).then_some(LogTrim { next, before });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the command log's start to trim it; the next checkpoint tries again");
-            }
-        }
-    }
-
-    /// Trims up to `step` more positions of the log a checkpoint made
-    /// redundant. A failure ends this trim; the next checkpoint starts
-    /// another, from the log's first entry.
-    fn trim_log(&mut self, step: u64) {
-        let Some(trim) = &mut self.log_trim else {
-            return;
-        };
-        let to = trim.before.min(trim.next.saturating_add(step));
-        match self.shared.store.trim_log(to) {
-            Ok(_) if to < trim.before => trim.next = to,
-            Ok(_) => self.log_trim = None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot trim the command log; the next checkpoint tries again");
-                self.log_trim = None;
             }
         }
     }
