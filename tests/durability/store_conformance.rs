@@ -2,7 +2,7 @@
 //! goldenscripts (`tests/scripts/backend/*`) — scripts of backend
 //! operations and the output they must give — so that a backend that keeps
 //! the log, the checkpoint and the row logs in another way behaves the
-//! same to the hub. Here: sled, memory, the fault injector (with no fault
+//! same to the hub. Here: sled with the log in files (as shipped), memory, the fault injector (with no fault
 //! switched on), the in-memory shared log, and PostgreSQL (a database of
 //! the test's own per script).
 //!
@@ -31,8 +31,8 @@
 use std::{error::Error, fmt::Write as _, path::Path, sync::Arc};
 
 use learning_hub::store::{
-    Appended, Backend, Checkpoint, Faults, FaultyEngine, KvBackend, MemoryEngine, MemorySharedLog,
-    PgBackend, PgSettings, RowLog, RowWrite, SledEngine, TableWrite,
+    Appended, Backend, Checkpoint, DiskBackend, Faults, FaultyEngine, KvBackend, MemoryEngine,
+    MemorySharedLog, PgBackend, PgSettings, RowLog, RowWrite, TableWrite,
 };
 
 use crate::common::pg::TestDb;
@@ -49,24 +49,22 @@ impl Storage for Memory {
     }
 }
 
-struct Sled(tempfile::TempDir, Option<Arc<SledEngine>>);
-impl Storage for Sled {
+/// The on-disk backend as the hub opens it: sled, and the log's files.
+struct Disk(tempfile::TempDir);
+impl Storage for Disk {
     fn open(&mut self) -> Box<dyn Backend> {
-        // The previous handle must let go of the directory first.
-        self.1 = None;
+        // sled may take a moment to let go of the directory.
         let mut tries = 0;
-        let engine = loop {
-            match SledEngine::open(self.0.path()) {
-                Ok(engine) => break Arc::new(engine),
+        loop {
+            match DiskBackend::open(self.0.path()) {
+                Ok(backend) => return Box::new(backend),
                 Err(_) if tries < 100 => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => panic!("{e}"),
             }
-        };
-        self.1 = Some(engine.clone());
-        Box::new(KvBackend::new(engine))
+        }
     }
 }
 
@@ -230,8 +228,8 @@ fn memory_conforms() {
 }
 
 #[test]
-fn sled_conforms() {
-    run_all(|| Sled(tempfile::tempdir().unwrap(), None));
+fn sled_with_the_log_in_files_conforms() {
+    run_all(|| Disk(tempfile::tempdir().unwrap()));
 }
 
 #[test]

@@ -121,4 +121,13 @@ pub trait Backend: Send + Sync + 'static {
     /// it can, or says why not. Writes not yet flushed may be lost; the
     /// caller appends them again.
     fn recover(&self) -> Result<()>;
+
+    /// Whether [`Backend::checkpoint`] and [`Backend::trim_log`] may run on
+    /// another thread while appends and flushes go on: true where the log
+    /// is kept apart from the checkpoint (sled would be written and flushed
+    /// by two threads otherwise). The hub then writes checkpoints beside
+    /// its writer instead of holding every write up for one.
+    fn checkpoints_beside_appends(&self) -> bool {
+        false
+    }
 }

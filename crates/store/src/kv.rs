@@ -4,7 +4,7 @@
 //!
 //! | prefix | holds |
 //! |---|---|
-//! | `L/` + position (u64 big-endian) | the command log in frames, each under its first position |
+//! | `L/` + position (u64 big-endian) | the command log in frames, each under its first position (on disk the hub keeps its log in files instead — [`DiskBackend`](super::disk::DiskBackend) — and only reads `L/` to move an older directory's log there) |
 //! | a table's prefix (`i/`, `p/`, `s/` …) + key | checkpointed records |
 //! | `o/`, `u/` + sequence (u64 big-endian) | the outcome and audit logs in frames of rows, each under its first sequence (a value written before frames holds one row) |
 //! | `m/` + name | meta values; `m/checkpoint` is the checkpoint's position |

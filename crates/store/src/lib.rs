@@ -12,9 +12,11 @@
 
 pub mod backend;
 pub mod codec;
+pub mod disk;
 pub mod engine;
 #[cfg(feature = "faults")]
 pub mod faults;
+mod file_log;
 mod finite;
 mod frame;
 pub mod kv;
@@ -28,6 +30,7 @@ use std::{path::Path, sync::Arc};
 use serde::{Serialize, de::DeserializeOwned};
 
 pub use backend::{Appended, Backend, Checkpoint, RowLog, RowWrite, TableWrite};
+pub use disk::{DiskBackend, LOG_DIR};
 pub use engine::{Engine, KvWrite, MemoryEngine, PID_FILE, SledEngine};
 #[cfg(feature = "faults")]
 pub use faults::{Fault, Faults, FaultyEngine, Op};
@@ -140,9 +143,16 @@ impl Store {
         Store::new(Arc::new(KvBackend::new(engine)))
     }
 
-    /// A store in `dir` on disk (sled).
+    /// A store in `dir` on disk: sled for checkpoints, files for the
+    /// command log ([`DiskBackend`]).
     pub fn open(dir: &Path) -> Result<Self> {
-        Ok(Store::on_engine(Arc::new(SledEngine::open(dir)?)))
+        Ok(Store::new(Arc::new(DiskBackend::open(dir)?)))
+    }
+
+    /// Whether checkpoints may be written beside appends (see
+    /// [`Backend::checkpoints_beside_appends`]).
+    pub fn checkpoints_beside_appends(&self) -> bool {
+        self.backend.checkpoints_beside_appends()
     }
 
     /// A store that forgets everything when dropped (unit tests).
