@@ -21,7 +21,7 @@ use crate::domain::state::State;
 /// The longest the state goes without a checkpoint while it changes.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// Rows (outcomes, audit entries) that may wait in memory for one.
-pub const CHECKPOINT_ROWS: usize = 5_000;
+pub const CHECKPOINT_ROWS: usize = 50_000;
 
 /// The writer's view of its checkpoints.
 #[derive(Debug)]
