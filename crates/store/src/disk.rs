@@ -41,6 +41,13 @@ impl DiskBackend {
         let log = FileLog::open(&dir.join(LOG_DIR))?;
         let backend = DiskBackend { kv, log };
         backend.move_log_out_of_sled()?;
+        // Entries the checkpoint covers are not needed (a crash between a
+        // checkpoint and its trim leaves them).
+        if let Some(position) = backend.kv.checkpoint_position()?
+            && backend.log.head() <= position
+        {
+            backend.log.trim(position.saturating_add(1))?;
+        }
         Ok(backend)
     }
 
@@ -116,6 +123,10 @@ impl Backend for DiskBackend {
     }
 
     fn checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
+        // The log up to the checkpoint is durable before it: a crash then
+        // never leaves the log's head behind the checkpoint, where the next
+        // append would not join it.
+        self.log.flush_through(checkpoint.position)?;
         self.kv.checkpoint(checkpoint)
     }
 

@@ -102,6 +102,8 @@ struct Inner {
     file: Option<File>,
     /// Why appends are refused (a write or flush failed).
     broken: Option<Error>,
+    /// The head at the last successful flush.
+    durable: u64,
 }
 
 /// The command log in segment files under one directory.
@@ -330,10 +332,12 @@ impl FileLog {
             Some(last) => Some(Self::open_append(dir, last.floor)?),
             None => None,
         };
+        let durable = segments.last().map_or(0, |s| s.last);
         Ok(Inner {
             segments,
             file,
             broken: None,
+            durable,
         })
     }
 
@@ -451,7 +455,9 @@ impl FileLog {
         if let Some(e) = &inner.broken {
             return Err(e.clone());
         }
+        let head = inner.segments.last().map_or(0, |s| s.last);
         let Some(file) = &inner.file else {
+            inner.durable = head;
             return Ok(());
         };
         if let Err(e) = file.sync_data() {
@@ -460,7 +466,16 @@ impl FileLog {
                 .join(segment_name(inner.segments.last().map_or(0, |s| s.floor)));
             return Err(Self::broke(&mut inner, io_error("flush", &path, &e)));
         }
+        inner.durable = head;
         Ok(())
+    }
+
+    /// Makes the entries up to `position` durable, if they are not yet.
+    pub fn flush_through(&self, position: u64) -> Result<()> {
+        if self.lock().durable >= position {
+            return Ok(());
+        }
+        self.flush()
     }
 
     /// Up to `limit` entries after `after`, in position order.

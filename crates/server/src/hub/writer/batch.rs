@@ -8,6 +8,7 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpointer::{Checkpointer, Finished};
 use super::checkpoints::Checkpoints;
 use super::repair::Pending;
 use super::{Message, Start, TrimRows, shutting_down};
@@ -29,6 +30,9 @@ struct Writer {
     /// checkpoint moved to the store).
     state: State,
     checkpoints: Checkpoints,
+    /// Writes checkpoints beside this thread (`None`: it could not start,
+    /// and checkpoints are written here).
+    checkpointer: Option<Checkpointer>,
     pending: Pending,
 }
 
@@ -97,9 +101,21 @@ pub(super) fn run(
     max_batch: usize,
 ) {
     let now = Instant::now();
+    // Beside the writer only where the store keeps its log apart from its
+    // checkpoints (on disk: files and sled); elsewhere on this thread.
+    let checkpointer = if shared.store.checkpoints_beside_appends() {
+        Checkpointer::spawn(shared.clone())
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "checkpoints are written on the writer thread"),
+            )
+            .ok()
+    } else {
+        None
+    };
     let mut writer = Writer {
         pending: Pending::new(start.state.position),
         checkpoints: Checkpoints::new(start.stored, start.checkpoint_now, now),
+        checkpointer,
         state: start.state,
         shared,
     };
@@ -115,6 +131,7 @@ pub(super) fn run(
         for (trim, reply) in batch.trims {
             let _ = reply.send(writer.trim(trim));
         }
+        writer.collect_checkpoint(false);
         writer.checkpoint_if_due(Instant::now());
     }
     // The audit entries that raced with the stop are still written.
@@ -193,6 +210,10 @@ impl Writer {
 
         let now = Instant::now();
         let repair = self.pending.repair_plan().is_some();
+        if repair {
+            // A repair rewrites the log's tail: not beside a checkpoint.
+            self.collect_checkpoint(true);
+        }
         let flush = durable || repair || self.pending.aged(now);
         if entries.is_empty() && !flush {
             for (reply, answer) in answered {
@@ -250,16 +271,88 @@ impl Writer {
             .install(published, previous_insight, keys_changed);
     }
 
+    /// Starts a checkpoint if one is due: on the checkpoint thread, or
+    /// here when the log's tail must be repaired first or the thread is
+    /// gone. A failure is logged; the next tick tries again.
     fn checkpoint_if_due(&mut self, now: Instant) {
         if !self.checkpoints.due(&self.state, now) {
             return;
         }
-        // A failure is logged; the next tick tries again.
-        let _ = self.checkpoint();
+        match &mut self.checkpointer {
+            Some(checkpointer) if self.pending.repair_plan().is_none() => {
+                if checkpointer.busy() {
+                    return;
+                }
+                let stored = self.checkpoints.stored.clone();
+                if let Err(e) = checkpointer.start(stored, self.state.clone()) {
+                    tracing::error!(error = %e, "checkpoints are written on the writer thread from now on");
+                    self.checkpointer = None;
+                    let _ = self.checkpoint();
+                }
+            }
+            _ => {
+                let _ = self.checkpoint();
+            }
+        }
     }
 
-    /// Checkpoints the installed state, then trims the log it covers.
+    /// Takes the result of the checkpoint in flight if it has finished
+    /// (`wait`: waits for it).
+    fn collect_checkpoint(&mut self, wait: bool) {
+        let Some(checkpointer) = &mut self.checkpointer else {
+            return;
+        };
+        let finished = if wait {
+            checkpointer.wait()
+        } else {
+            checkpointer.poll()
+        };
+        if let Some(finished) = finished {
+            self.checkpoint_finished(finished);
+        }
+    }
+
+    /// A checkpoint written on the checkpoint thread: its rows leave
+    /// memory (the state has only appended rows since it was handed over,
+    /// so they are a prefix) and it is the next diff base.
+    fn checkpoint_finished(&mut self, finished: Finished) {
+        let Finished {
+            state: written,
+            result,
+            took,
+        } = finished;
+        match result {
+            Ok(()) => {
+                tracing::debug!(
+                    position = written.position,
+                    rows = written.rows.outcomes.len() + written.rows.audit.len(),
+                    ms = took.as_secs_f64() * 1000.0,
+                    "checkpoint written (in the background)"
+                );
+                let rows = &mut self.state.rows;
+                debug_assert!(
+                    rows.outcomes.len() >= written.rows.outcomes.len()
+                        && rows
+                            .outcomes
+                            .get(written.rows.outcomes.len().wrapping_sub(1))
+                            == written.rows.outcomes.last()
+                );
+                rows.outcomes = rows.outcomes.skip(written.rows.outcomes.len());
+                rows.audit = rows.audit.skip(written.rows.audit.len());
+                self.checkpoints.written(written, Instant::now());
+                self.shared.snapshot.store(Arc::new(self.state.clone()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint failed; the log keeps every command meanwhile");
+                self.pending.failed(0, &e, Instant::now());
+            }
+        }
+    }
+
+    /// Checkpoints the installed state on this thread (after the one in
+    /// flight, if any), then trims the log it covers.
     fn checkpoint(&mut self) -> Result<()> {
+        self.collect_checkpoint(true);
         if self.checkpoints.up_to_date(&self.state) && self.pending.repair_plan().is_none() {
             return Ok(());
         }
@@ -283,7 +376,10 @@ impl Writer {
                 );
                 // The checkpoint's flush made the log durable too.
                 self.pending.flushed(self.state.position);
-                self.checkpoints.written(&mut self.state, Instant::now());
+                let written = self.state.clone();
+                self.state.rows.outcomes.clear();
+                self.state.rows.audit.clear();
+                self.checkpoints.written(written, Instant::now());
                 self.shared.snapshot.store(Arc::new(self.state.clone()));
                 if let Err(e) = store.trim_log(self.state.position.saturating_add(1)) {
                     tracing::warn!(error = %e, "cannot trim the command log; the next checkpoint tries again");
@@ -300,6 +396,8 @@ impl Writer {
 
     /// Trims the outcome and audit logs in the store.
     fn trim(&mut self, trim: TrimRows) -> Result<(usize, usize)> {
+        // Not beside a checkpoint writing rows of the same logs.
+        self.collect_checkpoint(true);
         let store = &self.shared.store;
         Ok((
             store.trim_rows(RowLog::Outcomes, trim.outcomes_before, trim.now)?,

@@ -64,11 +64,11 @@ impl Checkpoints {
     }
 
     /// `state` was written: it is the new base. Its rows are in the store
-    /// now, so the state keeps none.
-    pub fn written(&mut self, state: &mut State, now: Instant) {
+    /// now, so the base keeps none.
+    pub fn written(&mut self, mut state: State, now: Instant) {
         state.rows.outcomes.clear();
         state.rows.audit.clear();
-        self.stored = state.clone();
+        self.stored = state;
         self.written_at = now;
         self.urgent = false;
     }
@@ -92,8 +92,12 @@ mod tests {
             state.log_audit(AuditEntry::default());
         }
         assert!(checkpoints.due(&state, t0), "rows pile up");
-        checkpoints.written(&mut state, t0);
-        assert!(state.rows.audit.is_empty(), "written rows leave memory");
+        checkpoints.written(state.clone(), t0);
+        assert!(
+            checkpoints.stored.rows.audit.is_empty(),
+            "written rows leave the base"
+        );
+        state.rows.audit.clear();
         assert_eq!(checkpoints.stored.position, 1);
         assert!(!checkpoints.due(&state, t0 + CHECKPOINT_EVERY));
         let urgent = Checkpoints::new(state.clone(), true, t0);

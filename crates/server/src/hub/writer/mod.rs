@@ -16,6 +16,9 @@
 //!
 //! - [`batch`]: one group commit — fold, append, flush, install, answer;
 //! - [`checkpoints`]: when the state is checkpointed and the log trimmed;
+//! - [`checkpointer`]: the thread that writes checkpoints beside the
+//!   writer (where the store keeps its log apart from its checkpoints), so
+//!   that a large one does not hold up the writes queued behind it;
 //! - [`repair`]: what a failed commit leaves in doubt and how the next one
 //!   puts it right, so writes resume on their own once the disk does;
 //! - [`backpressure`]: the bound on audit entries queued while the store
@@ -31,6 +34,7 @@
 
 mod backpressure;
 mod batch;
+mod checkpointer;
 mod checkpoints;
 mod repair;
 mod replica;

@@ -470,7 +470,9 @@ impl ReplicaWriter {
                     ms = started.elapsed().as_secs_f64() * 1000.0,
                     "checkpoint written"
                 );
-                checkpoints.written(&mut self.state, now);
+                checkpoints.written(self.state.clone(), now);
+                self.state.rows.outcomes.clear();
+                self.state.rows.audit.clear();
                 self.shared.snapshot.store(Arc::new(self.state.clone()));
                 // What the previous checkpoint covers goes: a replica that
                 // has folded that far still finds the rest of its tail.
