@@ -455,6 +455,57 @@ async fn one_instance_cannot_make_the_fleet_bootstrap() {
     assert_eq!(config.source, pb::ConfigSource::Fleet as i32);
 }
 
+/// The insight flood of issue 16's attack: one instance sharing insights
+/// of the largest size allowed fills the store and every new
+/// subscription's replay. Its stored insights are bounded; it only pushes
+/// out its own oldest.
+#[tokio::test]
+async fn one_instance_cannot_fill_the_insight_store() {
+    let hub = TestHub::start_with(|c| c.hub.insight_bytes_per_instance = 256 * 1024).await;
+    let bystander = hub.registered("bystander").await;
+    bystander
+        .share_insight(crate::common::insight("kept"))
+        .await
+        .unwrap();
+    let flooder = hub.registered("flooder").await;
+    let large = |i: usize| {
+        let mut request = crate::common::insight(&format!("flood {i:02}"));
+        if let Some(insight) = request.insight.as_mut() {
+            insight.insight = "x".repeat(4096);
+            insight.alternatives = (0..8)
+                .map(|_| pb::InsightAlternative {
+                    insight: "y".repeat(4096),
+                    effectiveness: 0.5,
+                })
+                .collect();
+        }
+        request
+    };
+    for i in 0..40 {
+        flooder.share_insight(large(i)).await.unwrap();
+    }
+    let titles: Vec<String> = bystander
+        .get_insights(pb::GetInsightsRequest {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .insights
+        .into_iter()
+        .map(|i| i.title)
+        .collect();
+    let flood: Vec<&String> = titles.iter().filter(|t| t.starts_with("flood")).collect();
+    // About 37 KB each: 7 fit in 256 KiB, and they are the newest.
+    assert_eq!(flood.len(), 7, "{titles:?}");
+    assert!(titles.iter().any(|t| t == "flood 39"), "{titles:?}");
+    assert!(!titles.iter().any(|t| t == "flood 32"), "{titles:?}");
+    assert!(
+        titles.iter().any(|t| t == "kept"),
+        "another's insight stays"
+    );
+}
+
 #[tokio::test]
 async fn configurations_are_validated_against_rivals_and_offered_as_alternatives() {
     let hub = TestHub::start().await;

@@ -148,6 +148,8 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                 id: format!("insight_{seed}_{i}"),
                 default_ttl_ms: 7 * DAY,
                 request: None,
+                // Half of them under a bound small enough to evict.
+                max_bytes_per_instance: if rng.next_u64() % 2 == 0 { 0 } else { 2048 },
             },
             62..=64 => Action::RecordInsightUse {
                 caller,

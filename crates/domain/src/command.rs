@@ -101,6 +101,12 @@ pub enum Action {
         /// Its validity when the draft sets none.
         default_ttl_ms: i64,
         request: Option<Idempotency>,
+        /// The bytes of insights the caller may have stored
+        /// ([`Insight::stored_bytes`](crate::model::Insight::stored_bytes));
+        /// its oldest go to make room. 0 (commands logged before the bound
+        /// existed): no bound.
+        #[serde(default)]
+        max_bytes_per_instance: u64,
     },
     RecordInsightUse {
         caller: String,

@@ -192,13 +192,17 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             id,
             default_ttl_ms,
             request,
+            max_bytes_per_instance,
         } => share_insight(
             state,
             now,
             caller,
             draft,
             id,
-            *default_ttl_ms,
+            InsightBounds {
+                default_ttl_ms: *default_ttl_ms,
+                max_bytes_per_instance: *max_bytes_per_instance,
+            },
             request.as_ref(),
         ),
         Action::RecordInsightUse {
@@ -555,13 +559,19 @@ fn share_strategy(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What a shared insight is stamped and bounded with.
+struct InsightBounds {
+    default_ttl_ms: i64,
+    max_bytes_per_instance: u64,
+}
+
 fn share_insight(
     state: &mut State,
     now: UnixMillis,
     caller: &str,
     draft: &InsightDraft,
     id: &str,
-    default_ttl_ms: i64,
+    bounds: InsightBounds,
     request: Option<&Idempotency>,
 ) -> Result<Answer> {
     once(
@@ -610,16 +620,17 @@ fn share_insight(
                 ));
             }
             touch_instance(state, now, caller)?;
-            state.counters.insight_sequence += 1;
             let insight = Arc::new(Insight {
                 id: id.to_string(),
-                sequence: state.counters.insight_sequence,
-                valid_until: draft.valid_until.unwrap_or(now + default_ttl_ms),
+                sequence: state.counters.insight_sequence + 1,
+                valid_until: draft.valid_until.unwrap_or(now + bounds.default_ttl_ms),
                 draft: draft.clone(),
                 created_at: now,
                 shared_by: caller.to_string(),
                 uses: 0,
             });
+            make_room(state, caller, &insight, bounds.max_bytes_per_instance)?;
+            state.counters.insight_sequence += 1;
             state
                 .tables
                 .insights
@@ -637,6 +648,42 @@ fn share_insight(
             ))
         },
     )
+}
+
+/// Keeps the insights `caller` has stored within `max_bytes` with `insight`
+/// added: its oldest (lowest sequence) go first. An insight larger than
+/// the whole bound is refused. 0: no bound.
+fn make_room(state: &mut State, caller: &str, insight: &Insight, max_bytes: u64) -> Result<()> {
+    if max_bytes == 0 {
+        return Ok(());
+    }
+    let size = insight.stored_bytes();
+    if size > max_bytes {
+        return Err(Error::invalid(
+            "insight",
+            format!(
+                "takes {size} bytes, more than the {max_bytes} bytes of insights an instance \
+                 may have stored (hub.insight_kib_per_instance)"
+            ),
+        ));
+    }
+    // Oldest first: the table is ordered by sequence.
+    let mine: Vec<(u64, u64)> = state
+        .tables
+        .insights
+        .values()
+        .filter(|i| i.shared_by == caller)
+        .map(|i| (i.sequence, i.stored_bytes()))
+        .collect();
+    let mut stored: u64 = mine.iter().map(|(_, bytes)| bytes).sum();
+    for (sequence, bytes) in mine {
+        if stored + size <= max_bytes {
+            break;
+        }
+        state.tables.insights.remove(&sequence);
+        stored -= bytes;
+    }
+    Ok(())
 }
 
 /// The newest version of the insight with `id`.
@@ -986,6 +1033,86 @@ mod tests {
             }) => *outcome_sequence,
             other => panic!("not a share: {other:?}"),
         }
+    }
+
+    fn insight(caller: &str, title: &str, text_bytes: usize, bound: u64) -> Action {
+        Action::ShareInsight {
+            caller: caller.into(),
+            draft: InsightDraft {
+                category: crate::model::InsightCategory::Timing,
+                title: title.into(),
+                insight: "x".repeat(text_bytes),
+                evidence: Default::default(),
+                applicable_contexts: vec![],
+                effectiveness: 0.5,
+                risk: 0.1,
+                recommendation: String::new(),
+                alternatives: vec![],
+                valid_until: None,
+            },
+            id: format!("id-{title}"),
+            default_ttl_ms: 24 * HOUR,
+            request: None,
+            max_bytes_per_instance: bound,
+        }
+    }
+
+    fn titles_of(state: &State, caller: &str) -> Vec<String> {
+        state
+            .tables
+            .insights
+            .values()
+            .filter(|i| i.shared_by == caller)
+            .map(|i| i.draft.title.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_instance_past_its_insight_bound_loses_its_oldest_and_nobody_elses() {
+        // Each insight counts its text, id, sharer and the fixed overhead:
+        // 1000 + 5 (id) + 1 (sharer) + 2 (title) + 256 = 1264 bytes; three
+        // fit in 4000.
+        let bound = 4000;
+        let (state, answers) = folded(vec![
+            register("a"),
+            register("b"),
+            insight("b", "b1", 1000, bound),
+            insight("a", "a1", 1000, bound),
+            insight("a", "a2", 1000, bound),
+            insight("a", "a3", 1000, bound),
+            insight("a", "a4", 1000, bound),
+            insight("a", "a5", 1000, bound),
+            insight("a", "huge", 5000, bound),
+        ]);
+        assert!(answers[..8].iter().all(|a| a.is_ok()), "{answers:?}");
+        assert_eq!(titles_of(&state, "a"), ["a3", "a4", "a5"]);
+        assert_eq!(titles_of(&state, "b"), ["b1"], "another's are untouched");
+        let stored: u64 = state
+            .tables
+            .insights
+            .values()
+            .filter(|i| i.shared_by == "a")
+            .map(|i| i.stored_bytes())
+            .sum();
+        assert!(stored <= bound, "{stored}");
+        // Larger than the whole bound: refused, naming the field, and
+        // nothing dropped for it.
+        let refused = answers[8].as_ref().unwrap_err().to_string();
+        assert!(
+            refused.contains("insight") && refused.contains("4000 bytes"),
+            "{refused}"
+        );
+        assert_eq!(
+            state.counters.insight_sequence, 6,
+            "the refused one took no sequence"
+        );
+        // Unbounded (a command logged before the bound): nothing goes.
+        let (state, _) = folded(
+            std::iter::once(register("a"))
+                .chain((0..10).map(|i| insight("a", &format!("t{i}"), 1000, 0)))
+                .collect(),
+        );
+        assert_eq!(titles_of(&state, "a").len(), 10);
     }
 
     #[test]

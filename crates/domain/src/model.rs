@@ -714,7 +714,34 @@ impl Insight {
             .iter()
             .any(|c| c.context == context)
     }
+
+    /// What the insight counts against its instance's storage bound: the
+    /// bytes of its text, and [`INSIGHT_OVERHEAD_BYTES`] for the rest. A
+    /// function of the content only, so every replica folds it alike.
+    pub fn stored_bytes(&self) -> u64 {
+        let draft = &self.draft;
+        let text = draft.title.len()
+            + draft.insight.len()
+            + draft.recommendation.len()
+            + draft
+                .alternatives
+                .iter()
+                .map(|a| a.insight.len() + 8)
+                .sum::<usize>()
+            + draft
+                .applicable_contexts
+                .iter()
+                .map(|c| c.context.len() + c.threshold.len())
+                .sum::<usize>()
+            + self.id.len()
+            + self.shared_by.len();
+        text as u64 + INSIGHT_OVERHEAD_BYTES
+    }
 }
+
+/// The fixed part of an insight's [`Insight::stored_bytes`]: numbers,
+/// times and the encoding around the text.
+pub const INSIGHT_OVERHEAD_BYTES: u64 = 256;
 
 // ---------------------------------------------------------------------------
 // Failures

@@ -227,6 +227,7 @@ pub const KEYS: &[Key] = &[
     ),
     key("hub", "insight_ttl_days", int(1, 3650), "7"),
     key("hub", "max_insight_ttl_days", int(1, 3650), "30"),
+    key("hub", "insight_kib_per_instance", int(256, 1 << 30), "4096"),
     key("hub", "broadcast_capacity", int(1, 1 << 20), "1024"),
     key("hub", "writer_queue", int(1, 1 << 24), "4096"),
     key("hub", "max_batch", int(1, 1 << 20), "512"),
@@ -704,6 +705,8 @@ impl Settings {
         hub.request_id_window_ms = self.int("hub", "request_id_window_hours") * HOUR_MS;
         hub.insight_ttl_ms = self.int("hub", "insight_ttl_days") * 24 * HOUR_MS;
         hub.max_insight_ttl_ms = self.int("hub", "max_insight_ttl_days") * 24 * HOUR_MS;
+        hub.insight_bytes_per_instance =
+            self.unsigned::<u64>("hub", "insight_kib_per_instance") * 1024;
         hub.broadcast_capacity = self.unsigned("hub", "broadcast_capacity");
         hub.writer_queue = self.unsigned("hub", "writer_queue");
         hub.max_batch = self.unsigned("hub", "max_batch");

@@ -48,6 +48,7 @@ impl Hub {
                 id: new_insight_id(),
                 default_ttl_ms: self.shared.settings.insight_ttl_ms,
                 request: self.idempotency(request),
+                max_bytes_per_instance: self.shared.settings.insight_bytes_per_instance,
             })
             .await?;
         match answer {

@@ -61,6 +61,9 @@ pub struct HubSettings {
     pub insight_ttl_ms: i64,
     /// The furthest ahead a shared `valid_until` may lie.
     pub max_insight_ttl_ms: i64,
+    /// Bytes of insights one instance may have stored
+    /// (`Insight::stored_bytes`); its oldest go to make room.
+    pub insight_bytes_per_instance: u64,
     /// Insights the live broadcast buffers; a subscriber further behind
     /// catches up from the store.
     pub broadcast_capacity: usize,
@@ -124,6 +127,7 @@ impl Default for HubSettings {
         HubSettings {
             insight_ttl_ms: 7 * DAY_MS,
             max_insight_ttl_ms: 30 * DAY_MS,
+            insight_bytes_per_instance: 4 << 20,
             broadcast_capacity: 1024,
             writer_queue: 4096,
             max_batch: 512,
