@@ -131,7 +131,11 @@ pub(super) fn run(
         for (trim, reply) in batch.trims {
             let _ = reply.send(writer.trim(trim));
         }
-        writer.collect_checkpoint(false);
+        // A checkpointer that falls behind (a core saturated by writes)
+        // would let rows pile up without end: past the bound the writer
+        // waits for it.
+        let behind = writer.checkpoints.behind(&writer.state);
+        writer.collect_checkpoint(behind);
         writer.checkpoint_if_due(Instant::now());
     }
     // The audit entries that raced with the stop are still written.

@@ -23,9 +23,15 @@
 //! wrote checkpoints beside a writer that appended to the same sled
 //! database, and in 2 of 3 bench runs sled stopped completing flushes for
 //! good (the writer in `flush`, sled's I/O threads in `write_to_log`), so
-//! two threads never write one sled database here. The thread runs at a
-//! lower CPU priority ([`NICE`]) so that on a saturated core it yields to
-//! the writer and the request handlers.
+//! two threads never write one sled database here.
+//!
+//! The thread runs at the writer's priority. At a lower one (nice 10) it
+//! looked better in 8-second benches and was not: on a core saturated by
+//! writes it got a tenth of the time, each checkpoint took longer than the
+//! rows it covered took to arrive (5.6 s, then 13.5 s, then 21.6 s for
+//! 400,000 rows), and memory grew without end. Should it still fall behind,
+//! the writer waits for it once rows pass
+//! [`ROWS_BEHIND`](super::checkpoints::ROWS_BEHIND).
 
 use std::{
     sync::{Arc, mpsc},
@@ -66,7 +72,6 @@ impl Checkpointer {
         let thread = thread::Builder::new()
             .name("hub-checkpoint".into())
             .spawn(move || {
-                lower_priority();
                 for job in inbox {
                     let started = Instant::now();
                     let result = write(&shared, &job);
@@ -161,21 +166,4 @@ fn write(shared: &Shared, job: &Job) -> Result<()> {
         tracing::warn!(error = %e, "cannot trim the command log; the next checkpoint tries again");
     }
     Ok(())
-}
-
-/// How much lower than the writer's the checkpoint thread's CPU priority
-/// is (a nice value): where the hub has fewer cores than busy threads, a
-/// checkpoint takes what the writer and the request handlers leave rather
-/// than a share of its own, so the writes it runs beside keep their
-/// latency. It still runs: under CFS a thread at nice 10 gets about a
-/// tenth of a contended core's time.
-const NICE: i32 = 10;
-
-/// Lowers the calling thread's priority by [`NICE`] (on Linux, where nice
-/// values are per thread); elsewhere, or if not permitted, it stays.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
-        tracing::debug!(error = %e, "cannot lower the checkpoint thread's priority");
-    }
 }

@@ -22,6 +22,9 @@ use crate::domain::state::State;
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// Rows (outcomes, audit entries) that may wait in memory for one.
 pub const CHECKPOINT_ROWS: usize = 50_000;
+/// Rows past which the writer waits for the checkpoint being written
+/// beside it, so that memory stays bounded when it falls behind.
+pub const ROWS_BEHIND: usize = 4 * CHECKPOINT_ROWS;
 
 /// The writer's view of its checkpoints.
 #[derive(Debug)]
@@ -53,6 +56,13 @@ impl Checkpoints {
         self.urgent
             || state.rows.outcomes.len() + state.rows.audit.len() >= CHECKPOINT_ROWS
             || now.duration_since(self.written_at) >= CHECKPOINT_EVERY
+    }
+
+    /// Whether rows wait in memory far beyond [`CHECKPOINT_ROWS`]
+    /// ([`ROWS_BEHIND`]): a checkpoint written beside the writer is not
+    /// keeping up, and the writer should wait for it.
+    pub fn behind(&self, state: &State) -> bool {
+        state.rows.outcomes.len() + state.rows.audit.len() >= ROWS_BEHIND
     }
 
     /// Whether nothing would be written: `state` is what the store holds.
@@ -92,6 +102,14 @@ mod tests {
             state.log_audit(AuditEntry::default());
         }
         assert!(checkpoints.due(&state, t0), "rows pile up");
+        assert!(!checkpoints.behind(&state));
+        for _ in CHECKPOINT_ROWS..ROWS_BEHIND {
+            state.log_audit(AuditEntry::default());
+        }
+        assert!(
+            checkpoints.behind(&state),
+            "the writer waits past the bound"
+        );
         checkpoints.written(state.clone(), t0);
         assert!(
             checkpoints.stored.rows.audit.is_empty(),
