@@ -484,17 +484,7 @@ async fn one_instance_cannot_fill_the_insight_store() {
     for i in 0..40 {
         flooder.share_insight(large(i)).await.unwrap();
     }
-    let titles: Vec<String> = bystander
-        .get_insights(pb::GetInsightsRequest {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .insights
-        .into_iter()
-        .map(|i| i.title)
-        .collect();
+    let titles = crate::common::insight_titles(&bystander, 100).await;
     let flood: Vec<&String> = titles.iter().filter(|t| t.starts_with("flood")).collect();
     // About 37 KB each: 7 fit in 256 KiB, and they are the newest.
     assert_eq!(flood.len(), 7, "{titles:?}");

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod commands;
+pub mod hooked;
 pub mod pg;
 pub mod proxy;
 
@@ -515,6 +516,22 @@ pub fn strategy_outcome(
         delta,
         ..Default::default()
     }
+}
+
+/// The titles of the insights `client` is served, in the order served
+/// (`limit` 0: the hub's default).
+pub async fn insight_titles(client: &HubClient, limit: u32) -> Vec<String> {
+    client
+        .get_insights(pb::GetInsightsRequest {
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .insights
+        .into_iter()
+        .map(|i| i.title)
+        .collect()
 }
 
 pub fn insight(title: &str) -> pb::ShareInsightRequest {

@@ -10,11 +10,12 @@ use crate::common;
 
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
+use common::hooked::Hooked;
 use common::register_in_process;
 use learning_hub::clock::ManualClock;
 use learning_hub::domain::model::{Attributes, StrategyKey, StrategyRecord, StrategyShare};
 use learning_hub::hub::{AuditQuery, Hub, HubSettings};
-use learning_hub::store::{Appended, Backend, Checkpoint, KvBackend, MemoryEngine, RowLog, Store};
+use learning_hub::store::{KvBackend, MemoryEngine, Store};
 use serde_json::Value;
 
 const T0: i64 = 1_700_000_000_000;
@@ -283,102 +284,44 @@ fn reopen(dir: &Path) -> Store {
     Store::open(dir).unwrap()
 }
 
-/// A store whose checkpoints wait at a gate, kept apart from its log the
-/// way the on-disk one is: the writer may write them beside its commits.
-struct Gated {
-    inner: KvBackend,
-    open: std::sync::Mutex<bool>,
+/// A gate checkpoints wait at, counting those waiting.
+#[derive(Default)]
+struct Gate {
+    closed: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
     waiting: std::sync::atomic::AtomicUsize,
 }
 
-impl Gated {
-    fn new() -> Arc<Self> {
-        Arc::new(Gated {
-            inner: KvBackend::new(Arc::new(MemoryEngine::default())),
-            open: std::sync::Mutex::new(true),
-            opened: std::sync::Condvar::new(),
-            waiting: Default::default(),
-        })
-    }
-
+impl Gate {
     fn set(&self, open: bool) {
-        *self.open.lock().unwrap() = open;
+        *self.closed.lock().unwrap() = !open;
         self.opened.notify_all();
     }
-}
 
-impl Backend for Gated {
-    fn checkpoint_position(&self) -> learning_hub::Result<Option<u64>> {
-        self.inner.checkpoint_position()
-    }
-    fn meta(&self, name: &str) -> learning_hub::Result<Option<Vec<u8>>> {
-        self.inner.meta(name)
-    }
-    fn table(&self, table: &str) -> learning_hub::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.table(table)
-    }
-    fn append(&self, entries: &[Appended]) -> learning_hub::Result<()> {
-        self.inner.append(entries)
-    }
-    fn flush(&self) -> learning_hub::Result<()> {
-        self.inner.flush()
-    }
-    fn log_after(&self, after: u64, limit: usize) -> learning_hub::Result<Vec<Appended>> {
-        self.inner.log_after(after, limit)
-    }
-    fn log_head(&self) -> learning_hub::Result<u64> {
-        self.inner.log_head()
-    }
-    fn discard_log_after(&self, position: u64) -> learning_hub::Result<()> {
-        self.inner.discard_log_after(position)
-    }
-    fn checkpoint(&self, checkpoint: Checkpoint) -> learning_hub::Result<()> {
-        let open = self.open.lock().unwrap();
+    fn pass(&self) {
+        let closed = self.closed.lock().unwrap();
         self.waiting
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        drop(self.opened.wait_while(open, |open| !*open).unwrap());
+        drop(self.opened.wait_while(closed, |closed| *closed).unwrap());
         self.waiting
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.checkpoint(checkpoint)
     }
-    fn trim_log(&self, before: u64) -> learning_hub::Result<usize> {
-        self.inner.trim_log(before)
-    }
-    fn rows_after(
-        &self,
-        log: RowLog,
-        after: u64,
-        limit: usize,
-    ) -> learning_hub::Result<Vec<(u64, Vec<u8>)>> {
-        self.inner.rows_after(log, after, limit)
-    }
-    fn rows_before(
-        &self,
-        log: RowLog,
-        before: u64,
-        limit: usize,
-    ) -> learning_hub::Result<Vec<(u64, Vec<u8>)>> {
-        self.inner.rows_before(log, before, limit)
-    }
-    fn trim_rows(&self, log: RowLog, before: u64) -> learning_hub::Result<usize> {
-        self.inner.trim_rows(log, before)
-    }
-    fn size_on_disk(&self) -> u64 {
-        0
-    }
-    fn recover(&self) -> learning_hub::Result<()> {
-        self.inner.recover()
-    }
-    fn checkpoints_beside_appends(&self) -> bool {
-        true
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 #[tokio::test]
 async fn writes_are_acknowledged_while_a_checkpoint_is_being_written() {
-    let gated = Gated::new();
-    let store = Store::new(gated.clone());
+    // Checkpoints wait at the gate; the store keeps its log apart from
+    // them, as the one on disk does, so the writer writes them beside it.
+    let gate = Arc::new(Gate::default());
+    let held = gate.clone();
+    let backend = Hooked::new(KvBackend::new(Arc::new(MemoryEngine::default())))
+        .before_checkpoint(move || held.pass())
+        .beside_appends(true);
+    let store = Store::new(Arc::new(backend));
     let clock = Arc::new(ManualClock::new(T0));
     let first = open(&store, &clock);
     register_in_process(&first, "i1").await;
@@ -386,10 +329,10 @@ async fn writes_are_acknowledged_while_a_checkpoint_is_being_written() {
     // A second hub on the store (a crash of the first): it folds the log's
     // tail and checkpoints at once — on the checkpoint thread, held at the
     // gate.
-    gated.set(false);
+    gate.set(false);
     let second = open(&store, &clock);
     let started = std::time::Instant::now();
-    while gated.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while gate.waiting() == 0 {
         assert!(started.elapsed().as_secs() < 10, "no checkpoint started");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
@@ -401,7 +344,7 @@ async fn writes_are_acknowledged_while_a_checkpoint_is_being_written() {
         "writes were acknowledged while the checkpoint waited"
     );
     assert_eq!(checkpointed(&store), before, "the checkpoint is still held");
-    gated.set(true);
+    gate.set(true);
     let digest = second.state_digest();
     second.close().await.unwrap();
     assert_eq!(checkpointed(&store), second.state().position);

@@ -251,14 +251,7 @@ fn config() -> pb::ShareConfigurationRequest {
 }
 
 async fn titles(client: &learning_hub::client::HubClient) -> Vec<String> {
-    let mut titles: Vec<String> = client
-        .get_insights(Default::default())
-        .await
-        .unwrap()
-        .insights
-        .into_iter()
-        .map(|i| i.title)
-        .collect();
+    let mut titles = crate::common::insight_titles(client, 0).await;
     titles.sort();
     titles
 }
@@ -894,17 +887,7 @@ async fn sled_on_a_full_tmpfs_refuses_writes_and_recovers_when_space_returns() {
     let a = hub.client("a").await.with_retry_policy(RetryPolicy::none());
     let mut expected = acknowledged.clone();
     expected.sort();
-    let mut found: Vec<String> = a
-        .get_insights(pb::GetInsightsRequest {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .insights
-        .into_iter()
-        .map(|i| i.title)
-        .collect();
+    let mut found = crate::common::insight_titles(&a, 1000).await;
     found.sort();
     assert_eq!(found, expected);
     hub.stop().await.unwrap();

@@ -35,6 +35,7 @@ use learning_hub::store::{
     MemorySharedLog, PgBackend, PgSettings, RowLog, RowWrite, TableWrite,
 };
 
+use crate::common::hooked::Hooked;
 use crate::common::pg::TestDb;
 
 /// Opens handles on one storage.
@@ -281,70 +282,15 @@ fn postgres_conforms() {
 /// fails it.
 #[test]
 fn a_backend_that_breaks_a_rule_fails_the_suite() {
-    struct OneShort(KvBackend);
-    impl Backend for OneShort {
-        fn checkpoint_position(&self) -> learning_hub::Result<Option<u64>> {
-            self.0.checkpoint_position()
-        }
-        fn meta(&self, name: &str) -> learning_hub::Result<Option<Vec<u8>>> {
-            self.0.meta(name)
-        }
-        fn table(&self, table: &str) -> learning_hub::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-            self.0.table(table)
-        }
-        fn append(&self, entries: &[Appended]) -> learning_hub::Result<()> {
-            self.0.append(entries)
-        }
-        fn flush(&self) -> learning_hub::Result<()> {
-            self.0.flush()
-        }
-        fn log_after(&self, after: u64, limit: usize) -> learning_hub::Result<Vec<Appended>> {
-            let mut entries = self.0.log_after(after, limit)?;
-            entries.pop();
-            Ok(entries)
-        }
-        fn log_head(&self) -> learning_hub::Result<u64> {
-            self.0.log_head()
-        }
-        fn discard_log_after(&self, position: u64) -> learning_hub::Result<()> {
-            self.0.discard_log_after(position)
-        }
-        fn checkpoint(&self, checkpoint: Checkpoint) -> learning_hub::Result<()> {
-            self.0.checkpoint(checkpoint)
-        }
-        fn trim_log(&self, before: u64) -> learning_hub::Result<usize> {
-            self.0.trim_log(before)
-        }
-        fn rows_after(
-            &self,
-            log: RowLog,
-            after: u64,
-            limit: usize,
-        ) -> learning_hub::Result<Vec<(u64, Vec<u8>)>> {
-            self.0.rows_after(log, after, limit)
-        }
-        fn rows_before(
-            &self,
-            log: RowLog,
-            before: u64,
-            limit: usize,
-        ) -> learning_hub::Result<Vec<(u64, Vec<u8>)>> {
-            self.0.rows_before(log, before, limit)
-        }
-        fn trim_rows(&self, log: RowLog, before: u64) -> learning_hub::Result<usize> {
-            self.0.trim_rows(log, before)
-        }
-        fn size_on_disk(&self) -> u64 {
-            0
-        }
-        fn recover(&self) -> learning_hub::Result<()> {
-            Ok(())
-        }
-    }
     struct Broken(Arc<MemoryEngine>);
     impl Storage for Broken {
         fn open(&mut self) -> Box<dyn Backend> {
-            Box::new(OneShort(KvBackend::new(self.0.clone())))
+            Box::new(
+                Hooked::new(KvBackend::new(self.0.clone())).rewrite_log(|mut entries| {
+                    entries.pop();
+                    entries
+                }),
+            )
         }
     }
     let failed = std::panic::catch_unwind(|| run_all(|| Broken(Arc::default())));

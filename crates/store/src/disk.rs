@@ -164,16 +164,8 @@ impl Backend for DiskBackend {
 
 #[cfg(test)]
 mod tests {
+    use super::super::file_log::tests::entries;
     use super::*;
-
-    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Appended> {
-        range
-            .map(|position| Appended {
-                position,
-                bytes: vec![position as u8; 3],
-            })
-            .collect()
-    }
 
     #[test]
     fn a_log_kept_in_sled_moves_to_the_files_once() {

@@ -625,10 +625,11 @@ impl FileLog {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Appended> {
+    /// Log entries at `range`, each its own bytes.
+    pub(crate) fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Appended> {
         range
             .map(|position| Appended {
                 position,
