@@ -20,8 +20,14 @@ use crate::domain::state::State;
 
 /// The longest the state goes without a checkpoint while it changes.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
-/// Rows (outcomes, audit entries) that may wait in memory for one.
-pub const CHECKPOINT_ROWS: usize = 50_000;
+/// Rows (outcomes, audit entries) that may wait in memory for one. Small
+/// checkpoints keep the hub's memory down: a checkpoint's bytes exist
+/// several times over while sled takes them (encoded, in sled's batch, in
+/// its I/O buffers), and the allocator keeps the peak. With checkpoints
+/// beside the writer their number costs little: at 10,000 rows instead of
+/// 50,000 the hub ended 30-second write benches at 221–227 MiB instead of
+/// 469–470, at 0.90–0.93× the throughput (BENCHMARKS.md).
+pub const CHECKPOINT_ROWS: usize = 10_000;
 /// Rows past which the writer waits for the checkpoint being written
 /// beside it, so that memory stays bounded when it falls behind.
 pub const ROWS_BEHIND: usize = 4 * CHECKPOINT_ROWS;
