@@ -651,16 +651,20 @@ async fn postgres_going_away_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up() {
     use crate::common::proxy::{Mode, Proxy, postgres_addr};
-    let proxy = Arc::new(Proxy::start(postgres_addr()).await);
-    let via = proxy.clone();
+    // Every replica reaches PostgreSQL through a proxy of its own, so the
+    // cut can fall on whichever replica holds the jobs lease: it always
+    // deposes a holder, without waiting for one particular replica to win.
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(Arc::new(Proxy::start(postgres_addr()).await));
+    }
+    let via = proxies.clone();
     let Some(cluster) = Cluster::start(
         "replicas::a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up",
         3,
         move |i, c| {
-            if i == 0 {
-                let url = c.storage.postgres_url.clone().unwrap();
-                c.storage.postgres_url = Some(via.url(&url));
-            }
+            let url = c.storage.postgres_url.clone().unwrap();
+            c.storage.postgres_url = Some(via[i].url(&url));
             c.hub.write_timeout = Duration::from_secs(2);
             c.insight_interval = Some(Duration::from_millis(300));
         },
@@ -669,16 +673,17 @@ async fn a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up() {
     else {
         return;
     };
-    // Replica 0 takes the lease first, so the cut deposes a holder.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while lease_holders(&cluster).await.first().map(|h| h.0) != Some(0) {
-        if Instant::now() > deadline {
-            break;
+    let cut_off = loop {
+        if let Some(&(holder, _)) = lease_holders(&cluster).await.first() {
+            break holder;
         }
+        assert!(Instant::now() < deadline, "no replica took the jobs lease");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let proxy = &proxies[cut_off];
     let (ledgers, stop, writers) = start_writers(&cluster, 3).await;
-    let watcher = cluster.hubs[0].client("watcher").await;
+    let watcher = cluster.hubs[cut_off].client("watcher").await;
     let mut stream = watcher
         .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
         .await
@@ -704,7 +709,7 @@ async fn a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up() {
         ended.message()
     );
     let ended_after = cut.elapsed();
-    let cut_off = cluster.hubs[0]
+    let status = cluster.hubs[cut_off]
         .operator()
         .await
         .admin()
@@ -712,10 +717,10 @@ async fn a_replica_cut_off_from_postgres_stops_acknowledging_and_catches_up() {
         .await
         .unwrap()
         .into_inner();
-    assert!(!cut_off.not_serving.is_empty(), "{cut_off:?}");
+    assert!(!status.not_serving.is_empty(), "{status:?}");
     let holders = lease_holders(&cluster).await;
     assert!(
-        holders.iter().all(|(i, _)| *i != 0),
+        holders.iter().all(|(i, _)| *i != cut_off),
         "the cut-off replica still counts on the lease: {holders:?}"
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
