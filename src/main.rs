@@ -14,9 +14,10 @@ use learning_hub::{
 
 /// The writer copies and drops many small persistent-map nodes per group
 /// commit; glibc's allocator spent about a third of the writer thread on
-/// them (profiled), jemalloc much less.
+/// them (profiled). jemalloc and mimalloc both fix that (BENCHMARKS.md,
+/// fourth round); mimalloc builds in a tenth of the time.
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
