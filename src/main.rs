@@ -56,6 +56,16 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// The bare streaming service `bench --fanout N --baseline` measures
+    /// the hub against (started by the bench; not for operators).
+    #[command(hide = true)]
+    BenchBareStream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Directory with ca.pem, server.pem and server.key.
+        #[arg(long)]
+        certs_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -437,7 +447,8 @@ struct BenchArgs {
     /// these outcome counts in turn, e.g. 0,100000,1000000.
     #[arg(long, value_delimiter = ',')]
     preload_steps: Vec<u64>,
-    /// With --preload-steps: write an SVG chart of the sweep here.
+    /// With --preload-steps, or --fanout with several counts: write an SVG
+    /// chart of the sweep here.
     #[arg(long)]
     plot: Option<PathBuf>,
     /// Plateau patterns shared before the run.
@@ -460,12 +471,16 @@ struct BenchArgs {
     /// ShareStrategy callers running alongside the measured load.
     #[arg(long, default_value_t = 0)]
     write_concurrency: usize,
-    /// Measure echo with the same settings first and report the ratio.
+    /// Measure echo with the same settings first and report the ratio;
+    /// with --fanout, measure a bare streaming service (same connections,
+    /// TLS and receivers; no store, no auth) first.
     #[arg(long)]
     baseline: bool,
-    /// Measure insight fan-out to this many subscribers instead of --rpc.
-    #[arg(long)]
-    fanout: Option<usize>,
+    /// Measure insight fan-out to this many subscribers instead of --rpc;
+    /// several (e.g. 100,1000,10000) measure each in turn (a sweep, which
+    /// --plot draws).
+    #[arg(long, value_delimiter = ',')]
+    fanout: Vec<usize>,
     /// Insights published in the fan-out measure.
     #[arg(long, default_value_t = 20)]
     publishes: usize,
@@ -877,8 +892,8 @@ async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
         },
         write_concurrency: args.write_concurrency,
         baseline: args.baseline,
-        fanout: args.fanout.map(|subscribers| FanoutSpec {
-            subscribers,
+        fanout: (!args.fanout.is_empty()).then(|| FanoutSpec {
+            subscribers: args.fanout.clone(),
             publishes: args.publishes,
             interval: args.publish_interval,
             stalled: args.stalled,
@@ -895,7 +910,11 @@ async fn bench(args: BenchArgs) -> learning_hub::Result<()> {
     };
     let report = bench::run(&options).await?;
     if let Some(path) = &args.plot {
-        bench::plot::write_sweep_chart(&report, path)?;
+        if report.fanout_steps.is_empty() {
+            bench::plot::write_sweep_chart(&report, path)?;
+        } else {
+            bench::plot::write_fanout_chart(&report, path)?;
+        }
     }
     if args.json {
         let json = serde_json::to_string(&report)
@@ -923,9 +942,10 @@ fn main() -> ExitCode {
         Command::Serve(_) | Command::Config { .. } => {}
         Command::Certs { .. } => init_default_tracing("info"),
         Command::Migrate(_) => init_default_tracing("warn"),
-        Command::Simulate(_) | Command::Admin(_) | Command::Bench(_) => {
-            init_default_tracing("warn")
-        }
+        Command::Simulate(_)
+        | Command::Admin(_)
+        | Command::Bench(_)
+        | Command::BenchBareStream { .. } => init_default_tracing("warn"),
     }
     let result = match cli.command {
         Command::Serve(args) => args.settings.resolve().and_then(|settings| {
@@ -945,6 +965,15 @@ fn main() -> ExitCode {
         Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(simulate(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench(*args))),
         Command::Migrate(args) => migrate(args),
+        Command::BenchBareStream { listen, certs_dir } => runtime().and_then(|rt| {
+            rt.block_on(learning_hub::bench::bare::serve(
+                listen,
+                &certs_dir,
+                async {
+                    let _ = tokio::signal::ctrl_c().await;
+                },
+            ))
+        }),
         Command::Certs { command } => match command {
             CertsCommand::Init { certs_dir } => match pki::ensure_dev_pki(&certs_dir) {
                 Ok(true) => {

@@ -93,6 +93,49 @@ fn fanout_delivers_every_insight_to_every_subscriber() {
     assert!(fanout["last_delivery_p99_ms"].as_f64().unwrap() > 0.0);
 }
 
+/// `--fanout` with several counts and `--baseline`: each count measured
+/// against the bare streaming service and then the hub, every insight
+/// delivered by both, ratios and both sides' CPU reported, the chart drawn.
+#[test]
+fn a_fanout_sweep_against_the_bare_baseline_reports_ratios_and_draws_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let chart = dir.path().join("fanout.svg");
+    let report = bench(&[
+        "--fanout",
+        "10,30",
+        "--baseline",
+        "--publishes",
+        "3",
+        "--publish-interval",
+        "50ms",
+        "--plot",
+        chart.to_str().unwrap(),
+    ]);
+    let steps = report["fanout_steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{report}");
+    for (step, subscribers) in steps.iter().zip([10, 30]) {
+        assert_eq!(step["subscribers"], subscribers, "{step}");
+        for side in [&step["hub"], &step["baseline"]] {
+            assert_eq!(side["deliveries"], subscribers * 3, "{step}");
+            assert_eq!(side["missing"], 0, "{step}");
+            assert!(side["server_cpu_s"].as_f64().unwrap() >= 0.0, "{step}");
+            assert!(side["receivers_cpu_s"].as_f64().unwrap() >= 0.0, "{step}");
+        }
+        let ratio = step["last_delivery_p99_ratio"].as_f64().unwrap();
+        let expected = step["hub"]["last_delivery_p99_ms"].as_f64().unwrap()
+            / step["baseline"]["last_delivery_p99_ms"].as_f64().unwrap();
+        assert!((ratio - expected).abs() < 1e-9, "{step}");
+    }
+    // The top level is the last count's, as without a sweep.
+    assert_eq!(report["fanout"], steps[1]["hub"]);
+    assert_eq!(report["fanout_baseline"], steps[1]["baseline"]);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("bare p99"),
+        "{svg:.200}"
+    );
+}
+
 #[test]
 fn bad_options_name_the_field() {
     let output = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
@@ -109,6 +152,16 @@ fn bad_options_name_the_field() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("preload_steps"), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_learning-hub"))
+        .args(["bench", "--fanout", "100,10", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("fanout") && stderr.contains("ascending"),
+        "{stderr}"
+    );
 }
 
 /// Calls refused, whatever the code.

@@ -3,7 +3,11 @@
 //! calls; for each published insight, the time from the start of its
 //! ShareInsight call (which includes its durable write) until each
 //! subscriber, and the last one, received it. Subscribers run in this
-//! process, so their own scheduling is part of what is measured.
+//! process, so their own scheduling is part of what is measured; the CPU
+//! time they used and the server's are reported apart. With `--baseline`
+//! the same measure runs first against the bare streaming service
+//! ([`crate::bare`]) and the hub's figures are also given as ratios to it
+//! ([`FanoutStep`]).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -21,7 +25,8 @@ use crate::pb;
 
 #[derive(Debug, Clone)]
 pub struct FanoutSpec {
-    pub subscribers: usize,
+    /// Subscriber counts measured in turn, ascending: one, or a sweep.
+    pub subscribers: Vec<usize>,
     pub publishes: usize,
     /// Pause between publishes, so each is measured on its own.
     pub interval: Duration,
@@ -57,6 +62,46 @@ pub struct FanoutSummary {
     pub publish_ack_p99_ms: f64,
     /// Time to open every subscription.
     pub subscribe_s: f64,
+    /// CPU seconds (user + system) the server process used from the first
+    /// publish until the last delivery (`None` for a hub the bench did not
+    /// start).
+    pub server_cpu_s: Option<f64>,
+    /// CPU seconds this process (the receivers, and the one publisher) used
+    /// over the same time.
+    pub receivers_cpu_s: Option<f64>,
+}
+
+/// One subscriber count measured against the hub and, with `--baseline`,
+/// against the bare streaming service in the same run.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutStep {
+    pub subscribers: usize,
+    pub hub: FanoutSummary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<FanoutSummary>,
+    /// The hub's publish → last delivery p50 over the baseline's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivery_p50_ratio: Option<f64>,
+    /// The same for p99.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_delivery_p99_ratio: Option<f64>,
+}
+
+impl FanoutStep {
+    pub fn new(hub: FanoutSummary, baseline: Option<FanoutSummary>) -> Self {
+        let ratio = |hub: f64, bare: f64| (bare > 0.0).then(|| hub / bare);
+        FanoutStep {
+            subscribers: hub.subscribers,
+            last_delivery_p50_ratio: baseline
+                .as_ref()
+                .and_then(|b| ratio(hub.last_delivery_p50_ms, b.last_delivery_p50_ms)),
+            last_delivery_p99_ratio: baseline
+                .as_ref()
+                .and_then(|b| ratio(hub.last_delivery_p99_ms, b.last_delivery_p99_ms)),
+            hub,
+            baseline,
+        }
+    }
 }
 
 fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -118,11 +163,17 @@ async fn live_subscribers(operator: &HubClient) -> Result<u64> {
         .map_err(|s| Error::Unavailable(format!("GetStatus: {}", s.message())))
 }
 
+/// Measures the fan-out to `subscribers` streams (with `spec`'s other
+/// settings) over `members`' connections, publishing
+/// through `publisher`; `operator` reads the server's status and
+/// `server_cpu` its CPU seconds so far.
 pub async fn run(
     members: &[Member],
     publisher: &Member,
     operator: &HubClient,
     spec: &FanoutSpec,
+    subscribers: usize,
+    server_cpu: &(dyn Fn() -> Option<f64> + Sync),
 ) -> Result<FanoutSummary> {
     let status = operator
         .get_status(pb::GetStatusRequest {})
@@ -134,7 +185,7 @@ pub async fn run(
     let opening = Instant::now();
     let stalled_connections = spec.stalled.div_ceil(super::STREAMS_PER_CONNECTION);
     let (members, stalled_members) = members.split_at(members.len() - stalled_connections);
-    let tasks: Vec<_> = (0..spec.subscribers)
+    let tasks: Vec<_> = (0..subscribers)
         .map(|i| {
             let client = members[i % members.len()].client.clone();
             tokio::spawn(subscriber(client, after, spec.publishes, stop.clone()))
@@ -146,7 +197,7 @@ pub async fn run(
             tokio::spawn(stalled(client, after, stop.clone()))
         })
         .collect();
-    let opened = (spec.subscribers + spec.stalled) as u64;
+    let opened = (subscribers + spec.stalled) as u64;
     // The hub counts a subscription once its task runs: wait for all.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -165,6 +216,8 @@ pub async fn run(
     }
     let subscribe_s = opening.elapsed().as_secs_f64();
 
+    let own_cpu = || crate::target::process_cpu_seconds("/proc/self/stat");
+    let cpu_before = (server_cpu(), own_cpu());
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let mut published: HashMap<u64, Instant> = HashMap::new();
     let mut acks = new_histogram();
@@ -200,6 +253,9 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let received = join_all(tasks).await;
+    let used = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+    let server_cpu_s = used(cpu_before.0, server_cpu());
+    let receivers_cpu_s = used(cpu_before.1, own_cpu());
     stopper.abort();
     // Release the stalled streams (their tasks end at the stop signal).
     for task in &stalled_tasks {
@@ -221,10 +277,10 @@ pub async fn run(
     for latency in last.values() {
         lasts.saturating_record(latency.as_micros().max(1) as u64);
     }
-    let expected = (spec.subscribers * published.len()) as u64;
+    let expected = (subscribers * published.len()) as u64;
     Ok(FanoutSummary {
-        subscribers: spec.subscribers,
-        connections: members.len().min(spec.subscribers) + stalled_connections,
+        subscribers,
+        connections: members.len().min(subscribers) + stalled_connections,
         stalled: spec.stalled,
         publishes: published.len(),
         deliveries: deliveries.len(),
@@ -238,5 +294,7 @@ pub async fn run(
         publish_ack_p50_ms: quantile_ms(&acks, 0.5),
         publish_ack_p99_ms: quantile_ms(&acks, 0.99),
         subscribe_s,
+        server_cpu_s,
+        receivers_cpu_s,
     })
 }

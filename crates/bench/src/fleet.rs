@@ -113,6 +113,34 @@ impl Enlister {
         })
     }
 
+    /// Connects `count` clients to a server that asks for nothing but a
+    /// client certificate (the bare streaming service, [`crate::bare`]):
+    /// certificates from the CA in `certs_dir`, no API key, no Register.
+    pub async fn connect_bare(url: &str, certs_dir: &Path, count: usize) -> Result<Vec<Member>> {
+        let issuer = ClientIssuer::load(certs_dir)?;
+        let ca = std::fs::read(certs_dir.join(pki::CA_CERT))
+            .map_err(|e| Error::Unavailable(format!("cannot read {}: {e}", pki::CA_CERT)))?;
+        let mut members = Vec::with_capacity(count);
+        for i in 0..count {
+            let instance_id = format!("bare-{i}");
+            let (cert, key) = issuer.issue(&Identity::instance(&instance_id))?;
+            let settings = ClientSettings::new(url, Path::new("."), &instance_id);
+            let pem = ClientPem {
+                ca: ca.clone(),
+                cert: cert.into_bytes(),
+                key: key.into_bytes(),
+            };
+            let client = HubClient::connect_pem(&settings, pem)
+                .await?
+                .with_retry_policy(RetryPolicy::none());
+            members.push(Member {
+                instance_id,
+                client,
+            });
+        }
+        Ok(members)
+    }
+
     /// Enlists `count` instances named `<prefix><i>`, `parallel` at a time,
     /// and keeps their connections.
     pub async fn enlist_many(

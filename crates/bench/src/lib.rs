@@ -10,8 +10,10 @@
 //! ([`fleet`]), preload history (outcomes, patterns, registered
 //! instances), then either measure a closed-loop workload ([`load`],
 //! optionally after an echo baseline and with a background write load) or
-//! the insight fan-out ([`fanout`]), and report ([`report`]).
+//! the insight fan-out ([`fanout`], optionally after the same measure
+//! against a bare streaming service, [`bare`]), and report ([`report`]).
 
+pub mod bare;
 pub mod fanout;
 pub mod fleet;
 pub mod load;
@@ -38,7 +40,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::domain::rng::Rng;
 use crate::error::{Error, Result};
-pub use fanout::{FanoutSpec, FanoutSummary};
+pub use fanout::{FanoutSpec, FanoutStep, FanoutSummary};
 use fleet::{Enlister, Member, until_admitted};
 pub use load::{LoadSpec, LoadSummary};
 pub use report::BenchReport;
@@ -76,7 +78,8 @@ pub struct BenchOptions {
     pub shape: Shape,
     /// ShareStrategy callers running alongside the measured load.
     pub write_concurrency: usize,
-    /// Measure `echo` with the same settings first and report the ratio.
+    /// Measure `echo` with the same settings first and report the ratio;
+    /// with `fanout`, measure the bare streaming service ([`bare`]) first.
     pub baseline: bool,
     /// Measure the insight fan-out to this many subscribers instead.
     pub fanout: Option<FanoutSpec>,
@@ -143,8 +146,14 @@ impl BenchOptions {
             return Err(Error::invalid("duration", "must be positive"));
         }
         if let Some(f) = &self.fanout {
-            if f.subscribers == 0 || f.subscribers > 1_000_000 {
+            if f.subscribers.is_empty() {
+                return Err(Error::invalid("fanout", "names no subscriber count"));
+            }
+            if f.subscribers.iter().any(|&n| n == 0 || n > 1_000_000) {
                 return Err(Error::invalid("fanout", "must be within [1, 1000000]"));
+            }
+            if f.subscribers.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::invalid("fanout", "a sweep must be ascending"));
             }
             if f.publishes == 0 {
                 return Err(Error::invalid("publishes", "must be positive"));
@@ -243,19 +252,32 @@ async fn preload(
 pub async fn run(options: &BenchOptions) -> Result<BenchReport> {
     options.validate()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The bare service first, so both are up before either is measured.
+    let bare = match (&options.fanout, options.baseline) {
+        (Some(_), true) => Some(Target::start_bare(&options.target).await?),
+        _ => None,
+    };
     let target = Target::open(&options.target).await?;
-    let result = run_against(&target, options).await;
+    let result = run_against(&target, bare.as_ref(), options).await;
     target.stop().await;
+    if let Some(bare) = bare {
+        bare.stop().await;
+    }
     result
 }
 
-async fn run_against(target: &Target, options: &BenchOptions) -> Result<BenchReport> {
+async fn run_against(
+    target: &Target,
+    bare: Option<&Target>,
+    options: &BenchOptions,
+) -> Result<BenchReport> {
     let enlister = Enlister::new(&target.url, &target.certs_dir).await?;
     let connections = match &options.fanout {
         Some(f) => {
+            let most = f.subscribers.iter().copied().max().unwrap_or(0);
             options
             .connections
-            .max(f.subscribers.div_ceil(STREAMS_PER_CONNECTION))
+            .max(most.div_ceil(STREAMS_PER_CONNECTION))
             // Stalled streams get connections of their own: a client that
             // leaves a stream unread also blocks its other streams on that
             // connection (HTTP/2's connection-level window), which would
@@ -326,7 +348,7 @@ async fn run_against(target: &Target, options: &BenchOptions) -> Result<BenchRep
         // Write workloads add outcomes as they run: a step is labelled with
         // what the hub held when its measurement began.
         let stored = stored_outcomes(&enlister).await?;
-        let report = measure(&members, &enlister, options, run_tag).await?;
+        let report = measure(&members, &enlister, target, bare, options, run_tag).await?;
         measured.push((step, stored, report));
     }
     let (_, _, mut report) = measured.last().cloned().expect("at least one step");
@@ -372,10 +394,13 @@ async fn stored_outcomes(enlister: &Enlister) -> Result<u64> {
         .map_err(|s| Error::Unavailable(format!("GetStatus: {}", s.message())))
 }
 
-/// One measurement: the fan-out, or the load (after its echo baseline).
+/// One measurement: the fan-out (each subscriber count, after the bare
+/// service's), or the load (after its echo baseline).
 async fn measure(
     members: &[Member],
     enlister: &Enlister,
+    target: &Target,
+    bare: Option<&Target>,
     options: &BenchOptions,
     run_tag: &str,
 ) -> Result<BenchReport> {
@@ -394,9 +419,51 @@ async fn measure(
             let publisher = enlister
                 .enlist(&format!("bench-{run_tag}-publisher"))
                 .await?;
-            let summary =
-                fanout::run(members, &publisher, enlister.operator(), fanout_spec).await?;
-            BenchReport::fanout(summary)
+            // The bare service gets as many connections as the hub, and
+            // its own operator and publisher connections.
+            let bare = match bare {
+                Some(bare) => {
+                    let mut clients =
+                        Enlister::connect_bare(&bare.url, &bare.certs_dir, members.len() + 2)
+                            .await?;
+                    let operator = clients.pop().expect("two extra clients");
+                    let publisher = clients.pop().expect("two extra clients");
+                    Some((bare, clients, publisher, operator))
+                }
+                None => None,
+            };
+            let hub_cpu = || target.cpu_seconds();
+            let mut steps = Vec::new();
+            for &subscribers in &fanout_spec.subscribers {
+                let baseline = match &bare {
+                    Some((bare, clients, publisher, operator)) => {
+                        let bare_cpu = || bare.cpu_seconds();
+                        Some(
+                            fanout::run(
+                                clients,
+                                publisher,
+                                &operator.client,
+                                fanout_spec,
+                                subscribers,
+                                &bare_cpu,
+                            )
+                            .await?,
+                        )
+                    }
+                    None => None,
+                };
+                let hub = fanout::run(
+                    members,
+                    &publisher,
+                    enlister.operator(),
+                    fanout_spec,
+                    subscribers,
+                    &hub_cpu,
+                )
+                .await?;
+                steps.push(FanoutStep::new(hub, baseline));
+            }
+            BenchReport::fanout(steps)
         }
         None => {
             let echo = if options.baseline && options.rpc != Rpc::Echo {

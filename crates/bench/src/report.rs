@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::fanout::FanoutSummary;
+use super::fanout::{FanoutStep, FanoutSummary};
 use super::load::LoadSummary;
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,8 +23,20 @@ pub struct BenchReport {
     /// The ShareStrategy load that ran alongside (`--write-concurrency`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub background_writes: Option<LoadSummary>,
+    /// The fan-out measure (the last subscriber count of a sweep).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fanout: Option<FanoutSummary>,
+    /// The bare streaming service measured the same way (`--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_baseline: Option<FanoutSummary>,
+    /// The hub's publish → last delivery p50 and p99 over the baseline's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_last_delivery_p50_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fanout_last_delivery_p99_ratio: Option<f64>,
+    /// Every subscriber count of a fan-out sweep, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fanout_steps: Vec<FanoutStep>,
     pub hub: String,
     pub connections: usize,
     pub preload_outcomes: u64,
@@ -68,6 +80,10 @@ impl BenchReport {
             ratio_to_echo: None,
             background_writes: None,
             fanout: None,
+            fanout_baseline: None,
+            fanout_last_delivery_p50_ratio: None,
+            fanout_last_delivery_p99_ratio: None,
+            fanout_steps: Vec::new(),
             hub: String::new(),
             connections: 0,
             preload_outcomes: 0,
@@ -102,9 +118,16 @@ impl BenchReport {
         }
     }
 
-    pub fn fanout(summary: FanoutSummary) -> Self {
+    /// The report of a fan-out measure: its last step at the top level,
+    /// every step (a sweep's) in `fanout_steps`.
+    pub fn fanout(steps: Vec<FanoutStep>) -> Self {
+        let last = steps.last().cloned();
         BenchReport {
-            fanout: Some(summary),
+            fanout: last.as_ref().map(|s| s.hub.clone()),
+            fanout_baseline: last.as_ref().and_then(|s| s.baseline.clone()),
+            fanout_last_delivery_p50_ratio: last.as_ref().and_then(|s| s.last_delivery_p50_ratio),
+            fanout_last_delivery_p99_ratio: last.as_ref().and_then(|s| s.last_delivery_p99_ratio),
+            fanout_steps: steps,
             ..Self::empty()
         }
     }
@@ -154,30 +177,19 @@ impl BenchReport {
         if let Some(bg) = &self.background_writes {
             line(&mut out, "  + writes", bg);
         }
-        if let Some(f) = &self.fanout {
-            let _ = writeln!(
-                out,
-                "fan-out to {} subscribers over {} connections, {} publishes: {} deliveries, {} missing",
-                f.subscribers, f.connections, f.publishes, f.deliveries, f.missing
-            );
-            if f.stalled > 0 {
-                let _ = writeln!(out, "  + {} stalled subscriptions (never read)", f.stalled);
+        for step in &self.fanout_steps {
+            if let Some(bare) = &step.baseline {
+                fanout_lines(&mut out, "bare streaming service (ceiling)", bare);
             }
-            let _ = writeln!(
-                out,
-                "  publish → each delivery:   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
-                f.delivery_p50_ms, f.delivery_p99_ms, f.delivery_max_ms
-            );
-            let _ = writeln!(
-                out,
-                "  publish → last delivery:   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
-                f.last_delivery_p50_ms, f.last_delivery_p99_ms, f.last_delivery_max_ms
-            );
-            let _ = writeln!(
-                out,
-                "  ShareInsight answered:     p50 {:.1} ms   p99 {:.1} ms;  subscriptions opened in {:.1} s",
-                f.publish_ack_p50_ms, f.publish_ack_p99_ms, f.subscribe_s
-            );
+            fanout_lines(&mut out, "hub", &step.hub);
+            if let (Some(p50), Some(p99)) =
+                (step.last_delivery_p50_ratio, step.last_delivery_p99_ratio)
+            {
+                let _ = writeln!(
+                    out,
+                    "  hub ÷ bare, publish → last delivery:   p50 {p50:.2}×   p99 {p99:.2}×"
+                );
+            }
         }
         if !self.steps.is_empty() {
             let _ = writeln!(
@@ -219,6 +231,40 @@ impl BenchReport {
         }
         out
     }
+}
+
+/// The text lines of one fan-out measure.
+fn fanout_lines(out: &mut String, server: &str, f: &FanoutSummary) {
+    let _ = writeln!(
+        out,
+        "{server}: fan-out to {} subscribers over {} connections, {} publishes: {} deliveries, {} missing",
+        f.subscribers, f.connections, f.publishes, f.deliveries, f.missing
+    );
+    if f.stalled > 0 {
+        let _ = writeln!(out, "  + {} stalled subscriptions (never read)", f.stalled);
+    }
+    let _ = writeln!(
+        out,
+        "  publish → each delivery:   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+        f.delivery_p50_ms, f.delivery_p99_ms, f.delivery_max_ms
+    );
+    let _ = writeln!(
+        out,
+        "  publish → last delivery:   p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+        f.last_delivery_p50_ms, f.last_delivery_p99_ms, f.last_delivery_max_ms
+    );
+    let _ = writeln!(
+        out,
+        "  ShareInsight answered:     p50 {:.1} ms   p99 {:.1} ms;  subscriptions opened in {:.1} s",
+        f.publish_ack_p50_ms, f.publish_ack_p99_ms, f.subscribe_s
+    );
+    let cpu = |s: Option<f64>| s.map_or("-".to_string(), |s| format!("{s:.2} s"));
+    let _ = writeln!(
+        out,
+        "  CPU while publishing:      server {}   receivers (this process) {}",
+        cpu(f.server_cpu_s),
+        cpu(f.receivers_cpu_s)
+    );
 }
 
 #[cfg(test)]
