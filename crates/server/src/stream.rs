@@ -32,11 +32,12 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    task::{Context, Poll},
 };
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::{ArcWake, AtomicWaker, waker_ref};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 
@@ -117,12 +118,7 @@ impl InsightBus {
             deferred: None,
             ending: None,
             ended: false,
-            end: std::iter::once(Box::pin(end_signal(
-                shutdown.clone(),
-                stopped.clone(),
-                credentials,
-            )) as EndSignal)
-            .collect(),
+            end: EndWatch::new(end_signal(shutdown.clone(), stopped.clone(), credentials)),
             shutdown,
             stopped,
             guard: SubscriberGuard::new(self.stats.clone()),
@@ -178,14 +174,8 @@ struct Subscription {
     /// Why the stream is about to end (yielded once).
     ending: Option<Error>,
     ended: bool,
-    /// Yields once, when the stream must end. Made once per subscription
-    /// and kept in a `FuturesUnordered`, which polls it only when one of
-    /// its watches woke it: a fresh `changed()` on each watch for every
-    /// delivered insight (as before), or even a poll of the kept ones,
-    /// takes the lock of waiter lists that all subscribers share — that
-    /// and the polls cost a tenth of the hub's CPU in a fan-out to 10,000
-    /// subscribers (profiled).
-    end: FuturesUnordered<EndSignal>,
+    /// Resolves when the stream must end; polled only when woken.
+    end: EndWatch,
     /// Read when the subscription starts, to end at once if the hub is
     /// already shutting down or not serving.
     shutdown: watch::Receiver<bool>,
@@ -194,7 +184,58 @@ struct Subscription {
     guard: SubscriberGuard,
 }
 
-type EndSignal = Pin<Box<dyn Future<Output = End> + Send>>;
+/// A subscription's end signal, made once and polled only after one of
+/// its watches woke it. A fresh `changed()` on each watch for every
+/// delivered insight (as this was first written), or even a poll of kept
+/// ones, takes the locks of waiter lists that every subscriber shares; in
+/// a fan-out to 10,000 subscribers that was several percent of the hub's
+/// CPU (profiled), and a `FuturesUnordered` of one future, which also
+/// polls only when woken, cost about as much again in its own bookkeeping.
+struct EndWatch {
+    future: Pin<Box<dyn Future<Output = End> + Send>>,
+    woken: Arc<EndWoken>,
+    /// Polled at least once, so its watches hold `woken`'s waker.
+    armed: bool,
+}
+
+/// Set by the end signal's watches; wakes the task polling the stream.
+#[derive(Default)]
+struct EndWoken {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for EndWoken {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.fired.store(true, Ordering::Release);
+        arc_self.task.wake();
+    }
+}
+
+impl EndWatch {
+    fn new(future: impl Future<Output = End> + Send + 'static) -> Self {
+        EndWatch {
+            future: Box::pin(future),
+            woken: Arc::default(),
+            armed: false,
+        }
+    }
+}
+
+impl Future for EndWatch {
+    type Output = End;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        self.woken.task.register(cx.waker());
+        if self.armed && !self.woken.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        self.armed = true;
+        let woken = self.woken.clone();
+        let waker = waker_ref(&woken);
+        self.future.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
 
 /// Why a subscription ends.
 enum End {
@@ -321,7 +362,7 @@ impl Subscription {
             }
             let received = tokio::select! {
                 biased;
-                Some(end) = self.end.next() => {
+                end = &mut self.end => {
                     let error = match end {
                         End::Shutdown => self.shutting_down(),
                         End::Stopped(why) => self.stopped_serving(&why),
