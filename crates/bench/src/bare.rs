@@ -102,6 +102,20 @@ macro_rules! bare_hub {
                     .insight
                     .ok_or_else(|| Status::invalid_argument("insight: required"))?;
                 insight.sequence = self.last_sequence.fetch_add(1, Ordering::Relaxed) + 1;
+                // What the hub adds to a published insight, so the bare
+                // service broadcasts messages of the same size (the report
+                // shows both sizes).
+                insight.id = format!("insight_{}", uuid::Uuid::new_v4().simple());
+                insight.evidence.get_or_insert_with(Default::default);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let at = |seconds: u64| prost_types::Timestamp {
+                    seconds: seconds as i64,
+                    nanos: now.subsec_nanos() as i32,
+                };
+                insight.created_at = Some(at(now.as_secs()));
+                insight.valid_until = Some(at(now.as_secs() + 30 * 24 * 3600));
                 // No receiver is not an error here: the bench subscribes first.
                 let _ = self.sender.send(Arc::new(insight.clone()));
                 Ok(Response::new(pb::ShareInsightResponse {

@@ -62,6 +62,8 @@ pub struct FanoutSummary {
     pub publish_ack_p99_ms: f64,
     /// Time to open every subscription.
     pub subscribe_s: f64,
+    /// Encoded size of one delivered message (the first received).
+    pub message_bytes: usize,
     /// CPU seconds (user + system) the server process used from the first
     /// publish until the last delivery (`None` for a hub the bench did not
     /// start).
@@ -112,35 +114,48 @@ fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     }
 }
 
-/// Reads one stream until it has `expected` insights or `stop` turns true;
-/// returns (sequence, arrival) pairs.
+/// What one subscriber got: (sequence, arrival) pairs, the encoded size of
+/// the first message, and the stream itself, still open.
+type Received = (Vec<(u64, Instant)>, usize, Option<Box<dyn Send>>);
+
+/// Reads one stream until it has `expected` insights or `stop` turns true.
+/// The stream is handed back open: they are all closed together once
+/// every subscriber is done, so that streams closing early (10,000 at
+/// once, and the server's work for each) do not delay the deliveries still
+/// under way, which is not what the measure is about.
 async fn subscriber(
     client: HubClient,
     after: u64,
     expected: usize,
     mut stop: watch::Receiver<bool>,
-) -> Vec<(u64, Instant)> {
+) -> Received {
     let mut received = Vec::with_capacity(expected);
+    let mut size = 0;
     let request = pb::SubscribeInsightsRequest {
         after_sequence: after,
         category: 0,
     };
     let Ok(mut stream) = client.subscribe_insights_once(request).await else {
-        return received;
+        return (received, size, None);
     };
     while received.len() < expected {
         tokio::select! {
             _ = stop.changed() => break,
             item = stream.next() => match item {
-                Some(Ok(pb::SubscribeInsightsResponse { insight: Some(insight) })) => {
-                    received.push((insight.sequence, Instant::now()));
+                Some(Ok(response @ pb::SubscribeInsightsResponse { insight: Some(_) })) => {
+                    let at = Instant::now();
+                    if size == 0 {
+                        size = prost::Message::encoded_len(&response);
+                    }
+                    let sequence = response.insight.map_or(0, |i| i.sequence);
+                    received.push((sequence, at));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
             }
         }
     }
-    received
+    (received, size, Some(Box::new(stream)))
 }
 
 /// Opens a stream and never reads it, until `stop`.
@@ -252,10 +267,18 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(10)).await;
         let _ = stop_tx.send(true);
     });
-    let received = join_all(tasks).await;
+    let mut received = Vec::with_capacity(subscribers);
+    let mut streams = Vec::with_capacity(subscribers);
+    let mut message_bytes = 0;
+    for (arrivals, size, stream) in join_all(tasks).await.into_iter().flatten() {
+        received.push(arrivals);
+        streams.push(stream);
+        message_bytes = message_bytes.max(size);
+    }
     let used = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
     let server_cpu_s = used(cpu_before.0, server_cpu());
     let receivers_cpu_s = used(cpu_before.1, own_cpu());
+    drop(streams);
     stopper.abort();
     // Release the stalled streams (their tasks end at the stop signal).
     for task in &stalled_tasks {
@@ -264,7 +287,7 @@ pub async fn run(
 
     let mut deliveries = new_histogram();
     let mut last: HashMap<u64, Duration> = HashMap::new();
-    for (sequence, at) in received.into_iter().flatten().flatten() {
+    for (sequence, at) in received.into_iter().flatten() {
         let Some(&sent) = published.get(&sequence) else {
             continue;
         };
@@ -294,6 +317,7 @@ pub async fn run(
         publish_ack_p50_ms: quantile_ms(&acks, 0.5),
         publish_ack_p99_ms: quantile_ms(&acks, 0.99),
         subscribe_s,
+        message_bytes,
         server_cpu_s,
         receivers_cpu_s,
     })

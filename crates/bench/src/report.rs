@@ -237,8 +237,8 @@ impl BenchReport {
 fn fanout_lines(out: &mut String, server: &str, f: &FanoutSummary) {
     let _ = writeln!(
         out,
-        "{server}: fan-out to {} subscribers over {} connections, {} publishes: {} deliveries, {} missing",
-        f.subscribers, f.connections, f.publishes, f.deliveries, f.missing
+        "{server}: fan-out to {} subscribers over {} connections, {} publishes of {} bytes: {} deliveries, {} missing",
+        f.subscribers, f.connections, f.publishes, f.message_bytes, f.deliveries, f.missing
     );
     if f.stalled > 0 {
         let _ = writeln!(out, "  + {} stalled subscriptions (never read)", f.stalled);
