@@ -24,7 +24,10 @@
 //! thousands of subscribers to one hop each. When the client goes away the
 //! stream is dropped and its [`SubscriberGuard`] unregisters it; when the
 //! hub shuts down the client gets UNAVAILABLE naming the sequence to resume
-//! from.
+//! from. What can end a stream (shutdown, the hub no longer serving, the
+//! subscriber's key revoked) is one future per subscription, polled only
+//! when one of its watches fires, so delivering an insight costs a
+//! subscriber no work on state that every subscriber shares.
 
 use std::{
     collections::VecDeque,
