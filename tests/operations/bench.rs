@@ -201,10 +201,13 @@ fn refused_callers_that_honour_retry_after_wait_it_out() {
     let bound = ["--hub-arg=--max-in-flight=1", "--rpc", "echo"];
     let eager = bench(&bound);
     let polite = bench(&[&bound[..], &["--honor-retry-after"]].concat());
-    // Retrying at once, a refused caller is refused again and again;
-    // waiting out `retry-after: 1`, at most about once per second each
-    // (the window is 1 s, the warm-up 0.2 s).
-    assert!(refused(&eager) > 100, "{eager}");
+    // Waiting out `retry-after: 1`, a caller is refused at most about
+    // once per second (the window is 1 s, the warm-up 0.2 s): twice each
+    // at most. Retrying at once, it is refused again and again — how often
+    // depends on how fast a refusal comes back on a busy machine (83 times
+    // for 8 callers with other tests beside it, 100s alone), so the bar is
+    // twice what waiting callers could reach.
     assert!(refused(&polite) <= 2 * 8, "{polite}");
+    assert!(refused(&eager) > 2 * 2 * 8, "{eager}");
     assert!(polite["requests"].as_u64().unwrap() > 0, "{polite}");
 }
