@@ -26,8 +26,10 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// its I/O buffers), and the allocator keeps the peak. With checkpoints
 /// beside the writer their number costs little: at 10,000 rows instead of
 /// 50,000 the hub ended 30-second write benches at 221–227 MiB instead of
-/// 469–470, at 0.90–0.93× the throughput (BENCHMARKS.md).
-pub const CHECKPOINT_ROWS: usize = 10_000;
+/// 469–470, at 0.90–0.93× the throughput; at 5,000 instead of 10,000 (with
+/// mimalloc) at 230–239 MiB instead of 285–291, at 0.91–0.97× the
+/// throughput and a p99.9 of 17–19 ms instead of 17–23 (BENCHMARKS.md).
+pub const CHECKPOINT_ROWS: usize = 5_000;
 /// Rows past which the writer waits for the checkpoint being written
 /// beside it, so that memory stays bounded when it falls behind.
 pub const ROWS_BEHIND: usize = 4 * CHECKPOINT_ROWS;
