@@ -179,8 +179,10 @@ struct Subscription {
     ended: bool,
     /// Resolves when the stream must end; polled only when woken.
     end: EndWatch,
-    /// Read when the subscription starts, to end at once if the hub is
-    /// already shutting down or not serving.
+    /// Read at every step, so a stream ends at once if the hub is shutting
+    /// down or not serving — already when it opens, or in the middle of a
+    /// replay, where `end` is not polled; `end` reports changes while the
+    /// stream waits.
     shutdown: watch::Receiver<bool>,
     /// Why the hub stopped serving, while it has.
     stopped: watch::Receiver<Option<String>>,
