@@ -18,7 +18,7 @@ use learning_hub::auth::identity::SPIFFE_PREFIX;
 use learning_hub::auth::{Identity, Role, keys, policy};
 
 /// The Hub RPCs only instances may call (README, "Roles").
-const WRITES: [&str; 8] = [
+const WRITES: [&str; 9] = [
     "Register",
     "SharePattern",
     "RecordPatternOutcome",
@@ -27,6 +27,7 @@ const WRITES: [&str; 8] = [
     "RecordInsightUse",
     "ShareFailure",
     "ShareConfiguration",
+    "ShareModelUpdate",
 ];
 
 #[derive(Debug, Arbitrary)]

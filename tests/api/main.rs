@@ -12,6 +12,7 @@ mod access;
 mod bad_input;
 mod clients;
 mod combination_properties;
+mod federated;
 mod idempotency;
 mod insight_golden;
 mod intelligence;

@@ -541,7 +541,7 @@ enum Access {
 }
 
 fn documented_access(path: &str) -> Access {
-    const WRITES: [&str; 8] = [
+    const WRITES: [&str; 9] = [
         "Register",
         "SharePattern",
         "RecordPatternOutcome",
@@ -550,6 +550,7 @@ fn documented_access(path: &str) -> Access {
         "RecordInsightUse",
         "ShareFailure",
         "ShareConfiguration",
+        "ShareModelUpdate",
     ];
     if let Some(method) = path.strip_prefix("/learninghub.v1.Hub/") {
         if WRITES.contains(&method) {
@@ -1107,6 +1108,42 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             admin("InvalidateInsight"),
             pb::InvalidateInsightRequest {
                 insight_id: "insight_0011223344556677".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            hub("ShareModelUpdate"),
+            pb::ShareModelUpdateRequest {
+                model: "plateau".into(),
+                base_version: 0,
+                delta: vec![0.5, -0.25, 0.0, 1.0, 0.125, -1.0, 0.75, 0.1],
+                examples: 120,
+                evaluation: Some(pb::ModelEvaluation {
+                    examples: 30,
+                    correct: 24,
+                    log_loss: 12.5,
+                    reports: 0,
+                }),
+                request_id: "update-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            hub("GetModel"),
+            pb::GetModelRequest {
+                model: "plateau".into(),
+                known_version: 3,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            hub("PredictPlateau"),
+            pb::PredictPlateauRequest {
+                metrics: vec![pb::MetricTrajectory {
+                    metric: "accuracy".into(),
+                    values: vec![0.5, 0.6, 0.65, 0.67],
+                }],
+                context: context.clone(),
             }
             .encode_to_vec(),
         ),

@@ -1,7 +1,7 @@
 //! Random command logs for determinism tests: a seeded mix of every kind
 //! of command a hub folds — registrations, shares of every record kind
 //! (some with request ids, some retried, some reusing an id for another
-//! payload), keys issued and revoked, operators' actions, audit entries,
+//! payload), federated model updates, keys issued and revoked, operators' actions, audit entries,
 //! retention sweeps and generated insights — on a clock that moves
 //! forward, sometimes by days.
 #![allow(dead_code)]
@@ -9,6 +9,7 @@
 use learning_hub::domain::command::{
     Action, Command, Generated, Idempotency, JobStamp, RetentionRules,
 };
+use learning_hub::domain::federated::{Aggregation, Evaluation, FederationRules, ModelUpdate};
 use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
 use learning_hub::domain::model::{
     ApiKey, Attributes, AuditEntry, ConfigShare, FailureReport, FailureType, InsightCategory,
@@ -209,7 +210,42 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
             85..=86 => Action::InvalidateInsight {
                 insight_id: format!("insight_{seed}_{}", rng.next_u64() % (i as u64 + 1)),
             },
-            87..=95 => Action::Audit {
+            87..=91 => {
+                // Updates of one model, from versions that may have moved
+                // on (refused when too old or from the future: alike
+                // everywhere), under every rule.
+                let aggregation = [
+                    Aggregation::TrimmedMean,
+                    Aggregation::Median,
+                    Aggregation::FedAvg,
+                ][(rng.next_u64() % 3) as usize];
+                Action::ShareModelUpdate {
+                    caller,
+                    update: ModelUpdate {
+                        model: "plateau".into(),
+                        base_version: rng.next_u64() % 4,
+                        delta: (0..8).map(|_| rng.uniform() * 4.0 - 2.0).collect(),
+                        examples: 1 + rng.next_u64() % 500,
+                        evaluation: rng.chance(0.5).then(|| Evaluation {
+                            examples: 10,
+                            correct: rng.next_u64() % 11,
+                            log_loss: rng.uniform() * 7.0,
+                            reports: 0,
+                        }),
+                    },
+                    rules: FederationRules {
+                        dimension: 8,
+                        buffer_size: 2,
+                        aggregation,
+                        max_staleness: 2,
+                        ..FederationRules::default()
+                    },
+                    announce_id: format!("model_{seed}_{i}"),
+                    announce_ttl_ms: 7 * DAY,
+                    request: None,
+                }
+            }
+            92..=95 => Action::Audit {
                 entries: (0..1 + rng.next_u64() % 3)
                     .map(|_| AuditEntry {
                         at,

@@ -49,6 +49,12 @@ fn a_checkpoint_plus_the_tail_folds_to_the_state_folded_from_scratch() {
             "the log exercises failures too: {failed}"
         );
         assert!(scratch.tables.strategies.len() > 3 && !scratch.rows.audit.is_empty());
+        let model = scratch.tables.models.get("plateau");
+        assert!(
+            model.is_some_and(|m| m.version >= 1),
+            "model updates made versions: {:?}",
+            model.map(|m| (m.version, m.pending.len()))
+        );
         for cut in [1, COMMANDS / 3, COMMANDS - 1] {
             let mut head = State::default();
             fold_log(&mut head, &log[..cut], 1);

@@ -410,6 +410,33 @@ fn grpcurl_as_an_operator_would_use_it() {
     assert_eq!(recommendations[0]["metric"], "accuracy");
     assert_eq!(recommendations[0]["applications"], "1");
 
+    // The plateau model: version 0 (untrained) until instances send
+    // updates, which predicts 0.5 and warns about nothing.
+    let model = grpcurl.call("g1", "GetModel", r#"{"model":"plateau"}"#);
+    assert_eq!(
+        model["weights"].as_array().map(Vec::len),
+        Some(8),
+        "{model}"
+    );
+    assert_eq!(
+        model["features"].as_array().map(Vec::len),
+        Some(7),
+        "{model}"
+    );
+    let predicted = grpcurl.call(
+        "g1",
+        "PredictPlateau",
+        r#"{"metrics":[{"metric":"accuracy","values":[0.5,0.6,0.65,0.66]}]}"#,
+    );
+    assert_eq!(
+        predicted["predictions"][0]["probability"], 0.5,
+        "{predicted}"
+    );
+    assert!(
+        predicted["predictions"][0]["warning"].is_null(),
+        "{predicted}"
+    );
+
     // A subscription started before an insight is shared receives it live.
     let mut stream = grpcurl
         .command(

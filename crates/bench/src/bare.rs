@@ -164,6 +164,9 @@ bare_hub! {
     share_configuration(ShareConfigurationRequest) -> ShareConfigurationResponse;
     bootstrap(BootstrapRequest) -> BootstrapResponse;
     echo(EchoRequest) -> EchoResponse;
+    share_model_update(ShareModelUpdateRequest) -> ShareModelUpdateResponse;
+    get_model(GetModelRequest) -> GetModelResponse;
+    predict_plateau(PredictPlateauRequest) -> PredictPlateauResponse;
 }
 
 /// Serves the bare service on `listen` with the server certificate of

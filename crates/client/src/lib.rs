@@ -63,6 +63,9 @@ pub use learning_hub_domain::error::{Error, Result};
 use learning_hub_domain::rng::Rng;
 use learning_hub_proto::INSECURE_IDENTITY_HEADER;
 pub use learning_hub_proto::pb;
+/// The plateau model's features, labels, training and evaluation: what an
+/// instance runs before `share_model_update` and after `get_model`.
+pub use learning_hub_proto::plateau;
 
 /// The CA certificate's file name in a certificates directory.
 pub const CA_CERT: &str = "ca.pem";
@@ -676,6 +679,10 @@ impl HubClient {
         bootstrap(pb::BootstrapRequest) -> pb::BootstrapResponse;
         /// See `Hub.Echo`.
         echo(pb::EchoRequest) -> pb::EchoResponse;
+        /// See `Hub.GetModel` (features and training: [`plateau`]).
+        get_model(pb::GetModelRequest) -> pb::GetModelResponse;
+        /// See `Hub.PredictPlateau`.
+        predict_plateau(pb::PredictPlateauRequest) -> pb::PredictPlateauResponse;
     }
 
     write_calls! {
@@ -693,6 +700,8 @@ impl HubClient {
         share_failure(pb::ShareFailureRequest) -> pb::ShareFailureResponse;
         /// See `Hub.ShareConfiguration`.
         share_configuration(pb::ShareConfigurationRequest) -> pb::ShareConfigurationResponse;
+        /// See `Hub.ShareModelUpdate`.
+        share_model_update(pb::ShareModelUpdateRequest) -> pb::ShareModelUpdateResponse;
     }
 
     /// (Operators) issues an API key for `instance_id`, replacing its

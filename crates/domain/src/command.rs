@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::federated::{FederationRules, ModelUpdate};
 use super::idempotency::RequestTag;
 use super::model::{
     ApiKey, AuditEntry, ConfigShare, FailureReport, InsightDraft, PatternShare, Registration,
@@ -123,6 +124,17 @@ pub enum Action {
         share: ConfigShare,
         request: Option<Idempotency>,
     },
+    /// An instance's change of a federated model's weights.
+    ShareModelUpdate {
+        caller: String,
+        update: ModelUpdate,
+        rules: FederationRules,
+        /// The insight that announces a new version, if this update makes
+        /// one: its id and validity.
+        announce_id: String,
+        announce_ttl_ms: i64,
+        request: Option<Idempotency>,
+    },
     /// A new key for an instance (replacing its previous one): its salted
     /// hash, never the key.
     IssueApiKey {
@@ -171,6 +183,7 @@ impl Action {
             Action::RecordInsightUse { .. } => "RecordInsightUse",
             Action::ShareFailure { .. } => "ShareFailure",
             Action::ShareConfiguration { .. } => "ShareConfiguration",
+            Action::ShareModelUpdate { .. } => "ShareModelUpdate",
             Action::IssueApiKey { .. } => "IssueApiKey",
             Action::RevokeApiKey { .. } => "RevokeApiKey",
             Action::ResolveFailure { .. } => "ResolveFailure",

@@ -17,13 +17,14 @@
 use std::sync::Arc;
 
 use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
+use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc};
 use super::matching;
 use super::model::{
-    AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight, InsightDraft,
-    Instance, JobRun, Pattern, PatternShare, RIVAL_MIN_DATA_POINTS, Registration, StrategyKey,
-    StrategyOutcome, StrategyRecord, StrategyShare, UnixMillis, content_id, context_key, preceding,
-    streak,
+    AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight,
+    InsightCategory, InsightDraft, InsightEvidence, Instance, JobRun, Pattern, PatternShare,
+    RIVAL_MIN_DATA_POINTS, Registration, StrategyKey, StrategyOutcome, StrategyRecord,
+    StrategyShare, UnixMillis, content_id, context_key, preceding, streak,
 };
 use super::retention::{self, Rules};
 use super::state::State;
@@ -81,6 +82,12 @@ pub enum Answer {
     },
     ConfigurationShared {
         config: Arc<Configuration>,
+    },
+    ModelUpdated {
+        model: Arc<ModelRecord>,
+        /// The version this update completed, if it completed one (never
+        /// on a retry).
+        new_version: Option<u64>,
     },
     KeyIssued {
         replaced: bool,
@@ -220,6 +227,22 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             share,
             request,
         } => share_configuration(state, now, caller, share, request.as_ref()),
+        Action::ShareModelUpdate {
+            caller,
+            update,
+            rules,
+            announce_id,
+            announce_ttl_ms,
+            request,
+        } => share_model_update(
+            state,
+            now,
+            caller,
+            update,
+            rules,
+            (announce_id, *announce_ttl_ms),
+            request.as_ref(),
+        ),
         Action::IssueApiKey { key } => {
             let replaced = state
                 .tables
@@ -849,6 +872,147 @@ fn share_configuration(
             ))
         },
     )
+}
+
+fn share_model_update(
+    state: &mut State,
+    now: UnixMillis,
+    caller: &str,
+    update: &ModelUpdate,
+    rules: &FederationRules,
+    (announce_id, announce_ttl_ms): (&str, i64),
+    request: Option<&Idempotency>,
+) -> Result<Answer> {
+    once(
+        state,
+        now,
+        caller,
+        WriteRpc::ShareModelUpdate,
+        request,
+        |state, first| {
+            if let Some(first) = first {
+                if first != Applied::ShareModelUpdate {
+                    return Err(unexpected(first, WriteRpc::ShareModelUpdate));
+                }
+                let model = state
+                    .tables
+                    .models
+                    .get(&update.model)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("model {} is missing", update.model)))?;
+                return Ok((
+                    Answer::ModelUpdated {
+                        model,
+                        new_version: None,
+                    },
+                    first,
+                ));
+            }
+            touch_instance(state, now, caller)?;
+            let mut model = match state.tables.models.get(&update.model) {
+                Some(existing) => (**existing).clone(),
+                None => ModelRecord::new(&update.model, rules.dimension, now),
+            };
+            let new_version = model
+                .accept(caller, update, rules, now)
+                .map_err(|refusal| refused_update(refusal, update))?;
+            let model = Arc::new(model);
+            state
+                .tables
+                .models
+                .insert(update.model.clone(), model.clone());
+            if let Some(version) = new_version {
+                announce_version(state, now, &model, version, announce_id, announce_ttl_ms);
+            }
+            Ok((
+                Answer::ModelUpdated { model, new_version },
+                Applied::ShareModelUpdate,
+            ))
+        },
+    )
+}
+
+fn refused_update(refusal: Refusal, update: &ModelUpdate) -> Error {
+    match refusal {
+        Refusal::Shape { expected, got } => Error::invalid(
+            "delta",
+            format!(
+                "has {got} values; model {} has {expected} weights",
+                update.model
+            ),
+        ),
+        Refusal::FromTheFuture { version } => Error::FailedPrecondition(format!(
+            "base_version {} is newer than model {}'s version {version}",
+            update.base_version, update.model
+        )),
+        Refusal::TooStale {
+            version,
+            max_staleness,
+        } => Error::FailedPrecondition(format!(
+            "base_version {} is {} versions behind model {}'s version {version} (at most \
+             {max_staleness}): fetch the model with GetModel and train from it",
+            update.base_version,
+            version - update.base_version,
+            update.model
+        )),
+    }
+}
+
+/// Stores the insight that tells subscribers a model has a new version.
+fn announce_version(
+    state: &mut State,
+    now: UnixMillis,
+    model: &ModelRecord,
+    version: u64,
+    id: &str,
+    ttl_ms: i64,
+) {
+    let rule = model.last_aggregation.map_or("", |a| a.name());
+    let evaluated = model.evaluations.range(..version).next_back();
+    let accuracy = evaluated.and_then(|(_, e)| e.accuracy()).unwrap_or(0.0);
+    let draft = InsightDraft {
+        category: InsightCategory::Prediction,
+        title: format!("Model {} version {version}", model.name),
+        insight: format!(
+            "Version {version} of the {} model aggregates updates of {} instances ({rule}).{}",
+            model.name,
+            model.last_round_instances,
+            match evaluated {
+                Some((v, e)) => format!(
+                    " Version {v} predicted {:.1}% of {} held-out examples right.",
+                    accuracy * 100.0,
+                    e.examples
+                ),
+                None => String::new(),
+            }
+        ),
+        evidence: InsightEvidence {
+            data_points: evaluated.map_or(0, |(_, e)| e.examples),
+            correlation_strength: 0.0,
+            instances_covered: u32::try_from(model.last_round_instances).unwrap_or(u32::MAX),
+            improvement_observed: 0.0,
+        },
+        applicable_contexts: Vec::new(),
+        effectiveness: accuracy,
+        risk: 0.0,
+        recommendation: format!(
+            "Fetch it with GetModel {{model: \"{}\", known_version: {}}} and train from it.",
+            model.name,
+            version - 1
+        ),
+        alternatives: Vec::new(),
+        valid_until: None,
+    };
+    publish(
+        state,
+        now,
+        &[Generated {
+            id: id.to_string(),
+            draft,
+        }],
+        ttl_ms,
+        GENERATED_BY,
+    );
 }
 
 // --- maintenance -----------------------------------------------------------------

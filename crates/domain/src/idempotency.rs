@@ -32,6 +32,7 @@ pub enum WriteRpc {
     RecordInsightUse,
     ShareFailure,
     ShareConfiguration,
+    ShareModelUpdate,
 }
 
 impl WriteRpc {
@@ -45,6 +46,7 @@ impl WriteRpc {
             WriteRpc::RecordInsightUse => "RecordInsightUse",
             WriteRpc::ShareFailure => "ShareFailure",
             WriteRpc::ShareConfiguration => "ShareConfiguration",
+            WriteRpc::ShareModelUpdate => "ShareModelUpdate",
         }
     }
 }
@@ -77,6 +79,8 @@ pub enum Applied {
     RecordInsightUse,
     ShareFailure,
     ShareConfiguration,
+    /// The model is found again from the update's model name.
+    ShareModelUpdate,
 }
 
 impl Applied {
@@ -89,6 +93,7 @@ impl Applied {
             Applied::RecordInsightUse => WriteRpc::RecordInsightUse,
             Applied::ShareFailure => WriteRpc::ShareFailure,
             Applied::ShareConfiguration => WriteRpc::ShareConfiguration,
+            Applied::ShareModelUpdate => WriteRpc::ShareModelUpdate,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! they are built from ([`stats`]), the state they make up ([`state`]), the
 //! commands that change it ([`command`]) and the one pure function that
 //! applies them ([`fold`]), and the pure logic that answers queries
-//! ([`matching`], [`recommend`], [`prevention`], [`bootstrap`],
+//! ([`matching`], [`recommend`], [`federated`], [`prevention`], [`bootstrap`],
 //! [`insight_gen`], [`retention`], [`idempotency`]). Nothing here does I/O
 //! or knows about gRPC (but for the one conversion of its [`error::Error`]
 //! into a gRPC status), so all of it is unit-tested directly. Also here:
@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod clock;
 pub mod command;
 pub mod error;
+pub mod federated;
 pub mod fold;
 pub mod idempotency;
 pub mod identity;

@@ -1357,4 +1357,11 @@ macro_rules! finite_records_are_eq {
     };
 }
 
-finite_records_are_eq!(Instance, Pattern, StrategyRecord, Insight, FailurePattern, Configuration);
+finite_records_are_eq!(
+    Instance,
+    Pattern,
+    StrategyRecord,
+    Insight,
+    FailurePattern,
+    Configuration
+);

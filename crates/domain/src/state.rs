@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 
+use super::federated::ModelRecord;
 use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
@@ -188,6 +189,8 @@ tables! {
     requests: "r/" => RequestKey, RequestRecord;
     /// The last run of each periodic job (replicas: lease epoch, period).
     jobs: "j/" => String, JobRun;
+    /// Federated models (their weights and pending updates), by name.
+    models: "w/" => String, ModelRecord;
 }
 
 /// The sequences handed out, and what acted-on pattern matches taught.

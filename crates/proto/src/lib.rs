@@ -7,6 +7,7 @@
 //! other.
 
 pub mod codec;
+pub mod plateau;
 pub mod schema;
 
 /// The generated protobuf messages and gRPC stubs of `learninghub.v1`.

@@ -21,6 +21,7 @@ use std::{
 };
 
 use crate::config::{Config, StorageBackend};
+use crate::domain::federated::Aggregation;
 use crate::error::{Error, Result};
 
 /// Where a value came from.
@@ -278,6 +279,13 @@ pub const KEYS: &[Key] = &[
     key("storage", "postgres_pool_size", int(2, 1000), "8"),
     key("storage", "lease_seconds", int(1, 3600), "10"),
     key("storage", "max_lag_seconds", int(1, 3600), "5"),
+    key("model", "buffer_size", int(1, 1000), "5"),
+    key(
+        "model",
+        "aggregation",
+        Kind::Choice(&["trimmed-mean", "median", "fedavg"]),
+        "\"trimmed-mean\"",
+    ),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
 ];
@@ -718,6 +726,9 @@ impl Settings {
         retention.low_frequency = self.unsigned("retention", "low_frequency");
         retention.outcome_days = self.int("retention", "outcome_days");
         retention.audit_days = self.int("retention", "audit_days");
+        hub.federation.buffer_size = self.unsigned("model", "buffer_size");
+        hub.federation.aggregation = Aggregation::parse(self.string("model", "aggregation"))
+            .unwrap_or(Aggregation::TrimmedMean);
 
         let storage = &mut config.storage;
         storage.backend = match self.string("storage", "backend") {

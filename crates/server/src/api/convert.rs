@@ -221,6 +221,7 @@ idempotent!(
     pb::RecordInsightUseRequest,
     pb::ShareFailureRequest,
     pb::ShareConfigurationRequest,
+    pb::ShareModelUpdateRequest,
 );
 
 /// Takes `request`'s request id out and, if it has one, validates it (a

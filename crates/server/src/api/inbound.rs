@@ -110,6 +110,12 @@ inbound! {
     "Hub" / "Bootstrap": BootstrapRequest => crate::domain::model::Attributes =
         |r, _| convert::bootstrap_context(&r);
     "Hub" / "Echo": EchoRequest => Vec<u8> = |r, _| convert::echo_payload(r);
+    "Hub" / "ShareModelUpdate": ShareModelUpdateRequest => crate::domain::federated::ModelUpdate =
+        |r, _| super::models::model_update(r);
+    "Hub" / "GetModel": GetModelRequest => super::models::ModelQuery =
+        |r, _| super::models::model_query(r);
+    "Hub" / "PredictPlateau": PredictPlateauRequest => super::models::PredictQuery =
+        |r, _| super::models::predict_query(r);
     "Admin" / "GenerateInsights": GenerateInsightsRequest => () = |_r, _| Ok(());
     "Admin" / "IssueApiKey": IssueApiKeyRequest => String =
         |r, _| convert::required_name("instance_id", r.instance_id);

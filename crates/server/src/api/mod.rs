@@ -9,6 +9,7 @@ mod admin;
 pub use learning_hub_proto::codec;
 pub mod convert;
 pub mod inbound;
+pub mod models;
 pub mod quota;
 pub mod visibility;
 
@@ -421,6 +422,47 @@ impl pb::hub_server::Hub for HubService {
                 )),
             })
             .await?;
+        reply(message)
+    }
+
+    async fn share_model_update(
+        &self,
+        request: Request<pb::ShareModelUpdateRequest>,
+    ) -> Reply<pb::ShareModelUpdateResponse> {
+        let caller = calling_instance(&request)?;
+        let mut req = request.into_inner();
+        let once = convert::request_tag(&mut req)?;
+        let update = models::model_update(req)?;
+        let receipt = self.hub.share_model_update(&caller, update, once).await?;
+        reply(models::update_receipt(&receipt))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Reply<pb::GetModelResponse> {
+        let q = models::model_query(request.into_inner())?;
+        let message = self
+            .query(move |hub| {
+                hub.model(&q.model)
+                    .map(|view| models::model_reply(&view, q.known_version))
+            })
+            .await??;
+        reply(message)
+    }
+
+    async fn predict_plateau(
+        &self,
+        request: Request<pb::PredictPlateauRequest>,
+    ) -> Reply<pb::PredictPlateauResponse> {
+        let caller = caller(&request)?.instance_id().map(str::to_string);
+        let q = models::predict_query(request.into_inner())?;
+        let message = self
+            .query(move |hub| {
+                hub.predict_plateau(caller.as_deref(), &q.trajectories, q.context)
+                    .map(|(version, predictions)| models::predictions(version, &predictions))
+            })
+            .await??;
         reply(message)
     }
 }

@@ -18,6 +18,7 @@ const INSTANCE_ONLY: &[&str] = &[
     "RecordInsightUse",
     "ShareFailure",
     "ShareConfiguration",
+    "ShareModelUpdate",
 ];
 
 const HUB_SERVICE: &str = "learninghub.v1.Hub";

@@ -17,6 +17,7 @@ mod configs;
 mod failures;
 mod insights;
 mod instances;
+mod models;
 mod patterns;
 pub mod replica;
 mod retention;
@@ -33,6 +34,9 @@ pub use configs::Bootstrap;
 pub use failures::ActionCheck;
 pub use insights::GenerationReport;
 pub use instances::InstancePage;
+pub use models::{
+    MODELS, ModelView, Prediction, Trajectory, UpdateReceipt, WARNING_THRESHOLD, model_dimension,
+};
 pub use patterns::RankedMatch;
 pub use strategies::StrategyAsk;
 pub use writer::{CHECKPOINT_EVERY, CHECKPOINT_ROWS, MAX_DETACHED_WAITING};
@@ -94,6 +98,9 @@ pub struct HubSettings {
     /// unknown paths, health and reflection are written once per kind and
     /// window, plus one entry counting the rest.
     pub audit_sample_window: std::time::Duration,
+    /// How federated models combine instances' updates (`dimension` is
+    /// set per model).
+    pub federation: crate::domain::federated::FederationRules,
 }
 
 /// How long things are kept (the seed's "Data Retention").
@@ -139,6 +146,7 @@ impl Default for HubSettings {
             retention: RetentionSettings::default(),
             request_id_window_ms: DAY_MS,
             audit_sample_window: std::time::Duration::from_secs(60),
+            federation: crate::domain::federated::FederationRules::default(),
         }
     }
 }

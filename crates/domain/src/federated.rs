@@ -1,0 +1,524 @@
+//! Federated models: how the hub turns instances' weight updates into a
+//! versioned global model, without ever seeing their data.
+//!
+//! Aggregation is asynchronous and buffered, in the manner of FedBuff:
+//! instances train whenever they like on the version they last fetched
+//! and send the change of the weights (a *delta*) against it. The hub
+//! keeps one pending delta per instance — a newer one replaces the older,
+//! so one instance is one voice per version — and once `buffer_size`
+//! distinct instances are waiting it aggregates them into the next
+//! version. A delta trained on an older version counts less (its staleness
+//! τ, in versions, scales it by `1/sqrt(1+τ)`) and is refused past
+//! `max_staleness`.
+//!
+//! Every delta is first clipped to `clip_norm` (L2), which bounds what one
+//! instance can move the model by: at most `server_learning_rate ×
+//! clip_norm` per version with FedAvg over one update, and under the robust
+//! rules less, since they ignore the extremes of each coordinate:
+//! - `TrimmedMean` drops the `trim_fraction` largest and smallest values of
+//!   each coordinate and averages the rest;
+//! - `Median` takes each coordinate's median;
+//! - `FedAvg` is the example-weighted mean, for comparison (examples are
+//!   self-declared, so their weight is capped at `max_example_weight`).
+//!
+//! All of it is pure and deterministic: pending updates are kept in
+//! instance order and coordinates are sorted with a total order, so every
+//! replica that folds the same updates computes the same weights, bit for
+//! bit.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::UnixMillis;
+
+/// How updates are combined into a version.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aggregation {
+    FedAvg,
+    TrimmedMean,
+    Median,
+}
+
+impl Aggregation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Aggregation::FedAvg => "fedavg",
+            Aggregation::TrimmedMean => "trimmed-mean",
+            Aggregation::Median => "median",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Aggregation> {
+        [
+            Aggregation::FedAvg,
+            Aggregation::TrimmedMean,
+            Aggregation::Median,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)
+    }
+}
+
+/// The rules an update is folded by, fixed in its command (hub settings
+/// `model.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FederationRules {
+    /// Weights of the model.
+    pub dimension: usize,
+    /// Distinct instances whose updates make a version.
+    pub buffer_size: usize,
+    pub aggregation: Aggregation,
+    /// Share of each coordinate's values dropped at each end (trimmed mean).
+    pub trim_fraction: f64,
+    /// L2 norm every delta is clipped to.
+    pub clip_norm: f64,
+    /// Versions a delta's base may lag the model by.
+    pub max_staleness: u64,
+    /// The aggregated delta is added times this.
+    pub server_learning_rate: f64,
+    /// Examples an update may weigh at most (FedAvg).
+    pub max_example_weight: u64,
+}
+
+impl Default for FederationRules {
+    fn default() -> Self {
+        FederationRules {
+            dimension: 0,
+            buffer_size: 5,
+            aggregation: Aggregation::TrimmedMean,
+            trim_fraction: 0.2,
+            clip_norm: 5.0,
+            max_staleness: 8,
+            server_learning_rate: 1.0,
+            max_example_weight: 1000,
+        }
+    }
+}
+
+/// How a version of the model did on examples instances held out of
+/// training, summed over their reports.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub examples: u64,
+    /// Predictions on the right side of 0.5.
+    pub correct: u64,
+    /// Sum of the examples' log losses.
+    pub log_loss: f64,
+    /// Instances that reported.
+    pub reports: u64,
+}
+
+impl Evaluation {
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.examples > 0).then(|| self.correct as f64 / self.examples as f64)
+    }
+
+    pub fn mean_log_loss(&self) -> Option<f64> {
+        (self.examples > 0).then(|| self.log_loss / self.examples as f64)
+    }
+}
+
+/// An instance's update, as validated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelUpdate {
+    pub model: String,
+    /// The version the delta was trained from.
+    pub base_version: u64,
+    pub delta: Vec<f64>,
+    /// Examples it was trained on (self-declared).
+    pub examples: u64,
+    /// The base version evaluated on held-out examples, if reported.
+    pub evaluation: Option<Evaluation>,
+}
+
+/// An update waiting for its version.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingUpdate {
+    pub instance: String,
+    pub base_version: u64,
+    pub delta: Vec<f64>,
+    pub examples: u64,
+    pub received: UnixMillis,
+}
+
+/// Evaluations kept per model (the newest versions').
+pub const EVALUATIONS_KEPT: usize = 8;
+
+/// A federated model: its current weights and what waits to change them.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    pub name: String,
+    /// 0 until the first aggregation (all weights zero).
+    pub version: u64,
+    pub weights: Vec<f64>,
+    /// One per instance, in instance order.
+    pub pending: Vec<PendingUpdate>,
+    /// Updates aggregated into a version so far, per instance.
+    pub contributors: BTreeMap<String, u64>,
+    /// Distinct instances in the newest version's aggregation.
+    pub last_round_instances: u64,
+    /// The rule the newest version was aggregated with.
+    pub last_aggregation: Option<Aggregation>,
+    /// Held-out evaluations by the version evaluated.
+    pub evaluations: BTreeMap<u64, Evaluation>,
+    pub created: UnixMillis,
+    pub updated: UnixMillis,
+}
+
+// Weights are finite (validated on the way in; clipping and staleness
+// keep them so), which makes equality an equivalence: see
+// `model::finite_records_are_eq` for what `Eq` buys the checkpoint diff.
+impl Eq for ModelRecord {}
+
+/// Why an update cannot be folded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// `delta` has the wrong number of weights.
+    Shape { expected: usize, got: usize },
+    /// `base_version` is newer than the model.
+    FromTheFuture { version: u64 },
+    /// `base_version` lags the model by more than the rules allow.
+    TooStale { version: u64, max_staleness: u64 },
+}
+
+impl ModelRecord {
+    pub fn new(name: &str, dimension: usize, now: UnixMillis) -> Self {
+        ModelRecord {
+            name: name.to_string(),
+            version: 0,
+            weights: vec![0.0; dimension],
+            pending: Vec::new(),
+            contributors: BTreeMap::new(),
+            last_round_instances: 0,
+            last_aggregation: None,
+            evaluations: BTreeMap::new(),
+            created: now,
+            updated: now,
+        }
+    }
+
+    /// Takes `update` from `instance`; when it completes the buffer, the
+    /// model moves to its next version, which is returned.
+    pub fn accept(
+        &mut self,
+        instance: &str,
+        update: &ModelUpdate,
+        rules: &FederationRules,
+        now: UnixMillis,
+    ) -> Result<Option<u64>, Refusal> {
+        if update.delta.len() != self.weights.len() {
+            return Err(Refusal::Shape {
+                expected: self.weights.len(),
+                got: update.delta.len(),
+            });
+        }
+        if update.base_version > self.version {
+            return Err(Refusal::FromTheFuture {
+                version: self.version,
+            });
+        }
+        if self.version - update.base_version > rules.max_staleness {
+            return Err(Refusal::TooStale {
+                version: self.version,
+                max_staleness: rules.max_staleness,
+            });
+        }
+        self.updated = now;
+        if let Some(reported) = update.evaluation {
+            let eval = self.evaluations.entry(update.base_version).or_default();
+            eval.examples = eval.examples.saturating_add(reported.examples);
+            eval.correct = eval.correct.saturating_add(reported.correct);
+            eval.log_loss += reported.log_loss;
+            eval.reports = eval.reports.saturating_add(1);
+            while self.evaluations.len() > EVALUATIONS_KEPT {
+                self.evaluations.pop_first();
+            }
+        }
+        let pending = PendingUpdate {
+            instance: instance.to_string(),
+            base_version: update.base_version,
+            delta: update.delta.clone(),
+            examples: update.examples,
+            received: now,
+        };
+        match self
+            .pending
+            .binary_search_by(|p| p.instance.as_str().cmp(instance))
+        {
+            Ok(i) => self.pending[i] = pending,
+            Err(i) => self.pending.insert(i, pending),
+        }
+        if self.pending.len() < rules.buffer_size.max(1) {
+            return Ok(None);
+        }
+        let step = aggregate(&self.pending, self.version, rules);
+        for (w, d) in self.weights.iter_mut().zip(&step) {
+            *w += rules.server_learning_rate * d;
+        }
+        for p in &self.pending {
+            *self.contributors.entry(p.instance.clone()).or_default() += 1;
+        }
+        self.last_round_instances = self.pending.len() as u64;
+        self.last_aggregation = Some(rules.aggregation);
+        self.pending.clear();
+        self.version += 1;
+        Ok(Some(self.version))
+    }
+}
+
+/// `delta` scaled down to L2 norm `max` if it is longer.
+pub fn clip(delta: &[f64], max: f64) -> Vec<f64> {
+    let norm = l2_norm(delta);
+    if norm <= max || norm == 0.0 {
+        return delta.to_vec();
+    }
+    let scale = max / norm;
+    delta.iter().map(|d| d * scale).collect()
+}
+
+pub fn l2_norm(values: &[f64]) -> f64 {
+    values.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// The weight of a delta trained `staleness` versions ago.
+pub fn staleness_weight(staleness: u64) -> f64 {
+    1.0 / (1.0 + staleness as f64).sqrt()
+}
+
+/// The combined step of `pending` (the model at `version`): each delta
+/// clipped and scaled by its staleness weight, then combined by the rule.
+pub fn aggregate(pending: &[PendingUpdate], version: u64, rules: &FederationRules) -> Vec<f64> {
+    let dimension = pending.first().map_or(0, |p| p.delta.len());
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let scaled: Vec<Vec<f64>> = pending
+        .iter()
+        .map(|p| {
+            let s = staleness_weight(version.saturating_sub(p.base_version));
+            clip(&p.delta, rules.clip_norm)
+                .into_iter()
+                .map(|d| d * s)
+                .collect()
+        })
+        .collect();
+    match rules.aggregation {
+        Aggregation::FedAvg => {
+            let weights: Vec<f64> = pending
+                .iter()
+                .map(|p| p.examples.clamp(1, rules.max_example_weight.max(1)) as f64)
+                .collect();
+            let total: f64 = weights.iter().sum();
+            (0..dimension)
+                .map(|i| {
+                    scaled
+                        .iter()
+                        .zip(&weights)
+                        .map(|(d, w)| d[i] * w)
+                        .sum::<f64>()
+                        / total
+                })
+                .collect()
+        }
+        Aggregation::TrimmedMean | Aggregation::Median => (0..dimension)
+            .map(|i| {
+                let mut column: Vec<f64> = scaled.iter().map(|d| d[i]).collect();
+                column.sort_by(f64::total_cmp);
+                if rules.aggregation == Aggregation::Median {
+                    median(&column)
+                } else {
+                    trimmed_mean(&column, rules.trim_fraction)
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The median of sorted values (the mean of the middle two for an even
+/// count).
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+/// The mean of sorted values without the `floor(fraction × n)` smallest
+/// and largest (but always at least one value).
+fn trimmed_mean(sorted: &[f64], fraction: f64) -> f64 {
+    let n = sorted.len();
+    let mut k = (fraction.clamp(0.0, 0.5) * n as f64).floor() as usize;
+    if 2 * k >= n {
+        k = (n - 1) / 2;
+    }
+    let kept = &sorted[k..n - k];
+    kept.iter().sum::<f64>() / kept.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(instance: &str, base: u64, delta: &[f64], examples: u64) -> PendingUpdate {
+        PendingUpdate {
+            instance: instance.into(),
+            base_version: base,
+            delta: delta.to_vec(),
+            examples,
+            received: 0,
+        }
+    }
+
+    fn rules(aggregation: Aggregation) -> FederationRules {
+        FederationRules {
+            dimension: 2,
+            buffer_size: 3,
+            aggregation,
+            trim_fraction: 0.2,
+            clip_norm: 10.0,
+            ..FederationRules::default()
+        }
+    }
+
+    /// Golden values, worked by hand: three fresh updates and one that
+    /// pulls far away.
+    #[test]
+    fn the_rules_combine_known_updates_as_worked_by_hand() {
+        let updates = [
+            pending("a", 0, &[1.0, 0.0], 100),
+            pending("b", 0, &[2.0, 1.0], 100),
+            pending("c", 0, &[3.0, 2.0], 200),
+            pending("evil", 0, &[9.0, -9.0], 1_000_000),
+            pending("d", 0, &[4.0, 3.0], 100),
+        ];
+        let fedavg = rules(Aggregation::FedAvg);
+        // Weights 100, 100, 200, 1000 (capped), 100 of 1500; "evil" has a
+        // norm of 12.73, clipped to 10: (7.0711, -7.0711).
+        let avg = aggregate(&updates, 0, &fedavg);
+        let e = 10.0 / (162.0f64).sqrt() * 9.0;
+        let x = (100.0 + 200.0 + 600.0 + 1000.0 * e + 400.0) / 1500.0;
+        let y = (0.0 + 100.0 + 400.0 - 1000.0 * e + 300.0) / 1500.0;
+        assert!(
+            (avg[0] - x).abs() < 1e-12 && (avg[1] - y).abs() < 1e-12,
+            "{avg:?}"
+        );
+        // Trimmed mean, 5 values, 20%: drop one at each end.
+        // x: 1, 2, 3, 4, 7.07 -> mean of 2, 3, 4 = 3; y: -7.07, 0, 1, 2, 3 -> 1.
+        let trimmed = aggregate(&updates, 0, &rules(Aggregation::TrimmedMean));
+        assert!((trimmed[0] - 3.0).abs() < 1e-12 && (trimmed[1] - 1.0).abs() < 1e-12);
+        let median = aggregate(&updates, 0, &rules(Aggregation::Median));
+        assert_eq!(median, vec![3.0, 1.0]);
+    }
+
+    #[test]
+    fn stale_updates_count_less_and_clipping_bounds_them() {
+        // Staleness 3 halves a delta: 1/sqrt(4).
+        let updates = [pending("a", 1, &[2.0, 0.0], 1)];
+        assert_eq!(
+            aggregate(&updates, 4, &rules(Aggregation::FedAvg)),
+            vec![1.0, 0.0]
+        );
+        let clipped = clip(&[3.0, 4.0], 1.0);
+        assert!((clipped[0] - 0.6).abs() < 1e-12 && (clipped[1] - 0.8).abs() < 1e-12);
+        assert_eq!(clip(&[0.3, 0.4], 1.0), vec![0.3, 0.4]);
+        assert_eq!(trimmed_mean(&[1.0, 2.0], 0.5), 1.5);
+        assert_eq!(median(&[1.0, 2.0, 10.0, 11.0]), 6.0);
+    }
+
+    #[test]
+    fn a_version_needs_distinct_instances_and_checks_its_base() {
+        let rules = rules(Aggregation::Median);
+        let mut model = ModelRecord::new("plateau", 2, 0);
+        let update = |base, delta: [f64; 2]| ModelUpdate {
+            model: "plateau".into(),
+            base_version: base,
+            delta: delta.to_vec(),
+            examples: 10,
+            evaluation: Some(Evaluation {
+                examples: 10,
+                correct: 7,
+                log_loss: 5.0,
+                reports: 0,
+            }),
+        };
+        assert_eq!(
+            model.accept("a", &update(0, [1.0, 1.0]), &rules, 1),
+            Ok(None)
+        );
+        // The same instance again replaces its update: still one voice.
+        assert_eq!(
+            model.accept("a", &update(0, [2.0, 2.0]), &rules, 2),
+            Ok(None)
+        );
+        assert_eq!(model.pending.len(), 1);
+        assert_eq!(
+            model.accept("b", &update(0, [4.0, 4.0]), &rules, 3),
+            Ok(None)
+        );
+        assert_eq!(
+            model.accept("c", &update(0, [6.0, 6.0]), &rules, 4),
+            Ok(Some(1))
+        );
+        assert_eq!(model.weights, vec![4.0, 4.0]);
+        assert!(model.pending.is_empty());
+        assert_eq!(model.contributors.len(), 3);
+        let eval = model.evaluations[&0];
+        assert_eq!((eval.examples, eval.correct, eval.reports), (40, 28, 4));
+        assert_eq!(eval.accuracy(), Some(0.7));
+        assert_eq!(
+            model.accept("a", &update(2, [0.0, 0.0]), &rules, 5),
+            Err(Refusal::FromTheFuture { version: 1 })
+        );
+        let wrong = ModelUpdate {
+            delta: vec![1.0],
+            ..update(1, [0.0, 0.0])
+        };
+        assert_eq!(
+            model.accept("a", &wrong, &rules, 5),
+            Err(Refusal::Shape {
+                expected: 2,
+                got: 1
+            })
+        );
+        model.version = 20;
+        assert_eq!(
+            model.accept("a", &update(11, [0.0, 0.0]), &rules, 5),
+            Err(Refusal::TooStale {
+                version: 20,
+                max_staleness: 8
+            })
+        );
+    }
+
+    #[test]
+    fn one_instance_moves_a_robust_model_by_at_most_its_clipped_share() {
+        // Four honest instances agree on (0.1, 0.1); one sends a huge delta.
+        let mut updates: Vec<PendingUpdate> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|i| pending(i, 0, &[0.1, 0.1], 10))
+            .collect();
+        updates.push(pending("evil", 0, &[1e6, -1e6], 10));
+        let mut rules = rules(Aggregation::TrimmedMean);
+        rules.clip_norm = 2.0;
+        for aggregation in [Aggregation::TrimmedMean, Aggregation::Median] {
+            rules.aggregation = aggregation;
+            let step = aggregate(&updates, 0, &rules);
+            assert!(step.iter().all(|s| (s - 0.1).abs() < 1e-12), "{step:?}");
+        }
+        rules.aggregation = Aggregation::FedAvg;
+        let step = aggregate(&updates, 0, &rules);
+        // FedAvg is moved, but by at most clip_norm / 5 per coordinate.
+        assert!(
+            step.iter().all(|s| (s - 0.1).abs() <= 2.0 / 5.0 + 0.02),
+            "{step:?}"
+        );
+    }
+}
