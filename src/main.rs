@@ -411,6 +411,23 @@ struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Measure the federated plateau model instead (against each instance
+    /// alone and a central model), at the --scaling fleet sizes.
+    #[arg(long)]
+    predict: bool,
+    /// With --predict: cycles of its own history a training instance has.
+    #[arg(long, default_value_t = 40)]
+    train_cycles: u32,
+    /// With --predict: federated rounds (one update per instance each).
+    #[arg(long, default_value_t = 200)]
+    rounds: usize,
+    /// With --predict: instances of the held-out test fleet.
+    #[arg(long, default_value_t = 50)]
+    test_instances: usize,
+    /// With --predict: also measure model poisoning, this many faulty
+    /// instances in a fleet of --instances (default 20).
+    #[arg(long, default_value_t = 0)]
+    faulty: usize,
 }
 
 #[derive(clap::Args)]
@@ -806,6 +823,56 @@ fn tls_hint(detail: &str) -> String {
     format!(" — {hint}")
 }
 
+/// `simulate --predict`: the plateau model's study.
+async fn predict(
+    args: &SimulateArgs,
+    options: learning_hub::sim::SimOptions,
+) -> learning_hub::Result<()> {
+    use learning_hub::sim::prediction;
+    if options.scaling.is_empty() || !(2..=10_000).contains(&args.train_cycles) {
+        return Err(learning_hub::Error::invalid(
+            "--scaling/--train-cycles",
+            "--predict needs fleet sizes (--scaling) and --train-cycles within [2, 10000]",
+        ));
+    }
+    let study = prediction::PredictionOptions {
+        fleet_sizes: options.scaling.clone(),
+        seeds: options.seeds,
+        seed: options.seed,
+        train_cycles: args.train_cycles,
+        horizon: options.horizon,
+        test_instances: args.test_instances.clamp(1, 10_000),
+        rounds: args.rounds.clamp(1, 10_000),
+        rules: learning_hub::domain::federated::FederationRules::default(),
+        scenario: options.scenario.clone(),
+    };
+    let report = prediction::study(&study).await?;
+    print!("{}", prediction::table(&report));
+    if args.faulty > 0 {
+        let instances = options.instances;
+        if args.faulty >= instances {
+            return Err(learning_hub::Error::invalid(
+                "--faulty",
+                format!("must be fewer than the {instances} instances"),
+            ));
+        }
+        let rows = prediction::poisoning(&study, instances, args.faulty).await?;
+        print!(
+            "{}",
+            prediction::poisoning_table(instances, args.faulty, &rows)
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)
+            .map_err(|e| learning_hub::Error::Internal(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| {
+            learning_hub::Error::Unavailable(format!("cannot write {}: {e}", path.display()))
+        })?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
     use learning_hub::sim::{self, scenario::Scenario};
     use std::io::IsTerminal;
@@ -845,7 +912,7 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
         stagger: args.stagger,
         scaling,
         scaling_seeds: args.scaling_seeds,
-        external_hub: args.hub.zip(args.certs_dir),
+        external_hub: args.hub.clone().zip(args.certs_dir.clone()),
         parallel: args.parallel,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
@@ -854,6 +921,9 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
             "--instances/--horizon",
             "instances must be within [1, 10000] and horizon within [10, 100000]",
         ));
+    }
+    if args.predict {
+        return predict(&args, options).await;
     }
     let report = sim::simulate(options).await?;
     print!("{}", sim::report::table(&report));

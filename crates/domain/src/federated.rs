@@ -88,7 +88,12 @@ impl Default for FederationRules {
         FederationRules {
             dimension: 0,
             buffer_size: 5,
-            aggregation: Aggregation::TrimmedMean,
+            // The simulator's poisoning measure (README): with 2 of 20
+            // instances poisoning the same buffers, the median kept 95-102%
+            // of the clean model's accuracy over the five scenarios, the
+            // trimmed mean 77-92%, FedAvg 64-70%; clean, all three scored
+            // alike.
+            aggregation: Aggregation::Median,
             trim_fraction: 0.2,
             clip_norm: 5.0,
             max_staleness: 8,

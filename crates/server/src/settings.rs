@@ -283,8 +283,8 @@ pub const KEYS: &[Key] = &[
     key(
         "model",
         "aggregation",
-        Kind::Choice(&["trimmed-mean", "median", "fedavg"]),
-        "\"trimmed-mean\"",
+        Kind::Choice(&["median", "trimmed-mean", "fedavg"]),
+        "\"median\"",
     ),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
@@ -727,8 +727,8 @@ impl Settings {
         retention.outcome_days = self.int("retention", "outcome_days");
         retention.audit_days = self.int("retention", "audit_days");
         hub.federation.buffer_size = self.unsigned("model", "buffer_size");
-        hub.federation.aggregation = Aggregation::parse(self.string("model", "aggregation"))
-            .unwrap_or(Aggregation::TrimmedMean);
+        hub.federation.aggregation =
+            Aggregation::parse(self.string("model", "aggregation")).unwrap_or(Aggregation::Median);
 
         let storage = &mut config.storage;
         storage.backend = match self.string("storage", "backend") {

@@ -21,6 +21,7 @@ pub mod agents;
 pub mod hub_agent;
 pub mod measures;
 pub mod plot;
+pub mod prediction;
 pub mod report;
 pub use crate::domain::rng;
 pub mod runner;

@@ -220,6 +220,7 @@ mod tests {
             pattern_hits: 3,
             pattern_hits_strict: 2,
             calibration: [(0.0, 0, 0); 10],
+            values: Vec::new(),
         }
     }
 

@@ -80,6 +80,10 @@ pub struct InstanceTrace {
     /// Hub-recommended applications by the hub's confidence (tenths): the
     /// summed confidence, the successes and the count per bin.
     pub calibration: [(f64, u32, u32); 10],
+    /// Each metric's value when it joined, then after each of its cycles:
+    /// the trajectories the plateau model learns from ([`crate::prediction`]).
+    #[serde(skip)]
+    pub values: Vec<Vec<f64>>,
 }
 
 /// Where hub-mode instances find their hub.
@@ -247,9 +251,11 @@ pub async fn run(
         .map(|i| {
             let context = world.draw_context(&mut setup);
             let patience = PATIENCE_CHOICES[setup.weighted(&[1.0; PATIENCE_CHOICES.len()])];
+            let state = world.instance(context);
+            let values = state.values.iter().map(|v| vec![*v]).collect();
             SimInstance {
                 id: format!("{}{i:04}", spec.id_prefix),
-                state: world.instance(context),
+                state,
                 // The world's randomness per instance depends only on the
                 // seed and the instance, never on the mode.
                 rng: Rng::derive(spec.seed, 1 + i as u64),
@@ -267,6 +273,7 @@ pub async fn run(
                     pattern_hits: 0,
                     pattern_hits_strict: 0,
                     calibration: [(0.0, 0, 0); 10],
+                    values,
                 },
                 open_reversals: Vec::new(),
             }
@@ -456,6 +463,9 @@ async fn act(
     });
     let performance = world.performance(&instance.state);
     instance.trace.performance.push(performance);
+    for (history, value) in instance.trace.values.iter_mut().zip(&instance.state.values) {
+        history.push(*value);
+    }
     if let Some(link) = instance.link.as_mut() {
         link.maybe_share_configuration(
             instance.state.cycle,
