@@ -16,7 +16,14 @@
 //    (GetStrategies), check the chosen one (CheckAction), apply it to the toy
 //    metric, share the outcome (ShareStrategy) and, when the metric was on a
 //    plateau, the plateau pattern (SharePattern);
-// 4. optionally waits until --wait-insights insights arrived, and prints a
+//    A cycle on which the fleet's plateau model (see 4) predicts a plateau
+//    counts as one: the agent acts before it stalls;
+// 4. trains the fleet's plateau model on its own trajectory (GetModel, a few
+//    epochs of gradient descent from the served weights, ShareModelUpdate
+//    with the change of the weights, never the values), then asks the hub
+//    for a prediction of its trajectory (PredictPlateau) and checks that its
+//    own computation with the served weights agrees;
+// 5. optionally waits until --wait-insights insights arrived, and prints a
 //    JSON summary as the last line on stdout (progress goes to stderr).
 //
 // A replicated hub has several endpoints (LEARNING_HUB_URL with
@@ -75,7 +82,18 @@ const OTHER_METRIC = ['retention', 0.7];
 // (reads and Register, which only refreshes a record). With several, the
 // agent moves to another endpoint instead (see Hub), shares included: they
 // carry request ids.
-const RETRYABLE = ['Register', 'GetStrategies', 'CheckAction', 'GetPatterns', 'GetInsights', 'GetStatus', 'Bootstrap', 'SubscribeInsights'];
+const RETRYABLE = [
+  'Register',
+  'GetStrategies',
+  'CheckAction',
+  'GetPatterns',
+  'GetInsights',
+  'GetStatus',
+  'Bootstrap',
+  'SubscribeInsights',
+  'GetModel',
+  'PredictPlateau',
+];
 const SERVICE_CONFIG = {
   methodConfig: [
     {
@@ -114,6 +132,91 @@ function rngFrom(seed) {
 }
 
 const round4 = (x) => Math.round(x * 1e4) / 1e4;
+
+// ---------------------------------------------------------------------------
+// The plateau model's contract, as hub.proto states it (ShareModelUpdateRequest;
+// learning_hub_proto::plateau in Rust): features of a metric's last values, the
+// label, the logistic prediction and local training.
+// ---------------------------------------------------------------------------
+
+const PLATEAU_MODEL = 'plateau';
+const FEATURES = 7;
+const WINDOW = 8;
+const PROGRESS_EPSILON = 0.002;
+const PATIENCE = 3;
+const HORIZON = 2;
+const DELTA_SCALE = 100.0;
+
+function plateauFeatures(values) {
+  if (values.length < 2) return null;
+  const window = values.slice(-WINDOW);
+  const deltas = window.slice(1).map((v, i) => v - window[i]);
+  const n = deltas.length;
+  const mean = (d) => (d.length ? d.reduce((a, b) => a + b, 0) / d.length : 0.0);
+  const last3 = deltas.slice(Math.max(n - 3, 0));
+  const before3 = deltas.slice(Math.max(n - 6, 0), Math.max(n - 3, 0));
+  const slowdown = before3.length ? mean(before3) - mean(last3) : 0.0;
+  let stalled = 0;
+  for (let i = n - 1; i >= 0 && deltas[i] < PROGRESS_EPSILON; i -= 1) stalled += 1;
+  const flat = deltas.filter((d) => d < PROGRESS_EPSILON).length;
+  return [
+    window[window.length - 1],
+    deltas[n - 1] * DELTA_SCALE,
+    mean(last3) * DELTA_SCALE,
+    mean(deltas) * DELTA_SCALE,
+    slowdown * DELTA_SCALE,
+    stalled / (WINDOW - 1),
+    flat / n,
+  ];
+}
+
+function onPlateau(values) {
+  if (values.length <= PATIENCE) return null;
+  return values[values.length - 1] - values[values.length - 1 - PATIENCE] < PROGRESS_EPSILON * PATIENCE;
+}
+
+function predict(weights, features) {
+  let z = weights.length > FEATURES ? weights[FEATURES] : 0.0;
+  features.forEach((x, i) => {
+    z += (weights[i] || 0.0) * x;
+  });
+  return 1.0 / (1.0 + Math.exp(-Math.min(Math.max(z, -40.0), 40.0)));
+}
+
+function plateauExamples(values) {
+  const out = [];
+  for (let t = 1; t < values.length - HORIZON; t += 1) {
+    const seen = values.slice(0, t + 1);
+    if (onPlateau(seen) === true) continue;
+    const features = plateauFeatures(seen);
+    if (!features) continue;
+    let ahead = false;
+    for (let h = 1; h <= HORIZON; h += 1) ahead = ahead || onPlateau(values.slice(0, t + h + 1)) === true;
+    out.push([features, ahead]);
+  }
+  return out;
+}
+
+// Full-batch gradient descent on the log loss from the served weights;
+// returns the change of the weights (what ShareModelUpdate sends).
+function train(globalWeights, examples, { epochs = 5, learningRate = 1.0, l2 = 0.001 } = {}) {
+  const weights = globalWeights.slice();
+  const n = examples.length;
+  for (let epoch = 0; epoch < epochs; epoch += 1) {
+    const gradient = new Array(FEATURES + 1).fill(0.0);
+    for (const [features, label] of examples) {
+      const error = predict(weights, features) - (label ? 1.0 : 0.0);
+      features.forEach((x, i) => {
+        gradient[i] += error * x;
+      });
+      gradient[FEATURES] += error;
+    }
+    for (let i = 0; i <= FEATURES; i += 1) {
+      weights[i] -= learningRate * (gradient[i] / n + l2 * (weights[i] - globalWeights[i]));
+    }
+  }
+  return weights.map((w, i) => w - globalWeights[i]);
+}
 
 class ToyMetric {
   constructor(name, value, rng) {
@@ -558,7 +661,13 @@ class Agent {
       recommendations_received: 0,
       recommendations_followed: 0,
       action_warnings: 0,
+      plateaus_predicted: 0,
     };
+    // The metric's value before each cycle and after the last.
+    this.history = [];
+    // The plateau model as last fetched.
+    this.modelWeights = new Array(FEATURES + 1).fill(0.0);
+    this.modelVersion = 0;
   }
 
   async call(method, request) {
@@ -626,7 +735,14 @@ class Agent {
     const s = this.settings;
     const metric = this.metric;
     const before = metric.value;
-    const stuck = lastDelta === null || lastDelta < PLATEAU_GAIN;
+    this.history.push(before);
+    let stuck = lastDelta === null || lastDelta < PLATEAU_GAIN;
+    const features = plateauFeatures(this.history);
+    if (!stuck && this.modelVersion > 0 && features && predict(this.modelWeights, features) >= 0.5) {
+      // The fleet's model sees a plateau coming: act as on one.
+      stuck = true;
+      this.summary.plateaus_predicted += 1;
+    }
     const { recommendations } = await this.call('GetStrategies', {
       metric: metric.name,
       current_value: before,
@@ -698,6 +814,57 @@ class Agent {
       this.summary.cycles += 1;
     }
     this.summary.metric.end = this.metric.value;
+    this.history.push(this.metric.value);
+  }
+
+  async fetchModel() {
+    const model = await this.call('GetModel', { model: PLATEAU_MODEL, known_version: String(this.modelVersion) });
+    if (!model.unchanged) {
+      this.modelWeights = model.weights.map(Number);
+      this.modelVersion = Number(model.version);
+    }
+    return model;
+  }
+
+  // Trains the plateau model on this agent's trajectory and sends the change
+  // of the weights; then compares the hub's prediction for the trajectory
+  // with its own.
+  async shareModel() {
+    await this.fetchModel();
+    const examples = plateauExamples(this.history);
+    const report = { base_version: this.modelVersion, examples: examples.length };
+    if (examples.length) {
+      const delta = train(this.modelWeights, examples);
+      const answer = await this.call('ShareModelUpdate', {
+        model: PLATEAU_MODEL,
+        base_version: String(this.modelVersion),
+        delta,
+        examples: String(examples.length),
+        request_id: crypto.randomUUID(),
+      });
+      Object.assign(report, { update_sent: true, pending: answer.pending, new_version: Number(answer.new_version) });
+    }
+    const trajectory = this.history.slice(-32);
+    // Another instance may make a new version between the fetch and the
+    // prediction: compare only answers from the same version.
+    for (let attempt = 0; attempt < 3; attempt += 1) {
+      await this.fetchModel();
+      const predicted = await this.call('PredictPlateau', {
+        metrics: [{ metric: this.metric.name, values: trajectory }],
+        context: this.settings.context,
+      });
+      if (Number(predicted.model_version) === this.modelVersion) {
+        Object.assign(report, {
+          version: this.modelVersion,
+          hub_probability: predicted.predictions[0].probability,
+          own_probability: predict(this.modelWeights, plateauFeatures(trajectory)),
+          warning: predicted.predictions[0].warning,
+        });
+        break;
+      }
+    }
+    log(`plateau model: ${JSON.stringify(report)}`);
+    this.summary.model = report;
   }
 }
 
@@ -724,6 +891,7 @@ async function main() {
     subscriber = new InsightSubscriber(hub, settings.afterSequence);
     subscriber.start();
     await agent.runCycles();
+    await agent.shareModel();
     if (settings.waitInsights && !(await subscriber.waitFor(settings.waitInsights, settings.timeout * 1000))) {
       error = subscriber.error || `received ${subscriber.sequences.length} of ${settings.waitInsights} insights within ${settings.timeout}s`;
     }

@@ -14,7 +14,14 @@ Then it:
    strategies (GetStrategies), check the chosen one (CheckAction), apply it
    to the toy metric, share the outcome (ShareStrategy) and, when the metric
    was on a plateau, the plateau pattern (SharePattern);
-4. optionally waits until ``--wait-insights`` insights arrived, and prints a
+   A cycle on which the fleet's plateau model (see 4) predicts a plateau
+   counts as one: the agent acts before it stalls;
+4. trains the fleet's plateau model on its own trajectory (GetModel, a few
+   epochs of gradient descent from the served weights, ShareModelUpdate with
+   the change of the weights, never the values), then asks the hub for a
+   prediction of its trajectory (PredictPlateau) and checks that its own
+   computation with the served weights agrees;
+5. optionally waits until ``--wait-insights`` insights arrived, and prints a
    JSON summary as the last line on stdout (progress goes to stderr).
 
 A replicated hub has several endpoints (``LEARNING_HUB_URL`` with
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -88,6 +96,8 @@ RETRYABLE = [
     "GetStatus",
     "Bootstrap",
     "SubscribeInsights",
+    "GetModel",
+    "PredictPlateau",
 ]
 SERVICE_CONFIG = {
     "methodConfig": [
@@ -104,6 +114,95 @@ SERVICE_CONFIG = {
     ]
 }
 CALL_TIMEOUT = 10.0
+
+
+# ---------------------------------------------------------------------------
+# The plateau model's contract, as hub.proto states it (ShareModelUpdateRequest;
+# learning_hub_proto::plateau in Rust): features of a metric's last values,
+# the label, the logistic prediction and local training.
+# ---------------------------------------------------------------------------
+
+PLATEAU_MODEL = "plateau"
+FEATURES = 7
+WINDOW = 8
+PROGRESS_EPSILON = 0.002
+PATIENCE = 3
+HORIZON = 2
+DELTA_SCALE = 100.0
+
+
+def plateau_features(values: list[float]) -> list[float] | None:
+    if len(values) < 2:
+        return None
+    window = values[-WINDOW:]
+    deltas = [b - a for a, b in zip(window, window[1:])]
+    n = len(deltas)
+
+    def mean(d):
+        return sum(d) / len(d) if d else 0.0
+
+    last3 = deltas[max(n - 3, 0):]
+    before3 = deltas[max(n - 6, 0):max(n - 3, 0)]
+    slowdown = mean(before3) - mean(last3) if before3 else 0.0
+    stalled = 0
+    for d in reversed(deltas):
+        if d >= PROGRESS_EPSILON:
+            break
+        stalled += 1
+    flat = sum(1 for d in deltas if d < PROGRESS_EPSILON)
+    return [
+        window[-1],
+        deltas[-1] * DELTA_SCALE,
+        mean(last3) * DELTA_SCALE,
+        mean(deltas) * DELTA_SCALE,
+        slowdown * DELTA_SCALE,
+        stalled / (WINDOW - 1),
+        flat / n,
+    ]
+
+
+def on_plateau(values: list[float]) -> bool | None:
+    if len(values) <= PATIENCE:
+        return None
+    return values[-1] - values[-1 - PATIENCE] < PROGRESS_EPSILON * PATIENCE
+
+
+def predict(weights: list[float], features: list[float]) -> float:
+    z = weights[FEATURES] if len(weights) > FEATURES else 0.0
+    for w, x in zip(weights, features):
+        z += w * x
+    return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
+
+
+def plateau_examples(values: list[float]) -> list[tuple[list[float], bool]]:
+    out = []
+    for t in range(1, max(len(values) - HORIZON, 0)):
+        seen = values[: t + 1]
+        if on_plateau(seen) is True:
+            continue
+        features = plateau_features(seen)
+        if features is None:
+            continue
+        ahead = any(on_plateau(values[: t + h + 1]) is True for h in range(1, HORIZON + 1))
+        out.append((features, ahead))
+    return out
+
+
+def train(global_weights: list[float], examples, epochs=5, learning_rate=1.0, l2=0.001) -> list[float]:
+    """Full-batch gradient descent on the log loss from the served weights;
+    returns the change of the weights (what ShareModelUpdate sends)."""
+    weights = list(global_weights)
+    n = len(examples)
+    for _ in range(epochs):
+        gradient = [0.0] * (FEATURES + 1)
+        for features, label in examples:
+            error = predict(weights, features) - (1.0 if label else 0.0)
+            for i, x in enumerate(features):
+                gradient[i] += error * x
+            gradient[FEATURES] += error
+        for i in range(FEATURES + 1):
+            weights[i] -= learning_rate * (gradient[i] / n + l2 * (weights[i] - global_weights[i]))
+    return [w - g for w, g in zip(weights, global_weights)]
 
 
 class ToyMetric:
@@ -444,7 +543,13 @@ class Agent:
             "recommendations_received": 0,
             "recommendations_followed": 0,
             "action_warnings": 0,
+            "plateaus_predicted": 0,
         }
+        # The metric's value before each cycle and after the last.
+        self.history: list[float] = []
+        # The plateau model as last fetched.
+        self.model_weights: list[float] = [0.0] * (FEATURES + 1)
+        self.model_version = 0
 
     def call(self, method: str, request):
         try:
@@ -512,7 +617,14 @@ class Agent:
     def cycle(self, cycle: int, last_delta: float | None) -> float:
         pb, metric = self.pb, self.metric
         before = metric.value
+        self.history.append(before)
         stuck = last_delta is None or last_delta < PLATEAU_GAIN
+        features = plateau_features(self.history)
+        if not stuck and self.model_version > 0 and features is not None:
+            # The fleet's model sees a plateau coming: act as on one.
+            if predict(self.model_weights, features) >= 0.5:
+                stuck = True
+                self.summary["plateaus_predicted"] += 1
         ranked = self.call(
             "GetStrategies",
             pb.GetStrategiesRequest(
@@ -589,6 +701,60 @@ class Agent:
             last_delta = self.cycle(cycle, last_delta)
             self.summary["cycles"] += 1
         self.summary["metric"]["end"] = self.metric.value
+        self.history.append(self.metric.value)
+
+    def fetch_model(self):
+        model = self.call("GetModel", self.pb.GetModelRequest(model=PLATEAU_MODEL, known_version=self.model_version))
+        if not model.unchanged:
+            self.model_weights = list(model.weights)
+            self.model_version = model.version
+        return model
+
+    def share_model(self) -> None:
+        """Trains the plateau model on this agent's trajectory and sends the
+        change of the weights; then compares the hub's prediction for the
+        trajectory with its own."""
+        pb = self.pb
+        self.fetch_model()
+        examples = plateau_examples(self.history)
+        report = {"base_version": self.model_version, "examples": len(examples)}
+        if examples:
+            delta = train(self.model_weights, examples)
+            answer = self.call(
+                "ShareModelUpdate",
+                pb.ShareModelUpdateRequest(
+                    model=PLATEAU_MODEL,
+                    base_version=self.model_version,
+                    delta=delta,
+                    examples=len(examples),
+                    request_id=str(uuid.uuid4()),
+                ),
+            )
+            report.update(update_sent=True, pending=answer.pending, new_version=answer.new_version)
+        trajectory = self.history[-32:]
+        # Another instance may make a new version between the fetch and the
+        # prediction: compare only answers from the same version.
+        for _ in range(3):
+            self.fetch_model()
+            predicted = self.call(
+                "PredictPlateau",
+                pb.PredictPlateauRequest(
+                    metrics=[pb.MetricTrajectory(metric=self.metric.name, values=trajectory)],
+                    context=self.args.context,
+                ),
+            )
+            if predicted.model_version == self.model_version:
+                hub_p = predicted.predictions[0].probability
+                own_p = predict(self.model_weights, plateau_features(trajectory))
+                report.update(
+                    version=self.model_version,
+                    hub_probability=hub_p,
+                    own_probability=own_p,
+                    warning=predicted.predictions[0].warning,
+                )
+                break
+        log(f"plateau model: {json.dumps(report)}")
+        self.summary["model"] = report
 
 
 def main(argv: list[str]) -> int:
@@ -615,6 +781,7 @@ def main(argv: list[str]) -> int:
         subscriber = InsightSubscriber(hub, pb, args.after_sequence)
         subscriber.start()
         agent.run_cycles()
+        agent.share_model()
         if args.wait_insights and not subscriber.wait_for(args.wait_insights, args.timeout):
             error = subscriber.error or (
                 f"received {len(subscriber.sequences)} of {args.wait_insights} insights within {args.timeout:.0f}s"

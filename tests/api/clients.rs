@@ -22,7 +22,10 @@ use std::{
 };
 
 use common::*;
-use learning_hub::{client::HubClient, pb};
+use learning_hub::{
+    client::{HubClient, plateau},
+    pb,
+};
 use prost_types::{Value as PbValue, value::Kind};
 use serde_json::Value;
 use tokio::{
@@ -527,7 +530,8 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
                 .any(|c| c == "strategy:novelty_injection"),
             "{record:?}"
         );
-        assert_eq!(record.shared_records, CYCLES + patterns, "{record:?}");
+        // Its outcomes, its patterns and one model update.
+        assert_eq!(record.shared_records, CYCLES + patterns + 1, "{record:?}");
         for (rpc, expected) in [
             ("Register", 1),
             ("GetStrategies", CYCLES as usize),
@@ -553,6 +557,79 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
     assert_eq!(status.instances, 4, "two seeds and the two agents");
     assert!(status.patterns >= 1);
     eprintln!("client agents test took {:?}", started.elapsed());
+}
+
+/// Both agents take part in the federated plateau model: after their
+/// cycles each fetches the current version, trains it on its own
+/// trajectory, sends the change of the weights, and computes the same
+/// probability for its trajectory as the hub's PredictPlateau — the
+/// feature contract of the proto, implemented three times, agrees. Their
+/// two updates complete a version (the buffer is 2 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_node_agents_train_the_plateau_model() {
+    if !clients_available("clients::python_and_node_agents_train_the_plateau_model") {
+        return;
+    }
+    let hub = TestHub::start_with(|config| config.hub.federation.buffer_size = 2).await;
+    // Version 1 from two Rust instances, so the agents start from weights
+    // that are not all zero.
+    for (i, id) in ["rust-a", "rust-b"].into_iter().enumerate() {
+        let client = hub.registered(id).await;
+        let mut curve = vec![0.2 + 0.1 * i as f64];
+        for _ in 0..20 {
+            let last = *curve.last().unwrap();
+            curve.push(last + (0.9 - last) * 0.3);
+        }
+        let examples = plateau::examples(&curve);
+        let delta = plateau::train(
+            &[0.0; plateau::WEIGHTS],
+            &examples,
+            &plateau::Training::default(),
+        );
+        client
+            .share_model_update(pb::ShareModelUpdateRequest {
+                model: plateau::MODEL.into(),
+                delta,
+                examples: examples.len() as u64,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let mut runs = Vec::new();
+    for (lang, id) in [(Lang::Python, "py-model"), (Lang::Node, "node-model")] {
+        let key = hub.instance_settings(id).await.api_key.unwrap();
+        runs.push((
+            lang,
+            AgentRun::spawn(lang, &hub, id, &key, &["--cycles", "12"]),
+        ));
+    }
+    for (lang, run) in runs {
+        let (exit, summary, stderr) = run.finish(Duration::from_secs(90)).await;
+        let context = format!("{lang:?} agent: {summary}\nstderr:\n{stderr}");
+        assert!(exit.success(), "{context}");
+        let model = &summary["model"];
+        assert_eq!(model["update_sent"], true, "{context}");
+        assert!(model["base_version"].as_u64().unwrap() >= 1, "{context}");
+        assert!(model["examples"].as_u64().unwrap() > 0, "{context}");
+        let (hub_p, own_p) = (
+            model["hub_probability"].as_f64().unwrap(),
+            model["own_probability"].as_f64().unwrap(),
+        );
+        assert!((hub_p - own_p).abs() < 1e-9, "{context}");
+        assert!(hub_p > 0.0 && hub_p < 1.0 && hub_p != 0.5, "{context}");
+    }
+    let model = hub
+        .operator()
+        .await
+        .get_model(pb::GetModelRequest {
+            model: plateau::MODEL.into(),
+            known_version: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(model.version, 2, "the agents' two updates made version 2");
+    assert_eq!(model.contributors, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

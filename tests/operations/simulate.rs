@@ -13,7 +13,9 @@ use learning_hub::sim::{self, SimOptions, runner::Mode, scenario::Scenario};
 fn small(scenario: Scenario) -> SimOptions {
     SimOptions {
         scenario,
-        instances: 4,
+        // More than the hub's model buffer (5): the fleet's plateau model
+        // gets versions, and instances act on its predictions.
+        instances: 6,
         seeds: 2,
         seed: 7,
         horizon: 60,
@@ -47,6 +49,11 @@ async fn small_simulation_measures_all_three_modes() {
         "hub instances query patterns"
     );
     assert!(isolated.pattern_accuracy.is_none());
+    assert!(
+        hub.early_applications.mean > 0.0,
+        "hub instances act on predicted plateaus"
+    );
+    assert_eq!(isolated.early_applications.mean, 0.0);
 
     let out = tempfile::tempdir().unwrap();
     sim::report::write_json(&report, &out.path().join("r.json")).unwrap();

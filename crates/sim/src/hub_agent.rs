@@ -4,7 +4,10 @@
 //! check the choice with CheckAction, apply it, and share what happened
 //! (ShareStrategy, SharePattern, RecordPatternOutcome, ShareFailure,
 //! ShareConfiguration, ShareInsight); act on insights from the stream; fall
-//! back to its own learner where the hub knows nothing.
+//! back to its own learner where the hub knows nothing. It also trains the
+//! fleet's plateau model on its own trajectories (ShareModelUpdate every
+//! few cycles, GetModel after) and acts *before* a plateau the model sees
+//! coming.
 //!
 //! It sees the hub only as [`HubClient`]: what the hub knows is exactly
 //! what instances told it.
@@ -17,6 +20,7 @@ use prost_types::{Value, value::Kind};
 use super::agents::{LocalLearner, PlateauDetector, band_condition};
 use super::rng::Rng;
 use super::world::{Application, InstanceState, Outcome, World};
+use crate::client::plateau::{self, Training};
 use crate::client::{HubClient, InsightSubscription};
 use crate::error::{Error, Result};
 use crate::pb;
@@ -36,6 +40,13 @@ const CONFIG_SHARE_EVERY: u32 = 50;
 /// Applications remembered to report as recent (and cycles they count for).
 const RECENT_REMEMBERED: usize = 8;
 const RECENT_CYCLES: u32 = 10;
+
+/// Cycles between an instance's model updates (and fetches).
+const MODEL_SYNC_EVERY: u32 = 10;
+/// Local epochs per update.
+const MODEL_LOCAL_EPOCHS: usize = 5;
+/// A metric the model gives at least this is acted on before it stalls.
+const ACT_EARLY_PROBABILITY: f64 = 0.5;
 
 /// The parameter a simulated instance's configuration carries.
 pub const PATIENCE_PARAMETER: &str = "plateau_patience";
@@ -102,6 +113,10 @@ pub struct HubLink {
     /// Draws for exploration seeds and for strategies the fleet has not
     /// tried yet.
     rng: Rng,
+    /// The plateau model as last fetched, its version, and when.
+    model: Vec<f64>,
+    model_version: u64,
+    last_model_sync: u32,
 }
 
 fn hub_error(status: tonic::Status) -> Error {
@@ -153,6 +168,9 @@ impl HubLink {
                 last_config_share: 0,
                 applied: Vec::new(),
                 rng: Rng::new(seed),
+                model: vec![0.0; plateau::WEIGHTS],
+                model_version: 0,
+                last_model_sync: 0,
             },
             patience,
         ))
@@ -478,6 +496,73 @@ impl HubLink {
             .await
             .map_err(hub_error)?;
         Ok(reply.insight.map(|i| i.sequence))
+    }
+
+    /// Every [`MODEL_SYNC_EVERY`] cycles: trains the plateau model from the
+    /// version it has on its own trajectories (`values`, per metric), sends
+    /// the change, and fetches the current version.
+    pub async fn maybe_sync_model(&mut self, cycle: u32, values: &[Vec<f64>]) -> Result<()> {
+        if cycle < self.last_model_sync + MODEL_SYNC_EVERY {
+            return Ok(());
+        }
+        self.last_model_sync = cycle;
+        let examples: Vec<plateau::Example> =
+            values.iter().flat_map(|v| plateau::examples(v)).collect();
+        if !examples.is_empty() {
+            let training = Training {
+                epochs: MODEL_LOCAL_EPOCHS,
+                ..Training::default()
+            };
+            let delta = plateau::train(&self.model, &examples, &training);
+            let sent = self
+                .client
+                .share_model_update(pb::ShareModelUpdateRequest {
+                    model: plateau::MODEL.into(),
+                    base_version: self.model_version,
+                    delta,
+                    examples: examples.len() as u64,
+                    ..Default::default()
+                })
+                .await;
+            // Too stale a base: the fetch below brings the current one.
+            if let Err(status) = sent
+                && status.code() != tonic::Code::FailedPrecondition
+            {
+                return Err(hub_error(status));
+            }
+        }
+        let current = self
+            .client
+            .get_model(pb::GetModelRequest {
+                model: plateau::MODEL.into(),
+                known_version: self.model_version,
+            })
+            .await
+            .map_err(hub_error)?;
+        if !current.unchanged {
+            self.model = current.weights;
+            self.model_version = current.version;
+        }
+        Ok(())
+    }
+
+    /// The metric the model most expects to reach a plateau within its
+    /// horizon, if it expects one at all (never before the fleet's first
+    /// version).
+    pub fn plateau_ahead(&self, values: &[Vec<f64>]) -> Option<usize> {
+        if self.model_version == 0 {
+            return None;
+        }
+        values
+            .iter()
+            .enumerate()
+            .filter_map(|(m, v)| {
+                let features = plateau::features(v)?;
+                Some((m, plateau::predict(&self.model, &features)))
+            })
+            .filter(|(_, p)| *p >= ACT_EARLY_PROBABILITY)
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+            .map(|(m, _)| m)
     }
 
     /// Shares the instance's configuration with how well it is doing.

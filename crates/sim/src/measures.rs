@@ -44,6 +44,8 @@ pub struct RunSummary {
     /// confidence, of |mean confidence − success rate|. `None` outside hub
     /// mode.
     pub calibration_error: Option<f64>,
+    /// Applications before a predicted plateau, per instance.
+    pub early_applications: f64,
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -118,6 +120,7 @@ impl RunSummary {
             pattern_accuracy: (checks > 0).then(|| f64::from(hits) / f64::from(checks)),
             pattern_accuracy_strict: (checks > 0).then(|| f64::from(strict) / f64::from(checks)),
             calibration_error: calibration_error(traces),
+            early_applications: per(&|t| f64::from(t.early_applications)),
         }
     }
 }
@@ -167,6 +170,7 @@ pub struct ModeSummary {
     pub pattern_accuracy: Option<Estimate>,
     pub pattern_accuracy_strict: Option<Estimate>,
     pub calibration_error: Option<Estimate>,
+    pub early_applications: Estimate,
 }
 
 impl ModeSummary {
@@ -188,6 +192,7 @@ impl ModeSummary {
             pattern_accuracy: optional(|r| r.pattern_accuracy),
             pattern_accuracy_strict: optional(|r| r.pattern_accuracy_strict),
             calibration_error: optional(|r| r.calibration_error),
+            early_applications: field(|r| r.early_applications)?,
         })
     }
 }
@@ -220,6 +225,7 @@ mod tests {
             pattern_hits: 3,
             pattern_hits_strict: 2,
             calibration: [(0.0, 0, 0); 10],
+            early_applications: 0,
             values: Vec::new(),
         }
     }

@@ -111,6 +111,14 @@ pub fn table(report: &SimReport) -> String {
         "".into(),
     ]);
     rows.push([
+        "applications before a predicted plateau".into(),
+        "".into(),
+        "".into(),
+        est(&hub.early_applications, 1),
+        "".into(),
+        "".into(),
+    ]);
+    rows.push([
         "cycles to recover from a failure".into(),
         "2–3 with hub".into(),
         opt(&iso.cycles_to_recover, 1, 1.0, ""),

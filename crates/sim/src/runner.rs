@@ -80,6 +80,9 @@ pub struct InstanceTrace {
     /// Hub-recommended applications by the hub's confidence (tenths): the
     /// summed confidence, the successes and the count per bin.
     pub calibration: [(f64, u32, u32); 10],
+    /// Applications to a metric that had not stalled yet, because the
+    /// fleet's plateau model saw a plateau coming (hub mode).
+    pub early_applications: u32,
     /// Each metric's value when it joined, then after each of its cycles:
     /// the trajectories the plateau model learns from ([`crate::prediction`]).
     #[serde(skip)]
@@ -273,6 +276,7 @@ pub async fn run(
                     pattern_hits: 0,
                     pattern_hits_strict: 0,
                     calibration: [(0.0, 0, 0); 10],
+                    early_applications: 0,
                     values,
                 },
                 open_reversals: Vec::new(),
@@ -388,7 +392,19 @@ async fn decide(world: &World<'_>, mode: Mode, instance: &mut SimInstance) -> Re
             }),
             decision: None,
         },
-        Mode::Hub => match (target, instance.link.as_mut()) {
+        Mode::Hub => match (
+            target.or_else(|| {
+                // Nothing stalled yet: act on a plateau the fleet's model
+                // sees coming.
+                let ahead = instance
+                    .link
+                    .as_ref()
+                    .and_then(|link| link.plateau_ahead(&instance.trace.values));
+                instance.trace.early_applications += u32::from(ahead.is_some());
+                ahead
+            }),
+            instance.link.as_mut(),
+        ) {
             (Some(metric), Some(link)) => {
                 let decision = link
                     .decide(world, &instance.state, &instance.detector, metric)
@@ -467,6 +483,8 @@ async fn act(
         history.push(*value);
     }
     if let Some(link) = instance.link.as_mut() {
+        link.maybe_sync_model(instance.state.cycle, &instance.trace.values)
+            .await?;
         link.maybe_share_configuration(
             instance.state.cycle,
             instance.detector.patience,
