@@ -44,13 +44,15 @@ fn share(i: usize) -> pb::ShareStrategyRequest {
     }
 }
 
-/// Three replicas, a writer on each: one state.
+/// Three replicas, a writer on each: one state. Each writer also sends a
+/// plateau-model update; the three make a version (buffer 3), the same
+/// weights on every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_every_replica_fold_to_one_state() {
     let Some(cluster) = Cluster::start(
         "replicas::writes_through_every_replica_fold_to_one_state",
         3,
-        |_, _| {},
+        |_, config| config.hub.federation.buffer_size = 3,
     )
     .await
     else {
@@ -63,6 +65,15 @@ async fn writes_through_every_replica_fold_to_one_state() {
             for i in 0..30 {
                 client.share_strategy(share(i + r)).await.unwrap();
             }
+            client
+                .share_model_update(pb::ShareModelUpdateRequest {
+                    model: "plateau".into(),
+                    delta: (0..8).map(|k| 0.1 * (k + r) as f64).collect(),
+                    examples: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
         }));
     }
     for writer in writers {
@@ -83,6 +94,26 @@ async fn writes_through_every_replica_fold_to_one_state() {
         assert_eq!(status.strategy_outcomes, 90);
         assert_eq!(status.instances, 3);
     }
+    let mut models = Vec::new();
+    for hub in &cluster.hubs {
+        let model = hub
+            .operator()
+            .await
+            .get_model(pb::GetModelRequest {
+                model: "plateau".into(),
+                known_version: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(model.version, 1);
+        models.push(model.weights);
+    }
+    assert!(models.iter().all(|w| *w == models[0]), "{models:?}");
+    // The coordinate-wise median of the three deltas: the middle writer's.
+    assert_eq!(
+        models[0],
+        (0..8).map(|k| 0.1 * (k + 1) as f64).collect::<Vec<_>>()
+    );
 }
 
 /// A write through one replica, then a read through another that says
