@@ -302,6 +302,67 @@ async fn failure_prevention_learns_prerequisites_and_offers_alternatives() {
     assert!((risky.score - (risky.lower_bound - risky.failure_risk)).abs() < 1e-12);
 }
 
+/// Automated troubleshooting: an instance that reports a failure gets a
+/// ranked recovery plan built from what the fleet learned recovers this
+/// kind of failure on this metric — even when its own report has none.
+#[tokio::test]
+async fn a_reported_failure_is_answered_with_the_fleets_recovery_plan() {
+    let hub = TestHub::start().await;
+    let report = |strategy: &str, recovery: &[(&str, bool, u32)]| pb::ShareFailureRequest {
+        failure_type: pb::FailureType::MetricReversal as i32,
+        trigger: format!("accuracy dropped after {strategy}"),
+        context: Some(pb::FailureContext {
+            metric: "accuracy".into(),
+            strategy: strategy.into(),
+        }),
+        recovery: recovery
+            .iter()
+            .map(|(method, succeeded, cycles)| pb::RecoveryAttempt {
+                method: method.to_string(),
+                succeeded: *succeeded,
+                cycles_to_recover: *cycles,
+            })
+            .collect(),
+        prevention: vec!["apply warmup first".into()],
+        ..Default::default()
+    };
+    let a = hub.registered("a").await;
+    let b = hub.registered("b").await;
+    a.share_failure(report(
+        "s1",
+        &[("rollback", true, 2), ("retrain", false, 0)],
+    ))
+    .await
+    .unwrap();
+    b.share_failure(report("s2", &[("rollback", true, 4), ("retrain", true, 6)]))
+        .await
+        .unwrap();
+    let c = hub.registered("c").await;
+    let answer = c.share_failure(report("s3", &[])).await.unwrap();
+    let plan = answer.plan.unwrap();
+    assert_eq!(plan.failures, 3);
+    let steps: Vec<(&str, u64, u64)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.method.as_str(), s.attempts, s.successes))
+        .collect();
+    assert_eq!(steps, [("rollback", 2, 2), ("retrain", 2, 1)]);
+    assert_eq!(plan.steps[0].success_rate, 0.75);
+    assert_eq!(plan.steps[0].expected_cycles, 3.0);
+    assert_eq!(plan.steps[0].give_up_after, 6);
+    assert_eq!(plan.expected_cycles, 3.0);
+    assert_eq!(plan.success_rate, 0.875);
+    assert_eq!(plan.prevention, ["apply warmup first"]);
+    // Another metric: nothing known, an empty plan.
+    let mut other = report("s1", &[]);
+    other.context.as_mut().unwrap().metric = "loss".into();
+    let plan = c.share_failure(other).await.unwrap().plan.unwrap();
+    assert!(
+        plan.steps.is_empty() && plan.success_rate == 0.0,
+        "{plan:?}"
+    );
+}
+
 #[tokio::test]
 async fn combinations_avoid_conflicts_and_respect_costs() {
     let hub = TestHub::start().await;

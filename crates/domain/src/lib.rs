@@ -2,7 +2,7 @@
 //! they are built from ([`stats`]), the state they make up ([`state`]), the
 //! commands that change it ([`command`]) and the one pure function that
 //! applies them ([`fold`]), and the pure logic that answers queries
-//! ([`matching`], [`recommend`], [`federated`], [`prevention`], [`bootstrap`],
+//! ([`matching`], [`recommend`], [`recovery`], [`federated`], [`prevention`], [`bootstrap`],
 //! [`insight_gen`], [`retention`], [`idempotency`]). Nothing here does I/O
 //! or knows about gRPC (but for the one conversion of its [`error::Error`]
 //! into a gRPC status), so all of it is unit-tested directly. Also here:
@@ -23,6 +23,7 @@ pub mod matching;
 pub mod model;
 pub mod prevention;
 pub mod recommend;
+pub mod recovery;
 pub mod retention;
 pub mod rng;
 pub mod state;

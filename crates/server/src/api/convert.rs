@@ -1119,6 +1119,27 @@ pub fn status(s: &HubStatus) -> pb::GetStatusResponse {
     }
 }
 
+pub fn recovery_plan(plan: &crate::domain::recovery::Plan) -> pb::RecoveryPlan {
+    pb::RecoveryPlan {
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| pb::RecoveryStep {
+                method: s.method.clone(),
+                attempts: s.attempts,
+                successes: s.successes,
+                success_rate: s.success_rate,
+                expected_cycles: s.expected_cycles,
+                give_up_after: s.give_up_after,
+            })
+            .collect(),
+        failures: u32::try_from(plan.failures).unwrap_or(u32::MAX),
+        success_rate: plan.success_rate,
+        expected_cycles: plan.steps.first().map_or(0.0, |s| s.expected_cycles),
+        prevention: plan.prevention.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

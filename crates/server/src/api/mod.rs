@@ -348,8 +348,12 @@ impl pb::hub_server::Hub for HubService {
         let once = convert::request_tag(&mut req)?;
         let report = convert::failure_report(req)?;
         let failure = self.hub.share_failure(&caller, report, once).await?;
+        let plan = self
+            .hub
+            .recovery_plan(failure.failure_type, &failure.metric);
         let message = pb::ShareFailureResponse {
             failure: Some(convert::failure(&failure)),
+            plan: Some(convert::recovery_plan(&plan)),
         };
         reply(visibility::for_viewer(&viewer, message))
     }

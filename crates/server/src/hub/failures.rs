@@ -1,4 +1,5 @@
-//! The failure knowledge base: report, list, and check proposed actions.
+//! The failure knowledge base: report (answered with a recovery plan),
+//! list, and check proposed actions.
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use crate::domain::model::{
     Attributes, FailurePattern, FailureReport, FailureType, Metrics, RecentApplication,
 };
 use crate::domain::prevention::{self, Warning};
+use crate::domain::recovery::{self, Plan};
 use crate::error::Result;
 
 /// Warnings at or above this failure rate make an action unsafe.
@@ -44,6 +46,15 @@ impl Hub {
             Answer::FailureShared { failure } => Ok(failure),
             other => Err(wrong_answer("ShareFailure", other)),
         }
+    }
+
+    /// The fleet's recovery plan for a `failure_type` failure of `metric`.
+    pub fn recovery_plan(&self, failure_type: FailureType, metric: &str) -> Plan {
+        recovery::plan(
+            self.state().tables.failures.values().map(|f| &**f),
+            failure_type,
+            metric,
+        )
     }
 
     /// Marks a failure resolved (operators).

@@ -1,0 +1,194 @@
+//! Automated troubleshooting: for a failure an instance just reported, a
+//! ranked recovery plan it can follow without an operator — what the
+//! whole fleet learned recovers this kind of failure of this metric.
+//!
+//! Every open failure of the same type on the same metric contributes its
+//! recovery methods; a method's evidence is merged across them. Methods
+//! are ranked by their smoothed success rate, `(successes + 1) /
+//! (attempts + 2)` (so one lucky attempt does not outrank a long record),
+//! then by the cycles they took; each step says how many cycles to give
+//! it before moving on to the next.
+
+use std::collections::BTreeMap;
+
+use super::model::{FailurePattern, FailureType, RecoveryMethodStats};
+
+/// Steps a plan holds at most.
+pub const MAX_STEPS: usize = 5;
+/// A step is given its mean cycles to recover times this (at least one
+/// more cycle) before the next is tried.
+const PATIENCE_FACTOR: f64 = 2.0;
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub method: String,
+    /// Reported attempts and successes, fleet-wide.
+    pub attempts: u64,
+    pub successes: u64,
+    /// (successes + 1) / (attempts + 2).
+    pub success_rate: f64,
+    /// Mean cycles to recover over successful attempts (0: none).
+    pub expected_cycles: f64,
+    /// Cycles to give it before the next step.
+    pub give_up_after: u32,
+}
+
+/// A ranked recovery plan.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// Failures (of this type, on this metric) the evidence comes from.
+    pub failures: usize,
+    /// P(some step recovers), if their outcomes were independent.
+    pub success_rate: f64,
+    /// Prevention advice reported with those failures, most common first.
+    pub prevention: Vec<String>,
+}
+
+/// The plan for a `failure_type` failure of `metric`, from `failures`
+/// (resolved ones are left out).
+pub fn plan<'a>(
+    failures: impl IntoIterator<Item = &'a FailurePattern>,
+    failure_type: FailureType,
+    metric: &str,
+) -> Plan {
+    let mut methods: BTreeMap<&str, RecoveryMethodStats> = BTreeMap::new();
+    let mut prevention: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut count = 0;
+    for failure in failures {
+        if failure.resolved || failure.failure_type != failure_type || failure.metric != metric {
+            continue;
+        }
+        count += 1;
+        for (method, stats) in &failure.recovery {
+            let merged = methods.entry(method).or_default();
+            merged.attempts += stats.attempts;
+            merged.successes += stats.successes;
+            merged.cycles = merged.cycles.merge(&stats.cycles);
+        }
+        for advice in &failure.prevention {
+            *prevention.entry(advice).or_default() += 1;
+        }
+    }
+    let mut steps: Vec<Step> = methods
+        .into_iter()
+        .map(|(method, stats)| {
+            let expected_cycles = if stats.cycles.count > 0 {
+                stats.cycles.mean
+            } else {
+                0.0
+            };
+            Step {
+                method: method.to_string(),
+                attempts: stats.attempts,
+                successes: stats.successes,
+                success_rate: (stats.successes as f64 + 1.0) / (stats.attempts as f64 + 2.0),
+                expected_cycles,
+                give_up_after: ((expected_cycles * PATIENCE_FACTOR).ceil() as u32)
+                    .max(expected_cycles.ceil() as u32 + 1),
+            }
+        })
+        .collect();
+    steps.sort_by(|a, b| {
+        b.success_rate
+            .total_cmp(&a.success_rate)
+            .then(a.expected_cycles.total_cmp(&b.expected_cycles))
+            .then(a.method.cmp(&b.method))
+    });
+    steps.truncate(MAX_STEPS);
+    let success_rate = 1.0 - steps.iter().map(|s| 1.0 - s.success_rate).product::<f64>();
+    let mut prevention: Vec<(&str, usize)> = prevention.into_iter().collect();
+    prevention.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    Plan {
+        success_rate: if steps.is_empty() { 0.0 } else { success_rate },
+        steps,
+        failures: count,
+        prevention: prevention
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .take(5)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FailureReport, RecoveryAttempt};
+
+    fn failure(
+        failure_type: FailureType,
+        metric: &str,
+        strategy: &str,
+        recovery: &[(&str, bool, u32)],
+    ) -> FailurePattern {
+        FailurePattern::new(
+            &FailureReport {
+                failure_type,
+                trigger: "t".into(),
+                metric: metric.into(),
+                strategy: strategy.into(),
+                recovery: recovery
+                    .iter()
+                    .map(|(method, succeeded, cycles)| RecoveryAttempt {
+                        method: method.to_string(),
+                        succeeded: *succeeded,
+                        cycles_to_recover: *cycles,
+                    })
+                    .collect(),
+                prevention: vec![format!("apply warmup before {strategy}")],
+                preceded_by: vec![],
+                magnitude: None,
+            },
+            "a",
+            0,
+        )
+    }
+
+    #[test]
+    fn the_plan_merges_the_fleets_evidence_and_ranks_it() {
+        let failures = [
+            failure(
+                FailureType::MetricReversal,
+                "accuracy",
+                "s1",
+                &[("rollback", true, 2), ("retrain", false, 0)],
+            ),
+            failure(
+                FailureType::MetricReversal,
+                "accuracy",
+                "s2",
+                &[("rollback", true, 4), ("retrain", true, 6)],
+            ),
+            // Another metric, another type: not evidence for this plan.
+            failure(
+                FailureType::MetricReversal,
+                "loss",
+                "s1",
+                &[("reset", true, 1)],
+            ),
+            failure(
+                FailureType::Deadlock,
+                "accuracy",
+                "s1",
+                &[("reset", true, 1)],
+            ),
+        ];
+        let plan = plan(failures.iter(), FailureType::MetricReversal, "accuracy");
+        assert_eq!(plan.failures, 2);
+        let methods: Vec<&str> = plan.steps.iter().map(|s| s.method.as_str()).collect();
+        assert_eq!(methods, ["rollback", "retrain"]);
+        let rollback = &plan.steps[0];
+        assert_eq!((rollback.attempts, rollback.successes), (2, 2));
+        assert_eq!(rollback.success_rate, 0.75);
+        assert_eq!(rollback.expected_cycles, 3.0);
+        assert_eq!(rollback.give_up_after, 6);
+        assert_eq!(plan.steps[1].success_rate, 0.5);
+        // 1 - 0.25 * 0.5.
+        assert_eq!(plan.success_rate, 0.875);
+        assert_eq!(plan.prevention.len(), 2);
+        let none = super::plan(failures.iter(), FailureType::Cascade, "accuracy");
+        assert!(none.steps.is_empty() && none.success_rate == 0.0);
+    }
+}
