@@ -122,6 +122,35 @@ async fn fleet_examples(
         .collect())
 }
 
+/// A training fleet's examples (per instance, their first
+/// `train_cycles`) and the held-out fleet's (other instances of other
+/// seeds, whole runs).
+async fn training_and_test(
+    scenario: &Arc<Scenario>,
+    seed: u64,
+    instances: usize,
+    options: &PredictionOptions,
+) -> Result<(Vec<Vec<Example>>, Vec<Example>)> {
+    let fleet = fleet_examples(scenario, seed, instances, options.train_cycles).await?;
+    let test: Vec<Example> = fleet_examples(
+        scenario,
+        seed.wrapping_add(1_000_003),
+        options.test_instances,
+        options.horizon,
+    )
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    if test.is_empty() {
+        return Err(Error::invalid(
+            "scenario",
+            "the test fleet made no examples",
+        ));
+    }
+    Ok((fleet, test))
+}
+
 /// Accuracy, AUC and calibration error of `weights` on `examples`.
 pub fn score(weights: &[f64], examples: &[Example]) -> Scores {
     let mut scored: Vec<(f64, bool)> = examples
@@ -239,18 +268,7 @@ pub async fn poisoning(
     let mut rows = Vec::new();
     let mut fleets = Vec::new();
     for seed in (0..options.seeds as u64).map(|s| options.seed + s) {
-        let fleet = fleet_examples(&scenario, seed, instances, options.train_cycles).await?;
-        let test: Vec<Example> = fleet_examples(
-            &scenario,
-            seed.wrapping_add(1_000_003),
-            options.test_instances,
-            options.horizon,
-        )
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-        fleets.push((fleet, test));
+        fleets.push(training_and_test(&scenario, seed, instances, options).await?);
     }
     for aggregation in [
         Aggregation::FedAvg,
@@ -349,24 +367,7 @@ pub async fn study(options: &PredictionOptions) -> Result<PredictionReport> {
         let (mut federated, mut local, mut central) = (Vec::new(), Vec::new(), Vec::new());
         let (mut base_rates, mut per_instance, mut versions) = (Vec::new(), Vec::new(), Vec::new());
         for &seed in &seeds {
-            let fleet = fleet_examples(&scenario, seed, instances, options.train_cycles).await?;
-            // The held-out fleet: other instances (other seeds), whole runs.
-            let test: Vec<Example> = fleet_examples(
-                &scenario,
-                seed.wrapping_add(1_000_003),
-                options.test_instances,
-                options.horizon,
-            )
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-            if test.is_empty() {
-                return Err(Error::invalid(
-                    "scenario",
-                    "the test fleet made no examples",
-                ));
-            }
+            let (fleet, test) = training_and_test(&scenario, seed, instances, options).await?;
             let pooled: Vec<Example> = fleet.iter().flatten().copied().collect();
             central.push(triple(score(&plateau::fit(&pooled, L2), &test)));
             let lone: Vec<[f64; 3]> = fleet
