@@ -747,3 +747,133 @@ async fn admin_cli_issues_and_revokes_keys_against_a_running_hub() {
         "{lines}"
     );
 }
+
+/// An operator quarantines an instance: its writes are refused naming the
+/// quarantine (nothing of them counts), its pending model update is
+/// dropped, the call is audited; released, it writes again.
+#[tokio::test]
+async fn an_operator_quarantines_an_instance_and_releases_it() {
+    let hub = TestHub::start().await;
+    let evil = hub.registered("evil").await;
+    let op = hub.operator().await;
+    let update = pb::ShareModelUpdateRequest {
+        model: "plateau".into(),
+        delta: vec![-9.0; 8],
+        examples: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        evil.share_model_update(update.clone())
+            .await
+            .unwrap()
+            .pending,
+        1
+    );
+
+    let quarantine = op
+        .admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "evil".into(),
+            reason: "model updates against the fleet".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .quarantine
+        .unwrap();
+    assert_eq!(quarantine.instance_id, "evil");
+    assert!(!quarantine.by.is_empty() && quarantine.since.is_some());
+    let model = op
+        .get_model(pb::GetModelRequest {
+            model: "plateau".into(),
+            known_version: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(model.pending, 0, "its pending update was dropped");
+
+    let refused = evil
+        .share_strategy(strategy_outcome("s", "accuracy", true, 0.9))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert!(
+        refused.message().contains("quarantine")
+            && refused
+                .message()
+                .contains("model updates against the fleet"),
+        "{refused:?}"
+    );
+    let refused = evil.share_model_update(update).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let status = op.get_status(pb::GetStatusRequest {}).await.unwrap();
+    assert_eq!(status.strategy_outcomes, 0, "nothing of it counted");
+
+    let listed = op
+        .admin()
+        .list_quarantined(pb::ListQuarantinedRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .quarantined;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].instance_id, "evil");
+    // Instances cannot quarantine each other; a reason is required.
+    let other = hub.registered("other").await;
+    let denied = other
+        .admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "evil".into(),
+            reason: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let invalid = op
+        .admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "evil".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert!(invalid.message().contains("reason"), "{invalid:?}");
+
+    op.admin()
+        .release_instance(pb::ReleaseInstanceRequest {
+            instance_id: "evil".into(),
+        })
+        .await
+        .unwrap();
+    evil.share_strategy(strategy_outcome("s", "accuracy", true, 0.1))
+        .await
+        .unwrap();
+    let again = op
+        .admin()
+        .release_instance(pb::ReleaseInstanceRequest {
+            instance_id: "evil".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::NotFound);
+
+    // The audit log has both operator calls.
+    let audited = op
+        .admin()
+        .query_audit(pb::QueryAuditRequest {
+            rpc: "/learninghub.v1.Admin/QuarantineInstance".into(),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        audited
+            .entries
+            .iter()
+            .any(|e| e.role == "operator" && e.code == 0),
+        "{audited:?}"
+    );
+}

@@ -1151,6 +1151,25 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             admin("GetReplicaStatus"),
             pb::GetReplicaStatusRequest {}.encode_to_vec(),
         ),
+        (
+            admin("QuarantineInstance"),
+            pb::QuarantineInstanceRequest {
+                instance_id: "i-1".into(),
+                reason: "its model updates oppose the fleet's".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            admin("ReleaseInstance"),
+            pb::ReleaseInstanceRequest {
+                instance_id: "i-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            admin("ListQuarantined"),
+            pb::ListQuarantinedRequest {}.encode_to_vec(),
+        ),
     ];
     list.into_iter()
         .map(|(path, body)| {

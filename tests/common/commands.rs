@@ -1,7 +1,8 @@
 //! Random command logs for determinism tests: a seeded mix of every kind
 //! of command a hub folds — registrations, shares of every record kind
 //! (some with request ids, some retried, some reusing an id for another
-//! payload), federated model updates, keys issued and revoked, operators' actions, audit entries,
+//! payload), federated model updates, keys issued and revoked,
+//! quarantines and releases, operators' actions, audit entries,
 //! retention sweeps and generated insights — on a clock that moves
 //! forward, sometimes by days.
 #![allow(dead_code)]
@@ -245,7 +246,17 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                     request: None,
                 }
             }
-            92..=95 => Action::Audit {
+            // Only "d" is ever quarantined: the others keep the log's
+            // other commands succeeding.
+            92 => Action::QuarantineInstance {
+                instance_id: "d".into(),
+                by: "operator".into(),
+                reason: format!("quarantine {i}"),
+            },
+            93 => Action::ReleaseInstance {
+                instance_id: "d".into(),
+            },
+            94..=95 => Action::Audit {
                 entries: (0..1 + rng.next_u64() % 3)
                     .map(|_| AuditEntry {
                         at,

@@ -437,6 +437,33 @@ fn grpcurl_as_an_operator_would_use_it() {
         "{predicted}"
     );
 
+    // Quarantine, as the README's cookbook does it.
+    let quarantined = grpcurl.call_service(
+        "operator",
+        "learninghub.v1.Admin",
+        "QuarantineInstance",
+        r#"{"instance_id":"us-west-2","reason":"outcomes no other instance sees"}"#,
+    );
+    assert_eq!(
+        quarantined["quarantine"]["instanceId"], "us-west-2",
+        "{quarantined}"
+    );
+    let listed = grpcurl.call_service("operator", "learninghub.v1.Admin", "ListQuarantined", "{}");
+    assert_eq!(
+        listed["quarantined"][0]["reason"], "outcomes no other instance sees",
+        "{listed}"
+    );
+    let released = grpcurl.call_service(
+        "operator",
+        "learninghub.v1.Admin",
+        "ReleaseInstance",
+        r#"{"instance_id":"us-west-2"}"#,
+    );
+    assert!(
+        released.as_object().is_some_and(|o| o.is_empty()),
+        "{released}"
+    );
+
     // A subscription started before an insight is shared receives it live.
     let mut stream = grpcurl
         .command(

@@ -149,6 +149,15 @@ pub enum Action {
     InvalidateInsight {
         insight_id: String,
     },
+    /// An operator stops counting an instance's writes.
+    QuarantineInstance {
+        instance_id: String,
+        by: String,
+        reason: String,
+    },
+    ReleaseInstance {
+        instance_id: String,
+    },
     /// Calls to append to the audit log.
     Audit {
         entries: Vec<AuditEntry>,
@@ -188,6 +197,8 @@ impl Action {
             Action::RevokeApiKey { .. } => "RevokeApiKey",
             Action::ResolveFailure { .. } => "ResolveFailure",
             Action::InvalidateInsight { .. } => "InvalidateInsight",
+            Action::QuarantineInstance { .. } => "QuarantineInstance",
+            Action::ReleaseInstance { .. } => "ReleaseInstance",
             Action::Audit { .. } => "Audit",
             Action::Retention { .. } => "Retention",
             Action::PublishInsights { .. } => "PublishInsights",

@@ -23,7 +23,7 @@ use super::matching;
 use super::model::{
     AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight,
     InsightCategory, InsightDraft, InsightEvidence, Instance, JobRun, Pattern, PatternShare,
-    RIVAL_MIN_DATA_POINTS, Registration, StrategyKey, StrategyOutcome, StrategyRecord,
+    Quarantine, RIVAL_MIN_DATA_POINTS, Registration, StrategyKey, StrategyOutcome, StrategyRecord,
     StrategyShare, UnixMillis, content_id, context_key, preceding, streak,
 };
 use super::retention::{self, Rules};
@@ -97,6 +97,10 @@ pub enum Answer {
         failure: Arc<FailurePattern>,
     },
     InsightInvalidated,
+    Quarantined {
+        quarantine: Arc<Quarantine>,
+    },
+    Released,
     Audited,
     Retained(RetentionReport),
     InsightsPublished {
@@ -268,6 +272,47 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 .insert(failure_id.clone(), failure.clone());
             Ok(Answer::FailureResolved { failure })
         }
+        Action::QuarantineInstance {
+            instance_id,
+            by,
+            reason,
+        } => {
+            let quarantine = Arc::new(Quarantine {
+                instance_id: instance_id.clone(),
+                by: by.clone(),
+                reason: reason.clone(),
+                since: now,
+            });
+            state
+                .tables
+                .quarantined
+                .insert(instance_id.clone(), quarantine.clone());
+            // Its updates waiting for a version no longer count either.
+            let waiting: Vec<String> = state
+                .tables
+                .models
+                .iter()
+                .filter(|(_, m)| m.pending.iter().any(|p| &p.instance == instance_id))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in waiting {
+                if let Some(model) = state.tables.models.get_mut(&name) {
+                    Arc::make_mut(model)
+                        .pending
+                        .retain(|p| &p.instance != instance_id);
+                }
+            }
+            Ok(Answer::Quarantined { quarantine })
+        }
+        Action::ReleaseInstance { instance_id } => {
+            match state.tables.quarantined.remove(instance_id) {
+                Some(_) => Ok(Answer::Released),
+                None => Err(Error::not_found(
+                    "quarantined instance",
+                    instance_id.clone(),
+                )),
+            }
+        }
         Action::InvalidateInsight { insight_id } => {
             let found = state
                 .tables
@@ -391,6 +436,13 @@ fn gone(request: Option<&Idempotency>, what: &str) -> Error {
 /// Every write needs a registered instance; this stamps its activity on the
 /// instance record (last seen, records shared).
 fn touch_instance(state: &mut State, now: UnixMillis, instance_id: &str) -> Result<()> {
+    if let Some(q) = state.tables.quarantined.get(instance_id) {
+        return Err(Error::PermissionDenied(format!(
+            "instance {instance_id:?} is in quarantine (by {}: {}); its writes do not count \
+             until an operator releases it",
+            q.by, q.reason
+        )));
+    }
     let Some(instance) = state.tables.instances.get_mut(instance_id) else {
         return Err(not_registered(instance_id));
     };

@@ -1112,6 +1112,18 @@ pub struct JobRun {
     pub period: u64,
 }
 
+/// An instance an operator put in quarantine: its writes are refused
+/// until it is released.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub instance_id: String,
+    /// The operator.
+    pub by: String,
+    pub reason: String,
+    pub since: UnixMillis,
+}
+
 /// One call, as the audit log keeps it.
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

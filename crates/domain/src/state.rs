@@ -28,7 +28,7 @@ use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Name, Pattern,
-    StrategyKey, StrategyOutcome, StrategyRecord,
+    Quarantine, StrategyKey, StrategyOutcome, StrategyRecord,
 };
 use super::prevention::StrategyUsage;
 use super::recommend::fleet_view;
@@ -191,6 +191,8 @@ tables! {
     jobs: "j/" => String, JobRun;
     /// Federated models (their weights and pending updates), by name.
     models: "w/" => String, ModelRecord;
+    /// Instances in quarantine, by id.
+    quarantined: "x/" => String, Quarantine;
 }
 
 /// The sequences handed out, and what acted-on pattern matches taught.

@@ -97,6 +97,41 @@ impl pb::admin_server::Admin for AdminService {
         reply(pb::InvalidateInsightResponse {})
     }
 
+    async fn quarantine_instance(
+        &self,
+        request: Request<pb::QuarantineInstanceRequest>,
+    ) -> Reply<pb::QuarantineInstanceResponse> {
+        let by = caller(&request)?.name.clone();
+        let (instance_id, reason) = convert::quarantine_request(request.into_inner())?;
+        let quarantine = self.hub.quarantine(instance_id, &by, reason).await?;
+        reply(pb::QuarantineInstanceResponse {
+            quarantine: Some(convert::quarantine(&quarantine)),
+        })
+    }
+
+    async fn release_instance(
+        &self,
+        request: Request<pb::ReleaseInstanceRequest>,
+    ) -> Reply<pb::ReleaseInstanceResponse> {
+        let id = convert::required_name("instance_id", request.into_inner().instance_id)?;
+        self.hub.release(id).await?;
+        reply(pb::ReleaseInstanceResponse {})
+    }
+
+    async fn list_quarantined(
+        &self,
+        _: Request<pb::ListQuarantinedRequest>,
+    ) -> Reply<pb::ListQuarantinedResponse> {
+        reply(pb::ListQuarantinedResponse {
+            quarantined: self
+                .hub
+                .quarantined()
+                .iter()
+                .map(|q| convert::quarantine(q))
+                .collect(),
+        })
+    }
+
     async fn get_replica_status(
         &self,
         _: Request<pb::GetReplicaStatusRequest>,

@@ -1140,6 +1140,22 @@ pub fn recovery_plan(plan: &crate::domain::recovery::Plan) -> pb::RecoveryPlan {
     }
 }
 
+/// A QuarantineInstance request's instance id and reason.
+pub fn quarantine_request(req: pb::QuarantineInstanceRequest) -> Result<(String, String)> {
+    name("instance_id", &req.instance_id)?;
+    required_text("reason", &req.reason, MAX_TEXT_LEN)?;
+    Ok((req.instance_id, req.reason))
+}
+
+pub fn quarantine(q: &crate::domain::model::Quarantine) -> pb::Quarantine {
+    pb::Quarantine {
+        instance_id: q.instance_id.clone(),
+        by: q.by.clone(),
+        reason: q.reason.clone(),
+        since: Some(timestamp(q.since)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

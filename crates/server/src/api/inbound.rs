@@ -128,6 +128,11 @@ inbound! {
     "Admin" / "InvalidateInsight": InvalidateInsightRequest => String =
         |r, _| convert::required_name("insight_id", r.insight_id);
     "Admin" / "GetReplicaStatus": GetReplicaStatusRequest => () = |_r, _| Ok(());
+    "Admin" / "QuarantineInstance": QuarantineInstanceRequest => (String, String) =
+        |r, _| convert::quarantine_request(r);
+    "Admin" / "ReleaseInstance": ReleaseInstanceRequest => String =
+        |r, _| convert::required_name("instance_id", r.instance_id);
+    "Admin" / "ListQuarantined": ListQuarantinedRequest => () = |_r, _| Ok(());
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
-//! Instance registration and the fleet listing.
+//! Instance registration, the fleet listing, and quarantine.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{Bootstrap, Hub, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
-use crate::domain::model::{Instance, Registration};
+use crate::domain::model::{Instance, Quarantine, Registration};
 use crate::error::{Error, Result};
 
 /// One page of ListInstances.
@@ -92,5 +92,41 @@ impl Hub {
             total: state.tables.instances.len() as u64,
             next_after,
         }
+    }
+}
+
+impl Hub {
+    /// (Operators) puts `instance_id` in quarantine: its writes are refused
+    /// from now on, its pending model updates dropped.
+    pub async fn quarantine(
+        &self,
+        instance_id: String,
+        by: &str,
+        reason: String,
+    ) -> Result<Arc<Quarantine>> {
+        match self
+            .submit(Action::QuarantineInstance {
+                instance_id,
+                by: by.to_string(),
+                reason,
+            })
+            .await?
+        {
+            Answer::Quarantined { quarantine } => Ok(quarantine),
+            other => Err(wrong_answer("QuarantineInstance", other)),
+        }
+    }
+
+    /// (Operators) ends `instance_id`'s quarantine.
+    pub async fn release(&self, instance_id: String) -> Result<()> {
+        match self.submit(Action::ReleaseInstance { instance_id }).await? {
+            Answer::Released => Ok(()),
+            other => Err(wrong_answer("ReleaseInstance", other)),
+        }
+    }
+
+    /// The instances in quarantine, by id.
+    pub fn quarantined(&self) -> Vec<Arc<Quarantine>> {
+        self.state().tables.quarantined.values().cloned().collect()
     }
 }
