@@ -105,6 +105,13 @@ async fn metrics_endpoint_shows_live_figures() {
         sample(&body, "learning_hub_records{kind=\"instances\"}"),
         1.0
     );
+    assert_eq!(
+        sample(
+            &body,
+            "learning_hub_records{kind=\"quarantined_instances\"}"
+        ),
+        0.0
+    );
     assert_eq!(sample(&body, "learning_hub_live_subscribers"), 1.0);
     assert!(sample(&body, "learning_hub_group_commit_requests_count") >= 2.0);
     assert!(sample(&body, "learning_hub_store_flush_seconds_count") >= 2.0);

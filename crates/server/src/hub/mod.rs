@@ -379,6 +379,10 @@ impl Hub {
                 ("insights", status.insights),
                 ("failures", status.failures),
                 ("configurations", status.configurations),
+                (
+                    "quarantined_instances",
+                    self.state().tables.quarantined.len() as u64,
+                ),
             ],
             live_subscribers: status.live_subscribers,
             stream_catch_ups: status.stream_catch_ups,
