@@ -160,9 +160,6 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             request.as_ref(),
             |state, first| {
                 if let Some(first) = first {
-                    if first != Applied::RecordPatternOutcome {
-                        return Err(unexpected(first, WriteRpc::RecordPatternOutcome));
-                    }
                     let pattern = state
                         .tables
                         .patterns
@@ -358,7 +355,8 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
 /// Runs `apply` at most once for `caller`'s request: with `None` the first
 /// time (it applies the write and says what to remember), with the first
 /// answer on a retry within the window (it must rebuild the answer without
-/// changing anything; whatever it changes is dropped).
+/// changing anything; whatever it changes is dropped). That answer is
+/// always `rpc`'s own: an id remembered for another RPC is refused here.
 fn once<F>(
     state: &mut State,
     now: UnixMillis,
@@ -781,9 +779,6 @@ fn record_insight_use(
         request,
         |state, first| {
             if let Some(first) = first {
-                if first != Applied::RecordInsightUse {
-                    return Err(unexpected(first, WriteRpc::RecordInsightUse));
-                }
                 let insight = insight_with_id(state, insight_id)
                     .ok_or_else(|| gone(request, "the insight"))?;
                 return Ok((Answer::InsightUsed { insight }, first));
@@ -824,9 +819,6 @@ fn share_failure(
         |state, first| {
             let id = FailurePattern::id_for(report.failure_type, &report.metric, &report.strategy);
             if let Some(first) = first {
-                if first != Applied::ShareFailure {
-                    return Err(unexpected(first, WriteRpc::ShareFailure));
-                }
                 let failure = state
                     .tables
                     .failures
@@ -867,9 +859,6 @@ fn share_configuration(
         |state, first| {
             let id = Configuration::id_for(&share.context, &share.parameters);
             if let Some(first) = first {
-                if first != Applied::ShareConfiguration {
-                    return Err(unexpected(first, WriteRpc::ShareConfiguration));
-                }
                 let config = state
                     .tables
                     .configs
@@ -943,9 +932,6 @@ fn share_model_update(
         request,
         |state, first| {
             if let Some(first) = first {
-                if first != Applied::ShareModelUpdate {
-                    return Err(unexpected(first, WriteRpc::ShareModelUpdate));
-                }
                 let model = state
                     .tables
                     .models
