@@ -329,15 +329,7 @@ pub fn poisoning_table(instances: usize, faulty: usize, rows: &[PoisoningRow]) -
 }
 
 fn estimates(values: &[[f64; 3]]) -> [Estimate; 3] {
-    let of = |k: usize| {
-        let column: Vec<f64> = values.iter().map(|v| v[k]).collect();
-        Estimate::of(&column).unwrap_or(Estimate {
-            mean: 0.0,
-            ci95: 0.0,
-            n: 0,
-        })
-    };
-    [of(0), of(1), of(2)]
+    [0, 1, 2].map(|k| estimate(&values.iter().map(|v| v[k]).collect::<Vec<_>>()))
 }
 
 fn triple(s: Scores) -> [f64; 3] {

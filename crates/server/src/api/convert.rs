@@ -86,7 +86,7 @@ fn metrics(
         .collect()
 }
 
-fn context(field: &str, entries: &BTreeMap<String, String>) -> Result<Attributes> {
+pub fn context(field: &str, entries: &BTreeMap<String, String>) -> Result<Attributes> {
     attributes(field, entries.iter())
 }
 

@@ -147,9 +147,7 @@ pub fn predict_query(req: pb::PredictPlateauRequest) -> Result<PredictQuery> {
         .collect::<Result<_>>()?;
     Ok(PredictQuery {
         trajectories,
-        context: convert::bootstrap_context(&pb::BootstrapRequest {
-            context: req.context,
-        })?,
+        context: convert::context("context", &req.context)?,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use super::{Hub, StrategyAsk, wrong_answer};
+use super::{Hub, State, StrategyAsk, wrong_answer};
 use crate::domain::bootstrap::{choose_configuration, offered_to_others};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
@@ -18,6 +18,21 @@ use crate::error::Result;
 const PROVEN_STRATEGIES: usize = 5;
 /// Alternative configurations returned with it.
 const MAX_ALTERNATIVES: usize = 5;
+
+/// `context`, or when it is empty the registered context of `caller` (an
+/// instance asking about itself).
+pub(super) fn or_registered_context(
+    state: &State,
+    caller: Option<&str>,
+    context: Attributes,
+) -> Attributes {
+    if !context.is_empty() {
+        return context;
+    }
+    caller
+        .and_then(|id| state.tables.instances.get(id).map(|i| i.context.clone()))
+        .unwrap_or_default()
+}
 
 /// A bootstrap answer.
 #[derive(Debug, Clone)]
@@ -56,19 +71,7 @@ impl Hub {
     /// The bootstrap for `context`, or for the caller's registered context
     /// when `context` is empty.
     pub fn bootstrap(&self, caller: Option<&str>, context: Attributes) -> Bootstrap {
-        let context = if context.is_empty() {
-            caller
-                .and_then(|id| {
-                    self.state()
-                        .tables
-                        .instances
-                        .get(id)
-                        .map(|i| i.context.clone())
-                })
-                .unwrap_or_default()
-        } else {
-            context
-        };
+        let context = or_registered_context(&self.state(), caller, context);
         self.bootstrap_for(&context)
     }
 

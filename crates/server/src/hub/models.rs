@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use learning_hub_proto::plateau;
 
-use super::{Hub, StrategyAsk, wrong_answer};
+use super::configs::or_registered_context;
+use super::{Hub, State, StrategyAsk, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::federated::{FederationRules, ModelRecord, ModelUpdate};
 use crate::domain::fold::Answer;
@@ -107,9 +108,12 @@ impl Hub {
 
     /// Model `name` as it is now.
     pub fn model(&self, name: &str) -> Result<ModelView> {
+        self.model_in(&self.state(), name)
+    }
+
+    fn model_in(&self, state: &State, name: &str) -> Result<ModelView> {
         let rules = self.federation_rules(name)?;
-        let model = self
-            .state()
+        let model = state
             .tables
             .models
             .get(name)
@@ -130,15 +134,9 @@ impl Hub {
         trajectories: &[Trajectory],
         context: Attributes,
     ) -> Result<(u64, Vec<Prediction>)> {
-        let view = self.model(plateau::MODEL)?;
         let state = self.state();
-        let context = if context.is_empty() {
-            caller
-                .and_then(|id| state.tables.instances.get(id).map(|i| i.context.clone()))
-                .unwrap_or_default()
-        } else {
-            context
-        };
+        let view = self.model_in(&state, plateau::MODEL)?;
+        let context = or_registered_context(&state, caller, context);
         let predictions = trajectories
             .iter()
             .map(|t| {
