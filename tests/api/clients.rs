@@ -330,15 +330,18 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
         seed.share_configuration(share.clone()).await.unwrap();
         seed_2.share_configuration(share).await.unwrap();
     }
-    for _ in 0..SEED_OUTCOMES {
-        seed.share_strategy(strategy_outcome(
-            "novelty_injection",
-            "learningVelocity",
-            true,
-            0.05,
-        ))
-        .await
-        .unwrap();
+    // From two instances: one instance's outcomes alone inform nobody else.
+    for i in 0..SEED_OUTCOMES {
+        let reporter = if i % 2 == 0 { &seed } else { &seed_2 };
+        reporter
+            .share_strategy(strategy_outcome(
+                "novelty_injection",
+                "learningVelocity",
+                true,
+                0.05,
+            ))
+            .await
+            .unwrap();
     }
 
     // Each agent gets its own certificate and API key, as an operator

@@ -50,8 +50,11 @@ async fn outcomes(hub: &TestHub) -> u64 {
         .strategy_outcomes
 }
 
+/// Applications of novelty_injection as instance "a", which reported
+/// them all, sees them (a lone reporter's outcomes count in full only for
+/// itself: crates/domain/src/influence.rs).
 async fn applications(hub: &TestHub) -> u64 {
-    hub.operator()
+    hub.client("a")
         .await
         .get_strategies(pb::GetStrategiesRequest {
             metric: "learningVelocity".into(),

@@ -474,6 +474,160 @@ async fn pattern_matches_rank_recoveries_for_the_target_and_calibrate_confidence
     assert!(after > 0.8, "{after}");
 }
 
+/// Five honest instances' outcomes: "steady" works (20 each, +0.05).
+async fn honest_fleet(hub: &TestHub) -> Vec<HubClient> {
+    let mut honest = Vec::new();
+    for i in 0..5 {
+        let client = hub.registered(&format!("honest-{i}")).await;
+        share_all(
+            &client,
+            (0..20).map(|j| outcome("steady", "lv", 0.5, j % 10 != 0, 0.05)),
+        )
+        .await;
+        honest.push(client);
+    }
+    honest
+}
+
+async fn ranked(client: &HubClient) -> Vec<pb::StrategyRecommendation> {
+    client
+        .get_strategies(pb::GetStrategiesRequest {
+            metric: "lv".into(),
+            current_value: 0.5,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .recommendations
+}
+
+/// The outcome attack of issue 16: against five honest instances' 100
+/// outcomes, one instance's 2 reports of `delta = 1.0` for its own
+/// strategy put it first for everyone, and 200 gave it confidence 0.988.
+/// Uncorroborated, its reports now inform only itself; and where it does
+/// share a strategy with others, it holds at most about half of the
+/// evidence they see.
+#[tokio::test]
+async fn one_instance_cannot_put_its_strategy_first_for_everyone() {
+    let hub = TestHub::start().await;
+    let honest = honest_fleet(&hub).await;
+    let attacker = hub.registered("attacker").await;
+    let bystander = hub.registered("bystander").await;
+    for rounds in [2, 200] {
+        share_all(
+            &attacker,
+            (0..rounds).map(|_| outcome("miracle", "lv", 0.5, true, 1.0)),
+        )
+        .await;
+        let seen = ranked(&bystander).await;
+        assert_eq!(seen[0].strategy, "steady", "after {rounds}: {seen:?}");
+        assert!(seen.iter().all(|r| r.strategy != "miracle"), "{seen:?}");
+    }
+    // The operator's Bootstrap lists the fleet's proven strategies: not it.
+    let proven = hub
+        .operator()
+        .await
+        .bootstrap(pb::BootstrapRequest::default())
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .proven_strategies;
+    assert!(proven.iter().all(|r| r.strategy != "miracle"), "{proven:?}");
+    // Its own ranking still has everything it reported.
+    let own = ranked(&attacker).await;
+    let miracle = own.iter().find(|r| r.strategy == "miracle").unwrap();
+    assert_eq!(miracle.applications, 202);
+    assert!(miracle.confidence > 0.95, "{miracle:?}");
+
+    // Now it floods "steady", which the honest fleet backs with 100
+    // outcomes, with 300 failures: only as many as the others' plus one
+    // count for them (101). That still halves the success rate others see
+    // (the bound is a share, not immunity: ListAnomalies is what finds
+    // such an instance).
+    share_all(
+        &attacker,
+        (0..300).map(|_| outcome("steady", "lv", 0.5, false, -0.2)),
+    )
+    .await;
+    let steady = ranked(&bystander).await;
+    let steady = steady.iter().find(|r| r.strategy == "steady").unwrap();
+    assert_eq!(
+        steady.applications, 400,
+        "lifetime counts show every report"
+    );
+    assert!(
+        (steady.evidence - 201.0).abs() < 1e-6,
+        "100 honest and 101 of the attacker's outcomes count: {steady:?}"
+    );
+    assert!(steady.confidence > 0.4, "{steady:?}");
+    // Another honest report is counted (and makes room for one more of
+    // the attacker's, when it next reports).
+    honest[0]
+        .share_strategy(outcome("steady", "lv", 0.5, true, 0.05))
+        .await
+        .unwrap();
+    let steady = ranked(&bystander).await;
+    let steady = steady.iter().find(|r| r.strategy == "steady").unwrap();
+    assert!((steady.evidence - 202.0).abs() < 1e-6, "{steady:?}");
+}
+
+/// The failure attack of issue 16: 20 ShareFailure reports made CheckAction
+/// call the honest strategy unsafe and name the attacker's as the safer
+/// alternative. A failure report counts only against an application its
+/// reporter made: twenty from an instance that never applied it count as
+/// one.
+#[tokio::test]
+async fn one_instance_cannot_make_the_fleets_strategy_unsafe() {
+    let hub = TestHub::start().await;
+    let _honest = honest_fleet(&hub).await;
+    let attacker = hub.registered("attacker").await;
+    share_all(
+        &attacker,
+        (0..20).map(|_| outcome("miracle", "lv", 0.5, true, 1.0)),
+    )
+    .await;
+    for _ in 0..20 {
+        attacker
+            .share_failure(pb::ShareFailureRequest {
+                failure_type: pb::FailureType::MetricReversal as i32,
+                trigger: "lv collapsed after steady".into(),
+                context: Some(pb::FailureContext {
+                    metric: "lv".into(),
+                    strategy: "steady".into(),
+                }),
+                magnitude: 0.5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let bystander = hub.registered("bystander").await;
+    let check = bystander
+        .check_action(pb::CheckActionRequest {
+            strategy: "steady".into(),
+            metric: "lv".into(),
+            metrics: BTreeMap::from([("lv".into(), metric(0.5, true))]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(check.safe, "{check:?}");
+    assert!(
+        (check.warnings[0].failure_rate - 0.01).abs() < 1e-9,
+        "{check:?}"
+    );
+    assert!(
+        check.warnings[0].message.contains("(1 report(s)"),
+        "{check:?}"
+    );
+    assert_eq!(check.safer_alternative, "");
+    // GetStrategies prices in 1 % of the magnitude, not 20 %.
+    let steady = ranked(&bystander).await;
+    assert_eq!(steady[0].strategy, "steady");
+    assert!((steady[0].failure_risk - 0.005).abs() < 1e-9, "{steady:?}");
+}
+
 /// The attack from the review: one instance shares a configuration with an
 /// empty context and a declared million data points. It must not become
 /// what new instances start with, nor be offered to them, until another

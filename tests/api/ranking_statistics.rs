@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use learning_hub::domain::influence::Viewer;
 use learning_hub::domain::model::{
     Attributes, StrategyKey, StrategyOutcome, StrategyRecord, UnixMillis,
 };
@@ -83,6 +84,8 @@ fn record_of(name: &str, outcomes: &[(bool, f64)]) -> StrategyRecord {
 
 fn query(risk: &BTreeMap<String, f64>, limit: usize) -> StrategyQuery<'_> {
     StrategyQuery {
+        // Every outcome is this reporter's own: all of it counts.
+        viewer: Viewer::Instance("sim"),
         metric: METRIC,
         context_key: "",
         current_value: Some(VALUE),

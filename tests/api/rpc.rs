@@ -564,6 +564,19 @@ async fn configurations_drive_bootstrap() {
 async fn bootstrap_lists_proven_strategies() {
     let hub = TestHub::start().await;
     let a = hub.registered("a").await;
+    let b = hub.registered("b").await;
+    // Two reporters each: one instance's outcomes alone inform nobody else.
+    for reporter in [&a, &b] {
+        reporter
+            .share_strategy(strategy_outcome(
+                "calibration",
+                "adaptationSpeed",
+                true,
+                0.05,
+            ))
+            .await
+            .unwrap();
+    }
     for _ in 0..3 {
         a.share_strategy(strategy_outcome(
             "novelty_injection",
@@ -574,11 +587,11 @@ async fn bootstrap_lists_proven_strategies() {
         .await
         .unwrap();
     }
-    a.share_strategy(strategy_outcome(
-        "calibration",
-        "adaptationSpeed",
+    b.share_strategy(strategy_outcome(
+        "novelty_injection",
+        "learningVelocity",
         true,
-        0.05,
+        0.2,
     ))
     .await
     .unwrap();

@@ -2,7 +2,7 @@
 //! they are built from ([`stats`]), the state they make up ([`state`]), the
 //! commands that change it ([`command`]) and the one pure function that
 //! applies them ([`fold`]), and the pure logic that answers queries
-//! ([`matching`], [`recommend`], [`recovery`], [`federated`], [`prevention`], [`bootstrap`],
+//! ([`matching`], [`recommend`], [`influence`], [`recovery`], [`federated`], [`prevention`], [`bootstrap`],
 //! [`insight_gen`], [`retention`], [`idempotency`]). Nothing here does I/O
 //! or knows about gRPC (but for the one conversion of its [`error::Error`]
 //! into a gRPC status), so all of it is unit-tested directly. Also here:
@@ -17,6 +17,7 @@ pub mod federated;
 pub mod fold;
 pub mod idempotency;
 pub mod identity;
+pub mod influence;
 pub mod insight_gen;
 pub mod keys;
 pub mod matching;

@@ -457,6 +457,58 @@ pub struct StrategyRecord {
     /// already holds.
     #[serde(default)]
     pub through_sequence: u64,
+    /// Outcomes of instances over their share (see [`crate::influence`]):
+    /// counted only in the rankings their reporter asks for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub excess: BTreeMap<String, Excess>,
+}
+
+/// One instance's outcomes in an aggregate beyond what counts for the
+/// fleet.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Excess {
+    /// Every outcome ever set aside (the window forgets old days).
+    pub reports: u64,
+    /// Those within the retention window, as in [`StrategyRecord::window`].
+    pub window: Vec<DayBucket>,
+}
+
+/// Adds one outcome to a window of day buckets, dropping days older than
+/// `retention_days`.
+fn add_to_window(window: &mut Vec<DayBucket>, outcome: &StrategyOutcome, retention_days: i64) {
+    let day = day_of(outcome.at);
+    window.retain(|b| b.day > day - retention_days);
+    let i = match window.iter().position(|b| b.day == day) {
+        Some(i) => i,
+        None => {
+            window.push(DayBucket {
+                day,
+                bands: [OutcomeStats::default(); VALUE_BANDS],
+            });
+            window.sort_by_key(|b| b.day);
+            window
+                .iter()
+                .position(|b| b.day == day)
+                .expect("just inserted")
+        }
+    };
+    window[i].bands[value_band(outcome.value_before)].record(outcome.successful, outcome.delta);
+}
+
+/// Merges `other`'s day buckets into `window`.
+fn merge_windows(window: &mut Vec<DayBucket>, other: &[DayBucket]) {
+    for bucket in other {
+        match window.iter_mut().find(|b| b.day == bucket.day) {
+            Some(mine) => {
+                for (a, b) in mine.bands.iter_mut().zip(&bucket.bands) {
+                    *a = a.merge(b);
+                }
+            }
+            None => window.push(*bucket),
+        }
+    }
+    window.sort_by_key(|b| b.day);
 }
 
 impl StrategyRecord {
@@ -478,7 +530,21 @@ impl StrategyRecord {
             streaks: Vec::new(),
             preceded_by: BTreeMap::new(),
             through_sequence: 0,
+            excess: BTreeMap::new(),
         }
+    }
+
+    /// Outcomes of `instance` that count for the fleet.
+    pub fn counted(&self, instance: &str) -> u64 {
+        let all = self.instances.get(instance).copied().unwrap_or(0);
+        all.saturating_sub(self.excess.get(instance).map_or(0, |e| e.reports))
+    }
+
+    /// Counted outcomes per instance.
+    pub fn counted_by_instance(&self) -> impl Iterator<Item = (&String, u64)> {
+        self.instances
+            .keys()
+            .map(|instance| (instance, self.counted(instance)))
     }
 
     pub fn key(&self) -> StrategyKey {
@@ -488,25 +554,21 @@ impl StrategyRecord {
     /// Folds one outcome into the aggregate, keeping `retention_days` days
     /// of windowed evidence.
     pub fn record(&mut self, outcome: &StrategyOutcome, retention_days: i64) {
-        let day = day_of(outcome.at);
-        self.window.retain(|b| b.day > day - retention_days);
-        let bucket = match self.window.iter().position(|b| b.day == day) {
-            Some(i) => &mut self.window[i],
-            None => {
-                self.window.push(DayBucket {
-                    day,
-                    bands: [OutcomeStats::default(); VALUE_BANDS],
-                });
-                self.window.sort_by_key(|b| b.day);
-                let i = self
-                    .window
-                    .iter()
-                    .position(|b| b.day == day)
-                    .expect("just inserted");
-                &mut self.window[i]
-            }
-        };
-        bucket.bands[value_band(outcome.value_before)].record(outcome.successful, outcome.delta);
+        let own = self.counted(&outcome.instance_id);
+        let own_reports = self
+            .instances
+            .get(&outcome.instance_id)
+            .copied()
+            .unwrap_or(0);
+        let all: u64 = self.instances.values().fold(0, |a, n| a.saturating_add(*n));
+        if crate::influence::counts(own, all.saturating_sub(own_reports)) {
+            add_to_window(&mut self.window, outcome, retention_days);
+            self.readmit(all.saturating_add(1));
+        } else {
+            let excess = self.excess.entry(outcome.instance_id.clone()).or_default();
+            excess.reports = excess.reports.saturating_add(1);
+            add_to_window(&mut excess.window, outcome, retention_days);
+        }
         let class = (outcome.streak as usize).min(STREAK_CLASSES - 1);
         if self.streaks.len() < STREAK_CLASSES {
             self.streaks.resize(STREAK_CLASSES, OutcomeStats::default());
@@ -544,6 +606,27 @@ impl StrategyRecord {
         self.through_sequence = self.through_sequence.max(outcome.sequence);
     }
 
+    /// Counts in full the excess of every instance whose outcomes now all
+    /// fit its share, given `all` reports (the one being recorded
+    /// included): an instance that reported alone before others joined is
+    /// not held back for good.
+    fn readmit(&mut self, all: u64) {
+        let fitting: Vec<String> = self
+            .excess
+            .keys()
+            .filter(|instance| {
+                let own = self.instances.get(*instance).copied().unwrap_or(0);
+                crate::influence::counts(own.saturating_sub(1), all.saturating_sub(own))
+            })
+            .cloned()
+            .collect();
+        for instance in fitting {
+            if let Some(excess) = self.excess.remove(&instance) {
+                merge_windows(&mut self.window, &excess.window);
+            }
+        }
+    }
+
     /// Combines aggregates of the same strategy and metric from different
     /// contexts into a fleet-wide view (context key left empty).
     pub fn merge(&self, other: &StrategyRecord) -> StrategyRecord {
@@ -570,17 +653,12 @@ impl StrategyRecord {
         }
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_updated = self.last_updated.max(other.last_updated);
-        for bucket in &other.window {
-            match self.window.iter_mut().find(|b| b.day == bucket.day) {
-                Some(mine) => {
-                    for (a, b) in mine.bands.iter_mut().zip(&bucket.bands) {
-                        *a = a.merge(b);
-                    }
-                }
-                None => self.window.push(*bucket),
-            }
+        merge_windows(&mut self.window, &other.window);
+        for (instance, excess) in &other.excess {
+            let mine = self.excess.entry(instance.clone()).or_default();
+            mine.reports = mine.reports.saturating_add(excess.reports);
+            merge_windows(&mut mine.window, &excess.window);
         }
-        self.window.sort_by_key(|b| b.day);
         if self.streaks.len() < other.streaks.len() {
             self.streaks
                 .resize(other.streaks.len(), OutcomeStats::default());
@@ -837,6 +915,9 @@ pub struct FailurePattern {
     /// Marked by an operator as no longer applicable.
     #[serde(default)]
     pub resolved: bool,
+    /// Reports per instance (empty in records written before it was kept).
+    #[serde(default)]
+    pub reports: BTreeMap<String, u64>,
 }
 
 impl AsRef<FailurePattern> for FailurePattern {
@@ -846,6 +927,17 @@ impl AsRef<FailurePattern> for FailurePattern {
 }
 
 impl FailurePattern {
+    /// The reports that count, given each instance's applications of the
+    /// strategy (see [`crate::influence::counted_failures`]). Records from
+    /// before reports were kept per instance count as they are.
+    pub fn counted_occurrences(&self, applications: &BTreeMap<String, u64>) -> u64 {
+        if self.reports.is_empty() {
+            self.occurrences
+        } else {
+            crate::influence::counted_failures(&self.reports, applications)
+        }
+    }
+
     /// The id shared by every report of this (type, metric, strategy).
     pub fn id_for(failure_type: FailureType, metric: &str, strategy: &str) -> String {
         content_id(
@@ -870,6 +962,7 @@ impl FailurePattern {
             preceded_by: BTreeMap::new(),
             magnitude: RunningStats::default(),
             resolved: false,
+            reports: BTreeMap::new(),
         };
         failure.record(report, instance, now);
         failure
@@ -880,6 +973,8 @@ impl FailurePattern {
         self.occurrences = self.occurrences.saturating_add(1);
         self.last_seen = self.last_seen.max(now);
         self.instances.insert(instance.to_string());
+        let reports = self.reports.entry(instance.to_string()).or_default();
+        *reports = reports.saturating_add(1);
         self.triggers.retain(|t| t != &report.trigger);
         self.triggers.push(report.trigger.clone());
         if self.triggers.len() > MAX_TRIGGERS {
@@ -1218,6 +1313,43 @@ mod tests {
             streak: 0,
             preceded_by: vec![],
         }
+    }
+
+    /// Counted outcomes in the window (the fleet's evidence).
+    fn windowed(r: &StrategyRecord) -> u64 {
+        r.window
+            .iter()
+            .flat_map(|b| b.bands.iter())
+            .map(|s| s.applications)
+            .sum()
+    }
+
+    #[test]
+    fn a_pioneers_excess_counts_once_others_catch_up() {
+        let key = StrategyKey::new("learningVelocity", "novelty_injection", "");
+        let mut r = StrategyRecord::empty(&key, 0);
+        for _ in 0..12 {
+            r.record(&outcome(true, 0.1, "", "pioneer"), 7);
+        }
+        // Alone, it counts its first 5 for others; the rest is its excess.
+        assert_eq!(r.counted("pioneer"), 5);
+        assert_eq!(r.excess["pioneer"].reports, 7);
+        assert_eq!(windowed(&r), 5);
+        assert_eq!(r.applications, 12, "lifetime totals keep everything");
+        for i in 0..11 {
+            r.record(&outcome(true, 0.1, "", "second"), 7);
+            // Once the second has 11 counted, all 12 of the pioneer's fit.
+            assert_eq!(r.excess.contains_key("pioneer"), i < 10, "{i}");
+        }
+        assert_eq!(r.counted("pioneer"), 12);
+        assert_eq!(windowed(&r), 23);
+        // A flood beyond the others' share waits in the excess.
+        for _ in 0..30 {
+            r.record(&outcome(false, -0.2, "", "second"), 7);
+        }
+        assert_eq!(r.counted("second"), 13);
+        assert_eq!(windowed(&r), 25);
+        assert_eq!(r.instances["second"], 41);
     }
 
     #[test]

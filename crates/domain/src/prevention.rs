@@ -30,6 +30,9 @@ const CONDITIONAL_STRENGTH: f64 = 3.0;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StrategyUsage {
     pub applications: u64,
+    /// Applications per reporting instance: a failure report counts only
+    /// against an application its reporter made (see [`crate::influence`]).
+    pub by_instance: BTreeMap<String, u64>,
     /// Applications by strategy applied shortly before.
     pub preceded_by: BTreeMap<String, u64>,
 }
@@ -40,6 +43,10 @@ impl StrategyUsage {
         // Saturating: counts come from the store, and a corrupt one must
         // not wrap (or panic) when summed.
         self.applications = self.applications.saturating_add(record.applications);
+        for (instance, n) in &record.instances {
+            let mine = self.by_instance.entry(instance.clone()).or_default();
+            *mine = mine.saturating_add(*n);
+        }
         for (p, stats) in &record.preceded_by {
             let n = self.preceded_by.entry(p.clone()).or_default();
             *n = n.saturating_add(stats.applications);
@@ -50,6 +57,14 @@ impl StrategyUsage {
     /// newer version).
     pub fn subtract(&mut self, record: &StrategyRecord) {
         self.applications = self.applications.saturating_sub(record.applications);
+        for (instance, n) in &record.instances {
+            if let Some(mine) = self.by_instance.get_mut(instance) {
+                *mine = mine.saturating_sub(*n);
+                if *mine == 0 {
+                    self.by_instance.remove(instance);
+                }
+            }
+        }
         for (p, stats) in &record.preceded_by {
             if let Some(n) = self.preceded_by.get_mut(p) {
                 *n = n.saturating_sub(stats.applications);
@@ -84,6 +99,7 @@ fn rate(failures: u64, applications: u64) -> f64 {
 /// The prerequisite with the lowest failure rate, if any clearly helps:
 /// (name, rate with it, rate without it).
 fn prerequisite(failure: &FailurePattern, usage: &StrategyUsage) -> Option<(String, f64, f64)> {
+    let occurrences = failure.counted_occurrences(&usage.by_instance);
     usage
         .preceded_by
         .iter()
@@ -96,10 +112,11 @@ fn prerequisite(failure: &FailurePattern, usage: &StrategyUsage) -> Option<(Stri
                 .get(name)
                 .copied()
                 .unwrap_or(0)
-                .min(applications);
+                .min(applications)
+                .min(occurrences);
             let with = rate(with_failures, applications);
             let without_apps = usage.applications.saturating_sub(applications);
-            let without_failures = failure.occurrences.saturating_sub(with_failures);
+            let without_failures = occurrences.saturating_sub(with_failures);
             if without_apps == 0 {
                 return None;
             }
@@ -128,7 +145,8 @@ fn applicable_rate(
             // posterior of the rate after it, shrunk towards the overall
             // rate; the lowest applies, so evidence for a prevention counts
             // as soon as it accumulates (and data keeps flowing to prove it).
-            let overall = rate(failure.occurrences, usage.applications);
+            let occurrences = failure.counted_occurrences(&usage.by_instance);
+            let overall = rate(occurrences, usage.applications);
             let conditional = applied_before
                 .iter()
                 .filter(|p| **p != failure.strategy)
@@ -139,7 +157,8 @@ fn applicable_rate(
                         .get(p)
                         .copied()
                         .unwrap_or(0)
-                        .min(applications);
+                        .min(applications)
+                        .min(occurrences);
                     Some(
                         (failures as f64 + CONDITIONAL_STRENGTH * overall)
                             / (applications as f64 + CONDITIONAL_STRENGTH),
@@ -209,16 +228,13 @@ pub fn check_action<F: AsRef<FailurePattern>>(
             let pattern = f.as_ref();
             let (failure_rate, prerequisite, prevented) =
                 applicable_rate(pattern, usage, &applied_before);
+            let counted = pattern.counted_occurrences(&usage.by_instance);
             let mut message = format!(
                 "applying {strategy} has led to {} {} of {} ({} report(s), failure rate {:.2})",
                 pattern.failure_type.as_str().replace('_', " "),
-                if pattern.occurrences == 1 {
-                    "failure"
-                } else {
-                    "failures"
-                },
+                if counted == 1 { "failure" } else { "failures" },
                 pattern.metric,
-                pattern.occurrences,
+                counted,
                 failure_rate,
             );
             match &prerequisite {
@@ -282,6 +298,8 @@ mod tests {
     fn usage(applications: u64, preceded: &[(&str, u64)]) -> StrategyUsage {
         StrategyUsage {
             applications,
+            // Every failure below is reported by "i", which made them all.
+            by_instance: BTreeMap::from([("i".to_string(), applications)]),
             preceded_by: preceded
                 .iter()
                 .map(|(name, n)| (name.to_string(), *n))
@@ -316,6 +334,34 @@ mod tests {
         assert!(ids.contains(&"lv") && ids.contains(&"te"));
         assert!((warnings[0].failure_rate - 0.25).abs() < 1e-12);
         assert!(warnings[0].message.contains("metric reversal"));
+    }
+
+    #[test]
+    fn reports_count_only_against_the_reporters_applications() {
+        // Twenty reports from "i", which made none of the 100 applications
+        // ("h" did): they count as one.
+        let none: &[&str] = &[];
+        let f = failure("lv", "s", &[none; 20]);
+        let honest = StrategyUsage {
+            applications: 100,
+            by_instance: BTreeMap::from([("h".to_string(), 100)]),
+            preceded_by: BTreeMap::new(),
+        };
+        let w = check_action("s", "lv", &Metrics::new(), &[], [&f], &honest);
+        assert!(
+            (w[0].failure_rate - 0.01).abs() < 1e-12,
+            "{}",
+            w[0].failure_rate
+        );
+        assert!(w[0].message.contains("(1 report(s)"), "{}", w[0].message);
+        // Had it applied the strategy 20 times, all twenty would count.
+        let applied = StrategyUsage {
+            applications: 120,
+            by_instance: BTreeMap::from([("h".to_string(), 100), ("i".to_string(), 20)]),
+            preceded_by: BTreeMap::new(),
+        };
+        let w = check_action("s", "lv", &Metrics::new(), &[], [&f], &applied);
+        assert!((w[0].failure_rate - 20.0 / 120.0).abs() < 1e-12);
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::influence::Viewer;
 use super::model::{
     ConditionStats, OutcomeStats, RecentApplication, STREAK_CLASSES, StrategyRecord, UnixMillis,
     VALUE_BANDS, band_range, day_of, streak, value_band,
@@ -239,6 +240,9 @@ pub struct Recommendation {
 /// The question an instance asks.
 #[derive(Debug, Clone, Copy)]
 pub struct StrategyQuery<'a> {
+    /// Who asks: an instance's own outcomes count in full for it, others'
+    /// within the bounds of [`crate::influence`].
+    pub viewer: Viewer<'a>,
     pub metric: &'a str,
     /// Canonical context key of the caller ("" for none).
     pub context_key: &'a str,
@@ -286,9 +290,11 @@ struct Banded {
 }
 
 impl Banded {
-    fn of(record: &StrategyRecord, today: i64, tuning: &Tuning) -> Banded {
+    /// `caller`'s excess outcomes count for it, nobody else's do.
+    fn of(record: &StrategyRecord, caller: &str, today: i64, tuning: &Tuning) -> Banded {
         let mut banded = Banded::default();
-        for bucket in &record.window {
+        let excess = record.excess.get(caller).map(|e| e.window.as_slice());
+        for bucket in record.window.iter().chain(excess.unwrap_or_default()) {
             let w = day_weight(bucket.day, today, tuning);
             if w == 0.0 {
                 continue;
@@ -345,9 +351,15 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(view: &StrategyView<'_>, today: i64, tuning: &Tuning) -> Prepared {
-        let fleet = Banded::of(view.fleet, today, tuning);
-        let own = view.own.map(|own| Banded::of(own, today, tuning));
+    fn new(view: &StrategyView<'_>, viewer: Viewer<'_>, today: i64, tuning: &Tuning) -> Prepared {
+        let caller = viewer.own();
+        let fleet = Banded::of(view.fleet, caller, today, tuning);
+        // A context's own evidence needs no corroboration of its own (the
+        // strategy's fleet view has it): a minority context is often one
+        // or two instances, and hiding what one of them saw cost the
+        // simulator's default scenario 3 points of time-to-peak. A lone
+        // reporter's weight there is its first few outcomes (rule 2).
+        let own = view.own.map(|own| Banded::of(own, caller, today, tuning));
         Prepared {
             fleet_all: Estimate::shrink(&fleet.at(None), &Estimate::ROOT, ROOT_STRENGTH),
             own_all_evidence: own.as_ref().map(|own| own.at(None)),
@@ -478,9 +490,10 @@ pub fn recommend_views<'r>(
 
     let mut ranked: Vec<(Recommendation, Prepared)> = views
         .into_iter()
+        .filter(|ev| query.viewer.sees(&ev.fleet.instances))
         .map(|ev| {
             let name = ev.fleet.strategy.as_str();
-            let prepared = Prepared::new(&ev, today, &tuning);
+            let prepared = Prepared::new(&ev, query.viewer, today, &tuning);
             let (mut estimate, scope) = prepared.estimate(band, &tuning);
             let (factors, mix) = ev.streak_factors(tuning.prior_strength);
             let run = streak(query.recent, name, query.metric) as usize;
@@ -769,6 +782,8 @@ mod tests {
 
     fn query<'a>(ctx: &'a str, value: Option<f64>) -> StrategyQuery<'a> {
         StrategyQuery {
+            // The reporter of every outcome below: all of it counts.
+            viewer: Viewer::Instance("x"),
             metric: "lv",
             context_key: ctx,
             current_value: value,
@@ -854,6 +869,10 @@ mod tests {
     fn old_evidence_stops_counting() {
         let mut r = record("old", "", &vec![(true, 0.3, 0.5); 20]);
         r.window.iter_mut().for_each(|b| b.day -= 10);
+        // A lone reporter's outcomes past the first few are its excess.
+        for excess in r.excess.values_mut() {
+            excess.window.iter_mut().for_each(|b| b.day -= 10);
+        }
         let fresh = record("fresh", "", &[(true, 0.1, 0.5); 5]);
         let ranked = recommend([&r, &fresh], query("", Some(0.5)));
         let old = ranked.iter().find(|x| x.strategy == "old").unwrap();

@@ -29,7 +29,7 @@
 
 use std::sync::Arc;
 
-use super::model::{Insight, Pattern, StrategyRecord, UnixMillis, day_of};
+use super::model::{DayBucket, Insight, Pattern, StrategyRecord, UnixMillis, day_of};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -89,15 +89,18 @@ pub fn plan<'a>(
         strategies: strategies
             .into_iter()
             .filter(|r| {
-                r.window
-                    .iter()
-                    .any(|b| b.day <= today - rules.evidence_days)
+                let old = |window: &[DayBucket]| {
+                    window.iter().any(|b| b.day <= today - rules.evidence_days)
+                };
+                old(&r.window) || r.excess.values().any(|e| old(&e.window))
             })
             .map(|r| {
                 let mut rolled = (**r).clone();
-                rolled
-                    .window
-                    .retain(|b| b.day > today - rules.evidence_days);
+                let cutoff = today - rules.evidence_days;
+                rolled.window.retain(|b| b.day > cutoff);
+                for excess in rolled.excess.values_mut() {
+                    excess.window.retain(|b| b.day > cutoff);
+                }
                 rolled
             })
             .collect(),

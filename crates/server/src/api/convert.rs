@@ -325,6 +325,8 @@ pub fn strategy_share(req: pb::ShareStrategyRequest) -> Result<StrategyShare> {
 pub fn strategies_query(req: pb::GetStrategiesRequest) -> Result<StrategyAsk> {
     name("metric", &req.metric)?;
     Ok(StrategyAsk {
+        // Who asks comes from the certificate, not the request.
+        caller: None,
         current_value: Some(unit("current_value", req.current_value)?),
         budget: budget(req.budget)?,
         context: context("context", &req.context)?,

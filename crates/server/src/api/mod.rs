@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Identity;
 use crate::compute::ComputePool;
 use crate::error::{Error, Result};
-use crate::hub::Hub;
+use crate::hub::{Hub, StrategyAsk};
 use crate::pb;
 
 /// Implements `learninghub.v1.Hub` over a [`Hub`].
@@ -171,9 +171,11 @@ impl pb::hub_server::Hub for HubService {
     ) -> Reply<pb::GetPatternsResponse> {
         let viewer = caller(&request)?.clone();
         let q = convert::pattern_query(request.into_inner())?;
+        let asker = viewer.clone();
         let message = self
             .query(move |hub| {
                 let matches = hub.get_patterns(
+                    Some(&asker),
                     &q.metrics,
                     &q.environment,
                     q.target_metric.as_deref(),
@@ -236,7 +238,11 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetStrategiesRequest>,
     ) -> Reply<pb::GetStrategiesResponse> {
-        let ask = convert::strategies_query(request.into_inner())?;
+        let viewer = caller(&request)?.clone();
+        let ask = StrategyAsk {
+            caller: Some(viewer),
+            ..convert::strategies_query(request.into_inner())?
+        };
         let message = self
             .query(move |hub| pb::GetStrategiesResponse {
                 recommendations: hub
@@ -253,11 +259,18 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetOptimalCombinationRequest>,
     ) -> Reply<pb::GetOptimalCombinationResponse> {
+        let viewer = caller(&request)?.clone();
         let q = convert::combination_query(request.get_ref())?;
         let message = self
             .query(move |hub| {
-                let (combination, conflicts) =
-                    hub.optimal_combination(&q.metrics, &q.context, q.budget, q.costs, &q.recent);
+                let (combination, conflicts) = hub.optimal_combination(
+                    Some(&viewer),
+                    &q.metrics,
+                    &q.context,
+                    q.budget,
+                    q.costs,
+                    &q.recent,
+                );
                 convert::combination(&combination, &conflicts)
             })
             .await?;
@@ -390,9 +403,17 @@ impl pb::hub_server::Hub for HubService {
         let pb::CheckActionRequest {
             strategy, metric, ..
         } = request.into_inner();
+        let asker = viewer.clone();
         let message = self
             .query(move |hub| {
-                let check = hub.check_action(&strategy, &metric, &q.metrics, &q.recent, &q.context);
+                let check = hub.check_action(
+                    Some(&asker),
+                    &strategy,
+                    &metric,
+                    &q.metrics,
+                    &q.recent,
+                    &q.context,
+                );
                 convert::action_check_reply(&check)
             })
             .await?;

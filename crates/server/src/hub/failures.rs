@@ -7,6 +7,7 @@ use super::{Hub, StrategyAsk, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
+use crate::domain::identity::Identity;
 use crate::domain::model::{
     Attributes, FailurePattern, FailureReport, FailureType, Metrics, RecentApplication,
 };
@@ -102,6 +103,7 @@ impl Hub {
     /// given what the caller applied recently, and a safer alternative.
     pub fn check_action(
         &self,
+        caller: Option<&Identity>,
         strategy: &str,
         metric: &str,
         metrics: &Metrics,
@@ -134,6 +136,7 @@ impl Hub {
             self.recommend_in(
                 &state,
                 &StrategyAsk {
+                    caller: caller.cloned(),
                     metric: metric.to_string(),
                     context: context.clone(),
                     current_value: metrics.get(metric).map(|m| m.value),

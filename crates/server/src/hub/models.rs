@@ -12,6 +12,7 @@ use crate::domain::command::Action;
 use crate::domain::federated::{FederationRules, ModelRecord, ModelUpdate};
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
+use crate::domain::identity::Identity;
 use crate::domain::model::Attributes;
 use crate::domain::recommend::Recommendation;
 use crate::error::{Error, Result};
@@ -154,6 +155,7 @@ impl Hub {
                     self.recommend_in(
                         &state,
                         &StrategyAsk {
+                            caller: caller.map(Identity::instance),
                             metric: t.metric.clone(),
                             context: context.clone(),
                             current_value: t.values.last().copied(),

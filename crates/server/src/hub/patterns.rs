@@ -7,6 +7,7 @@ use super::{Hub, StrategyAsk, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
+use crate::domain::identity::Identity;
 use crate::domain::matching::{self, PatternMatch, RecoveryEstimate};
 use crate::domain::model::{Attributes, Metrics, Pattern, PatternShare, RecentApplication};
 use crate::error::Result;
@@ -45,6 +46,7 @@ impl Hub {
     /// caller's value and environment.
     pub fn get_patterns(
         &self,
+        caller: Option<&Identity>,
         metrics: &Metrics,
         environment: &Attributes,
         target: Option<&str>,
@@ -62,6 +64,7 @@ impl Hub {
             Some(metric) => self.recommend_in(
                 &state,
                 &StrategyAsk {
+                    caller: caller.cloned(),
                     metric: metric.to_string(),
                     context: environment.clone(),
                     current_value: metrics.get(metric).map(|m| m.value),

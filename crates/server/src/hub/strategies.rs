@@ -7,6 +7,8 @@ use super::{Hub, State, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
+use crate::domain::identity::Identity;
+use crate::domain::influence::Viewer;
 use crate::domain::model::{
     Attributes, FailurePattern, Metrics, RecentApplication, StrategyRecord, StrategyShare,
     context_key,
@@ -20,6 +22,8 @@ use crate::error::Result;
 /// What an instance asks GetStrategies.
 #[derive(Debug, Clone, Default)]
 pub struct StrategyAsk {
+    /// Who asks (none: a newcomer); see [`Viewer`].
+    pub caller: Option<Identity>,
     pub metric: String,
     pub context: Attributes,
     pub current_value: Option<f64>,
@@ -102,6 +106,7 @@ impl Hub {
                 own: own.as_deref(),
             }),
             StrategyQuery {
+                viewer: Viewer::of(ask.caller.as_ref()),
                 metric: &ask.metric,
                 context_key: &key,
                 current_value: ask.current_value,
@@ -120,6 +125,7 @@ impl Hub {
     /// avoiding pairs the fleet has seen conflict.
     pub fn optimal_combination(
         &self,
+        caller: Option<&Identity>,
         metrics: &Metrics,
         context: &Attributes,
         budget: Option<f64>,
@@ -133,6 +139,7 @@ impl Hub {
                 self.recommend_in(
                     &state,
                     &StrategyAsk {
+                        caller: caller.cloned(),
                         metric: metric.clone(),
                         context: context.clone(),
                         current_value: Some(m.value),
