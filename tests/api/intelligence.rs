@@ -628,6 +628,81 @@ async fn one_instance_cannot_make_the_fleets_strategy_unsafe() {
     assert!((steady[0].failure_risk - 0.005).abs() < 1e-9, "{steady:?}");
 }
 
+/// Anomaly detection: an instance whose reports disagree with the rest of
+/// its context's is listed, with its figures, by the periodic scan and by
+/// a scan on demand; it keeps its first sighting; an honest fleet lists
+/// nothing; quarantine shows on the listing.
+#[tokio::test]
+async fn an_inconsistent_instance_is_listed_as_an_anomaly() {
+    let hub = TestHub::start_with(|c| c.anomaly_interval = Some(Duration::from_millis(200))).await;
+    let _honest = honest_fleet(&hub).await;
+    let op = hub.operator().await;
+    let list = |scan: bool| {
+        let op = op.clone();
+        async move {
+            op.admin()
+                .list_anomalies(pb::ListAnomaliesRequest { scan })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let clean = list(true).await;
+    assert!(clean.anomalies.is_empty(), "{clean:?}");
+    assert_eq!(clean.new_anomalies, 0);
+
+    // Reports that "steady" fails badly, where five others see it work.
+    let liar = hub.registered("liar").await;
+    share_all(
+        &liar,
+        (0..12).map(|_| outcome("steady", "lv", 0.5, false, -0.3)),
+    )
+    .await;
+    // The periodic scan finds it without being asked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let listed = list(false).await;
+        if !listed.anomalies.is_empty() {
+            break listed.anomalies;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never scanned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(found.len(), 1, "{found:?}");
+    let a = &found[0];
+    assert_eq!(a.kind, pb::AnomalyKind::InconsistentReports as i32);
+    assert_eq!(a.instance_id, "liar");
+    assert_eq!((a.strategy.as_str(), a.metric.as_str()), ("steady", "lv"));
+    assert!(a.score >= 8.0, "{a:?}");
+    assert!(
+        a.evidence
+            .contains("success 0% of its 12 outcomes vs 90% of the other 5 instances' 100"),
+        "{a:?}"
+    );
+    assert!(!a.quarantined);
+    // Scanned again, it is the same anomaly, first seen when it was.
+    let again = list(true).await;
+    assert_eq!(again.new_anomalies, 0);
+    assert_eq!(again.anomalies[0].id, a.id);
+    assert_eq!(again.anomalies[0].first_seen, a.first_seen);
+
+    op.admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "liar".into(),
+            reason: "listed as an anomaly".into(),
+        })
+        .await
+        .unwrap();
+    assert!(list(false).await.anomalies[0].quarantined);
+    // Instances may not look.
+    let denied = liar
+        .admin()
+        .list_anomalies(pb::ListAnomaliesRequest { scan: true })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+}
+
 /// The attack from the review: one instance shares a configuration with an
 /// empty context and a declared million data points. It must not become
 /// what new instances start with, nor be offered to them, until another

@@ -1170,6 +1170,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             admin("ListQuarantined"),
             pb::ListQuarantinedRequest {}.encode_to_vec(),
         ),
+        (
+            admin("ListAnomalies"),
+            pb::ListAnomaliesRequest { scan: true }.encode_to_vec(),
+        ),
     ];
     list.into_iter()
         .map(|(path, body)| {

@@ -7,6 +7,7 @@
 //! forward, sometimes by days.
 #![allow(dead_code)]
 
+use learning_hub::domain::anomaly::{AnomalyKind, Finding};
 use learning_hub::domain::command::{
     Action, Command, Generated, Idempotency, JobStamp, RetentionRules,
 };
@@ -224,7 +225,7 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                     caller,
                     update: ModelUpdate {
                         model: "plateau".into(),
-                        base_version: rng.next_u64() % 4,
+                        base_version: rng.next_u64() % 4 / 2,
                         delta: (0..8).map(|_| rng.uniform() * 4.0 - 2.0).collect(),
                         examples: 1 + rng.next_u64() % 500,
                         evaluation: rng.chance(0.5).then(|| Evaluation {
@@ -282,6 +283,25 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                     evidence_days: 7,
                     request_window_ms: DAY,
                 },
+            },
+            // A scan's findings: a random subset of two, so that some are
+            // kept across scans (first sighting kept) and some dropped.
+            99 => Action::RecordAnomalies {
+                found: [("a", i % 2 == 0), ("b", i % 3 == 0)]
+                    .into_iter()
+                    .filter(|(_, found)| *found)
+                    .map(|(who, _)| Finding {
+                        id: format!("anomaly_{who}"),
+                        kind: AnomalyKind::InconsistentReports,
+                        instance_id: who.into(),
+                        strategy: STRATEGIES[i % STRATEGIES.len()].into(),
+                        metric: METRICS[i % METRICS.len()].into(),
+                        context_key: String::new(),
+                        score: 8.0 + (i % 7) as f64,
+                        evidence: format!("scan {i}"),
+                    })
+                    .collect(),
+                job: None,
             },
             _ => Action::PublishInsights {
                 generated: vec![Generated {

@@ -437,6 +437,16 @@ fn grpcurl_as_an_operator_would_use_it() {
         "{predicted}"
     );
 
+    // Anomalies, as the README's cookbook lists them: a scan on demand
+    // finds nothing in one outcome.
+    let anomalies = grpcurl.call_service(
+        "operator",
+        "learninghub.v1.Admin",
+        "ListAnomalies",
+        r#"{"scan":true}"#,
+    );
+    assert!(anomalies["anomalies"].is_null(), "{anomalies}");
+
     // Quarantine, as the README's cookbook does it.
     let quarantined = grpcurl.call_service(
         "operator",

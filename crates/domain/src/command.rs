@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::anomaly::Finding;
 use super::federated::{FederationRules, ModelUpdate};
 use super::idempotency::RequestTag;
 use super::model::{
@@ -169,6 +170,14 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobStamp>,
     },
+    /// What an anomaly scan found: it replaces the kept anomalies, keeping
+    /// when each was first seen.
+    RecordAnomalies {
+        found: Vec<Finding>,
+        /// Set when the periodic job scanned (absent: an operator asked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobStamp>,
+    },
     /// Insights derived from the fleet's history, to store and publish.
     PublishInsights {
         generated: Vec<Generated>,
@@ -202,6 +211,7 @@ impl Action {
             Action::Audit { .. } => "Audit",
             Action::Retention { .. } => "Retention",
             Action::PublishInsights { .. } => "PublishInsights",
+            Action::RecordAnomalies { .. } => "RecordAnomalies",
         }
     }
 

@@ -101,6 +101,11 @@ pub enum Answer {
         quarantine: Arc<Quarantine>,
     },
     Released,
+    /// Anomalies kept after a scan, and how many of them are new.
+    AnomaliesRecorded {
+        kept: usize,
+        new: usize,
+    },
     Audited,
     Retained(RetentionReport),
     InsightsPublished {
@@ -346,6 +351,18 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
         } => {
             run_job(state, job.as_ref())?;
             Ok(publish(state, now, generated, *ttl_ms, by))
+        }
+        Action::RecordAnomalies { found, job } => {
+            run_job(state, job.as_ref())?;
+            let kept = &state.tables.anomalies;
+            let (next, new) =
+                crate::anomaly::merge(|id| kept.get(id).map(|a| a.first_seen), found, now);
+            let kept = next.len();
+            state.tables.anomalies = next
+                .into_iter()
+                .map(|(id, anomaly)| (id, Arc::new(anomaly)))
+                .collect();
+            Ok(Answer::AnomaliesRecorded { kept, new })
         }
     }
 }

@@ -2,13 +2,14 @@
 //! they are built from ([`stats`]), the state they make up ([`state`]), the
 //! commands that change it ([`command`]) and the one pure function that
 //! applies them ([`fold`]), and the pure logic that answers queries
-//! ([`matching`], [`recommend`], [`influence`], [`recovery`], [`federated`], [`prevention`], [`bootstrap`],
+//! ([`matching`], [`recommend`], [`influence`], [`anomaly`], [`recovery`], [`federated`], [`prevention`], [`bootstrap`],
 //! [`insight_gen`], [`retention`], [`idempotency`]). Nothing here does I/O
 //! or knows about gRPC (but for the one conversion of its [`error::Error`]
 //! into a gRPC status), so all of it is unit-tested directly. Also here:
 //! [`clock`] (time as an injected dependency), [`validate`] (the input
 //! rules), [`identity`] and [`keys`] (who calls, and their API keys).
 
+pub mod anomaly;
 pub mod bootstrap;
 pub mod clock;
 pub mod command;

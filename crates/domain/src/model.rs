@@ -437,8 +437,9 @@ pub struct StrategyRecord {
     /// Deltas of failed applications.
     pub regression: RunningStats,
     pub failure_modes: BTreeMap<String, ConditionStats>,
-    /// Applications per instance.
-    pub instances: BTreeMap<String, u64>,
+    /// What each instance reported (lifetime): the influence bounds and
+    /// the anomaly detector compare an instance with the rest.
+    pub instances: BTreeMap<String, InstanceShare>,
     pub first_seen: UnixMillis,
     pub last_updated: UnixMillis,
     /// Outcomes within the retention window, per day and value band: what
@@ -461,6 +462,86 @@ pub struct StrategyRecord {
     /// counted only in the rankings their reporter asks for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub excess: BTreeMap<String, Excess>,
+}
+
+/// One instance's reports in an aggregate, lifetime.
+///
+/// Stored as `[applications, successes, delta_sum]`, or with a fourth
+/// element, `untracked`: applications folded before successes and deltas
+/// were kept per instance (a record written then holds only the count).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ShareRepr", into = "ShareRepr")]
+pub struct InstanceShare {
+    pub applications: u64,
+    /// Successes among the tracked applications.
+    pub successes: u64,
+    /// Sum of the tracked applications' deltas (successes and failures).
+    pub delta_sum: f64,
+    /// Applications without success or delta on record.
+    pub untracked: u64,
+}
+
+impl InstanceShare {
+    fn record(&mut self, successful: bool, delta: f64) {
+        self.applications = self.applications.saturating_add(1);
+        if successful {
+            self.successes = self.successes.saturating_add(1);
+        }
+        self.delta_sum += delta;
+    }
+
+    fn absorb(&mut self, other: &InstanceShare) {
+        self.applications = self.applications.saturating_add(other.applications);
+        self.successes = self.successes.saturating_add(other.successes);
+        self.delta_sum += other.delta_sum;
+        self.untracked = self.untracked.saturating_add(other.untracked);
+    }
+
+    /// Applications whose success and delta are on record.
+    pub fn tracked(&self) -> u64 {
+        self.applications.saturating_sub(self.untracked)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ShareRepr {
+    Legacy(u64, u64, f64, u64),
+    Full(u64, u64, f64),
+    Count(u64),
+}
+
+impl From<ShareRepr> for InstanceShare {
+    fn from(repr: ShareRepr) -> Self {
+        let (applications, successes, delta_sum, untracked) = match repr {
+            ShareRepr::Legacy(a, s, d, u) => (a, s, d, u),
+            ShareRepr::Full(a, s, d) => (a, s, d, 0),
+            ShareRepr::Count(a) => (a, 0, 0.0, a),
+        };
+        InstanceShare {
+            applications,
+            successes,
+            delta_sum,
+            untracked,
+        }
+    }
+}
+
+impl From<InstanceShare> for ShareRepr {
+    fn from(share: InstanceShare) -> Self {
+        let InstanceShare {
+            applications,
+            successes,
+            delta_sum,
+            untracked,
+        } = share;
+        if untracked == 0 {
+            ShareRepr::Full(applications, successes, delta_sum)
+        } else {
+            ShareRepr::Legacy(applications, successes, delta_sum, untracked)
+        }
+    }
 }
 
 /// One instance's outcomes in an aggregate beyond what counts for the
@@ -536,7 +617,7 @@ impl StrategyRecord {
 
     /// Outcomes of `instance` that count for the fleet.
     pub fn counted(&self, instance: &str) -> u64 {
-        let all = self.instances.get(instance).copied().unwrap_or(0);
+        let all = self.instances.get(instance).map_or(0, |s| s.applications);
         all.saturating_sub(self.excess.get(instance).map_or(0, |e| e.reports))
     }
 
@@ -558,9 +639,11 @@ impl StrategyRecord {
         let own_reports = self
             .instances
             .get(&outcome.instance_id)
-            .copied()
-            .unwrap_or(0);
-        let all: u64 = self.instances.values().fold(0, |a, n| a.saturating_add(*n));
+            .map_or(0, |s| s.applications);
+        let all: u64 = self
+            .instances
+            .values()
+            .fold(0, |a, s| a.saturating_add(s.applications));
         if crate::influence::counts(own, all.saturating_sub(own_reports)) {
             add_to_window(&mut self.window, outcome, retention_days);
             self.readmit(all.saturating_add(1));
@@ -597,11 +680,10 @@ impl StrategyRecord {
                 mode.failures = mode.failures.saturating_add(1);
             }
         }
-        let applications = self
-            .instances
+        self.instances
             .entry(outcome.instance_id.clone())
-            .or_default();
-        *applications = applications.saturating_add(1);
+            .or_default()
+            .record(outcome.successful, outcome.delta);
         self.last_updated = self.last_updated.max(outcome.at);
         self.through_sequence = self.through_sequence.max(outcome.sequence);
     }
@@ -615,7 +697,7 @@ impl StrategyRecord {
             .excess
             .keys()
             .filter(|instance| {
-                let own = self.instances.get(*instance).copied().unwrap_or(0);
+                let own = self.instances.get(*instance).map_or(0, |s| s.applications);
                 crate::influence::counts(own.saturating_sub(1), all.saturating_sub(own))
             })
             .cloned()
@@ -647,9 +729,11 @@ impl StrategyRecord {
             mode.applications = mode.applications.saturating_add(stats.applications);
             mode.failures = mode.failures.saturating_add(stats.failures);
         }
-        for (instance, n) in &other.instances {
-            let mine = self.instances.entry(instance.clone()).or_default();
-            *mine = mine.saturating_add(*n);
+        for (instance, share) in &other.instances {
+            self.instances
+                .entry(instance.clone())
+                .or_default()
+                .absorb(share);
         }
         self.first_seen = self.first_seen.min(other.first_seen);
         self.last_updated = self.last_updated.max(other.last_updated);
@@ -1325,6 +1409,26 @@ mod tests {
     }
 
     #[test]
+    fn instance_shares_read_the_old_bare_count_and_round_trip() {
+        let old: BTreeMap<String, InstanceShare> = serde_json::from_str(r#"{"a":3}"#).unwrap();
+        assert_eq!(old["a"].applications, 3);
+        assert_eq!(old["a"].tracked(), 0, "nothing known but the count");
+        let mut share = InstanceShare {
+            applications: 4,
+            successes: 3,
+            delta_sum: 0.25,
+            untracked: 0,
+        };
+        let json = serde_json::to_string(&share).unwrap();
+        assert_eq!(json, "[4,3,0.25]");
+        assert_eq!(serde_json::from_str::<InstanceShare>(&json).unwrap(), share);
+        share.absorb(&old["a"]);
+        let json = serde_json::to_string(&share).unwrap();
+        assert_eq!(json, "[7,3,0.25,3]");
+        assert_eq!(serde_json::from_str::<InstanceShare>(&json).unwrap(), share);
+    }
+
+    #[test]
     fn a_pioneers_excess_counts_once_others_catch_up() {
         let key = StrategyKey::new("learningVelocity", "novelty_injection", "");
         let mut r = StrategyRecord::empty(&key, 0);
@@ -1349,7 +1453,7 @@ mod tests {
         }
         assert_eq!(r.counted("second"), 13);
         assert_eq!(windowed(&r), 25);
-        assert_eq!(r.instances["second"], 41);
+        assert_eq!(r.instances["second"].applications, 41);
     }
 
     #[test]
@@ -1382,7 +1486,15 @@ mod tests {
         r.applications = u64::MAX;
         r.successes = u64::MAX;
         r.improvement.count = u64::MAX;
-        r.instances.insert("a".into(), u64::MAX);
+        r.instances.insert(
+            "a".into(),
+            InstanceShare {
+                applications: u64::MAX,
+                successes: u64::MAX,
+                delta_sum: 0.0,
+                untracked: 0,
+            },
+        );
         r.failure_modes.insert(
             "c".into(),
             ConditionStats {
@@ -1396,7 +1508,7 @@ mod tests {
         for record in [&r, &merged] {
             assert_eq!(record.applications, u64::MAX);
             assert_eq!(record.improvement.count, u64::MAX);
-            assert_eq!(record.instances["a"], u64::MAX);
+            assert_eq!(record.instances["a"].applications, u64::MAX);
             assert_eq!(record.failure_modes["c"].applications, u64::MAX);
         }
         let mut usage = crate::prevention::StrategyUsage::default();
@@ -1424,7 +1536,7 @@ mod tests {
         assert_eq!(r.regression.count, 1);
         let mode = r.failure_modes["metric already > 0.9"];
         assert_eq!((mode.applications, mode.failures), (2, 1));
-        assert_eq!(r.instances["a"], 3);
+        assert_eq!(r.instances["a"].applications, 3);
         assert!((r.expected_delta() - (0.75 * 0.2 + 0.25 * -0.05)).abs() < 1e-12);
     }
 

@@ -43,9 +43,9 @@ impl StrategyUsage {
         // Saturating: counts come from the store, and a corrupt one must
         // not wrap (or panic) when summed.
         self.applications = self.applications.saturating_add(record.applications);
-        for (instance, n) in &record.instances {
+        for (instance, share) in &record.instances {
             let mine = self.by_instance.entry(instance.clone()).or_default();
-            *mine = mine.saturating_add(*n);
+            *mine = mine.saturating_add(share.applications);
         }
         for (p, stats) in &record.preceded_by {
             let n = self.preceded_by.entry(p.clone()).or_default();
@@ -57,9 +57,9 @@ impl StrategyUsage {
     /// newer version).
     pub fn subtract(&mut self, record: &StrategyRecord) {
         self.applications = self.applications.saturating_sub(record.applications);
-        for (instance, n) in &record.instances {
+        for (instance, share) in &record.instances {
             if let Some(mine) = self.by_instance.get_mut(instance) {
-                *mine = mine.saturating_sub(*n);
+                *mine = mine.saturating_sub(share.applications);
                 if *mine == 0 {
                     self.by_instance.remove(instance);
                 }

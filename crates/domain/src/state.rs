@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
 
+use super::anomaly::Anomaly;
 use super::federated::ModelRecord;
 use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
@@ -193,6 +194,8 @@ tables! {
     models: "w/" => String, ModelRecord;
     /// Instances in quarantine, by id.
     quarantined: "x/" => String, Quarantine;
+    /// What the latest anomaly scan found, by finding id.
+    anomalies: "y/" => String, Anomaly;
 }
 
 /// The sequences handed out, and what acted-on pattern matches taught.

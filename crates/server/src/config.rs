@@ -102,6 +102,9 @@ pub struct Config {
     pub insight_interval: Option<Duration>,
     /// How often the retention sweep runs (`None`: never).
     pub retention_interval: Option<Duration>,
+    /// How often the fleet is scanned for anomalies (`None`: never;
+    /// `Admin/ListAnomalies {scan: true}` still scans on demand).
+    pub anomaly_interval: Option<Duration>,
     /// Where Prometheus metrics are served over HTTP (`None`: nowhere).
     /// The CLI defaults to [`DEFAULT_METRICS_LISTEN`]; the library to none,
     /// so that tests and embedders opt in.
@@ -173,6 +176,7 @@ impl Config {
             hub: HubSettings::default(),
             insight_interval: Some(DEFAULT_INSIGHT_INTERVAL),
             retention_interval: Some(Duration::from_secs(60 * 60)),
+            anomaly_interval: Some(Duration::from_secs(10 * 60)),
             metrics_listen: None,
             cert_check_interval: Some(DEFAULT_CERT_CHECK_INTERVAL),
             storage: StorageConfig::default(),

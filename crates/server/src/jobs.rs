@@ -1,5 +1,5 @@
-//! Background jobs: insight generation (every 4 hours) and the retention
-//! sweep (hourly). Each holds an `Arc` of the hub, waits for its next tick
+//! Background jobs: insight generation (every 4 hours), the retention
+//! sweep (hourly) and the anomaly scan (every 10 minutes). Each holds an `Arc` of the hub, waits for its next tick
 //! or the hub's shutdown (whichever comes first), and uses the hub's clock
 //! for anything time-stamped — so tests drive it with a short interval and
 //! a manual clock instead of waiting days. Among replicas only the holder
@@ -34,6 +34,16 @@ pub fn spawn_retention(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
             return Ok(());
         };
         hub.run_retention_for(job).await.map(drop)
+    })
+}
+
+/// Scans the fleet for anomalies every `every` until the hub shuts down.
+pub fn spawn_anomaly_scan(hub: Arc<Hub>, every: Duration) -> JoinHandle<()> {
+    spawn_periodic(hub, every, "anomaly scan", move |hub| async move {
+        let Some(job) = hub.job_turn("anomalies", every) else {
+            return Ok(());
+        };
+        hub.scan_anomalies(job).await.map(drop)
     })
 }
 

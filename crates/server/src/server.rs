@@ -225,6 +225,9 @@ impl PreparedHub {
             config
                 .retention_interval
                 .map(|every| crate::jobs::spawn_retention(hub.clone(), every)),
+            config
+                .anomaly_interval
+                .map(|every| crate::jobs::spawn_anomaly_scan(hub.clone(), every)),
             Some(crate::jobs::spawn_audit_sampling(
                 hub.clone(),
                 config.hub.audit_sample_window,

@@ -286,6 +286,12 @@ pub const KEYS: &[Key] = &[
         Kind::Choice(&["median", "trimmed-mean", "fedavg"]),
         "\"median\"",
     ),
+    key(
+        "anomalies",
+        "scan_interval_minutes",
+        int(0, 365 * DAY_MINUTES),
+        "10",
+    ),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
 ];
@@ -703,6 +709,7 @@ impl Settings {
         let minutes = |n: u64| (n > 0).then(|| Duration::from_secs(60 * n));
         config.insight_interval = minutes(self.unsigned("hub", "insight_interval_minutes"));
         config.retention_interval = minutes(self.unsigned("retention", "interval_minutes"));
+        config.anomaly_interval = minutes(self.unsigned("anomalies", "scan_interval_minutes"));
         let cert_check: u64 = self.unsigned("tls", "cert_check_seconds");
         config.cert_check_interval = (cert_check > 0).then(|| Duration::from_secs(cert_check));
 

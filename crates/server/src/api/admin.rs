@@ -132,6 +132,32 @@ impl pb::admin_server::Admin for AdminService {
         })
     }
 
+    async fn list_anomalies(
+        &self,
+        request: Request<pb::ListAnomaliesRequest>,
+    ) -> Reply<pb::ListAnomaliesResponse> {
+        let new = if request.into_inner().scan {
+            self.hub.scan_anomalies(None).await?.new
+        } else {
+            0
+        };
+        let quarantined = self.hub.quarantined();
+        reply(pb::ListAnomaliesResponse {
+            anomalies: self
+                .hub
+                .anomalies()
+                .iter()
+                .map(|a| {
+                    let held = quarantined.iter().any(|q| {
+                        !a.finding.instance_id.is_empty() && q.instance_id == a.finding.instance_id
+                    });
+                    convert::anomaly(a, held)
+                })
+                .collect(),
+            new_anomalies: new as u32,
+        })
+    }
+
     async fn get_replica_status(
         &self,
         _: Request<pb::GetReplicaStatusRequest>,

@@ -856,7 +856,11 @@ pub fn strategy_record(r: &StrategyRecord) -> pb::StrategyRecord {
             .into_iter()
             .map(|(c, s)| failure_mode(c, s))
             .collect(),
-        instances: r.instances.clone(),
+        instances: r
+            .instances
+            .iter()
+            .map(|(id, share)| (id.clone(), share.applications))
+            .collect(),
         first_seen: Some(timestamp(r.first_seen)),
         last_updated: Some(timestamp(r.last_updated)),
     }
@@ -1155,6 +1159,27 @@ pub fn quarantine(q: &crate::domain::model::Quarantine) -> pb::Quarantine {
         by: q.by.clone(),
         reason: q.reason.clone(),
         since: Some(timestamp(q.since)),
+    }
+}
+
+pub fn anomaly(a: &crate::domain::anomaly::Anomaly, quarantined: bool) -> pb::Anomaly {
+    use crate::domain::anomaly::AnomalyKind;
+    let f = &a.finding;
+    pb::Anomaly {
+        id: f.id.clone(),
+        kind: match f.kind {
+            AnomalyKind::InconsistentReports => pb::AnomalyKind::InconsistentReports,
+            AnomalyKind::StrategyShift => pb::AnomalyKind::StrategyShift,
+        } as i32,
+        instance_id: f.instance_id.clone(),
+        strategy: f.strategy.clone(),
+        metric: f.metric.clone(),
+        context_key: f.context_key.clone(),
+        score: f.score,
+        evidence: f.evidence.clone(),
+        first_seen: Some(timestamp(a.first_seen)),
+        last_seen: Some(timestamp(a.last_seen)),
+        quarantined,
     }
 }
 

@@ -133,6 +133,7 @@ inbound! {
     "Admin" / "ReleaseInstance": ReleaseInstanceRequest => String =
         |r, _| convert::required_name("instance_id", r.instance_id);
     "Admin" / "ListQuarantined": ListQuarantinedRequest => () = |_r, _| Ok(());
+    "Admin" / "ListAnomalies": ListAnomaliesRequest => () = |_r, _| Ok(());
 }
 
 #[cfg(test)]

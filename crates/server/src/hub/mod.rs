@@ -12,6 +12,7 @@
 //! subscribers.
 
 mod access;
+mod anomalies;
 pub mod audit_sampler;
 mod configs;
 mod failures;
@@ -30,6 +31,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use access::AuditQuery;
+pub use anomalies::ScanReport;
 pub use configs::Bootstrap;
 pub use failures::ActionCheck;
 pub use insights::GenerationReport;
@@ -45,6 +47,7 @@ pub use crate::domain::fold::{GENERATED_BY, RetentionReport};
 pub use crate::domain::state::State;
 
 use crate::clock::Clock;
+use crate::domain::anomaly::AnomalyKind;
 use crate::domain::command::{Action, Command, Idempotency};
 use crate::domain::fold::{Answer, fold};
 use crate::domain::idempotency::RequestTag;
@@ -382,6 +385,14 @@ impl Hub {
                 (
                     "quarantined_instances",
                     self.state().tables.quarantined.len() as u64,
+                ),
+                (
+                    "inconsistent_instances",
+                    self.anomaly_count(AnomalyKind::InconsistentReports),
+                ),
+                (
+                    "strategy_shifts",
+                    self.anomaly_count(AnomalyKind::StrategyShift),
                 ),
             ],
             live_subscribers: status.live_subscribers,
