@@ -424,10 +424,20 @@ struct SimulateArgs {
     /// With --predict: instances of the held-out test fleet.
     #[arg(long, default_value_t = 50)]
     test_instances: usize,
-    /// With --predict: also measure model poisoning, this many faulty
-    /// instances in a fleet of --instances (default 20).
+    /// Faulty instances: without --predict, this many of the fleet report
+    /// outcomes as --faulty-mode says (their own performance is left out
+    /// of the measures); with --predict, they poison the plateau model.
     #[arg(long, default_value_t = 0)]
     faulty: usize,
+    /// What faulty instances report: `inflate` (successes of +0.3 for the
+    /// strategy that truly does worst) or `random` (random strategy,
+    /// success and delta).
+    #[arg(long, default_value = "inflate")]
+    faulty_mode: String,
+    /// The simulated operator quarantines every instance an anomaly scan
+    /// (every 10 cycles) lists.
+    #[arg(long)]
+    quarantine_flagged: bool,
 }
 
 #[derive(clap::Args)]
@@ -915,7 +925,18 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
         external_hub: args.hub.clone().zip(args.certs_dir.clone()),
         parallel: args.parallel,
         progress: !args.quiet && std::io::stderr().is_terminal(),
+        faulty: if args.predict { 0 } else { args.faulty },
+        quarantine_flagged: args.quarantine_flagged,
+        faulty_mode: sim::runner::FaultyMode::parse(&args.faulty_mode).ok_or_else(|| {
+            learning_hub::Error::invalid("--faulty-mode", "must be inflate or random")
+        })?,
     };
+    if !args.predict && args.faulty >= options.instances {
+        return Err(learning_hub::Error::invalid(
+            "--faulty",
+            "must leave at least one honest instance",
+        ));
+    }
     if !(1..=10_000).contains(&options.instances) || !(10..=100_000).contains(&options.horizon) {
         return Err(learning_hub::Error::invalid(
             "--instances/--horizon",

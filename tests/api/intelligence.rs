@@ -570,6 +570,22 @@ async fn one_instance_cannot_put_its_strategy_first_for_everyone() {
     let steady = ranked(&bystander).await;
     let steady = steady.iter().find(|r| r.strategy == "steady").unwrap();
     assert!((steady.evidence - 202.0).abs() < 1e-6, "{steady:?}");
+
+    // An operator quarantines it: what it reported stops counting (the
+    // window is rebuilt from the outcome log without it).
+    hub.operator()
+        .await
+        .admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "attacker".into(),
+            reason: "300 failures nobody else sees".into(),
+        })
+        .await
+        .unwrap();
+    let steady = ranked(&bystander).await;
+    let steady = steady.iter().find(|r| r.strategy == "steady").unwrap();
+    assert!((steady.evidence - 101.0).abs() < 1e-6, "{steady:?}");
+    assert!(steady.confidence > 0.85, "{steady:?}");
 }
 
 /// The failure attack of issue 16: 20 ShareFailure reports made CheckAction
@@ -694,6 +710,8 @@ async fn an_inconsistent_instance_is_listed_as_an_anomaly() {
         .await
         .unwrap();
     assert!(list(false).await.anomalies[0].quarantined);
+    // Its reports no longer count, so the next scan finds nothing.
+    assert!(list(true).await.anomalies.is_empty());
     // Instances may not look.
     let denied = liar
         .admin()

@@ -253,6 +253,7 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                 instance_id: "d".into(),
                 by: "operator".into(),
                 reason: format!("quarantine {i}"),
+                rebuilt: vec![],
             },
             93 => Action::ReleaseInstance {
                 instance_id: "d".into(),

@@ -8,7 +8,11 @@ use std::path::Path;
 
 use common::*;
 use learning_hub::pb;
-use learning_hub::sim::{self, SimOptions, runner::Mode, scenario::Scenario};
+use learning_hub::sim::{
+    self, SimOptions,
+    runner::{FaultyMode, Mode},
+    scenario::Scenario,
+};
 
 fn small(scenario: Scenario) -> SimOptions {
     SimOptions {
@@ -25,6 +29,9 @@ fn small(scenario: Scenario) -> SimOptions {
         external_hub: None,
         parallel: 4,
         progress: false,
+        faulty: 0,
+        faulty_mode: FaultyMode::Inflate,
+        quarantine_flagged: false,
     }
 }
 
@@ -54,6 +61,10 @@ async fn small_simulation_measures_all_three_modes() {
         "hub instances act on predicted plateaus"
     );
     assert_eq!(isolated.early_applications.mean, 0.0);
+    // Every 10 cycles the hub is scanned for anomalies; honest instances
+    // are never listed.
+    assert_eq!(hub.false_flags.map(|e| e.mean), Some(0.0));
+    assert!(isolated.false_flags.is_none() && hub.faulty_flagged.is_none());
 
     let out = tempfile::tempdir().unwrap();
     sim::report::write_json(&report, &out.path().join("r.json")).unwrap();

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::anomaly::Finding;
 use super::federated::{FederationRules, ModelUpdate};
 use super::idempotency::RequestTag;
+use super::influence::Rebuilt;
 use super::model::{
     ApiKey, AuditEntry, ConfigShare, FailureReport, InsightDraft, PatternShare, Registration,
     StrategyShare, UnixMillis,
@@ -150,11 +151,15 @@ pub enum Action {
     InvalidateInsight {
         insight_id: String,
     },
-    /// An operator stops counting an instance's writes.
+    /// An operator stops counting an instance's writes, and what it
+    /// reported recently: the aggregates it reported into, rebuilt without
+    /// it.
     QuarantineInstance {
         instance_id: String,
         by: String,
         reason: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rebuilt: Vec<Rebuilt>,
     },
     ReleaseInstance {
         instance_id: String,

@@ -278,7 +278,43 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             instance_id,
             by,
             reason,
+            rebuilt,
         } => {
+            // What it reported stops counting: the aggregates rebuilt
+            // without it (refused if one moved on since, so nothing folded
+            // in the meantime is lost; the appender rebuilds and retries)…
+            for r in rebuilt {
+                let Some(record) = state.tables.strategies.get(&r.key).cloned() else {
+                    return Err(Error::FailedPrecondition(format!(
+                        "aggregate {}/{} is gone",
+                        r.key.strategy, r.key.metric
+                    )));
+                };
+                if record.through_sequence != r.based_on {
+                    return Err(Error::FailedPrecondition(format!(
+                        "aggregate {}/{} changed while it was rebuilt",
+                        r.key.strategy, r.key.metric
+                    )));
+                }
+                let mut record = (*record).clone();
+                crate::influence::install(&mut record, r, instance_id);
+                state.put_strategy(r.key.clone(), Arc::new(record));
+            }
+            // …its failure reports too…
+            let reported: Vec<String> = state
+                .tables
+                .failures
+                .iter()
+                .filter(|(_, f)| f.reports.contains_key(instance_id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in reported {
+                if let Some(failure) = state.tables.failures.get_mut(&id) {
+                    let failure = Arc::make_mut(failure);
+                    failure.reports.remove(instance_id);
+                    failure.instances.remove(instance_id);
+                }
+            }
             let quarantine = Arc::new(Quarantine {
                 instance_id: instance_id.clone(),
                 by: by.clone(),

@@ -32,7 +32,10 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use crate::identity::{Identity, Role};
+use crate::model::{DayBucket, Excess, StrategyKey, StrategyOutcome, StrategyRecord};
 
 /// Distinct instances whose outcomes an aggregate needs before it informs
 /// anyone else.
@@ -113,6 +116,51 @@ pub fn counted_failures(
             (*n).min(applied)
         })
         .fold(0u64, u64::saturating_add)
+}
+
+/// An aggregate's evidence window rebuilt without one instance's
+/// outcomes: what a quarantine installs, so that what the instance
+/// reported stops counting (see [`rebuild_without`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rebuilt {
+    pub key: StrategyKey,
+    /// The aggregate's `through_sequence` when it was rebuilt: the fold
+    /// refuses a rebuild of an aggregate that has moved on since.
+    pub based_on: u64,
+    pub window: Vec<DayBucket>,
+    pub excess: BTreeMap<String, Excess>,
+}
+
+/// Rebuilds `record`'s window and excess from `outcomes` (its outcomes
+/// within the evidence window, in sequence order) without `instance`'s:
+/// the others' outcomes are admitted again by the same rules, from zero.
+pub fn rebuild_without(
+    record: &StrategyRecord,
+    outcomes: &[StrategyOutcome],
+    instance: &str,
+    retention_days: i64,
+) -> Rebuilt {
+    let key = record.key();
+    let mut fresh = StrategyRecord::empty(&key, record.first_seen);
+    for outcome in outcomes.iter().filter(|o| o.instance_id != instance) {
+        fresh.record(outcome, retention_days);
+    }
+    Rebuilt {
+        key,
+        based_on: record.through_sequence,
+        window: fresh.window,
+        excess: fresh.excess,
+    }
+}
+
+/// Installs a rebuild into `record`: its window and excess are replaced
+/// and `instance` no longer counts among its reporters. Lifetime totals
+/// keep what it reported (the outcome log has only recent outcomes to take
+/// them out from).
+pub fn install(record: &mut StrategyRecord, rebuilt: &Rebuilt, instance: &str) {
+    record.window = rebuilt.window.clone();
+    record.excess = rebuilt.excess.clone();
+    record.instances.remove(instance);
 }
 
 #[cfg(test)]

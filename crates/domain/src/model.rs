@@ -1013,9 +1013,10 @@ impl AsRef<FailurePattern> for FailurePattern {
 impl FailurePattern {
     /// The reports that count, given each instance's applications of the
     /// strategy (see [`crate::influence::counted_failures`]). Records from
-    /// before reports were kept per instance count as they are.
+    /// before reports were kept per instance (reporters but no per-instance
+    /// reports) count as they are.
     pub fn counted_occurrences(&self, applications: &BTreeMap<String, u64>) -> u64 {
-        if self.reports.is_empty() {
+        if self.reports.is_empty() && !self.instances.is_empty() {
             self.occurrences
         } else {
             crate::influence::counted_failures(&self.reports, applications)

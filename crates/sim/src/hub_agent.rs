@@ -19,6 +19,7 @@ use prost_types::{Value, value::Kind};
 
 use super::agents::{LocalLearner, PlateauDetector, band_condition};
 use super::rng::Rng;
+use super::runner::FaultyMode;
 use super::world::{Application, InstanceState, Outcome, World};
 use crate::client::plateau::{self, Training};
 use crate::client::{HubClient, InsightSubscription};
@@ -117,6 +118,8 @@ pub struct HubLink {
     model: Vec<f64>,
     model_version: u64,
     last_model_sync: u32,
+    /// Set for a faulty instance: what it reports instead of the truth.
+    pub faulty: Option<FaultyMode>,
 }
 
 fn hub_error(status: tonic::Status) -> Error {
@@ -171,6 +174,7 @@ impl HubLink {
                 model: vec![0.0; plateau::WEIGHTS],
                 model_version: 0,
                 last_model_sync: 0,
+                faulty: None,
             },
             patience,
         ))
@@ -376,6 +380,7 @@ impl HubLink {
         &mut self,
         world: &World<'_>,
         learner: &LocalLearner,
+        state: &InstanceState,
         decision: &Decision,
         outcome: &Outcome,
         cycles_until_plateau: u32,
@@ -389,13 +394,23 @@ impl HubLink {
         }
         let strategy = &scenario.strategies[app.strategy].name;
         let metric = &scenario.metrics[app.metric].name;
+        // A faulty instance reports something else than what happened.
+        let (reported, successful, delta) = match self.faulty {
+            None => (app.strategy, outcome.success, outcome.delta),
+            Some(FaultyMode::Inflate) => (world.worst_strategy(state, app.metric), true, 0.3),
+            Some(FaultyMode::Random) => (
+                (self.rng.next_u64() % scenario.strategies.len() as u64) as usize,
+                self.rng.chance(0.5),
+                self.rng.uniform() * 0.5 - 0.2,
+            ),
+        };
         self.client
             .share_strategy(pb::ShareStrategyRequest {
-                strategy: strategy.clone(),
+                strategy: scenario.strategies[reported].name.clone(),
                 metric: metric.clone(),
                 value_before: outcome.value_before,
-                successful: outcome.success,
-                delta: outcome.delta.clamp(-1.0, 1.0),
+                successful,
+                delta: delta.clamp(-1.0, 1.0),
                 condition: band_condition(outcome.value_before).to_string(),
                 context: self.context.clone(),
                 recent: decision.recent.clone(),

@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use crate::auth::Identity;
 use crate::error::{Error, Result};
 use measures::{Estimate, ModeSummary, RunSummary};
-use runner::{HubTarget, InstanceTrace, Mode, RunSpec};
+use runner::{FaultyMode, HubTarget, InstanceTrace, Mode, RunSpec};
 use scenario::Scenario;
 
 /// Fleet sizes the benefit-versus-N measure uses by default.
@@ -67,6 +67,12 @@ pub struct SimOptions {
     pub external_hub: Option<(String, PathBuf)>,
     /// Runs executed at once.
     pub parallel: usize,
+    /// Faulty instances in the main fleet (not the scaling runs), and
+    /// what they report.
+    pub faulty: usize,
+    pub faulty_mode: FaultyMode,
+    /// The operator quarantines every instance an anomaly scan lists.
+    pub quarantine_flagged: bool,
     pub progress: bool,
 }
 
@@ -211,6 +217,13 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
                             Some(_) => format!("sim-{run_tag}-{seed}-{instances}-"),
                             None => "inst-".into(),
                         },
+                        faulty: if *instances == options.instances {
+                            options.faulty
+                        } else {
+                            0
+                        },
+                        faulty_mode: options.faulty_mode,
+                        quarantine_flagged: options.quarantine_flagged,
                     },
                 });
             }
@@ -301,7 +314,7 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
         finished
             .iter()
             .filter(|f| f.instances == instances && f.mode == mode)
-            .map(|f| RunSummary::of(&f.traces, options.horizon))
+            .map(|f| RunSummary::of(&f.traces, options.horizon, f.mode == Mode::Hub))
             .collect()
     };
 
@@ -346,7 +359,7 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
                 .filter(|f| f.instances == options.instances && f.mode == mode)
                 .map(|f| {
                     let half = &f.traces[f.traces.len() / 2..];
-                    RunSummary::of(half, options.horizon).time_to_peak
+                    RunSummary::of(half, options.horizon, false).time_to_peak
                 })
                 .collect()
         };

@@ -46,6 +46,14 @@ pub struct RunSummary {
     pub calibration_error: Option<f64>,
     /// Applications before a predicted plateau, per instance.
     pub early_applications: f64,
+    /// Honest instances the hub's anomaly scans listed (false flags);
+    /// `None` outside hub mode.
+    pub false_flags: Option<f64>,
+    /// Share of the faulty instances the scans listed; `None` without any.
+    pub faulty_flagged: Option<f64>,
+    /// Mean applications a faulty instance had made (and misreported) when
+    /// first listed; `None` when none was.
+    pub reports_to_flag: Option<f64>,
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -86,7 +94,16 @@ pub fn calibration_error(traces: &[InstanceTrace]) -> Option<f64> {
 }
 
 impl RunSummary {
-    pub fn of(traces: &[InstanceTrace], horizon: u32) -> Self {
+    /// `hub_mode`: whether anomaly scans ran (flags are counted).
+    pub fn of(all: &[InstanceTrace], horizon: u32, hub_mode: bool) -> Self {
+        // What honest instances reach; faulty ones are the adversary.
+        let traces: Vec<InstanceTrace> = all.iter().filter(|t| !t.faulty).cloned().collect();
+        let traces = traces.as_slice();
+        let faulty: Vec<&InstanceTrace> = all.iter().filter(|t| t.faulty).collect();
+        let flagged: Vec<f64> = faulty
+            .iter()
+            .filter_map(|t| t.flagged_after.map(f64::from))
+            .collect();
         let per = |f: &dyn Fn(&InstanceTrace) -> f64| mean(traces.iter().map(f)).unwrap_or(0.0);
         let best = |t: &InstanceTrace| t.performance.iter().copied().fold(0.0, f64::max);
         let recoveries: Vec<f64> = traces
@@ -121,6 +138,11 @@ impl RunSummary {
             pattern_accuracy_strict: (checks > 0).then(|| f64::from(strict) / f64::from(checks)),
             calibration_error: calibration_error(traces),
             early_applications: per(&|t| f64::from(t.early_applications)),
+            false_flags: hub_mode
+                .then(|| traces.iter().filter(|t| t.flagged_after.is_some()).count() as f64),
+            faulty_flagged: (hub_mode && !faulty.is_empty())
+                .then(|| flagged.len() as f64 / faulty.len() as f64),
+            reports_to_flag: mean(flagged),
         }
     }
 }
@@ -171,6 +193,9 @@ pub struct ModeSummary {
     pub pattern_accuracy_strict: Option<Estimate>,
     pub calibration_error: Option<Estimate>,
     pub early_applications: Estimate,
+    pub false_flags: Option<Estimate>,
+    pub faulty_flagged: Option<Estimate>,
+    pub reports_to_flag: Option<Estimate>,
 }
 
 impl ModeSummary {
@@ -193,15 +218,26 @@ impl ModeSummary {
             pattern_accuracy_strict: optional(|r| r.pattern_accuracy_strict),
             calibration_error: optional(|r| r.calibration_error),
             early_applications: field(|r| r.early_applications)?,
+            false_flags: optional(|r| r.false_flags),
+            faulty_flagged: optional(|r| r.faulty_flagged),
+            reports_to_flag: optional(|r| r.reports_to_flag),
         })
     }
 }
 
-/// Mean performance per cycle across a run's instances (cycles counted
-/// from each instance's join).
+/// Mean performance per cycle across a run's honest instances (cycles
+/// counted from each instance's join).
 pub fn curve(traces: &[InstanceTrace], horizon: u32) -> Vec<f64> {
     (0..horizon as usize)
-        .map(|c| mean(traces.iter().filter_map(|t| t.performance.get(c).copied())).unwrap_or(0.0))
+        .map(|c| {
+            mean(
+                traces
+                    .iter()
+                    .filter(|t| !t.faulty)
+                    .filter_map(|t| t.performance.get(c).copied()),
+            )
+            .unwrap_or(0.0)
+        })
         .collect()
 }
 
@@ -227,6 +263,8 @@ mod tests {
             calibration: [(0.0, 0, 0); 10],
             early_applications: 0,
             values: Vec::new(),
+            faulty: false,
+            flagged_after: None,
         }
     }
 
@@ -234,7 +272,7 @@ mod tests {
     fn summary_of_known_traces() {
         let a = trace(vec![0.5, 0.8, 0.91, 0.95, 0.95]);
         let b = trace(vec![0.5, 0.6, 0.7, 0.8, 0.85]);
-        let s = RunSummary::of(&[a, b], 5);
+        let s = RunSummary::of(&[a, b], 5, false);
         // a peaks at cycle 3; b never does and counts as the horizon (5).
         assert_eq!(s.time_to_peak, 4.0);
         assert_eq!(s.reached_peak, 0.5);

@@ -22,7 +22,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::measures::Estimate;
-use super::runner::{self, Mode, RunSpec};
+use super::runner::{self, FaultyMode, Mode, RunSpec};
 use super::scenario::Scenario;
 use crate::client::plateau::{self, Example, Training};
 use crate::domain::federated::{Aggregation, FederationRules, ModelRecord, ModelUpdate};
@@ -109,6 +109,9 @@ async fn fleet_examples(
         horizon: cycles,
         stagger: 0,
         id_prefix: String::new(),
+        faulty: 0,
+        faulty_mode: FaultyMode::Inflate,
+        quarantine_flagged: false,
     };
     let traces = runner::run(&spec, None, &ProgressBar::hidden()).await?;
     Ok(traces

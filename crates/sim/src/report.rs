@@ -151,6 +151,32 @@ pub fn table(report: &SimReport) -> String {
         "".into(),
     ]);
     rows.push([
+        "honest instances flagged as anomalies".into(),
+        "0".into(),
+        "".into(),
+        opt(&hub.false_flags, 1, 1.0, ""),
+        "".into(),
+        "".into(),
+    ]);
+    if hub.faulty_flagged.is_some() {
+        rows.push([
+            "faulty instances flagged".into(),
+            "".into(),
+            "".into(),
+            opt(&hub.faulty_flagged, 0, 100.0, "%"),
+            "".into(),
+            "".into(),
+        ]);
+        rows.push([
+            "  after this many of their reports".into(),
+            "".into(),
+            "".into(),
+            opt(&hub.reports_to_flag, 1, 1.0, ""),
+            "".into(),
+            "".into(),
+        ]);
+    }
+    rows.push([
         "share of achievable gain captured".into(),
         "".into(),
         "".into(),

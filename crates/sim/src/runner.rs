@@ -28,7 +28,30 @@ use crate::client::{ClientSettings, HubClient};
 use crate::clock::ManualClock;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::pb;
 use crate::pki;
+
+/// What a faulty instance reports instead of its true outcomes (it still
+/// acts on the hub's advice like the rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultyMode {
+    /// Every outcome as a success of +0.3 for the strategy that truly does
+    /// worst on the metric: an instance promoting a bad strategy.
+    Inflate,
+    /// A random strategy, success and delta (in [−0.2, 0.3]): a bug.
+    Random,
+}
+
+impl FaultyMode {
+    pub fn parse(name: &str) -> Option<FaultyMode> {
+        match name {
+            "inflate" => Some(FaultyMode::Inflate),
+            "random" => Some(FaultyMode::Random),
+            _ => None,
+        }
+    }
+}
 
 /// How an instance learns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -87,6 +110,12 @@ pub struct InstanceTrace {
     /// the trajectories the plateau model learns from ([`crate::prediction`]).
     #[serde(skip)]
     pub values: Vec<Vec<f64>>,
+    /// One of the run's faulty instances (its performance is left out of
+    /// the measures; what the others reach despite it is the point).
+    pub faulty: bool,
+    /// Its applications when a hub's anomaly scan first listed it (hub
+    /// mode).
+    pub flagged_after: Option<u32>,
 }
 
 /// Where hub-mode instances find their hub.
@@ -111,7 +140,17 @@ pub struct RunSpec {
     pub stagger: u32,
     /// Prefix of instance ids (keeps runs apart on an external hub).
     pub id_prefix: String,
+    /// The first this many instances are faulty (in every mode, so that
+    /// the same instances are measured), reporting as `faulty_mode` says
+    /// (hub mode).
+    pub faulty: usize,
+    pub faulty_mode: FaultyMode,
+    /// The operator quarantines every instance a scan lists (hub mode).
+    pub quarantine_flagged: bool,
 }
+
+/// Cycles between the anomaly scans a hub-mode run asks for.
+const ANOMALY_SCAN_EVERY: u32 = 10;
 
 struct SimInstance {
     id: String,
@@ -278,6 +317,8 @@ pub async fn run(
                     calibration: [(0.0, 0, 0); 10],
                     early_applications: 0,
                     values,
+                    faulty: i < spec.faulty,
+                    flagged_after: None,
                 },
                 open_reversals: Vec::new(),
             }
@@ -319,8 +360,11 @@ pub async fn run(
                 let operator = operator.as_ref().expect("hub mode has an operator");
                 let client = connect(&url, &certs_dir, &instance.id, operator).await?;
                 let seed = spec.seed ^ hash_id(&instance.id);
-                let (link, patience) =
+                let (mut link, patience) =
                     HubLink::join(client, &instance.id, seed, &world, &instance.state).await?;
+                if instance.trace.faulty {
+                    link.faulty = Some(spec.faulty_mode);
+                }
                 if let Some(patience) = patience {
                     instance.detector = PlateauDetector::new(scenario.metrics.len(), patience);
                 }
@@ -348,6 +392,12 @@ pub async fn run(
                     link.catch_up_insights(&world, insight_sequence).await?;
                 }
             }
+            if let Some(operator) = operator
+                .as_ref()
+                .filter(|_| cycle % ANOMALY_SCAN_EVERY == 0)
+            {
+                flag_anomalies(operator, &mut fleet, spec.quarantine_flagged).await?;
+            }
         }
         Ok::<(), Error>(())
     }
@@ -360,6 +410,44 @@ pub async fn run(
     }
     result?;
     Ok(fleet.into_iter().map(|i| i.trace).collect())
+}
+
+/// Asks the hub for an anomaly scan and notes, for each instance it lists
+/// for the first time, how many applications it had made; with
+/// `quarantine`, puts it in quarantine as an operator would.
+async fn flag_anomalies(
+    operator: &HubClient,
+    fleet: &mut [SimInstance],
+    quarantine: bool,
+) -> Result<()> {
+    let listed = operator
+        .admin()
+        .list_anomalies(pb::ListAnomaliesRequest { scan: true })
+        .await
+        .map_err(|s| Error::Unavailable(format!("ListAnomalies: {s}")))?
+        .into_inner();
+    for anomaly in listed.anomalies {
+        let Some(instance) = fleet.iter_mut().find(|i| i.id == anomaly.instance_id) else {
+            continue;
+        };
+        instance
+            .trace
+            .flagged_after
+            .get_or_insert(instance.trace.applications);
+        if quarantine && !anomaly.quarantined {
+            operator
+                .admin()
+                .quarantine_instance(pb::QuarantineInstanceRequest {
+                    instance_id: anomaly.instance_id.clone(),
+                    reason: anomaly.evidence.clone(),
+                })
+                .await
+                .map_err(|s| Error::Unavailable(format!("QuarantineInstance: {s}")))?;
+            // Its writes are refused from now on: it stops sharing.
+            instance.link = None;
+        }
+    }
+    Ok(())
 }
 
 /// What an instance does this cycle: its action and, in hub mode, the
@@ -462,7 +550,14 @@ async fn act(
         }
         if let (Some(link), Some(decision)) = (instance.link.as_mut(), decision.as_ref()) {
             shared_insight = link
-                .share_outcome(world, &instance.learner, decision, &outcome, cycle_in_run)
+                .share_outcome(
+                    world,
+                    &instance.learner,
+                    &instance.state,
+                    decision,
+                    &outcome,
+                    cycle_in_run,
+                )
                 .await?;
         }
     }

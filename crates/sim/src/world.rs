@@ -168,6 +168,15 @@ impl<'s> World<'s> {
         up - down - side
     }
 
+    /// The strategy with the smallest expected gain on `metric` now (what
+    /// a faulty instance promotes).
+    pub fn worst_strategy(&self, state: &InstanceState, metric: usize) -> usize {
+        let gain = |strategy| self.expected_gain(state, Application { strategy, metric });
+        (0..self.scenario.strategies.len())
+            .min_by(|a, b| gain(*a).total_cmp(&gain(*b)).then(a.cmp(b)))
+            .unwrap_or(0)
+    }
+
     /// The strategy with the greatest expected gain on `metric` now.
     pub fn best_strategy(&self, state: &InstanceState, metric: usize) -> usize {
         (0..self.scenario.strategies.len())

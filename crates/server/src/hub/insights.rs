@@ -144,10 +144,15 @@ const MAX_OUTCOMES_EXAMINED: usize = 500_000;
 const OUTCOME_PAGE: usize = 10_000;
 
 impl Hub {
-    /// The outcomes logged since `since` (the newest
-    /// [`MAX_OUTCOMES_EXAMINED`] of them), in order: the store's, then those
-    /// still in memory since the last checkpoint.
-    async fn outcomes_since(&self, since: i64) -> Result<Vec<StrategyOutcome>> {
+    /// The outcomes logged since `since` that `keep` accepts (the newest
+    /// `limit` of them), in order: the store's, then those still in memory
+    /// since the last checkpoint. Read off the runtime's threads.
+    pub(super) async fn outcomes_since(
+        &self,
+        since: i64,
+        keep: impl Fn(&StrategyOutcome) -> bool + Send + 'static,
+        limit: usize,
+    ) -> Result<Vec<StrategyOutcome>> {
         let state = self.state();
         let store = self.shared.store.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<StrategyOutcome>> {
@@ -158,17 +163,17 @@ impl Hub {
                 let page = store.outcomes_after(after, OUTCOME_PAGE)?;
                 let Some(last) = page.last() else { break };
                 after = last.sequence;
-                recent.extend(page.into_iter().filter(|o| o.at >= since));
-                while recent.len() > MAX_OUTCOMES_EXAMINED {
+                recent.extend(page.into_iter().filter(|o| o.at >= since && keep(o)));
+                while recent.len() > limit {
                     recent.pop_front();
                 }
             }
             for outcome in &state.rows.outcomes {
-                if outcome.sequence > after && outcome.at >= since {
+                if outcome.sequence > after && outcome.at >= since && keep(outcome) {
                     recent.push_back((**outcome).clone());
                 }
             }
-            while recent.len() > MAX_OUTCOMES_EXAMINED {
+            while recent.len() > limit {
                 recent.pop_front();
             }
             Ok(recent.into())
@@ -195,7 +200,9 @@ impl Hub {
         job: Option<JobStamp>,
     ) -> Result<GenerationReport> {
         let since = self.now() - self.shared.settings.tuning.retention_days * DAY_MS;
-        let outcomes = self.outcomes_since(since).await?;
+        let outcomes = self
+            .outcomes_since(since, |_| true, MAX_OUTCOMES_EXAMINED)
+            .await?;
         let patterns: Vec<Arc<Pattern>> = self.state().tables.patterns.values().cloned().collect();
         let pattern_refs: Vec<&Pattern> = patterns.iter().map(|p| &**p).collect();
         let generation = insight_gen::generate(&outcomes, &pattern_refs, &settings);

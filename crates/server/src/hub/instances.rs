@@ -1,11 +1,18 @@
 //! Instance registration, the fleet listing, and quarantine.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
-use super::{Bootstrap, Hub, wrong_answer};
+use super::{Bootstrap, DAY_MS, Hub, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::fold::Answer;
-use crate::domain::model::{Instance, Quarantine, Registration};
+use crate::domain::influence::{self, Rebuilt};
+use crate::domain::model::{
+    Instance, Quarantine, Registration, StrategyKey, StrategyOutcome, StrategyRecord, context_key,
+    day_of,
+};
 use crate::error::{Error, Result};
 
 /// One page of ListInstances.
@@ -97,24 +104,88 @@ impl Hub {
 
 impl Hub {
     /// (Operators) puts `instance_id` in quarantine: its writes are refused
-    /// from now on, its pending model updates dropped.
+    /// from now on, its pending model updates dropped, and what it reported
+    /// stops counting: the evidence windows of the aggregates it reported
+    /// into are rebuilt from the outcome log without it, and its failure
+    /// reports are taken out.
     pub async fn quarantine(
         &self,
         instance_id: String,
         by: &str,
         reason: String,
     ) -> Result<Arc<Quarantine>> {
-        match self
-            .submit(Action::QuarantineInstance {
-                instance_id,
-                by: by.to_string(),
-                reason,
-            })
-            .await?
-        {
-            Answer::Quarantined { quarantine } => Ok(quarantine),
-            other => Err(wrong_answer("QuarantineInstance", other)),
+        // Outcomes folded between the rebuild and the command make the fold
+        // refuse it (nothing may be lost); a few tries get through.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let rebuilt = self.rebuild_without(&instance_id).await?;
+            let answer = self
+                .submit(Action::QuarantineInstance {
+                    instance_id: instance_id.clone(),
+                    by: by.to_string(),
+                    reason: reason.clone(),
+                    rebuilt,
+                })
+                .await;
+            match answer {
+                Ok(Answer::Quarantined { quarantine }) => return Ok(quarantine),
+                Ok(other) => return Err(wrong_answer("QuarantineInstance", other)),
+                Err(Error::FailedPrecondition(why)) if tries < 5 && why.contains("rebuilt") => {
+                    tracing::debug!(%why, tries, "quarantine rebuild raced a write; again");
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+
+    /// The evidence windows of the aggregates `instance_id` reported into,
+    /// rebuilt without its outcomes.
+    async fn rebuild_without(&self, instance_id: &str) -> Result<Vec<Rebuilt>> {
+        let state = self.state();
+        let records: BTreeMap<StrategyKey, Arc<StrategyRecord>> = state
+            .tables
+            .strategies
+            .iter()
+            .filter(|(_, r)| r.instances.contains_key(instance_id))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let retention_days = self.shared.settings.tuning.retention_days;
+        // The window keeps the days after today − retention_days.
+        let since = (day_of(self.now()) - retention_days + 1) * DAY_MS;
+        let keys: BTreeSet<StrategyKey> = records.keys().cloned().collect();
+        let outcomes = self
+            .outcomes_since(
+                since,
+                move |o| {
+                    keys.contains(&StrategyKey::new(
+                        &o.metric,
+                        &o.strategy,
+                        &context_key(&o.context),
+                    ))
+                },
+                usize::MAX,
+            )
+            .await?;
+        let mut by_key: BTreeMap<StrategyKey, Vec<StrategyOutcome>> = BTreeMap::new();
+        for outcome in outcomes {
+            let key = StrategyKey::new(
+                &outcome.metric,
+                &outcome.strategy,
+                &context_key(&outcome.context),
+            );
+            by_key.entry(key).or_default().push(outcome);
+        }
+        Ok(records
+            .iter()
+            .map(|(key, record)| {
+                let outcomes = by_key.get(key).map(Vec::as_slice).unwrap_or_default();
+                influence::rebuild_without(record, outcomes, instance_id, retention_days)
+            })
+            .collect())
     }
 
     /// (Operators) ends `instance_id`'s quarantine.
