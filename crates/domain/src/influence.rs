@@ -52,7 +52,13 @@ pub const FREE_REPORTS: u64 = 5;
 /// one that reported alone before the other joined, never hold each other
 /// back.
 pub fn counts(own: u64, others: u64) -> bool {
-    own < FREE_REPORTS.max(others.saturating_add(1))
+    own < allowance(others)
+}
+
+/// How many of an instance's outcomes in an aggregate may count for the
+/// fleet, given how many every other instance reported there together.
+pub fn allowance(others: u64) -> u64 {
+    FREE_REPORTS.max(others.saturating_add(1))
 }
 
 /// Who a ranking is for, which decides what evidence it may rest on.

@@ -621,6 +621,17 @@ impl StrategyRecord {
         all.saturating_sub(self.excess.get(instance).map_or(0, |e| e.reports))
     }
 
+    /// How many of `instance`'s outcomes may count for the fleet, given
+    /// the other instances' reports (see [`crate::influence::allowance`]).
+    pub fn allowance(&self, instance: &str) -> u64 {
+        let others = self
+            .instances
+            .iter()
+            .filter(|(id, _)| id.as_str() != instance)
+            .fold(0u64, |a, (_, s)| a.saturating_add(s.applications));
+        crate::influence::allowance(others)
+    }
+
     /// Counted outcomes per instance.
     pub fn counted_by_instance(&self) -> impl Iterator<Item = (&String, u64)> {
         self.instances
@@ -636,17 +647,9 @@ impl StrategyRecord {
     /// of windowed evidence.
     pub fn record(&mut self, outcome: &StrategyOutcome, retention_days: i64) {
         let own = self.counted(&outcome.instance_id);
-        let own_reports = self
-            .instances
-            .get(&outcome.instance_id)
-            .map_or(0, |s| s.applications);
-        let all: u64 = self
-            .instances
-            .values()
-            .fold(0, |a, s| a.saturating_add(s.applications));
-        if crate::influence::counts(own, all.saturating_sub(own_reports)) {
+        let admitted = own < self.allowance(&outcome.instance_id);
+        if admitted {
             add_to_window(&mut self.window, outcome, retention_days);
-            self.readmit(all.saturating_add(1));
         } else {
             let excess = self.excess.entry(outcome.instance_id.clone()).or_default();
             excess.reports = excess.reports.saturating_add(1);
@@ -686,19 +689,23 @@ impl StrategyRecord {
             .record(outcome.successful, outcome.delta);
         self.last_updated = self.last_updated.max(outcome.at);
         self.through_sequence = self.through_sequence.max(outcome.sequence);
+        if admitted {
+            // Another counted report may make room for others' excess.
+            self.readmit();
+        }
     }
 
     /// Counts in full the excess of every instance whose outcomes now all
     /// fit its share, given `all` reports (the one being recorded
     /// included): an instance that reported alone before others joined is
     /// not held back for good.
-    fn readmit(&mut self, all: u64) {
+    fn readmit(&mut self) {
         let fitting: Vec<String> = self
             .excess
             .keys()
             .filter(|instance| {
                 let own = self.instances.get(*instance).map_or(0, |s| s.applications);
-                crate::influence::counts(own.saturating_sub(1), all.saturating_sub(own))
+                own <= self.allowance(instance)
             })
             .cloned()
             .collect();
