@@ -1009,3 +1009,66 @@ async fn evidence_older_than_the_retention_window_stops_counting() {
     assert_eq!(old.evidence, 0.0);
     assert_eq!(old.applications, 10, "the lifetime record stays");
 }
+
+/// The environment changes: a strategy that worked for days stops working.
+/// The anomaly scan lists the shift and announces it once on the insight
+/// stream (category ANOMALY), naming no instance.
+#[tokio::test]
+async fn a_strategy_that_stops_working_is_announced_as_a_shift() {
+    let clock = ManualClock::new(1_762_214_400_000);
+    let hub = TestHub::start_with_clock(Arc::new(clock.clone()), |_| {}).await;
+    let a = hub.registered("a").await;
+    let b = hub.registered("b").await;
+    for _ in 0..3 {
+        for client in [&a, &b] {
+            share_all(
+                client,
+                (0..10).map(|j| outcome("steady", "lv", 0.5, j != 0, 0.05)),
+            )
+            .await;
+        }
+        clock.advance(DAY_MS);
+    }
+    let op = hub.operator().await;
+    let scan = || {
+        let op = op.clone();
+        async move {
+            op.admin()
+                .list_anomalies(pb::ListAnomaliesRequest { scan: true })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert!(scan().await.anomalies.is_empty(), "a steady success rate");
+    for client in [&a, &b] {
+        share_all(
+            client,
+            (0..15).map(|j| outcome("steady", "lv", 0.5, j < 3, -0.02)),
+        )
+        .await;
+    }
+    let found = scan().await;
+    assert_eq!(found.new_anomalies, 1, "{found:?}");
+    let shift = &found.anomalies[0];
+    assert_eq!(shift.kind, pb::AnomalyKind::StrategyShift as i32);
+    assert_eq!(shift.instance_id, "");
+    assert!(
+        shift
+            .evidence
+            .contains("success 20% of 30 outcomes on the latest day vs 90% of 60"),
+        "{shift:?}"
+    );
+    assert_eq!(scan().await.new_anomalies, 0, "found again, not new");
+    let announced: Vec<pb::Insight> = a
+        .get_insights(pb::GetInsightsRequest {
+            category: pb::InsightCategory::Anomaly as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .insights;
+    assert_eq!(announced.len(), 1, "announced once: {announced:?}");
+    assert_eq!(announced[0].title, "steady on lv shifted");
+    assert!(!announced[0].insight.contains("\"a\"") && !announced[0].insight.contains(" b "));
+}

@@ -302,6 +302,8 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                         evidence: format!("scan {i}"),
                     })
                     .collect(),
+                announce_ids: Default::default(),
+                announce_ttl_ms: 0,
                 job: None,
             },
             _ => Action::PublishInsights {

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{StrategyRecord, UnixMillis, content_id, day_of};
+use super::model::{
+    InsightCategory, InsightDraft, InsightEvidence, StrategyRecord, UnixMillis, content_id, day_of,
+};
 
 /// Outcomes of an instance in an aggregate before it is compared.
 pub const MIN_INSTANCE_REPORTS: u64 = 5;
@@ -277,6 +279,42 @@ pub fn scan(records: &[&StrategyRecord], now: UnixMillis, retention_days: i64) -
     ));
     found.sort_by(|a, b| a.kind.cmp(&b.kind).then(a.id.cmp(&b.id)));
     found
+}
+
+/// The insight a newly found strategy shift is announced with (instances
+/// subscribed to insights learn that what the fleet knew of a strategy may
+/// no longer hold). Inconsistent instances are not announced: they would
+/// name an instance to the others.
+pub fn announcement(finding: &Finding) -> Option<InsightDraft> {
+    if finding.kind != AnomalyKind::StrategyShift {
+        return None;
+    }
+    let context = if finding.context_key.is_empty() {
+        String::new()
+    } else {
+        format!(" in {}", finding.context_key)
+    };
+    Some(InsightDraft {
+        category: InsightCategory::Anomaly,
+        title: format!(
+            "{} on {}{context} shifted",
+            finding.strategy, finding.metric
+        ),
+        insight: format!(
+            "{}. What the fleet learned of it before may no longer hold.",
+            finding.evidence
+        ),
+        evidence: InsightEvidence::default(),
+        applicable_contexts: Vec::new(),
+        effectiveness: 0.0,
+        risk: 0.0,
+        recommendation: format!(
+            "Weigh recent outcomes of {} on {} over older ones; check what changed.",
+            finding.strategy, finding.metric
+        ),
+        alternatives: Vec::new(),
+        valid_until: None,
+    })
 }
 
 /// Folds a scan's findings into the kept anomalies (`first_seen` of a

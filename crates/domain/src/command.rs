@@ -13,6 +13,8 @@
 //! reader that meets a format it does not know stops with an error naming
 //! it rather than misfolding.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::anomaly::Finding;
@@ -179,6 +181,12 @@ pub enum Action {
     /// when each was first seen.
     RecordAnomalies {
         found: Vec<Finding>,
+        /// The insight id each strategy shift is announced with if this
+        /// scan is the first to find it, by finding id.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        announce_ids: BTreeMap<String, String>,
+        #[serde(default)]
+        announce_ttl_ms: i64,
         /// Set when the periodic job scanned (absent: an operator asked).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobStamp>,

@@ -388,9 +388,25 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             run_job(state, job.as_ref())?;
             Ok(publish(state, now, generated, *ttl_ms, by))
         }
-        Action::RecordAnomalies { found, job } => {
+        Action::RecordAnomalies {
+            found,
+            announce_ids,
+            announce_ttl_ms,
+            job,
+        } => {
             run_job(state, job.as_ref())?;
             let kept = &state.tables.anomalies;
+            // New strategy shifts are announced on the insight stream.
+            let announce: Vec<Generated> = found
+                .iter()
+                .filter(|f| !kept.contains_key(&f.id))
+                .filter_map(|f| {
+                    Some(Generated {
+                        id: announce_ids.get(&f.id)?.clone(),
+                        draft: crate::anomaly::announcement(f)?,
+                    })
+                })
+                .collect();
             let (next, new) =
                 crate::anomaly::merge(|id| kept.get(id).map(|a| a.first_seen), found, now);
             let kept = next.len();
@@ -398,6 +414,7 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 .into_iter()
                 .map(|(id, anomaly)| (id, Arc::new(anomaly)))
                 .collect();
+            publish(state, now, &announce, *announce_ttl_ms, GENERATED_BY);
             Ok(Answer::AnomaliesRecorded { kept, new })
         }
     }

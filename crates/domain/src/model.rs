@@ -806,6 +806,8 @@ pub enum InsightCategory {
     Fallback,
     Context,
     Prediction,
+    /// A change the anomaly scan found in the fleet's evidence.
+    Anomaly,
 }
 
 /// The data behind an insight.

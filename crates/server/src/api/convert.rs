@@ -159,6 +159,7 @@ pub fn parse_category(raw: i32) -> Option<Option<InsightCategory>> {
         P::Fallback => Some(InsightCategory::Fallback),
         P::Context => Some(InsightCategory::Context),
         P::Prediction => Some(InsightCategory::Prediction),
+        P::Anomaly => Some(InsightCategory::Anomaly),
     })
 }
 
@@ -935,6 +936,7 @@ fn category(c: InsightCategory) -> pb::InsightCategory {
         InsightCategory::Fallback => pb::InsightCategory::Fallback,
         InsightCategory::Context => pb::InsightCategory::Context,
         InsightCategory::Prediction => pb::InsightCategory::Prediction,
+        InsightCategory::Anomaly => pb::InsightCategory::Anomaly,
     }
 }
 

@@ -33,7 +33,18 @@ impl Hub {
         })
         .await
         .map_err(|e| Error::Internal(format!("anomaly scan: {e}")))?;
-        match self.submit(Action::RecordAnomalies { found, job }).await? {
+        let announce_ids = found
+            .iter()
+            .filter(|f| f.kind == AnomalyKind::StrategyShift)
+            .map(|f| (f.id.clone(), super::insights::new_insight_id()))
+            .collect();
+        let action = Action::RecordAnomalies {
+            found,
+            announce_ids,
+            announce_ttl_ms: self.shared.settings.insight_ttl_ms,
+            job,
+        };
+        match self.submit(action).await? {
             Answer::AnomaliesRecorded { kept, new } => {
                 if new > 0 {
                     tracing::warn!(new, kept, "anomaly scan found new anomalies");

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::RowLog;
 
 /// A new insight's id (random: it is fixed in the command, not by the fold).
-fn new_insight_id() -> String {
+pub(super) fn new_insight_id() -> String {
     format!("insight_{}", uuid::Uuid::new_v4().simple())
 }
 
