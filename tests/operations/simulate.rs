@@ -89,6 +89,11 @@ async fn small_simulation_measures_all_three_modes() {
     assert!(svg.starts_with("<svg") && svg.contains("isolated") && svg.contains("oracle"));
     let table = sim::report::table(&report);
     assert!(table.contains("time-to-peak") && table.contains("pattern-match accuracy"));
+    // Per context: the built-in scenario has two.
+    assert_eq!(report.contexts.len(), 2);
+    assert!(table.contains("by context"));
+    let in_contexts: f64 = report.contexts.iter().map(|c| c.instances).sum();
+    assert!((in_contexts - 6.0).abs() < 1e-9, "every instance in one context");
 }
 
 /// Faulty instances report lies (here: successes of the truly worst

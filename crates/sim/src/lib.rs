@@ -121,6 +121,21 @@ pub struct LateJoiners {
     pub hub_time_to_peak: Estimate,
 }
 
+/// Hub and baselines for the instances of one context: a minority the
+/// majority's favourite strategies harm cannot hide inside a fleet mean.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextPoint {
+    pub context: String,
+    /// Honest instances in it, per run (mean over seeds).
+    pub instances: f64,
+    pub isolated_time_to_peak: Estimate,
+    pub hub_time_to_peak: Estimate,
+    pub oracle_time_to_peak: Estimate,
+    pub comparison: Comparison,
+    /// Pattern-match accuracy (near-ties ok) of its hub-mode instances.
+    pub pattern_accuracy: Option<Estimate>,
+}
+
 /// Everything a simulation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimReport {
@@ -135,6 +150,8 @@ pub struct SimReport {
     pub comparison: Comparison,
     pub late_joiners: Option<LateJoiners>,
     pub scaling: Vec<ScalingPoint>,
+    /// By context (only with more than one).
+    pub contexts: Vec<ContextPoint>,
     pub elapsed_seconds: f64,
 }
 
@@ -395,6 +412,57 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
         }
     }
 
+    let mut contexts = Vec::new();
+    if options.scenario.contexts.len() > 1 {
+        for (c, spec) in options.scenario.contexts.iter().enumerate() {
+            let runs = |mode: Mode| -> Vec<(RunSummary, usize)> {
+                finished
+                    .iter()
+                    .filter(|f| f.instances == options.instances && f.mode == mode)
+                    .filter_map(|f| {
+                        let in_context: Vec<InstanceTrace> = f
+                            .traces
+                            .iter()
+                            .filter(|t| t.context == c && !t.faulty)
+                            .cloned()
+                            .collect();
+                        (!in_context.is_empty()).then(|| {
+                            (
+                                RunSummary::of(&in_context, options.horizon, mode == Mode::Hub),
+                                in_context.len(),
+                            )
+                        })
+                    })
+                    .collect()
+            };
+            let (i, h, o) = (runs(Mode::Isolated), runs(Mode::Hub), runs(Mode::Oracle));
+            let instances =
+                i.iter().map(|(_, n)| *n as f64).sum::<f64>() / i.len().max(1) as f64;
+            let summaries = |runs: &[(RunSummary, usize)]| -> Vec<RunSummary> {
+                runs.iter().map(|(r, _)| *r).collect()
+            };
+            let (i, h, o) = (summaries(&i), summaries(&h), summaries(&o));
+            let ttp = |runs: &[RunSummary]| {
+                Estimate::of(&runs.iter().map(|r| r.time_to_peak).collect::<Vec<_>>())
+            };
+            if let (Some(iso), Some(hub), Some(oracle), Some(cmp)) =
+                (ttp(&i), ttp(&h), ttp(&o), compare(&i, &h, &o))
+            {
+                contexts.push(ContextPoint {
+                    context: spec.name.clone(),
+                    instances,
+                    isolated_time_to_peak: iso,
+                    hub_time_to_peak: hub,
+                    oracle_time_to_peak: oracle,
+                    comparison: cmp,
+                    pattern_accuracy: Estimate::of(
+                        &h.iter().filter_map(|r| r.pattern_accuracy).collect::<Vec<_>>(),
+                    ),
+                });
+            }
+        }
+    }
+
     Ok(SimReport {
         scenario: options.scenario.name.clone(),
         description: options.scenario.description.clone(),
@@ -410,6 +478,7 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
         comparison,
         late_joiners: late_joiners.flatten(),
         scaling,
+        contexts,
         elapsed_seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -254,6 +254,27 @@ pub fn table(report: &SimReport) -> String {
             );
         }
     }
+    if !report.contexts.is_empty() {
+        let _ = writeln!(out, "\nby context (time-to-peak, cycles):");
+        let _ = writeln!(
+            out,
+            "  {:<14}  {:>9}  {:>14}  {:>14}  {:>14}  {:>18}  {:>13}",
+            "context", "instances", "isolated", "hub", "oracle", "hub reduction %", "pattern match"
+        );
+        for p in &report.contexts {
+            let _ = writeln!(
+                out,
+                "  {:<14}  {:>9.1}  {:>14}  {:>14}  {:>14}  {:>18}  {:>13}",
+                p.context,
+                p.instances,
+                est(&p.isolated_time_to_peak, 1),
+                est(&p.hub_time_to_peak, 1),
+                est(&p.oracle_time_to_peak, 1),
+                est(&p.comparison.time_to_peak_reduction_percent, 1),
+                opt(&p.pattern_accuracy, 0, 100.0, "%"),
+            );
+        }
+    }
     let _ = writeln!(out, "\n({:.1} s)", report.elapsed_seconds);
     out
 }
