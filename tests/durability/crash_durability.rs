@@ -63,19 +63,28 @@ pub(crate) struct Ledger {
     /// Acknowledged insights: sequence → title.
     insights: BTreeMap<u64, String>,
     insights_unsure: u64,
+    model_updates: Tally,
+    /// The newest plateau-model version an acknowledged update completed.
+    model_version: u64,
 }
+
+/// What an acknowledged write told the writer.
+pub(crate) enum Wrote {
+    Record,
+    Insight(u64, String),
+    ModelVersion(u64),
+}
+
+/// Write kinds, in turn.
+const KINDS: u64 = 6;
 
 pub(crate) fn writer_id(w: usize) -> String {
     format!("writer{w}")
 }
 
-/// One write of kind `i % 5` as writer `id`; `Ok(Some(seq))` for insights.
-pub(crate) async fn write_one(
-    client: &HubClient,
-    id: &str,
-    i: u64,
-) -> Result<Option<(u64, String)>, ()> {
-    let r = match i % 5 {
+/// One write of kind `i % KINDS` as writer `id`.
+pub(crate) async fn write_one(client: &HubClient, id: &str, i: u64) -> Result<Wrote, ()> {
+    let r = match i % KINDS {
         0 => client
             .share_strategy(strategy_outcome(
                 &format!("strategy_{id}"),
@@ -84,13 +93,13 @@ pub(crate) async fn write_one(
                 0.05,
             ))
             .await
-            .map(|_| None),
+            .map(|_| Wrote::Record),
         1 => {
             let title = format!("{id} insight {i}");
             client
                 .share_insight(insight(&title))
                 .await
-                .map(|reply| Some((reply.insight.unwrap().sequence, title)))
+                .map(|reply| Wrote::Insight(reply.insight.unwrap().sequence, title))
         }
         2 => client
             .share_pattern(pb::SharePatternRequest {
@@ -99,7 +108,7 @@ pub(crate) async fn write_one(
                 ..Default::default()
             })
             .await
-            .map(|_| None),
+            .map(|_| Wrote::Record),
         3 => client
             .share_failure(pb::ShareFailureRequest {
                 failure_type: pb::FailureType::Deadlock as i32,
@@ -111,7 +120,28 @@ pub(crate) async fn write_one(
                 ..Default::default()
             })
             .await
-            .map(|_| None),
+            .map(|_| Wrote::Record),
+        // A federated model update against the version the writer reads
+        // first: 8 writers, a buffer of 5, so versions are made.
+        5 => match client
+            .get_model(pb::GetModelRequest {
+                model: "plateau".into(),
+                known_version: 0,
+            })
+            .await
+        {
+            Ok(model) => client
+                .share_model_update(pb::ShareModelUpdateRequest {
+                    model: "plateau".into(),
+                    base_version: model.version,
+                    delta: vec![0.01 * (i % 7) as f64; 8],
+                    examples: 10,
+                    ..Default::default()
+                })
+                .await
+                .map(|reply| Wrote::ModelVersion(reply.new_version)),
+            Err(e) => Err(e),
+        },
         _ => client
             .share_configuration(pb::ShareConfigurationRequest {
                 context: BTreeMap::from([("writer".into(), id.into())]),
@@ -125,7 +155,7 @@ pub(crate) async fn write_one(
                 ..Default::default()
             })
             .await
-            .map(|_| None),
+            .map(|_| Wrote::Record),
     };
     r.map_err(|_| ())
 }
@@ -163,14 +193,19 @@ pub(crate) fn spawn_timed_writer(
             }
             let failed = result.is_err();
             let mut ledger = ledger.lock().await;
-            match (i % 5, result) {
-                (1, Ok(Some((seq, title)))) => {
+            match (i % KINDS, result) {
+                (1, Ok(Wrote::Insight(seq, title))) => {
                     assert!(
                         ledger.insights.insert(seq, title).is_none(),
                         "{id}: sequence {seq} acknowledged twice"
                     );
                 }
                 (1, _) => ledger.insights_unsure += 1,
+                (5, Ok(Wrote::ModelVersion(version))) => {
+                    ledger.model_updates.record(true);
+                    ledger.model_version = ledger.model_version.max(version);
+                }
+                (5, _) => ledger.model_updates.record(false),
                 (kind, result) => {
                     let tally = match kind {
                         0 => &mut ledger.outcomes,
@@ -331,8 +366,28 @@ pub(crate) async fn check(
             + ledger.patterns.acked
             + ledger.failures.acked
             + ledger.configs.acked
+            + ledger.model_updates.acked
             + ledger.insights.len() as u64;
     }
+    // A version an acknowledged update completed is never lost.
+    let (mut acked_version, mut model_acked) = (0, 0);
+    for ledger in ledgers {
+        let ledger = ledger.lock().await;
+        acked_version = acked_version.max(ledger.model_version);
+        model_acked += ledger.model_updates.acked;
+    }
+    let model = op
+        .get_model(pb::GetModelRequest {
+            model: "plateau".into(),
+            known_version: 0,
+        })
+        .await
+        .unwrap();
+    assert!(
+        model.version >= acked_version,
+        "plateau model at version {} after the crashes, version {acked_version} was acknowledged",
+        model.version
+    );
     // Every configuration share has distinct parameters, so each is a record.
     assert!(
         status.configurations >= configs_acked
@@ -341,9 +396,13 @@ pub(crate) async fn check(
         status.configurations
     );
     eprintln!(
-        "crash checker: {acked_total} acknowledged writes of 5 kinds, all present; \
-         {} insights stored, sequences unique",
-        stored_insights.len()
+        "crash checker: {acked_total} acknowledged writes of 6 kinds, all present; \
+         {} insights stored, sequences unique; plateau model at version {} \
+         ({acked_version} acknowledged; {} updates acknowledged, {} pending)",
+        stored_insights.len(),
+        model.version,
+        model_acked,
+        model.pending
     );
 }
 

@@ -64,12 +64,42 @@ async fn every_record_kind_survives_a_restart() {
     let a = hub.registered("a").await;
     share_everything(&a, "one").await;
     share_everything(&a, "two").await;
-    let before = hub
-        .operator()
+    // The predictive hub's state: a pending model update, an anomaly (one
+    // instance contradicting three) and a quarantine.
+    a.share_model_update(pb::ShareModelUpdateRequest {
+        model: "plateau".into(),
+        delta: vec![0.1; 8],
+        examples: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for (who, ok) in [("h0", true), ("h1", true), ("h2", true), ("liar", false)] {
+        let client = hub.registered(who).await;
+        for _ in 0..10 {
+            client
+                .share_strategy(strategy_outcome("steady", "lv", ok, 0.05))
+                .await
+                .unwrap();
+        }
+    }
+    let op = hub.operator().await;
+    let anomalies = op
+        .admin()
+        .list_anomalies(pb::ListAnomaliesRequest { scan: true })
         .await
-        .get_status(pb::GetStatusRequest {})
+        .unwrap()
+        .into_inner()
+        .anomalies;
+    assert_eq!(anomalies.len(), 1, "{anomalies:?}");
+    op.admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "h2".into(),
+            reason: "kept across restarts".into(),
+        })
         .await
         .unwrap();
+    let before = op.get_status(pb::GetStatusRequest {}).await.unwrap();
 
     hub.restart().await;
     let op = hub.operator().await;
@@ -105,7 +135,10 @@ async fn every_record_kind_survives_a_restart() {
         .await
         .unwrap()
         .instances[0];
-    assert_eq!(instance.shared_records, 10);
+    assert_eq!(
+        instance.shared_records, 11,
+        "10 shares and the model update"
+    );
     let ranked = op
         .get_strategies(pb::GetStrategiesRequest {
             metric: "learningVelocity".into(),
@@ -121,6 +154,30 @@ async fn every_record_kind_survives_a_restart() {
         .unwrap()
         .failures;
     assert_eq!(failures[0].occurrences, 2);
+    let model = op
+        .get_model(pb::GetModelRequest {
+            model: "plateau".into(),
+            known_version: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!((model.version, model.pending), (0, 1));
+    let kept = op
+        .admin()
+        .list_anomalies(pb::ListAnomaliesRequest { scan: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .anomalies;
+    assert_eq!(kept, anomalies, "the same anomaly, first seen when it was");
+    let quarantined = op
+        .admin()
+        .list_quarantined(pb::ListQuarantinedRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .quarantined;
+    assert_eq!(quarantined[0].reason, "kept across restarts");
 }
 
 /// What one writer had acknowledged when the hub died.

@@ -93,7 +93,10 @@ async fn small_simulation_measures_all_three_modes() {
     assert_eq!(report.contexts.len(), 2);
     assert!(table.contains("by context"));
     let in_contexts: f64 = report.contexts.iter().map(|c| c.instances).sum();
-    assert!((in_contexts - 6.0).abs() < 1e-9, "every instance in one context");
+    assert!(
+        (in_contexts - 6.0).abs() < 1e-9,
+        "every instance in one context"
+    );
 }
 
 /// Faulty instances report lies (here: successes of the truly worst

@@ -436,8 +436,7 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
                     .collect()
             };
             let (i, h, o) = (runs(Mode::Isolated), runs(Mode::Hub), runs(Mode::Oracle));
-            let instances =
-                i.iter().map(|(_, n)| *n as f64).sum::<f64>() / i.len().max(1) as f64;
+            let instances = i.iter().map(|(_, n)| *n as f64).sum::<f64>() / i.len().max(1) as f64;
             let summaries = |runs: &[(RunSummary, usize)]| -> Vec<RunSummary> {
                 runs.iter().map(|(r, _)| *r).collect()
             };
@@ -456,7 +455,9 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
                     oracle_time_to_peak: oracle,
                     comparison: cmp,
                     pattern_accuracy: Estimate::of(
-                        &h.iter().filter_map(|r| r.pattern_accuracy).collect::<Vec<_>>(),
+                        &h.iter()
+                            .filter_map(|r| r.pattern_accuracy)
+                            .collect::<Vec<_>>(),
                     ),
                 });
             }
