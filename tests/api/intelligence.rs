@@ -1072,3 +1072,59 @@ async fn a_strategy_that_stops_working_is_announced_as_a_shift() {
     assert_eq!(announced[0].title, "steady on lv shifted");
     assert!(!announced[0].insight.contains("\"a\"") && !announced[0].insight.contains(" b "));
 }
+
+/// A failure is reported when it happens (the answer is the fleet's plan),
+/// then completed with how the recovery went: the follow-up adds the
+/// attempt without counting the failure again, and the next instance's
+/// plan has it.
+#[tokio::test]
+async fn a_follow_up_completes_a_failure_with_its_recovery() {
+    let hub = TestHub::start().await;
+    let a = hub.registered("a").await;
+    let report = |follow_up: bool, recovery: Vec<pb::RecoveryAttempt>| pb::ShareFailureRequest {
+        failure_type: pb::FailureType::MetricReversal as i32,
+        trigger: "te dropped after speed_optimization".into(),
+        context: Some(pb::FailureContext {
+            metric: "te".into(),
+            strategy: "speed_optimization".into(),
+        }),
+        recovery,
+        follow_up,
+        ..Default::default()
+    };
+    let consolidation = || {
+        vec![pb::RecoveryAttempt {
+            method: "consolidation_cycle".into(),
+            succeeded: true,
+            cycles_to_recover: 2,
+        }]
+    };
+    // Nothing to follow up yet.
+    let missing = a
+        .share_failure(report(true, consolidation()))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let first = a.share_failure(report(false, vec![])).await.unwrap();
+    assert!(first.plan.unwrap().steps.is_empty(), "nobody recovered yet");
+    let empty = a.share_failure(report(true, vec![])).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("recovery"), "{empty:?}");
+    let done = a
+        .share_failure(report(true, consolidation()))
+        .await
+        .unwrap()
+        .failure
+        .unwrap();
+    assert_eq!(done.occurrences, 1, "a follow-up is not another failure");
+    assert_eq!(done.recovery[0].method, "consolidation_cycle");
+    let b = hub.registered("b").await;
+    let plan = b
+        .share_failure(report(false, vec![]))
+        .await
+        .unwrap()
+        .plan
+        .unwrap();
+    assert_eq!(plan.steps[0].method, "consolidation_cycle");
+    assert_eq!(plan.expected_cycles, 2.0);
+}

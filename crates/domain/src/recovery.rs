@@ -140,6 +140,7 @@ mod tests {
                 prevention: vec![format!("apply warmup before {strategy}")],
                 preceded_by: vec![],
                 magnitude: None,
+                follow_up: false,
             },
             "a",
             0,

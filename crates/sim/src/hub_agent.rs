@@ -120,7 +120,24 @@ pub struct HubLink {
     last_model_sync: u32,
     /// Set for a faulty instance: what it reports instead of the truth.
     pub faulty: Option<FaultyMode>,
+    /// Metrics knocked back and being recovered, by metric.
+    recovering: BTreeMap<usize, Recovery>,
 }
+
+/// A knock-back being recovered from, as the hub's plan says.
+#[derive(Debug, Clone)]
+struct Recovery {
+    /// The failure as reported (a follow-up completes it).
+    report: pb::ShareFailureRequest,
+    /// The plan's first step, when it names a strategy.
+    step: Option<usize>,
+    /// The strategy last applied to the metric since.
+    applied: Option<usize>,
+    since: u32,
+}
+
+/// Cycles a knocked-back metric goes first before the instance moves on.
+const RECOVERY_PATIENCE: u32 = 10;
 
 fn hub_error(status: tonic::Status) -> Error {
     Error::Unavailable(format!("hub call failed: {status}"))
@@ -175,6 +192,7 @@ impl HubLink {
                 model_version: 0,
                 last_model_sync: 0,
                 faulty: None,
+                recovering: BTreeMap::new(),
             },
             patience,
         ))
@@ -331,6 +349,20 @@ impl HubLink {
                 candidates.push(c.clone());
             }
         }
+        // Recovering from a knock-back, the plan said which metric; the
+        // strategy is the hub's ranking's (it weighs value band and
+        // context; the plan's steps rank by reported recoveries, and
+        // taking its first recovered slower: README). Its first step only
+        // when the hub ranks nothing for the metric.
+        if let Some(step) = self
+            .recovering
+            .get(&metric)
+            .and_then(|r| r.step)
+            .filter(|_| recommendations.is_empty())
+        {
+            candidates.retain(|c| c.strategy != step);
+            candidates.insert(0, scored_for(step));
+        }
 
         let mut chosen = candidates[0].clone();
         for candidate in candidates.iter().take(CHECKED_CANDIDATES) {
@@ -444,24 +476,83 @@ impl HubLink {
                 .await
                 .map_err(hub_error)?;
         }
+        if let Some(recovery) = self.recovering.get_mut(&app.metric) {
+            recovery.applied = Some(app.strategy);
+        }
         for reversal in &outcome.reversals {
             let hit = &scenario.metrics[reversal.metric].name;
-            self.client
-                .share_failure(pb::ShareFailureRequest {
-                    failure_type: pb::FailureType::MetricReversal as i32,
-                    trigger: format!("{hit} dropped {:.2} after {strategy}", reversal.drop),
-                    context: Some(pb::FailureContext {
-                        metric: hit.clone(),
-                        strategy: strategy.clone(),
-                    }),
-                    recent: decision.recent.clone(),
-                    magnitude: reversal.drop.clamp(0.0, 1.0),
-                    ..Default::default()
-                })
+            let report = pb::ShareFailureRequest {
+                failure_type: pb::FailureType::MetricReversal as i32,
+                trigger: format!("{hit} dropped {:.2} after {strategy}", reversal.drop),
+                context: Some(pb::FailureContext {
+                    metric: hit.clone(),
+                    strategy: strategy.clone(),
+                }),
+                recent: decision.recent.clone(),
+                magnitude: reversal.drop.clamp(0.0, 1.0),
+                ..Default::default()
+            };
+            let answer = self
+                .client
+                .share_failure(report.clone())
                 .await
                 .map_err(hub_error)?;
+            // The answer is the fleet's recovery plan: follow it.
+            let step = answer
+                .plan
+                .and_then(|plan| plan.steps.into_iter().next())
+                .and_then(|step| scenario.strategy_index(&step.method));
+            self.recovering.insert(
+                reversal.metric,
+                Recovery {
+                    report,
+                    step,
+                    applied: None,
+                    since: state.cycle,
+                },
+            );
         }
         self.maybe_share_insight(world, learner, app).await
+    }
+
+    /// The knocked-back metric to work on first, if any (one knocked back
+    /// within [`RECOVERY_PATIENCE`] cycles).
+    pub fn recovering(&self, cycle: u32) -> Option<usize> {
+        self.recovering
+            .iter()
+            .find(|(_, r)| cycle.saturating_sub(r.since) < RECOVERY_PATIENCE)
+            .map(|(metric, _)| *metric)
+    }
+
+    /// `metric` is back where it was, `cycles` after the knock-back: the
+    /// failure is completed with how (the strategy last applied to it), so
+    /// that the fleet's plans learn it.
+    pub async fn recovered(&mut self, world: &World<'_>, metric: usize, cycles: u32) -> Result<()> {
+        let Some(recovery) = self.recovering.remove(&metric) else {
+            return Ok(());
+        };
+        let Some(strategy) = recovery.applied else {
+            // It regrew by itself: nothing to teach.
+            return Ok(());
+        };
+        if self.faulty.is_some() {
+            return Ok(());
+        }
+        self.client
+            .share_failure(pb::ShareFailureRequest {
+                recovery: vec![pb::RecoveryAttempt {
+                    method: world.scenario.strategies[strategy].name.clone(),
+                    succeeded: true,
+                    cycles_to_recover: cycles,
+                }],
+                follow_up: true,
+                recent: Vec::new(),
+                magnitude: 0.0,
+                ..recovery.report
+            })
+            .await
+            .map_err(hub_error)?;
+        Ok(())
     }
 
     /// Shares "S lifts M in context C" once the instance's own evidence is

@@ -481,16 +481,23 @@ async fn decide(world: &World<'_>, mode: Mode, instance: &mut SimInstance) -> Re
             decision: None,
         },
         Mode::Hub => match (
-            target.or_else(|| {
-                // Nothing stalled yet: act on a plateau the fleet's model
-                // sees coming.
-                let ahead = instance
-                    .link
-                    .as_ref()
-                    .and_then(|link| link.plateau_ahead(&instance.trace.values));
-                instance.trace.early_applications += u32::from(ahead.is_some());
-                ahead
-            }),
+            // A metric knocked back comes first: the failure report was
+            // answered with a recovery plan, and the instance follows it.
+            instance
+                .link
+                .as_ref()
+                .and_then(|link| link.recovering(instance.state.cycle))
+                .or(target)
+                .or_else(|| {
+                    // Nothing stalled yet: act on a plateau the fleet's model
+                    // sees coming.
+                    let ahead = instance
+                        .link
+                        .as_ref()
+                        .and_then(|link| link.plateau_ahead(&instance.trace.values));
+                    instance.trace.early_applications += u32::from(ahead.is_some());
+                    ahead
+                }),
             instance.link.as_mut(),
         ) {
             (Some(metric), Some(link)) => {
@@ -563,15 +570,22 @@ async fn act(
     }
     let state = &instance.state;
     let trace = &mut instance.trace;
+    let mut recovered = Vec::new();
     instance.open_reversals.retain(|(metric, target, index)| {
         if state.values[*metric] >= target - RECOVERY_TOLERANCE {
-            trace.reversals[*index].recovered_after =
-                Some(state.cycle - trace.reversals[*index].cycle - 1);
+            let cycles = state.cycle - trace.reversals[*index].cycle - 1;
+            trace.reversals[*index].recovered_after = Some(cycles);
+            recovered.push((*metric, cycles));
             false
         } else {
             true
         }
     });
+    if let Some(link) = instance.link.as_mut() {
+        for (metric, cycles) in recovered {
+            link.recovered(world, metric, cycles).await?;
+        }
+    }
     let performance = world.performance(&instance.state);
     instance.trace.performance.push(performance);
     for (history, value) in instance.trace.values.iter_mut().zip(&instance.state.values) {

@@ -490,7 +490,7 @@ pub fn failure_report(req: pb::ShareFailureRequest) -> Result<FailureReport> {
     name("context.metric", &ctx.metric)?;
     optional_name("context.strategy", &ctx.strategy)?;
     list_len("recovery", req.recovery.len())?;
-    let recovery = req
+    let recovery: Vec<RecoveryAttempt> = req
         .recovery
         .iter()
         .enumerate()
@@ -512,7 +512,14 @@ pub fn failure_report(req: pb::ShareFailureRequest) -> Result<FailureReport> {
     }
     let preceded_by = preceding(&recent("recent", &req.recent)?);
     let magnitude = unit("magnitude", req.magnitude)?;
+    if req.follow_up && recovery.is_empty() {
+        return Err(Error::invalid(
+            "recovery",
+            "a follow-up reports how a recovery went: at least one attempt",
+        ));
+    }
     Ok(FailureReport {
+        follow_up: req.follow_up,
         preceded_by,
         magnitude: (magnitude > 0.0).then_some(magnitude),
         failure_type,
