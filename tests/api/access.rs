@@ -783,13 +783,7 @@ async fn an_operator_quarantines_an_instance_and_releases_it() {
         .unwrap();
     assert_eq!(quarantine.instance_id, "evil");
     assert!(!quarantine.by.is_empty() && quarantine.since.is_some());
-    let model = op
-        .get_model(pb::GetModelRequest {
-            model: "plateau".into(),
-            known_version: 0,
-        })
-        .await
-        .unwrap();
+    let model = plateau_model(&op).await;
     assert_eq!(model.pending, 0, "its pending update was dropped");
 
     let refused = evil

@@ -520,6 +520,17 @@ pub fn strategy_outcome(
 
 /// The titles of the insights `client` is served, in the order served
 /// (`limit` 0: the hub's default).
+/// The plateau model as GetModel returns it.
+pub async fn plateau_model(client: &HubClient) -> pb::GetModelResponse {
+    client
+        .get_model(pb::GetModelRequest {
+            model: "plateau".into(),
+            known_version: 0,
+        })
+        .await
+        .unwrap()
+}
+
 pub async fn insight_titles(client: &HubClient, limit: u32) -> Vec<String> {
     client
         .get_insights(pb::GetInsightsRequest {

@@ -376,13 +376,7 @@ pub(crate) async fn check(
         acked_version = acked_version.max(ledger.model_version);
         model_acked += ledger.model_updates.acked;
     }
-    let model = op
-        .get_model(pb::GetModelRequest {
-            model: "plateau".into(),
-            known_version: 0,
-        })
-        .await
-        .unwrap();
+    let model = plateau_model(&op).await;
     assert!(
         model.version >= acked_version,
         "plateau model at version {} after the crashes, version {acked_version} was acknowledged",

@@ -154,13 +154,7 @@ async fn every_record_kind_survives_a_restart() {
         .unwrap()
         .failures;
     assert_eq!(failures[0].occurrences, 2);
-    let model = op
-        .get_model(pb::GetModelRequest {
-            model: "plateau".into(),
-            known_version: 0,
-        })
-        .await
-        .unwrap();
+    let model = plateau_model(&op).await;
     assert_eq!((model.version, model.pending), (0, 1));
     let kept = op
         .admin()
