@@ -315,4 +315,46 @@ async fn predict_plateau_warns_with_the_fleets_strategy() {
         error.message().contains("metrics[accuracy].values"),
         "{error:?}"
     );
+
+    // The same warning, proactively: on the ShareStrategy an instance makes
+    // anyway, with the metric's trajectory.
+    let shared = a
+        .share_strategy(pb::ShareStrategyRequest {
+            value_before: closing_in[closing_in.len() - 2],
+            trajectory: closing_in.to_vec(),
+            ..strategy_outcome("curriculum_shift", "accuracy", true, 0.01)
+        })
+        .await
+        .unwrap();
+    let warned = shared.plateau.expect("a prediction with the trajectory");
+    assert!(warned.warning, "{warned:?}");
+    assert!((warned.probability - accuracy.probability).abs() < 1e-12);
+    assert_eq!(
+        warned.recommended.as_ref().map(|r| r.strategy.as_str()),
+        Some("curriculum_shift")
+    );
+    let plain = a
+        .share_strategy(strategy_outcome("curriculum_shift", "accuracy", true, 0.01))
+        .await
+        .unwrap();
+    assert!(plain.plateau.is_none(), "no trajectory, no prediction");
+    // A bad trajectory is refused naming it, and nothing is written.
+    let before = plain.record.unwrap().applications;
+    let error = a
+        .share_strategy(pb::ShareStrategyRequest {
+            trajectory: vec![0.5, f64::NAN],
+            ..strategy_outcome("curriculum_shift", "accuracy", true, 0.01)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("trajectory[1]"), "{error:?}");
+    let after = a
+        .share_strategy(strategy_outcome("curriculum_shift", "accuracy", true, 0.01))
+        .await
+        .unwrap()
+        .record
+        .unwrap()
+        .applications;
+    assert_eq!(after, before + 1, "the refused share wrote nothing");
 }

@@ -334,6 +334,8 @@ fn share_strategy_like() -> impl Strategy<Value = pb::ShareStrategyRequest> {
                     condition,
                     context,
                     recent,
+                    // Checked by the handler (tests/api/federated.rs).
+                    trajectory: vec![],
                 }
             },
         )
@@ -888,6 +890,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                 condition: "metric stuck".into(),
                 context: context.clone(),
                 recent: recent_one(),
+                trajectory: vec![0.3, 0.4],
             }
             .encode_to_vec(),
         ),

@@ -436,6 +436,13 @@ fn grpcurl_as_an_operator_would_use_it() {
         predicted["predictions"][0]["warning"].is_null(),
         "{predicted}"
     );
+    // The same prediction on a ShareStrategy with the metric's trajectory.
+    let shared = grpcurl.call(
+        "g1",
+        "ShareStrategy",
+        r#"{"strategy":"warmup","metric":"accuracy","value_before":0.65,"successful":true,"delta":0.01,"trajectory":[0.5,0.6,0.65,0.66]}"#,
+    );
+    assert_eq!(shared["plateau"]["probability"], 0.5, "{shared}");
 
     // Anomalies, as the README's cookbook lists them: a scan on demand
     // finds nothing in one outcome.

@@ -224,12 +224,31 @@ impl pb::hub_server::Hub for HubService {
         let viewer = caller(&request)?.clone();
         let caller = calling_instance(&request)?;
         let mut req = request.into_inner();
+        // Not part of the write (nor of its fingerprint): checked first, so
+        // a bad trajectory writes nothing.
+        let trajectory = std::mem::take(&mut req.trajectory);
+        let trajectory = (!trajectory.is_empty())
+            .then(|| models::trajectory("trajectory", req.metric.clone(), trajectory))
+            .transpose()?;
         let once = convert::request_tag(&mut req)?;
         let share = convert::strategy_share(req)?;
+        let context = share.context.clone();
         let (outcome_sequence, record) = self.hub.share_strategy(&caller, share, once).await?;
+        let plateau = match trajectory {
+            Some(trajectory) => {
+                let me = caller.clone();
+                self.query(move |hub| {
+                    hub.predict_plateau(Some(&me), &[trajectory], context)
+                        .map(|(_, predictions)| predictions.first().map(models::prediction))
+                })
+                .await??
+            }
+            None => None,
+        };
         let message = pb::ShareStrategyResponse {
             outcome_sequence,
             record: Some(convert::strategy_record(&record)),
+            plateau,
         };
         reply(visibility::for_viewer(&viewer, message))
     }

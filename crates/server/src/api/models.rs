@@ -111,6 +111,31 @@ pub struct PredictQuery {
     pub context: Attributes,
 }
 
+/// A metric's recent values, checked: 2 to [`MAX_TRAJECTORY`] of them,
+/// each in [0, 1]; errors name `field` (and the value's index).
+pub fn trajectory(field: &str, metric: String, values: Vec<f64>) -> Result<Trajectory> {
+    if values.len() < 2 || values.len() > MAX_TRAJECTORY {
+        return Err(Error::invalid(
+            field,
+            format!("needs 2 to {MAX_TRAJECTORY} values, got {}", values.len()),
+        ));
+    }
+    for (n, v) in values.iter().enumerate() {
+        unit(&format!("{field}[{n}]"), *v)?;
+    }
+    Ok(Trajectory { metric, values })
+}
+
+/// One prediction as a message.
+pub fn prediction(p: &Prediction) -> pb::PlateauPrediction {
+    pb::PlateauPrediction {
+        metric: p.metric.clone(),
+        probability: p.probability,
+        warning: p.warning,
+        recommended: p.recommended.as_ref().map(recommendation),
+    }
+}
+
 pub fn predict_query(req: pb::PredictPlateauRequest) -> Result<PredictQuery> {
     if req.metrics.is_empty() {
         return Err(Error::invalid("metrics", "at least one metric is required"));
@@ -129,20 +154,7 @@ pub fn predict_query(req: pb::PredictPlateauRequest) -> Result<PredictQuery> {
                     format!("{:?} appears twice", t.metric),
                 ));
             }
-            let field = format!("metrics[{}].values", t.metric);
-            if t.values.len() < 2 || t.values.len() > MAX_TRAJECTORY {
-                return Err(Error::invalid(
-                    field,
-                    format!("needs 2 to {MAX_TRAJECTORY} values, got {}", t.values.len()),
-                ));
-            }
-            for (n, v) in t.values.iter().enumerate() {
-                unit(&format!("{field}[{n}]"), *v)?;
-            }
-            Ok(Trajectory {
-                metric: t.metric,
-                values: t.values,
-            })
+            trajectory(&format!("metrics[{}].values", t.metric), t.metric, t.values)
         })
         .collect::<Result<_>>()?;
     Ok(PredictQuery {
@@ -215,15 +227,7 @@ pub fn model_reply(view: &ModelView, known_version: u64) -> pb::GetModelResponse
 pub fn predictions(version: u64, predictions: &[Prediction]) -> pb::PredictPlateauResponse {
     pb::PredictPlateauResponse {
         model_version: version,
-        predictions: predictions
-            .iter()
-            .map(|p| pb::PlateauPrediction {
-                metric: p.metric.clone(),
-                probability: p.probability,
-                warning: p.warning,
-                recommended: p.recommended.as_ref().map(recommendation),
-            })
-            .collect(),
+        predictions: predictions.iter().map(prediction).collect(),
         warning_threshold: WARNING_THRESHOLD,
         horizon: plateau::HORIZON as u32,
     }
