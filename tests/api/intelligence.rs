@@ -1128,3 +1128,49 @@ async fn a_follow_up_completes_a_failure_with_its_recovery() {
     assert_eq!(plan.steps[0].method, "consolidation_cycle");
     assert_eq!(plan.expected_cycles, 2.0);
 }
+
+/// Pattern outcomes are bounded like strategy outcomes: one instance's
+/// flood of failures counts up to its share (5, or as many as the others
+/// reported, plus one), so it cannot sink a pattern the others confirm.
+#[tokio::test]
+async fn one_instance_cannot_sink_a_pattern() {
+    let hub = TestHub::start().await;
+    let state = BTreeMap::from([("lv".into(), metric(0.6, true))]);
+    let a = hub.registered("a").await;
+    let shared = a
+        .share_pattern(pb::SharePatternRequest {
+            metrics: state.clone(),
+            recovery_strategies: vec!["strong".into()],
+            target_metric: "lv".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .pattern
+        .unwrap();
+    let outcome = |success: bool| pb::RecordPatternOutcomeRequest {
+        pattern_id: shared.id.clone(),
+        success,
+        metric_name: "lv".into(),
+        strategy: "strong".into(),
+        ..Default::default()
+    };
+    for name in ["a", "b"] {
+        let client = hub.registered(name).await;
+        for _ in 0..4 {
+            client.record_pattern_outcome(outcome(true)).await.unwrap();
+        }
+    }
+    let attacker = hub.registered("attacker").await;
+    let mut last = None;
+    for _ in 0..50 {
+        last = attacker
+            .record_pattern_outcome(outcome(false))
+            .await
+            .unwrap()
+            .pattern;
+    }
+    let effectiveness = last.unwrap().effectiveness.unwrap();
+    assert_eq!(effectiveness.success, 8);
+    assert_eq!(effectiveness.failure, 9, "the others' 8 reports, plus one");
+}

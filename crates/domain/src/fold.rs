@@ -178,12 +178,19 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 };
                 touch_instance(state, now, caller)?;
                 let mut pattern = (*existing).clone();
-                pattern.record_outcome(*success, strategy.as_deref(), metric.as_deref(), now);
-                if let Some(similarity) = similarity {
+                let counted = pattern.record_outcome(
+                    caller,
+                    *success,
+                    strategy.as_deref(),
+                    metric.as_deref(),
+                    now,
+                );
+                // Only counted outcomes teach the match calibration too.
+                if let Some(similarity) = similarity.filter(|_| counted) {
                     state
                         .counters
                         .pattern_calibration
-                        .record(*similarity, *success);
+                        .record(similarity, *success);
                 }
                 let pattern = Arc::new(pattern);
                 state.put_pattern(pattern.clone());

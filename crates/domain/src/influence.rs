@@ -18,6 +18,8 @@
 //!    rests on, at most. The rest is its *excess*: logged, kept, counted in
 //!    full in the rankings that instance itself asks for, and counted for
 //!    everyone once the others' reports make room for all of it.
+//!    Outcomes of acting on a pattern count by the same share (without an
+//!    excess: what is over it is dropped).
 //! 3. **Failures need applications.** An instance's reports of a failure
 //!    count up to the applications of the failing strategy it reported
 //!    (at least one), and the applications a failure rate is divided by

@@ -480,8 +480,8 @@ mod tests {
             env.clone(),
         );
         // Even a well-proven similar pattern ranks after the exact one.
-        for _ in 0..50 {
-            similar.record_outcome(true, None, None, 1);
+        for i in 0..50 {
+            similar.record_outcome(&format!("i{i}"), true, None, None, 1);
         }
         let unrelated = pattern(metrics(&[("tx", 0.1, false)]), env.clone());
         let mut index = PatternIndex::default();
@@ -501,7 +501,7 @@ mod tests {
         assert!(!smaller.rank(&query, &env, &MatchCalibration::default(), 10)[0].exact);
         // Updating a pattern replaces it in place.
         let mut proven = exact.clone();
-        proven.record_outcome(false, None, None, 2);
+        proven.record_outcome("i", false, None, None, 2);
         index.upsert(Arc::new(proven));
         assert_eq!(index.len(), 3);
         assert_eq!(

@@ -171,6 +171,10 @@ pub struct Pattern {
     pub first_seen: UnixMillis,
     pub last_seen: UnixMillis,
     pub frequency: u64,
+    /// Outcomes reported per instance: (reported, counted). An instance's
+    /// count up to its share (see [`crate::influence::allowance`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outcome_reports: BTreeMap<String, (u64, u64)>,
 }
 
 impl AsRef<Pattern> for Pattern {
@@ -193,6 +197,7 @@ impl Pattern {
             failures: 0,
             environment: share.environment.clone(),
             instances: BTreeSet::new(),
+            outcome_reports: BTreeMap::new(),
             first_seen: now,
             last_seen: now,
             frequency: 0,
@@ -226,13 +231,32 @@ impl Pattern {
     /// Records whether acting on the pattern worked, crediting `strategy`
     /// (for `metric`, when named) when the instance names the recovery it
     /// applied.
+    /// Folds one reported outcome of acting on this pattern in, if the
+    /// reporting `instance` is within its share (see
+    /// [`crate::influence::allowance`]); returns whether it counted.
     pub fn record_outcome(
         &mut self,
+        instance: &str,
         success: bool,
         strategy: Option<&str>,
         metric: Option<&str>,
         now: UnixMillis,
-    ) {
+    ) -> bool {
+        self.last_seen = self.last_seen.max(now);
+        let others = self
+            .outcome_reports
+            .iter()
+            .filter(|(id, _)| id.as_str() != instance)
+            .fold(0u64, |a, (_, (reported, _))| a.saturating_add(*reported));
+        let mine = self
+            .outcome_reports
+            .entry(instance.to_string())
+            .or_default();
+        mine.0 = mine.0.saturating_add(1);
+        if mine.1 >= crate::influence::allowance(others) {
+            return false;
+        }
+        mine.1 = mine.1.saturating_add(1);
         if success {
             self.successes = self.successes.saturating_add(1);
         } else {
@@ -257,7 +281,7 @@ impl Pattern {
                 );
             }
         }
-        self.last_seen = self.last_seen.max(now);
+        true
     }
 
     /// Recovery strategies, best first: by success rate, then by how often
