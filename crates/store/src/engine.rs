@@ -123,6 +123,22 @@ impl SledEngine {
     }
 
     fn open_db(dir: &Path) -> Result<Opened> {
+        // A database this process just closed stays locked until sled's
+        // background flusher (every 500 ms) lets go of it: a reopen right
+        // after a close (a restart, a test) waits that out. Another
+        // process's lock is still reported, a second later.
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::try_open_db(dir) {
+                Err(e) if is_in_use(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_open_db(dir: &Path) -> Result<Opened> {
         let db = sled::Config::new()
             .path(dir)
             // Durability comes from our own flush before every acknowledgement;
@@ -191,6 +207,13 @@ impl SledEngine {
             .clone()
             .unwrap_or_else(|| Error::Unavailable("store unavailable: not open".into()))
     }
+}
+
+/// How long an open waits for a lock a closed database may still hold.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+fn is_in_use(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(m) if m.contains("is in use by"))
 }
 
 /// The name of the file in the data directory that holds the PID of the
