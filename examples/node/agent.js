@@ -14,8 +14,9 @@
 //    with backoff;
 // 3. runs --cycles learning cycles on a toy metric: ask for ranked strategies
 //    (GetStrategies), check the chosen one (CheckAction), apply it to the toy
-//    metric, share the outcome (ShareStrategy) and, when the metric was on a
-//    plateau, the plateau pattern (SharePattern);
+//    metric, share the outcome (ShareStrategy, with the metric's trajectory:
+//    the answer carries the fleet model's plateau prediction) and, when the
+//    metric was on a plateau, the plateau pattern (SharePattern);
 //    A cycle on which the fleet's plateau model (see 4) predicts a plateau
 //    counts as one: the agent acts before it stalls;
 // 4. trains the fleet's plateau model on its own trajectory (GetModel, a few
@@ -662,6 +663,8 @@ class Agent {
       recommendations_followed: 0,
       action_warnings: 0,
       plateaus_predicted: 0,
+      share_predictions: 0,
+      share_warnings: 0,
     };
     // The metric's value before each cycle and after the last.
     this.history = [];
@@ -792,8 +795,15 @@ class Agent {
       context: s.context,
       recent: this.recentPb(),
       request_id: crypto.randomUUID(),
+      // The metric's recent values, ending after this application: the
+      // answer carries the fleet model's plateau prediction for it.
+      trajectory: [...this.history, metric.value].slice(-32),
     });
     this.summary.outcomes_shared += 1;
+    if (shared.plateau) {
+      this.summary.share_predictions += 1;
+      this.summary.share_warnings += shared.plateau.warning ? 1 : 0;
+    }
     this.recent.unshift([strategy, metric.name]);
     log(
       `cycle ${cycle + 1}: ${metric.name} ${before.toFixed(3)}${stuck ? ' (plateau)' : ''}; ` +

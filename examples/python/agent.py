@@ -12,8 +12,10 @@ Then it:
    breaks (hub restart, network), with backoff;
 3. runs ``--cycles`` learning cycles on a toy metric: ask for ranked
    strategies (GetStrategies), check the chosen one (CheckAction), apply it
-   to the toy metric, share the outcome (ShareStrategy) and, when the metric
-   was on a plateau, the plateau pattern (SharePattern);
+   to the toy metric, share the outcome (ShareStrategy, with the metric's
+   trajectory: the answer carries the fleet model's plateau prediction)
+   and, when the metric was on a plateau, the plateau pattern
+   (SharePattern);
    A cycle on which the fleet's plateau model (see 4) predicts a plateau
    counts as one: the agent acts before it stalls;
 4. trains the fleet's plateau model on its own trajectory (GetModel, a few
@@ -544,6 +546,8 @@ class Agent:
             "recommendations_followed": 0,
             "action_warnings": 0,
             "plateaus_predicted": 0,
+            "share_predictions": 0,
+            "share_warnings": 0,
         }
         # The metric's value before each cycle and after the last.
         self.history: list[float] = []
@@ -678,9 +682,15 @@ class Agent:
                 context=self.args.context,
                 recent=self.recent_pb(),
                 request_id=str(uuid.uuid4()),
+                # The metric's recent values, ending after this application:
+                # the answer carries the fleet model's plateau prediction.
+                trajectory=(self.history + [metric.value])[-32:],
             ),
         )
         self.summary["outcomes_shared"] += 1
+        if shared.HasField("plateau"):
+            self.summary["share_predictions"] += 1
+            self.summary["share_warnings"] += int(shared.plateau.warning)
         self.recent.insert(0, (strategy, metric.name))
         log(
             f"cycle {cycle + 1}: {metric.name} {before:.3f}{' (plateau)' if stuck else ''}; "

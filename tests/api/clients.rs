@@ -470,6 +470,9 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
         // Its learning loop: every cycle asked, checked, applied and shared.
         assert_eq!(summary["cycles"], CYCLES, "{context}");
         assert_eq!(summary["outcomes_shared"], CYCLES, "{context}");
+        // Each share carried the metric's trajectory and was answered with
+        // the plateau model's prediction.
+        assert_eq!(summary["share_predictions"], CYCLES, "{context}");
         let patterns = summary["patterns_shared"].as_u64().unwrap();
         assert!(
             (1..=CYCLES).contains(&patterns),
