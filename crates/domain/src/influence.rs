@@ -22,9 +22,10 @@
 //!    excess: what is over it is dropped).
 //! 3. **Failures need applications.** An instance's reports of a failure
 //!    count up to the applications of the failing strategy it reported
-//!    (at least one), and the applications a failure rate is divided by
-//!    are the counted ones of rule 2. Twenty reports of a failure from an
-//!    instance that never applied the strategy count as one.
+//!    (at least one). Twenty reports of a failure from an instance that
+//!    never applied the strategy count as one. (A failure rate is divided
+//!    by every reported application, so an instance that also reports
+//!    applications it did not make can dilute one.)
 //!
 //! Decisions are made in the fold from counts kept in the aggregate, so
 //! they are deterministic and replicate with the command log. Lifetime
@@ -47,18 +48,11 @@ pub const MIN_REPORTERS: usize = 2;
 /// the others.
 pub const FREE_REPORTS: u64 = 5;
 
-/// Whether an instance's next outcome counts for the fleet, given how many
-/// of its outcomes in the aggregate already count (`own`) and how many
-/// outcomes every other instance reported (`others`). Others' reports, not
-/// their counted ones: two instances that report at different paces, or
-/// one that reported alone before the other joined, never hold each other
-/// back.
-pub fn counts(own: u64, others: u64) -> bool {
-    own < allowance(others)
-}
-
 /// How many of an instance's outcomes in an aggregate may count for the
-/// fleet, given how many every other instance reported there together.
+/// fleet, given how many outcomes every other instance reported there
+/// together. Others' reports, not their counted ones: two instances that
+/// report at different paces, or one that reported alone before the other
+/// joined, never hold each other back.
 pub fn allowance(others: u64) -> u64 {
     FREE_REPORTS.max(others.saturating_add(1))
 }
@@ -175,15 +169,15 @@ pub fn install(record: &mut StrategyRecord, rebuilt: &Rebuilt, instance: &str) {
 mod tests {
     use super::*;
 
-    /// Folds `order` (one instance name per outcome) through [`counts`] and
-    /// returns how many of each instance's counted.
+    /// Folds `order` (one instance name per outcome) through [`allowance`]
+    /// and returns how many of each instance's counted.
     fn run(order: &[&str]) -> BTreeMap<String, u64> {
         let mut counted: BTreeMap<String, u64> = BTreeMap::new();
         let mut reports: BTreeMap<String, u64> = BTreeMap::new();
         for who in order {
             let own = counted.get(*who).copied().unwrap_or(0);
             let others = reports.values().sum::<u64>() - reports.get(*who).unwrap_or(&0);
-            if counts(own, others) {
+            if own < allowance(others) {
                 *counted.entry(who.to_string()).or_default() += 1;
             }
             *reports.entry(who.to_string()).or_default() += 1;

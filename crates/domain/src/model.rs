@@ -230,10 +230,8 @@ impl Pattern {
 
     /// Records whether acting on the pattern worked, crediting `strategy`
     /// (for `metric`, when named) when the instance names the recovery it
-    /// applied.
-    /// Folds one reported outcome of acting on this pattern in, if the
-    /// reporting `instance` is within its share (see
-    /// [`crate::influence::allowance`]); returns whether it counted.
+    /// applied — if the reporting `instance` is within its share (see
+    /// [`crate::influence::allowance`]). Returns whether it counted.
     pub fn record_outcome(
         &mut self,
         instance: &str,
@@ -336,6 +334,13 @@ pub struct StrategyOutcome {
     /// Strategies applied within [`PRECEDING_WINDOW`] cycles before.
     #[serde(default)]
     pub preceded_by: Vec<String>,
+}
+
+impl StrategyOutcome {
+    /// The aggregate it folds into.
+    pub fn key(&self) -> StrategyKey {
+        StrategyKey::new(&self.metric, &self.strategy, &context_key(&self.context))
+    }
 }
 
 /// Applications, successes and deltas of a set of outcomes.
@@ -656,13 +661,6 @@ impl StrategyRecord {
         crate::influence::allowance(others)
     }
 
-    /// Counted outcomes per instance.
-    pub fn counted_by_instance(&self) -> impl Iterator<Item = (&String, u64)> {
-        self.instances
-            .keys()
-            .map(|instance| (instance, self.counted(instance)))
-    }
-
     pub fn key(&self) -> StrategyKey {
         StrategyKey::new(&self.metric, &self.strategy, &self.context_key)
     }
@@ -720,9 +718,8 @@ impl StrategyRecord {
     }
 
     /// Counts in full the excess of every instance whose outcomes now all
-    /// fit its share, given `all` reports (the one being recorded
-    /// included): an instance that reported alone before others joined is
-    /// not held back for good.
+    /// fit its share: an instance that reported alone before others joined
+    /// is not held back for good.
     fn readmit(&mut self) {
         let fitting: Vec<String> = self
             .excess

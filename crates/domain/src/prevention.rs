@@ -97,9 +97,13 @@ fn rate(failures: u64, applications: u64) -> f64 {
 }
 
 /// The prerequisite with the lowest failure rate, if any clearly helps:
-/// (name, rate with it, rate without it).
-fn prerequisite(failure: &FailurePattern, usage: &StrategyUsage) -> Option<(String, f64, f64)> {
-    let occurrences = failure.counted_occurrences(&usage.by_instance);
+/// (name, rate with it, rate without it). `occurrences`: the failure's
+/// counted reports.
+fn prerequisite(
+    failure: &FailurePattern,
+    occurrences: u64,
+    usage: &StrategyUsage,
+) -> Option<(String, f64, f64)> {
     usage
         .preceded_by
         .iter()
@@ -132,10 +136,11 @@ fn prerequisite(failure: &FailurePattern, usage: &StrategyUsage) -> Option<(Stri
 /// (rate, prerequisite, whether the caller applied it).
 fn applicable_rate(
     failure: &FailurePattern,
+    occurrences: u64,
     usage: &StrategyUsage,
     applied_before: &[String],
 ) -> (f64, Option<(String, f64, f64)>, bool) {
-    let prerequisite = prerequisite(failure, usage);
+    let prerequisite = prerequisite(failure, occurrences, usage);
     match &prerequisite {
         Some((name, with, _)) if applied_before.contains(name) => (*with, prerequisite, true),
         Some((_, _, without)) => (*without, prerequisite, false),
@@ -145,7 +150,6 @@ fn applicable_rate(
             // posterior of the rate after it, shrunk towards the overall
             // rate; the lowest applies, so evidence for a prevention counts
             // as soon as it accumulates (and data keeps flowing to prove it).
-            let occurrences = failure.counted_occurrences(&usage.by_instance);
             let overall = rate(occurrences, usage.applications);
             let conditional = applied_before
                 .iter()
@@ -196,7 +200,8 @@ pub fn expected_loss<F: AsRef<FailurePattern>>(
         .iter()
         .map(|f| {
             let f = f.as_ref();
-            let (rate, _, _) = applicable_rate(f, usage, &applied_before);
+            let occurrences = f.counted_occurrences(&usage.by_instance);
+            let (rate, _, _) = applicable_rate(f, occurrences, usage, &applied_before);
             let magnitude = if f.magnitude.count > 0 {
                 f.magnitude.mean
             } else {
@@ -226,9 +231,9 @@ pub fn check_action<F: AsRef<FailurePattern>>(
         })
         .map(|f| {
             let pattern = f.as_ref();
-            let (failure_rate, prerequisite, prevented) =
-                applicable_rate(pattern, usage, &applied_before);
             let counted = pattern.counted_occurrences(&usage.by_instance);
+            let (failure_rate, prerequisite, prevented) =
+                applicable_rate(pattern, counted, usage, &applied_before);
             let mut message = format!(
                 "applying {strategy} has led to {} {} of {} ({} report(s), failure rate {:.2})",
                 pattern.failure_type.as_str().replace('_', " "),

@@ -351,8 +351,8 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(view: &StrategyView<'_>, viewer: Viewer<'_>, today: i64, tuning: &Tuning) -> Prepared {
-        let caller = viewer.own();
+    /// `caller`: the instance whose excess counts ("" for none).
+    fn new(view: &StrategyView<'_>, caller: &str, today: i64, tuning: &Tuning) -> Prepared {
         let fleet = Banded::of(view.fleet, caller, today, tuning);
         // A context's own evidence needs no corroboration of its own (the
         // strategy's fleet view has it): a minority context is often one
@@ -493,7 +493,7 @@ pub fn recommend_views<'r>(
         .filter(|ev| query.viewer.sees(&ev.fleet.instances))
         .map(|ev| {
             let name = ev.fleet.strategy.as_str();
-            let prepared = Prepared::new(&ev, query.viewer, today, &tuning);
+            let prepared = Prepared::new(&ev, query.viewer.own(), today, &tuning);
             let (mut estimate, scope) = prepared.estimate(band, &tuning);
             let (factors, mix) = ev.streak_factors(tuning.prior_strength);
             let run = streak(query.recent, name, query.metric) as usize;

@@ -45,7 +45,7 @@ pub use shared_memory::MemorySharedLog;
 
 use crate::domain::command::{Command, LogEntry};
 use crate::domain::fold::fold_outcome;
-use crate::domain::model::{AuditEntry, StrategyKey, StrategyOutcome, UnixMillis, context_key};
+use crate::domain::model::{AuditEntry, StrategyOutcome, UnixMillis};
 use crate::domain::state::{Counters, State, TableKey, TableSource, TableVisitor, Tables};
 use crate::error::{Error, Result};
 
@@ -231,11 +231,7 @@ impl Store {
             };
             after = last.sequence;
             for outcome in &page {
-                let key = StrategyKey::new(
-                    &outcome.metric,
-                    &outcome.strategy,
-                    &context_key(&outcome.context),
-                );
+                let key = outcome.key();
                 let existing = state.tables.strategies.get(&key).cloned();
                 if existing
                     .as_ref()

@@ -148,9 +148,10 @@ impl pb::admin_server::Admin for AdminService {
                 .anomalies()
                 .iter()
                 .map(|a| {
-                    let held = quarantined.iter().any(|q| {
-                        !a.finding.instance_id.is_empty() && q.instance_id == a.finding.instance_id
-                    });
+                    // A strategy shift's empty instance id matches no one.
+                    let held = quarantined
+                        .iter()
+                        .any(|q| q.instance_id == a.finding.instance_id);
                     convert::anomaly(a, held)
                 })
                 .collect(),

@@ -10,8 +10,7 @@ use crate::domain::command::Action;
 use crate::domain::fold::Answer;
 use crate::domain::influence::{self, Rebuilt};
 use crate::domain::model::{
-    Instance, Quarantine, Registration, StrategyKey, StrategyOutcome, StrategyRecord, context_key,
-    day_of,
+    Instance, Quarantine, Registration, StrategyKey, StrategyOutcome, StrategyRecord, day_of,
 };
 use crate::error::{Error, Result};
 
@@ -158,26 +157,11 @@ impl Hub {
         let since = (day_of(self.now()) - retention_days + 1) * DAY_MS;
         let keys: BTreeSet<StrategyKey> = records.keys().cloned().collect();
         let outcomes = self
-            .outcomes_since(
-                since,
-                move |o| {
-                    keys.contains(&StrategyKey::new(
-                        &o.metric,
-                        &o.strategy,
-                        &context_key(&o.context),
-                    ))
-                },
-                usize::MAX,
-            )
+            .outcomes_since(since, move |o| keys.contains(&o.key()), usize::MAX)
             .await?;
         let mut by_key: BTreeMap<StrategyKey, Vec<StrategyOutcome>> = BTreeMap::new();
         for outcome in outcomes {
-            let key = StrategyKey::new(
-                &outcome.metric,
-                &outcome.strategy,
-                &context_key(&outcome.context),
-            );
-            by_key.entry(key).or_default().push(outcome);
+            by_key.entry(outcome.key()).or_default().push(outcome);
         }
         Ok(records
             .iter()
