@@ -430,8 +430,10 @@ struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     faulty: usize,
     /// What faulty instances report: `inflate` (successes of +0.3 for the
-    /// strategy that truly does worst) or `random` (random strategy,
-    /// success and delta).
+    /// strategy that truly does worst), `random` (random strategy, success
+    /// and delta) or `model` (true outcomes, but plateau-model updates ten
+    /// times the opposite of what they learned, claiming 1,000,000
+    /// examples).
     #[arg(long, default_value = "inflate")]
     faulty_mode: String,
     /// The simulated operator quarantines every instance an anomaly scan
@@ -858,6 +860,11 @@ async fn predict(
     };
     let report = prediction::study(&study).await?;
     print!("{}", prediction::table(&report));
+    let personal = prediction::personalization(&study, options.instances).await?;
+    print!(
+        "{}",
+        prediction::personalization_table(options.instances, &personal)
+    );
     if args.faulty > 0 {
         let instances = options.instances;
         if args.faulty >= instances {
@@ -928,7 +935,7 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
         faulty: if args.predict { 0 } else { args.faulty },
         quarantine_flagged: args.quarantine_flagged,
         faulty_mode: sim::runner::FaultyMode::parse(&args.faulty_mode).ok_or_else(|| {
-            learning_hub::Error::invalid("--faulty-mode", "must be inflate or random")
+            learning_hub::Error::invalid("--faulty-mode", "must be inflate, random or model")
         })?,
     };
     if !args.predict && args.faulty >= options.instances {

@@ -631,6 +631,7 @@ async fn python_and_node_agents_train_the_plateau_model() {
         .get_model(pb::GetModelRequest {
             model: plateau::MODEL.into(),
             known_version: 0,
+            ..Default::default()
         })
         .await
         .unwrap();

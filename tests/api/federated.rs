@@ -1,10 +1,13 @@
 //! The federated plateau model over gRPC: instances' updates make versions
 //! (announced on the insight stream, kept across a restart), bad updates
 //! are refused naming the field with nothing folded, one instance cannot
-//! drag a robust model, and PredictPlateau warns with a recommendation.
+//! drag a robust model, PredictPlateau warns with a recommendation, and a
+//! context's own model is trained by its instances and mixed in on
+//! evidence.
 
 use crate::common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -29,6 +32,7 @@ async fn model(client: &HubClient, known_version: u64) -> pb::GetModelResponse {
         .get_model(pb::GetModelRequest {
             model: plateau::MODEL.into(),
             known_version,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -357,4 +361,159 @@ async fn predict_plateau_warns_with_the_fleets_strategy() {
         .unwrap()
         .applications;
     assert_eq!(after, before + 1, "the refused share wrote nothing");
+}
+
+/// Per-context personalisation: a context's own model, moved only by its
+/// instances' updates, starting from the fleet model's weights, and mixed
+/// into their predictions once held-out evaluations show it predicts the
+/// context better than the fleet model.
+#[tokio::test]
+async fn a_context_model_is_trained_by_its_context_and_mixed_in_on_evidence() {
+    let hub = TestHub::start_with(|config| {
+        config.hub.federation.buffer_size = 2;
+        config.hub.context_buffer_size = 2;
+    })
+    .await;
+    let in_context = |id: &'static str, tier: &'static str| {
+        let hub = &hub;
+        async move {
+            let client = hub.client(id).await;
+            client
+                .register(pb::RegisterRequest {
+                    instance_id: id.into(),
+                    region: "test".into(),
+                    context: BTreeMap::from([("tier".to_string(), tier.to_string())]),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            client
+        }
+    };
+    let get = |client: HubClient, context_model: bool| async move {
+        client
+            .get_model(pb::GetModelRequest {
+                model: plateau::MODEL.into(),
+                context_model,
+                ..Default::default()
+            })
+            .await
+    };
+    // No registered context: no context model.
+    let loner = hub.registered("loner").await;
+    let refused = get(loner.clone(), true).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("context_model"), "{refused:?}");
+    let refused = loner
+        .share_model_update(pb::ShareModelUpdateRequest {
+            context_model: true,
+            ..update(0, vec![0.1; plateau::WEIGHTS])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // The fleet model gets a version from two instances of another tier.
+    for id in ["s1", "s2"] {
+        let client = in_context(id, "silver").await;
+        client
+            .share_model_update(update(0, vec![0.5; plateau::WEIGHTS]))
+            .await
+            .unwrap();
+    }
+    let fleet = get(loner.clone(), false).await.unwrap();
+    assert_eq!(fleet.version, 1);
+
+    // Gold's model starts from the fleet's weights, at version 0.
+    let g1 = in_context("g1", "gold").await;
+    let g2 = in_context("g2", "gold").await;
+    let gold = get(g1.clone(), true).await.unwrap();
+    assert_eq!((gold.version, gold.context.as_str()), (0, "tier=gold"));
+    assert_eq!(gold.weights, fleet.weights);
+    assert_eq!((gold.context_share, gold.buffer_size), (0.0, 2));
+
+    // Two gold updates make its version 1; the fleet model is untouched.
+    let evaluation = |examples: u64, log_loss: f64| pb::ModelEvaluation {
+        examples,
+        correct: examples,
+        log_loss,
+        reports: 0,
+    };
+    for client in [&g1, &g2] {
+        client
+            .share_model_update(pb::ShareModelUpdateRequest {
+                context_model: true,
+                evaluation: Some(evaluation(60, 6.0)),
+                ..update(0, vec![-1.0; plateau::WEIGHTS])
+            })
+            .await
+            .unwrap();
+    }
+    let gold = get(g1.clone(), true).await.unwrap();
+    assert_eq!(gold.version, 1);
+    assert!(
+        gold.weights
+            .iter()
+            .zip(&fleet.weights)
+            .all(|(g, f)| (g - (f - 1.0)).abs() < 1e-12),
+        "{gold:?}"
+    );
+    assert_eq!(get(loner.clone(), false).await.unwrap().version, 1);
+    // Its own held-out loss (0.1 a example) is not yet weighed against the
+    // fleet's on gold's examples: share 0, and silver sees no gold model.
+    assert_eq!(gold.context_share, 0.0);
+    let silver = in_context("s3", "silver").await;
+    assert_eq!(
+        get(silver, true).await.unwrap().context.as_str(),
+        "tier=silver"
+    );
+
+    // Gold's instances report the fleet model doing worse on their
+    // examples (0.2 an example): the gold model's loss is half, so it
+    // counts fully.
+    g1.share_model_update(pb::ShareModelUpdateRequest {
+        evaluation: Some(evaluation(60, 12.0)),
+        ..update(1, vec![0.0; plateau::WEIGHTS])
+    })
+    .await
+    .unwrap();
+    let gold = get(g1.clone(), true).await.unwrap();
+    assert_eq!(gold.context_share, 1.0);
+    let trajectory = vec![0.2, 0.3, 0.35, 0.37, 0.38];
+    let predicted = g1
+        .predict_plateau(pb::PredictPlateauRequest {
+            metrics: vec![pb::MetricTrajectory {
+                metric: "lv".into(),
+                values: trajectory.clone(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (predicted.context_model_version, predicted.context_share),
+        (1, 1.0)
+    );
+    let features = plateau::features(&trajectory).unwrap();
+    let expected = plateau::predict(&gold.weights, &features);
+    assert!(
+        (predicted.predictions[0].probability - expected).abs() < 1e-12,
+        "{predicted:?}"
+    );
+    // An instance of another context still predicts with the fleet model.
+    let other = loner
+        .predict_plateau(pb::PredictPlateauRequest {
+            metrics: vec![pb::MetricTrajectory {
+                metric: "lv".into(),
+                values: trajectory,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(other.context_model_version, 0);
+    assert!(
+        (other.predictions[0].probability - plateau::predict(&fleet.weights, &features)).abs()
+            < 1e-12
+    );
 }

@@ -723,6 +723,48 @@ async fn an_inconsistent_instance_is_listed_as_an_anomaly() {
     assert_eq!(denied.code(), Code::PermissionDenied);
 }
 
+/// An instance whose metric falls whatever it applies, while the rest of
+/// its context see it rise, is listed as a metric regression.
+#[tokio::test]
+async fn a_metric_falling_for_one_instance_only_is_listed_as_a_regression() {
+    let hub = TestHub::start().await;
+    let _honest = honest_fleet(&hub).await;
+    let drifting = hub.registered("drifting").await;
+    for j in 0..8 {
+        for strategy in ["steady", "bold"] {
+            drifting
+                .share_strategy(outcome(strategy, "lv", 0.5, j % 2 == 0, -0.03))
+                .await
+                .unwrap();
+        }
+    }
+    let op = hub.operator().await;
+    let listed = op
+        .admin()
+        .list_anomalies(pb::ListAnomaliesRequest { scan: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let regressions: Vec<&pb::Anomaly> = listed
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == pb::AnomalyKind::MetricRegression as i32)
+        .collect();
+    assert_eq!(regressions.len(), 1, "{listed:?}");
+    let r = regressions[0];
+    assert_eq!(
+        (r.instance_id.as_str(), r.metric.as_str()),
+        ("drifting", "lv")
+    );
+    assert!(r.strategy.is_empty() && r.score >= 6.0, "{r:?}");
+    assert!(
+        r.evidence
+            .contains("a mean change of -0.030 per application over its 16 outcomes"),
+        "{}",
+        r.evidence
+    );
+}
+
 /// The attack from the review: one instance shares a configuration with an
 /// empty context and a declared million data points. It must not become
 /// what new instances start with, nor be offered to them, until another
@@ -1119,14 +1161,120 @@ async fn a_follow_up_completes_a_failure_with_its_recovery() {
     assert_eq!(done.occurrences, 1, "a follow-up is not another failure");
     assert_eq!(done.recovery[0].method, "consolidation_cycle");
     let b = hub.registered("b").await;
-    let plan = b
-        .share_failure(report(false, vec![]))
+    let plan = |client: HubClient| async move {
+        client
+            .share_failure(report(false, vec![]))
+            .await
+            .unwrap()
+            .plan
+            .unwrap()
+    };
+    // One instance's remedy informs only it until another confirms it.
+    assert!(plan(b.clone()).await.steps.is_empty());
+    b.share_failure(report(true, consolidation()))
+        .await
+        .unwrap();
+    let c = hub.registered("c").await;
+    let plan = plan(c).await;
+    assert_eq!(plan.steps[0].method, "consolidation_cycle");
+    assert_eq!(plan.steps[0].attempts, 2);
+    assert_eq!(plan.expected_cycles, 2.0);
+}
+
+/// Rule 4 of bounded influence: one instance cannot put a remedy of its
+/// own into everyone's recovery plan, sink the fleet's remedy by more than
+/// its share, or crowd out the fleet's prevention advice.
+#[tokio::test]
+async fn one_instance_cannot_steer_recovery_or_prevention() {
+    let hub = TestHub::start().await;
+    let report =
+        |recovery: Vec<(&str, bool, u32)>, prevention: Vec<String>| pb::ShareFailureRequest {
+            failure_type: pb::FailureType::MetricReversal as i32,
+            trigger: "te dropped after speed_optimization".into(),
+            context: Some(pb::FailureContext {
+                metric: "te".into(),
+                strategy: "speed_optimization".into(),
+            }),
+            recovery: recovery
+                .into_iter()
+                .map(|(method, succeeded, cycles)| pb::RecoveryAttempt {
+                    method: method.into(),
+                    succeeded,
+                    cycles_to_recover: cycles,
+                })
+                .collect(),
+            prevention,
+            ..Default::default()
+        };
+    for name in ["a", "b"] {
+        let honest = hub.registered(name).await;
+        honest
+            .share_failure(report(
+                vec![("rollback", true, 4)],
+                vec!["warm up first".into()],
+            ))
+            .await
+            .unwrap();
+    }
+    let attacker = hub.registered("attacker").await;
+    for round in 0..5 {
+        let flood = report(
+            [("miracle", true, 1), ("rollback", false, 0)].repeat(10),
+            (0..20).map(|i| format!("junk {round}-{i}")).collect(),
+        );
+        attacker.share_failure(flood).await.unwrap();
+    }
+    let bystander = hub.registered("bystander").await;
+    let answer = bystander
+        .share_failure(report(vec![], vec![]))
+        .await
+        .unwrap();
+    let plan = answer.plan.unwrap();
+    let steps: Vec<(&str, u64, u64)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.method.as_str(), s.attempts, s.successes))
+        .collect();
+    // 50 failed rollbacks count as 5 (its free share); "miracle" is its
+    // own alone.
+    assert_eq!(steps, [("rollback", 7, 2)]);
+    assert_eq!(plan.prevention, ["warm up first"]);
+    let failure = answer.failure.unwrap();
+    assert_eq!(failure.prevention, ["warm up first"]);
+    // The attacker sees its own, and holds 4 advice slots at most.
+    let own = attacker
+        .get_failures(pb::GetFailuresRequest::default())
         .await
         .unwrap()
-        .plan
+        .failures
+        .remove(0);
+    assert_eq!(own.recovery[0].method, "miracle", "{own:?}");
+    assert_eq!(own.recovery[0].attempts, 50);
+    assert_eq!(own.prevention.len(), 1 + 4, "{:?}", own.prevention);
+    assert_eq!(own.prevention[0], "warm up first");
+    assert_eq!(own.prevention[4], "junk 4-19");
+    // Quarantined, nothing of it counts, even for operators.
+    let op = hub.operator().await;
+    op.admin()
+        .quarantine_instance(pb::QuarantineInstanceRequest {
+            instance_id: "attacker".into(),
+            reason: "test".into(),
+        })
+        .await
         .unwrap();
-    assert_eq!(plan.steps[0].method, "consolidation_cycle");
-    assert_eq!(plan.expected_cycles, 2.0);
+    let seen = op
+        .get_failures(pb::GetFailuresRequest::default())
+        .await
+        .unwrap()
+        .failures
+        .remove(0);
+    let methods: Vec<(&str, u64)> = seen
+        .recovery
+        .iter()
+        .map(|m| (m.method.as_str(), m.attempts))
+        .collect();
+    assert_eq!(methods, [("rollback", 2)]);
+    assert_eq!(seen.prevention, ["warm up first"]);
 }
 
 /// Pattern outcomes are bounded like strategy outcomes: one instance's

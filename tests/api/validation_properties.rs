@@ -1129,6 +1129,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
                     reports: 0,
                 }),
                 request_id: "update-1".into(),
+                context_model: false,
             }
             .encode_to_vec(),
         ),
@@ -1137,6 +1138,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             pb::GetModelRequest {
                 model: "plateau".into(),
                 known_version: 3,
+                ..Default::default()
             }
             .encode_to_vec(),
         ),

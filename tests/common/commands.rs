@@ -237,6 +237,10 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                             log_loss: rng.uniform() * 7.0,
                             reports: 0,
                         }),
+                        // Every other one for the context's model (by
+                        // position: no new draws, the log stays as it was).
+                        context: Some("tier=gold".into()),
+                        for_context: i % 2 == 0,
                     },
                     rules: FederationRules {
                         dimension: 8,

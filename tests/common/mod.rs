@@ -526,6 +526,7 @@ pub async fn plateau_model(client: &HubClient) -> pb::GetModelResponse {
         .get_model(pb::GetModelRequest {
             model: "plateau".into(),
             known_version: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -127,6 +127,7 @@ pub(crate) async fn write_one(client: &HubClient, id: &str, i: u64) -> Result<Wr
             .get_model(pb::GetModelRequest {
                 model: "plateau".into(),
                 known_version: 0,
+                ..Default::default()
             })
             .await
         {

@@ -102,6 +102,7 @@ async fn writes_through_every_replica_fold_to_one_state() {
             .get_model(pb::GetModelRequest {
                 model: "plateau".into(),
                 known_version: 0,
+                ..Default::default()
             })
             .await
             .unwrap();

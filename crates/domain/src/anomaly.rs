@@ -9,6 +9,14 @@
 //!   mean delta, compared with the rest's by a two-sample z statistic. A
 //!   bug or poisoning; the score is the largest |z| over the instance's
 //!   aggregates, and the evidence names the aggregate behind it.
+//! - **Metric regression**: an instance whose metric falls, outcome after
+//!   outcome, whatever it applies, while the other instances of its
+//!   context see the same metric rise: its mean change per application
+//!   pooled over every strategy, compared with the rest of the context's by
+//!   a z statistic. A regression on the instance's side (its data, its
+//!   environment) that no single aggregate shows and the fleet does not
+//!   share. Only falls are listed: an instance doing better than its
+//!   context is not a problem to look into.
 //! - **Strategy shift**: an aggregate whose success rate on the latest day
 //!   differs from the days before it in the window, far more than chance
 //!   allows: the environment changed, and what the fleet learned of the
@@ -27,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{
     InsightCategory, InsightDraft, InsightEvidence, StrategyRecord, UnixMillis, content_id, day_of,
 };
+use super::stats::RunningStats;
 
 /// Outcomes of an instance in an aggregate before it is compared.
 pub const MIN_INSTANCE_REPORTS: u64 = 5;
@@ -48,6 +57,12 @@ pub const MIN_RATE_GAP: f64 = 0.25;
 pub const MIN_SHIFT_REPORTS: u64 = 20;
 /// |z| from which a success rate has shifted.
 pub const SHIFT_Z: f64 = 5.0;
+/// Outcomes on a metric an instance needs before its trend is compared,
+/// and the other instances of its context theirs.
+pub const MIN_METRIC_REPORTS: u64 = 10;
+pub const MIN_OTHER_METRIC_REPORTS: u64 = 20;
+/// |z| from which an instance's metric regresses against its context's.
+pub const REGRESSION_Z: f64 = 6.0;
 /// Assumed spread of deltas when the aggregate's own is smaller.
 const MIN_DELTA_SD: f64 = 0.01;
 
@@ -57,6 +72,7 @@ const MIN_DELTA_SD: f64 = 0.01;
 pub enum AnomalyKind {
     InconsistentReports,
     StrategyShift,
+    MetricRegression,
 }
 
 impl AnomalyKind {
@@ -64,6 +80,7 @@ impl AnomalyKind {
         match self {
             AnomalyKind::InconsistentReports => "inconsistent_reports",
             AnomalyKind::StrategyShift => "strategy_shift",
+            AnomalyKind::MetricRegression => "metric_regression",
         }
     }
 }
@@ -203,6 +220,99 @@ pub fn inconsistent_instances<'r>(
     worst.into_values().collect()
 }
 
+/// Instances whose metric regresses while their context's others' rises
+/// (see the module's doc): at most one finding per instance and metric.
+pub fn metric_regressions<'r>(
+    records: impl IntoIterator<Item = &'r StrategyRecord>,
+) -> Vec<Finding> {
+    // (metric, context) -> per instance (applications, delta sum,
+    // strategies it applied, of which it lost on average), the spread of
+    // every delta, and the strategies behind them.
+    type Group<'r> = (
+        BTreeMap<&'r str, (u64, f64, usize, usize)>,
+        RunningStats,
+        usize,
+    );
+    let mut groups: BTreeMap<(&'r str, &'r str), Group<'r>> = BTreeMap::new();
+    for record in records {
+        let group = groups
+            .entry((record.metric.as_str(), record.context_key.as_str()))
+            .or_insert_with(|| (BTreeMap::new(), RunningStats::default(), 0));
+        group.1 = group.1.merge(&record.improvement.merge(&record.regression));
+        group.2 += 1;
+        for (instance, share) in &record.instances {
+            if share.tracked() == 0 {
+                continue;
+            }
+            let entry = group.0.entry(instance.as_str()).or_default();
+            entry.0 += share.tracked();
+            entry.1 += share.delta_sum;
+            entry.2 += 1;
+            if share.delta_sum < 0.0 {
+                entry.3 += 1;
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for ((metric, context_key), (instances, deltas, strategies)) in groups {
+        if instances.len() <= MIN_OTHER_INSTANCES {
+            continue;
+        }
+        let n_all: u64 = instances.values().map(|(n, ..)| n).sum();
+        let d_all: f64 = instances.values().map(|(_, d, ..)| d).sum();
+        let spread = deltas.std_dev().max(MIN_DELTA_SD);
+        for (instance, (n, sum, applied, lost)) in &instances {
+            let others = n_all - n;
+            // Whatever it applies: two strategies at least, every one of
+            // them a loss on average (one strategy alone is an
+            // inconsistent report, or a bad strategy for it).
+            if *n < MIN_METRIC_REPORTS
+                || others < MIN_OTHER_METRIC_REPORTS
+                || *applied < 2
+                || lost < applied
+            {
+                continue;
+            }
+            let mean = sum / *n as f64;
+            let mean_others = (d_all - sum) / others as f64;
+            let z =
+                (mean - mean_others) / (spread * (1.0 / *n as f64 + 1.0 / others as f64).sqrt());
+            // A fall (its mean change below zero) where the context rises,
+            // by a large margin and far beyond chance.
+            let regresses = mean < 0.0
+                && mean_others > 0.0
+                && mean_others - mean >= spread
+                && z.is_finite()
+                && z <= -REGRESSION_Z;
+            if !regresses {
+                continue;
+            }
+            let context = if context_key.is_empty() {
+                "no context"
+            } else {
+                context_key
+            };
+            found.push(Finding {
+                id: finding_id(
+                    AnomalyKind::MetricRegression,
+                    &format!("{instance}\u{0}{metric}\u{0}{context_key}"),
+                ),
+                kind: AnomalyKind::MetricRegression,
+                instance_id: instance.to_string(),
+                strategy: String::new(),
+                metric: metric.to_string(),
+                context_key: context_key.to_string(),
+                score: -z,
+                evidence: format!(
+                    "{metric} ({context}): a mean change of {mean:+.3} per application over its {n} outcomes vs {mean_others:+.3} over the other {} instances' {others}, whatever was applied ({strategies} strategies; z {z:+.1})",
+                    instances.len() - 1,
+                ),
+            });
+        }
+    }
+    found
+}
+
 /// Aggregates whose latest day's success rate differs from the days
 /// before it in the window.
 pub fn strategy_shifts<'r>(
@@ -272,6 +382,7 @@ pub fn strategy_shifts<'r>(
 /// Everything a scan finds, ordered by kind and id.
 pub fn scan(records: &[&StrategyRecord], now: UnixMillis, retention_days: i64) -> Vec<Finding> {
     let mut found = inconsistent_instances(records.iter().copied());
+    found.extend(metric_regressions(records.iter().copied()));
     found.extend(strategy_shifts(
         records.iter().copied(),
         now,
@@ -473,6 +584,57 @@ mod tests {
             "{}",
             found[0].evidence
         );
+    }
+
+    #[test]
+    fn a_metric_that_falls_whatever_is_applied_is_a_regression() {
+        let honest_b = |r: &mut StrategyRecord| {
+            for i in 0..5 {
+                for _ in 0..6 {
+                    report(r, &format!("h{i}"), true, 0.04, NOW);
+                }
+            }
+        };
+        let mut a = honest();
+        let mut b = StrategyRecord::empty(&StrategyKey::new("lv", "bold", ""), NOW);
+        honest_b(&mut b);
+        // Each loss alone is small; every strategy loses for it.
+        for j in 0..8 {
+            report(&mut a, "drifting", j % 2 == 0, -0.03, NOW);
+            report(&mut b, "drifting", j % 2 == 0, -0.03, NOW);
+        }
+        let found = metric_regressions([&a, &b]);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.instance_id.as_str(), f.metric.as_str()),
+            ("drifting", "lv")
+        );
+        assert_eq!(f.kind, AnomalyKind::MetricRegression);
+        assert!(f.score >= REGRESSION_Z, "{f:?}");
+        assert!(
+            f.evidence.starts_with(
+                "lv (no context): a mean change of -0.030 per application over its 16 outcomes"
+            ),
+            "{}",
+            f.evidence
+        );
+        // One strategy alone is not a regression of the metric (the liar
+        // of `a_poisoner_is_flagged_with_its_figures` is inconsistent).
+        let mut one = honest();
+        for _ in 0..16 {
+            report(&mut one, "liar", false, -0.3, NOW);
+        }
+        assert!(metric_regressions([&one]).is_empty());
+        // Nor is an instance that gains less than its context.
+        let mut a = honest();
+        let mut b = StrategyRecord::empty(&StrategyKey::new("lv", "bold", ""), NOW);
+        honest_b(&mut b);
+        for _ in 0..8 {
+            report(&mut a, "slow", true, 0.001, NOW);
+            report(&mut b, "slow", true, 0.001, NOW);
+        }
+        assert!(metric_regressions([&a, &b]).is_empty());
     }
 
     #[test]

@@ -138,6 +138,13 @@ pub struct ModelUpdate {
     pub examples: u64,
     /// The base version evaluated on held-out examples, if reported.
     pub evaluation: Option<Evaluation>,
+    /// The caller's registered context (its key), if any: where a context
+    /// update goes, and where a fleet update's evaluation also counts.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// The update is for the context's model, not the fleet's.
+    #[serde(default)]
+    pub for_context: bool,
 }
 
 /// An update waiting for its version.
@@ -172,6 +179,11 @@ pub struct ModelRecord {
     pub last_aggregation: Option<Aggregation>,
     /// Held-out evaluations by the version evaluated.
     pub evaluations: BTreeMap<u64, Evaluation>,
+    /// For a context's model: the fleet model's versions as this context's
+    /// instances evaluated them, what [`context_share`] weighs its own
+    /// evaluations against (empty for the fleet model).
+    #[serde(default)]
+    pub fleet_evaluations: BTreeMap<u64, Evaluation>,
     pub created: UnixMillis,
     pub updated: UnixMillis,
 }
@@ -203,6 +215,7 @@ impl ModelRecord {
             last_round_instances: 0,
             last_aggregation: None,
             evaluations: BTreeMap::new(),
+            fleet_evaluations: BTreeMap::new(),
             created: now,
             updated: now,
         }
@@ -236,14 +249,7 @@ impl ModelRecord {
         }
         self.updated = now;
         if let Some(reported) = update.evaluation {
-            let eval = self.evaluations.entry(update.base_version).or_default();
-            eval.examples = eval.examples.saturating_add(reported.examples);
-            eval.correct = eval.correct.saturating_add(reported.correct);
-            eval.log_loss += reported.log_loss;
-            eval.reports = eval.reports.saturating_add(1);
-            while self.evaluations.len() > EVALUATIONS_KEPT {
-                self.evaluations.pop_first();
-            }
+            add_evaluation(&mut self.evaluations, update.base_version, &reported);
         }
         let pending = PendingUpdate {
             instance: instance.to_string(),
@@ -274,6 +280,88 @@ impl ModelRecord {
         self.pending.clear();
         self.version += 1;
         Ok(Some(self.version))
+    }
+
+    /// The evaluations kept (the newest versions'), summed.
+    pub fn recent_evaluation(&self) -> Evaluation {
+        sum(self.evaluations.values())
+    }
+
+    /// For a context's model: records how one of its instances found the
+    /// fleet model's `version` on its held-out examples.
+    pub fn record_fleet_evaluation(&mut self, version: u64, reported: &Evaluation) {
+        add_evaluation(&mut self.fleet_evaluations, version, reported);
+    }
+
+    /// For a context's model: its share in its instances' predictions
+    /// ([`context_share`]).
+    pub fn context_share(&self) -> f64 {
+        context_share(
+            &self.recent_evaluation(),
+            &sum(self.fleet_evaluations.values()),
+        )
+    }
+}
+
+fn add_evaluation(kept: &mut BTreeMap<u64, Evaluation>, version: u64, reported: &Evaluation) {
+    let eval = kept.entry(version).or_default();
+    eval.examples = eval.examples.saturating_add(reported.examples);
+    eval.correct = eval.correct.saturating_add(reported.correct);
+    eval.log_loss += reported.log_loss;
+    eval.reports = eval.reports.saturating_add(1);
+    while kept.len() > EVALUATIONS_KEPT {
+        kept.pop_first();
+    }
+}
+
+fn sum<'a>(evaluations: impl Iterator<Item = &'a Evaluation>) -> Evaluation {
+    evaluations.fold(Evaluation::default(), |a, e| Evaluation {
+        examples: a.examples.saturating_add(e.examples),
+        correct: a.correct.saturating_add(e.correct),
+        log_loss: a.log_loss + e.log_loss,
+        reports: a.reports.saturating_add(e.reports),
+    })
+}
+
+/// Held-out examples a context's model and the fleet model each need
+/// evaluated on the context's instances before the context model counts.
+pub const MIN_SHARE_EXAMPLES: u64 = 50;
+/// The context model counts fully once its mean held-out log loss is this
+/// share below the fleet model's.
+pub const FULL_SHARE_GAIN: f64 = 0.1;
+
+/// How much a context's own model weighs in its instances' predictions
+/// (`plateau::predict_personal`), from held-out evaluations by the
+/// context's instances: 0 until both models have [`MIN_SHARE_EXAMPLES`]
+/// and while the context model's mean log loss is not below the fleet
+/// model's, rising linearly to 1 at [`FULL_SHARE_GAIN`] below it. A
+/// context model is trained on fewer instances, so it has to show it
+/// predicts its context better; in the simulator's scenarios, where
+/// plateaus look alike in every context, it mostly does not.
+pub fn context_share(own: &Evaluation, fleet: &Evaluation) -> f64 {
+    if own.examples < MIN_SHARE_EXAMPLES || fleet.examples < MIN_SHARE_EXAMPLES {
+        return 0.0;
+    }
+    let (Some(own), Some(fleet)) = (own.mean_log_loss(), fleet.mean_log_loss()) else {
+        return 0.0;
+    };
+    if fleet <= 0.0 {
+        return 0.0;
+    }
+    ((fleet - own) / (fleet * FULL_SHARE_GAIN)).clamp(0.0, 1.0)
+}
+
+/// The name a context's model is kept under: `plateau@provider=gpt;…`.
+pub fn context_model_name(model: &str, context_key: &str) -> String {
+    format!("{model}@{context_key}")
+}
+
+impl ModelRecord {
+    /// The model's name without its context (`plateau@…` → `plateau`).
+    pub fn base_name(&self) -> &str {
+        self.name
+            .split_once('@')
+            .map_or(&self.name, |(base, _)| base)
     }
 }
 
@@ -453,6 +541,8 @@ mod tests {
                 log_loss: 5.0,
                 reports: 0,
             }),
+            context: None,
+            for_context: false,
         };
         assert_eq!(
             model.accept("a", &update(0, [1.0, 1.0]), &rules, 1),

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
-use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal};
+use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal, context_model_name};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc};
 use super::matching;
 use super::model::{
@@ -312,14 +312,18 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 .tables
                 .failures
                 .iter()
-                .filter(|(_, f)| f.reports.contains_key(instance_id))
+                .filter(|(_, f)| {
+                    f.reports.contains_key(instance_id)
+                        || f.recovery_by
+                            .values()
+                            .any(|by| by.contains_key(instance_id))
+                        || f.advice_by.values().any(|by| by.contains(instance_id))
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             for id in reported {
                 if let Some(failure) = state.tables.failures.get_mut(&id) {
-                    let failure = Arc::make_mut(failure);
-                    failure.reports.remove(instance_id);
-                    failure.instances.remove(instance_id);
+                    crate::influence::forget_failure_reports(Arc::make_mut(failure), instance_id);
                 }
             }
             let quarantine = Arc::new(Quarantine {
@@ -1019,13 +1023,14 @@ fn share_model_update(
         WriteRpc::ShareModelUpdate,
         request,
         |state, first| {
+            let name = model_record_name(update)?;
             if let Some(first) = first {
                 let model = state
                     .tables
                     .models
-                    .get(&update.model)
+                    .get(&name)
                     .cloned()
-                    .ok_or_else(|| Error::Internal(format!("model {} is missing", update.model)))?;
+                    .ok_or_else(|| Error::Internal(format!("model {name} is missing")))?;
                 return Ok((
                     Answer::ModelUpdated {
                         model,
@@ -1035,19 +1040,36 @@ fn share_model_update(
                 ));
             }
             touch_instance(state, now, caller)?;
-            let mut model = match state.tables.models.get(&update.model) {
+            let mut model = match state.tables.models.get(&name) {
                 Some(existing) => (**existing).clone(),
-                None => ModelRecord::new(&update.model, rules.dimension, now),
+                None => {
+                    let mut fresh = ModelRecord::new(&name, rules.dimension, now);
+                    // A context's model starts where the fleet's is.
+                    if let Some(fleet) = state.tables.models.get(&update.model)
+                        && update.for_context
+                        && fleet.weights.len() == rules.dimension
+                    {
+                        fresh.weights = fleet.weights.clone();
+                    }
+                    fresh
+                }
             };
             let new_version = model
                 .accept(caller, update, rules, now)
                 .map_err(|refusal| refused_update(refusal, update))?;
             let model = Arc::new(model);
-            state
-                .tables
-                .models
-                .insert(update.model.clone(), model.clone());
-            if let Some(version) = new_version {
+            state.tables.models.insert(name.clone(), model.clone());
+            // How the fleet model does on the caller's context, for that
+            // context's model (if it has one) to be weighed against.
+            if let (false, Some(evaluation), Some(context)) =
+                (update.for_context, update.evaluation, &update.context)
+            {
+                let own = context_model_name(&update.model, context);
+                if let Some(record) = state.tables.models.get_mut(&own) {
+                    Arc::make_mut(record).record_fleet_evaluation(update.base_version, &evaluation);
+                }
+            }
+            if let (Some(version), false) = (new_version, update.for_context) {
                 announce_version(state, now, &model, version, announce_id, announce_ttl_ms);
             }
             Ok((
@@ -1056,6 +1078,21 @@ fn share_model_update(
             ))
         },
     )
+}
+
+/// The record an update folds into: the fleet model's, or its context's.
+fn model_record_name(update: &ModelUpdate) -> Result<String> {
+    if !update.for_context {
+        return Ok(update.model.clone());
+    }
+    match update.context.as_deref() {
+        Some(context) if !context.is_empty() => Ok(context_model_name(&update.model, context)),
+        _ => Err(Error::FailedPrecondition(
+            "context_model: the caller registered no context; register with one, or send the \
+             update for the fleet model"
+                .into(),
+        )),
+    }
 }
 
 fn refused_update(refusal: Refusal, update: &ModelUpdate) -> Error {

@@ -26,6 +26,15 @@
 //!    never applied the strategy count as one. (A failure rate is divided
 //!    by every reported application, so an instance that also reports
 //!    applications it did not make can dilute one.)
+//! 4. **Recovery and prevention advice.** A recovery method's attempts
+//!    count per instance by the share of rule 2 (up to [`FREE_REPORTS`],
+//!    beyond that up to the other instances' attempts plus one), and a
+//!    method only one instance reported informs only that instance, as a
+//!    strategy does under rule 1. Prevention advice informs others once
+//!    [`MIN_REPORTERS`] instances gave it, ranked by how many did, and an
+//!    instance holds at most [`MAX_OWN_ADVICE`] of a failure's
+//!    [`MAX_PREVENTION`] advice slots with advice nobody else gave: its own
+//!    oldest gives way first, so it cannot push out what others said.
 //!
 //! Decisions are made in the fold from counts kept in the aggregate, so
 //! they are deterministic and replicate with the command log. Lifetime
@@ -33,12 +42,15 @@
 //! streak and sequence statistics) still include every report; the
 //! estimates rankings, warnings and bootstraps are built from are bounded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{Identity, Role};
-use crate::model::{DayBucket, Excess, StrategyKey, StrategyOutcome, StrategyRecord};
+use crate::model::{
+    DayBucket, Excess, FailurePattern, MAX_PREVENTION, RecoveryMethodStats, StrategyKey,
+    StrategyOutcome, StrategyRecord,
+};
 
 /// Distinct instances whose outcomes an aggregate needs before it informs
 /// anyone else.
@@ -97,11 +109,151 @@ impl<'a> Viewer<'a> {
     /// enough distinct instances reported it, or the viewer itself did,
     /// or the viewer is an operator.
     pub fn sees<V>(&self, reporters: &BTreeMap<String, V>) -> bool {
+        self.admits(reporters.len(), |id| reporters.contains_key(id))
+    }
+
+    /// [`Viewer::sees`] for a set of reporters.
+    pub fn sees_all(&self, reporters: &BTreeSet<String>) -> bool {
+        self.admits(reporters.len(), |id| reporters.contains(id))
+    }
+
+    fn admits(&self, reporters: usize, reported_by: impl Fn(&str) -> bool) -> bool {
         match self {
             Viewer::Operator => true,
-            Viewer::Newcomer => reporters.len() >= MIN_REPORTERS,
-            Viewer::Instance(id) => reporters.len() >= MIN_REPORTERS || reporters.contains_key(*id),
+            Viewer::Newcomer => reporters >= MIN_REPORTERS,
+            Viewer::Instance(id) => reporters >= MIN_REPORTERS || reported_by(id),
         }
+    }
+}
+
+/// Pieces of one failure's prevention advice an instance may hold that no
+/// other instance gave (rule 4).
+pub const MAX_OWN_ADVICE: usize = 4;
+
+/// Folds `instance`'s `advice` into `failure`'s prevention advice, within
+/// rule 4: known advice gains a voice; new advice first makes room by
+/// dropping the instance's own oldest uncorroborated advice when it holds
+/// [`MAX_OWN_ADVICE`], then, when the record is full, the oldest advice
+/// fewer than [`MIN_REPORTERS`] instances gave. When all of it is
+/// corroborated the new advice waits for room.
+pub fn give_advice(failure: &mut FailurePattern, advice: &str, instance: &str) {
+    if failure.prevention.iter().any(|a| a == advice) {
+        failure
+            .advice_by
+            .entry(advice.to_string())
+            .or_default()
+            .insert(instance.to_string());
+        return;
+    }
+    let own: Vec<String> = failure
+        .prevention
+        .iter()
+        .filter(|a| {
+            failure
+                .advice_by
+                .get(*a)
+                .is_some_and(|by| by.len() == 1 && by.contains(instance))
+        })
+        .cloned()
+        .collect();
+    if own.len() >= MAX_OWN_ADVICE {
+        drop_advice(failure, &own[0]);
+    }
+    if failure.prevention.len() >= MAX_PREVENTION {
+        let uncorroborated = failure.prevention.iter().find(|a| {
+            failure
+                .advice_by
+                .get(*a)
+                .is_none_or(|by| by.len() < MIN_REPORTERS)
+        });
+        let Some(oldest) = uncorroborated.cloned() else {
+            return;
+        };
+        drop_advice(failure, &oldest);
+    }
+    failure.prevention.push(advice.to_string());
+    failure
+        .advice_by
+        .insert(advice.to_string(), BTreeSet::from([instance.to_string()]));
+}
+
+fn drop_advice(failure: &mut FailurePattern, advice: &str) {
+    failure.prevention.retain(|a| a != advice);
+    failure.advice_by.remove(advice);
+}
+
+/// `failure` as `viewer` may be told of it (rule 4): each recovery method
+/// from the attempts that count for the viewer (methods only another
+/// instance reported left out), and the prevention advice the viewer may
+/// see, most often given first. Methods and advice recorded before their
+/// reporters were kept are shown as they are.
+pub fn failure_seen_by(failure: &FailurePattern, viewer: Viewer) -> FailurePattern {
+    let mut seen = failure.clone();
+    seen.recovery = failure
+        .recovery
+        .iter()
+        .filter_map(|(method, total)| match failure.recovery_by.get(method) {
+            None => Some((method.clone(), *total)),
+            Some(by) if viewer.sees(by) => {
+                let counted = counted_recovery(by, viewer.own());
+                (counted.attempts > 0).then(|| (method.clone(), counted))
+            }
+            Some(_) => None,
+        })
+        .collect();
+    let mut advice: Vec<(usize, usize, &String)> = failure
+        .prevention
+        .iter()
+        .enumerate()
+        .filter_map(|(age, a)| match failure.advice_by.get(a) {
+            None => Some((MIN_REPORTERS, age, a)),
+            Some(by) => viewer.sees_all(by).then_some((by.len(), age, a)),
+        })
+        .collect();
+    advice.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    seen.prevention = advice.into_iter().map(|(_, _, a)| a.clone()).collect();
+    seen
+}
+
+/// A recovery method's attempts as they count for the instance `own`
+/// ("" for none): its own in full, every other instance's up to the
+/// [`allowance`] the rest of the attempts give it.
+pub fn counted_recovery(
+    by: &BTreeMap<String, RecoveryMethodStats>,
+    own: &str,
+) -> RecoveryMethodStats {
+    let total: u64 = by.values().map(|s| s.attempts).fold(0, u64::saturating_add);
+    by.iter()
+        .map(|(instance, stats)| {
+            if instance == own {
+                *stats
+            } else {
+                stats.scaled_to(allowance(total - stats.attempts))
+            }
+        })
+        .fold(RecoveryMethodStats::default(), |sum, s| sum.merge(&s))
+}
+
+/// Takes `instance` out of what `failure` counts (a quarantine): its
+/// reports, its recovery attempts (a method only it reported goes) and its
+/// voice in the prevention advice (advice only it gave goes). Lifetime
+/// totals of methods others reported too keep its attempts.
+pub fn forget_failure_reports(failure: &mut FailurePattern, instance: &str) {
+    failure.reports.remove(instance);
+    failure.instances.remove(instance);
+    for (method, by) in failure.recovery_by.iter_mut() {
+        if by.remove(instance).is_some() && by.is_empty() {
+            failure.recovery.remove(method);
+        }
+    }
+    failure.recovery_by.retain(|_, by| !by.is_empty());
+    let alone: Vec<String> = failure
+        .advice_by
+        .iter_mut()
+        .filter_map(|(advice, by)| (by.remove(instance) && by.is_empty()).then(|| advice.clone()))
+        .collect();
+    for advice in alone {
+        drop_advice(failure, &advice);
     }
 }
 
@@ -241,6 +393,85 @@ mod tests {
         assert_eq!(Viewer::of(Some(&operator)), Viewer::Operator);
         let instance = Identity::instance("a");
         assert_eq!(Viewer::of(Some(&instance)).own(), "a");
+    }
+
+    fn failure_with_advice(given: &[(&str, &str)]) -> FailurePattern {
+        let report = crate::model::FailureReport {
+            failure_type: crate::model::FailureType::Deadlock,
+            trigger: "t".into(),
+            metric: "m".into(),
+            strategy: "s".into(),
+            recovery: vec![],
+            prevention: vec![],
+            preceded_by: vec![],
+            magnitude: None,
+            follow_up: false,
+        };
+        let mut failure = FailurePattern::new(&report, "a", 0);
+        for (instance, advice) in given {
+            give_advice(&mut failure, advice, instance);
+        }
+        failure
+    }
+
+    #[test]
+    fn an_instance_holds_a_few_advice_slots_and_cannot_evict_corroborated_advice() {
+        let mut given: Vec<(String, String)> = Vec::new();
+        // 30 pieces of advice from 15 honest instances, two corroborated.
+        for i in 0..30 {
+            given.push((format!("h{}", i / 2), format!("honest {i}")));
+        }
+        given.push(("g".into(), "honest 0".into()));
+        given.push(("g".into(), "honest 1".into()));
+        for i in 0..100 {
+            given.push(("x".into(), format!("junk {i}")));
+        }
+        let pairs: Vec<(&str, &str)> = given
+            .iter()
+            .map(|(i, a)| (i.as_str(), a.as_str()))
+            .collect();
+        let failure = failure_with_advice(&pairs);
+        assert_eq!(failure.prevention.len(), MAX_PREVENTION);
+        let junk: Vec<&String> = failure
+            .prevention
+            .iter()
+            .filter(|a| a.starts_with("junk"))
+            .collect();
+        assert_eq!(junk, ["junk 96", "junk 97", "junk 98", "junk 99"]);
+        // The junk pushed out two uncorroborated honest pieces, the
+        // oldest, on its way in, and none since.
+        assert!(!failure.prevention.contains(&"honest 2".to_string()));
+        assert!(!failure.prevention.contains(&"honest 3".to_string()));
+        assert!(failure.prevention.contains(&"honest 4".to_string()));
+        assert!(failure.prevention.contains(&"honest 0".to_string()));
+        assert!(failure.prevention.contains(&"honest 1".to_string()));
+        // Others see the corroborated advice only; the giver its own too.
+        let seen = failure.seen_by(Viewer::Instance("z"));
+        assert_eq!(seen.prevention, ["honest 0", "honest 1"]);
+        let own = failure.seen_by(Viewer::Instance("x"));
+        assert_eq!(own.prevention.len(), 2 + 4);
+    }
+
+    #[test]
+    fn a_recovery_method_counts_each_instance_within_its_share() {
+        let stats = |attempts, successes| RecoveryMethodStats {
+            attempts,
+            successes,
+            ..Default::default()
+        };
+        let by = BTreeMap::from([
+            ("a".to_string(), stats(3, 3)),
+            ("b".to_string(), stats(2, 2)),
+            ("x".to_string(), stats(100, 0)),
+        ]);
+        // x counts as allowance(5) = 6 attempts for others, in full for x.
+        let counted = counted_recovery(&by, "");
+        assert_eq!((counted.attempts, counted.successes), (11, 5));
+        let own = counted_recovery(&by, "x");
+        assert_eq!((own.attempts, own.successes), (105, 5));
+        // Proportions are kept when scaling down.
+        let half = stats(10, 5).scaled_to(4);
+        assert_eq!((half.attempts, half.successes), (4, 2));
     }
 
     #[test]

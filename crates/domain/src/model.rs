@@ -1000,6 +1000,42 @@ impl RecoveryMethodStats {
     pub fn success_rate(&self) -> f64 {
         ratio(self.successes, self.attempts)
     }
+
+    /// Both as one.
+    pub fn merge(&self, other: &RecoveryMethodStats) -> RecoveryMethodStats {
+        RecoveryMethodStats {
+            attempts: self.attempts.saturating_add(other.attempts),
+            successes: self.successes.saturating_add(other.successes),
+            cycles: self.cycles.merge(&other.cycles),
+        }
+    }
+
+    /// These stats as if only `attempts` of them (fewer) had been made, in
+    /// the same proportions.
+    pub fn scaled_to(&self, attempts: u64) -> RecoveryMethodStats {
+        if attempts >= self.attempts {
+            return *self;
+        }
+        let share = attempts as f64 / self.attempts as f64;
+        let scale = |n: u64| (n as f64 * share).round() as u64;
+        RecoveryMethodStats {
+            attempts,
+            successes: scale(self.successes),
+            cycles: RunningStats {
+                count: scale(self.cycles.count),
+                m2: self.cycles.m2 * share,
+                ..self.cycles
+            },
+        }
+    }
+
+    fn add(&mut self, attempt: &RecoveryAttempt) {
+        self.attempts = self.attempts.saturating_add(1);
+        if attempt.succeeded {
+            self.successes = self.successes.saturating_add(1);
+            self.cycles.push(f64::from(attempt.cycles_to_recover));
+        }
+    }
 }
 
 /// The most triggers and prevention items a failure keeps; older ones give
@@ -1035,6 +1071,15 @@ pub struct FailurePattern {
     /// Reports per instance (empty in records written before it was kept).
     #[serde(default)]
     pub reports: BTreeMap<String, u64>,
+    /// Recovery attempts by method, then by instance: what
+    /// [`FailurePattern::seen_by`] bounds (empty in records written before
+    /// it was kept, whose `recovery` is shown as it is).
+    #[serde(default)]
+    pub recovery_by: BTreeMap<String, BTreeMap<String, RecoveryMethodStats>>,
+    /// The instances that gave each piece of `prevention` advice (advice
+    /// missing here was given before reporters were kept).
+    #[serde(default)]
+    pub advice_by: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl AsRef<FailurePattern> for FailurePattern {
@@ -1054,6 +1099,12 @@ impl FailurePattern {
         } else {
             crate::influence::counted_failures(&self.reports, applications)
         }
+    }
+
+    /// This failure as `viewer` may be told of it: recovery methods and
+    /// prevention advice bounded by [`crate::influence`]'s rule 4.
+    pub fn seen_by(&self, viewer: crate::influence::Viewer) -> FailurePattern {
+        crate::influence::failure_seen_by(self, viewer)
     }
 
     /// The id shared by every report of this (type, metric, strategy).
@@ -1081,19 +1132,23 @@ impl FailurePattern {
             magnitude: RunningStats::default(),
             resolved: false,
             reports: BTreeMap::new(),
+            recovery_by: BTreeMap::new(),
+            advice_by: BTreeMap::new(),
         };
         failure.record(report, instance, now);
         failure
     }
 
-    fn record_recovery(&mut self, report: &FailureReport) {
+    fn record_recovery(&mut self, report: &FailureReport, instance: &str) {
         for attempt in &report.recovery {
-            let stats = self.recovery.entry(attempt.method.clone()).or_default();
-            stats.attempts = stats.attempts.saturating_add(1);
-            if attempt.succeeded {
-                stats.successes = stats.successes.saturating_add(1);
-                stats.cycles.push(f64::from(attempt.cycles_to_recover));
-            }
+            let total = self.recovery.entry(attempt.method.clone()).or_default();
+            total.add(attempt);
+            self.recovery_by
+                .entry(attempt.method.clone())
+                .or_default()
+                .entry(instance.to_string())
+                .or_default()
+                .add(attempt);
         }
     }
 
@@ -1101,7 +1156,7 @@ impl FailurePattern {
     pub fn record(&mut self, report: &FailureReport, instance: &str, now: UnixMillis) {
         if report.follow_up {
             // How an already counted failure was recovered from.
-            self.record_recovery(report);
+            self.record_recovery(report, instance);
             return;
         }
         self.occurrences = self.occurrences.saturating_add(1);
@@ -1114,15 +1169,9 @@ impl FailurePattern {
         if self.triggers.len() > MAX_TRIGGERS {
             self.triggers.remove(0);
         }
-        self.record_recovery(report);
+        self.record_recovery(report, instance);
         for advice in &report.prevention {
-            if !self.prevention.contains(advice) {
-                self.prevention.push(advice.clone());
-            }
-        }
-        if self.prevention.len() > MAX_PREVENTION {
-            let excess = self.prevention.len() - MAX_PREVENTION;
-            self.prevention.drain(..excess);
+            crate::influence::give_advice(self, advice, instance);
         }
         for p in &report.preceded_by {
             let count = self.preceded_by.entry(p.clone()).or_default();

@@ -11,6 +11,9 @@
 
 use std::collections::BTreeMap;
 
+use std::collections::BTreeSet;
+
+use super::influence::{Viewer, counted_recovery};
 use super::model::{FailurePattern, FailureType, RecoveryMethodStats};
 
 /// Steps a plan holds at most.
@@ -47,32 +50,64 @@ pub struct Plan {
 }
 
 /// The plan for a `failure_type` failure of `metric`, from `failures`
-/// (resolved ones are left out).
+/// (resolved ones are left out), as `viewer` may be told of it: each
+/// method's attempts merged per instance over the failures and counted
+/// within [`crate::influence`]'s rule 4, so a method one instance alone
+/// reported is in its own plan only, and so is advice one instance alone
+/// gave. Attempts and advice recorded before their reporters were kept
+/// count as they are.
 pub fn plan<'a>(
     failures: impl IntoIterator<Item = &'a FailurePattern>,
     failure_type: FailureType,
     metric: &str,
+    viewer: Viewer,
 ) -> Plan {
-    let mut methods: BTreeMap<&str, RecoveryMethodStats> = BTreeMap::new();
-    let mut prevention: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_method: BTreeMap<&str, BTreeMap<String, RecoveryMethodStats>> = BTreeMap::new();
+    let mut legacy: BTreeMap<&str, RecoveryMethodStats> = BTreeMap::new();
+    let mut advice: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut legacy_advice: BTreeMap<&str, usize> = BTreeMap::new();
     let mut count = 0;
     for failure in failures {
         if failure.resolved || failure.failure_type != failure_type || failure.metric != metric {
             continue;
         }
         count += 1;
-        for (method, stats) in &failure.recovery {
-            let merged = methods.entry(method).or_default();
-            merged.attempts += stats.attempts;
-            merged.successes += stats.successes;
-            merged.cycles = merged.cycles.merge(&stats.cycles);
+        for (method, total) in &failure.recovery {
+            let Some(by) = failure.recovery_by.get(method) else {
+                let merged = legacy.entry(method).or_default();
+                *merged = merged.merge(total);
+                continue;
+            };
+            let merged = by_method.entry(method).or_default();
+            for (instance, stats) in by {
+                let m = merged.entry(instance.clone()).or_default();
+                *m = m.merge(stats);
+            }
         }
-        for advice in &failure.prevention {
-            *prevention.entry(advice).or_default() += 1;
+        for a in &failure.prevention {
+            match failure.advice_by.get(a) {
+                Some(by) => advice.entry(a).or_default().extend(by.iter().cloned()),
+                None => *legacy_advice.entry(a).or_default() += 1,
+            }
+        }
+    }
+    let mut methods = legacy;
+    for (method, by) in by_method {
+        if viewer.sees(&by) {
+            let counted = counted_recovery(&by, viewer.own());
+            let merged = methods.entry(method).or_default();
+            *merged = merged.merge(&counted);
+        }
+    }
+    let mut prevention = legacy_advice;
+    for (a, by) in advice {
+        if viewer.sees_all(&by) {
+            *prevention.entry(a).or_default() += by.len();
         }
     }
     let mut steps: Vec<Step> = methods
         .into_iter()
+        .filter(|(_, stats)| stats.attempts > 0)
         .map(|(method, stats)| {
             let expected_cycles = if stats.cycles.count > 0 {
                 stats.cycles.mean
@@ -176,7 +211,12 @@ mod tests {
                 &[("reset", true, 1)],
             ),
         ];
-        let plan = plan(failures.iter(), FailureType::MetricReversal, "accuracy");
+        let plan = plan(
+            failures.iter(),
+            FailureType::MetricReversal,
+            "accuracy",
+            Viewer::Operator,
+        );
         assert_eq!(plan.failures, 2);
         let methods: Vec<&str> = plan.steps.iter().map(|s| s.method.as_str()).collect();
         assert_eq!(methods, ["rollback", "retrain"]);
@@ -189,7 +229,29 @@ mod tests {
         // 1 - 0.25 * 0.5.
         assert_eq!(plan.success_rate, 0.875);
         assert_eq!(plan.prevention.len(), 2);
-        let none = super::plan(failures.iter(), FailureType::Cascade, "accuracy");
+        let none = super::plan(
+            failures.iter(),
+            FailureType::Cascade,
+            "accuracy",
+            Viewer::Operator,
+        );
         assert!(none.steps.is_empty() && none.success_rate == 0.0);
+        // All of it was reported by one instance: its own plan has it,
+        // another instance's has nothing yet.
+        let own = super::plan(
+            failures.iter(),
+            FailureType::MetricReversal,
+            "accuracy",
+            Viewer::Instance("a"),
+        );
+        assert_eq!(own.steps, plan.steps);
+        let other = super::plan(
+            failures.iter(),
+            FailureType::MetricReversal,
+            "accuracy",
+            Viewer::Instance("b"),
+        );
+        assert!(other.steps.is_empty() && other.prevention.is_empty());
+        assert_eq!(other.failures, 2);
     }
 }

@@ -108,6 +108,24 @@ pub fn predict(weights: &[f64], features: &[f64; FEATURES]) -> f64 {
     sigmoid(z)
 }
 
+/// The personalised probability for an instance whose context has its own
+/// model: the fleet model's probability and the context model's, mixed by
+/// `share` (0: the fleet model's alone; GetModel's `context_share`, which
+/// the hub sets from held-out evaluations).
+pub fn predict_personal(
+    fleet: &[f64],
+    context: &[f64],
+    share: f64,
+    features: &[f64; FEATURES],
+) -> f64 {
+    let p = predict(fleet, features);
+    if share <= 0.0 {
+        return p;
+    }
+    let share = share.min(1.0);
+    (1.0 - share) * p + share * predict(context, features)
+}
+
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z.clamp(-40.0, 40.0)).exp())
 }

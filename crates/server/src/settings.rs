@@ -286,6 +286,7 @@ pub const KEYS: &[Key] = &[
         Kind::Choice(&["median", "trimmed-mean", "fedavg"]),
         "\"median\"",
     ),
+    key("model", "context_buffer_size", int(1, 1000), "3"),
     key(
         "anomalies",
         "scan_interval_minutes",
@@ -736,6 +737,7 @@ impl Settings {
         hub.federation.buffer_size = self.unsigned("model", "buffer_size");
         hub.federation.aggregation =
             Aggregation::parse(self.string("model", "aggregation")).unwrap_or(Aggregation::Median);
+        hub.context_buffer_size = self.unsigned("model", "context_buffer_size");
 
         let storage = &mut config.storage;
         storage.backend = match self.string("storage", "backend") {

@@ -428,7 +428,7 @@ impl HubLink {
         let metric = &scenario.metrics[app.metric].name;
         // A faulty instance reports something else than what happened.
         let (reported, successful, delta) = match self.faulty {
-            None => (app.strategy, outcome.success, outcome.delta),
+            None | Some(FaultyMode::Model) => (app.strategy, outcome.success, outcome.delta),
             Some(FaultyMode::Inflate) => (world.worst_strategy(state, app.metric), true, 0.3),
             Some(FaultyMode::Random) => (
                 (self.rng.next_u64() % scenario.strategies.len() as u64) as usize,
@@ -619,14 +619,24 @@ impl HubLink {
                 epochs: MODEL_LOCAL_EPOCHS,
                 ..Training::default()
             };
-            let delta = plateau::train(&self.model, &examples, &training);
+            let mut delta = plateau::train(&self.model, &examples, &training);
+            let mut claimed = examples.len() as u64;
+            if self.faulty == Some(FaultyMode::Model) {
+                // Towards a wrong model, as hard as validation lets it.
+                delta.iter_mut().for_each(|d| *d *= -10.0);
+                claimed = 1_000_000;
+                let norm = crate::domain::federated::l2_norm(&delta);
+                if norm > 1000.0 {
+                    delta.iter_mut().for_each(|d| *d *= 1000.0 / norm);
+                }
+            }
             let sent = self
                 .client
                 .share_model_update(pb::ShareModelUpdateRequest {
                     model: plateau::MODEL.into(),
                     base_version: self.model_version,
                     delta,
-                    examples: examples.len() as u64,
+                    examples: claimed,
                     ..Default::default()
                 })
                 .await;
@@ -642,6 +652,7 @@ impl HubLink {
             .get_model(pb::GetModelRequest {
                 model: plateau::MODEL.into(),
                 known_version: self.model_version,
+                ..Default::default()
             })
             .await
             .map_err(hub_error)?;

@@ -25,7 +25,9 @@ use super::measures::Estimate;
 use super::runner::{self, FaultyMode, Mode, RunSpec};
 use super::scenario::Scenario;
 use crate::client::plateau::{self, Example, Training};
-use crate::domain::federated::{Aggregation, FederationRules, ModelRecord, ModelUpdate};
+use crate::domain::federated::{
+    Aggregation, Evaluation, FederationRules, ModelRecord, ModelUpdate,
+};
 use crate::error::{Error, Result};
 
 /// What to measure.
@@ -100,7 +102,7 @@ async fn fleet_examples(
     seed: u64,
     instances: usize,
     cycles: u32,
-) -> Result<Vec<Vec<Example>>> {
+) -> Result<Vec<(usize, Vec<Example>)>> {
     let spec = RunSpec {
         scenario: scenario.clone(),
         mode: Mode::Isolated,
@@ -117,13 +119,18 @@ async fn fleet_examples(
     Ok(traces
         .iter()
         .map(|t| {
-            t.values
+            let examples = t
+                .values
                 .iter()
                 .flat_map(|values| plateau::examples(values))
-                .collect()
+                .collect();
+            (t.context, examples)
         })
         .collect())
 }
+
+/// A fleet's examples, per instance, with the index of its context.
+type Fleet = Vec<(usize, Vec<Example>)>;
 
 /// A training fleet's examples (per instance, their first
 /// `train_cycles`) and the held-out fleet's (other instances of other
@@ -133,9 +140,9 @@ async fn training_and_test(
     seed: u64,
     instances: usize,
     options: &PredictionOptions,
-) -> Result<(Vec<Vec<Example>>, Vec<Example>)> {
+) -> Result<(Fleet, Vec<(usize, Example)>)> {
     let fleet = fleet_examples(scenario, seed, instances, options.train_cycles).await?;
-    let test: Vec<Example> = fleet_examples(
+    let test: Vec<(usize, Example)> = fleet_examples(
         scenario,
         seed.wrapping_add(1_000_003),
         options.test_instances,
@@ -143,7 +150,7 @@ async fn training_and_test(
     )
     .await?
     .into_iter()
-    .flatten()
+    .flat_map(|(context, examples)| examples.into_iter().map(move |e| (context, e)))
     .collect();
     if test.is_empty() {
         return Err(Error::invalid(
@@ -156,9 +163,17 @@ async fn training_and_test(
 
 /// Accuracy, AUC and calibration error of `weights` on `examples`.
 pub fn score(weights: &[f64], examples: &[Example]) -> Scores {
+    score_with(examples, |x| plateau::predict(weights, x))
+}
+
+/// The same scores for any predictor of the features.
+pub fn score_with(
+    examples: &[Example],
+    predict: impl Fn(&[f64; plateau::FEATURES]) -> f64,
+) -> Scores {
     let mut scored: Vec<(f64, bool)> = examples
         .iter()
-        .map(|e| (plateau::predict(weights, &e.features), e.plateau_ahead))
+        .map(|e| (predict(&e.features), e.plateau_ahead))
         .collect();
     let n = scored.len().max(1) as f64;
     let accuracy = scored.iter().filter(|(p, y)| (*p >= 0.5) == *y).count() as f64 / n;
@@ -209,7 +224,7 @@ pub fn score(weights: &[f64], examples: &[Example]) -> Scores {
 /// and, being adjacent, they land in the same buffers (the worst case for
 /// a trimmed mean that drops one value at each end).
 pub fn federate(
-    fleet: &[Vec<Example>],
+    fleet: &Fleet,
     rounds: usize,
     rules: &FederationRules,
     faulty: usize,
@@ -221,7 +236,7 @@ pub fn federate(
     };
     let mut now = 0;
     for _ in 0..rounds {
-        for (i, examples) in fleet.iter().enumerate() {
+        for (i, (_, examples)) in fleet.iter().enumerate() {
             if examples.is_empty() {
                 continue;
             }
@@ -239,6 +254,8 @@ pub fn federate(
                 delta,
                 examples: claimed,
                 evaluation: None,
+                context: None,
+                for_context: false,
             };
             model
                 .accept(&format!("i{i:04}"), &update, rules, now)
@@ -246,6 +263,208 @@ pub fn federate(
         }
     }
     Ok((model.weights, model.version))
+}
+
+/// Distinct instances a context model's version waits for in the study
+/// (fewer when the context has fewer training instances).
+const CONTEXT_BUFFER: usize = 3;
+
+/// Trains the fleet model and, alongside it, one model per context the way
+/// the hub keeps them: each instance sends every round one update of the
+/// fleet model and one of its context's, which starts from the fleet
+/// model's weights when its first update arrives and is then moved only
+/// by its context's instances. Each instance keeps the last
+/// [`HELD_OUT_SHARE`] of its examples out of training and reports how both
+/// models do on them, as an instance does with `evaluation`; from those
+/// the context model gets its share ([`ModelRecord::context_share`]).
+/// Returns the fleet model's weights and each context's model (`None` for
+/// a context without training instances).
+pub fn federate_personal(
+    fleet: &Fleet,
+    contexts: usize,
+    rounds: usize,
+    rules: &FederationRules,
+) -> Result<(Vec<f64>, Vec<Option<ModelRecord>>)> {
+    let mut global = ModelRecord::new(plateau::MODEL, plateau::WEIGHTS, 0);
+    let mut own: Vec<Option<ModelRecord>> = vec![None; contexts];
+    let members: Vec<usize> = (0..contexts)
+        .map(|c| {
+            fleet
+                .iter()
+                .filter(|(ctx, e)| *ctx == c && !e.is_empty())
+                .count()
+        })
+        .collect();
+    let training = Training {
+        epochs: LOCAL_EPOCHS,
+        ..Training::default()
+    };
+    let refused = |e| Error::Internal(format!("update refused: {e:?}"));
+    let mut now = 0;
+    for _ in 0..rounds {
+        for (i, (context, examples)) in fleet.iter().enumerate() {
+            let cut = examples.len() - (examples.len() as f64 * HELD_OUT_SHARE) as usize;
+            let (train, held_out) = examples.split_at(cut);
+            if train.is_empty() {
+                continue;
+            }
+            now += 1;
+            let id = format!("i{i:04}");
+            let update = |model: &ModelRecord| ModelUpdate {
+                model: plateau::MODEL.into(),
+                base_version: model.version,
+                delta: plateau::train(&model.weights, train, &training),
+                examples: train.len() as u64,
+                evaluation: (!held_out.is_empty()).then(|| {
+                    let e = plateau::evaluate(&model.weights, held_out);
+                    Evaluation {
+                        examples: e.examples,
+                        correct: e.correct,
+                        log_loss: e.log_loss,
+                        reports: 0,
+                    }
+                }),
+                context: None,
+                for_context: false,
+            };
+            let u = update(&global);
+            let model = own[*context].get_or_insert_with(|| {
+                let mut m = ModelRecord::new(plateau::MODEL, plateau::WEIGHTS, now);
+                m.weights = global.weights.clone();
+                m
+            });
+            if let Some(e) = &u.evaluation {
+                model.record_fleet_evaluation(u.base_version, e);
+            }
+            global.accept(&id, &u, rules, now).map_err(refused)?;
+            let context_rules = FederationRules {
+                buffer_size: CONTEXT_BUFFER.min(members[*context]).max(1),
+                ..*rules
+            };
+            let u = update(model);
+            model
+                .accept(&id, &u, &context_rules, now)
+                .map_err(refused)?;
+        }
+    }
+    Ok((global.weights, own))
+}
+
+/// The share of its examples an instance holds out of training to
+/// evaluate the models on, in [`federate_personal`].
+const HELD_OUT_SHARE: f64 = 0.3;
+
+/// One context's predictions on the held-out fleet: the fleet model's, the
+/// context model's alone, and the personalised mixture instances use.
+#[derive(Debug, Clone, Serialize)]
+pub struct PersonalRow {
+    pub context: String,
+    /// Training instances of the context (mean over seeds).
+    pub instances: Estimate,
+    /// Accuracy and AUC of the fleet model…
+    pub fleet: [Estimate; 2],
+    /// …of the context's model alone…
+    pub own: [Estimate; 2],
+    /// …and of the mixture ([`plateau::predict_personal`]).
+    pub mixed: [Estimate; 2],
+    /// The context model's share in the mixture.
+    pub share: Estimate,
+}
+
+/// Per-context personalisation at `instances` training instances.
+pub async fn personalization(
+    options: &PredictionOptions,
+    instances: usize,
+) -> Result<Vec<PersonalRow>> {
+    let scenario = Arc::new(options.scenario.clone());
+    let contexts = scenario.contexts.len();
+    let rules = FederationRules {
+        dimension: plateau::WEIGHTS,
+        buffer_size: options.rules.buffer_size.min(instances),
+        ..options.rules
+    };
+    let mut per_context: Vec<[Vec<f64>; 8]> = vec![Default::default(); contexts];
+    for seed in (0..options.seeds as u64).map(|s| options.seed + s) {
+        let (fleet, test) = training_and_test(&scenario, seed, instances, options).await?;
+        let (global, own) = federate_personal(&fleet, contexts, options.rounds, &rules)?;
+        for (c, row) in per_context.iter_mut().enumerate() {
+            let held_out: Vec<Example> = test
+                .iter()
+                .filter(|(ctx, _)| *ctx == c)
+                .map(|(_, e)| *e)
+                .collect();
+            if held_out.is_empty() {
+                continue;
+            }
+            let f = score(&global, &held_out);
+            let share = own[c].as_ref().map_or(0.0, ModelRecord::context_share);
+            let (o, m) = match &own[c] {
+                Some(model) => (
+                    score(&model.weights, &held_out),
+                    score_with(&held_out, |x| {
+                        plateau::predict_personal(&global, &model.weights, model.context_share(), x)
+                    }),
+                ),
+                None => (f, f),
+            };
+            let members = fleet.iter().filter(|(ctx, _)| *ctx == c).count();
+            let values = [
+                members as f64,
+                f.accuracy,
+                f.auc,
+                o.accuracy,
+                o.auc,
+                m.accuracy,
+                m.auc,
+                share,
+            ];
+            for (list, v) in row.iter_mut().zip(values) {
+                list.push(v);
+            }
+        }
+    }
+    Ok(scenario
+        .contexts
+        .iter()
+        .zip(per_context)
+        .filter(|(_, row)| !row[0].is_empty())
+        .map(|(context, row)| PersonalRow {
+            context: context.name.clone(),
+            instances: estimate(&row[0]),
+            fleet: [estimate(&row[1]), estimate(&row[2])],
+            own: [estimate(&row[3]), estimate(&row[4])],
+            mixed: [estimate(&row[5]), estimate(&row[6])],
+            share: estimate(&row[7]),
+        })
+        .collect())
+}
+
+/// The personalisation rows as a Markdown table.
+pub fn personalization_table(instances: usize, rows: &[PersonalRow]) -> String {
+    let pct = |e: &Estimate| format!("{:.1} ± {:.1}", e.mean * 100.0, e.ci95 * 100.0);
+    let num = |e: &Estimate| format!("{:.3} ± {:.3}", e.mean, e.ci95);
+    let mut out = format!(
+        "\nper-context personalisation, {instances} training instances: the fleet model, \
+         the context's own model, and the mixture instances use\n\n\
+         | context | training instances | accuracy % fleet / own / mixed | AUC fleet / own / mixed | context share |\n\
+         |---|---|---|---|---|\n"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {:.1} | {} / {} / {} | {} / {} / {} | {:.2} ± {:.2} |\n",
+            r.context,
+            r.instances.mean,
+            pct(&r.fleet[0]),
+            pct(&r.own[0]),
+            pct(&r.mixed[0]),
+            num(&r.fleet[1]),
+            num(&r.own[1]),
+            num(&r.mixed[1]),
+            r.share.mean,
+            r.share.ci95,
+        ));
+    }
+    out
 }
 
 /// One aggregation rule, clean and poisoned.
@@ -286,6 +505,8 @@ pub async fn poisoning(
         };
         let (mut clean, mut poisoned, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         for (fleet, test) in &fleets {
+            let test = examples_of(test);
+            let test = &test;
             let c = score(&federate(fleet, options.rounds, &rules, 0)?.0, test);
             let p = score(&federate(fleet, options.rounds, &rules, faulty)?.0, test);
             clean.push([c.accuracy, c.auc, 0.0]);
@@ -331,6 +552,10 @@ pub fn poisoning_table(instances: usize, faulty: usize, rows: &[PoisoningRow]) -
     out
 }
 
+fn examples_of(test: &[(usize, Example)]) -> Vec<Example> {
+    test.iter().map(|(_, e)| *e).collect()
+}
+
 fn estimates(values: &[[f64; 3]]) -> [Estimate; 3] {
     [0, 1, 2].map(|k| estimate(&values.iter().map(|v| v[k]).collect::<Vec<_>>()))
 }
@@ -363,11 +588,12 @@ pub async fn study(options: &PredictionOptions) -> Result<PredictionReport> {
         let (mut base_rates, mut per_instance, mut versions) = (Vec::new(), Vec::new(), Vec::new());
         for &seed in &seeds {
             let (fleet, test) = training_and_test(&scenario, seed, instances, options).await?;
-            let pooled: Vec<Example> = fleet.iter().flatten().copied().collect();
+            let test = examples_of(&test);
+            let pooled: Vec<Example> = fleet.iter().flat_map(|(_, e)| e).copied().collect();
             central.push(triple(score(&plateau::fit(&pooled, L2), &test)));
             let lone: Vec<[f64; 3]> = fleet
                 .iter()
-                .map(|own| triple(score(&plateau::fit(own, L2), &test)))
+                .map(|(_, own)| triple(score(&plateau::fit(own, L2), &test)))
                 .collect();
             local.push(estimates(&lone).map(|e| e.mean));
             // A fleet smaller than the buffer would never make a version:

@@ -41,6 +41,10 @@ pub enum FaultyMode {
     Inflate,
     /// A random strategy, success and delta (in [−0.2, 0.3]): a bug.
     Random,
+    /// Honest outcomes, but plateau-model updates pushed towards a wrong
+    /// model: ten times the opposite of what it learned, claiming a
+    /// million examples.
+    Model,
 }
 
 impl FaultyMode {
@@ -48,6 +52,7 @@ impl FaultyMode {
         match name {
             "inflate" => Some(FaultyMode::Inflate),
             "random" => Some(FaultyMode::Random),
+            "model" => Some(FaultyMode::Model),
             _ => None,
         }
     }
@@ -434,7 +439,12 @@ async fn flag_anomalies(
             .trace
             .flagged_after
             .get_or_insert(instance.trace.applications);
-        if quarantine && !anomaly.quarantined {
+        // Only lying is quarantined: a metric regression is the
+        // instance's own trouble, not poison for the fleet.
+        if quarantine
+            && !anomaly.quarantined
+            && anomaly.kind == pb::AnomalyKind::InconsistentReports as i32
+        {
             operator
                 .admin()
                 .quarantine_instance(pb::QuarantineInstanceRequest {

@@ -1179,6 +1179,7 @@ pub fn anomaly(a: &crate::domain::anomaly::Anomaly, quarantined: bool) -> pb::An
         kind: match f.kind {
             AnomalyKind::InconsistentReports => pb::AnomalyKind::InconsistentReports,
             AnomalyKind::StrategyShift => pb::AnomalyKind::StrategyShift,
+            AnomalyKind::MetricRegression => pb::AnomalyKind::MetricRegression,
         } as i32,
         instance_id: f.instance_id.clone(),
         strategy: f.strategy.clone(),

@@ -239,7 +239,7 @@ impl pb::hub_server::Hub for HubService {
                 let me = caller.clone();
                 self.query(move |hub| {
                     hub.predict_plateau(Some(&me), &[trajectory], context)
-                        .map(|(_, predictions)| predictions.first().map(models::prediction))
+                        .map(|p| p.predictions.first().map(models::prediction))
                 })
                 .await??
             }
@@ -382,7 +382,7 @@ impl pb::hub_server::Hub for HubService {
         let failure = self.hub.share_failure(&caller, report, once).await?;
         let plan = self
             .hub
-            .recovery_plan(failure.failure_type, &failure.metric);
+            .recovery_plan(Some(&viewer), failure.failure_type, &failure.metric);
         let message = pb::ShareFailureResponse {
             failure: Some(convert::failure(&failure)),
             plan: Some(convert::recovery_plan(&plan)),
@@ -395,10 +395,12 @@ impl pb::hub_server::Hub for HubService {
         request: Request<pb::GetFailuresRequest>,
     ) -> Reply<pb::GetFailuresResponse> {
         let viewer = caller(&request)?.clone();
+        let asker = viewer.clone();
         let q = convert::failures_query(request.into_inner())?;
         let message = self
             .query(move |hub| {
                 let failures = hub.get_failures(
+                    Some(&asker),
                     q.failure_type,
                     q.metric.as_deref(),
                     q.strategy.as_deref(),
@@ -485,10 +487,11 @@ impl pb::hub_server::Hub for HubService {
         &self,
         request: Request<pb::GetModelRequest>,
     ) -> Reply<pb::GetModelResponse> {
+        let caller = caller(&request)?.instance_id().map(str::to_string);
         let q = models::model_query(request.into_inner())?;
         let message = self
             .query(move |hub| {
-                hub.model(&q.model)
+                hub.model(caller.as_deref(), &q.model, q.context_model)
                     .map(|view| models::model_reply(&view, q.known_version))
             })
             .await??;
@@ -504,7 +507,7 @@ impl pb::hub_server::Hub for HubService {
         let message = self
             .query(move |hub| {
                 hub.predict_plateau(caller.as_deref(), &q.trajectories, q.context)
-                    .map(|(version, predictions)| models::predictions(version, &predictions))
+                    .map(|p| models::predictions(&p))
             })
             .await??;
         reply(message)

@@ -12,7 +12,8 @@ use crate::domain::federated::{Evaluation, ModelUpdate};
 use crate::domain::model::Attributes;
 use crate::error::{Error, Result};
 use crate::hub::{
-    ModelView, Prediction, Trajectory, UpdateReceipt, WARNING_THRESHOLD, model_dimension,
+    ModelView, Prediction, Predictions, Trajectory, UpdateReceipt, WARNING_THRESHOLD,
+    model_dimension,
 };
 use crate::pb;
 use crate::validate::{self, finite, name, unit};
@@ -86,6 +87,8 @@ pub fn model_update(req: pb::ShareModelUpdateRequest) -> Result<ModelUpdate> {
         base_version: req.base_version,
         delta: req.delta,
         evaluation,
+        context: None,
+        for_context: req.context_model,
     })
 }
 
@@ -94,6 +97,7 @@ pub fn model_update(req: pb::ShareModelUpdateRequest) -> Result<ModelUpdate> {
 pub struct ModelQuery {
     pub model: String,
     pub known_version: u64,
+    pub context_model: bool,
 }
 
 pub fn model_query(req: pb::GetModelRequest) -> Result<ModelQuery> {
@@ -101,6 +105,7 @@ pub fn model_query(req: pb::GetModelRequest) -> Result<ModelQuery> {
     Ok(ModelQuery {
         model: req.model,
         known_version: req.known_version,
+        context_model: req.context_model,
     })
 }
 
@@ -221,14 +226,22 @@ pub fn model_reply(view: &ModelView, known_version: u64) -> pb::GetModelResponse
                 mean_log_loss: e.mean_log_loss().unwrap_or(0.0),
             })
             .collect(),
+        context: view
+            .context
+            .as_ref()
+            .map(|(key, _)| key.clone())
+            .unwrap_or_default(),
+        context_share: view.context.as_ref().map_or(0.0, |(_, share)| *share),
     }
 }
 
-pub fn predictions(version: u64, predictions: &[Prediction]) -> pb::PredictPlateauResponse {
+pub fn predictions(p: &Predictions) -> pb::PredictPlateauResponse {
     pb::PredictPlateauResponse {
-        model_version: version,
-        predictions: predictions.iter().map(prediction).collect(),
+        model_version: p.version,
+        predictions: p.predictions.iter().map(prediction).collect(),
         warning_threshold: WARNING_THRESHOLD,
         horizon: plateau::HORIZON as u32,
+        context_model_version: p.context.map_or(0, |(version, _)| version),
+        context_share: p.context.map_or(0.0, |(_, share)| share),
     }
 }

@@ -8,6 +8,7 @@ use crate::domain::command::Action;
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
 use crate::domain::identity::Identity;
+use crate::domain::influence::Viewer;
 use crate::domain::model::{
     Attributes, FailurePattern, FailureReport, FailureType, Metrics, RecentApplication,
 };
@@ -44,17 +45,27 @@ impl Hub {
             })
             .await?;
         match answer {
-            Answer::FailureShared { failure } => Ok(failure),
+            // Its reporter is told of it as it may see it.
+            Answer::FailureShared { failure } => {
+                Ok(Arc::new(failure.seen_by(Viewer::Instance(caller))))
+            }
             other => Err(wrong_answer("ShareFailure", other)),
         }
     }
 
-    /// The fleet's recovery plan for a `failure_type` failure of `metric`.
-    pub fn recovery_plan(&self, failure_type: FailureType, metric: &str) -> Plan {
+    /// The fleet's recovery plan for a `failure_type` failure of `metric`,
+    /// from the evidence that may inform `caller`.
+    pub fn recovery_plan(
+        &self,
+        caller: Option<&Identity>,
+        failure_type: FailureType,
+        metric: &str,
+    ) -> Plan {
         recovery::plan(
             self.state().tables.failures.values().map(|f| &**f),
             failure_type,
             metric,
+            Viewer::of(caller),
         )
     }
 
@@ -72,6 +83,7 @@ impl Hub {
     /// Failures matching the filters, most frequent first.
     pub fn get_failures(
         &self,
+        caller: Option<&Identity>,
         failure_type: Option<FailureType>,
         metric: Option<&str>,
         strategy: Option<&str>,
@@ -96,7 +108,11 @@ impl Hub {
                 .then(a.id.cmp(&b.id))
         });
         failures.truncate(limit);
+        let viewer = Viewer::of(caller);
         failures
+            .into_iter()
+            .map(|f| Arc::new(f.seen_by(viewer)))
+            .collect()
     }
 
     /// Known failures that applying `strategy` to `metric` may trigger,
@@ -126,7 +142,11 @@ impl Hub {
                 &state.usage_of(candidate),
             )
         };
-        let warnings = warnings_for(strategy);
+        let viewer = Viewer::of(caller);
+        let mut warnings = warnings_for(strategy);
+        for w in &mut warnings {
+            w.failure = Arc::new(w.failure.seen_by(viewer));
+        }
         let safe = warnings
             .iter()
             .all(|w| w.failure_rate < UNSAFE_FAILURE_RATE);

@@ -37,7 +37,8 @@ pub use failures::ActionCheck;
 pub use insights::GenerationReport;
 pub use instances::InstancePage;
 pub use models::{
-    MODELS, ModelView, Prediction, Trajectory, UpdateReceipt, WARNING_THRESHOLD, model_dimension,
+    MODELS, ModelView, Prediction, Predictions, Trajectory, UpdateReceipt, WARNING_THRESHOLD,
+    model_dimension,
 };
 pub use patterns::RankedMatch;
 pub use strategies::StrategyAsk;
@@ -104,6 +105,9 @@ pub struct HubSettings {
     /// How federated models combine instances' updates (`dimension` is
     /// set per model).
     pub federation: crate::domain::federated::FederationRules,
+    /// Distinct instances of one context whose updates make a version of
+    /// that context's model (`model.context_buffer_size`).
+    pub context_buffer_size: usize,
 }
 
 /// How long things are kept (the seed's "Data Retention").
@@ -150,6 +154,7 @@ impl Default for HubSettings {
             request_id_window_ms: DAY_MS,
             audit_sample_window: std::time::Duration::from_secs(60),
             federation: crate::domain::federated::FederationRules::default(),
+            context_buffer_size: 3,
         }
     }
 }
@@ -393,6 +398,10 @@ impl Hub {
                 (
                     "strategy_shifts",
                     self.anomaly_count(AnomalyKind::StrategyShift),
+                ),
+                (
+                    "metric_regressions",
+                    self.anomaly_count(AnomalyKind::MetricRegression),
                 ),
             ],
             live_subscribers: status.live_subscribers,

@@ -9,11 +9,11 @@ use learning_hub_proto::plateau;
 use super::configs::or_registered_context;
 use super::{Hub, State, StrategyAsk, wrong_answer};
 use crate::domain::command::Action;
-use crate::domain::federated::{FederationRules, ModelRecord, ModelUpdate};
+use crate::domain::federated::{FederationRules, ModelRecord, ModelUpdate, context_model_name};
 use crate::domain::fold::Answer;
 use crate::domain::idempotency::RequestTag;
 use crate::domain::identity::Identity;
-use crate::domain::model::Attributes;
+use crate::domain::model::{Attributes, context_key};
 use crate::domain::recommend::Recommendation;
 use crate::error::{Error, Result};
 
@@ -52,6 +52,9 @@ pub struct UpdateReceipt {
 pub struct ModelView {
     pub model: Arc<ModelRecord>,
     pub buffer_size: usize,
+    /// For a context's model: its context's key and its share in its
+    /// instances' predictions.
+    pub context: Option<(String, f64)>,
 }
 
 /// One metric's prediction.
@@ -70,11 +73,33 @@ pub struct Trajectory {
     pub values: Vec<f64>,
 }
 
+/// What PredictPlateau answers.
+#[derive(Debug, Clone)]
+pub struct Predictions {
+    /// The fleet model's version.
+    pub version: u64,
+    /// The caller's context model mixed in: its version and share.
+    pub context: Option<(u64, f64)>,
+    pub predictions: Vec<Prediction>,
+}
+
+/// The registered context's key of `caller`, if it registered one.
+fn context_of(state: &State, caller: &str) -> Option<String> {
+    let context = &state.tables.instances.get(caller)?.context;
+    (!context.is_empty()).then(|| context_key(context))
+}
+
 impl Hub {
-    fn federation_rules(&self, model: &str) -> Result<FederationRules> {
+    fn federation_rules(&self, model: &str, for_context: bool) -> Result<FederationRules> {
+        let settings = &self.shared.settings;
         Ok(FederationRules {
             dimension: model_dimension("model", model)?,
-            ..self.shared.settings.federation
+            buffer_size: if for_context {
+                settings.context_buffer_size
+            } else {
+                settings.federation.buffer_size
+            },
+            ..settings.federation
         })
     }
 
@@ -86,7 +111,11 @@ impl Hub {
         update: ModelUpdate,
         request: Option<RequestTag>,
     ) -> Result<UpdateReceipt> {
-        let rules = self.federation_rules(&update.model)?;
+        let mut update = update;
+        let rules = self.federation_rules(&update.model, update.for_context)?;
+        // Where it goes (a context update) and where its evaluation also
+        // counts (a fleet update) is decided here, into the command.
+        update.context = context_of(&self.state(), caller);
         let answer = self
             .submit(Action::ShareModelUpdate {
                 caller: caller.to_string(),
@@ -107,13 +136,47 @@ impl Hub {
         }
     }
 
-    /// Model `name` as it is now.
-    pub fn model(&self, name: &str) -> Result<ModelView> {
-        self.model_in(&self.state(), name)
+    /// Model `name` as it is now: the fleet's, or with `context_model` the
+    /// one of `caller`'s registered context.
+    pub fn model(
+        &self,
+        caller: Option<&str>,
+        name: &str,
+        context_model: bool,
+    ) -> Result<ModelView> {
+        let state = self.state();
+        if !context_model {
+            return self.model_in(&state, name);
+        }
+        let context = caller.and_then(|c| context_of(&state, c)).ok_or_else(|| {
+            Error::FailedPrecondition(
+                "context_model: the caller registered no context (only an instance that \
+                 registered with one has a context model)"
+                    .into(),
+            )
+        })?;
+        let rules = self.federation_rules(name, true)?;
+        let model = match state.tables.models.get(&context_model_name(name, &context)) {
+            Some(model) => model.clone(),
+            None => {
+                // Not started yet: it would start from the fleet's weights.
+                let fleet = self.model_in(&state, name)?.model;
+                let mut fresh =
+                    ModelRecord::new(&context_model_name(name, &context), rules.dimension, 0);
+                fresh.weights = fleet.weights.clone();
+                Arc::new(fresh)
+            }
+        };
+        let share = model.context_share();
+        Ok(ModelView {
+            model,
+            buffer_size: rules.buffer_size,
+            context: Some((context, share)),
+        })
     }
 
     fn model_in(&self, state: &State, name: &str) -> Result<ModelView> {
-        let rules = self.federation_rules(name)?;
+        let rules = self.federation_rules(name, false)?;
         let model = state
             .tables
             .models
@@ -123,6 +186,7 @@ impl Hub {
         Ok(ModelView {
             model,
             buffer_size: rules.buffer_size,
+            context: None,
         })
     }
 
@@ -134,9 +198,20 @@ impl Hub {
         caller: Option<&str>,
         trajectories: &[Trajectory],
         context: Attributes,
-    ) -> Result<(u64, Vec<Prediction>)> {
+    ) -> Result<Predictions> {
         let state = self.state();
         let view = self.model_in(&state, plateau::MODEL)?;
+        // The caller's context model, once it has a version and a share.
+        let personal = caller
+            .and_then(|c| context_of(&state, c))
+            .and_then(|key| {
+                state
+                    .tables
+                    .models
+                    .get(&context_model_name(plateau::MODEL, &key))
+            })
+            .filter(|m| m.version > 0 && m.context_share() > 0.0)
+            .cloned();
         let context = or_registered_context(&state, caller, context);
         let predictions = trajectories
             .iter()
@@ -147,7 +222,15 @@ impl Hub {
                         "needs at least 2 values",
                     )
                 })?;
-                let probability = plateau::predict(&view.model.weights, &features);
+                let probability = match &personal {
+                    Some(own) => plateau::predict_personal(
+                        &view.model.weights,
+                        &own.weights,
+                        own.context_share(),
+                        &features,
+                    ),
+                    None => plateau::predict(&view.model.weights, &features),
+                };
                 // An untrained model (version 0: every probability 0.5)
                 // knows nothing worth a warning.
                 let warning = view.model.version > 0 && probability >= WARNING_THRESHOLD;
@@ -176,6 +259,10 @@ impl Hub {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((view.model.version, predictions))
+        Ok(Predictions {
+            version: view.model.version,
+            context: personal.map(|m| (m.version, m.context_share())),
+            predictions,
+        })
     }
 }
