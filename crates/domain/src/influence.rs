@@ -23,9 +23,11 @@
 //! 3. **Failures need applications.** An instance's reports of a failure
 //!    count up to the applications of the failing strategy it reported
 //!    (at least one). Twenty reports of a failure from an instance that
-//!    never applied the strategy count as one. (A failure rate is divided
-//!    by every reported application, so an instance that also reports
-//!    applications it did not make can dilute one.)
+//!    never applied the strategy count as one. And a failure rate is at
+//!    least what it is with any one instance's applications cut to rule
+//!    2's share (see `StrategyUsage::applications_for`), so an instance
+//!    that also reports applications it did not make dilutes one by about
+//!    half at most.
 //! 4. **Recovery and prevention advice.** A recovery method's attempts
 //!    count per instance by the share of rule 2 (up to [`FREE_REPORTS`],
 //!    beyond that up to the other instances' attempts plus one), and a

@@ -38,6 +38,51 @@ pub struct StrategyUsage {
 }
 
 impl StrategyUsage {
+    /// The applications `failure`'s rate is divided by, bounded by
+    /// influence rule 2's share: where one instance reported more
+    /// applications than the [`crate::influence::allowance`] the others'
+    /// give it, the rate is at least what it would be with that instance's
+    /// applications (and its failures, in proportion) cut to its share.
+    /// So an instance that reports applications it never made dilutes a
+    /// rate by about half at most, not to nothing — and an instance alone
+    /// is never cut (there is no one else's rate to protect). Returns the
+    /// denominator that gives that rate with the failure's counted reports;
+    /// while nobody holds more than its share it is the applications
+    /// reported. A failure recorded without reporters keeps the plain
+    /// count.
+    pub fn applications_for(&self, failure: &FailurePattern) -> u64 {
+        let all = self.applications;
+        if failure.reports.is_empty() || all == 0 {
+            return all;
+        }
+        let counted = |instance: &str| {
+            let applied = self.by_instance.get(instance).copied().unwrap_or(0);
+            let reports = failure.reports.get(instance).copied().unwrap_or(0);
+            reports.min(applied.max(1))
+        };
+        let failed = failure
+            .reports
+            .keys()
+            .map(|i| counted(i))
+            .fold(0u64, u64::saturating_add);
+        if failed == 0 {
+            return all;
+        }
+        let mut rate = failed as f64 / all as f64;
+        for (instance, &applied) in &self.by_instance {
+            let others = all.saturating_sub(applied);
+            let share = crate::influence::allowance(others);
+            if others == 0 || applied <= share {
+                continue;
+            }
+            let own = counted(instance) as f64;
+            let cut = (failed as f64 - own + own * share as f64 / applied as f64)
+                / (others + share) as f64;
+            rate = rate.max(cut);
+        }
+        ((failed as f64 / rate).round() as u64).clamp(failed, all)
+    }
+
     /// Counts `record`'s applications in.
     pub fn add(&mut self, record: &StrategyRecord) {
         // Saturating: counts come from the store, and a corrupt one must
@@ -103,6 +148,7 @@ fn prerequisite(
     failure: &FailurePattern,
     occurrences: u64,
     usage: &StrategyUsage,
+    all_applications: u64,
 ) -> Option<(String, f64, f64)> {
     usage
         .preceded_by
@@ -119,7 +165,7 @@ fn prerequisite(
                 .min(applications)
                 .min(occurrences);
             let with = rate(with_failures, applications);
-            let without_apps = usage.applications.saturating_sub(applications);
+            let without_apps = all_applications.saturating_sub(applications);
             let without_failures = occurrences.saturating_sub(with_failures);
             if without_apps == 0 {
                 return None;
@@ -140,7 +186,8 @@ fn applicable_rate(
     usage: &StrategyUsage,
     applied_before: &[String],
 ) -> (f64, Option<(String, f64, f64)>, bool) {
-    let prerequisite = prerequisite(failure, occurrences, usage);
+    let applications = usage.applications_for(failure);
+    let prerequisite = prerequisite(failure, occurrences, usage, applications);
     match &prerequisite {
         Some((name, with, _)) if applied_before.contains(name) => (*with, prerequisite, true),
         Some((_, _, without)) => (*without, prerequisite, false),
@@ -150,7 +197,7 @@ fn applicable_rate(
             // posterior of the rate after it, shrunk towards the overall
             // rate; the lowest applies, so evidence for a prevention counts
             // as soon as it accumulates (and data keeps flowing to prove it).
-            let overall = rate(occurrences, usage.applications);
+            let overall = rate(occurrences, applications);
             let conditional = applied_before
                 .iter()
                 .filter(|p| **p != failure.strategy)
@@ -367,7 +414,51 @@ mod tests {
             preceded_by: BTreeMap::new(),
         };
         let w = check_action("s", "lv", &Metrics::new(), &[], [&f], &applied);
-        assert!((w[0].failure_rate - 20.0 / 120.0).abs() < 1e-12);
+        // …against "h"'s 100 applications, of which 21 (its share against
+        // 20) count: 20 / 41, not 20 / 120.
+        assert!(
+            (w[0].failure_rate - 20.0 / 41.0).abs() < 1e-3,
+            "{}",
+            w[0].failure_rate
+        );
+    }
+
+    #[test]
+    fn one_instance_cannot_dilute_a_failure_rate_to_nothing() {
+        let none: &[&str] = &[];
+        let mut f = failure("lv", "s", &[none; 10]);
+        // Ten honest failures among five instances' 100 applications…
+        f.reports = (0..5).map(|i| (format!("h{i}"), 2)).collect();
+        let mut by_instance: BTreeMap<String, u64> =
+            (0..5).map(|i| (format!("h{i}"), 20)).collect();
+        let honest = StrategyUsage {
+            applications: 100,
+            by_instance: by_instance.clone(),
+            preceded_by: BTreeMap::new(),
+        };
+        let rate = |usage: &StrategyUsage| {
+            check_action("s", "lv", &Metrics::new(), &[], [&f], usage)[0].failure_rate
+        };
+        assert!((rate(&honest) - 0.1).abs() < 1e-12);
+        // …and 10,000 made-up successful ones: the rate halves, no more.
+        by_instance.insert("x".into(), 10_000);
+        let diluted = StrategyUsage {
+            applications: 10_100,
+            by_instance,
+            preceded_by: BTreeMap::new(),
+        };
+        let r = rate(&diluted);
+        assert!((r - 10.0 / 201.0).abs() < 1e-3, "{r}");
+        // An instance alone is never cut: its own rate.
+        let mut alone = failure("lv", "s", &[none; 10]);
+        alone.reports = BTreeMap::from([("h".to_string(), 10)]);
+        let usage = StrategyUsage {
+            applications: 100,
+            by_instance: BTreeMap::from([("h".to_string(), 100)]),
+            preceded_by: BTreeMap::new(),
+        };
+        let w = check_action("s", "lv", &Metrics::new(), &[], [&alone], &usage);
+        assert!((w[0].failure_rate - 0.1).abs() < 1e-12);
     }
 
     #[test]
