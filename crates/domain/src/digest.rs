@@ -1,0 +1,428 @@
+//! Mergeable knowledge between regions (issue 17, its first layer): what
+//! one regional hub exports of its aggregates, and how another keeps what
+//! every origin region exported so that delivering the same digest twice,
+//! out of order, or after a partition never counts anything twice.
+//!
+//! Each origin region's knowledge is a map from a [`Subject`] (a strategy
+//! on a metric in a context, value band and day; a recovery method of a
+//! kind of failure) to its sufficient [`Stats`], and every entry carries
+//! the origin's *version* at which it last changed (its log position).
+//! An entry is the subject's whole value at that version, never a change
+//! to it, so keeping, per origin and subject, the entry of the highest
+//! version is a join: merging is commutative, associative and idempotent
+//! (a map of last-writer-wins registers whose versions the single writer,
+//! the origin, orders). Anti-entropy is pull-based: a region asks a peer
+//! for each origin's entries above the version it holds
+//! ([`Merged::version_vector`], [`Merged::since`]); a [`Batch`] says
+//! through which version it is complete, and only a batch that continues
+//! what is held moves the vector on, so a lost or reordered batch is asked
+//! for again rather than skipped.
+//!
+//! Only aggregates cross: subjects name strategies, metrics, contexts and
+//! methods, never an instance; stats are sums. Fleet figures are a
+//! region's own stats plus every other origin's ([`Merged::fleet`]), with
+//! the number of origin regions behind each ([`Merged::origins_of`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// What a statistic is about.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Subject {
+    /// A strategy's outcomes on a metric, in a context (its key), a value
+    /// band (tenths of the metric's value before) and a day.
+    Strategy {
+        metric: String,
+        strategy: String,
+        context_key: String,
+        band: u8,
+        day: i64,
+    },
+    /// A recovery method's attempts for a kind of failure of a metric.
+    Recovery {
+        failure_type: String,
+        metric: String,
+        method: String,
+    },
+}
+
+/// Sufficient statistics of a set of observations: enough to merge sets
+/// and get back counts, rates, means and variances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub count: u64,
+    pub successes: u64,
+    pub sum: f64,
+    pub sum_sq: f64,
+}
+
+impl Stats {
+    /// One observation.
+    pub fn of(successful: bool, value: f64) -> Stats {
+        Stats {
+            count: 1,
+            successes: u64::from(successful),
+            sum: value,
+            sum_sq: value * value,
+        }
+    }
+
+    /// Both sets as one (disjoint sets: each origin's own).
+    pub fn plus(&self, other: &Stats) -> Stats {
+        Stats {
+            count: self.count.saturating_add(other.count),
+            successes: self.successes.saturating_add(other.successes),
+            sum: self.sum + other.sum,
+            sum_sq: self.sum_sq + other.sum_sq,
+        }
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+
+    /// A total order, for the (never expected) case of one origin sending
+    /// two different values at the same version: every replica keeps the
+    /// same one.
+    fn order(&self, other: &Stats) -> std::cmp::Ordering {
+        self.count
+            .cmp(&other.count)
+            .then(self.successes.cmp(&other.successes))
+            .then(self.sum.total_cmp(&other.sum))
+            .then(self.sum_sq.total_cmp(&other.sum_sq))
+    }
+}
+
+/// An entry: a subject's value at the origin's version when it last
+/// changed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Versioned {
+    pub version: u64,
+    pub stats: Stats,
+}
+
+impl Versioned {
+    /// Whether `self` supersedes `held`.
+    fn beats(&self, held: &Versioned) -> bool {
+        self.version > held.version
+            || (self.version == held.version && self.stats.order(&held.stats).is_gt())
+    }
+}
+
+/// What one origin exported, as sent: its entries above `after`, complete
+/// through `through` (the origin's version when the batch was taken).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    pub origin: String,
+    pub after: u64,
+    pub through: u64,
+    pub entries: BTreeMap<Subject, Versioned>,
+}
+
+/// One origin's knowledge as held: its entries, and the version through
+/// which they are known to be complete.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OriginState {
+    pub complete_through: u64,
+    pub entries: BTreeMap<Subject, Versioned>,
+}
+
+/// Every other origin's knowledge, as one region holds it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Merged {
+    pub origins: BTreeMap<String, OriginState>,
+}
+
+impl Merged {
+    /// Folds a batch in: each entry kept where it supersedes what is
+    /// held. The origin's vector moves to `through` only when the batch
+    /// continues what is held (`after` at most the version held);
+    /// otherwise its entries are kept and the gap is asked for again.
+    /// Returns whether anything changed.
+    pub fn merge(&mut self, batch: &Batch) -> bool {
+        let origin = self.origins.entry(batch.origin.clone()).or_default();
+        let mut changed = false;
+        for (subject, entry) in &batch.entries {
+            match origin.entries.get(subject) {
+                Some(held) if !entry.beats(held) => {}
+                _ => {
+                    origin.entries.insert(subject.clone(), *entry);
+                    changed = true;
+                }
+            }
+        }
+        if batch.after <= origin.complete_through && batch.through > origin.complete_through {
+            origin.complete_through = batch.through;
+            changed = true;
+        }
+        changed
+    }
+
+    /// The version through which each origin is held complete: what a
+    /// pull asks a peer to send entries above.
+    pub fn version_vector(&self) -> BTreeMap<String, u64> {
+        self.origins
+            .iter()
+            .map(|(origin, state)| (origin.clone(), state.complete_through))
+            .collect()
+    }
+
+    /// What this region can pass on of `origin` above `after` (a peer
+    /// relays what it holds of third regions too, so knowledge crosses a
+    /// cut link by another path).
+    pub fn since(&self, origin: &str, after: u64) -> Option<Batch> {
+        let state = self.origins.get(origin)?;
+        Some(Batch {
+            origin: origin.to_string(),
+            after,
+            through: state.complete_through,
+            entries: state
+                .entries
+                .iter()
+                .filter(|(_, e)| e.version > after)
+                .map(|(s, e)| (s.clone(), *e))
+                .collect(),
+        })
+    }
+
+    /// The fleet's figures: `own` (this region's) plus every other
+    /// origin's. `own_origin` is never counted from `self`, even if a
+    /// peer relayed it back.
+    pub fn fleet(
+        &self,
+        own_origin: &str,
+        own: &BTreeMap<Subject, Stats>,
+    ) -> BTreeMap<Subject, Stats> {
+        let mut total = own.clone();
+        for (origin, state) in &self.origins {
+            if origin == own_origin {
+                continue;
+            }
+            for (subject, entry) in &state.entries {
+                let sum = total.entry(subject.clone()).or_default();
+                *sum = sum.plus(&entry.stats);
+            }
+        }
+        total
+    }
+
+    /// How many other origin regions have evidence on `subject`.
+    pub fn origins_of(&self, own_origin: &str, subject: &Subject) -> usize {
+        self.origins
+            .iter()
+            .filter(|(origin, state)| {
+                *origin != own_origin
+                    && state
+                        .entries
+                        .get(subject)
+                        .is_some_and(|e| e.stats.count > 0)
+            })
+            .count()
+    }
+}
+
+/// An origin's own knowledge as it exports it: each subject's stats with
+/// the version at which they last changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Export {
+    pub origin: String,
+    pub version: u64,
+    pub entries: BTreeMap<Subject, Versioned>,
+}
+
+impl Export {
+    pub fn new(origin: &str) -> Export {
+        Export {
+            origin: origin.to_string(),
+            ..Export::default()
+        }
+    }
+
+    /// Records an observation at the origin's next version.
+    pub fn observe(&mut self, subject: Subject, observation: Stats) {
+        self.version += 1;
+        let entry = self.entries.entry(subject).or_insert(Versioned {
+            version: 0,
+            stats: Stats::default(),
+        });
+        entry.stats = entry.stats.plus(&observation);
+        entry.version = self.version;
+    }
+
+    /// Its entries above `after`, complete through its current version.
+    pub fn since(&self, after: u64) -> Batch {
+        Batch {
+            origin: self.origin.clone(),
+            after,
+            through: self.version,
+            entries: self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.version > after)
+                .map(|(s, e)| (s.clone(), *e))
+                .collect(),
+        }
+    }
+
+    /// Its stats alone.
+    pub fn stats(&self) -> BTreeMap<Subject, Stats> {
+        self.entries
+            .iter()
+            .map(|(s, e)| (s.clone(), e.stats))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn subject(k: u8) -> Subject {
+        Subject::Strategy {
+            metric: format!("m{}", k % 3),
+            strategy: format!("s{}", k % 4),
+            context_key: String::new(),
+            band: k % 2,
+            day: i64::from(k % 2),
+        }
+    }
+
+    /// Three origins' histories: (origin, subject, successful, value).
+    fn histories() -> impl Strategy<Value = Vec<(u8, u8, bool, i8)>> {
+        proptest::collection::vec((0u8..3, 0u8..12, any::<bool>(), any::<i8>()), 1..60)
+    }
+
+    /// Every origin's export after `events`, and the batches it sent on
+    /// the way: cut at `cuts` (versions), each from the previous cut.
+    fn run(events: &[(u8, u8, bool, i8)], cuts: &[u8]) -> (Vec<Export>, Vec<Batch>) {
+        let mut exports: Vec<Export> = (0..3).map(|o| Export::new(&format!("r{o}"))).collect();
+        let mut batches = Vec::new();
+        let mut last = [0u64; 3];
+        for (i, (origin, k, ok, v)) in events.iter().enumerate() {
+            let o = *origin as usize;
+            exports[o].observe(subject(*k), Stats::of(*ok, f64::from(*v) / 100.0));
+            if cuts.contains(&(i as u8)) {
+                batches.push(exports[o].since(last[o]));
+                last[o] = exports[o].version;
+            }
+        }
+        for o in 0..3 {
+            batches.push(exports[o].since(last[o]));
+        }
+        (exports, batches)
+    }
+
+    fn truth(exports: &[Export]) -> BTreeMap<Subject, Stats> {
+        let mut all = BTreeMap::new();
+        for e in exports {
+            for (s, stats) in e.stats() {
+                let sum: &mut Stats = all.entry(s).or_default();
+                *sum = sum.plus(&stats);
+            }
+        }
+        all
+    }
+
+    proptest! {
+        /// Batches delivered in any order, some twice, fold to the same
+        /// state, and the fleet totals are exactly every origin's stats
+        /// summed once: what one hub fed every observation would hold.
+        #[test]
+        fn merge_is_order_and_duplicate_insensitive_and_counts_once(
+            events in histories(),
+            cuts in proptest::collection::vec(any::<u8>(), 0..10),
+            order in any::<u64>(),
+            repeats in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        ) {
+            let (exports, batches) = run(&events, &cuts);
+            let mut in_order = Merged::default();
+            for b in &batches {
+                in_order.merge(b);
+            }
+            // A shuffled delivery with replays.
+            let mut shuffled: Vec<&Batch> = batches.iter().collect();
+            for r in &repeats {
+                shuffled.push(r.get(&batches));
+            }
+            let mut seed = order;
+            for i in (1..shuffled.len()).rev() {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (seed >> 33) as usize % (i + 1));
+            }
+            let mut other = Merged::default();
+            for b in &shuffled {
+                other.merge(b);
+            }
+            // Entries are the same whatever the order (the vector can lag
+            // behind a reordered delivery, and is asked again).
+            for (origin, state) in &in_order.origins {
+                prop_assert_eq!(&state.entries, &other.origins[origin].entries);
+            }
+            prop_assert_eq!(in_order.fleet("none", &BTreeMap::new()), truth(&exports));
+            // Merging everything again changes nothing.
+            let before = other.clone();
+            for b in &batches {
+                other.merge(b);
+            }
+            prop_assert_eq!(&before.origins.keys().collect::<Vec<_>>(), &other.origins.keys().collect::<Vec<_>>());
+            for (origin, state) in &before.origins {
+                prop_assert_eq!(&state.entries, &other.origins[origin].entries);
+            }
+        }
+
+        /// A region that pulls from its vector catches up after any gap,
+        /// and a region's own origin relayed back is never counted twice.
+        #[test]
+        fn pulling_from_the_vector_converges_and_own_knowledge_counts_once(
+            events in histories(),
+            cuts in proptest::collection::vec(any::<u8>(), 0..10),
+        ) {
+            let (exports, batches) = run(&events, &cuts);
+            // Region r0 holds a relay that has seen every batch.
+            let mut relay = Merged::default();
+            for b in &batches {
+                relay.merge(b);
+            }
+            // r0 saw only the first batch of each origin, then the link
+            // was cut; after healing it pulls above its vector.
+            let mut r0 = Merged::default();
+            for b in batches.iter().filter(|b| b.after == 0) {
+                r0.merge(b);
+            }
+            for (origin, held) in r0.version_vector() {
+                if let Some(b) = relay.since(&origin, held) {
+                    r0.merge(&b);
+                }
+            }
+            for origin in relay.origins.keys() {
+                if !r0.origins.contains_key(origin) {
+                    r0.merge(&relay.since(origin, 0).unwrap());
+                }
+            }
+            prop_assert_eq!(r0.version_vector(), relay.version_vector());
+            let own = exports[0].stats();
+            prop_assert_eq!(r0.fleet("r0", &own), truth(&exports));
+        }
+    }
+
+    #[test]
+    fn a_batch_after_a_gap_keeps_its_entries_but_not_the_vector() {
+        let mut e = Export::new("eu");
+        e.observe(subject(1), Stats::of(true, 0.1));
+        let first = e.since(0);
+        e.observe(subject(2), Stats::of(false, -0.1));
+        let second = e.since(first.through);
+        let mut m = Merged::default();
+        assert!(m.merge(&second));
+        assert_eq!(m.version_vector()["eu"], 0, "version 1 is still missing");
+        assert!(m.merge(&first));
+        assert_eq!(m.version_vector()["eu"], 1);
+        assert!(m.merge(&second));
+        assert_eq!(m.version_vector()["eu"], 2);
+        assert!(!m.merge(&second), "a replay changes nothing");
+        assert_eq!(m.origins_of("us", &subject(1)), 1);
+        assert_eq!(m.origins_of("eu", &subject(1)), 0, "its own");
+    }
+}
