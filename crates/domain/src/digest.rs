@@ -27,6 +27,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::model::{OutcomeStats, StrategyRecord};
+use super::stats::RunningStats;
+
 /// What a statistic is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Subject {
@@ -47,24 +50,53 @@ pub enum Subject {
     },
 }
 
-/// Sufficient statistics of a set of observations: enough to merge sets
-/// and get back counts, rates, means and variances.
+/// Sufficient statistics of a set of outcomes: enough to merge sets and
+/// get back counts, the success rate, and the mean and variance of the
+/// deltas of successes (gains) and of failures (losses) apart, as the
+/// hub's rankings use them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub count: u64,
     pub successes: u64,
-    pub sum: f64,
-    pub sum_sq: f64,
+    pub gain_sum: f64,
+    pub gain_sum_sq: f64,
+    pub loss_sum: f64,
+    pub loss_sum_sq: f64,
 }
 
 impl Stats {
-    /// One observation.
-    pub fn of(successful: bool, value: f64) -> Stats {
+    /// One outcome.
+    pub fn of(successful: bool, delta: f64) -> Stats {
+        let (gain, loss) = if successful {
+            (delta, 0.0)
+        } else {
+            (0.0, delta)
+        };
         Stats {
             count: 1,
             successes: u64::from(successful),
-            sum: value,
-            sum_sq: value * value,
+            gain_sum: gain,
+            gain_sum_sq: gain * gain,
+            loss_sum: loss,
+            loss_sum_sq: loss * loss,
+        }
+    }
+
+    /// An aggregate's outcomes (a day's band of a strategy record).
+    pub fn from_outcomes(o: &OutcomeStats) -> Stats {
+        let sums = |r: &RunningStats| {
+            let n = r.count as f64;
+            (r.mean * n, r.m2 + n * r.mean * r.mean)
+        };
+        let (gain_sum, gain_sum_sq) = sums(&o.improvement);
+        let (loss_sum, loss_sum_sq) = sums(&o.regression);
+        Stats {
+            count: o.applications,
+            successes: o.successes,
+            gain_sum,
+            gain_sum_sq,
+            loss_sum,
+            loss_sum_sq,
         }
     }
 
@@ -73,13 +105,16 @@ impl Stats {
         Stats {
             count: self.count.saturating_add(other.count),
             successes: self.successes.saturating_add(other.successes),
-            sum: self.sum + other.sum,
-            sum_sq: self.sum_sq + other.sum_sq,
+            gain_sum: self.gain_sum + other.gain_sum,
+            gain_sum_sq: self.gain_sum_sq + other.gain_sum_sq,
+            loss_sum: self.loss_sum + other.loss_sum,
+            loss_sum_sq: self.loss_sum_sq + other.loss_sum_sq,
         }
     }
 
+    /// The mean delta over every outcome.
     pub fn mean(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.sum / self.count as f64)
+        (self.count > 0).then(|| (self.gain_sum + self.loss_sum) / self.count as f64)
     }
 
     /// A total order, for the (never expected) case of one origin sending
@@ -89,8 +124,10 @@ impl Stats {
         self.count
             .cmp(&other.count)
             .then(self.successes.cmp(&other.successes))
-            .then(self.sum.total_cmp(&other.sum))
-            .then(self.sum_sq.total_cmp(&other.sum_sq))
+            .then(self.gain_sum.total_cmp(&other.gain_sum))
+            .then(self.gain_sum_sq.total_cmp(&other.gain_sum_sq))
+            .then(self.loss_sum.total_cmp(&other.loss_sum))
+            .then(self.loss_sum_sq.total_cmp(&other.loss_sum_sq))
     }
 }
 
@@ -219,6 +256,51 @@ impl Merged {
                         .is_some_and(|e| e.stats.count > 0)
             })
             .count()
+    }
+}
+
+/// What a region exports of its strategy aggregates above `after`: every
+/// day's band of every aggregate whose last outcome came after it (the
+/// admitted evidence, within the bounds of [`crate::influence`]), each at
+/// the aggregate's `through_sequence`; complete through `through` (the
+/// region's log position). Nothing in it names an instance.
+pub fn export_strategies<'r>(
+    origin: &str,
+    records: impl IntoIterator<Item = &'r StrategyRecord>,
+    after: u64,
+    through: u64,
+) -> Batch {
+    let mut entries = BTreeMap::new();
+    for record in records {
+        if record.through_sequence <= after {
+            continue;
+        }
+        for bucket in &record.window {
+            for (band, outcomes) in bucket.bands.iter().enumerate() {
+                if outcomes.applications == 0 {
+                    continue;
+                }
+                entries.insert(
+                    Subject::Strategy {
+                        metric: record.metric.clone(),
+                        strategy: record.strategy.clone(),
+                        context_key: record.context_key.clone(),
+                        band: band as u8,
+                        day: bucket.day,
+                    },
+                    Versioned {
+                        version: record.through_sequence,
+                        stats: Stats::from_outcomes(outcomes),
+                    },
+                );
+            }
+        }
+    }
+    Batch {
+        origin: origin.to_string(),
+        after,
+        through,
+        entries,
     }
 }
 
@@ -405,6 +487,61 @@ mod tests {
             let own = exports[0].stats();
             prop_assert_eq!(r0.fleet("r0", &own), truth(&exports));
         }
+    }
+
+    #[test]
+    fn a_region_exports_its_admitted_evidence_by_band_and_day_and_no_instance() {
+        use crate::model::{StrategyKey, StrategyOutcome};
+        let now = 20_000 * 86_400_000;
+        let mut record = StrategyRecord::empty(&StrategyKey::new("lv", "steady", "tier=gold"), now);
+        for (i, (who, value, ok, delta)) in [
+            ("secret-instance-a", 0.15, true, 0.1),
+            ("secret-instance-b", 0.15, false, -0.2),
+            ("secret-instance-a", 0.75, true, 0.3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            record.record(
+                &StrategyOutcome {
+                    sequence: i as u64 + 1,
+                    at: now,
+                    instance_id: who.into(),
+                    strategy: "steady".into(),
+                    metric: "lv".into(),
+                    value_before: value,
+                    successful: ok,
+                    delta,
+                    condition: String::new(),
+                    context: [("tier".to_string(), "gold".to_string())].into(),
+                    streak: 0,
+                    preceded_by: vec![],
+                },
+                7,
+            );
+            record.through_sequence = i as u64 + 1;
+        }
+        let batch = export_strategies("eu-west", [&record], 0, 3);
+        let low = &batch.entries[&Subject::Strategy {
+            metric: "lv".into(),
+            strategy: "steady".into(),
+            context_key: "tier=gold".into(),
+            band: 0,
+            day: 20_000,
+        }];
+        assert_eq!(low.version, 3);
+        assert_eq!((low.stats.count, low.stats.successes), (2, 1));
+        assert!((low.stats.gain_sum - 0.1).abs() < 1e-12);
+        assert!((low.stats.loss_sum + 0.2).abs() < 1e-12);
+        assert_eq!(batch.entries.len(), 2);
+        let wire = format!("{batch:?}");
+        assert!(!wire.contains("secret-instance"), "{wire}");
+        // Nothing newer than what the peer holds: nothing sent.
+        assert!(
+            export_strategies("eu-west", [&record], 3, 3)
+                .entries
+                .is_empty()
+        );
     }
 
     #[test]
