@@ -576,11 +576,15 @@ enum CertsCommand {
     },
     /// Issue a client certificate (<name>.pem, <name>.key) signed by the CA.
     Issue {
-        /// Instance id (or operator name with --operator).
+        /// Instance id (or operator name with --operator, region with --hub).
         name: String,
         /// Issue an operator certificate instead of an instance one.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hub")]
         operator: bool,
+        /// Issue a regional hub's federation certificate
+        /// (spiffe://learning-hub/hub/<region>): `certs issue --hub eu-west`.
+        #[arg(long)]
+        hub: bool,
         #[arg(long, env = "LEARNING_HUB_CERTS_DIR", default_value = "certs")]
         certs_dir: PathBuf,
         /// Replace existing files.
@@ -1090,11 +1094,14 @@ fn main() -> ExitCode {
             CertsCommand::Issue {
                 name,
                 operator,
+                hub,
                 certs_dir,
                 force,
             } => {
                 let role = if operator {
                     Role::Operator
+                } else if hub {
+                    Role::Hub
                 } else {
                     Role::Instance
                 };

@@ -69,6 +69,8 @@ fn expected_refusal(path: &str, role: Role) -> Option<bool> {
     METHODS.iter().find(|(p, _)| *p == path)?;
     Some(match service {
         "Admin" => role != Role::Operator,
+        "Federation" => role != Role::Hub,
+        _ if role == Role::Hub => true,
         _ if WRITES.contains(&method) => role != Role::Instance,
         _ => false,
     })

@@ -19,6 +19,7 @@ mod intelligence;
 mod metrics;
 mod ops;
 mod ranking_statistics;
+mod regions;
 mod rpc;
 mod stream;
 mod validation_properties;

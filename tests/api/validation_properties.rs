@@ -538,6 +538,8 @@ enum Access {
     Read,
     /// Operators only: the Admin service.
     Admin,
+    /// Other regions' hubs only: the Federation service.
+    Federation,
     /// Health and reflection: any authenticated peer, no API key.
     Open,
 }
@@ -562,6 +564,8 @@ fn documented_access(path: &str) -> Access {
         }
     } else if path.starts_with("/learninghub.v1.Admin/") {
         Access::Admin
+    } else if path.starts_with("/learninghub.v1.Federation/") {
+        Access::Federation
     } else {
         Access::Open
     }
@@ -583,6 +587,8 @@ fn every_path() -> Vec<&'static str> {
 enum Caller {
     Instance(String),
     Operator(String),
+    /// Another region's hub.
+    Hub(String),
     /// A verified certificate without a hub identity.
     Unidentified,
     /// No TLS (refused outside `--insecure-dev`).
@@ -654,6 +660,7 @@ fn caller_like() -> impl Strategy<Value = Caller> {
     prop_oneof![
         4 => "[A-Za-z0-9._:-]{1,24}".prop_map(Caller::Instance),
         3 => "[A-Za-z0-9._:-]{1,24}".prop_map(Caller::Operator),
+        2 => "[A-Za-z0-9._:-]{1,24}".prop_map(Caller::Hub),
         1 => Just(Caller::Unidentified),
         1 => Just(Caller::Plaintext),
     ]
@@ -665,13 +672,19 @@ fn expected(caller: &Caller, key: Key, access: Access, exhausted: bool) -> tonic
         Caller::Plaintext => Code::Unauthenticated,
         Caller::Unidentified => Code::PermissionDenied,
         Caller::Operator(_) => match access {
-            Access::Write => Code::PermissionDenied,
+            Access::Write | Access::Federation => Code::PermissionDenied,
             _ => Code::Ok,
+        },
+        // A peer hub: the Federation service (and health, reflection) only,
+        // without a key or a rate limit.
+        Caller::Hub(_) => match access {
+            Access::Federation | Access::Open => Code::Ok,
+            _ => Code::PermissionDenied,
         },
         Caller::Instance(_) => match access {
             Access::Open => Code::Ok,
             _ if key != Key::Own => Code::Unauthenticated,
-            Access::Admin => Code::PermissionDenied,
+            Access::Admin | Access::Federation => Code::PermissionDenied,
             _ if exhausted => Code::ResourceExhausted,
             _ => Code::Ok,
         },
@@ -696,12 +709,13 @@ proptest! {
             let identity = match &caller {
                 Caller::Instance(id) => PeerIdentity::Verified(Identity::instance(id.clone())),
                 Caller::Operator(name) => PeerIdentity::Verified(Identity::operator(name.clone())),
+                Caller::Hub(region) => PeerIdentity::Verified(Identity::hub(region.clone())),
                 Caller::Unidentified => PeerIdentity::Unidentified("no hub URI SAN".into()),
                 Caller::Plaintext => PeerIdentity::Plaintext,
             };
             let mut request = http::Request::builder().uri(path);
             let own = match &caller {
-                Caller::Instance(id) | Caller::Operator(id) => id.clone(),
+                Caller::Instance(id) | Caller::Operator(id) | Caller::Hub(id) => id.clone(),
                 _ => "x".into(),
             };
             match key {
@@ -1179,6 +1193,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
         (
             admin("ListAnomalies"),
             pb::ListAnomaliesRequest { scan: true }.encode_to_vec(),
+        ),
+        (
+            "/learninghub.v1.Federation/Pull".to_string(),
+            pb::PullRequest {
+                held: [("us-east".to_string(), 42), ("eu-west".to_string(), 0)].into(),
+            }
+            .encode_to_vec(),
         ),
     ];
     list.into_iter()

@@ -269,8 +269,14 @@ impl TestHub {
     /// A raw mTLS channel with the operator certificate, for services other
     /// than the hub's (health, reflection).
     pub async fn operator_channel(&self) -> tonic::transport::Channel {
+        self.channel_as(&Identity::operator("operator")).await
+    }
+
+    /// A raw mTLS channel with `identity`'s certificate (issued on first
+    /// use): a peer region's hub, or anyone calling a service directly.
+    pub async fn channel_as(&self, identity: &Identity) -> tonic::transport::Channel {
         use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
-        let settings = self.settings(&Identity::operator("operator"));
+        let settings = self.settings(identity);
         let read = |path: &Path| std::fs::read(path).unwrap();
         Endpoint::from_shared(self.url())
             .unwrap()

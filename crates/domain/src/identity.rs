@@ -1,7 +1,8 @@
 //! Who is calling. An identity comes from the client certificate the TLS
 //! handshake verified: its URI SAN `spiffe://learning-hub/instance/<id>`
-//! names an instance, `spiffe://learning-hub/operator/<name>` an operator
-//! (the server reads it out of the certificate). Nothing a client puts in a
+//! names an instance, `spiffe://learning-hub/operator/<name>` an operator,
+//! `spiffe://learning-hub/hub/<region>` the hub of another region (a
+//! federation peer); the server reads it out of the certificate. Nothing a client puts in a
 //! request can change it. Here: the identity, the naming rules, the URI.
 
 use std::fmt;
@@ -16,6 +17,8 @@ pub enum Role {
     Instance,
     /// A person or tool operating the hub.
     Operator,
+    /// Another region's hub: calls the Federation service, nothing else.
+    Hub,
 }
 
 impl Role {
@@ -23,6 +26,7 @@ impl Role {
         match self {
             Role::Instance => "instance",
             Role::Operator => "operator",
+            Role::Hub => "hub",
         }
     }
 }
@@ -40,6 +44,14 @@ impl Identity {
         Identity {
             role: Role::Instance,
             name: id.into(),
+        }
+    }
+
+    /// The hub of region `region` (a federation peer).
+    pub fn hub(region: impl Into<String>) -> Self {
+        Identity {
+            role: Role::Hub,
+            name: region.into(),
         }
     }
 
@@ -63,6 +75,7 @@ impl Identity {
         let role = match role {
             "instance" => Role::Instance,
             "operator" => Role::Operator,
+            "hub" => Role::Hub,
             _ => return None,
         };
         check_name(role, name).ok()?;
@@ -94,6 +107,7 @@ pub fn check_name(role: Role, name: &str) -> crate::error::Result<()> {
     let field = match role {
         Role::Instance => "instance id",
         Role::Operator => "operator name",
+        Role::Hub => "region",
     };
     crate::validate::name(field, name)?;
     if name == "." || name == ".." {
@@ -104,7 +118,7 @@ pub fn check_name(role: Role, name: &str) -> crate::error::Result<()> {
     }
     let reserved = match role {
         Role::Instance => RESERVED_INSTANCE_IDS,
-        Role::Operator => RESERVED_OPERATOR_NAMES,
+        Role::Operator | Role::Hub => RESERVED_OPERATOR_NAMES,
     };
     if reserved.contains(&name) {
         return Err(crate::error::Error::invalid(

@@ -94,6 +94,10 @@ impl<'a> Viewer<'a> {
             Some(identity) => match identity.role {
                 Role::Instance => Viewer::Instance(&identity.name),
                 Role::Operator => Viewer::Operator,
+                // A peer region sees what a newcomer would: corroborated
+                // aggregates (it never reaches these queries: the policy
+                // keeps it to the Federation service).
+                Role::Hub => Viewer::Newcomer,
             },
             None => Viewer::Newcomer,
         }

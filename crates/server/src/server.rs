@@ -20,7 +20,7 @@ use std::{future::Future, path::Path, sync::Arc};
 
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::api::{AdminService, HubService};
+use crate::api::{AdminService, FederationService, HubService};
 use crate::auth::AuthLayer;
 use crate::clock::{Clock, SystemClock};
 use crate::compute::ComputePool;
@@ -405,7 +405,8 @@ where
                 .with_stream_limit(limits.max_streams_per_identity)
                 .into_server(limits.max_message_bytes),
         )
-        .add_service(AdminService::new(hub).into_server(limits.max_message_bytes))
+        .add_service(AdminService::new(hub.clone()).into_server(limits.max_message_bytes))
+        .add_service(FederationService::new(hub).into_server(limits.max_message_bytes))
         .serve_with_incoming_shutdown(incoming, signal);
 
     let drain_timeout = limits.drain_timeout;

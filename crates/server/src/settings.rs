@@ -293,6 +293,8 @@ pub const KEYS: &[Key] = &[
         int(0, 365 * DAY_MINUTES),
         "10",
     ),
+    key("federation", "region", Kind::Text, "\"\""),
+    key("federation", "peers", Kind::Text, "\"\""),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
 ];
@@ -738,6 +740,14 @@ impl Settings {
         hub.federation.aggregation =
             Aggregation::parse(self.string("model", "aggregation")).unwrap_or(Aggregation::Median);
         hub.context_buffer_size = self.unsigned("model", "context_buffer_size");
+        hub.region = self.string("federation", "region").trim().to_string();
+        hub.peers = self
+            .string("federation", "peers")
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect();
 
         let storage = &mut config.storage;
         storage.backend = match self.string("storage", "backend") {

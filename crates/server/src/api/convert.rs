@@ -633,12 +633,12 @@ pub fn audit_query(req: pb::QueryAuditRequest, now: UnixMillis) -> Result<AuditQ
         hub_calls_only: req.hub_calls_only,
         role: match req.role.as_str() {
             "" => None,
-            role @ ("instance" | "operator" | "unknown") => Some(role.to_string()),
+            role @ ("instance" | "operator" | "hub" | "unknown") => Some(role.to_string()),
             other => {
                 return Err(Error::invalid(
                     "role",
                     format!(
-                        "must be \"instance\", \"operator\" or \"unknown\", got {}",
+                        "must be \"instance\", \"operator\", \"hub\" or \"unknown\", got {}",
                         validate::preview(other)
                     ),
                 ));

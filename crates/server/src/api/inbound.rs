@@ -16,7 +16,7 @@ use crate::domain::model::UnixMillis;
 use crate::error::{Error, Result};
 use crate::pb;
 
-/// A request message of the Hub or Admin service.
+/// A request message of the Hub, Admin or Federation service.
 pub trait Inbound: Message + Default + Sized {
     /// The request's contents once validated.
     type Valid;
@@ -54,7 +54,7 @@ macro_rules! inbound {
             }
         )*
 
-        /// Every method of the Hub and Admin services, with the name of its
+        /// Every method of the Hub, Admin and Federation services, with the name of its
         /// request message (`learninghub.v1.<name>`).
         pub const METHODS: &[(&str, &str)] = &[
             $((concat!("/learninghub.v1.", $service, "/", $method), stringify!($request)),)*
@@ -134,6 +134,8 @@ inbound! {
         |r, _| convert::required_name("instance_id", r.instance_id);
     "Admin" / "ListQuarantined": ListQuarantinedRequest => () = |_r, _| Ok(());
     "Admin" / "ListAnomalies": ListAnomaliesRequest => () = |_r, _| Ok(());
+    "Federation" / "Pull": PullRequest => std::collections::BTreeMap<String, u64> =
+        |r, _| super::federation::held(r);
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! `From<Error> for Status`.
 
 mod admin;
+pub mod federation;
 pub use learning_hub_proto::codec;
 pub mod convert;
 pub mod inbound;
@@ -14,6 +15,7 @@ pub mod quota;
 pub mod visibility;
 
 pub use admin::AdminService;
+pub use federation::FederationService;
 
 use std::{pin::Pin, sync::Arc};
 

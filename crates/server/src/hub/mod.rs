@@ -20,6 +20,7 @@ mod insights;
 mod instances;
 mod models;
 mod patterns;
+mod regions;
 pub mod replica;
 mod retention;
 mod strategies;
@@ -108,6 +109,10 @@ pub struct HubSettings {
     /// Distinct instances of one context whose updates make a version of
     /// that context's model (`model.context_buffer_size`).
     pub context_buffer_size: usize,
+    /// This hub's region (`federation.region`; empty: not federated).
+    pub region: String,
+    /// The regions whose hubs may pull from this one (`federation.peers`).
+    pub peers: std::collections::BTreeSet<String>,
 }
 
 /// How long things are kept (the seed's "Data Retention").
@@ -155,6 +160,8 @@ impl Default for HubSettings {
             audit_sample_window: std::time::Duration::from_secs(60),
             federation: crate::domain::federated::FederationRules::default(),
             context_buffer_size: 3,
+            region: String::new(),
+            peers: Default::default(),
         }
     }
 }
