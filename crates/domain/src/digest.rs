@@ -214,12 +214,7 @@ impl Merged {
             origin: origin.to_string(),
             after,
             through: state.complete_through,
-            entries: state
-                .entries
-                .iter()
-                .filter(|(_, e)| e.version > after)
-                .map(|(s, e)| (s.clone(), *e))
-                .collect(),
+            entries: above(&state.entries, after),
         })
     }
 
@@ -304,6 +299,15 @@ pub fn export_strategies<'r>(
     }
 }
 
+/// The entries that changed after `after`.
+fn above(entries: &BTreeMap<Subject, Versioned>, after: u64) -> BTreeMap<Subject, Versioned> {
+    entries
+        .iter()
+        .filter(|(_, e)| e.version > after)
+        .map(|(s, e)| (s.clone(), *e))
+        .collect()
+}
+
 /// An origin's own knowledge as it exports it: each subject's stats with
 /// the version at which they last changed.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -338,12 +342,7 @@ impl Export {
             origin: self.origin.clone(),
             after,
             through: self.version,
-            entries: self
-                .entries
-                .iter()
-                .filter(|(_, e)| e.version > after)
-                .map(|(s, e)| (s.clone(), *e))
-                .collect(),
+            entries: above(&self.entries, after),
         }
     }
 
