@@ -44,8 +44,9 @@ impl StrategyUsage {
     /// give it, the rate is at least what it would be with that instance's
     /// applications (and its failures, in proportion) cut to its share.
     /// So an instance that reports applications it never made dilutes a
-    /// rate by about half at most, not to nothing — and an instance alone
-    /// is never cut (there is no one else's rate to protect). Returns the
+    /// rate by about half at most, not to nothing — and an instance alone,
+    /// or against fewer than [`crate::influence::FREE_REPORTS`] other
+    /// applications, is never cut (there is no reference rate to protect). Returns the
     /// denominator that gives that rate with the failure's counted reports;
     /// while nobody holds more than its share it is the applications
     /// reported. A failure recorded without reporters keeps the plain
@@ -65,14 +66,19 @@ impl StrategyUsage {
             .keys()
             .map(|i| counted(i))
             .fold(0u64, u64::saturating_add);
-        if failed == 0 {
+        // Nothing to bound where failures already outnumber applications
+        // (the rate is 1 either way).
+        if failed == 0 || failed >= all {
             return all;
         }
         let mut rate = failed as f64 / all as f64;
         for (instance, &applied) in &self.by_instance {
             let others = all.saturating_sub(applied);
             let share = crate::influence::allowance(others);
-            if others == 0 || applied <= share {
+            // The others must be a reference ([`FREE_REPORTS`]
+            // applications at least): one instance's single application
+            // and failure does not get to cut a dominant one.
+            if others < crate::influence::FREE_REPORTS || applied <= share {
                 continue;
             }
             let own = counted(instance) as f64;
@@ -449,6 +455,25 @@ mod tests {
         };
         let r = rate(&diluted);
         assert!((r - 10.0 / 201.0).abs() < 1e-3, "{r}");
+        // Failures outnumbering applications: no panic, the plain count.
+        let mut many = failure("lv", "s", &[none; 2]);
+        many.reports = BTreeMap::from([("b".to_string(), 1), ("c".to_string(), 1)]);
+        let one = StrategyUsage {
+            applications: 1,
+            by_instance: BTreeMap::from([("a".to_string(), 1)]),
+            preceded_by: BTreeMap::new(),
+        };
+        assert_eq!(one.applications_for(&many), 1);
+        // One application and failure of another instance do not cut a
+        // dominant one: 11 failures in 10,001 applications stay ~0.001.
+        let mut dominant = failure("lv", "s", &[none; 11]);
+        dominant.reports = BTreeMap::from([("h".to_string(), 10), ("g".to_string(), 1)]);
+        let usage = StrategyUsage {
+            applications: 10_001,
+            by_instance: BTreeMap::from([("h".to_string(), 10_000), ("g".to_string(), 1)]),
+            preceded_by: BTreeMap::new(),
+        };
+        assert_eq!(usage.applications_for(&dominant), 10_001);
         // An instance alone is never cut: its own rate.
         let mut alone = failure("lv", "s", &[none; 10]);
         alone.reports = BTreeMap::from([("h".to_string(), 10)]);
