@@ -201,7 +201,9 @@ impl Hub {
     ) -> Result<Predictions> {
         let state = self.state();
         let view = self.model_in(&state, plateau::MODEL)?;
-        // The caller's context model, once it has a version and a share.
+        // The caller's context model and its share (summed from its
+        // evaluations once, not per metric), once it has a version and a
+        // share.
         let personal = caller
             .and_then(|c| context_of(&state, c))
             .and_then(|key| {
@@ -210,8 +212,9 @@ impl Hub {
                     .models
                     .get(&context_model_name(plateau::MODEL, &key))
             })
-            .filter(|m| m.version > 0 && m.context_share() > 0.0)
-            .cloned();
+            .filter(|m| m.version > 0)
+            .map(|m| (m.clone(), m.context_share()))
+            .filter(|(_, share)| *share > 0.0);
         let context = or_registered_context(&state, caller, context);
         let predictions = trajectories
             .iter()
@@ -223,10 +226,10 @@ impl Hub {
                     )
                 })?;
                 let probability = match &personal {
-                    Some(own) => plateau::predict_personal(
+                    Some((own, share)) => plateau::predict_personal(
                         &view.model.weights,
                         &own.weights,
-                        own.context_share(),
+                        *share,
                         &features,
                     ),
                     None => plateau::predict(&view.model.weights, &features),
@@ -261,7 +264,7 @@ impl Hub {
             .collect::<Result<Vec<_>>>()?;
         Ok(Predictions {
             version: view.model.version,
-            context: personal.map(|m| (m.version, m.context_share())),
+            context: personal.map(|(m, share)| (m.version, share)),
             predictions,
         })
     }
