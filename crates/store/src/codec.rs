@@ -140,7 +140,8 @@ fn uncompress(packed: &[u8]) -> std::result::Result<Vec<u8>, String> {
             block.len()
         ));
     }
-    let json = lz4_flex::block::decompress(block, length).map_err(|e| format!("compressed: {e}"))?;
+    let json =
+        lz4_flex::block::decompress(block, length).map_err(|e| format!("compressed: {e}"))?;
     if json.len() != length {
         return Err(format!(
             "compressed: {} bytes where {length} were announced",
@@ -214,7 +215,12 @@ mod tests {
         assert!(json.len() >= COMPRESS_FROM);
         let bytes = encode(&large).unwrap();
         assert_eq!(bytes[0], FORMAT_V2_LZ4);
-        assert!(bytes.len() * 2 < json.len(), "{} of {}", bytes.len(), json.len());
+        assert!(
+            bytes.len() * 2 < json.len(),
+            "{} of {}",
+            bytes.len(),
+            json.len()
+        );
         assert_eq!(decode::<Vec<RecoveryStat>>(b"k", &bytes).unwrap(), large);
         // What a hub before compression wrote still reads.
         let mut old = vec![FORMAT_V1];
