@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
 use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal, context_model_name};
-use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc};
+use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc, name_tag};
 use super::matching;
 use super::model::{
     AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight,
@@ -1023,8 +1023,19 @@ fn share_model_update(
         WriteRpc::ShareModelUpdate,
         request,
         |state, first| {
-            let name = model_record_name(update)?;
             if let Some(first) = first {
+                let name = match first {
+                    Applied::ShareModelUpdate { context_record } if context_record != 0 => state
+                        .tables
+                        .models
+                        .keys()
+                        .find(|name| name_tag(name) == context_record)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::Internal("the retried update's context model is missing".into())
+                        })?,
+                    _ => model_record_name(update)?,
+                };
                 let model = state
                     .tables
                     .models
@@ -1039,6 +1050,7 @@ fn share_model_update(
                     first,
                 ));
             }
+            let name = model_record_name(update)?;
             touch_instance(state, now, caller)?;
             let mut model = match state.tables.models.get(&name) {
                 Some(existing) => (**existing).clone(),
@@ -1072,9 +1084,14 @@ fn share_model_update(
             if let (Some(version), false) = (new_version, update.for_context) {
                 announce_version(state, now, &model, version, announce_id, announce_ttl_ms);
             }
+            let context_record = if update.for_context {
+                name_tag(&name)
+            } else {
+                0
+            };
             Ok((
                 Answer::ModelUpdated { model, new_version },
-                Applied::ShareModelUpdate,
+                Applied::ShareModelUpdate { context_record },
             ))
         },
     )
@@ -1600,5 +1617,55 @@ mod tests {
         assert!(matches!(answers[2], Ok(Answer::KeyRevoked)));
         assert!(matches!(answers[3], Err(Error::NotFound { .. })));
         assert!(state.tables.api_keys.is_empty());
+    }
+
+    /// A retry answers with the context model the first attempt updated,
+    /// even after the caller registered another context in between (the
+    /// record name came from the registration, not from the request).
+    #[test]
+    fn a_retried_context_update_finds_the_model_it_updated() {
+        let update = |context: &str| Action::ShareModelUpdate {
+            caller: "a".into(),
+            update: ModelUpdate {
+                model: "plateau".into(),
+                base_version: 0,
+                delta: vec![0.1, 0.2],
+                examples: 10,
+                evaluation: None,
+                context: Some(context.into()),
+                for_context: true,
+            },
+            rules: FederationRules {
+                dimension: 2,
+                buffer_size: 3,
+                ..FederationRules::default()
+            },
+            announce_id: "announce".into(),
+            announce_ttl_ms: HOUR,
+            request: Some(Idempotency {
+                tag: RequestTag {
+                    id: "r1".into(),
+                    fingerprint: Fingerprint::of(b"update"),
+                },
+                window_ms: 24 * HOUR,
+            }),
+        };
+        let (state, answers) = folded(vec![
+            register("a"),
+            update("gpu=a100"),
+            register("a"),
+            update("gpu=h100"),
+        ]);
+        let name = |answer: &Result<Answer>| match answer {
+            Ok(Answer::ModelUpdated { model, new_version }) => {
+                assert_eq!(*new_version, None);
+                model.name.clone()
+            }
+            other => panic!("not a model update: {other:?}"),
+        };
+        assert_eq!(name(&answers[1]), "plateau@gpu=a100");
+        assert_eq!(name(&answers[3]), "plateau@gpu=a100", "the retry");
+        assert!(!state.tables.models.contains_key("plateau@gpu=h100"));
+        assert_eq!(state.tables.models["plateau@gpu=a100"].pending.len(), 1);
     }
 }

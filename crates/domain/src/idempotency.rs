@@ -79,8 +79,25 @@ pub enum Applied {
     RecordInsightUse,
     ShareFailure,
     ShareConfiguration,
-    /// The model is found again from the update's model name.
-    ShareModelUpdate,
+    /// The model is found again from the update's model name; a
+    /// context's model from `context_record` ([`name_tag`] of its record
+    /// name), because the caller may have registered another context
+    /// before it retries. 0 for the fleet's model (and in records written
+    /// before contexts had models).
+    ShareModelUpdate {
+        #[serde(default)]
+        context_record: u64,
+    },
+}
+
+/// A record name in 64 bits (the first 8 bytes of its SHA-256): what a
+/// remembered model update keeps to find its record again, without making
+/// every remembered request larger.
+pub fn name_tag(name: &str) -> u64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest.as_ref()[..8]);
+    u64::from_be_bytes(bytes)
 }
 
 impl Applied {
@@ -93,7 +110,7 @@ impl Applied {
             Applied::RecordInsightUse => WriteRpc::RecordInsightUse,
             Applied::ShareFailure => WriteRpc::ShareFailure,
             Applied::ShareConfiguration => WriteRpc::ShareConfiguration,
-            Applied::ShareModelUpdate => WriteRpc::ShareModelUpdate,
+            Applied::ShareModelUpdate { .. } => WriteRpc::ShareModelUpdate,
         }
     }
 }
