@@ -37,6 +37,8 @@
 //!    instance holds at most [`MAX_OWN_ADVICE`] of a failure's
 //!    [`MAX_PREVENTION`] advice slots with advice nobody else gave: its own
 //!    oldest gives way first, so it cannot push out what others said.
+//!    Methods and advice from before reporters were kept stay the fleet's
+//!    when an instance repeats them ([`EARLIER_REPORTERS`]).
 //!
 //! Decisions are made in the fold from counts kept in the aggregate, so
 //! they are deterministic and replicate with the command log. Lifetime
@@ -113,14 +115,17 @@ impl<'a> Viewer<'a> {
 
     /// Whether evidence reported by `reporters` may inform this viewer:
     /// enough distinct instances reported it, or the viewer itself did,
-    /// or the viewer is an operator.
+    /// or the viewer is an operator, or it was reported before reporters
+    /// were kept ([`EARLIER_REPORTERS`]), which informed everyone then.
     pub fn sees<V>(&self, reporters: &BTreeMap<String, V>) -> bool {
-        self.admits(reporters.len(), |id| reporters.contains_key(id))
+        reporters.contains_key(EARLIER_REPORTERS)
+            || self.admits(reporters.len(), |id| reporters.contains_key(id))
     }
 
     /// [`Viewer::sees`] for a set of reporters.
     pub fn sees_all(&self, reporters: &BTreeSet<String>) -> bool {
-        self.admits(reporters.len(), |id| reporters.contains(id))
+        reporters.contains(EARLIER_REPORTERS)
+            || self.admits(reporters.len(), |id| reporters.contains(id))
     }
 
     fn admits(&self, reporters: usize, reported_by: impl Fn(&str) -> bool) -> bool {
@@ -136,6 +141,15 @@ impl<'a> Viewer<'a> {
 /// other instance gave (rule 4).
 pub const MAX_OWN_ADVICE: usize = 4;
 
+/// The reporter that stands for everyone who gave a recovery method or a
+/// piece of advice before reporters were kept (instance ids are never
+/// empty). A record from then has the method or advice but no reporters,
+/// and is shown as it is. When an instance then repeats it, the fleet's
+/// earlier voice is kept under this name beside the instance's: recorded
+/// as the instance's alone, it would have informed only that instance
+/// from then on, so one repetition could hide it from everyone else.
+pub const EARLIER_REPORTERS: &str = "";
+
 /// Folds `instance`'s `advice` into `failure`'s prevention advice, within
 /// rule 4: known advice gains a voice; new advice first makes room by
 /// dropping the instance's own oldest uncorroborated advice when it holds
@@ -147,7 +161,7 @@ pub fn give_advice(failure: &mut FailurePattern, advice: &str, instance: &str) {
         failure
             .advice_by
             .entry(advice.to_string())
-            .or_default()
+            .or_insert_with(|| BTreeSet::from([EARLIER_REPORTERS.to_string()]))
             .insert(instance.to_string());
         return;
     }
@@ -222,7 +236,8 @@ pub fn failure_seen_by(failure: &FailurePattern, viewer: Viewer) -> FailurePatte
 }
 
 /// A recovery method's attempts as they count for the instance `own`
-/// ("" for none): its own in full, every other instance's up to the
+/// ("" for none): its own and those from before reporters were kept
+/// ([`EARLIER_REPORTERS`]) in full, every other instance's up to the
 /// [`allowance`] the rest of the attempts give it.
 pub fn counted_recovery(
     by: &BTreeMap<String, RecoveryMethodStats>,
@@ -231,7 +246,7 @@ pub fn counted_recovery(
     let total: u64 = by.values().map(|s| s.attempts).fold(0, u64::saturating_add);
     by.iter()
         .map(|(instance, stats)| {
-            if instance == own {
+            if instance == own || instance == EARLIER_REPORTERS {
                 *stats
             } else {
                 stats.scaled_to(allowance(total - stats.attempts))
@@ -418,6 +433,51 @@ mod tests {
             give_advice(&mut failure, advice, instance);
         }
         failure
+    }
+
+    /// A record from before reporters were kept: one repetition of its
+    /// advice or method by an attacker must not make them the attacker's.
+    #[test]
+    fn repeating_what_the_fleet_said_before_reporters_were_kept_does_not_take_it_over() {
+        let mut failure = failure_with_advice(&[]);
+        failure.prevention = vec!["drain the queue first".into()];
+        failure.advice_by.clear();
+        let earlier = RecoveryMethodStats {
+            attempts: 10,
+            successes: 8,
+            ..Default::default()
+        };
+        failure.recovery = BTreeMap::from([("restart".to_string(), earlier)]);
+        failure.recovery_by.clear();
+        let repeat = crate::model::FailureReport {
+            failure_type: failure.failure_type,
+            trigger: "t".into(),
+            metric: "m".into(),
+            strategy: "s".into(),
+            recovery: vec![crate::model::RecoveryAttempt {
+                method: "restart".into(),
+                succeeded: false,
+                cycles_to_recover: 0,
+            }],
+            prevention: vec!["drain the queue first".into()],
+            preceded_by: vec![],
+            magnitude: None,
+            follow_up: false,
+        };
+        for _ in 0..20 {
+            failure.record(&repeat, "attacker", 1);
+        }
+        let seen = failure.seen_by(Viewer::Instance("bystander"));
+        assert_eq!(seen.prevention, vec!["drain the queue first".to_string()]);
+        let restart = seen.recovery["restart"];
+        // The earlier 10 attempts in full, the attacker's 20 failures at
+        // its share (the others' 10, plus one).
+        assert_eq!((restart.attempts, restart.successes), (21, 8));
+        // A quarantine of the attacker leaves what the fleet said.
+        forget_failure_reports(&mut failure, "attacker");
+        let seen = failure.seen_by(Viewer::Newcomer);
+        assert_eq!(seen.prevention, vec!["drain the queue first".to_string()]);
+        assert_eq!(seen.recovery["restart"].attempts, 10);
     }
 
     #[test]

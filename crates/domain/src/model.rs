@@ -1142,13 +1142,16 @@ impl FailurePattern {
     fn record_recovery(&mut self, report: &FailureReport, instance: &str) {
         for attempt in &report.recovery {
             let total = self.recovery.entry(attempt.method.clone()).or_default();
+            // A method recorded before reporters were kept keeps its
+            // attempts under the earlier reporters' name.
+            let earlier = (!self.recovery_by.contains_key(&attempt.method) && total.attempts > 0)
+                .then_some(*total);
             total.add(attempt);
-            self.recovery_by
-                .entry(attempt.method.clone())
-                .or_default()
-                .entry(instance.to_string())
-                .or_default()
-                .add(attempt);
+            let by = self.recovery_by.entry(attempt.method.clone()).or_default();
+            if let Some(earlier) = earlier {
+                by.insert(crate::influence::EARLIER_REPORTERS.to_string(), earlier);
+            }
+            by.entry(instance.to_string()).or_default().add(attempt);
         }
     }
 
