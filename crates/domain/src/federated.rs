@@ -184,6 +184,14 @@ pub struct ModelRecord {
     /// evaluations against (empty for the fleet model).
     #[serde(default)]
     pub fleet_evaluations: BTreeMap<u64, Evaluation>,
+    /// For a context's model: `evaluations` per version and instance —
+    /// what [`ModelRecord::context_share`] takes one voice per instance
+    /// from (empty for the fleet model, and in records from before).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evaluated_by: BTreeMap<u64, BTreeMap<String, Evaluation>>,
+    /// For a context's model: `fleet_evaluations` per version and instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fleet_evaluated_by: BTreeMap<u64, BTreeMap<String, Evaluation>>,
     pub created: UnixMillis,
     pub updated: UnixMillis,
 }
@@ -216,6 +224,8 @@ impl ModelRecord {
             last_aggregation: None,
             evaluations: BTreeMap::new(),
             fleet_evaluations: BTreeMap::new(),
+            evaluated_by: BTreeMap::new(),
+            fleet_evaluated_by: BTreeMap::new(),
             created: now,
             updated: now,
         }
@@ -250,6 +260,14 @@ impl ModelRecord {
         self.updated = now;
         if let Some(reported) = update.evaluation {
             add_evaluation(&mut self.evaluations, update.base_version, &reported);
+            if update.for_context {
+                add_instance_evaluation(
+                    &mut self.evaluated_by,
+                    update.base_version,
+                    instance,
+                    &reported,
+                );
+            }
         }
         let pending = PendingUpdate {
             instance: instance.to_string(),
@@ -289,29 +307,93 @@ impl ModelRecord {
 
     /// For a context's model: records how one of its instances found the
     /// fleet model's `version` on its held-out examples.
-    pub fn record_fleet_evaluation(&mut self, version: u64, reported: &Evaluation) {
+    pub fn record_fleet_evaluation(&mut self, version: u64, instance: &str, reported: &Evaluation) {
         add_evaluation(&mut self.fleet_evaluations, version, reported);
+        add_instance_evaluation(&mut self.fleet_evaluated_by, version, instance, reported);
     }
 
-    /// For a context's model: its share in its instances' predictions
-    /// ([`context_share`]).
+    /// For a context's model: its share in its instances' predictions.
+    ///
+    /// Evaluations are self-reported, so one instance must not decide it:
+    /// each instance that evaluated both models on at least
+    /// [`MIN_INSTANCE_EXAMPLES`] examples has its own [`gain_share`], and
+    /// the share is their lower median, once the context's instances
+    /// together evaluated each model on [`MIN_SHARE_EXAMPLES`]. Among three
+    /// or more instances one cannot move it past what the others found;
+    /// of two, one can only lower it, towards the fleet model, which is
+    /// where every context starts. (Summed, a million examples claimed by
+    /// one instance outweighed everyone: `federated` tests.) Records from
+    /// before evaluations were kept per instance use the sums.
     pub fn context_share(&self) -> f64 {
-        context_share(
-            &self.recent_evaluation(),
-            &sum(self.fleet_evaluations.values()),
-        )
+        let (own, fleet) = (
+            self.recent_evaluation(),
+            sum(self.fleet_evaluations.values()),
+        );
+        if self.evaluated_by.is_empty() && self.fleet_evaluated_by.is_empty() {
+            return context_share(&own, &fleet);
+        }
+        if own.examples < MIN_SHARE_EXAMPLES || fleet.examples < MIN_SHARE_EXAMPLES {
+            return 0.0;
+        }
+        let own = per_instance(&self.evaluated_by);
+        let fleet = per_instance(&self.fleet_evaluated_by);
+        let mut shares: Vec<f64> = own
+            .iter()
+            .filter_map(|(instance, own)| {
+                let fleet = fleet.get(instance)?;
+                (own.examples >= MIN_INSTANCE_EXAMPLES && fleet.examples >= MIN_INSTANCE_EXAMPLES)
+                    .then(|| gain_share(own, fleet))
+            })
+            .collect();
+        if shares.is_empty() {
+            return 0.0;
+        }
+        shares.sort_by(f64::total_cmp);
+        shares[(shares.len() - 1) / 2]
     }
 }
 
+/// Held-out examples an instance must have evaluated each model on for its
+/// view to count in a context model's share.
+pub const MIN_INSTANCE_EXAMPLES: u64 = 20;
+
+fn add_instance_evaluation(
+    kept: &mut BTreeMap<u64, BTreeMap<String, Evaluation>>,
+    version: u64,
+    instance: &str,
+    reported: &Evaluation,
+) {
+    let by = kept.entry(version).or_default();
+    add_evaluation_to(by.entry(instance.to_string()).or_default(), reported);
+    while kept.len() > EVALUATIONS_KEPT {
+        kept.pop_first();
+    }
+}
+
+/// Each instance's evaluations over the versions kept, summed.
+fn per_instance(kept: &BTreeMap<u64, BTreeMap<String, Evaluation>>) -> BTreeMap<&str, Evaluation> {
+    let mut per: BTreeMap<&str, Evaluation> = BTreeMap::new();
+    for by in kept.values() {
+        for (instance, eval) in by {
+            let sum = per.entry(instance.as_str()).or_default();
+            *sum = self::sum([*sum, *eval].iter());
+        }
+    }
+    per
+}
+
 fn add_evaluation(kept: &mut BTreeMap<u64, Evaluation>, version: u64, reported: &Evaluation) {
-    let eval = kept.entry(version).or_default();
+    add_evaluation_to(kept.entry(version).or_default(), reported);
+    while kept.len() > EVALUATIONS_KEPT {
+        kept.pop_first();
+    }
+}
+
+fn add_evaluation_to(eval: &mut Evaluation, reported: &Evaluation) {
     eval.examples = eval.examples.saturating_add(reported.examples);
     eval.correct = eval.correct.saturating_add(reported.correct);
     eval.log_loss += reported.log_loss;
     eval.reports = eval.reports.saturating_add(1);
-    while kept.len() > EVALUATIONS_KEPT {
-        kept.pop_first();
-    }
 }
 
 fn sum<'a>(evaluations: impl Iterator<Item = &'a Evaluation>) -> Evaluation {
@@ -342,6 +424,13 @@ pub fn context_share(own: &Evaluation, fleet: &Evaluation) -> f64 {
     if own.examples < MIN_SHARE_EXAMPLES || fleet.examples < MIN_SHARE_EXAMPLES {
         return 0.0;
     }
+    gain_share(own, fleet)
+}
+
+/// [`context_share`] without its minimum of examples: 0 while the context
+/// model's mean log loss is not below the fleet model's, 1 from
+/// [`FULL_SHARE_GAIN`] below, linear in between.
+pub fn gain_share(own: &Evaluation, fleet: &Evaluation) -> f64 {
     let (Some(own), Some(fleet)) = (own.mean_log_loss(), fleet.mean_log_loss()) else {
         return 0.0;
     };
@@ -468,6 +557,72 @@ mod tests {
             examples,
             received: 0,
         }
+    }
+
+    /// How an instance found both models: `examples` held-out examples
+    /// at a mean log loss of `own` (the context model) and `fleet`.
+    fn evaluate(record: &mut ModelRecord, instance: &str, examples: u64, own: f64, fleet: f64) {
+        let eval = |loss: f64| Evaluation {
+            examples,
+            correct: examples / 2,
+            log_loss: loss * examples as f64,
+            reports: 1,
+        };
+        let update = ModelUpdate {
+            model: "plateau".into(),
+            base_version: record.version,
+            delta: vec![0.0; 2],
+            examples: 10,
+            evaluation: Some(eval(own)),
+            context: Some("c".into()),
+            for_context: true,
+        };
+        let rules = FederationRules {
+            buffer_size: 100,
+            ..rules(Aggregation::Median)
+        };
+        record.accept(instance, &update, &rules, 0).unwrap();
+        record.record_fleet_evaluation(0, instance, &eval(fleet));
+    }
+
+    #[test]
+    fn one_instance_cannot_decide_a_context_models_share() {
+        // Three instances find the context model a little worse.
+        let honest = |record: &mut ModelRecord| {
+            for i in ["h1", "h2", "h3"] {
+                evaluate(record, i, 40, 0.52, 0.50);
+            }
+        };
+        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        honest(&mut record);
+        assert_eq!(record.context_share(), 0.0);
+        // One claims a million examples on which it is perfect.
+        evaluate(&mut record, "liar", 1_000_000, 0.0, 0.69);
+        let summed = context_share(
+            &record.recent_evaluation(),
+            &sum(record.fleet_evaluations.values()),
+        );
+        assert_eq!(summed, 1.0, "summed, the liar decided");
+        assert_eq!(record.context_share(), 0.0);
+        // Where the context model is better, a liar cannot take it away
+        // either, among three.
+        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        for i in ["h1", "h2", "h3"] {
+            evaluate(&mut record, i, 40, 0.40, 0.50);
+        }
+        assert_eq!(record.context_share(), 1.0);
+        evaluate(&mut record, "liar", 1_000_000, 0.69, 0.0);
+        assert_eq!(record.context_share(), 1.0);
+        // Of two, it can only lower the share.
+        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        evaluate(&mut record, "h1", 60, 0.52, 0.50);
+        evaluate(&mut record, "liar", 1_000_000, 0.0, 0.69);
+        assert_eq!(record.context_share(), 0.0);
+        // An instance below its minimum of examples has no voice yet.
+        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        evaluate(&mut record, "h1", 60, 0.40, 0.50);
+        evaluate(&mut record, "small", MIN_INSTANCE_EXAMPLES - 1, 0.69, 0.0);
+        assert_eq!(record.context_share(), 1.0);
     }
 
     fn rules(aggregation: Aggregation) -> FederationRules {

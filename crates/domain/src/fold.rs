@@ -1078,7 +1078,11 @@ fn share_model_update(
             {
                 let own = context_model_name(&update.model, context);
                 if let Some(record) = state.tables.models.get_mut(&own) {
-                    Arc::make_mut(record).record_fleet_evaluation(update.base_version, &evaluation);
+                    Arc::make_mut(record).record_fleet_evaluation(
+                        update.base_version,
+                        caller,
+                        &evaluation,
+                    );
                 }
             }
             if let (Some(version), false) = (new_version, update.for_context) {

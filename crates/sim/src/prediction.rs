@@ -334,14 +334,17 @@ pub fn federate_personal(
                 m
             });
             if let Some(e) = &u.evaluation {
-                model.record_fleet_evaluation(u.base_version, e);
+                model.record_fleet_evaluation(u.base_version, &id, e);
             }
             global.accept(&id, &u, rules, now).map_err(refused)?;
             let context_rules = FederationRules {
                 buffer_size: CONTEXT_BUFFER.min(members[*context]).max(1),
                 ..*rules
             };
-            let u = update(model);
+            let u = ModelUpdate {
+                for_context: true,
+                ..update(model)
+            };
             model
                 .accept(&id, &u, &context_rules, now)
                 .map_err(refused)?;
