@@ -45,6 +45,8 @@ pub struct RetentionReport {
     pub patterns: usize,
     pub insights: usize,
     pub strategies_rolled_up: usize,
+    /// Context plateau models idle for `pattern_days`, removed.
+    pub context_models: usize,
     /// Raw outcomes and audit entries trimmed (the writer trims the store's
     /// logs after the fold; these count what it removed).
     pub outcomes: usize,
@@ -1240,6 +1242,7 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
         state.tables.patterns.values(),
         state.tables.insights.values(),
         state.tables.strategies.values(),
+        state.tables.models.values(),
         &domain_rules,
         now,
     );
@@ -1247,8 +1250,12 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
         patterns: planned.patterns.len(),
         insights: planned.insights.len(),
         strategies_rolled_up: planned.strategies.len(),
+        context_models: planned.context_models.len(),
         ..RetentionReport::default()
     };
+    for name in &planned.context_models {
+        state.tables.models.remove(name);
+    }
     for id in &planned.patterns {
         state.remove_pattern(id);
     }

@@ -9,6 +9,10 @@
 //! - Strategy aggregates keep their lifetime figures; their daily evidence
 //!   older than the recommendation window is dropped (the daily roll-up).
 //! - Failures are kept indefinitely (operators mark them resolved).
+//! - A context's plateau model not updated for `pattern_days` goes, as an
+//!   idle pattern does: a context whose instances left (or one an instance
+//!   registered only to make a model of) does not keep a record for ever.
+//!   The fleet model stays.
 //!
 //! Time is what the hub's clock says when the sweep runs:
 //!
@@ -29,6 +33,7 @@
 
 use std::sync::Arc;
 
+use super::federated::ModelRecord;
 use super::model::{DayBucket, Insight, Pattern, StrategyRecord, UnixMillis, day_of};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -50,12 +55,31 @@ pub struct Sweep {
     pub insights: Vec<u64>,
     /// Aggregates with their expired days dropped.
     pub strategies: Vec<StrategyRecord>,
+    /// Context models idle for `pattern_days`.
+    pub context_models: Vec<String>,
 }
 
 impl Sweep {
     pub fn is_empty(&self) -> bool {
-        self.patterns.is_empty() && self.insights.is_empty() && self.strategies.is_empty()
+        self.patterns.is_empty()
+            && self.insights.is_empty()
+            && self.strategies.is_empty()
+            && self.context_models.is_empty()
     }
+}
+
+/// The context models idle for longer than `pattern_days` at `now` (the
+/// fleet models, whose names carry no context, are never idle here).
+pub fn idle_context_models<'a>(
+    models: impl IntoIterator<Item = &'a Arc<ModelRecord>>,
+    rules: &Rules,
+    now: UnixMillis,
+) -> Vec<String> {
+    models
+        .into_iter()
+        .filter(|m| m.base_name() != m.name && now - m.updated > rules.pattern_days * DAY_MS)
+        .map(|m| m.name.clone())
+        .collect()
 }
 
 /// Whether a pattern has expired at `now`.
@@ -71,11 +95,13 @@ pub fn plan<'a>(
     patterns: impl IntoIterator<Item = &'a Arc<Pattern>>,
     insights: impl IntoIterator<Item = &'a Arc<Insight>>,
     strategies: impl IntoIterator<Item = &'a Arc<StrategyRecord>>,
+    models: impl IntoIterator<Item = &'a Arc<ModelRecord>>,
     rules: &Rules,
     now: UnixMillis,
 ) -> Sweep {
     let today = day_of(now);
     Sweep {
+        context_models: idle_context_models(models, rules, now),
         patterns: patterns
             .into_iter()
             .filter(|p| pattern_expired(p, rules, now))
@@ -140,6 +166,24 @@ mod tests {
         low_frequency: 3,
         evidence_days: 7,
     };
+
+    #[test]
+    fn idle_context_models_go_and_the_fleet_model_stays() {
+        let now = 40 * DAY_MS;
+        let model = |name: &str, updated_days: i64| {
+            Arc::new(ModelRecord::new(name, 2, updated_days * DAY_MS))
+        };
+        let models = [
+            model("plateau", 0),
+            model("plateau@gpu=a100", 9),
+            model("plateau@gpu=h100", 11),
+        ];
+        // RULES.pattern_days is 30: idle for 31 days goes, for 29 stays.
+        let sweep = plan([], [], [], &models, &RULES, now);
+        assert_eq!(sweep.context_models, vec!["plateau@gpu=a100".to_string()]);
+        assert!(!sweep.is_empty());
+        assert!(idle_context_models(&models, &RULES, 20 * DAY_MS).is_empty());
+    }
 
     #[test]
     fn patterns_expire_by_age_and_confirmation() {
