@@ -17,13 +17,16 @@
 //    metric, share the outcome (ShareStrategy, with the metric's trajectory:
 //    the answer carries the fleet model's plateau prediction) and, when the
 //    metric was on a plateau, the plateau pattern (SharePattern);
-//    A cycle on which the fleet's plateau model (see 4) predicts a plateau
-//    counts as one: the agent acts before it stalls;
+//    A cycle on which the plateau models (see 4) predict a plateau counts
+//    as one: the agent acts before it stalls;
 // 4. trains the fleet's plateau model on its own trajectory (GetModel, a few
 //    epochs of gradient descent from the served weights, ShareModelUpdate
-//    with the change of the weights, never the values), then asks the hub
-//    for a prediction of its trajectory (PredictPlateau) and checks that its
-//    own computation with the served weights agrees;
+//    with the change of the weights, never the values, and the served
+//    weights' log loss on the 30% of its examples it held out), then its
+//    context's own model the same way (context_model), which counts in its
+//    predictions by the share the hub serves (context_share), then asks the
+//    hub for a prediction of its trajectory (PredictPlateau) and checks that
+//    its own computation with the served weights and share agrees;
 // 5. optionally waits until --wait-insights insights arrived, and prints a
 //    JSON summary as the last line on stdout (progress goes to stderr).
 //
@@ -183,6 +186,32 @@ function predict(weights, features) {
   });
   return 1.0 / (1.0 + Math.exp(-Math.min(Math.max(z, -40.0), 40.0)));
 }
+
+// The fleet model's probability mixed with the context model's by `share`
+// (GetModelResponse.context_share), as PredictPlateau mixes them.
+function predictPersonal(fleet, context, share, features) {
+  const p = predict(fleet, features);
+  if (share <= 0.0) return p;
+  const s = Math.min(share, 1.0);
+  return (1.0 - s) * p + s * predict(context, features);
+}
+
+// How `weights` do on held-out examples: what ShareModelUpdate's
+// `evaluation` reports, and what the hub sets a context model's share from.
+function evaluate(weights, examples) {
+  let correct = 0;
+  let logLoss = 0.0;
+  for (const [features, ahead] of examples) {
+    const p = Math.min(Math.max(predict(weights, features), 1e-12), 1.0 - 1e-12);
+    if ((p >= 0.5) === ahead) correct += 1;
+    logLoss -= ahead ? Math.log(p) : Math.log(1.0 - p);
+  }
+  return { examples: String(examples.length), correct: String(correct), log_loss: logLoss };
+}
+
+// Share of the examples held out of training to evaluate the served models
+// on (as the simulator's instances do).
+const HELD_OUT_SHARE = 0.3;
 
 function plateauExamples(values) {
   const out = [];
@@ -671,6 +700,9 @@ class Agent {
     // The plateau model as last fetched.
     this.modelWeights = new Array(FEATURES + 1).fill(0.0);
     this.modelVersion = 0;
+    // The model of this agent's context, and its share in predictions.
+    this.contextWeights = new Array(FEATURES + 1).fill(0.0);
+    this.contextShare = 0.0;
   }
 
   async call(method, request) {
@@ -741,7 +773,7 @@ class Agent {
     this.history.push(before);
     let stuck = lastDelta === null || lastDelta < PLATEAU_GAIN;
     const features = plateauFeatures(this.history);
-    if (!stuck && this.modelVersion > 0 && features && predict(this.modelWeights, features) >= 0.5) {
+    if (!stuck && this.modelVersion > 0 && features && predictPersonal(this.modelWeights, this.contextWeights, this.contextShare, features) >= 0.5) {
       // The fleet's model sees a plateau coming: act as on one.
       stuck = true;
       this.summary.plateaus_predicted += 1;
@@ -836,38 +868,86 @@ class Agent {
     return model;
   }
 
-  // Trains the plateau model on this agent's trajectory and sends the change
-  // of the weights; then compares the hub's prediction for the trajectory
-  // with its own.
+  async fetchContextModel() {
+    const model = await this.call('GetModel', { model: PLATEAU_MODEL, context_model: true });
+    this.contextWeights = model.weights.map(Number);
+    this.contextShare = Number(model.context_share);
+    return model;
+  }
+
+  // A ShareModelUpdate trained from `weights` (version `version`), with the
+  // served weights evaluated on the held-out examples.
+  updateRequest(weights, version, trainOn, heldOut, contextModel) {
+    const request = {
+      model: PLATEAU_MODEL,
+      base_version: String(version),
+      delta: train(weights, trainOn),
+      examples: String(trainOn.length),
+      request_id: crypto.randomUUID(),
+      context_model: contextModel,
+    };
+    if (heldOut.length) request.evaluation = evaluate(weights, heldOut);
+    return request;
+  }
+
+  // Trains the plateau model, and the model of this agent's context, on its
+  // trajectory (holding some examples out to evaluate the served versions
+  // on) and sends the changes of the weights; then compares the hub's
+  // prediction for the trajectory with its own.
   async shareModel() {
     await this.fetchModel();
     const examples = plateauExamples(this.history);
+    const cut = examples.length - Math.trunc(examples.length * HELD_OUT_SHARE);
+    const trainOn = examples.slice(0, cut);
+    const heldOut = examples.slice(cut);
     const report = { base_version: this.modelVersion, examples: examples.length };
-    if (examples.length) {
-      const delta = train(this.modelWeights, examples);
-      const answer = await this.call('ShareModelUpdate', {
-        model: PLATEAU_MODEL,
-        base_version: String(this.modelVersion),
-        delta,
-        examples: String(examples.length),
-        request_id: crypto.randomUUID(),
-      });
+    if (trainOn.length) {
+      let answer = await this.call(
+        'ShareModelUpdate',
+        this.updateRequest(this.modelWeights, this.modelVersion, trainOn, heldOut, false),
+      );
       Object.assign(report, { update_sent: true, pending: answer.pending, new_version: Number(answer.new_version) });
+      // The context's own model: only this context's instances move it, and
+      // it counts in predictions as far as their evaluations show it
+      // predicts them better than the fleet's (context_share).
+      const context = await this.fetchContextModel();
+      answer = await this.call(
+        'ShareModelUpdate',
+        this.updateRequest(this.contextWeights, Number(context.version), trainOn, heldOut, true),
+      );
+      report.context_model = {
+        context: context.context,
+        base_version: Number(context.version),
+        update_sent: true,
+        pending: answer.pending,
+        new_version: Number(answer.new_version),
+      };
     }
     const trajectory = this.history.slice(-32);
     // Another instance may make a new version between the fetch and the
-    // prediction: compare only answers from the same version.
+    // prediction: compare only answers from the same versions.
     for (let attempt = 0; attempt < 3; attempt += 1) {
       await this.fetchModel();
+      const context = await this.fetchContextModel();
       const predicted = await this.call('PredictPlateau', {
         metrics: [{ metric: this.metric.name, values: trajectory }],
         context: this.settings.context,
       });
-      if (Number(predicted.model_version) === this.modelVersion) {
+      if (
+        Number(predicted.model_version) === this.modelVersion &&
+        Number(predicted.context_model_version) === Number(context.version) &&
+        Number(predicted.context_share) === this.contextShare
+      ) {
         Object.assign(report, {
           version: this.modelVersion,
           hub_probability: predicted.predictions[0].probability,
-          own_probability: predict(this.modelWeights, plateauFeatures(trajectory)),
+          own_probability: predictPersonal(
+            this.modelWeights,
+            this.contextWeights,
+            this.contextShare,
+            plateauFeatures(trajectory),
+          ),
+          context_share: this.contextShare,
           warning: predicted.predictions[0].warning,
         });
         break;

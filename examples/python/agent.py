@@ -16,13 +16,16 @@ Then it:
    trajectory: the answer carries the fleet model's plateau prediction)
    and, when the metric was on a plateau, the plateau pattern
    (SharePattern);
-   A cycle on which the fleet's plateau model (see 4) predicts a plateau
+   A cycle on which the plateau models (see 4) predict a plateau
    counts as one: the agent acts before it stalls;
 4. trains the fleet's plateau model on its own trajectory (GetModel, a few
    epochs of gradient descent from the served weights, ShareModelUpdate with
-   the change of the weights, never the values), then asks the hub for a
+   the change of the weights, never the values, and the served weights'
+   log loss on the 30% of its examples it held out), then its context's own
+   model the same way (``context_model``), which counts in its predictions
+   by the share the hub serves (``context_share``), then asks the hub for a
    prediction of its trajectory (PredictPlateau) and checks that its own
-   computation with the served weights agrees;
+   computation with the served weights and share agrees;
 5. optionally waits until ``--wait-insights`` insights arrived, and prints a
    JSON summary as the last line on stdout (progress goes to stderr).
 
@@ -174,6 +177,32 @@ def predict(weights: list[float], features: list[float]) -> float:
     for w, x in zip(weights, features):
         z += w * x
     return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
+
+
+def predict_personal(fleet: list[float], context: list[float], share: float, features: list[float]) -> float:
+    """The fleet model's probability mixed with the context model's by
+    `share` (GetModelResponse.context_share), as PredictPlateau mixes them."""
+    p = predict(fleet, features)
+    if share <= 0.0:
+        return p
+    share = min(share, 1.0)
+    return (1.0 - share) * p + share * predict(context, features)
+
+
+def evaluate(weights: list[float], examples) -> dict:
+    """How `weights` do on held-out examples: what ShareModelUpdate's
+    `evaluation` reports, and what the hub sets a context model's share from."""
+    correct, log_loss = 0, 0.0
+    for features, ahead in examples:
+        p = min(max(predict(weights, features), 1e-12), 1.0 - 1e-12)
+        correct += int((p >= 0.5) == ahead)
+        log_loss -= math.log(p) if ahead else math.log(1.0 - p)
+    return {"examples": len(examples), "correct": correct, "log_loss": log_loss}
+
+
+# Share of the examples held out of training to evaluate the served models
+# on (as the simulator's instances do).
+HELD_OUT_SHARE = 0.3
 
 
 def plateau_examples(values: list[float]) -> list[tuple[list[float], bool]]:
@@ -554,6 +583,9 @@ class Agent:
         # The plateau model as last fetched.
         self.model_weights: list[float] = [0.0] * (FEATURES + 1)
         self.model_version = 0
+        # The model of this agent's context, and its share in predictions.
+        self.context_weights: list[float] = [0.0] * (FEATURES + 1)
+        self.context_share = 0.0
 
     def call(self, method: str, request):
         try:
@@ -626,7 +658,7 @@ class Agent:
         features = plateau_features(self.history)
         if not stuck and self.model_version > 0 and features is not None:
             # The fleet's model sees a plateau coming: act as on one.
-            if predict(self.model_weights, features) >= 0.5:
+            if predict_personal(self.model_weights, self.context_weights, self.context_share, features) >= 0.5:
                 stuck = True
                 self.summary["plateaus_predicted"] += 1
         ranked = self.call(
@@ -720,32 +752,66 @@ class Agent:
             self.model_version = model.version
         return model
 
+    def fetch_context_model(self):
+        model = self.call("GetModel", self.pb.GetModelRequest(model=PLATEAU_MODEL, context_model=True))
+        self.context_weights = list(model.weights)
+        self.context_share = model.context_share
+        return model
+
+    def update_request(self, weights: list[float], version: int, train_on, held_out, context_model: bool):
+        """A ShareModelUpdate trained from `weights` (version `version`), with
+        the served weights evaluated on the held-out examples."""
+        pb = self.pb
+        request = pb.ShareModelUpdateRequest(
+            model=PLATEAU_MODEL,
+            base_version=version,
+            delta=train(weights, train_on),
+            examples=len(train_on),
+            request_id=str(uuid.uuid4()),
+            context_model=context_model,
+        )
+        if held_out:
+            request.evaluation.CopyFrom(pb.ModelEvaluation(**evaluate(weights, held_out)))
+        return request
+
     def share_model(self) -> None:
-        """Trains the plateau model on this agent's trajectory and sends the
-        change of the weights; then compares the hub's prediction for the
-        trajectory with its own."""
+        """Trains the plateau model, and the model of this agent's context,
+        on its trajectory (holding some examples out to evaluate the served
+        versions on) and sends the changes of the weights; then compares the
+        hub's prediction for the trajectory with its own."""
         pb = self.pb
         self.fetch_model()
         examples = plateau_examples(self.history)
+        cut = len(examples) - int(len(examples) * HELD_OUT_SHARE)
+        train_on, held_out = examples[:cut], examples[cut:]
         report = {"base_version": self.model_version, "examples": len(examples)}
-        if examples:
-            delta = train(self.model_weights, examples)
+        if train_on:
             answer = self.call(
                 "ShareModelUpdate",
-                pb.ShareModelUpdateRequest(
-                    model=PLATEAU_MODEL,
-                    base_version=self.model_version,
-                    delta=delta,
-                    examples=len(examples),
-                    request_id=str(uuid.uuid4()),
-                ),
+                self.update_request(self.model_weights, self.model_version, train_on, held_out, False),
             )
             report.update(update_sent=True, pending=answer.pending, new_version=answer.new_version)
+            # The context's own model: only this context's instances move it,
+            # and it counts in predictions as far as their evaluations show
+            # it predicts them better than the fleet's (context_share).
+            context = self.fetch_context_model()
+            answer = self.call(
+                "ShareModelUpdate",
+                self.update_request(self.context_weights, context.version, train_on, held_out, True),
+            )
+            report["context_model"] = {
+                "context": context.context,
+                "base_version": context.version,
+                "update_sent": True,
+                "pending": answer.pending,
+                "new_version": answer.new_version,
+            }
         trajectory = self.history[-32:]
         # Another instance may make a new version between the fetch and the
-        # prediction: compare only answers from the same version.
+        # prediction: compare only answers from the same versions.
         for _ in range(3):
             self.fetch_model()
+            context = self.fetch_context_model()
             predicted = self.call(
                 "PredictPlateau",
                 pb.PredictPlateauRequest(
@@ -753,13 +819,20 @@ class Agent:
                     context=self.args.context,
                 ),
             )
-            if predicted.model_version == self.model_version:
+            if (
+                predicted.model_version == self.model_version
+                and predicted.context_model_version == context.version
+                and predicted.context_share == self.context_share
+            ):
                 hub_p = predicted.predictions[0].probability
-                own_p = predict(self.model_weights, plateau_features(trajectory))
+                own_p = predict_personal(
+                    self.model_weights, self.context_weights, self.context_share, plateau_features(trajectory)
+                )
                 report.update(
                     version=self.model_version,
                     hub_probability=hub_p,
                     own_probability=own_p,
+                    context_share=self.context_share,
                     warning=predicted.predictions[0].warning,
                 )
                 break

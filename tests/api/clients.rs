@@ -536,8 +536,9 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
                 .any(|c| c == "strategy:novelty_injection"),
             "{record:?}"
         );
-        // Its outcomes, its patterns and one model update.
-        assert_eq!(record.shared_records, CYCLES + patterns + 1, "{record:?}");
+        // Its outcomes, its patterns and two model updates (the fleet's
+        // model and its context's).
+        assert_eq!(record.shared_records, CYCLES + patterns + 2, "{record:?}");
         for (rpc, expected) in [
             ("Register", 1),
             ("GetStrategies", CYCLES as usize),
@@ -570,7 +571,8 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
 /// trajectory, sends the change of the weights, and computes the same
 /// probability for its trajectory as the hub's PredictPlateau — the
 /// feature contract of the proto, implemented three times, agrees. Their
-/// two updates complete a version (the buffer is 2 here).
+/// two updates complete a version (the buffer is 2 here). Each also
+/// trains its context's own model, and mixes it in by the served share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_node_agents_train_the_plateau_model() {
     if !clients_available("clients::python_and_node_agents_train_the_plateau_model") {
@@ -624,6 +626,14 @@ async fn python_and_node_agents_train_the_plateau_model() {
         );
         assert!((hub_p - own_p).abs() < 1e-9, "{context}");
         assert!(hub_p > 0.0 && hub_p < 1.0 && hub_p != 0.5, "{context}");
+        // Its context's own model got an update too (one instance per
+        // context here, so it waits for two more).
+        let own = &model["context_model"];
+        assert_eq!(own["update_sent"], true, "{context}");
+        let lang = format!("{lang:?}").to_lowercase();
+        assert_eq!(own["context"], format!("lang={lang}"), "{context}");
+        assert_eq!(own["pending"], 1, "{context}");
+        assert_eq!(model["context_share"], 0.0, "{context}");
     }
     let model = hub
         .operator()
