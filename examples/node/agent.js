@@ -935,7 +935,9 @@ class Agent {
       });
       if (
         Number(predicted.model_version) === this.modelVersion &&
-        Number(predicted.context_model_version) === Number(context.version) &&
+        // The hub names the context model's version only when it mixed it
+        // in (a share above 0).
+        Number(predicted.context_model_version) === (this.contextShare > 0 ? Number(context.version) : 0) &&
         Number(predicted.context_share) === this.contextShare
       ) {
         Object.assign(report, {

@@ -821,7 +821,9 @@ class Agent:
             )
             if (
                 predicted.model_version == self.model_version
-                and predicted.context_model_version == context.version
+                # The hub names the context model's version only when it
+                # mixed it in (a share above 0).
+                and predicted.context_model_version == (context.version if self.context_share > 0 else 0)
                 and predicted.context_share == self.context_share
             ):
                 hub_p = predicted.predictions[0].probability

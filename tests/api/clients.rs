@@ -381,6 +381,9 @@ async fn python_and_node_agents_share_learn_and_resume_over_mtls() {
         |s| s.strategy_outcomes == SEED_OUTCOMES + 2 * CYCLES && s.live_subscribers == 2,
     )
     .await;
+    // And have trained the plateau models after their cycles: those calls
+    // are not retried, so they must not meet the restart below.
+    wait_logged("plateau model:", &mut [&mut py, &mut node]).await;
 
     // Insight 1 reaches both live; then the hub restarts under their open
     // streams. Insight 2 is published as soon as it is back (they are most

@@ -187,6 +187,21 @@ async fn bad_updates_are_refused_naming_the_field_and_fold_nothing() {
             "evaluation.correct",
         ),
         (
+            // More than -ln(1e-12) per example: two such sums would add up
+            // to infinity, which no record can hold.
+            pb::ShareModelUpdateRequest {
+                evaluation: Some(pb::ModelEvaluation {
+                    examples: 5,
+                    correct: 2,
+                    log_loss: 1e308,
+                    ..Default::default()
+                }),
+                ..good()
+            },
+            Code::InvalidArgument,
+            "evaluation.log_loss",
+        ),
+        (
             update(3, vec![0.1; plateau::WEIGHTS]),
             Code::FailedPrecondition,
             "base_version",
@@ -470,8 +485,17 @@ async fn a_context_model_is_trained_by_its_context_and_mixed_in_on_evidence() {
 
     // Gold's instances report the fleet model doing worse on their
     // examples (0.2 an example): the gold model's loss is half, so it
-    // counts fully.
+    // counts fully — once both have a voice (each instance's view counts
+    // once, and one cannot speak for two).
     g1.share_model_update(pb::ShareModelUpdateRequest {
+        evaluation: Some(evaluation(60, 12.0)),
+        ..update(1, vec![0.0; plateau::WEIGHTS])
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(g1.clone(), true).await.unwrap().context_share, 0.0);
+    // (Zero deltas: the fleet's next version has the same weights.)
+    g2.share_model_update(pb::ShareModelUpdateRequest {
         evaluation: Some(evaluation(60, 12.0)),
         ..update(1, vec![0.0; plateau::WEIGHTS])
     })

@@ -290,6 +290,7 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                     low_frequency: 3,
                     evidence_days: 7,
                     request_window_ms: DAY,
+                    context_model_days: 30,
                 },
             },
             // A scan's findings: a random subset of two, so that some are

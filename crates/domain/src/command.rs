@@ -47,6 +47,11 @@ pub struct RetentionRules {
     pub evidence_days: i64,
     /// How long request ids are remembered.
     pub request_window_ms: i64,
+    /// Context models idle for longer than this many days go (0: kept,
+    /// as in sweeps logged before context models were retained, which
+    /// must fold as they did).
+    #[serde(default)]
+    pub context_model_days: i64,
 }
 
 /// Which run of a periodic job a command is the output of: the lease

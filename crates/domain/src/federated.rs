@@ -300,6 +300,32 @@ impl ModelRecord {
         Ok(Some(self.version))
     }
 
+    /// Whether `instance` has an update waiting or a voice in the share.
+    pub fn involves(&self, instance: &str) -> bool {
+        self.pending.iter().any(|p| p.instance == instance)
+            || self
+                .evaluated_by
+                .values()
+                .any(|by| by.contains_key(instance))
+            || self
+                .fleet_evaluated_by
+                .values()
+                .any(|by| by.contains_key(instance))
+    }
+
+    /// Takes `instance` out (a quarantine): its waiting update and its
+    /// voice in the share. The summed evaluations keep its reports.
+    pub fn forget(&mut self, instance: &str) {
+        self.pending.retain(|p| p.instance != instance);
+        for by in self
+            .evaluated_by
+            .values_mut()
+            .chain(self.fleet_evaluated_by.values_mut())
+        {
+            by.remove(instance);
+        }
+    }
+
     /// The evaluations kept (the newest versions'), summed.
     pub fn recent_evaluation(&self) -> Evaluation {
         sum(self.evaluations.values())
@@ -318,13 +344,20 @@ impl ModelRecord {
     /// each instance that evaluated both models on at least
     /// [`MIN_INSTANCE_EXAMPLES`] examples has its own [`gain_share`], and
     /// the share is their lower median, once the context's instances
-    /// together evaluated each model on [`MIN_SHARE_EXAMPLES`]. Among three
-    /// or more instances one cannot move it past what the others found;
-    /// of two, one can only lower it, towards the fleet model, which is
-    /// where every context starts. (Summed, a million examples claimed by
-    /// one instance outweighed everyone: `federated` tests.) Records from
-    /// before evaluations were kept per instance use the sums.
+    /// together evaluated each model on [`MIN_SHARE_EXAMPLES`] — and once
+    /// two have a voice, where two or more evaluated at all. Among three
+    /// or more voices one cannot move it past what the others found; of
+    /// two, one can only lower it, towards the fleet model, which is where
+    /// every context starts; an instance alone in its context decides for
+    /// its context. (Summed, a million examples claimed by one instance
+    /// outweighed everyone: `federated` tests.) Records from before
+    /// evaluations were kept per instance use the sums. A model without a
+    /// version (its weights a copy of the fleet's from when it began) has
+    /// no share: PredictPlateau mixes in versions only.
     pub fn context_share(&self) -> f64 {
+        if self.version == 0 {
+            return 0.0;
+        }
         let (own, fleet) = (
             self.recent_evaluation(),
             sum(self.fleet_evaluations.values()),
@@ -345,7 +378,12 @@ impl ModelRecord {
                     .then(|| gain_share(own, fleet))
             })
             .collect();
-        if shares.is_empty() {
+        let evaluators = own
+            .keys()
+            .chain(fleet.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if shares.is_empty() || (evaluators >= 2 && shares.len() < 2) {
             return 0.0;
         }
         shares.sort_by(f64::total_cmp);
@@ -593,7 +631,7 @@ mod tests {
                 evaluate(record, i, 40, 0.52, 0.50);
             }
         };
-        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        let mut record = fresh();
         honest(&mut record);
         assert_eq!(record.context_share(), 0.0);
         // One claims a million examples on which it is perfect.
@@ -606,7 +644,7 @@ mod tests {
         assert_eq!(record.context_share(), 0.0);
         // Where the context model is better, a liar cannot take it away
         // either, among three.
-        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        let mut record = fresh();
         for i in ["h1", "h2", "h3"] {
             evaluate(&mut record, i, 40, 0.40, 0.50);
         }
@@ -614,15 +652,38 @@ mod tests {
         evaluate(&mut record, "liar", 1_000_000, 0.69, 0.0);
         assert_eq!(record.context_share(), 1.0);
         // Of two, it can only lower the share.
-        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        let mut record = fresh();
         evaluate(&mut record, "h1", 60, 0.52, 0.50);
         evaluate(&mut record, "liar", 1_000_000, 0.0, 0.69);
         assert_eq!(record.context_share(), 0.0);
-        // An instance below its minimum of examples has no voice yet.
-        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        // A liar cannot be the only voice where others evaluated too…
+        let mut record = fresh();
+        evaluate(&mut record, "h1", MIN_INSTANCE_EXAMPLES - 1, 0.52, 0.50);
+        evaluate(&mut record, "liar", 1_000_000, 0.0, 0.69);
+        assert_eq!(record.context_share(), 0.0);
+        // …and its voice goes with a quarantine.
+        let mut record = fresh();
         evaluate(&mut record, "h1", 60, 0.40, 0.50);
-        evaluate(&mut record, "small", MIN_INSTANCE_EXAMPLES - 1, 0.69, 0.0);
+        evaluate(&mut record, "liar", 1_000_000, 0.69, 0.0);
+        assert_eq!(record.context_share(), 0.0, "of two, the lower");
+        assert!(record.involves("liar"));
+        record.forget("liar");
+        assert!(!record.involves("liar"));
         assert_eq!(record.context_share(), 1.0);
+        // An instance alone in its context decides for its context.
+        let mut record = fresh();
+        evaluate(&mut record, "h1", 60, 0.40, 0.50);
+        assert_eq!(record.context_share(), 1.0);
+        // A model without a version has no share.
+        record.version = 0;
+        assert_eq!(record.context_share(), 0.0);
+    }
+
+    /// A context model with a version, as the share needs.
+    fn fresh() -> ModelRecord {
+        let mut record = ModelRecord::new("plateau@c", 2, 0);
+        record.version = 1;
+        record
     }
 
     fn rules(aggregation: Aggregation) -> FederationRules {

@@ -45,7 +45,7 @@ pub struct RetentionReport {
     pub patterns: usize,
     pub insights: usize,
     pub strategies_rolled_up: usize,
-    /// Context plateau models idle for `pattern_days`, removed.
+    /// Context plateau models idle for `context_model_days`, removed.
     pub context_models: usize,
     /// Raw outcomes and audit entries trimmed (the writer trims the store's
     /// logs after the fold; these count what it removed).
@@ -338,19 +338,18 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 .tables
                 .quarantined
                 .insert(instance_id.clone(), quarantine.clone());
-            // Its updates waiting for a version no longer count either.
+            // Its updates waiting for a version, and its voice in context
+            // models' shares, no longer count either.
             let waiting: Vec<String> = state
                 .tables
                 .models
                 .iter()
-                .filter(|(_, m)| m.pending.iter().any(|p| &p.instance == instance_id))
+                .filter(|(_, m)| m.involves(instance_id))
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in waiting {
                 if let Some(model) = state.tables.models.get_mut(&name) {
-                    Arc::make_mut(model)
-                        .pending
-                        .retain(|p| &p.instance != instance_id);
+                    Arc::make_mut(model).forget(instance_id);
                 }
             }
             Ok(Answer::Quarantined { quarantine })
@@ -1027,23 +1026,25 @@ fn share_model_update(
         |state, first| {
             if let Some(first) = first {
                 let name = match first {
-                    Applied::ShareModelUpdate { context_record } if context_record != 0 => state
-                        .tables
-                        .models
-                        .keys()
-                        .find(|name| name_tag(name) == context_record)
-                        .cloned()
-                        .ok_or_else(|| {
-                            Error::Internal("the retried update's context model is missing".into())
-                        })?,
-                    _ => model_record_name(update)?,
+                    // The context it was registered in then: most often
+                    // still the caller's, else found by its tag.
+                    Applied::ShareModelUpdate { context_record } if context_record != 0 => {
+                        match model_record_name(update) {
+                            Ok(name) if name_tag(&name) == context_record => Some(name),
+                            _ => state
+                                .tables
+                                .models
+                                .keys()
+                                .find(|name| name_tag(name) == context_record)
+                                .cloned(),
+                        }
+                    }
+                    _ => Some(model_record_name(update)?),
                 };
-                let model = state
-                    .tables
-                    .models
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| Error::Internal(format!("model {name} is missing")))?;
+                // Retention may have removed a context model since.
+                let model = name
+                    .and_then(|name| state.tables.models.get(&name).cloned())
+                    .ok_or_else(|| gone(request, "the model"))?;
                 return Ok((
                     Answer::ModelUpdated {
                         model,
@@ -1237,6 +1238,7 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
         unconfirmed_pattern_days: rules.unconfirmed_pattern_days,
         low_frequency: rules.low_frequency,
         evidence_days: rules.evidence_days,
+        context_model_days: rules.context_model_days,
     };
     let planned = retention::plan(
         state.tables.patterns.values(),
@@ -1582,6 +1584,7 @@ mod tests {
                 low_frequency: 3,
                 evidence_days: 7,
                 request_window_ms: 24 * HOUR,
+                context_model_days: 30,
             },
         };
         let Answer::Retained(report) = fold(&mut state, 4, &at(T0 + 25 * HOUR, sweep)).unwrap()

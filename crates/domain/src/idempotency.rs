@@ -82,8 +82,9 @@ pub enum Applied {
     /// The model is found again from the update's model name; a
     /// context's model from `context_record` ([`name_tag`] of its record
     /// name), because the caller may have registered another context
-    /// before it retries. 0 for the fleet's model (and in records written
-    /// before contexts had models).
+    /// before it retries. 0 for the fleet's model, and in records written
+    /// before the tag was kept (whose retries name the record from the
+    /// caller's registration, as they did then).
     ShareModelUpdate {
         #[serde(default)]
         context_record: u64,

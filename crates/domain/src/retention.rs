@@ -9,8 +9,8 @@
 //! - Strategy aggregates keep their lifetime figures; their daily evidence
 //!   older than the recommendation window is dropped (the daily roll-up).
 //! - Failures are kept indefinitely (operators mark them resolved).
-//! - A context's plateau model not updated for `pattern_days` goes, as an
-//!   idle pattern does: a context whose instances left (or one an instance
+//! - A context's plateau model not updated for `context_model_days` (the
+//!   hub passes `pattern_days`) goes, as an idle pattern does: a context whose instances left (or one an instance
 //!   registered only to make a model of) does not keep a record for ever.
 //!   The fleet model stays.
 //!
@@ -46,6 +46,8 @@ pub struct Rules {
     pub low_frequency: u64,
     /// Days of daily evidence a strategy aggregate keeps.
     pub evidence_days: i64,
+    /// Days a context model may go without an update (0: for ever).
+    pub context_model_days: i64,
 }
 
 /// What one sweep removes or rewrites.
@@ -55,7 +57,7 @@ pub struct Sweep {
     pub insights: Vec<u64>,
     /// Aggregates with their expired days dropped.
     pub strategies: Vec<StrategyRecord>,
-    /// Context models idle for `pattern_days`.
+    /// Context models idle for `context_model_days`.
     pub context_models: Vec<String>,
 }
 
@@ -68,8 +70,8 @@ impl Sweep {
     }
 }
 
-/// The context models idle for longer than `pattern_days` at `now` (the
-/// fleet models, whose names carry no context, are never idle here).
+/// The context models idle for longer than `context_model_days` at `now`
+/// (the fleet models, whose names carry no context, are never idle here).
 pub fn idle_context_models<'a>(
     models: impl IntoIterator<Item = &'a Arc<ModelRecord>>,
     rules: &Rules,
@@ -77,7 +79,11 @@ pub fn idle_context_models<'a>(
 ) -> Vec<String> {
     models
         .into_iter()
-        .filter(|m| m.base_name() != m.name && now - m.updated > rules.pattern_days * DAY_MS)
+        .filter(|m| {
+            rules.context_model_days > 0
+                && m.base_name() != m.name
+                && now - m.updated > rules.context_model_days * DAY_MS
+        })
         .map(|m| m.name.clone())
         .collect()
 }
@@ -165,6 +171,7 @@ mod tests {
         unconfirmed_pattern_days: 7,
         low_frequency: 3,
         evidence_days: 7,
+        context_model_days: 30,
     };
 
     #[test]
@@ -178,11 +185,17 @@ mod tests {
             model("plateau@gpu=a100", 9),
             model("plateau@gpu=h100", 11),
         ];
-        // RULES.pattern_days is 30: idle for 31 days goes, for 29 stays.
+        // RULES.context_model_days is 30: idle for 31 days goes, for 29 stays.
         let sweep = plan([], [], [], &models, &RULES, now);
         assert_eq!(sweep.context_models, vec!["plateau@gpu=a100".to_string()]);
         assert!(!sweep.is_empty());
         assert!(idle_context_models(&models, &RULES, 20 * DAY_MS).is_empty());
+        // A sweep logged before context models were retained keeps them.
+        let before = Rules {
+            context_model_days: 0,
+            ..RULES
+        };
+        assert!(idle_context_models(&models, &before, now).is_empty());
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::hub::{
 use crate::pb;
 use crate::validate::{self, finite, name, unit};
 
+/// The most one example's log loss can be: -ln(1e-12), rounded up.
+const MAX_EXAMPLE_LOG_LOSS: f64 = 27.64;
+
 /// The longest delta (L2) an update may carry; the hub clips to far less
 /// (see `FederationRules::clip_norm`), so a longer one is a bug or an
 /// attack, not a large step.
@@ -72,6 +75,16 @@ pub fn model_update(req: pb::ShareModelUpdateRequest) -> Result<ModelUpdate> {
             let log_loss = finite("evaluation.log_loss", e.log_loss)?;
             if log_loss < 0.0 {
                 return Err(Error::invalid("evaluation.log_loss", "must be at least 0"));
+            }
+            // Probabilities are clamped to [1e-12, 1 - 1e-12] before the
+            // log: no example loses more than -ln(1e-12). A larger sum is
+            // not a log loss, and sums of such would overflow to infinity.
+            let most = e.examples as f64 * MAX_EXAMPLE_LOG_LOSS;
+            if log_loss > most {
+                return Err(Error::invalid(
+                    "evaluation.log_loss",
+                    format!("must be at most {MAX_EXAMPLE_LOG_LOSS} per example ({most} for {} examples)", e.examples),
+                ));
             }
             Ok(Evaluation {
                 examples: e.examples,

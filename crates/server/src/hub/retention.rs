@@ -26,6 +26,8 @@ impl Hub {
             low_frequency: settings.low_frequency,
             evidence_days: self.shared.settings.tuning.retention_days,
             request_window_ms: self.shared.settings.request_id_window_ms,
+            // Context models follow the rule idle patterns do.
+            context_model_days: settings.pattern_days,
         };
         let mut report = match self.submit(Action::Retention { rules, job }).await? {
             Answer::Retained(report) => report,
