@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use std::collections::BTreeSet;
 
-use super::influence::{Viewer, counted_recovery};
+use super::influence::{EARLIER_REPORTERS, Viewer, counted_recovery};
 use super::model::{FailurePattern, FailureType, RecoveryMethodStats};
 
 /// Steps a plan holds at most.
@@ -80,13 +80,30 @@ pub fn plan<'a>(
             };
             let merged = by_method.entry(method).or_default();
             for (instance, stats) in by {
+                // What was reported before reporters were kept counts as
+                // it always did, but only for its own failure: merged, it
+                // would make an instance's attempts on another failure
+                // look corroborated.
+                if instance == EARLIER_REPORTERS {
+                    let earlier = legacy.entry(method).or_default();
+                    *earlier = earlier.merge(stats);
+                    continue;
+                }
                 let m = merged.entry(instance.clone()).or_default();
                 *m = m.merge(stats);
             }
         }
         for a in &failure.prevention {
             match failure.advice_by.get(a) {
-                Some(by) => advice.entry(a).or_default().extend(by.iter().cloned()),
+                Some(by) => {
+                    if by.contains(EARLIER_REPORTERS) {
+                        *legacy_advice.entry(a).or_default() += 1;
+                    }
+                    advice
+                        .entry(a)
+                        .or_default()
+                        .extend(by.iter().filter(|i| *i != EARLIER_REPORTERS).cloned());
+                }
                 None => *legacy_advice.entry(a).or_default() += 1,
             }
         }
@@ -180,6 +197,60 @@ mod tests {
             "a",
             0,
         )
+    }
+
+    /// Attempts from before reporters were kept, on one failure, do not
+    /// make one instance's attempts on another failure corroborated.
+    #[test]
+    fn earlier_attempts_count_for_their_own_failure_only() {
+        let mut earlier = failure(FailureType::MetricReversal, "accuracy", "s1", &[]);
+        let stats = RecoveryMethodStats {
+            attempts: 10,
+            successes: 8,
+            ..Default::default()
+        };
+        earlier.recovery.insert("restart".into(), stats);
+        earlier.recovery_by.insert(
+            "restart".into(),
+            BTreeMap::from([(EARLIER_REPORTERS.to_string(), stats)]),
+        );
+        earlier.prevention = vec!["drain first".into()];
+        earlier.advice_by.insert(
+            "drain first".into(),
+            BTreeSet::from([EARLIER_REPORTERS.to_string()]),
+        );
+        let mut attacked = failure(FailureType::MetricReversal, "accuracy", "s2", &[]);
+        for _ in 0..50 {
+            attacked.record(
+                &FailureReport {
+                    failure_type: FailureType::MetricReversal,
+                    trigger: "t".into(),
+                    metric: "accuracy".into(),
+                    strategy: "s2".into(),
+                    recovery: vec![RecoveryAttempt {
+                        method: "restart".into(),
+                        succeeded: false,
+                        cycles_to_recover: 0,
+                    }],
+                    prevention: vec!["drain first".into(), "junk".into()],
+                    preceded_by: vec![],
+                    magnitude: None,
+                    follow_up: false,
+                },
+                "attacker",
+                1,
+            );
+        }
+        let seen = plan(
+            [&earlier, &attacked],
+            FailureType::MetricReversal,
+            "accuracy",
+            Viewer::Instance("bystander"),
+        );
+        let restart = seen.steps.iter().find(|s| s.method == "restart").unwrap();
+        assert_eq!((restart.attempts, restart.successes), (10, 8));
+        assert!(seen.prevention.iter().any(|a| a == "drain first"));
+        assert!(!seen.prevention.iter().any(|a| a == "junk"));
     }
 
     #[test]
