@@ -125,6 +125,16 @@ impl Evaluation {
     pub fn mean_log_loss(&self) -> Option<f64> {
         (self.examples > 0).then(|| self.log_loss / self.examples as f64)
     }
+
+    /// Both as one.
+    fn plus(self, other: &Evaluation) -> Evaluation {
+        Evaluation {
+            examples: self.examples.saturating_add(other.examples),
+            correct: self.correct.saturating_add(other.correct),
+            log_loss: self.log_loss + other.log_loss,
+            reports: self.reports.saturating_add(other.reports),
+        }
+    }
 }
 
 /// An instance's update, as validated.
@@ -411,11 +421,9 @@ fn add_instance_evaluation(
 /// Each instance's evaluations over the versions kept, summed.
 fn per_instance(kept: &BTreeMap<u64, BTreeMap<String, Evaluation>>) -> BTreeMap<&str, Evaluation> {
     let mut per: BTreeMap<&str, Evaluation> = BTreeMap::new();
-    for by in kept.values() {
-        for (instance, eval) in by {
-            let sum = per.entry(instance.as_str()).or_default();
-            *sum = self::sum([*sum, *eval].iter());
-        }
+    for (instance, eval) in kept.values().flatten() {
+        let sum = per.entry(instance.as_str()).or_default();
+        *sum = sum.plus(eval);
     }
     per
 }
@@ -435,12 +443,7 @@ fn add_evaluation_to(eval: &mut Evaluation, reported: &Evaluation) {
 }
 
 fn sum<'a>(evaluations: impl Iterator<Item = &'a Evaluation>) -> Evaluation {
-    evaluations.fold(Evaluation::default(), |a, e| Evaluation {
-        examples: a.examples.saturating_add(e.examples),
-        correct: a.correct.saturating_add(e.correct),
-        log_loss: a.log_loss + e.log_loss,
-        reports: a.reports.saturating_add(e.reports),
-    })
+    evaluations.fold(Evaluation::default(), |a, e| a.plus(e))
 }
 
 /// Held-out examples a context's model and the fleet model each need
