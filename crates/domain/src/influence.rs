@@ -118,14 +118,15 @@ impl<'a> Viewer<'a> {
     /// or the viewer is an operator, or it was reported before reporters
     /// were kept ([`EARLIER_REPORTERS`]), which informed everyone then.
     pub fn sees<V>(&self, reporters: &BTreeMap<String, V>) -> bool {
-        reporters.contains_key(EARLIER_REPORTERS)
-            || self.admits(reporters.len(), |id| reporters.contains_key(id))
+        // The count first: it settles most calls without a lookup.
+        self.admits(reporters.len(), |id| reporters.contains_key(id))
+            || reporters.contains_key(EARLIER_REPORTERS)
     }
 
     /// [`Viewer::sees`] for a set of reporters.
     pub fn sees_all(&self, reporters: &BTreeSet<String>) -> bool {
-        reporters.contains(EARLIER_REPORTERS)
-            || self.admits(reporters.len(), |id| reporters.contains(id))
+        self.admits(reporters.len(), |id| reporters.contains(id))
+            || reporters.contains(EARLIER_REPORTERS)
     }
 
     fn admits(&self, reporters: usize, reported_by: impl Fn(&str) -> bool) -> bool {

@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::influence::Viewer;
 use super::model::{
-    ConditionStats, OutcomeStats, RecentApplication, STREAK_CLASSES, StrategyRecord, UnixMillis,
-    VALUE_BANDS, band_range, day_of, streak, value_band,
+    ConditionStats, DayBucket, OutcomeStats, RecentApplication, STREAK_CLASSES, StrategyRecord,
+    UnixMillis, VALUE_BANDS, band_range, day_of, streak, value_band,
 };
 use super::rng::Rng;
 use super::stats::RunningStats;
@@ -290,21 +290,39 @@ struct Banded {
 }
 
 impl Banded {
-    /// `caller`'s excess outcomes count for it, nobody else's do.
-    fn of(record: &StrategyRecord, caller: &str, today: i64, tuning: &Tuning) -> Banded {
-        let mut banded = Banded::default();
-        let excess = record.excess.get(caller).map(|e| e.window.as_slice());
-        for bucket in record.window.iter().chain(excess.unwrap_or_default()) {
+    /// `record`'s window, plus `caller`'s excess outcomes (which count for
+    /// it, nobody else's do). `shared`: the window already banded for
+    /// this day, which the excess is then added to — in the same order as
+    /// without it, so the sums are the same to the bit.
+    fn of(
+        record: &StrategyRecord,
+        caller: &str,
+        today: i64,
+        tuning: &Tuning,
+        shared: Option<&Banding>,
+    ) -> Banded {
+        let mut banded = match shared {
+            Some(shared) => shared.banded,
+            None => Banded::default().plus(&record.window, today, tuning),
+        };
+        if let Some(excess) = record.excess.get(caller) {
+            banded = banded.plus(&excess.window, today, tuning);
+        }
+        banded
+    }
+
+    fn plus(mut self, days: &[DayBucket], today: i64, tuning: &Tuning) -> Banded {
+        for bucket in days {
             let w = day_weight(bucket.day, today, tuning);
             if w == 0.0 {
                 continue;
             }
             for (b, stats) in bucket.bands.iter().enumerate() {
-                banded.bands[b].add(stats, w);
-                banded.counts[b] += stats.applications;
+                self.bands[b].add(stats, w);
+                self.counts[b] += stats.applications;
             }
         }
-        banded
+        self
     }
 
     /// The evidence with band `b` weighted by `band_weight(b)`.
@@ -334,11 +352,67 @@ impl Banded {
 
 /// One strategy's evidence on one metric: the fleet-wide aggregate (every
 /// context's merged, see [`fleet_view`]) and the caller's context's own.
-/// Callers that answer many queries keep fleet views between them.
+/// Callers that answer many queries keep fleet views between them, and
+/// each aggregate's [`Banding`] with it.
 #[derive(Debug, Clone, Copy)]
 pub struct StrategyView<'r> {
     pub fleet: &'r StrategyRecord,
     pub own: Option<&'r StrategyRecord>,
+    /// `fleet`'s banding, if one was kept (used only if it is today's).
+    pub fleet_banding: Option<&'r Banding>,
+    /// `own`'s banding, likewise.
+    pub own_banding: Option<&'r Banding>,
+}
+
+impl<'r> StrategyView<'r> {
+    /// A view with nothing worked out beforehand.
+    pub fn plain(fleet: &'r StrategyRecord, own: Option<&'r StrategyRecord>) -> Self {
+        StrategyView {
+            fleet,
+            own,
+            fleet_banding: None,
+            own_banding: None,
+        }
+    }
+}
+
+/// What every query of one day asks of one aggregate, worked out once:
+/// its window's recency-weighted evidence per band, and how its gains fall
+/// with streaks. Only the caller's excess and the caller's band differ
+/// between queries, so a hub keeps one beside each aggregate until the
+/// aggregate changes or the day does. A ranking is the same, to the bit,
+/// with or without it.
+#[derive(Debug, Clone)]
+pub struct Banding {
+    day: i64,
+    tuning: Tuning,
+    banded: Banded,
+    streaks: ([f64; STREAK_CLASSES], f64),
+}
+
+impl Banding {
+    pub fn new(record: &StrategyRecord, now: UnixMillis, tuning: Tuning) -> Banding {
+        let day = day_of(now);
+        Banding {
+            day,
+            banded: Banded::default().plus(&record.window, day, &tuning),
+            streaks: streak_factors(record, tuning.prior_strength),
+            tuning,
+        }
+    }
+
+    /// Whether this banding answers queries at `now` under `tuning`.
+    pub fn fits(&self, now: UnixMillis, tuning: &Tuning) -> bool {
+        self.day == day_of(now) && self.tuning == *tuning
+    }
+
+    fn usable<'b>(
+        banding: Option<&'b Banding>,
+        today: i64,
+        tuning: &Tuning,
+    ) -> Option<&'b Banding> {
+        banding.filter(|b| b.day == today && b.tuning == *tuning)
+    }
 }
 
 /// A view's evidence as of one day, banded once per query, with what
@@ -353,13 +427,22 @@ struct Prepared {
 impl Prepared {
     /// `caller`: the instance whose excess counts ("" for none).
     fn new(view: &StrategyView<'_>, caller: &str, today: i64, tuning: &Tuning) -> Prepared {
-        let fleet = Banded::of(view.fleet, caller, today, tuning);
+        let shared = |banding| Banding::usable(banding, today, tuning);
+        let fleet = Banded::of(
+            view.fleet,
+            caller,
+            today,
+            tuning,
+            shared(view.fleet_banding),
+        );
         // A context's own evidence needs no corroboration of its own (the
         // strategy's fleet view has it): a minority context is often one
         // or two instances, and hiding what one of them saw cost the
         // simulator's default scenario 3 points of time-to-peak. A lone
         // reporter's weight there is its first few outcomes (rule 2).
-        let own = view.own.map(|own| Banded::of(own, caller, today, tuning));
+        let own = view
+            .own
+            .map(|own| Banded::of(own, caller, today, tuning, shared(view.own_banding)));
         Prepared {
             fleet_all: Estimate::shrink(&fleet.at(None), &Estimate::ROOT, ROOT_STRENGTH),
             own_all_evidence: own.as_ref().map(|own| own.at(None)),
@@ -395,45 +478,43 @@ impl Prepared {
     }
 }
 
-impl StrategyView<'_> {
-    /// How the mean improvement at each streak class compares with a first
-    /// application, across the fleet (lifetime), shrunk towards 1.
-    ///
-    /// Also returns the mix: the average factor over the outcomes behind
-    /// the estimates, whose improvement is therefore a blend of first and
-    /// repeated uses; dividing by it recovers a first use's.
-    fn streak_factors(&self, k: f64) -> ([f64; STREAK_CLASSES], f64) {
-        let mut classes = [OutcomeStats::default(); STREAK_CLASSES];
-        for (c, stats) in self.fleet.streaks.iter().enumerate().take(STREAK_CLASSES) {
-            classes[c] = *stats;
-        }
-        let base = classes[0].improvement;
-        let mut factors = [1.0; STREAK_CLASSES];
-        if base.count == 0 || base.mean <= 0.0 {
-            return (factors, 1.0);
-        }
-        for c in 1..STREAK_CLASSES {
-            let n = classes[c].improvement.count as f64;
-            // Failed applications earn nothing: fold the success rate in.
-            let rate = |s: &OutcomeStats| {
-                if s.applications == 0 {
-                    1.0
-                } else {
-                    s.successes as f64 / s.applications as f64
-                }
-            };
-            let ratio =
-                (classes[c].improvement.mean * rate(&classes[c])) / (base.mean * rate(&classes[0]));
-            factors[c] = ((n * ratio + k) / (n + k)).clamp(-1.0, 1.5);
-        }
-        let total: u64 = classes.iter().map(|c| c.applications).sum();
-        let mix = classes
-            .iter()
-            .zip(&factors)
-            .map(|(c, f)| c.applications as f64 / total.max(1) as f64 * f)
-            .sum::<f64>();
-        (factors, if mix > 0.05 { mix } else { 1.0 })
+/// How the mean improvement at each streak class compares with a first
+/// application, across the fleet (lifetime), shrunk towards 1.
+///
+/// Also returns the mix: the average factor over the outcomes behind the
+/// estimates, whose improvement is therefore a blend of first and repeated
+/// uses; dividing by it recovers a first use's.
+fn streak_factors(fleet: &StrategyRecord, k: f64) -> ([f64; STREAK_CLASSES], f64) {
+    let mut classes = [OutcomeStats::default(); STREAK_CLASSES];
+    for (c, stats) in fleet.streaks.iter().enumerate().take(STREAK_CLASSES) {
+        classes[c] = *stats;
     }
+    let base = classes[0].improvement;
+    let mut factors = [1.0; STREAK_CLASSES];
+    if base.count == 0 || base.mean <= 0.0 {
+        return (factors, 1.0);
+    }
+    for c in 1..STREAK_CLASSES {
+        let n = classes[c].improvement.count as f64;
+        // Failed applications earn nothing: fold the success rate in.
+        let rate = |s: &OutcomeStats| {
+            if s.applications == 0 {
+                1.0
+            } else {
+                s.successes as f64 / s.applications as f64
+            }
+        };
+        let ratio =
+            (classes[c].improvement.mean * rate(&classes[c])) / (base.mean * rate(&classes[0]));
+        factors[c] = ((n * ratio + k) / (n + k)).clamp(-1.0, 1.5);
+    }
+    let total: u64 = classes.iter().map(|c| c.applications).sum();
+    let mix = classes
+        .iter()
+        .zip(&factors)
+        .map(|(c, f)| c.applications as f64 / total.max(1) as f64 * f)
+        .sum::<f64>();
+    (factors, if mix > 0.05 { mix } else { 1.0 })
 }
 
 /// The fleet-wide aggregate of one strategy on one metric: its records in
@@ -473,9 +554,24 @@ pub fn recommend<'r>(
     recommend_views(
         fleets
             .iter()
-            .map(|(fleet, own)| StrategyView { fleet, own: *own }),
+            .map(|(fleet, own)| StrategyView::plain(fleet, *own)),
         query,
     )
+}
+
+/// One strategy scored for a query: all a ranking needs. Only those that
+/// make the cut become a [`Recommendation`] (names copied, failure modes
+/// ranked, the working band estimated).
+struct Scored<'r> {
+    view: StrategyView<'r>,
+    prepared: Prepared,
+    estimate: Estimate,
+    scope: Scope,
+    expected: f64,
+    lower_bound: f64,
+    failure_risk: f64,
+    score: f64,
+    max_consecutive_uses: u32,
 }
 
 /// [`recommend`] over ready fleet views, one per strategy.
@@ -488,14 +584,17 @@ pub fn recommend_views<'r>(
     let band = query.current_value.map(value_band);
     let mut rng = query.explore_seed.map(Rng::new);
 
-    let mut ranked: Vec<(Recommendation, Prepared)> = views
+    let mut ranked: Vec<Scored<'r>> = views
         .into_iter()
         .filter(|ev| query.viewer.sees(&ev.fleet.instances))
         .map(|ev| {
             let name = ev.fleet.strategy.as_str();
             let prepared = Prepared::new(&ev, query.viewer.own(), today, &tuning);
             let (mut estimate, scope) = prepared.estimate(band, &tuning);
-            let (factors, mix) = ev.streak_factors(tuning.prior_strength);
+            let (factors, mix) = match Banding::usable(ev.fleet_banding, today, &tuning) {
+                Some(banding) => banding.streaks,
+                None => streak_factors(ev.fleet, tuning.prior_strength),
+            };
             let run = streak(query.recent, name, query.metric) as usize;
             estimate.improvement *= factors[run.min(STREAK_CLASSES - 1)] / mix;
             let mut expected = estimate.expected();
@@ -506,6 +605,8 @@ pub fn recommend_views<'r>(
             let sd = estimate.variance().sqrt();
             let lower_bound = expected - tuning.z * sd;
             let failure_risk = query.failure_risk.get(name).copied().unwrap_or(0.0);
+            // Drawn for every strategy seen, in order, so a seed always
+            // gives the same ranking.
             let draw = match rng.as_mut() {
                 Some(rng) => {
                     let p = (estimate.p + estimate.var_p.sqrt() * rng.normal()).clamp(0.0, 1.0);
@@ -515,46 +616,27 @@ pub fn recommend_views<'r>(
                 }
                 None => lower_bound,
             };
-            let score = draw - failure_risk;
-            let max_consecutive_uses = (1..STREAK_CLASSES)
-                .find(|c| factors[*c] < 0.5)
-                .map_or(0, |c| c as u32);
-            let life = ev.fleet;
-            let recommendation = Recommendation {
-                strategy: name.to_string(),
-                metric: query.metric.to_string(),
-                confidence: estimate.p,
-                expected_delta: expected,
-                lower_bound,
-                success_rate: life.success_rate(),
-                applications: life.applications,
-                improvement: life.improvement,
-                failure_modes: life
-                    .ranked_failure_modes()
-                    .into_iter()
-                    .map(|(c, s)| (c.to_string(), *s))
-                    .collect(),
+            Scored {
+                view: ev,
+                prepared,
+                estimate,
                 scope,
-                // Filled in below for the strategies that make the cut.
-                band: (0.0, 1.0),
-                band_known: false,
-                max_consecutive_uses,
-                cooldown_cycles: u32::from(max_consecutive_uses > 0),
-                evidence: estimate.evidence,
-                improvement_estimate: estimate.improvement,
-                regression_estimate: estimate.regression,
+                expected,
+                lower_bound,
                 failure_risk,
-                score,
-            };
-            (recommendation, prepared)
+                score: draw - failure_risk,
+                max_consecutive_uses: (1..STREAK_CLASSES)
+                    .find(|c| factors[*c] < 0.5)
+                    .map_or(0, |c| c as u32),
+            }
         })
-        .filter(|(r, _)| r.applications > 0)
+        .filter(|s| s.view.fleet.applications > 0)
         .collect();
-    ranked.sort_by(|(a, _), (b, _)| {
+    ranked.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
-            .then(b.confidence.total_cmp(&a.confidence))
-            .then(a.strategy.cmp(&b.strategy))
+            .then(b.estimate.p.total_cmp(&a.estimate.p))
+            .then(a.view.fleet.strategy.cmp(&b.view.fleet.strategy))
     });
     let affordable = match query.budget {
         Some(budget) => budget.floor().max(0.0) as usize,
@@ -563,11 +645,36 @@ pub fn recommend_views<'r>(
     ranked.truncate(query.limit.min(affordable));
     ranked
         .into_iter()
-        .map(|(mut recommendation, prepared)| {
+        .map(|s| {
+            let life = s.view.fleet;
             // The working band takes an estimate per band: only worth it
             // for what is returned.
-            (recommendation.band, recommendation.band_known) = best_band(&prepared, &tuning);
-            recommendation
+            let (band, band_known) = best_band(&s.prepared, &tuning);
+            Recommendation {
+                strategy: life.strategy.to_string(),
+                metric: query.metric.to_string(),
+                confidence: s.estimate.p,
+                expected_delta: s.expected,
+                lower_bound: s.lower_bound,
+                success_rate: life.success_rate(),
+                applications: life.applications,
+                improvement: life.improvement,
+                failure_modes: life
+                    .ranked_failure_modes()
+                    .into_iter()
+                    .map(|(c, s)| (c.to_string(), *s))
+                    .collect(),
+                scope: s.scope,
+                band,
+                band_known,
+                max_consecutive_uses: s.max_consecutive_uses,
+                cooldown_cycles: u32::from(s.max_consecutive_uses > 0),
+                evidence: s.estimate.evidence,
+                improvement_estimate: s.estimate.improvement,
+                regression_estimate: s.estimate.regression,
+                failure_risk: s.failure_risk,
+                score: s.score,
+            }
         })
         .collect()
 }
@@ -863,6 +970,56 @@ mod tests {
         // Without the context, the fleet's view stands.
         let fleet_view = recommend([&fleet, &own, &other], query("", Some(0.5)));
         assert_eq!(fleet_view[0].strategy, "a");
+    }
+
+    #[test]
+    fn kept_bandings_change_no_ranking() {
+        // Lone reporters ("x" above) have excess: the kept banding then
+        // only starts the sum. Two strategies, each in two contexts.
+        let records = [
+            record("a", "p=x", &vec![(true, 0.2, 0.3); 30]),
+            record("a", "p=y", &vec![(false, -0.1, 0.6); 12]),
+            record("b", "p=x", &vec![(true, 0.05, 0.5); 8]),
+            record("b", "p=y", &vec![(true, 0.3, 0.8); 25]),
+        ];
+        let fleets: Vec<StrategyRecord> = records
+            .chunks(2)
+            .map(|pair| fleet_view(pair.iter()))
+            .collect();
+        let tuning = Tuning::default();
+        let today: Vec<Banding> = records
+            .iter()
+            .chain(&fleets)
+            .map(|r| Banding::new(r, NOW, tuning))
+            .collect();
+        let tomorrow: Vec<Banding> = records
+            .iter()
+            .chain(&fleets)
+            .map(|r| Banding::new(r, NOW + 86_400_000, tuning))
+            .collect();
+        assert!(today[0].fits(NOW, &tuning) && !tomorrow[0].fits(NOW, &tuning));
+        // "x" counts its excess; an operator counts nobody's.
+        for viewer in [Viewer::Instance("x"), Viewer::Operator] {
+            for seed in [None, Some(7)] {
+                let mut q = query("p=x", Some(0.4));
+                q.viewer = viewer;
+                q.explore_seed = seed;
+                let ranked = |kept: Option<&[Banding]>| {
+                    let views = (0..2).map(|s| StrategyView {
+                        fleet: &fleets[s],
+                        own: Some(&records[2 * s]),
+                        fleet_banding: kept.map(|k| &k[4 + s]),
+                        own_banding: kept.map(|k| &k[2 * s]),
+                    });
+                    recommend_views(views, q)
+                };
+                let plain = ranked(None);
+                assert_eq!(plain.len(), 2, "{viewer:?}");
+                assert_eq!(ranked(Some(&today)), plain, "{viewer:?} {seed:?}");
+                // Another day's banding is not used.
+                assert_eq!(ranked(Some(&tomorrow)), plain, "{viewer:?} {seed:?}");
+            }
+        }
     }
 
     #[test]

@@ -18,9 +18,10 @@
 //! the digest). Nothing in here is iterated in hash order where the order
 //! could reach a result.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use imbl::{OrdMap, OrdSet, Vector};
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use super::anomaly::Anomaly;
@@ -29,10 +30,10 @@ use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Name, Pattern,
-    Quarantine, StrategyKey, StrategyOutcome, StrategyRecord,
+    Quarantine, StrategyKey, StrategyOutcome, StrategyRecord, UnixMillis,
 };
 use super::prevention::StrategyUsage;
-use super::recommend::fleet_view;
+use super::recommend::{Banding, Tuning, fleet_view};
 
 /// A table of records.
 pub type Table<K, V> = OrdMap<K, Arc<V>>;
@@ -253,8 +254,49 @@ impl Rows {
 #[derive(Debug)]
 pub struct StrategyGroup {
     /// Every context merged (see [`fleet_view`]).
-    pub fleet: Arc<StrategyRecord>,
-    pub by_context: OrdMap<String, Arc<StrategyRecord>>,
+    pub fleet: Viewed,
+    pub by_context: BTreeMap<String, Viewed>,
+}
+
+/// An aggregate as queries see it, with its [`Banding`] for the day,
+/// worked out by the first query that needs it. The group it is in is
+/// replaced when the aggregate changes; the banding, when the day does.
+#[derive(Debug)]
+pub struct Viewed {
+    pub record: Arc<StrategyRecord>,
+    banding: Mutex<Option<Arc<Banding>>>,
+}
+
+impl Viewed {
+    fn new(record: Arc<StrategyRecord>) -> Self {
+        Viewed {
+            record,
+            banding: Mutex::default(),
+        }
+    }
+
+    /// The aggregate's banding at `now` under `tuning`.
+    pub fn banding(&self, now: UnixMillis, tuning: Tuning) -> Arc<Banding> {
+        let kept = |cell: &Option<Arc<Banding>>| cell.clone().filter(|b| b.fits(now, &tuning));
+        // A poisoned lock only means a panic elsewhere: the cache is
+        // still a valid (or empty) banding.
+        if let Some(banding) = kept(&self.banding.lock().unwrap_or_else(|e| e.into_inner())) {
+            return banding;
+        }
+        // Worked out outside the lock; two queries racing both work it
+        // out, and either result is the same.
+        let banding = Arc::new(Banding::new(&self.record, now, tuning));
+        *self.banding.lock().unwrap_or_else(|e| e.into_inner()) = Some(banding.clone());
+        banding
+    }
+}
+
+/// One strategy on one metric, as [`State::strategy_views`] returns it.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupView<'s> {
+    pub fleet: &'s Viewed,
+    /// The aggregate in the caller's context, if there is one.
+    pub own: Option<&'s Viewed>,
 }
 
 /// Indexes derived from the tables, kept up to date as they change.
@@ -265,11 +307,10 @@ pub struct Indexes {
     /// Each strategy's use on any metric in any context (failure warnings
     /// need it per query).
     pub usage: OrdMap<Name, Arc<StrategyUsage>>,
-    /// The strategies with an aggregate on each metric.
-    pub metric_strategies: OrdMap<Name, OrdSet<Name>>,
-    /// metric → strategy → its merged view, built by the first query that
-    /// needs it and replaced (empty) when one of its aggregates changes.
-    views: OrdMap<(Name, Name), Arc<OnceLock<StrategyGroup>>>,
+    /// metric → every strategy with an aggregate on it → its merged view,
+    /// built by the first query that needs it and replaced (empty) when
+    /// one of its aggregates changes.
+    views: OrdMap<Name, OrdMap<Name, Arc<OnceLock<StrategyGroup>>>>,
 }
 
 /// Everything the hub knows, as of log position `position`.
@@ -337,22 +378,11 @@ impl State {
         if let Some(old) = old {
             usage.subtract(old);
         }
-        // An entry copies the path to it even when nothing changes.
-        let known = self
-            .indexes
-            .metric_strategies
-            .get(&key.metric)
-            .is_some_and(|names| names.contains(&key.strategy));
-        if !known {
-            self.indexes
-                .metric_strategies
-                .entry(key.metric.clone())
-                .or_default()
-                .insert(key.strategy.clone());
-        }
         self.indexes
             .views
-            .insert((key.metric.clone(), key.strategy.clone()), Arc::default());
+            .entry(key.metric.clone())
+            .or_default()
+            .insert(key.strategy.clone(), Arc::default());
     }
 
     pub fn put_pattern(&mut self, pattern: Arc<Pattern>) {
@@ -384,29 +414,18 @@ impl State {
 
     /// Every strategy with evidence on `metric`: its fleet view, and its
     /// aggregate in `context_key` if it has one there.
-    pub fn strategy_views(
-        &self,
-        metric: &str,
-        context_key: &str,
-    ) -> Vec<(Arc<StrategyRecord>, Option<Arc<StrategyRecord>>)> {
-        let Some(names) = self.indexes.metric_strategies.get(metric) else {
+    pub fn strategy_views(&self, metric: &str, context_key: &str) -> Vec<GroupView<'_>> {
+        let Some(strategies) = self.indexes.views.get(metric) else {
             return Vec::new();
         };
-        let metric_name = Name::from(metric);
-        names
+        strategies
             .iter()
-            .filter_map(|name| {
-                let cell = self
-                    .indexes
-                    .views
-                    .get(&(metric_name.clone(), name.clone()))?;
+            .map(|(name, cell)| {
                 let group = cell.get_or_init(|| self.build_group(metric, name));
-                let own = if context_key.is_empty() {
-                    None
-                } else {
-                    group.by_context.get(context_key).cloned()
-                };
-                Some((group.fleet.clone(), own))
+                GroupView {
+                    fleet: &group.fleet,
+                    own: group.by_context.get(context_key),
+                }
             })
             .collect()
     }
@@ -421,10 +440,11 @@ impl State {
             .map(|(_, r)| r)
             .collect();
         StrategyGroup {
-            fleet: Arc::new(fleet_view(records.iter().map(|r| &***r))),
+            fleet: Viewed::new(Arc::new(fleet_view(records.iter().map(|r| &***r)))),
             by_context: records
                 .into_iter()
-                .map(|r| (r.context_key.clone(), r.clone()))
+                .filter(|r| !r.context_key.is_empty())
+                .map(|r| (r.context_key.clone(), Viewed::new(r.clone())))
                 .collect(),
         }
     }

@@ -90,8 +90,8 @@ impl Hub {
         }
         let failure_risk: BTreeMap<String, f64> = views
             .iter()
-            .filter_map(|(fleet, _)| {
-                let name = fleet.strategy.as_str();
+            .filter_map(|view| {
+                let name = view.fleet.record.strategy.as_str();
                 let failures = open_failures.get(name)?;
                 let usage = state.usage_of(name);
                 Some((
@@ -100,11 +100,27 @@ impl Hub {
                 ))
             })
             .collect();
+        let now = self.now();
+        let tuning = self.shared.settings.tuning;
+        let bandings: Vec<_> = views
+            .iter()
+            .map(|view| {
+                (
+                    view.fleet.banding(now, tuning),
+                    view.own.map(|own| own.banding(now, tuning)),
+                )
+            })
+            .collect();
         recommend::recommend_views(
-            views.iter().map(|(fleet, own)| StrategyView {
-                fleet,
-                own: own.as_deref(),
-            }),
+            views
+                .iter()
+                .zip(&bandings)
+                .map(|(view, (fleet, own))| StrategyView {
+                    fleet: &view.fleet.record,
+                    own: view.own.map(|own| &*own.record),
+                    fleet_banding: Some(fleet),
+                    own_banding: own.as_deref(),
+                }),
             StrategyQuery {
                 viewer: Viewer::of(ask.caller.as_ref()),
                 metric: &ask.metric,
@@ -114,8 +130,8 @@ impl Hub {
                 limit: ask.limit,
                 recent: &ask.recent,
                 explore_seed: ask.explore_seed,
-                now: self.now(),
-                tuning: self.shared.settings.tuning,
+                now,
+                tuning,
                 failure_risk: &failure_risk,
             },
         )
