@@ -3,7 +3,7 @@
 //! (some with request ids, some retried, some reusing an id for another
 //! payload), federated model updates, keys issued and revoked,
 //! quarantines and releases, operators' actions, audit entries,
-//! retention sweeps and generated insights — on a clock that moves
+//! retention sweeps, other regions' knowledge and generated insights — on a clock that moves
 //! forward, sometimes by days.
 #![allow(dead_code)]
 
@@ -11,6 +11,7 @@ use learning_hub::domain::anomaly::{AnomalyKind, Finding};
 use learning_hub::domain::command::{
     Action, Command, Generated, Idempotency, JobStamp, RetentionRules,
 };
+use learning_hub::domain::digest::{Batch, Stats, Subject, Versioned};
 use learning_hub::domain::federated::{Aggregation, Evaluation, FederationRules, ModelUpdate};
 use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
 use learning_hub::domain::model::{
@@ -265,7 +266,48 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
             93 => Action::ReleaseInstance {
                 instance_id: "d".into(),
             },
-            94..=95 => Action::Audit {
+            // Another region's knowledge: batches that continue what is
+            // held, skip ahead, repeat, or come from this hub's own region.
+            95 => {
+                let origin = pick(&mut rng, &["r0", "r1", "own"]).to_string();
+                let after = rng.next_u64() % 6;
+                let through = after + rng.next_u64() % 4;
+                let entries = (0..1 + rng.next_u64() % 3)
+                    .map(|_| {
+                        let successes = rng.next_u64() % 3;
+                        (
+                            Subject::Strategy {
+                                metric: pick(&mut rng, &METRICS).into(),
+                                strategy: pick(&mut rng, &STRATEGIES).into(),
+                                context_key: format!("p=p{}", rng.next_u64() % 2),
+                                band: (rng.next_u64() % 5) as u8,
+                                day: (at / DAY) - (rng.next_u64() % 3) as i64,
+                            },
+                            Versioned {
+                                version: after + 1 + rng.next_u64() % 4,
+                                stats: Stats {
+                                    count: successes + rng.next_u64() % 3,
+                                    successes,
+                                    gain_sum: rng.uniform() * 0.3,
+                                    gain_sum_sq: rng.uniform() * 0.05,
+                                    loss_sum: -rng.uniform() * 0.1,
+                                    loss_sum_sq: rng.uniform() * 0.01,
+                                },
+                            },
+                        )
+                    })
+                    .collect();
+                Action::MergeDigests {
+                    own_region: "own".into(),
+                    batches: vec![Batch {
+                        origin,
+                        after,
+                        through,
+                        entries,
+                    }],
+                }
+            }
+            94 => Action::Audit {
                 entries: (0..1 + rng.next_u64() % 3)
                     .map(|_| AuditEntry {
                         at,

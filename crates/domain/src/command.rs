@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::anomaly::Finding;
+use super::digest::Batch;
 use super::federated::{FederationRules, ModelUpdate};
 use super::idempotency::RequestTag;
 use super::influence::Rebuilt;
@@ -196,6 +197,15 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobStamp>,
     },
+    /// Other regions' knowledge, as a peer's hub sent it (see
+    /// [`crate::digest`]): merged per origin, so a batch delivered twice,
+    /// late or relayed by another region counts nothing twice.
+    MergeDigests {
+        /// This hub's own region: its own knowledge, relayed back by a
+        /// peer, is not kept as another origin's.
+        own_region: String,
+        batches: Vec<Batch>,
+    },
     /// Insights derived from the fleet's history, to store and publish.
     PublishInsights {
         generated: Vec<Generated>,
@@ -230,6 +240,7 @@ impl Action {
             Action::Retention { .. } => "Retention",
             Action::PublishInsights { .. } => "PublishInsights",
             Action::RecordAnomalies { .. } => "RecordAnomalies",
+            Action::MergeDigests { .. } => "MergeDigests",
         }
     }
 

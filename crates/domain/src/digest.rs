@@ -50,6 +50,15 @@ pub enum Subject {
     },
 }
 
+impl Subject {
+    /// The metric it is about.
+    pub fn metric(&self) -> &str {
+        match self {
+            Subject::Strategy { metric, .. } | Subject::Recovery { metric, .. } => metric,
+        }
+    }
+}
+
 /// Sufficient statistics of a set of outcomes: enough to merge sets and
 /// get back counts, the success rate, and the mean and variance of the
 /// deltas of successes (gains) and of failures (losses) apart, as the
@@ -154,6 +163,7 @@ pub struct Batch {
     pub origin: String,
     pub after: u64,
     pub through: u64,
+    #[serde(with = "pairs")]
     pub entries: BTreeMap<Subject, Versioned>,
 }
 
@@ -162,7 +172,81 @@ pub struct Batch {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OriginState {
     pub complete_through: u64,
+    #[serde(with = "pairs")]
     pub entries: BTreeMap<Subject, Versioned>,
+}
+
+impl OriginState {
+    /// Folds one of this origin's batches in: each entry kept where it
+    /// supersedes what is held; `complete_through` moves to the batch's
+    /// `through` only when the batch continues what is held (`after` at
+    /// most the version held), otherwise its entries are kept and the gap
+    /// is asked for again. Returns whether anything changed.
+    pub fn merge(&mut self, batch: &Batch) -> bool {
+        let mut changed = false;
+        for (subject, entry) in &batch.entries {
+            match self.entries.get(subject) {
+                Some(held) if !entry.beats(held) => {}
+                _ => {
+                    self.entries.insert(subject.clone(), *entry);
+                    changed = true;
+                }
+            }
+        }
+        if batch.after <= self.complete_through && batch.through > self.complete_through {
+            self.complete_through = batch.through;
+            changed = true;
+        }
+        changed
+    }
+
+    /// Whether merging `batch` would change anything.
+    pub fn would_change(&self, batch: &Batch) -> bool {
+        (batch.after <= self.complete_through && batch.through > self.complete_through)
+            || batch.entries.iter().any(|(subject, entry)| {
+                self.entries
+                    .get(subject)
+                    .is_none_or(|held| entry.beats(held))
+            })
+    }
+
+    /// Its entries above `after`, as a batch of `origin` (a region passes
+    /// on what it holds of third regions, so knowledge crosses a cut link
+    /// by another path).
+    pub fn since(&self, origin: &str, after: u64) -> Batch {
+        Batch {
+            origin: origin.to_string(),
+            after,
+            through: self.complete_through,
+            entries: above(&self.entries, after),
+        }
+    }
+}
+
+/// A map with structured keys, written as a list of pairs: JSON (the
+/// command log's and the tables' encoding) has only string keys.
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
 }
 
 /// Every other origin's knowledge, as one region holds it.
@@ -178,22 +262,10 @@ impl Merged {
     /// otherwise its entries are kept and the gap is asked for again.
     /// Returns whether anything changed.
     pub fn merge(&mut self, batch: &Batch) -> bool {
-        let origin = self.origins.entry(batch.origin.clone()).or_default();
-        let mut changed = false;
-        for (subject, entry) in &batch.entries {
-            match origin.entries.get(subject) {
-                Some(held) if !entry.beats(held) => {}
-                _ => {
-                    origin.entries.insert(subject.clone(), *entry);
-                    changed = true;
-                }
-            }
-        }
-        if batch.after <= origin.complete_through && batch.through > origin.complete_through {
-            origin.complete_through = batch.through;
-            changed = true;
-        }
-        changed
+        self.origins
+            .entry(batch.origin.clone())
+            .or_default()
+            .merge(batch)
     }
 
     /// The version through which each origin is held complete: what a
@@ -209,13 +281,7 @@ impl Merged {
     /// relays what it holds of third regions too, so knowledge crosses a
     /// cut link by another path).
     pub fn since(&self, origin: &str, after: u64) -> Option<Batch> {
-        let state = self.origins.get(origin)?;
-        Some(Batch {
-            origin: origin.to_string(),
-            after,
-            through: state.complete_through,
-            entries: above(&state.entries, after),
-        })
+        Some(self.origins.get(origin)?.since(origin, after))
     }
 
     /// The fleet's figures: `own` (this region's) plus every other
@@ -252,6 +318,51 @@ impl Merged {
             })
             .count()
     }
+}
+
+/// One subject's fleet-wide figures: every origin's stats summed, and how
+/// many origin regions have evidence on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetStats {
+    pub stats: Stats,
+    pub origins: u32,
+}
+
+/// The fleet's figures from every origin's entries (this region's own
+/// export among them), summed origin by origin in name order: every region
+/// that holds the same entries gets the same figures, to the bit.
+pub fn fleet_figures<'a>(
+    origins: &BTreeMap<&'a str, &'a BTreeMap<Subject, Versioned>>,
+) -> BTreeMap<Subject, FleetStats> {
+    let mut total: BTreeMap<Subject, FleetStats> = BTreeMap::new();
+    for entries in origins.values() {
+        for (subject, entry) in *entries {
+            if entry.stats.count == 0 {
+                continue;
+            }
+            let sum = total.entry(subject.clone()).or_default();
+            sum.stats = sum.stats.plus(&entry.stats);
+            sum.origins += 1;
+        }
+    }
+    total
+}
+
+/// A SHA-256 over fleet figures, entry by entry in subject order: equal
+/// for regions that hold the same knowledge.
+pub fn figures_digest<'a>(
+    figures: impl IntoIterator<Item = (&'a Subject, &'a FleetStats)>,
+) -> [u8; 32] {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    for entry in figures {
+        // Plain data: encoding cannot fail.
+        let bytes = serde_json::to_vec(&entry).unwrap_or_default();
+        hash.update(&(bytes.len() as u64).to_be_bytes());
+        hash.update(&bytes);
+    }
+    let mut digest = [0; 32];
+    digest.copy_from_slice(hash.finish().as_ref());
+    digest
 }
 
 /// What a region exports of its strategy aggregates above `after`: every
@@ -442,6 +553,23 @@ mod tests {
                 prop_assert_eq!(&state.entries, &other.origins[origin].entries);
             }
             prop_assert_eq!(in_order.fleet("none", &BTreeMap::new()), truth(&exports));
+            // The same figures summed origin by origin in name order (as a
+            // hub reports them), with how many origins contributed.
+            let by_origin: BTreeMap<&str, &BTreeMap<Subject, Versioned>> = in_order
+                .origins
+                .iter()
+                .map(|(o, state)| (o.as_str(), &state.entries))
+                .collect();
+            let figures = fleet_figures(&by_origin);
+            let nonzero: BTreeMap<Subject, Stats> =
+                truth(&exports).into_iter().filter(|(_, s)| s.count > 0).collect();
+            prop_assert_eq!(
+                figures.iter().map(|(s, f)| (s.clone(), f.stats)).collect::<BTreeMap<_, _>>(),
+                nonzero
+            );
+            for (subject, f) in &figures {
+                prop_assert_eq!(f.origins as usize, in_order.origins_of("none", subject));
+            }
             // Merging everything again changes nothing.
             let before = other.clone();
             for b in &batches {
@@ -450,6 +578,31 @@ mod tests {
             prop_assert_eq!(&before.origins.keys().collect::<Vec<_>>(), &other.origins.keys().collect::<Vec<_>>());
             for (origin, state) in &before.origins {
                 prop_assert_eq!(&state.entries, &other.origins[origin].entries);
+            }
+        }
+
+        /// `would_change` says exactly whether a merge changes anything,
+        /// and what a hub keeps survives its encoding.
+        #[test]
+        fn would_change_predicts_merge_and_state_round_trips(
+            events in histories(),
+            cuts in proptest::collection::vec(any::<u8>(), 0..10),
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+        ) {
+            let (_, batches) = run(&events, &cuts);
+            let mut held = Merged::default();
+            for i in &order {
+                let batch = i.get(&batches);
+                let state = held.origins.get(&batch.origin).cloned().unwrap_or_default();
+                let predicted = state.would_change(batch);
+                prop_assert_eq!(predicted, held.merge(batch));
+            }
+            for (origin, state) in &held.origins {
+                let json = serde_json::to_string(state).unwrap();
+                prop_assert_eq!(&serde_json::from_str::<OriginState>(&json).unwrap(), state);
+                let batch = state.since(origin, 0);
+                let json = serde_json::to_string(&batch).unwrap();
+                prop_assert_eq!(serde_json::from_str::<Batch>(&json).unwrap(), batch);
             }
         }
 

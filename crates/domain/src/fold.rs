@@ -110,6 +110,10 @@ pub enum Answer {
     },
     Audited,
     Retained(RetentionReport),
+    /// How many batches changed what this region holds.
+    DigestsMerged {
+        changed: usize,
+    },
     InsightsPublished {
         stored: Vec<Arc<Insight>>,
         duplicates: usize,
@@ -270,6 +274,28 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             Some(_) => Ok(Answer::KeyRevoked),
             None => Err(Error::not_found("API key of instance", instance_id.clone())),
         },
+        Action::MergeDigests {
+            own_region,
+            batches,
+        } => {
+            let mut changed = 0;
+            for batch in batches.iter().filter(|b| b.origin != *own_region) {
+                let mut held = state
+                    .tables
+                    .regions
+                    .get(&batch.origin)
+                    .map(|o| (**o).clone())
+                    .unwrap_or_default();
+                if held.merge(batch) {
+                    state
+                        .tables
+                        .regions
+                        .insert(batch.origin.clone(), Arc::new(held));
+                    changed += 1;
+                }
+            }
+            Ok(Answer::DigestsMerged { changed })
+        }
         Action::ResolveFailure { failure_id } => {
             let Some(existing) = state.tables.failures.get(failure_id).cloned() else {
                 return Err(Error::not_found("failure", failure_id.clone()));

@@ -979,7 +979,7 @@ mod tests {
         let records = [
             record("a", "p=x", &vec![(true, 0.2, 0.3); 30]),
             record("a", "p=y", &vec![(false, -0.1, 0.6); 12]),
-            record("b", "p=x", &vec![(true, 0.05, 0.5); 8]),
+            record("b", "p=x", &[(true, 0.05, 0.5); 8]),
             record("b", "p=y", &vec![(true, 0.3, 0.8); 25]),
         ];
         let fleets: Vec<StrategyRecord> = records

@@ -25,6 +25,7 @@ use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use super::anomaly::Anomaly;
+use super::digest::OriginState;
 use super::federated::ModelRecord;
 use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
@@ -197,6 +198,9 @@ tables! {
     quarantined: "x/" => String, Quarantine;
     /// What the latest anomaly scan found, by finding id.
     anomalies: "y/" => String, Anomaly;
+    /// Other regions' knowledge as this region holds it, by origin region
+    /// (see [`crate::digest`]).
+    regions: "g/" => String, OriginState;
 }
 
 /// The sequences handed out, and what acted-on pattern matches taught.
