@@ -4,8 +4,13 @@
 //! call it, a peer cannot call anything else, a region not listed is
 //! refused, and no instance id crosses.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use crate::common;
 
+use common::proxy::{Mode, Proxy};
 use common::*;
 use learning_hub::auth::Identity;
 use learning_hub::pb;
@@ -115,5 +120,382 @@ async fn a_hub_without_a_region_does_not_federate() {
     assert!(
         refused.message().contains("federation.region"),
         "{refused:?}"
+    );
+}
+
+/// Regional hubs that pull from each other every 100 ms, each link through
+/// a proxy of its own the test controls: `links[(from, to)]` carries
+/// `from`'s pulls from `to`.
+struct Regions {
+    names: Vec<&'static str>,
+    hubs: Vec<TestHub>,
+    links: BTreeMap<(usize, usize), Proxy>,
+}
+
+impl Regions {
+    async fn start(names: &[&'static str]) -> Regions {
+        // Nothing listens here: pulls fail until the hubs are up.
+        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut links = BTreeMap::new();
+        for from in 0..names.len() {
+            for to in (0..names.len()).filter(|to| *to != from) {
+                links.insert((from, to), Proxy::start(nowhere).await);
+            }
+        }
+        let adjust = |from: usize| {
+            let pull_from: BTreeMap<String, String> = links
+                .iter()
+                .filter(|((f, _), _)| *f == from)
+                .map(|((_, to), proxy)| (names[*to].to_string(), format!("https://{}", proxy.addr)))
+                .collect();
+            let region = names[from];
+            move |config: &mut learning_hub::config::Config| {
+                config.hub.region = region.into();
+                config.hub.peers = pull_from.keys().cloned().collect();
+                config.pull_from = pull_from;
+                config.pull_interval = Duration::from_millis(100);
+                learning_hub::pki::issue(&config.certs_dir, &Identity::hub(region), false).unwrap();
+            }
+        };
+        let first = TestHub::start_with(adjust(0)).await;
+        let mut hubs = vec![first];
+        for from in 1..names.len() {
+            let hub = TestHub::start_sharing_pki(&hubs[0], adjust(from)).await;
+            hubs.push(hub);
+        }
+        for ((_, to), proxy) in &links {
+            proxy.retarget(hubs[*to].addr);
+        }
+        Regions {
+            names: names.to_vec(),
+            hubs,
+            links,
+        }
+    }
+
+    /// Cuts (or heals) every link to and from region `r`.
+    fn cut(&self, r: usize, mode: Mode) {
+        for ((from, to), proxy) in &self.links {
+            if *from == r || *to == r {
+                proxy.set(mode);
+            }
+        }
+    }
+
+    /// Cuts (or heals) the links between regions `a` and `b`, both ways.
+    fn cut_between(&self, a: usize, b: usize, mode: Mode) {
+        for ((from, to), proxy) in &self.links {
+            if (*from, *to) == (a, b) || (*from, *to) == (b, a) {
+                proxy.set(mode);
+            }
+        }
+    }
+
+    /// Each region's fleet knowledge.
+    async fn knowledge(&self) -> Vec<pb::GetFleetKnowledgeResponse> {
+        let mut all = Vec::new();
+        for hub in &self.hubs {
+            all.push(fleet_knowledge(hub).await);
+        }
+        all
+    }
+
+    /// Waits until every region holds `expected` (up to `within`); returns
+    /// how long it took.
+    async fn converged(&self, expected: &Figures, within: Duration) -> Duration {
+        let start = tokio::time::Instant::now();
+        loop {
+            let all = self.knowledge().await;
+            if all.iter().all(|k| figures(k).matches(expected).is_ok()) {
+                let digests: BTreeSet<&str> = all.iter().map(|k| k.digest.as_str()).collect();
+                assert_eq!(digests.len(), 1, "same entries, same digest: {digests:?}");
+                return start.elapsed();
+            }
+            if start.elapsed() > within {
+                for (name, k) in self.names.iter().zip(&all) {
+                    eprintln!("{name}: {:?}", figures(k).matches(expected));
+                }
+                panic!("regions did not converge within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn fleet_knowledge(hub: &TestHub) -> pb::GetFleetKnowledgeResponse {
+    hub.operator()
+        .await
+        .admin()
+        .get_fleet_knowledge(pb::GetFleetKnowledgeRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Fleet figures by subject: (metric, strategy, context, band, day) →
+/// (origins, count, successes, gain and loss sums and squares).
+struct Figures(BTreeMap<SubjectKey, (u32, u64, u64, [f64; 4])>);
+
+type SubjectKey = (String, String, String, u32, i64);
+
+fn figures(k: &pb::GetFleetKnowledgeResponse) -> Figures {
+    Figures(
+        k.entries
+            .iter()
+            .map(|e| {
+                let s = e.subject.clone().unwrap();
+                let t = e.stats.unwrap();
+                (
+                    (s.metric, s.strategy, s.context_key, s.band, s.day),
+                    (
+                        e.origins,
+                        t.count,
+                        t.successes,
+                        [t.gain_sum, t.gain_sum_sq, t.loss_sum, t.loss_sum_sq],
+                    ),
+                )
+            })
+            .collect(),
+    )
+}
+
+impl Figures {
+    /// Whether these equal `expected` (a single hub's, fed every outcome):
+    /// the same subjects, the same counts, sums equal up to the order of
+    /// additions.
+    fn matches(&self, expected: &Figures) -> Result<(), String> {
+        if self.0.len() != expected.0.len() {
+            return Err(format!(
+                "{} subjects, expected {}",
+                self.0.len(),
+                expected.0.len()
+            ));
+        }
+        for ((key, (_, count, successes, sums)), (want_key, (_, c, s, want))) in
+            self.0.iter().zip(&expected.0)
+        {
+            if key != want_key || (count, successes) != (c, s) {
+                return Err(format!(
+                    "{key:?}: {count}/{successes}, expected {want_key:?}: {c}/{s}"
+                ));
+            }
+            for (a, b) in sums.iter().zip(want) {
+                if (a - b).abs() > 1e-9 * b.abs().max(1.0) {
+                    return Err(format!("{key:?}: sums {sums:?}, expected {want:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn outcomes(&self) -> u64 {
+        self.0.values().map(|(_, count, ..)| count).sum()
+    }
+}
+
+/// Outcome `k` of region `r`'s instance `who`: strategies, metrics, value
+/// bands and results vary; contexts are the region's own (an instance's
+/// context stays in its region).
+fn regional_outcome(r: &str, who: usize, k: usize) -> pb::ShareStrategyRequest {
+    let strategies = ["lr-decay", "warmup", "mixup"];
+    let successful = (k * 7 + who) % 3 != 0;
+    let step = ((k * 37 + who * 11) % 100) as f64 / 100.0;
+    pb::ShareStrategyRequest {
+        strategy: strategies[k % 3].into(),
+        metric: if k % 2 == 0 { "accuracy" } else { "recall" }.into(),
+        value_before: 0.05 + 0.9 * step,
+        successful,
+        delta: if successful {
+            0.01 + 0.1 * step
+        } else {
+            -0.05 * step
+        },
+        context: [
+            ("region".to_string(), r.to_string()),
+            (
+                "tier".to_string(),
+                if k % 4 < 2 { "gpu" } else { "cpu" }.to_string(),
+            ),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// Region `r`'s two instances share outcomes `range` with their region's
+/// hub, and the same outcomes with `single` (a hub fed everything).
+async fn share_in_region(
+    regions: &Regions,
+    r: usize,
+    single: &TestHub,
+    range: std::ops::Range<usize>,
+) {
+    let name = regions.names[r];
+    for who in 0..2 {
+        let id = format!("{name}-{who}");
+        let regional = regions.hubs[r].registered(&id).await;
+        let global = single.registered(&id).await;
+        for k in range.clone() {
+            let outcome = regional_outcome(name, who, k);
+            regional.share_strategy(outcome.clone()).await.unwrap();
+            global.share_strategy(outcome).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_regions_learn_what_one_hub_fed_everything_knows() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let single = TestHub::start().await;
+    for r in 0..3 {
+        share_in_region(&regions, r, &single, 0..12).await;
+    }
+    let expected = figures(&fleet_knowledge(&single).await);
+    assert_eq!(expected.outcomes(), 3 * 2 * 12);
+    let took = regions.converged(&expected, Duration::from_secs(20)).await;
+    eprintln!("three regions converged {took:?} after the last outcome");
+
+    // Every region counts the others' evidence: subjects of a region's
+    // context have one origin, and each region holds both peers complete.
+    for (r, hub) in regions.hubs.iter().enumerate() {
+        let status = hub
+            .operator()
+            .await
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap();
+        assert_eq!(status.region, regions.names[r]);
+        assert_eq!(status.peers.len(), 2, "{status:?}");
+        for peer in &status.peers {
+            assert!(peer.last_success.is_some(), "{peer:?}");
+            assert!(peer.last_error.is_empty(), "{peer:?}");
+            assert!(peer.batches_merged > 0, "{peer:?}");
+        }
+        let held: BTreeSet<&str> = status.held.keys().map(String::as_str).collect();
+        let others: BTreeSet<&str> = regions
+            .names
+            .iter()
+            .copied()
+            .filter(|n| *n != regions.names[r])
+            .collect();
+        assert_eq!(held, others, "{status:?}");
+        assert!(status.held.values().all(|v| *v > 0), "{status:?}");
+    }
+    // Quiet regions write nothing: pulls that bring nothing new are not
+    // logged. Over 12 pulls per hub, the log moves only by the audit
+    // entries of the status calls that read it (and pulls are audited
+    // sampled, once per window).
+    let before: Vec<u64> = status_positions(&regions).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = status_positions(&regions).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a - b <= 2, "{before:?} → {after:?}");
+    }
+}
+
+async fn status_positions(regions: &Regions) -> Vec<u64> {
+    let mut positions = Vec::new();
+    for hub in &regions.hubs {
+        let client = hub.operator().await;
+        positions.push(
+            client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .unwrap()
+                .log_position,
+        );
+    }
+    positions
+}
+
+/// How long a region stays cut off in
+/// `a_cut_off_region_keeps_serving_and_converges_after_healing`
+/// (`LEARNING_HUB_PARTITION_SECS`; the issue's figure is 60).
+fn partition() -> Duration {
+    let secs = std::env::var("LEARNING_HUB_PARTITION_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    Duration::from_secs(secs)
+}
+
+#[tokio::test]
+async fn a_cut_off_region_keeps_serving_and_converges_after_healing() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let single = TestHub::start().await;
+    for r in 0..3 {
+        share_in_region(&regions, r, &single, 0..6).await;
+    }
+    let expected = figures(&fleet_knowledge(&single).await);
+    regions.converged(&expected, Duration::from_secs(20)).await;
+
+    // us-east is cut off (a black hole: connections hang, nothing passes).
+    regions.cut(2, Mode::Blackhole);
+    let cut_at = tokio::time::Instant::now();
+    // Every region keeps taking outcomes and answering its instances,
+    // the cut-off one included.
+    for r in 0..3 {
+        share_in_region(&regions, r, &single, 6..10).await;
+    }
+    let client = regions.hubs[2].registered("us-east-0").await;
+    let ranked = client
+        .get_strategies(pb::GetStrategiesRequest {
+            metric: "accuracy".into(),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!ranked.recommendations.is_empty());
+    tokio::time::sleep(partition().saturating_sub(cut_at.elapsed())).await;
+    // The cut shows: us-east's links fail, the others' links to it too.
+    let status = regions.hubs[2]
+        .operator()
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap();
+    for peer in &status.peers {
+        assert!(peer.failures_in_a_row > 0, "{peer:?}");
+        assert!(peer.staleness_ms >= 1000, "{peer:?}");
+    }
+    let cut_knowledge = regions.knowledge().await;
+    let total = figures(&fleet_knowledge(&single).await);
+    assert!(
+        figures(&cut_knowledge[2]).outcomes() < total.outcomes(),
+        "us-east cannot have heard of the others' new outcomes"
+    );
+
+    regions.cut(2, Mode::Pass);
+    let took = regions.converged(&total, Duration::from_secs(30)).await;
+    eprintln!(
+        "after a {:?} partition, the regions converged {took:?} after healing",
+        partition()
+    );
+}
+
+#[tokio::test]
+async fn knowledge_crosses_a_cut_link_by_another_region() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let single = TestHub::start().await;
+    // ap-south and us-east cannot reach each other; both reach eu-west,
+    // which passes on what it holds of each.
+    regions.cut_between(0, 2, Mode::Refuse);
+    for r in 0..3 {
+        share_in_region(&regions, r, &single, 0..6).await;
+    }
+    let expected = figures(&fleet_knowledge(&single).await);
+    regions.converged(&expected, Duration::from_secs(20)).await;
+    let status = regions.hubs[0]
+        .operator()
+        .await
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap();
+    let us_east = status.peers.iter().find(|p| p.region == "us-east").unwrap();
+    assert!(us_east.last_success.is_none(), "{us_east:?}");
+    assert!(
+        status.held.get("us-east").is_some_and(|v| *v > 0),
+        "{status:?}"
     );
 }

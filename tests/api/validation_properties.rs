@@ -1172,6 +1172,13 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             pb::GetReplicaStatusRequest {}.encode_to_vec(),
         ),
         (
+            admin("GetFleetKnowledge"),
+            pb::GetFleetKnowledgeRequest {
+                metric: "accuracy".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
             admin("QuarantineInstance"),
             pb::QuarantineInstanceRequest {
                 instance_id: "i-1".into(),

@@ -71,13 +71,43 @@ impl TestHub {
         Self::start_full(Some(clock), Some(open), adjust).await
     }
 
+    /// Starts a hub whose PKI is `other`'s (the same CA, server and
+    /// operator certificates): hubs of several regions that trust each
+    /// other.
+    pub async fn start_sharing_pki(other: &TestHub, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_pki(None, None, Some(other.certs_dir()), adjust).await
+    }
+
     async fn start_full(
         clock: Option<Arc<dyn Clock>>,
         store: Option<StoreOpener>,
         adjust: impl FnOnce(&mut Config),
     ) -> Self {
+        Self::start_pki(clock, store, None, adjust).await
+    }
+
+    async fn start_pki(
+        clock: Option<Arc<dyn Clock>>,
+        store: Option<StoreOpener>,
+        pki_from: Option<&Path>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         let dirs = Arc::new((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
-        pki::generate_dev_pki(dirs.1.path()).unwrap();
+        match pki_from {
+            Some(from) => {
+                for file in [
+                    "ca.pem",
+                    "ca.key",
+                    "server.pem",
+                    "server.key",
+                    "operator.pem",
+                    "operator.key",
+                ] {
+                    std::fs::copy(from.join(file), dirs.1.path().join(file)).unwrap();
+                }
+            }
+            None => pki::generate_dev_pki(dirs.1.path()).unwrap(),
+        }
         let mut config = Config::new(dirs.0.path().join("data"), dirs.1.path());
         config.generate_dev_pki = false;
         config.limits.drain_timeout = Duration::from_secs(3);

@@ -1,7 +1,7 @@
-//! A TCP proxy the test controls, between hubs and PostgreSQL: it passes
-//! traffic, refuses it (every connection closed, new ones closed at once:
-//! the database is down), or black-holes it (connections stay open and
-//! nothing passes: a network partition).
+//! A TCP proxy the test controls, between hubs and PostgreSQL or between
+//! regional hubs: it passes traffic, refuses it (every connection closed,
+//! new ones closed at once: the server is down), or black-holes it
+//! (connections stay open and nothing passes: a network partition).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -24,6 +24,9 @@ pub enum Mode {
 pub struct Proxy {
     pub addr: SocketAddr,
     mode: Arc<watch::Sender<Mode>>,
+    /// Where new connections go (settable: a hub's address is known only
+    /// once it runs, and its peers are configured with the proxy's).
+    target: Arc<std::sync::Mutex<SocketAddr>>,
     task: JoinHandle<()>,
 }
 
@@ -34,9 +37,12 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let mode = Arc::new(watch::channel(Mode::Pass).0);
         let modes = mode.clone();
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let targets = target.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let mut changes = modes.subscribe();
+                let target = *targets.lock().unwrap();
                 tokio::spawn(async move {
                     let current = *changes.borrow_and_update();
                     match current {
@@ -65,11 +71,21 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, mode, task }
+        Proxy {
+            addr,
+            mode,
+            target,
+            task,
+        }
     }
 
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
+    }
+
+    /// Sends new connections to `target` from now on.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     /// `url` (postgres://user@host:port/db) with the proxy as its host.

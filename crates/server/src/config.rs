@@ -117,6 +117,11 @@ pub struct Config {
     /// Where the hub keeps its state: sled in `data_dir`, or a PostgreSQL
     /// database shared with other replicas.
     pub storage: StorageConfig,
+    /// The peer regions' hubs this one pulls from, region → URL
+    /// (`federation.peers` entries `region=url`; see [`crate::federation`]).
+    pub pull_from: std::collections::BTreeMap<String, String>,
+    /// How often each of them is asked (`federation.pull_interval_ms`).
+    pub pull_interval: Duration,
 }
 
 /// The storage backends.
@@ -163,6 +168,10 @@ impl Default for StorageConfig {
     }
 }
 
+/// How often a regional hub asks each peer for news by default: what it
+/// holds of a peer is then rarely more than a second or two old.
+pub const DEFAULT_PULL_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Config {
     /// Defaults with the given directories.
     pub fn new(data_dir: impl Into<PathBuf>, certs_dir: impl Into<PathBuf>) -> Self {
@@ -180,6 +189,8 @@ impl Config {
             metrics_listen: None,
             cert_check_interval: Some(DEFAULT_CERT_CHECK_INTERVAL),
             storage: StorageConfig::default(),
+            pull_from: Default::default(),
+            pull_interval: DEFAULT_PULL_INTERVAL,
         }
     }
 

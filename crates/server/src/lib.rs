@@ -34,6 +34,7 @@ pub mod api;
 pub mod auth;
 pub mod compute;
 pub mod config;
+pub mod federation;
 pub mod hub;
 pub mod jobs;
 pub mod log_limit;

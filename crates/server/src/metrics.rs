@@ -43,6 +43,9 @@ pub struct StateGauges {
     pub last_insight_sequence: u64,
     /// The store's size on disk.
     pub store_bytes: u64,
+    /// Per peer region this hub pulls from: seconds since the last
+    /// successful exchange, and pulls failed since then.
+    pub peers: Vec<(String, f64, u64)>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +57,11 @@ struct CallLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabel {
     rpc: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabel {
+    peer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +91,8 @@ pub struct Metrics {
     connections_open: Gauge,
     handshakes_pending: Gauge,
     handshakes_cut: Counter,
+    peer_staleness: Family<PeerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    peer_failures: Family<PeerLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -218,6 +228,19 @@ impl Metrics {
             "TLS handshakes cut to make room for newer ones (the handshake budget was full)",
             handshakes_cut.clone(),
         );
+        let peer_staleness =
+            Family::<PeerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "federation_staleness_seconds",
+            "Per peer region: seconds since the last successful pull from its hub",
+            peer_staleness.clone(),
+        );
+        let peer_failures = Family::<PeerLabel, Gauge>::default();
+        registry.register(
+            "federation_failures_in_a_row",
+            "Per peer region: pulls from its hub failed since the last success",
+            peer_failures.clone(),
+        );
         Metrics {
             registry,
             calls,
@@ -239,6 +262,8 @@ impl Metrics {
             connections_open,
             handshakes_pending,
             handshakes_cut,
+            peer_staleness,
+            peer_failures,
         }
     }
 
@@ -316,6 +341,13 @@ impl Metrics {
         self.last_insight_sequence
             .set(gauge(state.last_insight_sequence));
         self.store_bytes.set(gauge(state.store_bytes));
+        for (peer, staleness, failures) in &state.peers {
+            let label = PeerLabel { peer: peer.clone() };
+            self.peer_staleness.get_or_create(&label).set(*staleness);
+            self.peer_failures
+                .get_or_create(&label)
+                .set(gauge(*failures));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -391,6 +423,30 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_peer_region_has_its_staleness_and_failures() {
+        let metrics = Metrics::new();
+        let page = metrics.render(&StateGauges {
+            peers: vec![("eu-west".into(), 1.5, 0), ("us-east".into(), 42.25, 7)],
+            ..StateGauges::default()
+        });
+        for line in [
+            r#"learning_hub_federation_staleness_seconds{peer="eu-west"} 1.5"#,
+            r#"learning_hub_federation_staleness_seconds{peer="us-east"} 42.25"#,
+            r#"learning_hub_federation_failures_in_a_row{peer="us-east"} 7"#,
+        ] {
+            assert!(
+                page.lines().any(|l| l == line),
+                "{line} missing from\n{page}"
+            );
         }
     }
 }

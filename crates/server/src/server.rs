@@ -236,6 +236,14 @@ impl PreparedHub {
                 crate::tls::spawn_reloader(tls, config.cert_check_interval, hub.shutdown_signal())
             }),
             hub.spawn_lease(),
+            crate::federation::spawn_pulls(
+                hub.clone(),
+                crate::federation::PullSettings {
+                    peers: config.pull_from.clone(),
+                    every: config.pull_interval,
+                    certs_dir: config.certs_dir.clone(),
+                },
+            ),
         ]
         .into_iter()
         .flatten()

@@ -295,6 +295,12 @@ pub const KEYS: &[Key] = &[
     ),
     key("federation", "region", Kind::Text, "\"\""),
     key("federation", "peers", Kind::Text, "\"\""),
+    key(
+        "federation",
+        "pull_interval_ms",
+        int(100, 3_600_000),
+        "1000",
+    ),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
 ];
@@ -741,13 +747,25 @@ impl Settings {
             Aggregation::parse(self.string("model", "aggregation")).unwrap_or(Aggregation::Median);
         hub.context_buffer_size = self.unsigned("model", "context_buffer_size");
         hub.region = self.string("federation", "region").trim().to_string();
-        hub.peers = self
+        // "region" lets that region's hub pull from this one;
+        // "region=url" also makes this one pull from it.
+        for peer in self
             .string("federation", "peers")
             .split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect();
+        {
+            let (region, url) = match peer.split_once('=') {
+                Some((region, url)) => (region.trim(), Some(url.trim())),
+                None => (peer, None),
+            };
+            hub.peers.insert(region.to_string());
+            if let Some(url) = url {
+                config.pull_from.insert(region.to_string(), url.to_string());
+            }
+        }
+        config.pull_interval =
+            Duration::from_millis(self.unsigned::<u64>("federation", "pull_interval_ms"));
 
         let storage = &mut config.storage;
         storage.backend = match self.string("storage", "backend") {

@@ -159,6 +159,24 @@ impl pb::admin_server::Admin for AdminService {
         })
     }
 
+    async fn get_fleet_knowledge(
+        &self,
+        request: Request<pb::GetFleetKnowledgeRequest>,
+    ) -> Reply<pb::GetFleetKnowledgeResponse> {
+        let metric = convert::metric_filter(request.into_inner().metric)?;
+        let figures = self.hub.fleet_figures();
+        let digest = crate::domain::digest::figures_digest(&figures);
+        reply(pb::GetFleetKnowledgeResponse {
+            region: self.hub.region().to_string(),
+            entries: figures
+                .iter()
+                .filter(|(subject, _)| metric.is_empty() || subject.metric() == metric)
+                .filter_map(|(subject, figures)| super::federation::fleet_entry(subject, figures))
+                .collect(),
+            digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+
     async fn get_replica_status(
         &self,
         _: Request<pb::GetReplicaStatusRequest>,

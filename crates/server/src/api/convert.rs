@@ -188,6 +188,12 @@ pub fn required_name(field: &str, value: String) -> Result<String> {
     Ok(value)
 }
 
+/// A metric to filter by: empty (every metric), or a valid name.
+pub fn metric_filter(value: String) -> Result<String> {
+    optional_name("metric", &value)?;
+    Ok(value)
+}
+
 /// A budget: 0 means none; otherwise finite and positive.
 pub fn budget(value: f64) -> Result<Option<f64>> {
     let value = within("budget", value, 0.0, 1e6)?;
@@ -1131,6 +1137,21 @@ pub fn status(s: &HubStatus) -> pb::GetStatusResponse {
         last_insight_sequence: s.last_insight_sequence,
         stream_catch_ups: s.stream_catch_ups,
         log_position: s.log_position,
+        region: s.region.clone(),
+        peers: s
+            .peers
+            .iter()
+            .map(|(region, link)| pb::PeerLink {
+                region: region.clone(),
+                url: link.url.clone(),
+                last_success: link.last_success.map(timestamp),
+                staleness_ms: link.staleness_ms(s.now, s.started_at),
+                failures_in_a_row: link.failures_in_a_row,
+                last_error: link.last_error.clone(),
+                batches_merged: link.batches_merged,
+            })
+            .collect(),
+        held: s.held.clone().into_iter().collect(),
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tonic::Request;
 
 use super::{Reply, caller, reply};
-use crate::domain::digest::{Batch, Subject};
+use crate::domain::digest::{Batch, FleetStats, Stats, Subject, Versioned};
+use crate::domain::model::VALUE_BANDS;
 use crate::error::Result;
 use crate::hub::Hub;
 use crate::pb;
@@ -39,17 +40,10 @@ impl pb::federation_server::Federation for FederationService {
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullResponse> {
         let peer = caller(&request)?.clone();
         let held = held(request.into_inner())?;
-        let own = self.hub.region().to_string();
-        let after = held.get(&own).copied().unwrap_or(0);
-        let batch = self.hub.pull(&peer, after)?;
-        let batches = if batch.entries.is_empty() && batch.through <= after {
-            Vec::new()
-        } else {
-            vec![digest_batch(&batch)]
-        };
+        let batches = self.hub.pull(&peer, &held)?;
         reply(pb::PullResponse {
-            region: own,
-            batches,
+            region: self.hub.region().to_string(),
+            batches: batches.iter().map(digest_batch).collect(),
         })
     }
 }
@@ -73,34 +67,127 @@ pub fn digest_batch(batch: &Batch) -> pb::DigestBatch {
         entries: batch
             .entries
             .iter()
-            .filter_map(|(subject, entry)| match subject {
-                Subject::Strategy {
-                    metric,
-                    strategy,
-                    context_key,
-                    band,
-                    day,
-                } => Some(pb::DigestEntry {
-                    strategy: Some(pb::StrategySubject {
-                        metric: metric.clone(),
-                        strategy: strategy.clone(),
-                        context_key: context_key.clone(),
-                        band: u32::from(*band),
-                        day: *day,
-                    }),
+            .filter_map(|(subject, entry)| {
+                Some(pb::DigestEntry {
+                    strategy: Some(strategy_subject(subject)?),
                     version: entry.version,
-                    stats: Some(pb::DigestStats {
-                        count: entry.stats.count,
-                        successes: entry.stats.successes,
-                        gain_sum: entry.stats.gain_sum,
-                        gain_sum_sq: entry.stats.gain_sum_sq,
-                        loss_sum: entry.stats.loss_sum,
-                        loss_sum_sq: entry.stats.loss_sum_sq,
-                    }),
-                }),
-                // Recovery subjects are not exported yet.
-                Subject::Recovery { .. } => None,
+                    stats: Some(digest_stats(&entry.stats)),
+                })
             })
             .collect(),
     }
+}
+
+/// A subject's fleet-wide figures as a message.
+pub fn fleet_entry(subject: &Subject, figures: &FleetStats) -> Option<pb::FleetEntry> {
+    Some(pb::FleetEntry {
+        subject: Some(strategy_subject(subject)?),
+        stats: Some(digest_stats(&figures.stats)),
+        origins: figures.origins,
+    })
+}
+
+/// A strategy subject as a message (recovery subjects are not exchanged
+/// yet).
+fn strategy_subject(subject: &Subject) -> Option<pb::StrategySubject> {
+    match subject {
+        Subject::Strategy {
+            metric,
+            strategy,
+            context_key,
+            band,
+            day,
+        } => Some(pb::StrategySubject {
+            metric: metric.clone(),
+            strategy: strategy.clone(),
+            context_key: context_key.clone(),
+            band: u32::from(*band),
+            day: *day,
+        }),
+        Subject::Recovery { .. } => None,
+    }
+}
+
+fn digest_stats(stats: &Stats) -> pb::DigestStats {
+    pb::DigestStats {
+        count: stats.count,
+        successes: stats.successes,
+        gain_sum: stats.gain_sum,
+        gain_sum_sq: stats.gain_sum_sq,
+        loss_sum: stats.loss_sum,
+        loss_sum_sq: stats.loss_sum_sq,
+    }
+}
+
+/// The longest context key a peer may send (the key of attributes within
+/// the limits an instance's context is held to).
+const MAX_CONTEXT_KEY: usize = 8 * 1024;
+
+/// A batch a peer sent, checked as any input is: names valid, bands in
+/// range, counts consistent, sums finite. The error names the field.
+pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
+    let field = |name: &str| format!("batches[{at}].{name}");
+    validate::name(&field("origin"), &message.origin)?;
+    // No count limit on entries beyond the message size: a region's first
+    // answer carries everything it knows.
+    let mut entries = std::collections::BTreeMap::new();
+    for (i, entry) in message.entries.into_iter().enumerate() {
+        let field = |name: &str| format!("batches[{at}].entries[{i}].{name}");
+        let Some(subject) = entry.strategy else {
+            return Err(crate::error::Error::invalid(
+                field("strategy"),
+                "is required",
+            ));
+        };
+        validate::name(&field("strategy.metric"), &subject.metric)?;
+        validate::name(&field("strategy.strategy"), &subject.strategy)?;
+        validate::text(
+            &field("strategy.context_key"),
+            &subject.context_key,
+            MAX_CONTEXT_KEY,
+        )?;
+        let band = u8::try_from(subject.band)
+            .ok()
+            .filter(|b| usize::from(*b) < VALUE_BANDS)
+            .ok_or_else(|| {
+                crate::error::Error::invalid(
+                    field("strategy.band"),
+                    format!("must be below {VALUE_BANDS}, got {}", subject.band),
+                )
+            })?;
+        let stats = entry.stats.unwrap_or_default();
+        if stats.successes > stats.count {
+            return Err(crate::error::Error::invalid(
+                field("stats.successes"),
+                format!("exceeds count ({} > {})", stats.successes, stats.count),
+            ));
+        }
+        let stats = Stats {
+            count: stats.count,
+            successes: stats.successes,
+            gain_sum: validate::finite(&field("stats.gain_sum"), stats.gain_sum)?,
+            gain_sum_sq: validate::finite(&field("stats.gain_sum_sq"), stats.gain_sum_sq)?,
+            loss_sum: validate::finite(&field("stats.loss_sum"), stats.loss_sum)?,
+            loss_sum_sq: validate::finite(&field("stats.loss_sum_sq"), stats.loss_sum_sq)?,
+        };
+        entries.insert(
+            Subject::Strategy {
+                metric: subject.metric,
+                strategy: subject.strategy,
+                context_key: subject.context_key,
+                band,
+                day: subject.day,
+            },
+            Versioned {
+                version: entry.version,
+                stats,
+            },
+        );
+    }
+    Ok(Batch {
+        origin: message.origin,
+        after: message.after,
+        through: message.through,
+        entries,
+    })
 }

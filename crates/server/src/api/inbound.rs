@@ -128,6 +128,8 @@ inbound! {
     "Admin" / "InvalidateInsight": InvalidateInsightRequest => String =
         |r, _| convert::required_name("insight_id", r.insight_id);
     "Admin" / "GetReplicaStatus": GetReplicaStatusRequest => () = |_r, _| Ok(());
+    "Admin" / "GetFleetKnowledge": GetFleetKnowledgeRequest => String =
+        |r, _| convert::metric_filter(r.metric);
     "Admin" / "QuarantineInstance": QuarantineInstanceRequest => (String, String) =
         |r, _| convert::quarantine_request(r);
     "Admin" / "ReleaseInstance": ReleaseInstanceRequest => String =

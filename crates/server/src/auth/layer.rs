@@ -38,12 +38,12 @@ fn is_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
 }
 
-/// Calls that monitoring makes over and over: audited like health checks,
-/// once per window and kind with a count of the rest, so that polling a
-/// replica's status neither fills the audit log nor moves the shared log
-/// it reports on.
+/// Calls made over and over by machines: audited like health checks, once
+/// per window and kind with a count of the rest, so that polling a
+/// replica's status, or a peer region's hub pulling every second, neither
+/// fills the audit log nor moves the log it reports on.
 fn is_monitoring(path: &str) -> bool {
-    path == "/learninghub.v1.Admin/GetReplicaStatus"
+    path == "/learninghub.v1.Admin/GetReplicaStatus" || path == "/learninghub.v1.Federation/Pull"
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

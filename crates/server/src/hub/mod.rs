@@ -26,6 +26,7 @@ mod retention;
 mod strategies;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, atomic::Ordering};
 
 use arc_swap::ArcSwap;
@@ -265,6 +266,14 @@ pub struct HubStatus {
     pub stream_catch_ups: u64,
     /// The last command-log position folded in.
     pub log_position: u64,
+    /// When the status was taken.
+    pub now: UnixMillis,
+    /// This hub's region (empty: it does not federate).
+    pub region: String,
+    /// The peers this hub pulls from, and how each link is doing.
+    pub peers: BTreeMap<String, regions::PeerLink>,
+    /// Per other origin region, the version held complete.
+    pub held: BTreeMap<String, u64>,
 }
 
 /// The hub core. Cheap to share behind an `Arc`.
@@ -275,6 +284,8 @@ pub struct Hub {
     shutdown: watch::Sender<bool>,
     /// What the audit log keeps of calls nobody vouched for.
     sampler: audit_sampler::AuditSampler,
+    /// How the exchanges with each peer region this hub pulls from went.
+    links: std::sync::Mutex<BTreeMap<String, regions::PeerLink>>,
 }
 
 impl Hub {
@@ -374,6 +385,7 @@ impl Hub {
             started_at,
             shutdown: watch::channel(false).0,
             sampler,
+            links: std::sync::Mutex::default(),
         }))
     }
 
@@ -415,6 +427,17 @@ impl Hub {
             stream_catch_ups: status.stream_catch_ups,
             last_insight_sequence: status.last_insight_sequence,
             store_bytes: self.shared.store.size_on_disk(),
+            peers: status
+                .peers
+                .iter()
+                .map(|(peer, link)| {
+                    (
+                        peer.clone(),
+                        link.staleness_ms(status.now, status.started_at) as f64 / 1000.0,
+                        link.failures_in_a_row,
+                    )
+                })
+                .collect(),
         })
     }
 
@@ -596,6 +619,10 @@ impl Hub {
             last_insight_sequence: state.counters.insight_sequence,
             stream_catch_ups: self.shared.bus.stats().catch_ups.load(Ordering::SeqCst),
             log_position: state.position,
+            now,
+            region: self.region().to_string(),
+            peers: self.peer_links(),
+            held: self.held_versions(),
         }
     }
 

@@ -1,17 +1,53 @@
-//! What this regional hub tells the hubs of other regions: its own
-//! knowledge as digest batches (see [`crate::domain::digest`]), for peers
-//! the configuration lists.
+//! This regional hub among the others: what it tells a peer that pulls
+//! (its own knowledge, and what it holds of third regions), what it keeps
+//! of what it pulls (merged per origin through the log, see
+//! [`crate::domain::digest`]), and how each link to a peer is doing.
 
-use super::Hub;
-use crate::domain::digest::{self, Batch};
+use std::collections::BTreeMap;
+
+use super::{Hub, wrong_answer};
+use crate::domain::command::Action;
+use crate::domain::digest::{self, Batch, FleetStats, Subject, Versioned};
+use crate::domain::fold::Answer;
 use crate::domain::identity::Identity;
+use crate::domain::model::UnixMillis;
 use crate::error::{Error, Result};
 
+/// How the exchanges with one peer region are going (kept in memory: a
+/// restarted hub starts counting again).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerLink {
+    /// Where this hub pulls from.
+    pub url: String,
+    /// When a pull last succeeded (`None`: never since start).
+    pub last_success: Option<UnixMillis>,
+    /// When this hub last tried.
+    pub last_attempt: Option<UnixMillis>,
+    /// Pulls that failed since the last success.
+    pub failures_in_a_row: u64,
+    /// Why the last failed pull failed (empty after a success).
+    pub last_error: String,
+    /// Batches from this peer that changed what this region holds.
+    pub batches_merged: u64,
+}
+
+impl PeerLink {
+    /// How old what this region holds of the peer may be at `now`: the time
+    /// since the last successful exchange, or since `started` if there was
+    /// none.
+    pub fn staleness_ms(&self, now: UnixMillis, started: UnixMillis) -> u64 {
+        (now - self.last_success.unwrap_or(started)).max(0) as u64
+    }
+}
+
 impl Hub {
-    /// This region's own knowledge above `after` for the peer `caller`:
-    /// FAILED_PRECONDITION when this hub has no region, PERMISSION_DENIED
-    /// when the caller's region is not among its peers.
-    pub fn pull(&self, caller: &Identity, after: u64) -> Result<Batch> {
+    /// What the peer `caller` may pull: this region's own knowledge above
+    /// what it holds of it, and what this region holds of every third
+    /// region above what the caller holds of each (so knowledge crosses a
+    /// cut link by another path). FAILED_PRECONDITION when this hub has no
+    /// region, PERMISSION_DENIED when the caller's region is not among its
+    /// peers.
+    pub fn pull(&self, caller: &Identity, held: &BTreeMap<String, u64>) -> Result<Vec<Batch>> {
         let settings = &self.shared.settings;
         if settings.region.is_empty() {
             return Err(Error::FailedPrecondition(
@@ -25,6 +61,28 @@ impl Hub {
             )));
         }
         let state = self.state();
+        let since = |origin: &str| held.get(origin).copied().unwrap_or(0);
+        let own = self.own_export(since(&settings.region));
+        let mut batches = Vec::new();
+        if !own.entries.is_empty() || own.through > own.after {
+            batches.push(own);
+        }
+        for (origin, knowledge) in state.tables.regions.iter() {
+            if *origin == caller.name || *origin == settings.region {
+                continue;
+            }
+            let batch = knowledge.since(origin, since(origin));
+            if !batch.entries.is_empty() || batch.through > batch.after {
+                batches.push(batch);
+            }
+        }
+        Ok(batches)
+    }
+
+    /// This region's own knowledge above `after`, complete through the
+    /// newest outcome folded into it.
+    fn own_export(&self, after: u64) -> Batch {
+        let state = self.state();
         let through = state
             .tables
             .strategies
@@ -32,12 +90,104 @@ impl Hub {
             .map(|r| r.through_sequence)
             .max()
             .unwrap_or(0);
-        Ok(digest::export_strategies(
-            &settings.region,
+        digest::export_strategies(
+            &self.shared.settings.region,
             state.tables.strategies.values().map(|r| &**r),
             after,
             through,
-        ))
+        )
+    }
+
+    /// For each other origin region, the version through which this hub
+    /// holds its knowledge complete: what a pull asks for more than.
+    pub fn held_versions(&self) -> BTreeMap<String, u64> {
+        self.state()
+            .tables
+            .regions
+            .iter()
+            .map(|(origin, knowledge)| (origin.clone(), knowledge.complete_through))
+            .collect()
+    }
+
+    /// Keeps what a peer sent, through the log. Writes nothing when it would
+    /// change nothing (the usual answer to a pull between two quiet
+    /// regions), so idle links do not grow the log. Returns how many
+    /// batches changed what this region holds.
+    pub async fn merge_digests(&self, batches: Vec<Batch>) -> Result<usize> {
+        let own_region = self.shared.settings.region.clone();
+        let state = self.state();
+        let news: Vec<Batch> = batches
+            .into_iter()
+            .filter(|b| b.origin != own_region)
+            .filter(|b| {
+                state
+                    .tables
+                    .regions
+                    .get(&b.origin)
+                    .is_none_or(|held| held.would_change(b))
+            })
+            .collect();
+        if news.is_empty() {
+            return Ok(0);
+        }
+        match self
+            .submit(Action::MergeDigests {
+                own_region,
+                batches: news,
+            })
+            .await?
+        {
+            Answer::DigestsMerged { changed } => Ok(changed),
+            other => Err(wrong_answer("MergeDigests", other)),
+        }
+    }
+
+    /// The fleet's figures as this region holds them: its own knowledge and
+    /// every other origin's, summed in origin order (see
+    /// [`digest::fleet_figures`]).
+    pub fn fleet_figures(&self) -> BTreeMap<Subject, FleetStats> {
+        let state = self.state();
+        let own = self.own_export(0);
+        let mut origins: BTreeMap<&str, &BTreeMap<Subject, Versioned>> = state
+            .tables
+            .regions
+            .iter()
+            .filter(|(origin, _)| **origin != own.origin)
+            .map(|(origin, knowledge)| (origin.as_str(), &knowledge.entries))
+            .collect();
+        origins.insert(own.origin.as_str(), &own.entries);
+        digest::fleet_figures(&origins)
+    }
+
+    /// Records how a pull from `peer` went.
+    pub fn note_pull(&self, peer: &str, url: &str, outcome: std::result::Result<usize, String>) {
+        let now = self.now();
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let link = links.entry(peer.to_string()).or_default();
+        link.url = url.to_string();
+        link.last_attempt = Some(now);
+        match outcome {
+            Ok(merged) => {
+                link.last_success = Some(now);
+                link.failures_in_a_row = 0;
+                link.last_error.clear();
+                link.batches_merged += merged as u64;
+            }
+            Err(why) => {
+                link.failures_in_a_row += 1;
+                link.last_error = why;
+            }
+        }
+    }
+
+    /// Each peer this hub pulls from, with how its link is doing.
+    pub fn peer_links(&self) -> BTreeMap<String, PeerLink> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// When this hub process started.
+    pub fn started_at(&self) -> UnixMillis {
+        self.started_at
     }
 
     /// This hub's region (empty when it does not federate).
