@@ -47,6 +47,7 @@ fn recommendation(strategy: &str, metric: &str, delta: f64, confidence: f64) -> 
         regression_estimate: -0.02,
         failure_risk: 0.0,
         score: delta - 0.05,
+        origin_regions: 0,
     }
 }
 

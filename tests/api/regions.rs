@@ -381,6 +381,65 @@ async fn three_regions_learn_what_one_hub_fed_everything_knows() {
         assert_eq!(held, others, "{status:?}");
         assert!(status.held.values().all(|v| *v > 0), "{status:?}");
     }
+    // Rankings rest on every region's evidence: each region ranks as the
+    // hub fed everything does (its own context first, the fleet next),
+    // and says how many other regions' evidence is in each estimate.
+    for context in [None, Some(("us-east", "gpu"))] {
+        let ask = pb::GetStrategiesRequest {
+            metric: "accuracy".into(),
+            current_value: 0.5,
+            context: context
+                .map(|(region, tier)| {
+                    [
+                        ("region".to_string(), region.to_string()),
+                        ("tier".to_string(), tier.to_string()),
+                    ]
+                    .into()
+                })
+                .unwrap_or_default(),
+            limit: 10,
+            ..Default::default()
+        };
+        let want = single
+            .registered("observer")
+            .await
+            .get_strategies(ask.clone())
+            .await
+            .unwrap()
+            .recommendations;
+        assert_eq!(want.len(), 3, "{want:?}");
+        for (r, hub) in regions.hubs.iter().enumerate() {
+            let got = hub
+                .registered("observer")
+                .await
+                .get_strategies(ask.clone())
+                .await
+                .unwrap()
+                .recommendations;
+            let names = |rs: &[pb::StrategyRecommendation]| {
+                rs.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>()
+            };
+            assert_eq!(
+                names(&got),
+                names(&want),
+                "{} {context:?}",
+                regions.names[r]
+            );
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.origin_regions, 2, "{g:?}");
+                assert_eq!(w.origin_regions, 0, "{w:?}");
+                for (a, b) in [
+                    (g.confidence, w.confidence),
+                    (g.expected_delta, w.expected_delta),
+                    (g.evidence, w.evidence),
+                    (g.lower_bound, w.lower_bound),
+                ] {
+                    assert!((a - b).abs() < 1e-9, "{g:?}\n{w:?}");
+                }
+            }
+        }
+    }
+
     // Quiet regions write nothing: pulls that bring nothing new are not
     // logged. Over 12 pulls per hub, the log moves only by the audit
     // entries of the status calls that read it (and pulls are audited

@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{OutcomeStats, StrategyRecord};
+use super::influence::Viewer;
+use super::model::{DayBucket, OutcomeStats, StrategyRecord, VALUE_BANDS};
 use super::stats::RunningStats;
 
 /// What a statistic is about.
@@ -118,6 +119,32 @@ impl Stats {
             gain_sum_sq: self.gain_sum_sq + other.gain_sum_sq,
             loss_sum: self.loss_sum + other.loss_sum,
             loss_sum_sq: self.loss_sum_sq + other.loss_sum_sq,
+        }
+    }
+
+    /// The outcomes' summary as an aggregate keeps it: counts, and the
+    /// mean and spread of gains and of losses (their extremes are not
+    /// known from sums: each is the mean).
+    pub fn outcomes(&self) -> OutcomeStats {
+        let summary = |n: u64, sum: f64, sum_sq: f64| {
+            if n == 0 {
+                return RunningStats::default();
+            }
+            let mean = sum / n as f64;
+            RunningStats {
+                count: n,
+                mean,
+                m2: (sum_sq - n as f64 * mean * mean).max(0.0),
+                min: mean,
+                max: mean,
+            }
+        };
+        let failures = self.count.saturating_sub(self.successes);
+        OutcomeStats {
+            applications: self.count,
+            successes: self.successes,
+            improvement: summary(self.successes, self.gain_sum, self.gain_sum_sq),
+            regression: summary(failures, self.loss_sum, self.loss_sum_sq),
         }
     }
 
@@ -320,6 +347,70 @@ impl Merged {
     }
 }
 
+/// What other regions know of one strategy on one metric, as a hub's
+/// rankings use it: per context key, their day buckets (every origin's
+/// entries added origin by origin, in the order given), and how many
+/// origins have any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Remote {
+    pub by_context: BTreeMap<String, Vec<DayBucket>>,
+    pub origins: u32,
+}
+
+/// [`Remote`] evidence on `strategy` for `metric` from `origins`.
+pub fn remote_evidence<'a>(
+    origins: impl IntoIterator<Item = &'a OriginState>,
+    metric: &str,
+    strategy: &str,
+) -> Remote {
+    let start = Subject::Strategy {
+        metric: metric.to_string(),
+        strategy: strategy.to_string(),
+        context_key: String::new(),
+        band: 0,
+        day: i64::MIN,
+    };
+    let mut remote = Remote::default();
+    for origin in origins {
+        let mut any = false;
+        for (subject, entry) in origin.entries.range(start.clone()..) {
+            let Subject::Strategy {
+                metric: m,
+                strategy: s,
+                context_key,
+                band,
+                day,
+            } = subject
+            else {
+                break;
+            };
+            if m != metric || s != strategy {
+                break;
+            }
+            let band = usize::from(*band);
+            if entry.stats.count == 0 || band >= VALUE_BANDS {
+                continue;
+            }
+            any = true;
+            let window = remote.by_context.entry(context_key.clone()).or_default();
+            let at = match window.iter().position(|b| b.day == *day) {
+                Some(at) => at,
+                None => {
+                    window.push(DayBucket {
+                        day: *day,
+                        bands: [OutcomeStats::default(); VALUE_BANDS],
+                    });
+                    window.len() - 1
+                }
+            };
+            let outcomes = &mut window[at].bands[band];
+            *outcomes = outcomes.merge(&entry.stats.outcomes());
+        }
+        remote.origins += u32::from(any);
+    }
+    remote
+}
+
 /// One subject's fleet-wide figures: every origin's stats summed, and how
 /// many origin regions have evidence on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -366,8 +457,9 @@ pub fn figures_digest<'a>(
 }
 
 /// What a region exports of its strategy aggregates above `after`: every
-/// day's band of every aggregate whose last outcome came after it (the
-/// admitted evidence, within the bounds of [`crate::influence`]), each at
+/// day's band of every aggregate whose last outcome came after it and that
+/// at least two instances reported (the admitted evidence, within the
+/// bounds of [`crate::influence`]), each at
 /// the aggregate's `through_sequence`; complete through `through` (the
 /// region's log position). Nothing in it names an instance.
 pub fn export_strategies<'r>(
@@ -378,7 +470,10 @@ pub fn export_strategies<'r>(
 ) -> Batch {
     let mut entries = BTreeMap::new();
     for record in records {
-        if record.through_sequence <= after {
+        // Only corroborated evidence crosses: what a newcomer here may see
+        // (two reporters at least), so another region's instances never
+        // rank on what a single instance said.
+        if record.through_sequence <= after || !Viewer::Newcomer.sees(&record.instances) {
             continue;
         }
         for bucket in &record.window {
@@ -673,6 +768,17 @@ mod tests {
             );
             record.through_sequence = i as u64 + 1;
         }
+        // One reporter so far: nothing crosses.
+        let lone = {
+            let mut r = record.clone();
+            r.instances.remove("secret-instance-b");
+            r
+        };
+        assert!(
+            export_strategies("eu-west", [&lone], 0, 3)
+                .entries
+                .is_empty()
+        );
         let batch = export_strategies("eu-west", [&record], 0, 3);
         let low = &batch.entries[&Subject::Strategy {
             metric: "lv".into(),

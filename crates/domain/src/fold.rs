@@ -287,10 +287,7 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                     .map(|o| (**o).clone())
                     .unwrap_or_default();
                 if held.merge(batch) {
-                    state
-                        .tables
-                        .regions
-                        .insert(batch.origin.clone(), Arc::new(held));
+                    state.put_region(batch.origin.clone(), Arc::new(held), batch);
                     changed += 1;
                 }
             }
@@ -1545,6 +1542,87 @@ mod tests {
         fold(&mut state, 1, &at(T0, register("a"))).unwrap();
         let answer = fold(&mut state, 2, &at(T0, share(0.1, Some(("r1", "p")))));
         assert_eq!(outcome_sequence(&answer), 1, "the id was not remembered");
+    }
+
+    /// Another region's knowledge joins this region's views (a strategy
+    /// known only there included); its own knowledge relayed back does
+    /// not, and a batch merged twice changes nothing the second time.
+    #[test]
+    fn other_regions_knowledge_joins_the_views_once() {
+        use crate::digest::{Batch, Stats, Subject, Versioned};
+        let batch = |origin: &str, strategy: &str| Batch {
+            origin: origin.into(),
+            after: 0,
+            through: 4,
+            entries: [(
+                Subject::Strategy {
+                    metric: "m".into(),
+                    strategy: strategy.into(),
+                    context_key: "p=x".into(),
+                    band: 2,
+                    day: T0 / (24 * HOUR),
+                },
+                Versioned {
+                    version: 4,
+                    stats: Stats {
+                        count: 4,
+                        successes: 3,
+                        gain_sum: 0.3,
+                        gain_sum_sq: 0.03,
+                        loss_sum: -0.1,
+                        loss_sum_sq: 0.01,
+                    },
+                },
+            )]
+            .into(),
+        };
+        let merge = |batches| Action::MergeDigests {
+            own_region: "us-east".into(),
+            batches,
+        };
+        let mut state = State::default();
+        let answer = fold(
+            &mut state,
+            1,
+            &at(
+                T0,
+                merge(vec![batch("eu-west", "far"), batch("us-east", "own")]),
+            ),
+        )
+        .unwrap();
+        assert!(matches!(answer, Answer::DigestsMerged { changed: 1 }));
+        assert_eq!(state.tables.regions.keys().collect::<Vec<_>>(), ["eu-west"]);
+        let views = state.strategy_views("m", "p=x");
+        assert_eq!(views.len(), 1, "only eu-west's strategy");
+        let view = views[0];
+        assert_eq!(view.remote_origins, 1);
+        assert_eq!(view.fleet.record.strategy, "far");
+        assert_eq!(view.fleet.record.applications, 0, "lifetime stays local");
+        let own = view
+            .own
+            .expect("eu-west's evidence in the caller's context");
+        let band = own.record.window[0].bands[2];
+        assert_eq!((band.applications, band.successes), (4, 3));
+        assert!((band.improvement.mean - 0.1).abs() < 1e-12);
+        let digest = state.digest();
+        let again = fold(&mut state, 2, &at(T0, merge(vec![batch("eu-west", "far")]))).unwrap();
+        assert!(matches!(again, Answer::DigestsMerged { changed: 0 }));
+        let views = state.strategy_views("m", "p=x");
+        assert_eq!(
+            views[0].own.unwrap().record.window[0].bands[2].applications,
+            4
+        );
+        assert_ne!(state.digest(), digest, "the position moved");
+        assert_eq!(state.tables.regions, {
+            let mut before = State::default();
+            fold(
+                &mut before,
+                1,
+                &at(T0, merge(vec![batch("eu-west", "far")])),
+            )
+            .unwrap();
+            before.tables.regions
+        });
     }
 
     /// With replicas, a job's output is admitted once per period and never

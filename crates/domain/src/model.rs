@@ -607,7 +607,7 @@ fn add_to_window(window: &mut Vec<DayBucket>, outcome: &StrategyOutcome, retenti
 }
 
 /// Merges `other`'s day buckets into `window`.
-fn merge_windows(window: &mut Vec<DayBucket>, other: &[DayBucket]) {
+pub(crate) fn merge_windows(window: &mut Vec<DayBucket>, other: &[DayBucket]) {
     for bucket in other {
         match window.iter_mut().find(|b| b.day == bucket.day) {
             Some(mine) => {

@@ -235,6 +235,10 @@ pub struct Recommendation {
     pub failure_risk: f64,
     /// The ranking key (lower bound, or a Thompson draw when exploring).
     pub score: f64,
+    /// Other regions whose evidence is in the estimate (the lifetime
+    /// figures — `success_rate`, `applications`, `improvement`,
+    /// `failure_modes` — are this region's own).
+    pub origin_regions: u32,
 }
 
 /// The question an instance asks.
@@ -362,6 +366,9 @@ pub struct StrategyView<'r> {
     pub fleet_banding: Option<&'r Banding>,
     /// `own`'s banding, likewise.
     pub own_banding: Option<&'r Banding>,
+    /// Other regions whose evidence is in `fleet`'s and `own`'s windows
+    /// (corroborated where it came from: see [`crate::digest`]).
+    pub remote_origins: u32,
 }
 
 impl<'r> StrategyView<'r> {
@@ -372,6 +379,7 @@ impl<'r> StrategyView<'r> {
             own,
             fleet_banding: None,
             own_banding: None,
+            remote_origins: 0,
         }
     }
 }
@@ -586,7 +594,9 @@ pub fn recommend_views<'r>(
 
     let mut ranked: Vec<Scored<'r>> = views
         .into_iter()
-        .filter(|ev| query.viewer.sees(&ev.fleet.instances))
+        // Another region's evidence was corroborated there; this
+        // region's own is shown within the viewer's bounds.
+        .filter(|ev| ev.remote_origins > 0 || query.viewer.sees(&ev.fleet.instances))
         .map(|ev| {
             let name = ev.fleet.strategy.as_str();
             let prepared = Prepared::new(&ev, query.viewer.own(), today, &tuning);
@@ -630,7 +640,9 @@ pub fn recommend_views<'r>(
                     .map_or(0, |c| c as u32),
             }
         })
-        .filter(|s| s.view.fleet.applications > 0)
+        .filter(|s| {
+            s.view.fleet.applications > 0 || s.prepared.fleet.counts.iter().sum::<u64>() > 0
+        })
         .collect();
     ranked.sort_by(|a, b| {
         b.score
@@ -674,6 +686,7 @@ pub fn recommend_views<'r>(
                 regression_estimate: s.estimate.regression,
                 failure_risk: s.failure_risk,
                 score: s.score,
+                origin_regions: s.view.remote_origins,
             }
         })
         .collect()
@@ -1010,6 +1023,7 @@ mod tests {
                         own: Some(&records[2 * s]),
                         fleet_banding: kept.map(|k| &k[4 + s]),
                         own_banding: kept.map(|k| &k[2 * s]),
+                        remote_origins: 0,
                     });
                     recommend_views(views, q)
                 };
@@ -1072,6 +1086,7 @@ mod tests {
             regression_estimate: 0.0,
             failure_risk: 0.0,
             score: delta,
+            origin_regions: 0,
         }
     }
 

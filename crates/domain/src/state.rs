@@ -25,13 +25,13 @@ use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use super::anomaly::Anomaly;
-use super::digest::OriginState;
+use super::digest::{Batch, OriginState, Subject, remote_evidence};
 use super::federated::ModelRecord;
 use super::idempotency::{RequestKey, RequestRecord};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Name, Pattern,
-    Quarantine, StrategyKey, StrategyOutcome, StrategyRecord, UnixMillis,
+    Quarantine, StrategyKey, StrategyOutcome, StrategyRecord, UnixMillis, merge_windows,
 };
 use super::prevention::StrategyUsage;
 use super::recommend::{Banding, Tuning, fleet_view};
@@ -257,9 +257,14 @@ impl Rows {
 /// One strategy's aggregates on one metric, merged across contexts.
 #[derive(Debug)]
 pub struct StrategyGroup {
-    /// Every context merged (see [`fleet_view`]).
+    /// Every context merged (see [`fleet_view`]), with what other regions
+    /// know of it in their windows.
     pub fleet: Viewed,
+    /// Each context's aggregate, with other regions' evidence in that
+    /// context in its window.
     pub by_context: BTreeMap<String, Viewed>,
+    /// Other regions with evidence in it.
+    pub remote_origins: u32,
 }
 
 /// An aggregate as queries see it, with its [`Banding`] for the day,
@@ -301,6 +306,8 @@ pub struct GroupView<'s> {
     pub fleet: &'s Viewed,
     /// The aggregate in the caller's context, if there is one.
     pub own: Option<&'s Viewed>,
+    /// Other regions with evidence in it.
+    pub remote_origins: u32,
 }
 
 /// Indexes derived from the tables, kept up to date as they change.
@@ -351,6 +358,9 @@ impl State {
         for (key, record) in tables.strategies.iter() {
             state.index_strategy(key, record, None);
         }
+        for knowledge in tables.regions.values() {
+            state.index_remote(knowledge.entries.keys());
+        }
         state.tables = tables;
         state
     }
@@ -387,6 +397,33 @@ impl State {
             .entry(key.metric.clone())
             .or_default()
             .insert(key.strategy.clone(), Arc::default());
+    }
+
+    /// Keeps what this region now holds of `origin` after merging
+    /// `batch`, and empties the views of the strategies it touched (adding
+    /// those known only from other regions).
+    pub fn put_region(&mut self, origin: String, knowledge: Arc<OriginState>, batch: &Batch) {
+        self.tables.regions.insert(origin, knowledge);
+        self.index_remote(batch.entries.keys());
+    }
+
+    fn index_remote<'a>(&mut self, subjects: impl IntoIterator<Item = &'a Subject>) {
+        let touched: std::collections::BTreeSet<(&str, &str)> = subjects
+            .into_iter()
+            .filter_map(|subject| match subject {
+                Subject::Strategy {
+                    metric, strategy, ..
+                } => Some((metric.as_str(), strategy.as_str())),
+                Subject::Recovery { .. } => None,
+            })
+            .collect();
+        for (metric, strategy) in touched {
+            self.indexes
+                .views
+                .entry(Name::from(metric))
+                .or_default()
+                .insert(Name::from(strategy), Arc::default());
+        }
     }
 
     pub fn put_pattern(&mut self, pattern: Arc<Pattern>) {
@@ -429,6 +466,7 @@ impl State {
                 GroupView {
                     fleet: &group.fleet,
                     own: group.by_context.get(context_key),
+                    remote_origins: group.remote_origins,
                 }
             })
             .collect()
@@ -439,17 +477,39 @@ impl State {
         let records: Vec<&Arc<StrategyRecord>> = self
             .tables
             .strategies
-            .range(start..)
+            .range(start.clone()..)
             .take_while(|(k, _)| *k.metric == *metric && *k.strategy == *strategy)
             .map(|(_, r)| r)
             .collect();
+        let mut fleet = match records.is_empty() {
+            // Known from other regions only.
+            true => StrategyRecord::empty(&start, 0),
+            false => fleet_view(records.iter().map(|r| &***r)),
+        };
+        let mut by_context: BTreeMap<String, Viewed> = records
+            .into_iter()
+            .filter(|r| !r.context_key.is_empty())
+            .map(|r| (r.context_key.clone(), Viewed::new(r.clone())))
+            .collect();
+        // Other regions' evidence joins the windows rankings read (not the
+        // lifetime figures, which stay this region's own).
+        let remote = remote_evidence(self.tables.regions.values().map(|o| &**o), metric, strategy);
+        for (context_key, window) in &remote.by_context {
+            merge_windows(&mut fleet.window, window);
+            if context_key.is_empty() {
+                continue;
+            }
+            let mut own = match by_context.get(context_key) {
+                Some(local) => (*local.record).clone(),
+                None => StrategyRecord::empty(&StrategyKey::new(metric, strategy, context_key), 0),
+            };
+            merge_windows(&mut own.window, window);
+            by_context.insert(context_key.clone(), Viewed::new(Arc::new(own)));
+        }
         StrategyGroup {
-            fleet: Viewed::new(Arc::new(fleet_view(records.iter().map(|r| &***r)))),
-            by_context: records
-                .into_iter()
-                .filter(|r| !r.context_key.is_empty())
-                .map(|r| (r.context_key.clone(), Viewed::new(r.clone())))
-                .collect(),
+            fleet: Viewed::new(Arc::new(fleet)),
+            by_context,
+            remote_origins: remote.origins,
         }
     }
 

@@ -914,6 +914,7 @@ pub fn recommendation(r: &Recommendation) -> pb::StrategyRecommendation {
         evidence: r.evidence,
         failure_risk: r.failure_risk,
         score: r.score,
+        origin_regions: r.origin_regions,
     }
 }
 

@@ -120,6 +120,7 @@ impl Hub {
                     own: view.own.map(|own| &*own.record),
                     fleet_banding: Some(fleet),
                     own_banding: own.as_deref(),
+                    remote_origins: view.remote_origins,
                 }),
             StrategyQuery {
                 viewer: Viewer::of(ask.caller.as_ref()),
