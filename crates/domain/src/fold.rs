@@ -1604,6 +1604,40 @@ mod tests {
         let band = own.record.window[0].bands[2];
         assert_eq!((band.applications, band.successes), (4, 3));
         assert!((band.improvement.mean - 0.1).abs() < 1e-12);
+        // Ranked for anyone who asks, from eu-west's evidence alone.
+        for (viewer, context) in [
+            (crate::influence::Viewer::Operator, ""),
+            (crate::influence::Viewer::Newcomer, "p=x"),
+        ] {
+            let views = state.strategy_views("m", context);
+            let ranked = crate::recommend::recommend_views(
+                views.iter().map(|v| crate::recommend::StrategyView {
+                    remote_origins: v.remote_origins,
+                    ..crate::recommend::StrategyView::plain(
+                        &v.fleet.record,
+                        v.own.map(|o| &*o.record),
+                    )
+                }),
+                crate::recommend::StrategyQuery {
+                    viewer,
+                    metric: "m",
+                    context_key: context,
+                    current_value: Some(0.5),
+                    budget: None,
+                    limit: 5,
+                    recent: &[],
+                    explore_seed: None,
+                    now: T0,
+                    tuning: crate::recommend::Tuning::default(),
+                    failure_risk: &Default::default(),
+                },
+            );
+            assert_eq!(ranked.len(), 1, "{viewer:?}");
+            assert_eq!(
+                (ranked[0].strategy.as_str(), ranked[0].origin_regions),
+                ("far", 1)
+            );
+        }
         let digest = state.digest();
         let again = fold(&mut state, 2, &at(T0, merge(vec![batch("eu-west", "far")]))).unwrap();
         assert!(matches!(again, Answer::DigestsMerged { changed: 0 }));
