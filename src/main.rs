@@ -415,6 +415,11 @@ struct SimulateArgs {
     /// alone and a central model), at the --scaling fleet sizes.
     #[arg(long)]
     predict: bool,
+    /// Measure regional hubs instead: the fleet split over this many
+    /// regions (2 to 16), each region alone and the regions federated,
+    /// against one global hub, with the same seeds.
+    #[arg(long)]
+    regions: Option<usize>,
     /// With --predict: cycles of its own history a training instance has.
     #[arg(long, default_value_t = 40)]
     train_cycles: u32,
@@ -894,6 +899,54 @@ async fn predict(
     Ok(())
 }
 
+/// `simulate --regions N`: regional hubs, alone and federated, against one.
+async fn regional(
+    args: &SimulateArgs,
+    options: learning_hub::sim::SimOptions,
+    regions: usize,
+) -> learning_hub::Result<()> {
+    if !(2..=16).contains(&regions) || options.instances < regions {
+        return Err(learning_hub::Error::invalid(
+            "--regions",
+            format!(
+                "must be within [2, 16] and at most the {} instances",
+                options.instances
+            ),
+        ));
+    }
+    let report = learning_hub::sim::regions_study(&options, regions).await?;
+    let row = |name: &str, e: &learning_hub::sim::measures::Estimate| {
+        println!("  {name:<34} {:>7.1} ± {:.1} cycles", e.mean, e.ci95);
+    };
+    println!(
+        "time-to-peak, {} instances over {} regions, {} seed(s), mean ± 95% CI:",
+        report.instances, report.regions, report.isolated_time_to_peak.n
+    );
+    row("every instance alone", &report.isolated_time_to_peak);
+    row("each region alone", &report.alone_time_to_peak);
+    row("regions federated", &report.federated_time_to_peak);
+    row("one global hub", &report.global_time_to_peak);
+    let e = &report.federated_vs_global_percent;
+    println!(
+        "  federated vs the global hub: {:+.1}% ± {:.1} (per seed; goal within 5%)",
+        e.mean, e.ci95
+    );
+    let e = &report.federated_vs_alone_percent;
+    println!(
+        "  federated vs each region alone: {:.1}% ± {:.1} faster (per seed)",
+        e.mean, e.ci95
+    );
+    if let Some(path) = &args.json {
+        let json = serde_json::to_vec_pretty(&report)
+            .map_err(|e| learning_hub::Error::Internal(e.to_string()))?;
+        std::fs::write(path, json).map_err(|e| {
+            learning_hub::Error::Unavailable(format!("cannot write {}: {e}", path.display()))
+        })?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
     use learning_hub::sim::{self, scenario::Scenario};
     use std::io::IsTerminal;
@@ -956,6 +1009,9 @@ async fn simulate(args: SimulateArgs) -> learning_hub::Result<()> {
     }
     if args.predict {
         return predict(&args, options).await;
+    }
+    if let Some(regions) = args.regions {
+        return regional(&args, options, regions).await;
     }
     let report = sim::simulate(options).await?;
     print!("{}", sim::report::table(&report));

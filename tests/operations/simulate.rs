@@ -275,3 +275,29 @@ async fn staggered_joins_report_late_joiners() {
     // Every instance runs its full horizon after joining.
     assert_eq!(report.modes[&Mode::Hub].curve.mean.len(), 60);
 }
+
+/// `simulate --regions`: the fleet split over regional hubs, alone and
+/// federated, against one global hub — with the regions agreeing after
+/// every cycle, a run is as repeatable as a single hub's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_study_runs_alone_federated_and_global_repeatably() {
+    let options = SimOptions {
+        seeds: 1,
+        horizon: 40,
+        ..small(Scenario::builtin())
+    };
+    let a = sim::regions_study(&options, 3).await.unwrap();
+    assert_eq!((a.regions, a.instances), (3, 6));
+    for e in [
+        &a.isolated_time_to_peak,
+        &a.alone_time_to_peak,
+        &a.federated_time_to_peak,
+        &a.global_time_to_peak,
+    ] {
+        assert_eq!(e.n, 1);
+        assert!(e.mean > 0.0 && e.mean <= 40.0, "{e:?}");
+    }
+    let b = sim::regions_study(&options, 3).await.unwrap();
+    assert_eq!(a.federated_time_to_peak, b.federated_time_to_peak);
+    assert_eq!(a.alone_time_to_peak, b.alone_time_to_peak);
+}

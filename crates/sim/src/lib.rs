@@ -197,6 +197,137 @@ fn compare(
     })
 }
 
+/// Where hub-mode runs find their hub: the external one, or in-process
+/// hubs sharing one PKI made here (kept alive by the returned directory),
+/// with the certificates of `instances` instances issued up front.
+fn hub_target(
+    options: &SimOptions,
+    instances: usize,
+) -> Result<(Option<tempfile::TempDir>, HubTarget)> {
+    if let Some((url, dir)) = &options.external_hub {
+        return Ok((
+            None,
+            HubTarget::External {
+                url: url.clone(),
+                certs_dir: dir.clone(),
+            },
+        ));
+    }
+    let certs = tempfile::tempdir()
+        .map_err(|e| Error::Unavailable(format!("cannot create a temp dir: {e}")))?;
+    crate::pki::generate_dev_pki(certs.path())?;
+    for i in 0..instances {
+        crate::pki::issue(
+            certs.path(),
+            &Identity::instance(format!("inst-{i:04}")),
+            false,
+        )?;
+    }
+    let target = HubTarget::InProcess {
+        certs_dir: certs.path().to_path_buf(),
+    };
+    Ok((Some(certs), target))
+}
+
+/// `simulate --regions N`: the same fleet, with the same seeds, split over
+/// N regions' hubs (instance `i` in region `i % N`), each region alone and
+/// the regions federated, against one global hub (and every instance
+/// alone, for scale).
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionsReport {
+    pub regions: usize,
+    pub instances: usize,
+    pub isolated_time_to_peak: Estimate,
+    pub alone_time_to_peak: Estimate,
+    pub federated_time_to_peak: Estimate,
+    pub global_time_to_peak: Estimate,
+    /// federated / global − 1 per seed, %: how far federation is from one
+    /// hub that hears everyone (goal: within 5).
+    pub federated_vs_global_percent: Estimate,
+    /// 1 − federated / alone per seed, %: what the exchange buys.
+    pub federated_vs_alone_percent: Estimate,
+}
+
+/// Runs the regions study (see [`RegionsReport`]).
+pub async fn regions_study(options: &SimOptions, regions: usize) -> Result<RegionsReport> {
+    if options.external_hub.is_some() {
+        return Err(Error::invalid(
+            "--regions",
+            "simulated regions run their own hubs: drop --hub",
+        ));
+    }
+    let (certs, target) = hub_target(options, options.instances)?;
+    if let Some(certs) = &certs {
+        // Issued up front: the runs of a seed start their hubs at once.
+        for r in 0..regions {
+            crate::pki::issue(certs.path(), &Identity::hub(format!("region{r}")), false)?;
+        }
+    }
+    let scenario = Arc::new(options.scenario.clone());
+    // (mode, regions, federated): isolated, the global hub, regions alone,
+    // regions federated.
+    let variants = [
+        (Mode::Isolated, 1, false),
+        (Mode::Hub, 1, false),
+        (Mode::Hub, regions, false),
+        (Mode::Hub, regions, true),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for k in 0..options.seeds as u64 {
+        let mut running = JoinSet::new();
+        for (v, (mode, regions, federated)) in variants.into_iter().enumerate() {
+            let spec = RunSpec {
+                scenario: scenario.clone(),
+                mode,
+                seed: options.seed + k,
+                instances: options.instances,
+                horizon: options.horizon,
+                stagger: options.stagger,
+                id_prefix: "inst-".into(),
+                faulty: 0,
+                faulty_mode: options.faulty_mode,
+                quarantine_flagged: false,
+                regions,
+                federated,
+            };
+            let target = target.clone();
+            running.spawn(async move {
+                let hub = (mode == Mode::Hub).then_some(&target);
+                let traces = runner::run(&spec, hub, &ProgressBar::hidden()).await?;
+                let summary = RunSummary::of(&traces, spec.horizon, false);
+                Ok::<_, Error>((v, summary.time_to_peak))
+            });
+        }
+        while let Some(done) = running.join_next().await {
+            let (v, time) =
+                done.map_err(|e| Error::Internal(format!("simulation task failed: {e}")))??;
+            times[v].push(time);
+        }
+    }
+    let estimate = |values: &[f64]| {
+        Estimate::of(values).ok_or_else(|| Error::Internal("no runs to estimate".into()))
+    };
+    let ratio = |a: usize, b: usize, f: &dyn Fn(f64, f64) -> f64| -> Result<Estimate> {
+        let values: Vec<f64> = times[a]
+            .iter()
+            .zip(&times[b])
+            .map(|(x, y)| f(*x, *y))
+            .filter(|v| v.is_finite())
+            .collect();
+        estimate(&values)
+    };
+    Ok(RegionsReport {
+        regions,
+        instances: options.instances,
+        isolated_time_to_peak: estimate(&times[0])?,
+        global_time_to_peak: estimate(&times[1])?,
+        alone_time_to_peak: estimate(&times[2])?,
+        federated_time_to_peak: estimate(&times[3])?,
+        federated_vs_global_percent: ratio(3, 1, &|f, g| 100.0 * (f / g - 1.0))?,
+        federated_vs_alone_percent: ratio(3, 2, &|f, a| 100.0 * (1.0 - f / a))?,
+    })
+}
+
 /// Runs the whole experiment.
 pub async fn simulate(options: SimOptions) -> Result<SimReport> {
     let started = Instant::now();
@@ -241,36 +372,16 @@ pub async fn simulate(options: SimOptions) -> Result<SimReport> {
                         },
                         faulty_mode: options.faulty_mode,
                         quarantine_flagged: options.quarantine_flagged,
+                        regions: 1,
+                        federated: false,
                     },
                 });
             }
         }
     }
 
-    // One PKI for every in-process hub of this simulation, with every
-    // instance certificate issued up front.
-    let certs = tempfile::tempdir()
-        .map_err(|e| Error::Unavailable(format!("cannot create a temp dir: {e}")))?;
-    let target = match &options.external_hub {
-        Some((url, dir)) => HubTarget::External {
-            url: url.clone(),
-            certs_dir: dir.clone(),
-        },
-        None => {
-            crate::pki::generate_dev_pki(certs.path())?;
-            let most = sizes.iter().map(|(n, _)| *n).max().unwrap_or(0);
-            for i in 0..most {
-                crate::pki::issue(
-                    certs.path(),
-                    &Identity::instance(format!("inst-{i:04}")),
-                    false,
-                )?;
-            }
-            HubTarget::InProcess {
-                certs_dir: certs.path().to_path_buf(),
-            }
-        }
-    };
+    let most = sizes.iter().map(|(n, _)| *n).max().unwrap_or(0);
+    let (_certs, target) = hub_target(&options, most)?;
 
     let work: u64 = jobs
         .iter()

@@ -114,6 +114,8 @@ async fn fleet_examples(
         faulty: 0,
         faulty_mode: FaultyMode::Inflate,
         quarantine_flagged: false,
+        regions: 1,
+        federated: false,
     };
     let traces = runner::run(&spec, None, &ProgressBar::hidden()).await?;
     Ok(traces

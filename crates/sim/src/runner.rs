@@ -152,10 +152,21 @@ pub struct RunSpec {
     pub faulty_mode: FaultyMode,
     /// The operator quarantines every instance a scan lists (hub mode).
     pub quarantine_flagged: bool,
+    /// Regional hubs the fleet is split over in hub mode (instance `i` is
+    /// in region `i % regions`); 1: one hub for everyone.
+    pub regions: usize,
+    /// Whether the regional hubs exchange what they know (`false`: each
+    /// region alone).
+    pub federated: bool,
 }
 
 /// Cycles between the anomaly scans a hub-mode run asks for.
 const ANOMALY_SCAN_EVERY: u32 = 10;
+/// How often a simulated region's hub pulls from each peer: the run waits
+/// for the regions to agree after every cycle, and short pulls keep that
+/// wait short. (A cycle is a minute on the hub's clock, so this stands for
+/// staleness well under a cycle, which the regions tests measure.)
+const SIM_PULL_INTERVAL: Duration = Duration::from_millis(20);
 
 struct SimInstance {
     id: String,
@@ -164,6 +175,8 @@ struct SimInstance {
     detector: PlateauDetector,
     learner: LocalLearner,
     link: Option<HubLink>,
+    /// The region (index of its hub) it belongs to.
+    region: usize,
     trace: InstanceTrace,
     /// (metric, value to regain, trace index)
     open_reversals: Vec<(usize, f64, usize)>,
@@ -193,7 +206,92 @@ const CYCLE_MS: i64 = 60_000;
 /// The simulated fleet's epoch (2025-11-04, the seed's date).
 const EPOCH_MS: i64 = 1_762_214_400_000;
 
-async fn start_local_hub(certs_dir: &Path) -> Result<LocalHub> {
+/// One simulated region: its name and, when federated, its peers' URLs.
+struct RegionSetup {
+    name: String,
+    pull_from: std::collections::BTreeMap<String, String>,
+}
+
+async fn bind_local() -> Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen: {e}")))
+}
+
+/// The hubs of a hub-mode run: one, or one per region (pulling from each
+/// other when federated).
+async fn start_local_hubs(
+    certs_dir: &Path,
+    regions: usize,
+    federated: bool,
+) -> Result<Vec<LocalHub>> {
+    if regions <= 1 {
+        return Ok(vec![
+            start_local_hub(certs_dir, bind_local().await?, None).await?,
+        ]);
+    }
+    let mut listeners = Vec::with_capacity(regions);
+    for _ in 0..regions {
+        listeners.push(bind_local().await?);
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .map(|a| format!("https://{a}"))
+                .map_err(|e| Error::Unavailable(e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    let name = |r: usize| format!("region{r}");
+    let mut hubs = Vec::with_capacity(regions);
+    for (r, listener) in listeners.into_iter().enumerate() {
+        if !pki::CertPaths::for_name(certs_dir, &name(r)).cert.exists() {
+            pki::issue(certs_dir, &Identity::hub(name(r)), false)?;
+        }
+        let pull_from = (0..regions)
+            .filter(|peer| federated && *peer != r)
+            .map(|peer| (name(peer), urls[peer].clone()))
+            .collect();
+        let setup = RegionSetup {
+            name: name(r),
+            pull_from,
+        };
+        hubs.push(start_local_hub(certs_dir, listener, Some(setup)).await?);
+    }
+    Ok(hubs)
+}
+
+/// Waits until every regional hub holds the same fleet knowledge (each
+/// has pulled everything the others know), or 10 s have passed.
+async fn regions_agree(operators: &[HubClient]) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut digests = std::collections::BTreeSet::new();
+        for operator in operators {
+            let knowledge = operator
+                .admin()
+                .get_fleet_knowledge(pb::GetFleetKnowledgeRequest::default())
+                .await
+                .map_err(|e| Error::Unavailable(format!("GetFleetKnowledge: {e}")))?;
+            digests.insert(knowledge.into_inner().digest);
+        }
+        if digests.len() == 1 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Unavailable(
+                "the simulated regions did not agree within 10 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn start_local_hub(
+    certs_dir: &Path,
+    listener: TcpListener,
+    region: Option<RegionSetup>,
+) -> Result<LocalHub> {
     // The hub keeps its acknowledged-means-flushed contract; on tmpfs a
     // flush is cheap, which keeps a simulated run fast.
     let shm = Path::new("/dev/shm");
@@ -209,11 +307,14 @@ async fn start_local_hub(certs_dir: &Path) -> Result<LocalHub> {
     .map_err(|e| Error::Unavailable(format!("cannot create a data dir: {e}")))?;
     let mut config = Config::new(data.path().join("data"), certs_dir);
     config.generate_dev_pki = false;
+    if let Some(region) = region {
+        config.hub.region = region.name;
+        config.hub.peers = region.pull_from.keys().cloned().collect();
+        config.pull_from = region.pull_from;
+        config.pull_interval = SIM_PULL_INTERVAL;
+    }
     let clock = ManualClock::new(EPOCH_MS);
     let prepared = crate::server::PreparedHub::prepare(config, Arc::new(clock.clone())).await?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot listen: {e}")))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(e.to_string()))?;
@@ -309,6 +410,7 @@ pub async fn run(
                 detector: PlateauDetector::new(scenario.metrics.len(), patience),
                 learner: LocalLearner::default(),
                 link: None,
+                region: i % spec.regions.max(1),
                 trace: InstanceTrace {
                     context,
                     join: i as u32 * spec.stagger,
@@ -332,28 +434,39 @@ pub async fn run(
 
     let local = match (spec.mode, hub) {
         (Mode::Hub, Some(HubTarget::InProcess { certs_dir })) => {
-            Some(start_local_hub(certs_dir).await?)
+            start_local_hubs(certs_dir, spec.regions, spec.federated).await?
+        }
+        (Mode::Hub, Some(HubTarget::External { .. })) if spec.regions > 1 => {
+            return Err(Error::invalid(
+                "regions",
+                "simulated regions need in-process hubs",
+            ));
         }
         (Mode::Hub, None) => return Err(Error::invalid("hub", "hub mode needs a hub")),
-        _ => None,
+        _ => Vec::new(),
     };
-    let (url, certs_dir) = match (&local, hub) {
-        (Some(local), Some(HubTarget::InProcess { certs_dir })) => {
-            (local.url.clone(), certs_dir.clone())
-        }
-        (_, Some(HubTarget::External { url, certs_dir })) => (url.clone(), certs_dir.clone()),
-        _ => (String::new(), PathBuf::new()),
+    // One URL per region (one region when there is one hub).
+    let (urls, certs_dir) = match hub {
+        Some(HubTarget::InProcess { certs_dir }) if !local.is_empty() => (
+            local.iter().map(|l| l.url.clone()).collect::<Vec<_>>(),
+            certs_dir.clone(),
+        ),
+        Some(HubTarget::External { url, certs_dir }) => (vec![url.clone()], certs_dir.clone()),
+        _ => (Vec::new(), PathBuf::new()),
     };
 
-    let operator = match spec.mode {
-        Mode::Hub => Some(operator(&url, &certs_dir).await?),
-        _ => None,
-    };
+    let mut operators = Vec::new();
+    if spec.mode == Mode::Hub {
+        for url in &urls {
+            operators.push(operator(url, &certs_dir).await?);
+        }
+    }
     let last_join = spec.stagger * spec.instances.saturating_sub(1) as u32;
-    let mut insight_sequence = 0u64;
+    // Insight sequences are per hub.
+    let mut insight_sequence = vec![0u64; urls.len().max(1)];
     let result = async {
         for cycle in 0..last_join + spec.horizon {
-            if let Some(local) = &local {
+            for local in &local {
                 local.clock.set(EPOCH_MS + i64::from(cycle) * CYCLE_MS);
             }
             let active =
@@ -362,8 +475,9 @@ pub async fn run(
                 .iter_mut()
                 .filter(|i| i.trace.join == cycle && spec.mode == Mode::Hub)
             {
-                let operator = operator.as_ref().expect("hub mode has an operator");
-                let client = connect(&url, &certs_dir, &instance.id, operator).await?;
+                let region = instance.region;
+                let client =
+                    connect(&urls[region], &certs_dir, &instance.id, &operators[region]).await?;
                 let seed = spec.seed ^ hash_id(&instance.id);
                 let (mut link, patience) =
                     HubLink::join(client, &instance.id, seed, &world, &instance.state).await?;
@@ -387,20 +501,25 @@ pub async fn run(
             .await;
             let actors = fleet.iter_mut().filter(|i| active(i));
             for (instance, decision) in actors.zip(decisions) {
+                let region = instance.region;
                 if let Some(sequence) = act(&world, instance, decision?).await? {
-                    insight_sequence = insight_sequence.max(sequence);
+                    insight_sequence[region] = insight_sequence[region].max(sequence);
                 }
                 progress.inc(1);
             }
-            if insight_sequence > 0 {
-                for link in fleet.iter_mut().filter_map(|i| i.link.as_mut()) {
-                    link.catch_up_insights(&world, insight_sequence).await?;
+            for instance in fleet.iter_mut() {
+                let sequence = insight_sequence[instance.region];
+                if let (Some(link), true) = (instance.link.as_mut(), sequence > 0) {
+                    link.catch_up_insights(&world, sequence).await?;
                 }
             }
-            if let Some(operator) = operator
-                .as_ref()
-                .filter(|_| cycle % ANOMALY_SCAN_EVERY == 0)
-            {
+            // Regions that exchange knowledge agree before the next cycle.
+            if spec.federated && operators.len() > 1 {
+                regions_agree(&operators).await?;
+            }
+            // Anomaly scans with one hub (the study of regions has no
+            // faulty instances).
+            if let (true, [operator]) = (cycle % ANOMALY_SCAN_EVERY == 0, operators.as_slice()) {
                 flag_anomalies(operator, &mut fleet, spec.quarantine_flagged).await?;
             }
         }
@@ -408,10 +527,17 @@ pub async fn run(
     }
     .await;
 
-    if let Some(local) = local {
+    if !local.is_empty() {
         drop(fleet.iter_mut().map(|i| i.link.take()).collect::<Vec<_>>());
-        let _ = local.shutdown.send(());
-        let _ = local.task.await;
+    }
+    // Each hub's data directory lives until its hub has stopped.
+    let mut stopping = Vec::new();
+    for hub in local {
+        let _ = hub.shutdown.send(());
+        stopping.push((hub.task, hub._data));
+    }
+    for (task, _data) in stopping {
+        let _ = task.await;
     }
     result?;
     Ok(fleet.into_iter().map(|i| i.trace).collect())
