@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common;
@@ -134,6 +135,11 @@ struct Regions {
 
 impl Regions {
     async fn start(names: &[&'static str]) -> Regions {
+        Self::start_pulling(names, Duration::from_millis(100)).await
+    }
+
+    /// Regions whose hubs pull from each other every `every`.
+    async fn start_pulling(names: &[&'static str], every: Duration) -> Regions {
         // Nothing listens here: pulls fail until the hubs are up.
         let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut links = BTreeMap::new();
@@ -153,7 +159,7 @@ impl Regions {
                 config.hub.region = region.into();
                 config.hub.peers = pull_from.keys().cloned().collect();
                 config.pull_from = pull_from;
-                config.pull_interval = Duration::from_millis(100);
+                config.pull_interval = every;
                 learning_hub::pki::issue(&config.certs_dir, &Identity::hub(region), false).unwrap();
             }
         };
@@ -556,5 +562,138 @@ async fn knowledge_crosses_a_cut_link_by_another_region() {
     assert!(
         status.held.get("us-east").is_some_and(|v| *v > 0),
         "{status:?}"
+    );
+}
+
+/// How long `staleness_under_a_steady_write_load` runs
+/// (`LEARNING_HUB_STALENESS_SECS`, default 30).
+fn staleness_run() -> Duration {
+    let secs = std::env::var("LEARNING_HUB_STALENESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    Duration::from_secs(secs)
+}
+
+/// Staleness under a steady write load, with the default pull interval
+/// (1 s): every region takes outcomes steadily, and every 250 ms two
+/// instances of us-east report a strategy on a new metric; the time from
+/// the second report's acknowledgement until the other regions rank it is
+/// that probe's staleness. Prints percentiles; opt-in (a benchmark, not a
+/// check): `cargo test --test api -- --ignored staleness_under`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn staleness_under_a_steady_write_load() {
+    let regions = Regions::start_pulling(
+        &["ap-south", "eu-west", "us-east"],
+        learning_hub::config::DEFAULT_PULL_INTERVAL,
+    )
+    .await;
+    let run = staleness_run();
+    let stop = tokio::time::Instant::now() + run;
+    // The steady load: two instances per region, 20 outcomes/s each.
+    let mut load = Vec::new();
+    for r in 0..3 {
+        for who in 0..2 {
+            let client = regions.hubs[r]
+                .registered(&format!("{}-load-{who}", regions.names[r]))
+                .await;
+            let name = regions.names[r];
+            load.push(tokio::spawn(async move {
+                let mut k = 0;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                while tokio::time::Instant::now() < stop {
+                    tick.tick().await;
+                    let _ = client.share_strategy(regional_outcome(name, who, k)).await;
+                    k += 1;
+                }
+                k
+            }));
+        }
+    }
+    // Probes from us-east; watchers in the other two regions.
+    let probes = [
+        regions.hubs[2].registered("us-east-probe-0").await,
+        regions.hubs[2].registered("us-east-probe-1").await,
+    ];
+    let acked = Arc::new(std::sync::Mutex::new(BTreeMap::<String, tokio::time::Instant>::new()));
+    let mut watchers = Vec::new();
+    for r in 0..2 {
+        let client = regions.hubs[r].operator().await;
+        let acked = acked.clone();
+        watchers.push(tokio::spawn(async move {
+            // Each probe is a metric of its own: ask about those acked
+            // and not yet seen here.
+            let mut seen: BTreeMap<String, Duration> = BTreeMap::new();
+            while tokio::time::Instant::now() < stop + Duration::from_secs(10) {
+                let pending: Vec<(String, tokio::time::Instant)> = acked
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(probe, _)| !seen.contains_key(*probe))
+                    .map(|(probe, at)| (probe.clone(), *at))
+                    .collect();
+                for (probe, at) in pending {
+                    let ranked = client
+                        .get_strategies(pb::GetStrategiesRequest {
+                            metric: probe.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|r| r.recommendations)
+                        .unwrap_or_default();
+                    if !ranked.is_empty() {
+                        seen.insert(probe, at.elapsed());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }));
+    }
+    let mut sent = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    while tokio::time::Instant::now() < stop {
+        tick.tick().await;
+        let metric = format!("probe{sent:05}");
+        for client in &probes {
+            client
+                .share_strategy(pb::ShareStrategyRequest {
+                    strategy: "probe".into(),
+                    metric: metric.clone(),
+                    value_before: 0.5,
+                    successful: true,
+                    delta: 0.05,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        acked
+            .lock()
+            .unwrap()
+            .insert(metric, tokio::time::Instant::now());
+        sent += 1;
+    }
+    let mut writes = 0;
+    for task in load {
+        writes += task.await.unwrap();
+    }
+    let mut stalenesses: Vec<f64> = Vec::new();
+    for watcher in watchers {
+        let seen = watcher.await.unwrap();
+        assert_eq!(seen.len(), sent, "every probe reaches every region");
+        stalenesses.extend(seen.values().map(|d| d.as_secs_f64() * 1000.0));
+    }
+    stalenesses.sort_by(f64::total_cmp);
+    let at = |q: f64| stalenesses[((stalenesses.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "staleness over {run:?}: {sent} probes × 2 regions, {writes} load outcomes \
+         ({:.0}/s); p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        writes as f64 / run.as_secs_f64(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
     );
 }
