@@ -199,32 +199,43 @@ impl Regions {
 
     /// Each region's fleet knowledge.
     async fn knowledge(&self) -> Vec<pb::GetFleetKnowledgeResponse> {
-        let mut all = Vec::new();
-        for hub in &self.hubs {
-            all.push(fleet_knowledge(hub).await);
-        }
-        all
+        knowledge(&self.hubs.iter().collect::<Vec<_>>()).await
     }
 
     /// Waits until every region holds `expected` (up to `within`); returns
     /// how long it took.
     async fn converged(&self, expected: &Figures, within: Duration) -> Duration {
-        let start = tokio::time::Instant::now();
-        loop {
-            let all = self.knowledge().await;
-            if all.iter().all(|k| figures(k).matches(expected).is_ok()) {
-                let digests: BTreeSet<&str> = all.iter().map(|k| k.digest.as_str()).collect();
-                assert_eq!(digests.len(), 1, "same entries, same digest: {digests:?}");
-                return start.elapsed();
-            }
-            if start.elapsed() > within {
-                for (name, k) in self.names.iter().zip(&all) {
-                    eprintln!("{name}: {:?}", figures(k).matches(expected));
-                }
-                panic!("regions did not converge within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        converged(&self.hubs.iter().collect::<Vec<_>>(), expected, within).await
+    }
+}
+
+/// The fleet knowledge of each of `hubs`.
+async fn knowledge(hubs: &[&TestHub]) -> Vec<pb::GetFleetKnowledgeResponse> {
+    let mut all = Vec::new();
+    for hub in hubs {
+        all.push(fleet_knowledge(hub).await);
+    }
+    all
+}
+
+/// Waits until every one of `hubs` holds `expected` (up to `within`);
+/// returns how long it took.
+async fn converged(hubs: &[&TestHub], expected: &Figures, within: Duration) -> Duration {
+    let start = tokio::time::Instant::now();
+    loop {
+        let all = knowledge(hubs).await;
+        if all.iter().all(|k| figures(k).matches(expected).is_ok()) {
+            let digests: BTreeSet<&str> = all.iter().map(|k| k.digest.as_str()).collect();
+            assert_eq!(digests.len(), 1, "same entries, same digest: {digests:?}");
+            return start.elapsed();
         }
+        if start.elapsed() > within {
+            for k in &all {
+                eprintln!("{}: {:?}", k.region, figures(k).matches(expected));
+            }
+            panic!("regions did not converge within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -616,7 +627,10 @@ async fn staleness_under_a_steady_write_load() {
         regions.hubs[2].registered("us-east-probe-0").await,
         regions.hubs[2].registered("us-east-probe-1").await,
     ];
-    let acked = Arc::new(std::sync::Mutex::new(BTreeMap::<String, tokio::time::Instant>::new()));
+    let acked = Arc::new(std::sync::Mutex::new(BTreeMap::<
+        String,
+        tokio::time::Instant,
+    >::new()));
     let mut watchers = Vec::new();
     for r in 0..2 {
         let client = regions.hubs[r].operator().await;
@@ -696,4 +710,91 @@ async fn staleness_under_a_steady_write_load() {
         at(0.99),
         at(1.0)
     );
+}
+
+/// A region that is a replicated cluster on PostgreSQL federates as a hub
+/// of its own does: ap-south and eu-west are single hubs, us-east two
+/// replicas sharing a database (both pull; their merges go through the
+/// shared log). Every hub of every region ends with the figures of one hub
+/// fed every outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_of_replicas_on_postgresql_federates_like_one_hub() {
+    let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let names = ["ap-south", "eu-west", "us-east"];
+    // Peers are reached through proxies, whose addresses are known first.
+    let mut proxies = Vec::new();
+    for _ in names {
+        proxies.push(Proxy::start(nowhere).await);
+    }
+    let pulls = |me: usize| -> BTreeMap<String, String> {
+        (0..names.len())
+            .filter(|peer| *peer != me)
+            .map(|peer| {
+                (
+                    names[peer].to_string(),
+                    format!("https://{}", proxies[peer].addr),
+                )
+            })
+            .collect()
+    };
+    let regional = |me: usize| {
+        let pull_from = pulls(me);
+        move |config: &mut learning_hub::config::Config| {
+            config.hub.region = names[me].into();
+            config.hub.peers = pull_from.keys().cloned().collect();
+            config.pull_from = pull_from.clone();
+            config.pull_interval = Duration::from_millis(100);
+            let paths = learning_hub::pki::CertPaths::for_name(&config.certs_dir, names[me]);
+            if !paths.cert.exists() {
+                learning_hub::pki::issue(&config.certs_dir, &Identity::hub(names[me]), false)
+                    .unwrap();
+            }
+        }
+    };
+    let ap = TestHub::start_with(regional(0)).await;
+    let eu = TestHub::start_sharing_pki(&ap, regional(1)).await;
+    let us_adjust = regional(2);
+    let Some(us) = common::cluster::Cluster::start_with_pki(
+        "regions::a_region_of_replicas_on_postgresql_federates_like_one_hub",
+        2,
+        Some(ap.certs_dir()),
+        move |_, config| us_adjust(config),
+    )
+    .await
+    else {
+        return;
+    };
+    proxies[0].retarget(ap.addr);
+    proxies[1].retarget(eu.addr);
+    proxies[2].retarget(us.hubs[0].addr);
+
+    let single = TestHub::start().await;
+    for (r, name) in names.iter().enumerate() {
+        for who in 0..2 {
+            let id = format!("{name}-{who}");
+            let regional = match r {
+                0 => ap.registered(&id).await,
+                1 => eu.registered(&id).await,
+                // Each us-east instance writes through a replica of its own.
+                _ => us.client(&id, who).await,
+            };
+            let global = single.registered(&id).await;
+            for k in 0..8 {
+                let outcome = regional_outcome(name, who, k);
+                regional.share_strategy(outcome.clone()).await.unwrap();
+                global.share_strategy(outcome).await.unwrap();
+            }
+        }
+    }
+    let expected = figures(&fleet_knowledge(&single).await);
+    assert_eq!(expected.outcomes(), 3 * 2 * 8);
+    converged(
+        &[&ap, &eu, &us.hubs[0], &us.hubs[1]],
+        &expected,
+        Duration::from_secs(30),
+    )
+    .await;
+    // The replicas hold one state, merges included.
+    let settled = us.settled().await;
+    assert_eq!(settled[0], settled[1], "{settled:?}");
 }

@@ -29,6 +29,8 @@ pub struct Cluster {
     keys: Arc<Mutex<HashMap<String, String>>>,
     adjust: Arc<Adjust>,
     started: usize,
+    /// Where the first replica's PKI comes from (`None`: made for it).
+    pki_from: Option<std::path::PathBuf>,
 }
 
 impl Cluster {
@@ -40,6 +42,18 @@ impl Cluster {
         n: usize,
         adjust: impl Fn(usize, &mut Config) + Send + Sync + 'static,
     ) -> Option<Cluster> {
+        Self::start_with_pki(test, n, None, adjust).await
+    }
+
+    /// [`Cluster::start`] with the PKI of the directory `pki_from` (the
+    /// same CA as other hubs the test runs: regions that trust each
+    /// other).
+    pub async fn start_with_pki(
+        test: &str,
+        n: usize,
+        pki_from: Option<&std::path::Path>,
+        adjust: impl Fn(usize, &mut Config) + Send + Sync + 'static,
+    ) -> Option<Cluster> {
         let db = TestDb::create(test)?;
         let mut cluster = Cluster {
             hubs: Vec::new(),
@@ -47,6 +61,7 @@ impl Cluster {
             keys: Arc::default(),
             adjust: Arc::new(adjust),
             started: 0,
+            pki_from: pki_from.map(std::path::Path::to_path_buf),
         };
         for _ in 0..n {
             cluster.add().await;
@@ -58,9 +73,10 @@ impl Cluster {
     pub async fn add(&mut self) -> usize {
         let data = tempfile::tempdir().unwrap();
         let certs = tempfile::tempdir().unwrap();
-        match self.hubs.first() {
-            Some(first) => copy_dir(first.certs_dir(), certs.path()),
-            None => pki::generate_dev_pki(certs.path()).unwrap(),
+        match (self.hubs.first(), &self.pki_from) {
+            (Some(first), _) => copy_dir(first.certs_dir(), certs.path()),
+            (None, Some(from)) => copy_dir(from, certs.path()),
+            (None, None) => pki::generate_dev_pki(certs.path()).unwrap(),
         }
         let mut config = Config::new(data.path().join("data"), certs.path());
         config.generate_dev_pki = false;
