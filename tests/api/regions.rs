@@ -35,18 +35,24 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
                 .unwrap();
         }
     }
-    let pull = |identity: Identity, held: u64| {
+    hub.registered("secret-alpha")
+        .await
+        .share_insight(insight("warm restarts help"))
+        .await
+        .unwrap();
+    let pull = |identity: Identity, held: u64, held_insights: u64| {
         let hub = &hub;
         async move {
             let mut client = FederationClient::new(hub.channel_as(&identity).await);
             client
                 .pull(pb::PullRequest {
                     held: [("us-east".to_string(), held)].into(),
+                    held_insights: [("us-east".to_string(), held_insights)].into(),
                 })
                 .await
         }
     };
-    let answer = pull(Identity::hub("eu-west"), 0)
+    let answer = pull(Identity::hub("eu-west"), 0, 0)
         .await
         .unwrap()
         .into_inner();
@@ -75,19 +81,31 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
         );
     }
     // Holding everything: nothing to send.
-    let again = pull(Identity::hub("eu-west"), batch.through)
-        .await
-        .unwrap()
-        .into_inner();
+    // The insight crosses, under us-east's sequence, without who shared it.
+    assert_eq!(batch.insights.len(), 1, "{batch:?}");
+    let exchanged = &batch.insights[0];
+    assert_eq!(exchanged.origin_sequence, batch.insights_through);
+    assert_eq!(
+        exchanged.insight.as_ref().unwrap().title,
+        "warm restarts help"
+    );
+    let again = pull(
+        Identity::hub("eu-west"),
+        batch.through,
+        batch.insights_through,
+    )
+    .await
+    .unwrap()
+    .into_inner();
     assert!(again.batches.is_empty(), "{again:?}");
 
     // A region not among the peers, instances and operators: refused.
-    let stranger = pull(Identity::hub("ap-south"), 0).await.unwrap_err();
+    let stranger = pull(Identity::hub("ap-south"), 0, 0).await.unwrap_err();
     assert_eq!(stranger.code(), Code::PermissionDenied, "{stranger:?}");
     assert!(stranger.message().contains("peers"), "{stranger:?}");
     // (An instance without its API key is refused before the policy;
     // the policy's own unit test covers an instance with it.)
-    let instance = pull(Identity::instance("secret-alpha"), 0)
+    let instance = pull(Identity::instance("secret-alpha"), 0, 0)
         .await
         .unwrap_err();
     assert!(
@@ -97,7 +115,9 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
         ),
         "{instance:?}"
     );
-    let operator = pull(Identity::operator("operator"), 0).await.unwrap_err();
+    let operator = pull(Identity::operator("operator"), 0, 0)
+        .await
+        .unwrap_err();
     assert_eq!(operator.code(), Code::PermissionDenied, "{operator:?}");
     assert!(
         operator.message().contains("hubs of other regions"),
@@ -797,4 +817,55 @@ async fn a_region_of_replicas_on_postgresql_federates_like_one_hub() {
     // The replicas hold one state, merges included.
     let settled = us.settled().await;
     assert_eq!(settled[0], settled[1], "{settled:?}");
+}
+
+/// Insights cross regions: each region stores another's under a sequence
+/// of its own and publishes it, so every region's stream stays gapless,
+/// and the same insight learnt in two regions is kept once.
+#[tokio::test]
+async fn insights_reach_every_region_once_under_its_own_sequences() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let share = |r: usize, who: &'static str, title: &'static str| {
+        let hub = &regions.hubs[r];
+        async move {
+            hub.registered(who)
+                .await
+                .share_insight(insight(title))
+                .await
+                .unwrap()
+        }
+    };
+    share(1, "eu-west-1", "cosine restarts lift accuracy").await;
+    share(2, "us-east-1", "warmup before mixup").await;
+    // The same knowledge, learnt in ap-south too.
+    share(0, "ap-south-1", "warmup before mixup").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for hub in &regions.hubs {
+        let client = hub.registered("reader").await;
+        loop {
+            let status = client.get_status(pb::GetStatusRequest {}).await.unwrap();
+            if status.last_insight_sequence >= 2 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A few more pulls: nothing is imported twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (r, hub) in regions.hubs.iter().enumerate() {
+        let client = hub.registered("reader").await;
+        let status = client.get_status(pb::GetStatusRequest {}).await.unwrap();
+        assert_eq!(status.last_insight_sequence, 2, "{}", regions.names[r]);
+        let stream = replay_insights(&client, 2).await;
+        assert_eq!(stream.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        let titles: BTreeSet<&str> = stream.values().map(String::as_str).collect();
+        assert_eq!(
+            titles,
+            BTreeSet::from(["cosine restarts lift accuracy", "warmup before mixup"]),
+            "{}",
+            regions.names[r]
+        );
+    }
 }

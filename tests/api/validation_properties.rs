@@ -1205,6 +1205,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             "/learninghub.v1.Federation/Pull".to_string(),
             pb::PullRequest {
                 held: [("us-east".to_string(), 42), ("eu-west".to_string(), 0)].into(),
+                held_insights: [("us-east".to_string(), 7)].into(),
             }
             .encode_to_vec(),
         ),

@@ -11,7 +11,7 @@ use learning_hub::domain::anomaly::{AnomalyKind, Finding};
 use learning_hub::domain::command::{
     Action, Command, Generated, Idempotency, JobStamp, RetentionRules,
 };
-use learning_hub::domain::digest::{Batch, Stats, Subject, Versioned};
+use learning_hub::domain::digest::{Batch, RemoteInsight, Stats, Subject, Versioned};
 use learning_hub::domain::federated::{Aggregation, Evaluation, FederationRules, ModelUpdate};
 use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
 use learning_hub::domain::model::{
@@ -297,6 +297,17 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                         )
                     })
                     .collect();
+                // Now and then an insight: new, redelivered, or one this
+                // region already has under the same id.
+                let insights = (0..rng.next_u64() % 2)
+                    .map(|_| RemoteInsight {
+                        origin_sequence: after + 1 + rng.next_u64() % 3,
+                        id: format!("remote-{}", rng.next_u64() % 4),
+                        draft: draft(&mut rng),
+                        created_at: at,
+                        valid_until: at + DAY,
+                    })
+                    .collect();
                 Action::MergeDigests {
                     own_region: "own".into(),
                     batches: vec![Batch {
@@ -304,6 +315,9 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                         after,
                         through,
                         entries,
+                        insights_after: after,
+                        insights_through: through,
+                        insights,
                     }],
                 }
             }

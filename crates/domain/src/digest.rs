@@ -28,7 +28,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::influence::Viewer;
-use super::model::{DayBucket, OutcomeStats, StrategyRecord, VALUE_BANDS};
+use super::model::{
+    DayBucket, InsightDraft, OutcomeStats, StrategyRecord, UnixMillis, VALUE_BANDS,
+};
 use super::stats::RunningStats;
 
 /// What a statistic is about.
@@ -184,14 +186,44 @@ impl Versioned {
 }
 
 /// What one origin exported, as sent: its entries above `after`, complete
-/// through `through` (the origin's version when the batch was taken).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// through `through` (the origin's version when the batch was taken); and
+/// its insights above `insights_after`, complete through
+/// `insights_through` (insights go by the origin's insight sequence).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub origin: String,
     pub after: u64,
     pub through: u64,
     #[serde(with = "pairs")]
     pub entries: BTreeMap<Subject, Versioned>,
+    #[serde(default)]
+    pub insights_after: u64,
+    #[serde(default)]
+    pub insights_through: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insights: Vec<RemoteInsight>,
+}
+
+/// An insight as it crosses regions: the origin's sequence for it (what
+/// insights are exchanged by) and what it says — not who shared it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteInsight {
+    pub origin_sequence: u64,
+    pub id: String,
+    pub draft: InsightDraft,
+    pub created_at: UnixMillis,
+    pub valid_until: UnixMillis,
+}
+
+impl Batch {
+    /// Whether it carries nothing the receiver lacks (no entries, no
+    /// insights, no version to move).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.insights.is_empty()
+            && self.through <= self.after
+            && self.insights_through <= self.insights_after
+    }
 }
 
 /// One origin's knowledge as held: its entries, and the version through
@@ -201,6 +233,13 @@ pub struct OriginState {
     pub complete_through: u64,
     #[serde(with = "pairs")]
     pub entries: BTreeMap<Subject, Versioned>,
+    /// The origin's insight sequence through which its insights are held.
+    #[serde(default)]
+    pub insights_through: u64,
+    /// Each imported insight: the origin's sequence → this region's (0: it
+    /// had expired when it arrived).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub imported: BTreeMap<u64, u64>,
 }
 
 impl OriginState {
@@ -230,6 +269,12 @@ impl OriginState {
     /// Whether merging `batch` would change anything.
     pub fn would_change(&self, batch: &Batch) -> bool {
         (batch.after <= self.complete_through && batch.through > self.complete_through)
+            || (batch.insights_after <= self.insights_through
+                && batch.insights_through > self.insights_through)
+            || batch
+                .insights
+                .iter()
+                .any(|i| !self.imported.contains_key(&i.origin_sequence))
             || batch.entries.iter().any(|(subject, entry)| {
                 self.entries
                     .get(subject)
@@ -246,6 +291,7 @@ impl OriginState {
             after,
             through: self.complete_through,
             entries: above(&self.entries, after),
+            ..Batch::default()
         }
     }
 }
@@ -502,6 +548,7 @@ pub fn export_strategies<'r>(
         after,
         through,
         entries,
+        ..Batch::default()
     }
 }
 
@@ -549,6 +596,7 @@ impl Export {
             after,
             through: self.version,
             entries: above(&self.entries, after),
+            ..Batch::default()
         }
     }
 

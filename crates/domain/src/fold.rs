@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
+use super::digest::{Batch, OriginState};
 use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal, context_model_name};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc, name_tag};
 use super::matching;
@@ -286,7 +287,8 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                     .get(&batch.origin)
                     .map(|o| (**o).clone())
                     .unwrap_or_default();
-                if held.merge(batch) {
+                let imported = import_insights(state, now, &mut held, batch);
+                if held.merge(batch) || imported {
                     state.put_region(batch.origin.clone(), Arc::new(held), batch);
                     changed += 1;
                 }
@@ -743,6 +745,62 @@ struct InsightBounds {
     max_bytes_per_instance: u64,
 }
 
+/// Keeps the insights of `batch` this region does not hold yet: each gets
+/// this region's next insight sequence (so its stream stays gapless and
+/// publishes it), unless a valid insight with its id or content is here
+/// already; either way the origin's sequence is remembered, so a batch
+/// delivered again imports nothing. Insights already expired are
+/// remembered and not stored. Moves `insights_through` as entries'
+/// versions move (see [`OriginState::merge`]). Returns whether anything
+/// changed.
+fn import_insights(
+    state: &mut State,
+    now: UnixMillis,
+    held: &mut OriginState,
+    batch: &Batch,
+) -> bool {
+    let mut changed = false;
+    for remote in &batch.insights {
+        if held.imported.contains_key(&remote.origin_sequence) {
+            continue;
+        }
+        let known = state
+            .tables
+            .insights
+            .values()
+            .find(|i| i.is_valid_at(now) && (i.id == remote.id || i.same_content(&remote.draft)))
+            .map(|i| i.sequence);
+        let local = match known {
+            Some(sequence) => sequence,
+            None if now >= remote.valid_until => 0,
+            None => {
+                state.counters.insight_sequence += 1;
+                let insight = Arc::new(Insight {
+                    id: remote.id.clone(),
+                    sequence: state.counters.insight_sequence,
+                    draft: remote.draft.clone(),
+                    created_at: remote.created_at,
+                    valid_until: remote.valid_until,
+                    shared_by: format!("region {}", batch.origin),
+                    uses: 0,
+                    origin_region: batch.origin.clone(),
+                });
+                state.tables.insights.insert(insight.sequence, insight);
+                state.counters.insight_sequence
+            }
+        };
+        held.imported.insert(remote.origin_sequence, local);
+        changed = true;
+    }
+    if batch.insights_after <= held.insights_through
+        && batch.insights_through > held.insights_through
+    {
+        held.insights_through = batch.insights_through;
+        changed = true;
+    }
+    changed
+}
+
 fn share_insight(
     state: &mut State,
     now: UnixMillis,
@@ -806,6 +864,7 @@ fn share_insight(
                 created_at: now,
                 shared_by: caller.to_string(),
                 uses: 0,
+                origin_region: String::new(),
             });
             make_room(state, caller, &insight, bounds.max_bytes_per_instance)?;
             state.counters.insight_sequence += 1;
@@ -1332,6 +1391,7 @@ fn publish(
             created_at: now,
             shared_by: by.to_string(),
             uses: 0,
+            origin_region: String::new(),
         });
         state
             .tables
@@ -1575,6 +1635,7 @@ mod tests {
                 },
             )]
             .into(),
+            ..Batch::default()
         };
         let merge = |batches| Action::MergeDigests {
             own_region: "us-east".into(),
@@ -1657,6 +1718,87 @@ mod tests {
             .unwrap();
             before.tables.regions
         });
+    }
+
+    /// Another region's insights get this region's next sequences (and so
+    /// its stream); delivered again, or known here by content, they are
+    /// not stored twice; expired ones are not stored; a batch after a gap
+    /// does not move the insight version.
+    #[test]
+    fn other_regions_insights_are_stored_once_under_local_sequences() {
+        use crate::digest::{Batch, RemoteInsight};
+        let remote = |origin_sequence: u64, title: &str, valid_until: i64| RemoteInsight {
+            origin_sequence,
+            id: format!("eu-{origin_sequence}"),
+            draft: InsightDraft {
+                category: crate::model::InsightCategory::Timing,
+                title: title.into(),
+                insight: "text".into(),
+                evidence: Default::default(),
+                applicable_contexts: vec![],
+                effectiveness: 0.5,
+                risk: 0.1,
+                recommendation: String::new(),
+                alternatives: vec![],
+                valid_until: None,
+            },
+            created_at: T0,
+            valid_until,
+        };
+        let merge = |after: u64, through: u64, insights: Vec<RemoteInsight>| Action::MergeDigests {
+            own_region: "us-east".into(),
+            batches: vec![Batch {
+                origin: "eu-west".into(),
+                insights_after: after,
+                insights_through: through,
+                insights,
+                ..Batch::default()
+            }],
+        };
+        let mut state = State::default();
+        fold(&mut state, 1, &at(T0, register("a"))).unwrap();
+        // A local insight first: sequence 1.
+        fold(&mut state, 2, &at(T0, insight("a", "local", 10, 1 << 20))).unwrap();
+        let batch = merge(
+            0,
+            4,
+            vec![
+                remote(2, "from eu-west", T0 + HOUR),
+                remote(3, "expired", T0 - 1),
+                // The same knowledge as this region's own insight.
+                RemoteInsight {
+                    draft: state.tables.insights[&1].draft.clone(),
+                    ..remote(4, "", T0 + HOUR)
+                },
+            ],
+        );
+        fold(&mut state, 3, &at(T0, batch.clone())).unwrap();
+        let sequences: Vec<(u64, &str, &str)> = state
+            .tables
+            .insights
+            .values()
+            .map(|i| (i.sequence, i.draft.title.as_str(), i.origin_region.as_str()))
+            .collect();
+        assert_eq!(
+            sequences,
+            [(1, "local", ""), (2, "from eu-west", "eu-west")]
+        );
+        assert_eq!(state.counters.insight_sequence, 2);
+        let held = &state.tables.regions["eu-west"];
+        assert_eq!(held.insights_through, 4);
+        assert_eq!(held.imported, [(2, 2), (3, 0), (4, 1)].into());
+        // Delivered again: nothing new.
+        fold(&mut state, 4, &at(T0, batch)).unwrap();
+        assert_eq!(state.counters.insight_sequence, 2);
+        // After a gap: kept, but the version waits for the gap.
+        fold(
+            &mut state,
+            5,
+            &at(T0, merge(6, 7, vec![remote(7, "late", T0 + HOUR)])),
+        )
+        .unwrap();
+        assert_eq!(state.counters.insight_sequence, 3);
+        assert_eq!(state.tables.regions["eu-west"].insights_through, 4);
     }
 
     /// With replicas, a job's output is admitted once per period and never

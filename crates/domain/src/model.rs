@@ -886,6 +886,9 @@ pub struct Insight {
     /// Times instances reported acting on it.
     #[serde(default)]
     pub uses: u64,
+    /// The region it was imported from (empty: learnt in this region).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub origin_region: String,
 }
 
 impl Insight {

@@ -116,6 +116,7 @@ async fn pull_once(
     let answer = client
         .pull(pb::PullRequest {
             held: hub.held_versions().into_iter().collect(),
+            held_insights: hub.held_insight_versions().into_iter().collect(),
         })
         .await
         .map_err(|status| learning_hub_client::describe_status(&status))?

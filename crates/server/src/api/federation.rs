@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use tonic::Request;
 
-use super::{Reply, caller, reply};
-use crate::domain::digest::{Batch, FleetStats, Stats, Subject, Versioned};
+use super::{Reply, caller, convert, reply};
+use crate::domain::digest::{Batch, FleetStats, RemoteInsight, Stats, Subject, Versioned};
+use crate::domain::model::Insight;
 use crate::domain::model::VALUE_BANDS;
+use crate::error::Error;
 use crate::error::Result;
 use crate::hub::Hub;
 use crate::pb;
@@ -39,8 +41,8 @@ impl FederationService {
 impl pb::federation_server::Federation for FederationService {
     async fn pull(&self, request: Request<pb::PullRequest>) -> Reply<pb::PullResponse> {
         let peer = caller(&request)?.clone();
-        let held = held(request.into_inner())?;
-        let batches = self.hub.pull(&peer, &held)?;
+        let (held, held_insights) = held(request.into_inner())?;
+        let batches = self.hub.pull(&peer, &held, &held_insights)?;
         reply(pb::PullResponse {
             region: self.hub.region().to_string(),
             batches: batches.iter().map(digest_batch).collect(),
@@ -48,14 +50,23 @@ impl pb::federation_server::Federation for FederationService {
     }
 }
 
+/// What a puller holds per origin: versions of knowledge, and insight
+/// sequences.
+pub type Held = (BTreeMap<String, u64>, BTreeMap<String, u64>);
+
 /// A Pull request's versions held, checked: at most a list's worth of
 /// origins, each a valid region name.
-pub fn held(req: pb::PullRequest) -> Result<BTreeMap<String, u64>> {
-    validate::list_len("held", req.held.len())?;
-    for origin in req.held.keys() {
-        validate::name(&format!("held[{origin}]"), origin)?;
+pub fn held(req: pb::PullRequest) -> Result<Held> {
+    for (field, held) in [("held", &req.held), ("held_insights", &req.held_insights)] {
+        validate::list_len(field, held.len())?;
+        for origin in held.keys() {
+            validate::name(&format!("{field}[{origin}]"), origin)?;
+        }
     }
-    Ok(req.held.into_iter().collect())
+    Ok((
+        req.held.into_iter().collect(),
+        req.held_insights.into_iter().collect(),
+    ))
 }
 
 /// A batch as a message.
@@ -73,6 +84,26 @@ pub fn digest_batch(batch: &Batch) -> pb::DigestBatch {
                     version: entry.version,
                     stats: Some(digest_stats(&entry.stats)),
                 })
+            })
+            .collect(),
+        insights_after: batch.insights_after,
+        insights_through: batch.insights_through,
+        insights: batch
+            .insights
+            .iter()
+            .map(|i| pb::ExchangedInsight {
+                origin_sequence: i.origin_sequence,
+                insight: Some(convert::insight(&Insight {
+                    id: i.id.clone(),
+                    sequence: i.origin_sequence,
+                    draft: i.draft.clone(),
+                    created_at: i.created_at,
+                    valid_until: i.valid_until,
+                    // Nothing here crosses: the message has no such field.
+                    shared_by: String::new(),
+                    uses: 0,
+                    origin_region: String::new(),
+                })),
             })
             .collect(),
     }
@@ -184,10 +215,39 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
             },
         );
     }
+    let mut insights = Vec::with_capacity(message.insights.len());
+    for (k, exchanged) in message.insights.into_iter().enumerate() {
+        let field = |name: &str| format!("batches[{at}].insights[{k}].{name}");
+        let Some(mut insight) = exchanged.insight else {
+            return Err(Error::invalid(field("insight"), "is required"));
+        };
+        let id = std::mem::take(&mut insight.id);
+        validate::name(&field("insight.id"), &id)?;
+        let stamp = |name: &str, ts: Option<prost_types::Timestamp>| {
+            ts.ok_or_else(|| Error::invalid(field(name), "is required"))
+                .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+        };
+        let created_at = stamp("insight.created_at", insight.created_at.take())?;
+        let valid_until = stamp("insight.valid_until", insight.valid_until.take())?;
+        insight.sequence = 0;
+        // Checked as a shared insight is; the error names this insight.
+        let draft = convert::insight_draft(Some(insight))
+            .map_err(|e| Error::invalid(field("insight"), e.to_string()))?;
+        insights.push(RemoteInsight {
+            origin_sequence: exchanged.origin_sequence,
+            id,
+            draft,
+            created_at,
+            valid_until,
+        });
+    }
     Ok(Batch {
         origin: message.origin,
         after: message.after,
         through: message.through,
         entries,
+        insights_after: message.insights_after,
+        insights_through: message.insights_through,
+        insights,
     })
 }

@@ -136,7 +136,7 @@ inbound! {
         |r, _| convert::required_name("instance_id", r.instance_id);
     "Admin" / "ListQuarantined": ListQuarantinedRequest => () = |_r, _| Ok(());
     "Admin" / "ListAnomalies": ListAnomaliesRequest => () = |_r, _| Ok(());
-    "Federation" / "Pull": PullRequest => std::collections::BTreeMap<String, u64> =
+    "Federation" / "Pull": PullRequest => super::federation::Held =
         |r, _| super::federation::held(r);
 }
 

@@ -7,11 +7,22 @@ use std::collections::BTreeMap;
 
 use super::{Hub, wrong_answer};
 use crate::domain::command::Action;
-use crate::domain::digest::{self, Batch, FleetStats, Subject, Versioned};
+use crate::domain::digest::{self, Batch, FleetStats, RemoteInsight, Subject, Versioned};
 use crate::domain::fold::Answer;
 use crate::domain::identity::Identity;
-use crate::domain::model::UnixMillis;
+use crate::domain::model::{Insight, UnixMillis};
 use crate::error::{Error, Result};
+
+/// An insight as another region receives it, under `origin_sequence`.
+fn remote_insight(origin_sequence: u64, insight: &Insight) -> RemoteInsight {
+    RemoteInsight {
+        origin_sequence,
+        id: insight.id.clone(),
+        draft: insight.draft.clone(),
+        created_at: insight.created_at,
+        valid_until: insight.valid_until,
+    }
+}
 
 /// How the exchanges with one peer region are going (kept in memory: a
 /// restarted hub starts counting again).
@@ -47,7 +58,12 @@ impl Hub {
     /// cut link by another path). FAILED_PRECONDITION when this hub has no
     /// region, PERMISSION_DENIED when the caller's region is not among its
     /// peers.
-    pub fn pull(&self, caller: &Identity, held: &BTreeMap<String, u64>) -> Result<Vec<Batch>> {
+    pub fn pull(
+        &self,
+        caller: &Identity,
+        held: &BTreeMap<String, u64>,
+        held_insights: &BTreeMap<String, u64>,
+    ) -> Result<Vec<Batch>> {
         let settings = &self.shared.settings;
         if settings.region.is_empty() {
             return Err(Error::FailedPrecondition(
@@ -61,18 +77,46 @@ impl Hub {
             )));
         }
         let state = self.state();
+        let now = self.now();
         let since = |origin: &str| held.get(origin).copied().unwrap_or(0);
-        let own = self.own_export(since(&settings.region));
+        let insights_since = |origin: &str| held_insights.get(origin).copied().unwrap_or(0);
+        let valid = |sequence: u64| {
+            state
+                .tables
+                .insights
+                .get(&sequence)
+                .filter(|i| i.is_valid_at(now))
+        };
+        let mut own = self.own_export(since(&settings.region));
+        // This region's own insights (not those it imported).
+        own.insights_after = insights_since(&settings.region);
+        own.insights_through = state.counters.insight_sequence;
+        own.insights = state
+            .tables
+            .insights
+            .range(own.insights_after + 1..)
+            .filter(|(_, i)| i.origin_region.is_empty() && i.is_valid_at(now))
+            .map(|(sequence, i)| remote_insight(*sequence, i))
+            .collect();
         let mut batches = Vec::new();
-        if !own.entries.is_empty() || own.through > own.after {
+        if !own.is_empty() {
             batches.push(own);
         }
         for (origin, knowledge) in state.tables.regions.iter() {
             if *origin == caller.name || *origin == settings.region {
                 continue;
             }
-            let batch = knowledge.since(origin, since(origin));
-            if !batch.entries.is_empty() || batch.through > batch.after {
+            let mut batch = knowledge.since(origin, since(origin));
+            batch.insights_after = insights_since(origin);
+            batch.insights_through = knowledge.insights_through;
+            batch.insights = knowledge
+                .imported
+                .range(batch.insights_after + 1..)
+                .filter_map(|(origin_sequence, local)| {
+                    Some(remote_insight(*origin_sequence, valid(*local)?))
+                })
+                .collect();
+            if !batch.is_empty() {
                 batches.push(batch);
             }
         }
@@ -106,6 +150,17 @@ impl Hub {
             .regions
             .iter()
             .map(|(origin, knowledge)| (origin.clone(), knowledge.complete_through))
+            .collect()
+    }
+
+    /// For each other origin region, its insight sequence through which
+    /// this hub holds its insights.
+    pub fn held_insight_versions(&self) -> BTreeMap<String, u64> {
+        self.state()
+            .tables
+            .regions
+            .iter()
+            .map(|(origin, knowledge)| (origin.clone(), knowledge.insights_through))
             .collect()
     }
 
