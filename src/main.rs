@@ -844,6 +844,19 @@ fn tls_hint(detail: &str) -> String {
     format!(" — {hint}")
 }
 
+/// Writes a study's report, encoded as JSON, to `path` (`--json`).
+fn write_json(
+    path: &std::path::Path,
+    json: serde_json::Result<Vec<u8>>,
+) -> learning_hub::Result<()> {
+    let json = json.map_err(|e| learning_hub::Error::Internal(e.to_string()))?;
+    std::fs::write(path, json).map_err(|e| {
+        learning_hub::Error::Unavailable(format!("cannot write {}: {e}", path.display()))
+    })?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 /// `simulate --predict`: the plateau model's study.
 async fn predict(
     args: &SimulateArgs,
@@ -889,12 +902,7 @@ async fn predict(
         );
     }
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)
-            .map_err(|e| learning_hub::Error::Internal(e.to_string()))?;
-        std::fs::write(path, json).map_err(|e| {
-            learning_hub::Error::Unavailable(format!("cannot write {}: {e}", path.display()))
-        })?;
-        println!("wrote {}", path.display());
+        write_json(path, serde_json::to_vec_pretty(&report))?;
     }
     Ok(())
 }
@@ -937,12 +945,7 @@ async fn regional(
         e.mean, e.ci95
     );
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&report)
-            .map_err(|e| learning_hub::Error::Internal(e.to_string()))?;
-        std::fs::write(path, json).map_err(|e| {
-            learning_hub::Error::Unavailable(format!("cannot write {}: {e}", path.display()))
-        })?;
-        println!("wrote {}", path.display());
+        write_json(path, serde_json::to_vec_pretty(&report))?;
     }
     Ok(())
 }

@@ -380,14 +380,21 @@ async fn share_in_region(
     }
 }
 
-#[tokio::test]
-async fn three_regions_learn_what_one_hub_fed_everything_knows() {
+/// Three regions and a hub fed everything, after each region's two
+/// instances shared outcomes `range`; the single hub's figures.
+async fn three_regions_fed(range: std::ops::Range<usize>) -> (Regions, TestHub, Figures) {
     let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
     let single = TestHub::start().await;
     for r in 0..3 {
-        share_in_region(&regions, r, &single, 0..12).await;
+        share_in_region(&regions, r, &single, range.clone()).await;
     }
     let expected = figures(&fleet_knowledge(&single).await);
+    (regions, single, expected)
+}
+
+#[tokio::test]
+async fn three_regions_learn_what_one_hub_fed_everything_knows() {
+    let (regions, single, expected) = three_regions_fed(0..12).await;
     assert_eq!(expected.outcomes(), 3 * 2 * 12);
     let took = regions.converged(&expected, Duration::from_secs(20)).await;
     eprintln!("three regions converged {took:?} after the last outcome");
@@ -437,22 +444,10 @@ async fn three_regions_learn_what_one_hub_fed_everything_knows() {
             limit: 10,
             ..Default::default()
         };
-        let want = single
-            .registered("observer")
-            .await
-            .get_strategies(ask.clone())
-            .await
-            .unwrap()
-            .recommendations;
+        let want = ranked_for_observer(&single, &ask).await;
         assert_eq!(want.len(), 3, "{want:?}");
         for (r, hub) in regions.hubs.iter().enumerate() {
-            let got = hub
-                .registered("observer")
-                .await
-                .get_strategies(ask.clone())
-                .await
-                .unwrap()
-                .recommendations;
+            let got = ranked_for_observer(hub, &ask).await;
             let names = |rs: &[pb::StrategyRecommendation]| {
                 rs.iter().map(|r| r.strategy.clone()).collect::<Vec<_>>()
             };
@@ -489,6 +484,19 @@ async fn three_regions_learn_what_one_hub_fed_everything_knows() {
     }
 }
 
+/// What `hub` ranks for an instance that has shared nothing.
+async fn ranked_for_observer(
+    hub: &TestHub,
+    ask: &pb::GetStrategiesRequest,
+) -> Vec<pb::StrategyRecommendation> {
+    hub.registered("observer")
+        .await
+        .get_strategies(ask.clone())
+        .await
+        .unwrap()
+        .recommendations
+}
+
 async fn status_positions(regions: &Regions) -> Vec<u64> {
     let mut positions = Vec::new();
     for hub in &regions.hubs {
@@ -517,12 +525,7 @@ fn partition() -> Duration {
 
 #[tokio::test]
 async fn a_cut_off_region_keeps_serving_and_converges_after_healing() {
-    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
-    let single = TestHub::start().await;
-    for r in 0..3 {
-        share_in_region(&regions, r, &single, 0..6).await;
-    }
-    let expected = figures(&fleet_knowledge(&single).await);
+    let (regions, single, expected) = three_regions_fed(0..6).await;
     regions.converged(&expected, Duration::from_secs(20)).await;
 
     // us-east is cut off (a black hole: connections hang, nothing passes).
