@@ -817,9 +817,22 @@ async fn a_region_of_replicas_on_postgresql_federates_like_one_hub() {
         Duration::from_secs(30),
     )
     .await;
-    // The replicas hold one state, merges included.
+    // The replicas hold one state, merges included; the holder of the
+    // jobs lease pulled, the other folded its merges from the log.
     let settled = us.settled().await;
     assert_eq!(settled[0], settled[1], "{settled:?}");
+    let mut links = Vec::new();
+    for replica in &us.hubs {
+        let status = replica
+            .operator()
+            .await
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap();
+        links.push(status.peers.len());
+    }
+    links.sort();
+    assert_eq!(links, [0, 2], "one replica pulls from both peers");
 }
 
 /// Insights cross regions: each region stores another's under a sequence

@@ -7,7 +7,8 @@
 //! ([`Hub::merge_digests`]). A peer that does not answer is asked again at
 //! the next tick; nothing is lost meanwhile, because the next answer
 //! carries everything above what this region holds. How each link is
-//! doing is in GetStatus and /metrics.
+//! doing is in GetStatus and /metrics. Among replicas of one region only
+//! the holder of the jobs lease pulls (the others list no links).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,11 @@ async fn pull_loop(hub: Arc<Hub>, settings: Arc<PullSettings>, peer: String, url
     loop {
         let outcome = tokio::select! {
             _ = ticks.tick() => {
+                // Among replicas of one region, the holder of the jobs
+                // lease pulls: the others fold its merges from the log.
+                if hub.job_turn("federation", settings.every).is_none() {
+                    continue;
+                }
                 tokio::select! {
                     outcome = pull_once(&hub, &settings, &mut link, &peer, &url) => outcome,
                     _ = shutdown.changed() => return,
