@@ -158,7 +158,8 @@ impl Regions {
         Self::start_pulling(names, Duration::from_millis(100)).await
     }
 
-    /// Regions whose hubs pull from each other every `every`.
+    /// Regions whose hubs pull from each other every `every` (and whose
+    /// fleet models make a version of every update: buffer 1).
     async fn start_pulling(names: &[&'static str], every: Duration) -> Regions {
         // Nothing listens here: pulls fail until the hubs are up.
         let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -180,6 +181,7 @@ impl Regions {
                 config.hub.peers = pull_from.keys().cloned().collect();
                 config.pull_from = pull_from;
                 config.pull_interval = every;
+                config.hub.federation.buffer_size = 1;
                 learning_hub::pki::issue(&config.certs_dir, &Identity::hub(region), false).unwrap();
             }
         };
@@ -591,8 +593,12 @@ async fn knowledge_crosses_a_cut_link_by_another_region() {
         .get_status(pb::GetStatusRequest {})
         .await
         .unwrap();
+    // (A pull may have passed before the cut, when there was nothing yet.)
     let us_east = status.peers.iter().find(|p| p.region == "us-east").unwrap();
-    assert!(us_east.last_success.is_none(), "{us_east:?}");
+    assert!(
+        us_east.batches_merged == 0 && us_east.failures_in_a_row > 0,
+        "{us_east:?}"
+    );
     assert!(
         status.held.get("us-east").is_some_and(|v| *v > 0),
         "{status:?}"
@@ -883,5 +889,58 @@ async fn insights_reach_every_region_once_under_its_own_sequences() {
             "{}",
             regions.names[r]
         );
+    }
+}
+
+/// Regions' fleet models meet: once both us-east and eu-west have a
+/// version of the plateau model, each serves the same weights, every
+/// region's averaged by its updates, at its own version.
+#[tokio::test]
+async fn regions_serve_their_plateau_models_averaged() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let get = |client: learning_hub::client::HubClient| async move {
+        client
+            .get_model(pb::GetModelRequest {
+                model: "plateau".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    let update = |delta: f64| pb::ShareModelUpdateRequest {
+        model: "plateau".into(),
+        base_version: 0,
+        delta: vec![delta; 8],
+        examples: 40,
+        ..Default::default()
+    };
+    let us = regions.hubs[2].registered("us-east-1").await;
+    us.share_model_update(update(0.2)).await.unwrap();
+    // Nobody else has a version yet: us-east serves its own weights.
+    let alone = get(us.clone()).await;
+    assert_eq!(alone.version, 1);
+    let eu = regions.hubs[1].registered("eu-west-1").await;
+    eu.share_model_update(update(-0.2)).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = (get(us.clone()).await, get(eu.clone()).await);
+        let same = a
+            .weights
+            .iter()
+            .zip(&b.weights)
+            .all(|(x, y)| (x - y).abs() < 1e-12);
+        if same && a.weights != alone.weights {
+            // Each serves its own version.
+            assert_eq!((a.version, b.version), (1, 1));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "models did not meet: {:?} vs {:?}",
+            a.weights,
+            b.weights
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -11,7 +11,7 @@ use learning_hub::domain::anomaly::{AnomalyKind, Finding};
 use learning_hub::domain::command::{
     Action, Command, Generated, Idempotency, JobStamp, RetentionRules,
 };
-use learning_hub::domain::digest::{Batch, RemoteInsight, Stats, Subject, Versioned};
+use learning_hub::domain::digest::{Batch, RemoteInsight, RemoteModel, Stats, Subject, Versioned};
 use learning_hub::domain::federated::{Aggregation, Evaluation, FederationRules, ModelUpdate};
 use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
 use learning_hub::domain::model::{
@@ -318,6 +318,22 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                         insights_after: after,
                         insights_through: through,
                         insights,
+                        // Sometimes the origin's plateau model, at a
+                        // version that may be older than the one held
+                        // (drawn aside, so the rest of the log stays what
+                        // it was before models crossed).
+                        models: {
+                            let mut side = Rng::new(seed ^ (i as u64).wrapping_mul(0x9e37));
+                            side.chance(0.3)
+                                .then(|| RemoteModel {
+                                    name: "plateau".into(),
+                                    version: 1 + side.next_u64() % 4,
+                                    weights: (0..8).map(|_| side.uniform() - 0.5).collect(),
+                                    updates: 1 + side.next_u64() % 10,
+                                })
+                                .into_iter()
+                                .collect()
+                        },
                     }],
                 }
             }

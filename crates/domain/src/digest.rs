@@ -202,6 +202,63 @@ pub struct Batch {
     pub insights_through: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub insights: Vec<RemoteInsight>,
+    /// The origin's fleet models (not its context models), each whole at
+    /// its version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<RemoteModel>,
+}
+
+/// A region's fleet model as other regions receive it: its weights at its
+/// version, and how many instance updates went into it (its weight when
+/// regions' models are averaged).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteModel {
+    pub name: String,
+    pub version: u64,
+    pub weights: Vec<f64>,
+    pub updates: u64,
+}
+
+impl RemoteModel {
+    /// Whether `self` supersedes `held` (a higher version; at the same
+    /// version, a total order, so every replica keeps the same one).
+    fn beats(&self, held: &RemoteModel) -> bool {
+        self.version > held.version
+            || (self.version == held.version
+                && (self.updates, bits(&self.weights)) > (held.updates, bits(&held.weights)))
+    }
+}
+
+fn bits(weights: &[f64]) -> Vec<u64> {
+    weights.iter().map(|w| w.to_bits()).collect()
+}
+
+/// A fleet model's weights averaged over regions: `own` (this region's
+/// weights and updates) and every other region's of the same name (in the
+/// order given), each weighted by its updates. Regions without a version
+/// yet, or whose weights differ in length, are left out; with nobody else,
+/// `own` as it is.
+pub fn merged_weights<'a>(
+    own: (&[f64], u64),
+    others: impl IntoIterator<Item = &'a RemoteModel>,
+) -> Vec<f64> {
+    let (own_weights, own_updates) = own;
+    let mut total = own_updates as f64;
+    let mut sum: Vec<f64> = own_weights.iter().map(|w| w * total).collect();
+    for model in others {
+        if model.version == 0 || model.weights.len() != sum.len() || model.updates == 0 {
+            continue;
+        }
+        let weight = model.updates as f64;
+        for (s, w) in sum.iter_mut().zip(&model.weights) {
+            *s += w * weight;
+        }
+        total += weight;
+    }
+    if total <= 0.0 || total == own_updates as f64 {
+        return own_weights.to_vec();
+    }
+    sum.into_iter().map(|s| s / total).collect()
 }
 
 /// An insight as it crosses regions: the origin's sequence for it (what
@@ -221,6 +278,7 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
             && self.insights.is_empty()
+            && self.models.is_empty()
             && self.through <= self.after
             && self.insights_through <= self.insights_after
     }
@@ -240,6 +298,9 @@ pub struct OriginState {
     /// had expired when it arrived).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub imported: BTreeMap<u64, u64>,
+    /// The origin's fleet models, by name, each the newest version held.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, RemoteModel>,
 }
 
 impl OriginState {
@@ -263,6 +324,16 @@ impl OriginState {
             self.complete_through = batch.through;
             changed = true;
         }
+        for model in &batch.models {
+            if self
+                .models
+                .get(&model.name)
+                .is_none_or(|held| model.beats(held))
+            {
+                self.models.insert(model.name.clone(), model.clone());
+                changed = true;
+            }
+        }
         changed
     }
 
@@ -275,6 +346,10 @@ impl OriginState {
                 .insights
                 .iter()
                 .any(|i| !self.imported.contains_key(&i.origin_sequence))
+            || batch
+                .models
+                .iter()
+                .any(|m| self.models.get(&m.name).is_none_or(|held| m.beats(held)))
             || batch.entries.iter().any(|(subject, entry)| {
                 self.entries
                     .get(subject)
@@ -291,6 +366,8 @@ impl OriginState {
             after,
             through: self.complete_through,
             entries: above(&self.entries, after),
+            // Whole models, small: a receiver keeps only newer versions.
+            models: self.models.values().cloned().collect(),
             ..Batch::default()
         }
     }
@@ -782,6 +859,42 @@ mod tests {
             let own = exports[0].stats();
             prop_assert_eq!(r0.fleet("r0", &own), truth(&exports));
         }
+    }
+
+    #[test]
+    fn fleet_models_are_kept_newest_first_and_averaged_by_updates() {
+        let model = |version, w: f64, updates| RemoteModel {
+            name: "plateau".into(),
+            version,
+            weights: vec![w; 2],
+            updates,
+        };
+        let batch = |m| Batch {
+            origin: "eu-west".into(),
+            models: vec![m],
+            ..Batch::default()
+        };
+        let mut held = OriginState::default();
+        assert!(held.would_change(&batch(model(2, 1.0, 3))));
+        assert!(held.merge(&batch(model(2, 1.0, 3))));
+        // An older version, or the same again, changes nothing.
+        for old in [model(1, 9.0, 9), model(2, 1.0, 3)] {
+            assert!(!held.would_change(&batch(old.clone())));
+            assert!(!held.merge(&batch(old)));
+        }
+        assert_eq!(held.models["plateau"].weights, [1.0, 1.0]);
+        // Own weights 0 from 1 update, eu-west's 1.0 from 3: 0.75.
+        let merged = merged_weights((&[0.0, 0.0], 1), held.models.values());
+        assert_eq!(merged, [0.75, 0.75]);
+        // A model without a version, or of another shape, is left out.
+        let odd = [
+            model(0, 5.0, 4),
+            RemoteModel {
+                weights: vec![5.0; 3],
+                ..model(1, 5.0, 4)
+            },
+        ];
+        assert_eq!(merged_weights((&[0.5, 0.5], 2), &odd), [0.5, 0.5]);
     }
 
     #[test]

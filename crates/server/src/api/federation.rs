@@ -8,7 +8,9 @@ use std::sync::Arc;
 use tonic::Request;
 
 use super::{Reply, caller, convert, reply};
-use crate::domain::digest::{Batch, FleetStats, RemoteInsight, Stats, Subject, Versioned};
+use crate::domain::digest::{
+    Batch, FleetStats, RemoteInsight, RemoteModel, Stats, Subject, Versioned,
+};
 use crate::domain::model::Insight;
 use crate::domain::model::VALUE_BANDS;
 use crate::error::Error;
@@ -88,6 +90,16 @@ pub fn digest_batch(batch: &Batch) -> pb::DigestBatch {
             .collect(),
         insights_after: batch.insights_after,
         insights_through: batch.insights_through,
+        models: batch
+            .models
+            .iter()
+            .map(|m| pb::ExchangedModel {
+                name: m.name.clone(),
+                version: m.version,
+                weights: m.weights.clone(),
+                updates: m.updates,
+            })
+            .collect(),
         insights: batch
             .insights
             .iter()
@@ -149,6 +161,9 @@ fn digest_stats(stats: &Stats) -> pb::DigestStats {
         loss_sum_sq: stats.loss_sum_sq,
     }
 }
+
+/// The most a peer's model weights may take (8 bytes each).
+const MAX_MODEL_BYTES: usize = 1024 * 1024;
 
 /// The longest context key a peer may send (the key of attributes within
 /// the limits an instance's context is held to).
@@ -241,6 +256,21 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
             valid_until,
         });
     }
+    let mut models = Vec::with_capacity(message.models.len());
+    for (k, model) in message.models.into_iter().enumerate() {
+        let field = |name: &str| format!("batches[{at}].models[{k}].{name}");
+        validate::name(&field("name"), &model.name)?;
+        validate::max_bytes(&field("weights"), model.weights.len() * 8, MAX_MODEL_BYTES)?;
+        for (i, w) in model.weights.iter().enumerate() {
+            validate::finite(&field(&format!("weights[{i}]")), *w)?;
+        }
+        models.push(RemoteModel {
+            name: model.name,
+            version: model.version,
+            weights: model.weights,
+            updates: model.updates,
+        });
+    }
     Ok(Batch {
         origin: message.origin,
         after: message.after,
@@ -249,5 +279,6 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
         insights_after: message.insights_after,
         insights_through: message.insights_through,
         insights,
+        models,
     })
 }

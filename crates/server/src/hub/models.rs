@@ -177,12 +177,27 @@ impl Hub {
 
     fn model_in(&self, state: &State, name: &str) -> Result<ModelView> {
         let rules = self.federation_rules(name, false)?;
-        let model = state
+        let mut model = state
             .tables
             .models
             .get(name)
             .cloned()
             .unwrap_or_else(|| Arc::new(ModelRecord::new(name, rules.dimension, 0)));
+        // Other regions' models of this name, if any: the weights served
+        // are every region's averaged by their updates (the version stays
+        // this region's, which its instances' updates are judged against).
+        let others: Vec<&crate::domain::digest::RemoteModel> = state
+            .tables
+            .regions
+            .values()
+            .filter_map(|origin| origin.models.get(name))
+            .collect();
+        if !others.is_empty() && model.version > 0 {
+            let own_updates = model.contributors.values().sum();
+            let weights =
+                crate::domain::digest::merged_weights((&model.weights, own_updates), others);
+            Arc::make_mut(&mut model).weights = weights;
+        }
         Ok(ModelView {
             model,
             buffer_size: rules.buffer_size,

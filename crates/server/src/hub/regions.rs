@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use super::{Hub, wrong_answer};
 use crate::domain::command::Action;
-use crate::domain::digest::{self, Batch, FleetStats, RemoteInsight, Subject, Versioned};
+use crate::domain::digest::{
+    self, Batch, FleetStats, RemoteInsight, RemoteModel, Subject, Versioned,
+};
 use crate::domain::fold::Answer;
 use crate::domain::identity::Identity;
 use crate::domain::model::{Insight, UnixMillis};
@@ -97,6 +99,19 @@ impl Hub {
             .range(own.insights_after + 1..)
             .filter(|(_, i)| i.origin_region.is_empty() && i.is_valid_at(now))
             .map(|(sequence, i)| remote_insight(*sequence, i))
+            .collect();
+        // Its fleet models (a context's model stays in the region).
+        own.models = state
+            .tables
+            .models
+            .values()
+            .filter(|m| m.version > 0 && m.base_name() == m.name)
+            .map(|m| RemoteModel {
+                name: m.name.clone(),
+                version: m.version,
+                weights: m.weights.clone(),
+                updates: m.contributors.values().sum(),
+            })
             .collect();
         let mut batches = Vec::new();
         if !own.is_empty() {
