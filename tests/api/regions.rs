@@ -944,3 +944,30 @@ async fn regions_serve_their_plateau_models_averaged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A quarantine crosses regions: the aggregates it rebuilt go out at a
+/// new version, whole, and the other regions drop what they held of them
+/// (here down to nothing, as one reporter is left of each), ending with
+/// the figures of one hub that quarantined the same instance.
+#[tokio::test]
+async fn a_quarantine_in_one_region_reaches_the_others() {
+    let (regions, single, before) = three_regions_fed(0..6).await;
+    regions.converged(&before, Duration::from_secs(20)).await;
+    for hub in [&regions.hubs[2], &single] {
+        hub.operator()
+            .await
+            .admin()
+            .quarantine_instance(pb::QuarantineInstanceRequest {
+                instance_id: "us-east-0".into(),
+                reason: "its outcomes are suspect".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let after = figures(&fleet_knowledge(&single).await);
+    assert!(
+        after.outcomes() < before.outcomes(),
+        "the quarantine removed evidence"
+    );
+    regions.converged(&after, Duration::from_secs(20)).await;
+}

@@ -51,13 +51,26 @@ pub enum Subject {
         metric: String,
         method: String,
     },
+    /// A strategy aggregate as a whole (metric, strategy, context key): an
+    /// export sends its marker with every entry of the aggregate, all at
+    /// the aggregate's version, or the marker alone once the aggregate no
+    /// longer crosses (too few reporters, e.g. after a quarantine). A
+    /// receiver then holds exactly the entries of the aggregate's newest
+    /// version, so what a rebuild or an expiry removed goes there too.
+    Aggregate {
+        metric: String,
+        strategy: String,
+        context_key: String,
+    },
 }
 
 impl Subject {
     /// The metric it is about.
     pub fn metric(&self) -> &str {
         match self {
-            Subject::Strategy { metric, .. } | Subject::Recovery { metric, .. } => metric,
+            Subject::Strategy { metric, .. }
+            | Subject::Recovery { metric, .. }
+            | Subject::Aggregate { metric, .. } => metric,
         }
     }
 }
@@ -311,7 +324,41 @@ impl OriginState {
     /// is asked for again. Returns whether anything changed.
     pub fn merge(&mut self, batch: &Batch) -> bool {
         let mut changed = false;
+        // Aggregates sent whole (with their marker): a newer version
+        // replaces every entry held of the aggregate; an older one is
+        // dropped whole.
+        let markers = markers(batch);
+        for (aggregate, entry) in &markers {
+            if !self
+                .entries
+                .get(aggregate)
+                .is_none_or(|held| entry.beats(held))
+            {
+                continue;
+            }
+            let stale: Vec<Subject> = self
+                .entries
+                .range(aggregate_start(aggregate)..)
+                .take_while(|(s, _)| in_aggregate(s, aggregate))
+                .map(|(s, _)| s.clone())
+                .collect();
+            for subject in stale {
+                self.entries.remove(&subject);
+            }
+            for (subject, e) in batch
+                .entries
+                .range(aggregate_start(aggregate)..)
+                .take_while(|(s, _)| in_aggregate(s, aggregate))
+            {
+                self.entries.insert(subject.clone(), *e);
+            }
+            self.entries.insert(aggregate.clone(), *entry);
+            changed = true;
+        }
         for (subject, entry) in &batch.entries {
+            if sent_whole(&markers, subject) {
+                continue;
+            }
             match self.entries.get(subject) {
                 Some(held) if !entry.beats(held) => {}
                 _ => {
@@ -339,6 +386,14 @@ impl OriginState {
 
     /// Whether merging `batch` would change anything.
     pub fn would_change(&self, batch: &Batch) -> bool {
+        let markers = markers(batch);
+        if markers.iter().any(|(aggregate, entry)| {
+            self.entries
+                .get(aggregate)
+                .is_none_or(|held| entry.beats(held))
+        }) {
+            return true;
+        }
         (batch.after <= self.complete_through && batch.through > self.complete_through)
             || (batch.insights_after <= self.insights_through
                 && batch.insights_through > self.insights_through)
@@ -351,9 +406,11 @@ impl OriginState {
                 .iter()
                 .any(|m| self.models.get(&m.name).is_none_or(|held| m.beats(held)))
             || batch.entries.iter().any(|(subject, entry)| {
-                self.entries
-                    .get(subject)
-                    .is_none_or(|held| entry.beats(held))
+                !sent_whole(&markers, subject)
+                    && self
+                        .entries
+                        .get(subject)
+                        .is_none_or(|held| entry.beats(held))
             })
     }
 
@@ -371,6 +428,62 @@ impl OriginState {
             ..Batch::default()
         }
     }
+}
+
+/// The aggregate markers a batch carries.
+fn markers(batch: &Batch) -> BTreeMap<Subject, Versioned> {
+    batch
+        .entries
+        .iter()
+        .filter(|(s, _)| matches!(s, Subject::Aggregate { .. }))
+        .map(|(s, e)| (s.clone(), *e))
+        .collect()
+}
+
+/// Whether `subject` is a marker of `markers` or one of their aggregates'
+/// entries (merged whole, not entry by entry).
+fn sent_whole(markers: &BTreeMap<Subject, Versioned>, subject: &Subject) -> bool {
+    markers.contains_key(subject) || aggregate_of(subject).is_some_and(|a| markers.contains_key(&a))
+}
+
+/// The aggregate a strategy subject belongs to.
+fn aggregate_of(subject: &Subject) -> Option<Subject> {
+    match subject {
+        Subject::Strategy {
+            metric,
+            strategy,
+            context_key,
+            ..
+        } => Some(Subject::Aggregate {
+            metric: metric.clone(),
+            strategy: strategy.clone(),
+            context_key: context_key.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// The first strategy subject of `aggregate` in subject order.
+fn aggregate_start(aggregate: &Subject) -> Subject {
+    match aggregate {
+        Subject::Aggregate {
+            metric,
+            strategy,
+            context_key,
+        } => Subject::Strategy {
+            metric: metric.clone(),
+            strategy: strategy.clone(),
+            context_key: context_key.clone(),
+            band: 0,
+            day: i64::MIN,
+        },
+        other => other.clone(),
+    }
+}
+
+/// Whether `subject` is one of `aggregate`'s strategy subjects.
+fn in_aggregate(subject: &Subject, aggregate: &Subject) -> bool {
+    aggregate_of(subject).as_ref() == Some(aggregate)
 }
 
 /// A map with structured keys, written as a list of pairs: JSON (the
@@ -583,7 +696,8 @@ pub fn figures_digest<'a>(
 /// day's band of every aggregate whose last outcome came after it and that
 /// at least two instances reported (the admitted evidence, within the
 /// bounds of [`crate::influence`]), each at
-/// the aggregate's `through_sequence`; complete through `through` (the
+/// the aggregate's version ([`StrategyRecord::version`]), with the
+/// aggregate's marker ([`Subject::Aggregate`]); complete through `through` (the
 /// region's log position). Nothing in it names an instance.
 pub fn export_strategies<'r>(
     origin: &str,
@@ -593,10 +707,27 @@ pub fn export_strategies<'r>(
 ) -> Batch {
     let mut entries = BTreeMap::new();
     for record in records {
+        let version = record.version();
+        if version <= after {
+            continue;
+        }
+        // The marker: the aggregate is sent whole at this version (alone
+        // once it no longer crosses, so receivers drop what they held).
+        entries.insert(
+            Subject::Aggregate {
+                metric: record.metric.clone(),
+                strategy: record.strategy.clone(),
+                context_key: record.context_key.clone(),
+            },
+            Versioned {
+                version,
+                stats: Stats::default(),
+            },
+        );
         // Only corroborated evidence crosses: what a newcomer here may see
         // (two reporters at least), so another region's instances never
         // rank on what a single instance said.
-        if record.through_sequence <= after || !Viewer::Newcomer.sees(&record.instances) {
+        if !Viewer::Newcomer.sees(&record.instances) {
             continue;
         }
         for bucket in &record.window {
@@ -613,7 +744,7 @@ pub fn export_strategies<'r>(
                         day: bucket.day,
                     },
                     Versioned {
-                        version: record.through_sequence,
+                        version,
                         stats: Stats::from_outcomes(outcomes),
                     },
                 );
@@ -861,6 +992,76 @@ mod tests {
         }
     }
 
+    /// Aggregates sent whole (with their marker) replace what was held of
+    /// them, in any order of delivery: the newest version's entries and
+    /// nothing else remain, so a rebuild's removals cross too.
+    #[test]
+    fn an_aggregate_sent_whole_replaces_what_was_held_in_any_order() {
+        let marker = Subject::Aggregate {
+            metric: "m".into(),
+            strategy: "s".into(),
+            context_key: "c".into(),
+        };
+        let at = |band: u8| Subject::Strategy {
+            metric: "m".into(),
+            strategy: "s".into(),
+            context_key: "c".into(),
+            band,
+            day: 1,
+        };
+        let other = Subject::Strategy {
+            metric: "m".into(),
+            strategy: "t".into(),
+            context_key: "c".into(),
+            band: 0,
+            day: 1,
+        };
+        let entry = |version, count| Versioned {
+            version,
+            stats: Stats {
+                count,
+                ..Stats::default()
+            },
+        };
+        let batch = |entries: Vec<(Subject, Versioned)>| Batch {
+            origin: "eu-west".into(),
+            entries: entries.into_iter().collect(),
+            ..Batch::default()
+        };
+        let v1 = batch(vec![
+            (marker.clone(), entry(1, 0)),
+            (at(0), entry(1, 3)),
+            (at(1), entry(1, 2)),
+            (other.clone(), entry(1, 5)),
+        ]);
+        // Rebuilt: band 1 emptied.
+        let v2 = batch(vec![(marker.clone(), entry(2, 0)), (at(0), entry(2, 1))]);
+        // No longer crossing: the marker alone.
+        let v3 = batch(vec![(marker.clone(), entry(3, 0))]);
+        let fold = |order: &[&Batch]| {
+            let mut held = OriginState::default();
+            for b in order {
+                let predicted = held.would_change(b);
+                assert_eq!(predicted, held.merge(b));
+            }
+            held.entries
+        };
+        let after_v2 = fold(&[&v1, &v2]);
+        assert_eq!(after_v2, fold(&[&v2, &v1]));
+        assert_eq!(after_v2, fold(&[&v1, &v2, &v1, &v2]));
+        assert_eq!(after_v2.get(&at(0)), Some(&entry(2, 1)));
+        assert_eq!(after_v2.get(&at(1)), None, "the emptied band is gone");
+        assert_eq!(
+            after_v2.get(&other),
+            Some(&entry(1, 5)),
+            "another aggregate stays"
+        );
+        let after_v3 = fold(&[&v3, &v1, &v2]);
+        assert_eq!(after_v3, fold(&[&v1, &v2, &v3]));
+        assert_eq!(after_v3.get(&at(0)), None);
+        assert_eq!(after_v3.get(&marker), Some(&entry(3, 0)));
+    }
+
     #[test]
     fn fleet_models_are_kept_newest_first_and_averaged_by_updates() {
         let model = |version, w: f64, updates| RemoteModel {
@@ -935,11 +1136,15 @@ mod tests {
             r.instances.remove("secret-instance-b");
             r
         };
+        let lone_batch = export_strategies("eu-west", [&lone], 0, 3);
         assert!(
-            export_strategies("eu-west", [&lone], 0, 3)
+            lone_batch
                 .entries
-                .is_empty()
+                .keys()
+                .all(|s| matches!(s, Subject::Aggregate { .. })),
+            "only its marker: {lone_batch:?}"
         );
+        assert_eq!(lone_batch.entries.len(), 1);
         let batch = export_strategies("eu-west", [&record], 0, 3);
         let low = &batch.entries[&Subject::Strategy {
             metric: "lv".into(),
@@ -952,7 +1157,8 @@ mod tests {
         assert_eq!((low.stats.count, low.stats.successes), (2, 1));
         assert!((low.stats.gain_sum - 0.1).abs() < 1e-12);
         assert!((low.stats.loss_sum + 0.2).abs() < 1e-12);
-        assert_eq!(batch.entries.len(), 2);
+        // Two bands, and the aggregate's marker.
+        assert_eq!(batch.entries.len(), 3);
         let wire = format!("{batch:?}");
         assert!(!wire.contains("secret-instance"), "{wire}");
         // Nothing newer than what the peer holds: nothing sent.

@@ -332,6 +332,8 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 }
                 let mut record = (*record).clone();
                 crate::influence::install(&mut record, r, instance_id);
+                // A new version: other regions replace what they hold.
+                record.changed_at = state.position;
                 state.put_strategy(r.key.clone(), Arc::new(record));
             }
             // …its failure reports too…
@@ -716,12 +718,14 @@ fn share_strategy(
                 condition: share.condition.clone(),
                 context: share.context.clone(),
             };
-            let record = Arc::new(fold_outcome(
+            let mut record = fold_outcome(
                 state.tables.strategies.get(&key).map(|r| &**r),
                 &key,
                 &outcome,
                 evidence_days,
-            ));
+            );
+            record.changed_at = state.position;
+            let record = Arc::new(record);
             let sequence = outcome.sequence;
             state.log_outcome(outcome);
             state.put_strategy(key, record.clone());
@@ -1346,7 +1350,8 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
     for sequence in &planned.insights {
         state.tables.insights.remove(sequence);
     }
-    for rolled in planned.strategies {
+    for mut rolled in planned.strategies {
+        rolled.changed_at = state.position;
         state.put_strategy(rolled.key(), Arc::new(rolled));
     }
     let expired: Vec<RequestKey> = state

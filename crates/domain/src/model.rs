@@ -487,6 +487,10 @@ pub struct StrategyRecord {
     /// already holds.
     #[serde(default)]
     pub through_sequence: u64,
+    /// The log position of its last change (0: not since this was kept):
+    /// the version other regions receive it at (see [`Self::version`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changed_at: u64,
     /// Outcomes of instances over their share (see [`crate::influence`]):
     /// counted only in the rankings their reporter asks for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -640,6 +644,7 @@ impl StrategyRecord {
             streaks: Vec::new(),
             preceded_by: BTreeMap::new(),
             through_sequence: 0,
+            changed_at: 0,
             excess: BTreeMap::new(),
         }
     }
@@ -659,6 +664,17 @@ impl StrategyRecord {
             .filter(|(id, _)| id.as_str() != instance)
             .fold(0u64, |a, (_, s)| a.saturating_add(s.applications));
         crate::influence::allowance(others)
+    }
+
+    /// The version other regions receive it at: the log position of its
+    /// last change, or, for an aggregate last changed before positions
+    /// were kept, its last outcome's sequence (never above that position).
+    pub fn version(&self) -> u64 {
+        if self.changed_at > 0 {
+            self.changed_at
+        } else {
+            self.through_sequence
+        }
     }
 
     pub fn key(&self) -> StrategyKey {
@@ -1720,3 +1736,7 @@ finite_records_are_eq!(
     FailurePattern,
     Configuration
 );
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}

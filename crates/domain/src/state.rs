@@ -375,6 +375,9 @@ impl State {
 
     /// Replaces (or adds) the aggregate at `key` (its own key), keeping
     /// the indexes right.
+    ///
+    /// Callers stamp the record's `changed_at` with the position being
+    /// folded (its version for other regions).
     pub fn put_strategy(&mut self, key: StrategyKey, record: Arc<StrategyRecord>) {
         debug_assert!(*key.metric == *record.metric && *key.strategy == *record.strategy);
         let old = self.tables.strategies.insert(key.clone(), record.clone());
@@ -412,6 +415,9 @@ impl State {
             .into_iter()
             .filter_map(|subject| match subject {
                 Subject::Strategy {
+                    metric, strategy, ..
+                }
+                | Subject::Aggregate {
                     metric, strategy, ..
                 } => Some((metric.as_str(), strategy.as_str())),
                 Subject::Recovery { .. } => None,

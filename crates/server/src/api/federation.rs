@@ -81,8 +81,24 @@ pub fn digest_batch(batch: &Batch) -> pb::DigestBatch {
             .entries
             .iter()
             .filter_map(|(subject, entry)| {
+                let (strategy, aggregate) = match subject {
+                    Subject::Aggregate {
+                        metric,
+                        strategy,
+                        context_key,
+                    } => (
+                        None,
+                        Some(pb::AggregateSubject {
+                            metric: metric.clone(),
+                            strategy: strategy.clone(),
+                            context_key: context_key.clone(),
+                        }),
+                    ),
+                    other => (Some(strategy_subject(other)?), None),
+                };
                 Some(pb::DigestEntry {
-                    strategy: Some(strategy_subject(subject)?),
+                    strategy,
+                    aggregate,
                     version: entry.version,
                     stats: Some(digest_stats(&entry.stats)),
                 })
@@ -147,7 +163,7 @@ fn strategy_subject(subject: &Subject) -> Option<pb::StrategySubject> {
             band: u32::from(*band),
             day: *day,
         }),
-        Subject::Recovery { .. } => None,
+        Subject::Recovery { .. } | Subject::Aggregate { .. } => None,
     }
 }
 
@@ -179,10 +195,31 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
     let mut entries = std::collections::BTreeMap::new();
     for (i, entry) in message.entries.into_iter().enumerate() {
         let field = |name: &str| format!("batches[{at}].entries[{i}].{name}");
+        if let (None, Some(marker)) = (&entry.strategy, &entry.aggregate) {
+            validate::name(&field("aggregate.metric"), &marker.metric)?;
+            validate::name(&field("aggregate.strategy"), &marker.strategy)?;
+            validate::text(
+                &field("aggregate.context_key"),
+                &marker.context_key,
+                MAX_CONTEXT_KEY,
+            )?;
+            entries.insert(
+                Subject::Aggregate {
+                    metric: marker.metric.clone(),
+                    strategy: marker.strategy.clone(),
+                    context_key: marker.context_key.clone(),
+                },
+                Versioned {
+                    version: entry.version,
+                    stats: Stats::default(),
+                },
+            );
+            continue;
+        }
         let Some(subject) = entry.strategy else {
             return Err(crate::error::Error::invalid(
                 field("strategy"),
-                "is required",
+                "is required (or aggregate, for a marker)",
             ));
         };
         validate::name(&field("strategy.metric"), &subject.metric)?;

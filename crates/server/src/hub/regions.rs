@@ -146,7 +146,7 @@ impl Hub {
             .tables
             .strategies
             .values()
-            .map(|r| r.through_sequence)
+            .map(|r| r.version())
             .max()
             .unwrap_or(0);
         digest::export_strategies(
