@@ -32,6 +32,16 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 /// Opens the hub's store in its data directory (each start and restart).
 pub type StoreOpener = Arc<dyn Fn(&Path) -> learning_hub::Result<Store> + Send + Sync>;
 
+/// What the development PKI consists of (`pki::generate_dev_pki`).
+pub const DEV_PKI_FILES: [&str; 6] = [
+    "ca.pem",
+    "ca.key",
+    "server.pem",
+    "server.key",
+    "operator.pem",
+    "operator.key",
+];
+
 /// A hub running in this process.
 pub struct TestHub {
     pub addr: SocketAddr,
@@ -95,14 +105,7 @@ impl TestHub {
         let dirs = Arc::new((tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()));
         match pki_from {
             Some(from) => {
-                for file in [
-                    "ca.pem",
-                    "ca.key",
-                    "server.pem",
-                    "server.key",
-                    "operator.pem",
-                    "operator.key",
-                ] {
+                for file in DEV_PKI_FILES {
                     std::fs::copy(from.join(file), dirs.1.path().join(file)).unwrap();
                 }
             }

@@ -159,14 +159,7 @@ async fn serve_generates_a_pki_and_accepts_issued_certificates() {
 
     // ca.pem is written last; once it is there, the PKI is complete.
     wait_for_file(&certs_dir.path().join("ca.pem"));
-    for file in [
-        "ca.pem",
-        "ca.key",
-        "server.pem",
-        "server.key",
-        "operator.pem",
-        "operator.key",
-    ] {
+    for file in DEV_PKI_FILES {
         let path = certs_dir.path().join(file);
         assert!(
             std::fs::metadata(&path)

@@ -1,27 +1,28 @@
-//! Mergeable knowledge between regions (issue 17, its first layer): what
-//! one regional hub exports of its aggregates, and how another keeps what
-//! every origin region exported so that delivering the same digest twice,
-//! out of order, or after a partition never counts anything twice.
+//! Mergeable knowledge between regions: what one regional hub exports of
+//! its aggregates, and how another keeps what every origin region exported
+//! so that delivering the same digest twice, out of order, or after a
+//! partition never counts anything twice.
 //!
-//! Each origin region's knowledge is a map from a [`Subject`] (a strategy
-//! on a metric in a context, value band and day; a recovery method of a
-//! kind of failure) to its sufficient [`Stats`], and every entry carries
-//! the origin's *version* at which it last changed (its log position).
-//! An entry is the subject's whole value at that version, never a change
-//! to it, so keeping, per origin and subject, the entry of the highest
-//! version is a join: merging is commutative, associative and idempotent
-//! (a map of last-writer-wins registers whose versions the single writer,
-//! the origin, orders). Anti-entropy is pull-based: a region asks a peer
-//! for each origin's entries above the version it holds
-//! ([`Merged::version_vector`], [`Merged::since`]); a [`Batch`] says
-//! through which version it is complete, and only a batch that continues
-//! what is held moves the vector on, so a lost or reordered batch is asked
-//! for again rather than skipped.
+//! Each origin region's knowledge ([`OriginState`]) is a map from a
+//! [`Subject`] (a strategy on a metric in a context, value band and day; a
+//! recovery method of a kind of failure) to its sufficient [`Stats`], and
+//! every entry carries the origin's *version* at which it last changed. An
+//! entry is the subject's whole value at that version, never a change to
+//! it, so keeping, per origin and subject, the entry of the highest version
+//! is a join: merging is commutative, associative and idempotent (a map of
+//! last-writer-wins registers whose versions the single writer, the
+//! origin, orders). An aggregate sent whole ([`Subject::Aggregate`])
+//! replaces what was held of it, so removals cross too. Anti-entropy is
+//! pull-based: a region asks a peer for each origin's entries above the
+//! version it holds ([`OriginState::since`]); a [`Batch`] says through
+//! which version it is complete, and only a batch that continues what is
+//! held moves that version on, so a lost or reordered batch is asked for
+//! again rather than skipped. Insights and fleet models ride along.
 //!
 //! Only aggregates cross: subjects name strategies, metrics, contexts and
-//! methods, never an instance; stats are sums. Fleet figures are a
-//! region's own stats plus every other origin's ([`Merged::fleet`]), with
-//! the number of origin regions behind each ([`Merged::origins_of`]).
+//! methods, never an instance; stats are sums. Fleet figures are every
+//! origin's stats summed in origin order ([`fleet_figures`]); rankings add
+//! other regions' day buckets to their windows ([`remote_evidence`]).
 
 use std::collections::BTreeMap;
 
@@ -512,77 +513,6 @@ mod pairs {
     }
 }
 
-/// Every other origin's knowledge, as one region holds it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Merged {
-    pub origins: BTreeMap<String, OriginState>,
-}
-
-impl Merged {
-    /// Folds a batch in: each entry kept where it supersedes what is
-    /// held. The origin's vector moves to `through` only when the batch
-    /// continues what is held (`after` at most the version held);
-    /// otherwise its entries are kept and the gap is asked for again.
-    /// Returns whether anything changed.
-    pub fn merge(&mut self, batch: &Batch) -> bool {
-        self.origins
-            .entry(batch.origin.clone())
-            .or_default()
-            .merge(batch)
-    }
-
-    /// The version through which each origin is held complete: what a
-    /// pull asks a peer to send entries above.
-    pub fn version_vector(&self) -> BTreeMap<String, u64> {
-        self.origins
-            .iter()
-            .map(|(origin, state)| (origin.clone(), state.complete_through))
-            .collect()
-    }
-
-    /// What this region can pass on of `origin` above `after` (a peer
-    /// relays what it holds of third regions too, so knowledge crosses a
-    /// cut link by another path).
-    pub fn since(&self, origin: &str, after: u64) -> Option<Batch> {
-        Some(self.origins.get(origin)?.since(origin, after))
-    }
-
-    /// The fleet's figures: `own` (this region's) plus every other
-    /// origin's. `own_origin` is never counted from `self`, even if a
-    /// peer relayed it back.
-    pub fn fleet(
-        &self,
-        own_origin: &str,
-        own: &BTreeMap<Subject, Stats>,
-    ) -> BTreeMap<Subject, Stats> {
-        let mut total = own.clone();
-        for (origin, state) in &self.origins {
-            if origin == own_origin {
-                continue;
-            }
-            for (subject, entry) in &state.entries {
-                let sum = total.entry(subject.clone()).or_default();
-                *sum = sum.plus(&entry.stats);
-            }
-        }
-        total
-    }
-
-    /// How many other origin regions have evidence on `subject`.
-    pub fn origins_of(&self, own_origin: &str, subject: &Subject) -> usize {
-        self.origins
-            .iter()
-            .filter(|(origin, state)| {
-                *origin != own_origin
-                    && state
-                        .entries
-                        .get(subject)
-                        .is_some_and(|e| e.stats.count > 0)
-            })
-            .count()
-    }
-}
-
 /// What other regions know of one strategy on one metric, as a hub's
 /// rankings use it: per context key, their day buckets (every origin's
 /// entries added origin by origin, in the order given), and how many
@@ -769,58 +699,130 @@ fn above(entries: &BTreeMap<Subject, Versioned>, after: u64) -> BTreeMap<Subject
         .collect()
 }
 
-/// An origin's own knowledge as it exports it: each subject's stats with
-/// the version at which they last changed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Export {
-    pub origin: String,
-    pub version: u64,
-    pub entries: BTreeMap<Subject, Versioned>,
-}
-
-impl Export {
-    pub fn new(origin: &str) -> Export {
-        Export {
-            origin: origin.to_string(),
-            ..Export::default()
-        }
-    }
-
-    /// Records an observation at the origin's next version.
-    pub fn observe(&mut self, subject: Subject, observation: Stats) {
-        self.version += 1;
-        let entry = self.entries.entry(subject).or_insert(Versioned {
-            version: 0,
-            stats: Stats::default(),
-        });
-        entry.stats = entry.stats.plus(&observation);
-        entry.version = self.version;
-    }
-
-    /// Its entries above `after`, complete through its current version.
-    pub fn since(&self, after: u64) -> Batch {
-        Batch {
-            origin: self.origin.clone(),
-            after,
-            through: self.version,
-            entries: above(&self.entries, after),
-            ..Batch::default()
-        }
-    }
-
-    /// Its stats alone.
-    pub fn stats(&self) -> BTreeMap<Subject, Stats> {
-        self.entries
-            .iter()
-            .map(|(s, e)| (s.clone(), e.stats))
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Every other origin's knowledge, as one region holds it (the hub keeps
+    /// it in `State`'s `regions` table; this is its model for the properties).
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Merged {
+        pub origins: BTreeMap<String, OriginState>,
+    }
+
+    impl Merged {
+        /// Folds a batch in: each entry kept where it supersedes what is
+        /// held. The origin's vector moves to `through` only when the batch
+        /// continues what is held (`after` at most the version held);
+        /// otherwise its entries are kept and the gap is asked for again.
+        /// Returns whether anything changed.
+        pub fn merge(&mut self, batch: &Batch) -> bool {
+            self.origins
+                .entry(batch.origin.clone())
+                .or_default()
+                .merge(batch)
+        }
+
+        /// The version through which each origin is held complete: what a
+        /// pull asks a peer to send entries above.
+        pub fn version_vector(&self) -> BTreeMap<String, u64> {
+            self.origins
+                .iter()
+                .map(|(origin, state)| (origin.clone(), state.complete_through))
+                .collect()
+        }
+
+        /// What this region can pass on of `origin` above `after` (a peer
+        /// relays what it holds of third regions too, so knowledge crosses a
+        /// cut link by another path).
+        pub fn since(&self, origin: &str, after: u64) -> Option<Batch> {
+            Some(self.origins.get(origin)?.since(origin, after))
+        }
+
+        /// The fleet's figures: `own` (this region's) plus every other
+        /// origin's. `own_origin` is never counted from `self`, even if a
+        /// peer relayed it back.
+        pub fn fleet(
+            &self,
+            own_origin: &str,
+            own: &BTreeMap<Subject, Stats>,
+        ) -> BTreeMap<Subject, Stats> {
+            let mut total = own.clone();
+            for (origin, state) in &self.origins {
+                if origin == own_origin {
+                    continue;
+                }
+                for (subject, entry) in &state.entries {
+                    let sum = total.entry(subject.clone()).or_default();
+                    *sum = sum.plus(&entry.stats);
+                }
+            }
+            total
+        }
+
+        /// How many other origin regions have evidence on `subject`.
+        pub fn origins_of(&self, own_origin: &str, subject: &Subject) -> usize {
+            self.origins
+                .iter()
+                .filter(|(origin, state)| {
+                    *origin != own_origin
+                        && state
+                            .entries
+                            .get(subject)
+                            .is_some_and(|e| e.stats.count > 0)
+                })
+                .count()
+        }
+    }
+
+    /// An origin's own knowledge as it exports it, subject by subject: each
+    /// subject's stats with the version at which they last changed.
+    #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+    pub struct Export {
+        pub origin: String,
+        pub version: u64,
+        pub entries: BTreeMap<Subject, Versioned>,
+    }
+
+    impl Export {
+        pub fn new(origin: &str) -> Export {
+            Export {
+                origin: origin.to_string(),
+                ..Export::default()
+            }
+        }
+
+        /// Records an observation at the origin's next version.
+        pub fn observe(&mut self, subject: Subject, observation: Stats) {
+            self.version += 1;
+            let entry = self.entries.entry(subject).or_insert(Versioned {
+                version: 0,
+                stats: Stats::default(),
+            });
+            entry.stats = entry.stats.plus(&observation);
+            entry.version = self.version;
+        }
+
+        /// Its entries above `after`, complete through its current version.
+        pub fn since(&self, after: u64) -> Batch {
+            Batch {
+                origin: self.origin.clone(),
+                after,
+                through: self.version,
+                entries: above(&self.entries, after),
+                ..Batch::default()
+            }
+        }
+
+        /// Its stats alone.
+        pub fn stats(&self) -> BTreeMap<Subject, Stats> {
+            self.entries
+                .iter()
+                .map(|(s, e)| (s.clone(), e.stats))
+                .collect()
+        }
+    }
 
     fn subject(k: u8) -> Subject {
         Subject::Strategy {

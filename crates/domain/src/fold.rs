@@ -1480,21 +1480,25 @@ mod tests {
         }
     }
 
+    fn draft(title: &str, text: &str) -> InsightDraft {
+        InsightDraft {
+            category: crate::model::InsightCategory::Timing,
+            title: title.into(),
+            insight: text.into(),
+            evidence: Default::default(),
+            applicable_contexts: vec![],
+            effectiveness: 0.5,
+            risk: 0.1,
+            recommendation: String::new(),
+            alternatives: vec![],
+            valid_until: None,
+        }
+    }
+
     fn insight(caller: &str, title: &str, text_bytes: usize, bound: u64) -> Action {
         Action::ShareInsight {
             caller: caller.into(),
-            draft: InsightDraft {
-                category: crate::model::InsightCategory::Timing,
-                title: title.into(),
-                insight: "x".repeat(text_bytes),
-                evidence: Default::default(),
-                applicable_contexts: vec![],
-                effectiveness: 0.5,
-                risk: 0.1,
-                recommendation: String::new(),
-                alternatives: vec![],
-                valid_until: None,
-            },
+            draft: draft(title, &"x".repeat(text_bytes)),
             id: format!("id-{title}"),
             default_ttl_ms: 24 * HOUR,
             request: None,
@@ -1735,18 +1739,7 @@ mod tests {
         let remote = |origin_sequence: u64, title: &str, valid_until: i64| RemoteInsight {
             origin_sequence,
             id: format!("eu-{origin_sequence}"),
-            draft: InsightDraft {
-                category: crate::model::InsightCategory::Timing,
-                title: title.into(),
-                insight: "text".into(),
-                evidence: Default::default(),
-                applicable_contexts: vec![],
-                effectiveness: 0.5,
-                risk: 0.1,
-                recommendation: String::new(),
-                alternatives: vec![],
-                valid_until: None,
-            },
+            draft: draft(title, "text"),
             created_at: T0,
             valid_until,
         };

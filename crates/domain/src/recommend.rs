@@ -411,7 +411,11 @@ impl Banding {
 
     /// Whether this banding answers queries at `now` under `tuning`.
     pub fn fits(&self, now: UnixMillis, tuning: &Tuning) -> bool {
-        self.day == day_of(now) && self.tuning == *tuning
+        self.is_for(day_of(now), tuning)
+    }
+
+    fn is_for(&self, day: i64, tuning: &Tuning) -> bool {
+        self.day == day && self.tuning == *tuning
     }
 
     fn usable<'b>(
@@ -419,7 +423,7 @@ impl Banding {
         today: i64,
         tuning: &Tuning,
     ) -> Option<&'b Banding> {
-        banding.filter(|b| b.day == today && b.tuning == *tuning)
+        banding.filter(|b| b.is_for(today, tuning))
     }
 }
 

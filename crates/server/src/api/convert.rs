@@ -46,7 +46,7 @@ pub fn timestamp(millis: UnixMillis) -> Timestamp {
     }
 }
 
-fn millis(field: &str, ts: &Timestamp) -> Result<UnixMillis> {
+pub(crate) fn millis(field: &str, ts: &Timestamp) -> Result<UnixMillis> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(Error::invalid(
             field,

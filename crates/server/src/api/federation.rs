@@ -276,8 +276,8 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
         let id = std::mem::take(&mut insight.id);
         validate::name(&field("insight.id"), &id)?;
         let stamp = |name: &str, ts: Option<prost_types::Timestamp>| {
-            ts.ok_or_else(|| Error::invalid(field(name), "is required"))
-                .map(|ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
+            let ts = ts.ok_or_else(|| Error::invalid(field(name), "is required"))?;
+            convert::millis(&field(name), &ts)
         };
         let created_at = stamp("insight.created_at", insight.created_at.take())?;
         let valid_until = stamp("insight.valid_until", insight.valid_until.take())?;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Hub, wrong_answer};
+use super::{Hub, State, wrong_answer};
 use crate::domain::command::Action;
 use crate::domain::digest::{
     self, Batch, FleetStats, RemoteInsight, RemoteModel, Subject, Versioned,
@@ -89,7 +89,7 @@ impl Hub {
                 .get(&sequence)
                 .filter(|i| i.is_valid_at(now))
         };
-        let mut own = self.own_export(since(&settings.region));
+        let mut own = self.own_export(&state, since(&settings.region));
         // This region's own insights (not those it imported).
         own.insights_after = insights_since(&settings.region);
         own.insights_through = state.counters.insight_sequence;
@@ -140,8 +140,7 @@ impl Hub {
 
     /// This region's own knowledge above `after`, complete through the
     /// newest outcome folded into it.
-    fn own_export(&self, after: u64) -> Batch {
-        let state = self.state();
+    fn own_export(&self, state: &State, after: u64) -> Batch {
         let through = state
             .tables
             .strategies
@@ -217,7 +216,7 @@ impl Hub {
     /// [`digest::fleet_figures`]).
     pub fn fleet_figures(&self) -> BTreeMap<Subject, FleetStats> {
         let state = self.state();
-        let own = self.own_export(0);
+        let own = self.own_export(&state, 0);
         let mut origins: BTreeMap<&str, &BTreeMap<Subject, Versioned>> = state
             .tables
             .regions
