@@ -892,11 +892,11 @@ async fn insights_reach_every_region_once_under_its_own_sequences() {
     }
 }
 
-/// Regions' fleet models meet: once both us-east and eu-west have a
-/// version of the plateau model, each serves the same weights, every
-/// region's averaged by its updates, at its own version.
+/// Regions' fleet models meet: each region's record holds only its own
+/// instances' steps, and every region serves them added up, at the sum of
+/// the regions' versions, which updates are then judged against.
 #[tokio::test]
-async fn regions_serve_their_plateau_models_averaged() {
+async fn regions_train_one_plateau_model_together() {
     let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
     let get = |client: learning_hub::client::HubClient| async move {
         client
@@ -907,42 +907,55 @@ async fn regions_serve_their_plateau_models_averaged() {
             .await
             .unwrap()
     };
-    let update = |delta: f64| pb::ShareModelUpdateRequest {
+    let update = |base_version: u64, delta: f64| pb::ShareModelUpdateRequest {
         model: "plateau".into(),
-        base_version: 0,
+        base_version,
         delta: vec![delta; 8],
         examples: 40,
         ..Default::default()
     };
     let us = regions.hubs[2].registered("us-east-1").await;
-    us.share_model_update(update(0.2)).await.unwrap();
+    us.share_model_update(update(0, 0.2)).await.unwrap();
     // Nobody else has a version yet: us-east serves its own weights.
     let alone = get(us.clone()).await;
     assert_eq!(alone.version, 1);
+    assert!(alone.weights.iter().all(|w| (w - 0.2).abs() < 1e-12));
     let eu = regions.hubs[1].registered("eu-west-1").await;
-    eu.share_model_update(update(-0.2)).await.unwrap();
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (a, b) = (get(us.clone()).await, get(eu.clone()).await);
-        let same = a
-            .weights
-            .iter()
-            .zip(&b.weights)
-            .all(|(x, y)| (x - y).abs() < 1e-12);
-        if same && a.weights != alone.weights {
-            // Each serves its own version.
-            assert_eq!((a.version, b.version), (1, 1));
-            break;
+    let met = |want_version: u64, want: f64| {
+        let (us, eu) = (us.clone(), eu.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let (a, b) = (get(us.clone()).await, get(eu.clone()).await);
+                let at = |m: &pb::GetModelResponse| {
+                    m.version == want_version && m.weights.iter().all(|w| (w - want).abs() < 1e-12)
+                };
+                if at(&a) && at(&b) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "models did not meet at version {want_version}, weights {want}: \
+                     {} {:?} vs {} {:?}",
+                    a.version,
+                    a.weights,
+                    b.version,
+                    b.weights
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "models did not meet: {:?} vs {:?}",
-            a.weights,
-            b.weights
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    // eu-west learns us-east's step and trains from it.
+    met(1, 0.2).await;
+    eu.share_model_update(update(1, -0.05)).await.unwrap();
+    // Both steps, each once, at version 1 + 1.
+    met(2, 0.15).await;
+    // An update from the summed version is fresh in either region (it
+    // would be "from the future" against a region's own version).
+    let receipt = us.share_model_update(update(2, 0.1)).await.unwrap();
+    assert_eq!(receipt.new_version, 3);
+    met(3, 0.25).await;
 }
 
 /// A quarantine crosses regions: the aggregates it rebuilt go out at a

@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::federated::ModelRecord;
 use super::influence::Viewer;
 use super::model::{
     DayBucket, InsightDraft, OutcomeStats, StrategyRecord, UnixMillis, VALUE_BANDS,
@@ -222,9 +223,9 @@ pub struct Batch {
     pub models: Vec<RemoteModel>,
 }
 
-/// A region's fleet model as other regions receive it: its weights at its
-/// version, and how many instance updates went into it (its weight when
-/// regions' models are averaged).
+/// A region's fleet model as other regions receive it: the weights its own
+/// instances' updates moved it to from zero (never what it added of other
+/// regions), at its version, and how many instance updates went into it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteModel {
     pub name: String,
@@ -247,32 +248,28 @@ fn bits(weights: &[f64]) -> Vec<u64> {
     weights.iter().map(|w| w.to_bits()).collect()
 }
 
-/// A fleet model's weights averaged over regions: `own` (this region's
-/// weights and updates) and every other region's of the same name (in the
-/// order given), each weighted by its updates. Regions without a version
-/// yet, or whose weights differ in length, are left out; with nobody else,
-/// `own` as it is.
-pub fn merged_weights<'a>(
-    own: (&[f64], u64),
+/// The fleet model every region's instances train on: `own` with every
+/// other region's model of its name added (in the order given). A model
+/// starts at zero and each region's record holds only the steps its own
+/// instances' updates made, so the sum is every step of every region,
+/// each counted once, as one global hub would have taken them (though
+/// each region stepped from the sum it knew then). Its version is the
+/// sum of the regions' versions. Models of another shape are left out.
+pub fn fleet_model<'a>(
+    own: &ModelRecord,
     others: impl IntoIterator<Item = &'a RemoteModel>,
-) -> Vec<f64> {
-    let (own_weights, own_updates) = own;
-    let mut total = own_updates as f64;
-    let mut sum: Vec<f64> = own_weights.iter().map(|w| w * total).collect();
+) -> ModelRecord {
+    let mut fleet = own.clone();
     for model in others {
-        if model.version == 0 || model.weights.len() != sum.len() || model.updates == 0 {
+        if model.name != own.name || model.weights.len() != fleet.weights.len() {
             continue;
         }
-        let weight = model.updates as f64;
-        for (s, w) in sum.iter_mut().zip(&model.weights) {
-            *s += w * weight;
+        for (w, other) in fleet.weights.iter_mut().zip(&model.weights) {
+            *w += other;
         }
-        total += weight;
+        fleet.version = fleet.version.saturating_add(model.version);
     }
-    if total <= 0.0 || total == own_updates as f64 {
-        return own_weights.to_vec();
-    }
-    sum.into_iter().map(|s| s / total).collect()
+    fleet
 }
 
 /// An insight as it crosses regions: the origin's sequence for it (what
@@ -1065,7 +1062,7 @@ mod tests {
     }
 
     #[test]
-    fn fleet_models_are_kept_newest_first_and_averaged_by_updates() {
+    fn fleet_models_are_kept_newest_first_and_summed() {
         let model = |version, w: f64, updates| RemoteModel {
             name: "plateau".into(),
             version,
@@ -1086,18 +1083,26 @@ mod tests {
             assert!(!held.merge(&batch(old)));
         }
         assert_eq!(held.models["plateau"].weights, [1.0, 1.0]);
-        // Own weights 0 from 1 update, eu-west's 1.0 from 3: 0.75.
-        let merged = merged_weights((&[0.0, 0.0], 1), held.models.values());
-        assert_eq!(merged, [0.75, 0.75]);
-        // A model without a version, or of another shape, is left out.
+        // Own weights 0.5 at version 1, eu-west's 1.0 at version 2: the
+        // steps add up, and so do the versions.
+        let mut own = ModelRecord::new("plateau", 2, 0);
+        own.weights = vec![0.5, 0.5];
+        own.version = 1;
+        let fleet = fleet_model(&own, held.models.values());
+        assert_eq!((fleet.version, fleet.weights), (3, vec![1.5, 1.5]));
+        // A model of another shape or name is left out.
         let odd = [
-            model(0, 5.0, 4),
             RemoteModel {
                 weights: vec![5.0; 3],
                 ..model(1, 5.0, 4)
             },
+            RemoteModel {
+                name: "other".into(),
+                ..model(1, 5.0, 4)
+            },
         ];
-        assert_eq!(merged_weights((&[0.5, 0.5], 2), &odd), [0.5, 0.5]);
+        let alone = fleet_model(&own, &odd);
+        assert_eq!((alone.version, alone.weights), (1, vec![0.5, 0.5]));
     }
 
     #[test]

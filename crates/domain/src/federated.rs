@@ -250,20 +250,36 @@ impl ModelRecord {
         rules: &FederationRules,
         now: UnixMillis,
     ) -> Result<Option<u64>, Refusal> {
+        self.accept_among(instance, update, rules, now, 0)
+    }
+
+    /// [`ModelRecord::accept`] for a fleet model that other regions train
+    /// too. Instances train on every region's model summed
+    /// ([`crate::digest::fleet_model`]), whose version is this record's
+    /// plus `elsewhere` (the other regions' versions, summed): update bases
+    /// and staleness are judged against that, and the version returned is
+    /// on that scale. The record itself keeps only this region's steps.
+    pub fn accept_among(
+        &mut self,
+        instance: &str,
+        update: &ModelUpdate,
+        rules: &FederationRules,
+        now: UnixMillis,
+        elsewhere: u64,
+    ) -> Result<Option<u64>, Refusal> {
+        let current = self.version.saturating_add(elsewhere);
         if update.delta.len() != self.weights.len() {
             return Err(Refusal::Shape {
                 expected: self.weights.len(),
                 got: update.delta.len(),
             });
         }
-        if update.base_version > self.version {
-            return Err(Refusal::FromTheFuture {
-                version: self.version,
-            });
+        if update.base_version > current {
+            return Err(Refusal::FromTheFuture { version: current });
         }
-        if self.version - update.base_version > rules.max_staleness {
+        if current - update.base_version > rules.max_staleness {
             return Err(Refusal::TooStale {
-                version: self.version,
+                version: current,
                 max_staleness: rules.max_staleness,
             });
         }
@@ -296,7 +312,7 @@ impl ModelRecord {
         if self.pending.len() < rules.buffer_size.max(1) {
             return Ok(None);
         }
-        let step = aggregate(&self.pending, self.version, rules);
+        let step = aggregate(&self.pending, current, rules);
         for (w, d) in self.weights.iter_mut().zip(&step) {
             *w += rules.server_learning_rate * d;
         }
@@ -307,7 +323,7 @@ impl ModelRecord {
         self.last_aggregation = Some(rules.aggregation);
         self.pending.clear();
         self.version += 1;
-        Ok(Some(self.version))
+        Ok(Some(current + 1))
     }
 
     /// Whether `instance` has an update waiting or a voice in the share.

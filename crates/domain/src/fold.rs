@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
-use super::digest::{Batch, OriginState};
+use super::digest::{self, Batch, OriginState};
 use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal, context_model_name};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc, name_tag};
 use super::matching;
@@ -1141,22 +1141,40 @@ fn share_model_update(
             }
             let name = model_record_name(update)?;
             touch_instance(state, now, caller)?;
+            // The fleet model as instances see it: this region's with
+            // every other region's added (see `digest::fleet_model`).
+            let fleet = |state: &State, own: &ModelRecord| {
+                digest::fleet_model(
+                    own,
+                    state
+                        .tables
+                        .regions
+                        .values()
+                        .filter_map(|origin| origin.models.get(&own.name)),
+                )
+            };
             let mut model = match state.tables.models.get(&name) {
                 Some(existing) => (**existing).clone(),
                 None => {
                     let mut fresh = ModelRecord::new(&name, rules.dimension, now);
                     // A context's model starts where the fleet's is.
-                    if let Some(fleet) = state.tables.models.get(&update.model)
+                    if let Some(own) = state.tables.models.get(&update.model)
                         && update.for_context
-                        && fleet.weights.len() == rules.dimension
+                        && own.weights.len() == rules.dimension
                     {
-                        fresh.weights = fleet.weights.clone();
+                        fresh.weights = fleet(state, own).weights;
                     }
                     fresh
                 }
             };
+            // Only the fleet model is trained by every region.
+            let elsewhere = if update.for_context {
+                0
+            } else {
+                fleet(state, &model).version - model.version
+            };
             let new_version = model
-                .accept(caller, update, rules, now)
+                .accept_among(caller, update, rules, now, elsewhere)
                 .map_err(|refusal| refused_update(refusal, update))?;
             let model = Arc::new(model);
             state.tables.models.insert(name.clone(), model.clone());

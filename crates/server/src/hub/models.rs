@@ -83,6 +83,19 @@ pub struct Predictions {
     pub predictions: Vec<Prediction>,
 }
 
+/// Fleet model `own` as this region's instances train on it: with every
+/// other region's of its name added ([`crate::domain::digest::fleet_model`]).
+fn fleet_model(state: &State, own: &ModelRecord) -> ModelRecord {
+    crate::domain::digest::fleet_model(
+        own,
+        state
+            .tables
+            .regions
+            .values()
+            .filter_map(|origin| origin.models.get(&own.name)),
+    )
+}
+
 /// The registered context's key of `caller`, if it registered one.
 fn context_of(state: &State, caller: &str) -> Option<String> {
     let context = &state.tables.instances.get(caller)?.context;
@@ -116,6 +129,7 @@ impl Hub {
         // Where it goes (a context update) and where its evaluation also
         // counts (a fleet update) is decided here, into the command.
         update.context = context_of(&self.state(), caller);
+        let for_context = update.for_context;
         let answer = self
             .submit(Action::ShareModelUpdate {
                 caller: caller.to_string(),
@@ -128,7 +142,13 @@ impl Hub {
             .await?;
         match answer {
             Answer::ModelUpdated { model, new_version } => Ok(UpdateReceipt {
-                model,
+                // A fleet model is answered as instances see it: with the
+                // other regions' added.
+                model: if for_context {
+                    model
+                } else {
+                    Arc::new(fleet_model(&self.state(), &model))
+                },
                 new_version,
                 buffer_size: rules.buffer_size,
             }),
@@ -183,20 +203,9 @@ impl Hub {
             .get(name)
             .cloned()
             .unwrap_or_else(|| Arc::new(ModelRecord::new(name, rules.dimension, 0)));
-        // Other regions' models of this name, if any: the weights served
-        // are every region's averaged by their updates (the version stays
-        // this region's, which its instances' updates are judged against).
-        let others: Vec<&crate::domain::digest::RemoteModel> = state
-            .tables
-            .regions
-            .values()
-            .filter_map(|origin| origin.models.get(name))
-            .collect();
-        if !others.is_empty() && model.version > 0 {
-            let own_updates = model.contributors.values().sum();
-            let weights =
-                crate::domain::digest::merged_weights((&model.weights, own_updates), others);
-            Arc::make_mut(&mut model).weights = weights;
+        // Other regions' models of this name, if any, are added.
+        if !state.tables.regions.is_empty() {
+            model = Arc::new(fleet_model(state, &model));
         }
         Ok(ModelView {
             model,
