@@ -40,6 +40,34 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
         .share_insight(insight("warm restarts help"))
         .await
         .unwrap();
+    // A failure both reported (it crosses) and one only one did (it does
+    // not: withdrawn, with its record's version alone).
+    for (id, strategy) in [
+        ("secret-alpha", "steady"),
+        ("secret-beta", "steady"),
+        ("secret-beta", "bold"),
+    ] {
+        hub.registered(id)
+            .await
+            .share_failure(pb::ShareFailureRequest {
+                failure_type: pb::FailureType::MetricReversal as i32,
+                trigger: "lv fell after a step".into(),
+                context: Some(pb::FailureContext {
+                    metric: "lv".into(),
+                    strategy: strategy.into(),
+                }),
+                recovery: vec![pb::RecoveryAttempt {
+                    method: "roll_back".into(),
+                    succeeded: true,
+                    cycles_to_recover: 2,
+                }],
+                prevention: vec!["warm up first".into()],
+                magnitude: 0.2,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let pull = |identity: Identity, held: u64, held_insights: u64| {
         let hub = &hub;
         async move {
@@ -59,14 +87,36 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
     assert_eq!(answer.region, "us-east");
     let batch = &answer.batches[0];
     assert_eq!((batch.origin.as_str(), batch.after), ("us-east", 0));
-    assert!(batch.through >= 6, "{batch:?}");
-    let counted: u64 = batch.entries.iter().map(|e| e.stats.unwrap().count).sum();
-    let successes: u64 = batch
-        .entries
+    assert!(batch.through >= 9, "{batch:?}");
+    // Day buckets and streak classes each hold the six outcomes; usage
+    // counts the applications.
+    let sum = |part: fn(&pb::DigestEntry) -> bool| {
+        let entries = batch.entries.iter().filter(|e| part(e));
+        entries.fold((0, 0), |(n, ok), e| {
+            let stats = e.stats.unwrap();
+            (n + stats.count, ok + stats.successes)
+        })
+    };
+    assert_eq!(sum(|e| e.strategy.is_some()), (6, 4));
+    assert_eq!(sum(|e| e.streak.is_some()), (6, 4));
+    assert_eq!(sum(|e| e.usage.is_some()).0, 6);
+    // The failure two reported crosses with its figures; the other as a
+    // withdrawal.
+    assert_eq!(batch.records.len(), 2, "{batch:?}");
+    let crossed: Vec<&pb::ExchangedFailure> = batch
+        .records
         .iter()
-        .map(|e| e.stats.unwrap().successes)
-        .sum();
-    assert_eq!((counted, successes), (6, 4));
+        .filter_map(|r| r.failure.as_ref())
+        .collect();
+    assert_eq!(crossed.len(), 1, "{batch:?}");
+    let failure = crossed[0];
+    assert_eq!(
+        (failure.strategy.as_str(), failure.occurrences),
+        ("steady", 2)
+    );
+    assert_eq!(failure.recovery[0].attempts, 2);
+    assert_eq!(failure.prevention, ["warm up first"]);
+    assert!((failure.magnitude.unwrap().mean - 0.2).abs() < 1e-12);
     let subject = batch.entries[0].strategy.as_ref().unwrap();
     assert_eq!(
         (subject.metric.as_str(), subject.strategy.as_str()),
@@ -339,9 +389,27 @@ fn regional_outcome(r: &str, who: usize, k: usize) -> pb::ShareStrategyRequest {
     let strategies = ["lr-decay", "warmup", "mixup"];
     let successful = (k * 7 + who) % 3 != 0;
     let step = ((k * 37 + who * 11) % 100) as f64 / 100.0;
+    let strategy = strategies[k % 3];
+    let metric = if k % 2 == 0 { "accuracy" } else { "recall" };
+    // Some outcomes repeat the strategy (a streak) or follow another one,
+    // so rankings' streak factors rest on every region's outcomes too.
+    let recent = match k % 4 {
+        0 => vec![pb::RecentApplication {
+            strategy: strategy.into(),
+            metric: metric.into(),
+            cycles_ago: 1,
+        }],
+        1 => vec![pb::RecentApplication {
+            strategy: strategies[(k + 1) % 3].into(),
+            metric: metric.into(),
+            cycles_ago: 2,
+        }],
+        _ => Vec::new(),
+    };
     pb::ShareStrategyRequest {
-        strategy: strategies[k % 3].into(),
-        metric: if k % 2 == 0 { "accuracy" } else { "recall" }.into(),
+        strategy: strategy.into(),
+        metric: metric.into(),
+        recent,
         value_before: 0.05 + 0.9 * step,
         successful,
         delta: if successful {
@@ -444,6 +512,12 @@ async fn three_regions_learn_what_one_hub_fed_everything_knows() {
                 })
                 .unwrap_or_default(),
             limit: 10,
+            // A run of lr-decay: its streak factor applies.
+            recent: vec![pb::RecentApplication {
+                strategy: "lr-decay".into(),
+                metric: "accuracy".into(),
+                cycles_ago: 1,
+            }],
             ..Default::default()
         };
         let want = ranked_for_observer(&single, &ask).await;
@@ -484,6 +558,121 @@ async fn three_regions_learn_what_one_hub_fed_everything_knows() {
     for (b, a) in before.iter().zip(&after) {
         assert!(a - b <= 2, "{before:?} → {after:?}");
     }
+}
+
+/// Failures cross: each region warns of a failure, and plans recoveries,
+/// from every region's reports and applications as one hub fed every
+/// report does. Region r's two instances apply the strategy 6 times and
+/// report the failure r + 1 times each (with a recovery, advice and a
+/// magnitude), some after a prevention that keeps it away.
+#[tokio::test]
+async fn failures_reported_in_three_regions_warn_as_one_hub_does() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let single = TestHub::start().await;
+    for (r, name) in regions.names.iter().enumerate() {
+        for who in 0..2 {
+            let id = format!("{name}-{who}");
+            let regional = regions.hubs[r].registered(&id).await;
+            let global = single.registered(&id).await;
+            for k in 0..6 {
+                let mut outcome = strategy_outcome("boost", "lv", k % 3 != 0, 0.04);
+                if k % 2 == 0 {
+                    outcome.recent = vec![pb::RecentApplication {
+                        strategy: "warm-up".into(),
+                        metric: "lv".into(),
+                        cycles_ago: 1,
+                    }];
+                }
+                regional.share_strategy(outcome.clone()).await.unwrap();
+                global.share_strategy(outcome).await.unwrap();
+            }
+            for k in 0..=r {
+                let report = pb::ShareFailureRequest {
+                    failure_type: pb::FailureType::MetricReversal as i32,
+                    trigger: format!("lv fell in {name}"),
+                    context: Some(pb::FailureContext {
+                        metric: "lv".into(),
+                        strategy: "boost".into(),
+                    }),
+                    recovery: vec![pb::RecoveryAttempt {
+                        method: "roll_back".into(),
+                        succeeded: k % 2 == 0,
+                        cycles_to_recover: 2 + k as u32,
+                    }],
+                    prevention: vec![format!("watch lv in {name}"), "warm up first".into()],
+                    magnitude: 0.1 * (r + 1) as f64,
+                    ..Default::default()
+                };
+                regional.share_failure(report.clone()).await.unwrap();
+                global.share_failure(report).await.unwrap();
+            }
+        }
+    }
+    let (want_check, want) = failure_view(&single).await;
+    assert_eq!(want.len(), 1, "{want:?}");
+    assert_eq!(want[0].occurrences, 2 * (1 + 2 + 3));
+    assert!(!want_check.safe, "{want_check:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (r, hub) in regions.hubs.iter().enumerate() {
+        loop {
+            let (got_check, got) = failure_view(hub).await;
+            let same = got.len() == 1
+                && got[0].occurrences == want[0].occurrences
+                && got_check.warnings.len() == 1
+                && (got_check.warnings[0].failure_rate - want_check.warnings[0].failure_rate).abs()
+                    < 1e-9;
+            if same {
+                let (g, w) = (&got[0], &want[0]);
+                assert_eq!(g.id, w.id);
+                assert!(
+                    (g.mean_magnitude - w.mean_magnitude).abs() < 1e-9,
+                    "{g:?}\n{w:?}"
+                );
+                let recovery = |f: &pb::FailurePattern| {
+                    f.recovery
+                        .iter()
+                        .map(|m| (m.method.clone(), m.attempts, m.successes))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(recovery(g), recovery(w));
+                let advice =
+                    |f: &pb::FailurePattern| f.prevention.iter().cloned().collect::<BTreeSet<_>>();
+                assert_eq!(advice(g), advice(w), "{}", regions.names[r]);
+                assert_eq!(got_check.safe, want_check.safe);
+                assert_eq!(
+                    got_check.warnings[0].prerequisite,
+                    want_check.warnings[0].prerequisite
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: {got_check:?}\n{got:?}\nwant {want_check:?}\n{want:?}",
+                regions.names[r]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What `hub` tells an instance that has shared nothing about applying
+/// "boost" to "lv", and the failures it knows.
+async fn failure_view(hub: &TestHub) -> (pb::CheckActionResponse, Vec<pb::FailurePattern>) {
+    let client = hub.registered("observer").await;
+    let check = client
+        .check_action(pb::CheckActionRequest {
+            strategy: "boost".into(),
+            metric: "lv".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let failures = client
+        .get_failures(pb::GetFailuresRequest::default())
+        .await
+        .unwrap()
+        .failures;
+    (check, failures)
 }
 
 /// What `hub` ranks for an instance that has shared nothing.

@@ -14,6 +14,7 @@ use learning_hub::domain::command::{
 use learning_hub::domain::digest::{Batch, RemoteInsight, RemoteModel, Stats, Subject, Versioned};
 use learning_hub::domain::federated::{Aggregation, Evaluation, FederationRules, ModelUpdate};
 use learning_hub::domain::idempotency::{Fingerprint, RequestTag};
+use learning_hub::domain::knowledge::{FailureKnowledge, Knowledge, Record};
 use learning_hub::domain::model::{
     ApiKey, Attributes, AuditEntry, ConfigShare, FailureReport, FailureType, InsightCategory,
     InsightDraft, InsightEvidence, MetricState, ParamValue, PatternShare, RecentApplication,
@@ -334,6 +335,15 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                                 .into_iter()
                                 .collect()
                         },
+                        // Sometimes a failure the origin knows, or its
+                        // withdrawal (drawn aside too).
+                        records: {
+                            let mut side = Rng::new(seed ^ (i as u64).wrapping_mul(0x7f4a));
+                            side.chance(0.3)
+                                .then(|| remote_failure(&mut side, after))
+                                .into_iter()
+                                .collect()
+                        },
                     }],
                 }
             }
@@ -403,4 +413,35 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
         commands.push(Command { at, action });
     }
     commands
+}
+
+/// A failure record as another region might send it: one of a few
+/// failures, at a version near `after`, now and then withdrawn.
+fn remote_failure(rng: &mut Rng, after: u64) -> (String, Record) {
+    use learning_hub::domain::model::FailurePattern;
+    let metric = pick(rng, &METRICS).to_string();
+    let strategy = pick(rng, &STRATEGIES).to_string();
+    let failure_type = FailureType::MetricReversal;
+    let id = FailurePattern::id_for(failure_type, &metric, &strategy);
+    let knowledge = rng.chance(0.8).then(|| {
+        Knowledge::Failure(FailureKnowledge {
+            failure_type,
+            metric,
+            strategy,
+            triggers: vec![format!("trigger {}", rng.next_u64() % 3)],
+            occurrences: 1 + rng.next_u64() % 5,
+            recovery: Default::default(),
+            prevention: vec!["go slower".into()],
+            preceded_by: Default::default(),
+            magnitude: Default::default(),
+            resolved: false,
+            first_seen: 0,
+            last_seen: 0,
+        })
+    });
+    let record = Record {
+        version: after + 1 + rng.next_u64() % 4,
+        knowledge,
+    };
+    (id, record)
 }

@@ -30,9 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use super::federated::ModelRecord;
 use super::influence::Viewer;
+use super::knowledge::{self, Record};
 use super::model::{
-    DayBucket, InsightDraft, OutcomeStats, StrategyRecord, UnixMillis, VALUE_BANDS,
+    DayBucket, InsightDraft, OutcomeStats, STREAK_CLASSES, StrategyRecord, UnixMillis, VALUE_BANDS,
 };
+use super::prevention::StrategyUsage;
 use super::stats::RunningStats;
 
 /// What a statistic is about.
@@ -64,15 +66,39 @@ pub enum Subject {
         strategy: String,
         context_key: String,
     },
+    /// A strategy aggregate's lifetime outcomes in a streak class (0, 1, 2,
+    /// 3+ applications of it in a row before): what rankings scale a
+    /// repeated use's gain by. Part of the aggregate.
+    Streak {
+        metric: String,
+        strategy: String,
+        context_key: String,
+        class: u8,
+    },
+    /// A strategy aggregate's lifetime outcomes when `before` was applied
+    /// shortly before. Part of the aggregate.
+    Preceded {
+        metric: String,
+        strategy: String,
+        context_key: String,
+        before: String,
+    },
+    /// How often the origin's instances applied a strategy, on any metric
+    /// (its count; `before` empty), or shortly after `before`: what another
+    /// region's failure reports of the strategy are rates of.
+    Usage { strategy: String, before: String },
 }
 
 impl Subject {
-    /// The metric it is about.
+    /// The metric it is about ("" for usage, which spans metrics).
     pub fn metric(&self) -> &str {
         match self {
             Subject::Strategy { metric, .. }
             | Subject::Recovery { metric, .. }
-            | Subject::Aggregate { metric, .. } => metric,
+            | Subject::Aggregate { metric, .. }
+            | Subject::Streak { metric, .. }
+            | Subject::Preceded { metric, .. } => metric,
+            Subject::Usage { .. } => "",
         }
     }
 }
@@ -221,6 +247,9 @@ pub struct Batch {
     /// its version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<RemoteModel>,
+    /// Whole records (failures) above `after`, by id ([`crate::knowledge`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records: BTreeMap<String, Record>,
 }
 
 /// A region's fleet model as other regions receive it: the weights its own
@@ -290,6 +319,7 @@ impl Batch {
         self.entries.is_empty()
             && self.insights.is_empty()
             && self.models.is_empty()
+            && self.records.is_empty()
             && self.through <= self.after
             && self.insights_through <= self.insights_after
     }
@@ -312,6 +342,10 @@ pub struct OriginState {
     /// The origin's fleet models, by name, each the newest version held.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, RemoteModel>,
+    /// The origin's whole records (failures), by id, each the newest
+    /// version held.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub records: BTreeMap<String, Record>,
 }
 
 impl OriginState {
@@ -334,20 +368,14 @@ impl OriginState {
             {
                 continue;
             }
-            let stale: Vec<Subject> = self
-                .entries
-                .range(aggregate_start(aggregate)..)
-                .take_while(|(s, _)| in_aggregate(s, aggregate))
+            let stale: Vec<Subject> = aggregate_entries(&self.entries, aggregate)
+                .into_iter()
                 .map(|(s, _)| s.clone())
                 .collect();
             for subject in stale {
                 self.entries.remove(&subject);
             }
-            for (subject, e) in batch
-                .entries
-                .range(aggregate_start(aggregate)..)
-                .take_while(|(s, _)| in_aggregate(s, aggregate))
-            {
+            for (subject, e) in aggregate_entries(&batch.entries, aggregate) {
                 self.entries.insert(subject.clone(), *e);
             }
             self.entries.insert(aggregate.clone(), *entry);
@@ -365,6 +393,7 @@ impl OriginState {
                 }
             }
         }
+        changed |= knowledge::merge(&mut self.records, &batch.records);
         if batch.after <= self.complete_through && batch.through > self.complete_through {
             self.complete_through = batch.through;
             changed = true;
@@ -403,6 +432,7 @@ impl OriginState {
                 .models
                 .iter()
                 .any(|m| self.models.get(&m.name).is_none_or(|held| m.beats(held)))
+            || knowledge::would_change(&self.records, &batch.records)
             || batch.entries.iter().any(|(subject, entry)| {
                 !sent_whole(&markers, subject)
                     && self
@@ -421,6 +451,7 @@ impl OriginState {
             after,
             through: self.complete_through,
             entries: above(&self.entries, after),
+            records: knowledge::above(&self.records, after),
             // Whole models, small: a receiver keeps only newer versions.
             models: self.models.values().cloned().collect(),
             ..Batch::default()
@@ -444,10 +475,22 @@ fn sent_whole(markers: &BTreeMap<Subject, Versioned>, subject: &Subject) -> bool
     markers.contains_key(subject) || aggregate_of(subject).is_some_and(|a| markers.contains_key(&a))
 }
 
-/// The aggregate a strategy subject belongs to.
+/// The aggregate a strategy, streak or preceded subject belongs to.
 fn aggregate_of(subject: &Subject) -> Option<Subject> {
     match subject {
         Subject::Strategy {
+            metric,
+            strategy,
+            context_key,
+            ..
+        }
+        | Subject::Streak {
+            metric,
+            strategy,
+            context_key,
+            ..
+        }
+        | Subject::Preceded {
             metric,
             strategy,
             context_key,
@@ -461,25 +504,55 @@ fn aggregate_of(subject: &Subject) -> Option<Subject> {
     }
 }
 
-/// The first strategy subject of `aggregate` in subject order.
-fn aggregate_start(aggregate: &Subject) -> Subject {
+/// The first subject of each of `aggregate`'s parts (its strategy,
+/// streak and preceded subjects) in subject order: each part is one range.
+fn aggregate_starts(aggregate: &Subject) -> Vec<Subject> {
     match aggregate {
         Subject::Aggregate {
             metric,
             strategy,
             context_key,
-        } => Subject::Strategy {
-            metric: metric.clone(),
-            strategy: strategy.clone(),
-            context_key: context_key.clone(),
-            band: 0,
-            day: i64::MIN,
-        },
-        other => other.clone(),
+        } => vec![
+            Subject::Strategy {
+                metric: metric.clone(),
+                strategy: strategy.clone(),
+                context_key: context_key.clone(),
+                band: 0,
+                day: i64::MIN,
+            },
+            Subject::Streak {
+                metric: metric.clone(),
+                strategy: strategy.clone(),
+                context_key: context_key.clone(),
+                class: 0,
+            },
+            Subject::Preceded {
+                metric: metric.clone(),
+                strategy: strategy.clone(),
+                context_key: context_key.clone(),
+                before: String::new(),
+            },
+        ],
+        other => vec![other.clone()],
     }
 }
 
-/// Whether `subject` is one of `aggregate`'s strategy subjects.
+/// Every entry of `aggregate` in `entries` (its parts, not its marker).
+fn aggregate_entries<'e>(
+    entries: &'e BTreeMap<Subject, Versioned>,
+    aggregate: &Subject,
+) -> Vec<(&'e Subject, &'e Versioned)> {
+    aggregate_starts(aggregate)
+        .into_iter()
+        .flat_map(|start| {
+            entries
+                .range(start..)
+                .take_while(|(s, _)| in_aggregate(s, aggregate))
+        })
+        .collect()
+}
+
+/// Whether `subject` is one of `aggregate`'s parts.
 fn in_aggregate(subject: &Subject, aggregate: &Subject) -> bool {
     aggregate_of(subject).as_ref() == Some(aggregate)
 }
@@ -518,6 +591,11 @@ mod pairs {
 pub struct Remote {
     pub by_context: BTreeMap<String, Vec<DayBucket>>,
     pub origins: u32,
+    /// Lifetime outcomes by streak class, every context's summed.
+    pub streaks: Vec<OutcomeStats>,
+    /// Lifetime outcomes by strategy applied shortly before, every
+    /// context's summed.
+    pub preceded_by: BTreeMap<String, OutcomeStats>,
 }
 
 /// [`Remote`] evidence on `strategy` for `metric` from `origins`.
@@ -570,8 +648,94 @@ pub fn remote_evidence<'a>(
             *outcomes = outcomes.merge(&entry.stats.outcomes());
         }
         remote.origins += u32::from(any);
+        let streaks = Subject::Streak {
+            metric: metric.to_string(),
+            strategy: strategy.to_string(),
+            context_key: String::new(),
+            class: 0,
+        };
+        for (subject, entry) in origin.entries.range(streaks..) {
+            let Subject::Streak {
+                metric: m,
+                strategy: s,
+                class,
+                ..
+            } = subject
+            else {
+                break;
+            };
+            if m != metric || s != strategy {
+                break;
+            }
+            let class = usize::from(*class);
+            if class >= STREAK_CLASSES {
+                continue;
+            }
+            if remote.streaks.len() <= class {
+                remote.streaks.resize(class + 1, OutcomeStats::default());
+            }
+            remote.streaks[class] = remote.streaks[class].merge(&entry.stats.outcomes());
+        }
+        let preceded = Subject::Preceded {
+            metric: metric.to_string(),
+            strategy: strategy.to_string(),
+            context_key: String::new(),
+            before: String::new(),
+        };
+        for (subject, entry) in origin.entries.range(preceded..) {
+            let Subject::Preceded {
+                metric: m,
+                strategy: s,
+                before,
+                ..
+            } = subject
+            else {
+                break;
+            };
+            if m != metric || s != strategy {
+                break;
+            }
+            let held = remote.preceded_by.entry(before.clone()).or_default();
+            *held = held.merge(&entry.stats.outcomes());
+        }
     }
     remote
+}
+
+/// How often other regions' instances applied `strategy` (on any metric),
+/// in total and shortly after each other strategy: every origin's
+/// [`Subject::Usage`] entries summed.
+pub fn remote_usage<'a>(
+    origins: impl IntoIterator<Item = &'a OriginState>,
+    strategy: &str,
+) -> (u64, BTreeMap<String, u64>) {
+    let start = Subject::Usage {
+        strategy: strategy.to_string(),
+        before: String::new(),
+    };
+    let mut total = 0u64;
+    let mut preceded_by: BTreeMap<String, u64> = BTreeMap::new();
+    for origin in origins {
+        for (subject, entry) in origin.entries.range(start.clone()..) {
+            let Subject::Usage {
+                strategy: s,
+                before,
+            } = subject
+            else {
+                break;
+            };
+            if s != strategy {
+                break;
+            }
+            if before.is_empty() {
+                total = total.saturating_add(entry.stats.count);
+            } else {
+                let n = preceded_by.entry(before.clone()).or_default();
+                *n = n.saturating_add(entry.stats.count);
+            }
+        }
+    }
+    (total, preceded_by)
 }
 
 /// One subject's fleet-wide figures: every origin's stats summed, and how
@@ -633,8 +797,13 @@ pub fn export_strategies<'r>(
     through: u64,
 ) -> Batch {
     let mut entries = BTreeMap::new();
+    // Per strategy: its newest aggregate's version, and its applications.
+    let mut usage: BTreeMap<&str, (u64, StrategyUsage)> = BTreeMap::new();
     for record in records {
         let version = record.version();
+        let used = usage.entry(record.strategy.as_str()).or_default();
+        used.0 = used.0.max(version);
+        used.1.add(record);
         if version <= after {
             continue;
         }
@@ -676,6 +845,66 @@ pub fn export_strategies<'r>(
                     },
                 );
             }
+        }
+        let at = |stats: &OutcomeStats| Versioned {
+            version,
+            stats: Stats::from_outcomes(stats),
+        };
+        for (class, stats) in record.streaks.iter().enumerate().take(STREAK_CLASSES) {
+            if stats.applications > 0 {
+                entries.insert(
+                    Subject::Streak {
+                        metric: record.metric.clone(),
+                        strategy: record.strategy.clone(),
+                        context_key: record.context_key.clone(),
+                        class: class as u8,
+                    },
+                    at(stats),
+                );
+            }
+        }
+        for (before, stats) in &record.preceded_by {
+            if stats.applications > 0 {
+                entries.insert(
+                    Subject::Preceded {
+                        metric: record.metric.clone(),
+                        strategy: record.strategy.clone(),
+                        context_key: record.context_key.clone(),
+                        before: before.clone(),
+                    },
+                    at(stats),
+                );
+            }
+        }
+    }
+    // Usage counts every aggregate, corroborated or not: it is what the
+    // origin's failure reports are rates of, and it names no instance.
+    for (strategy, (version, used)) in usage {
+        if version <= after {
+            continue;
+        }
+        let count = |count: u64| Versioned {
+            version,
+            stats: Stats {
+                count,
+                ..Stats::default()
+            },
+        };
+        entries.insert(
+            Subject::Usage {
+                strategy: strategy.to_string(),
+                before: String::new(),
+            },
+            count(used.applications),
+        );
+        for (before, n) in &used.preceded_by {
+            entries.insert(
+                Subject::Usage {
+                    strategy: strategy.to_string(),
+                    before: before.clone(),
+                },
+                count(*n),
+            );
         }
     }
     Batch {
@@ -780,6 +1009,7 @@ mod tests {
         pub origin: String,
         pub version: u64,
         pub entries: BTreeMap<Subject, Versioned>,
+        pub records: BTreeMap<String, Record>,
     }
 
     impl Export {
@@ -801,13 +1031,50 @@ mod tests {
             entry.version = self.version;
         }
 
-        /// Its entries above `after`, complete through its current version.
+        /// Records a report of failure `k` at the origin's next version:
+        /// one more occurrence, or (`withdrawn`) the failure no longer
+        /// crossing.
+        pub fn report_failure(&mut self, k: u8, withdrawn: bool) {
+            self.version += 1;
+            let id = format!("failure_{k}");
+            let occurrences = match self.records.get(&id).and_then(|r| r.knowledge.as_ref()) {
+                Some(knowledge::Knowledge::Failure(f)) => f.occurrences,
+                None => 0,
+            };
+            let knowledge = (!withdrawn).then(|| {
+                knowledge::Knowledge::Failure(knowledge::FailureKnowledge {
+                    failure_type: crate::model::FailureType::Deadlock,
+                    metric: "m".into(),
+                    strategy: format!("s{k}"),
+                    triggers: vec![format!("at {}", self.version)],
+                    occurrences: occurrences + 1,
+                    recovery: BTreeMap::new(),
+                    prevention: Vec::new(),
+                    preceded_by: BTreeMap::new(),
+                    magnitude: RunningStats::default(),
+                    resolved: false,
+                    first_seen: 0,
+                    last_seen: self.version as i64,
+                })
+            });
+            self.records.insert(
+                id,
+                Record {
+                    version: self.version,
+                    knowledge,
+                },
+            );
+        }
+
+        /// Its entries and records above `after`, complete through its
+        /// current version.
         pub fn since(&self, after: u64) -> Batch {
             Batch {
                 origin: self.origin.clone(),
                 after,
                 through: self.version,
                 entries: above(&self.entries, after),
+                records: knowledge::above(&self.records, after),
                 ..Batch::default()
             }
         }
@@ -844,7 +1111,12 @@ mod tests {
         let mut last = [0u64; 3];
         for (i, (origin, k, ok, v)) in events.iter().enumerate() {
             let o = *origin as usize;
-            exports[o].observe(subject(*k), Stats::of(*ok, f64::from(*v) / 100.0));
+            if k % 4 == 0 {
+                // Now and then a failure report instead, or its withdrawal.
+                exports[o].report_failure(k % 3, *v < -100);
+            } else {
+                exports[o].observe(subject(*k), Stats::of(*ok, f64::from(*v) / 100.0));
+            }
             if cuts.contains(&(i as u8)) {
                 batches.push(exports[o].since(last[o]));
                 last[o] = exports[o].version;
@@ -901,6 +1173,12 @@ mod tests {
             // behind a reordered delivery, and is asked again).
             for (origin, state) in &in_order.origins {
                 prop_assert_eq!(&state.entries, &other.origins[origin].entries);
+                prop_assert_eq!(&state.records, &other.origins[origin].records);
+            }
+            // Each origin's records as it last had them, whatever the order.
+            for e in &exports {
+                let held = other.origins.get(&e.origin).map(|s| s.records.clone());
+                prop_assert_eq!(held.unwrap_or_default(), e.records.clone());
             }
             prop_assert_eq!(in_order.fleet("none", &BTreeMap::new()), truth(&exports));
             // The same figures summed origin by origin in name order (as a
@@ -928,6 +1206,7 @@ mod tests {
             prop_assert_eq!(&before.origins.keys().collect::<Vec<_>>(), &other.origins.keys().collect::<Vec<_>>());
             for (origin, state) in &before.origins {
                 prop_assert_eq!(&state.entries, &other.origins[origin].entries);
+                prop_assert_eq!(&state.records, &other.origins[origin].records);
             }
         }
 
@@ -1137,7 +1416,8 @@ mod tests {
             );
             record.through_sequence = i as u64 + 1;
         }
-        // One reporter so far: nothing crosses.
+        // One reporter so far: nothing of it crosses but its marker and
+        // the strategy's usage count.
         let lone = {
             let mut r = record.clone();
             r.instances.remove("secret-instance-b");
@@ -1148,11 +1428,24 @@ mod tests {
             lone_batch
                 .entries
                 .keys()
-                .all(|s| matches!(s, Subject::Aggregate { .. })),
-            "only its marker: {lone_batch:?}"
+                .all(|s| matches!(s, Subject::Aggregate { .. } | Subject::Usage { .. })),
+            "only its marker and usage: {lone_batch:?}"
         );
-        assert_eq!(lone_batch.entries.len(), 1);
+        assert_eq!(lone_batch.entries.len(), 2);
         let batch = export_strategies("eu-west", [&record], 0, 3);
+        // Its lifetime streak class and usage go with it.
+        let streak = &batch.entries[&Subject::Streak {
+            metric: "lv".into(),
+            strategy: "steady".into(),
+            context_key: "tier=gold".into(),
+            class: 0,
+        }];
+        assert_eq!((streak.stats.count, streak.stats.successes), (3, 2));
+        let usage = &batch.entries[&Subject::Usage {
+            strategy: "steady".into(),
+            before: String::new(),
+        }];
+        assert_eq!((usage.version, usage.stats.count), (3, 3));
         let low = &batch.entries[&Subject::Strategy {
             metric: "lv".into(),
             strategy: "steady".into(),
@@ -1164,8 +1457,8 @@ mod tests {
         assert_eq!((low.stats.count, low.stats.successes), (2, 1));
         assert!((low.stats.gain_sum - 0.1).abs() < 1e-12);
         assert!((low.stats.loss_sum + 0.2).abs() < 1e-12);
-        // Two bands, and the aggregate's marker.
-        assert_eq!(batch.entries.len(), 3);
+        // Two bands, a streak class, the aggregate's marker and usage.
+        assert_eq!(batch.entries.len(), 5);
         let wire = format!("{batch:?}");
         assert!(!wire.contains("secret-instance"), "{wire}");
         // Nothing newer than what the peer holds: nothing sent.

@@ -301,6 +301,7 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
             };
             let mut failure = (*existing).clone();
             failure.resolved = true;
+            failure.changed_at = state.position;
             let failure = Arc::new(failure);
             state
                 .tables
@@ -352,7 +353,9 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 .collect();
             for id in reported {
                 if let Some(failure) = state.tables.failures.get_mut(&id) {
-                    crate::influence::forget_failure_reports(Arc::make_mut(failure), instance_id);
+                    let failure = Arc::make_mut(failure);
+                    crate::influence::forget_failure_reports(failure, instance_id);
+                    failure.changed_at = state.position;
                 }
             }
             let quarantine = Arc::new(Quarantine {
@@ -1015,6 +1018,8 @@ fn share_failure(
                 }
                 None => FailurePattern::new(report, caller, now),
             };
+            let mut failure = failure;
+            failure.changed_at = state.position;
             let failure = Arc::new(failure);
             state.tables.failures.insert(id, failure.clone());
             Ok((Answer::FailureShared { failure }, Applied::ShareFailure))

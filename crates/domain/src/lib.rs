@@ -3,8 +3,8 @@
 //! commands that change it ([`command`]) and the one pure function that
 //! applies them ([`fold`]), and the pure logic that answers queries
 //! ([`matching`], [`recommend`], [`influence`], [`anomaly`], [`recovery`], [`federated`], [`prevention`], [`bootstrap`],
-//! [`insight_gen`], [`retention`], [`idempotency`]), and [`digest`]: the
-//! mergeable knowledge regional hubs will exchange. Nothing here does I/O
+//! [`insight_gen`], [`retention`], [`idempotency`]), and [`digest`] and
+//! [`knowledge`]: the mergeable knowledge regional hubs exchange. Nothing here does I/O
 //! or knows about gRPC (but for the one conversion of its [`error::Error`]
 //! into a gRPC status), so all of it is unit-tested directly. Also here:
 //! [`clock`] (time as an injected dependency), [`validate`] (the input
@@ -23,6 +23,7 @@ pub mod identity;
 pub mod influence;
 pub mod insight_gen;
 pub mod keys;
+pub mod knowledge;
 pub mod matching;
 pub mod model;
 pub mod prevention;

@@ -1099,6 +1099,10 @@ pub struct FailurePattern {
     /// missing here was given before reporters were kept).
     #[serde(default)]
     pub advice_by: BTreeMap<String, BTreeSet<String>>,
+    /// The log position of its last change: its version for other regions
+    /// (0 in records last changed before it was kept).
+    #[serde(default)]
+    pub changed_at: u64,
 }
 
 impl AsRef<FailurePattern> for FailurePattern {
@@ -1153,6 +1157,7 @@ impl FailurePattern {
             reports: BTreeMap::new(),
             recovery_by: BTreeMap::new(),
             advice_by: BTreeMap::new(),
+            changed_at: 0,
         };
         failure.record(report, instance, now);
         failure

@@ -73,6 +73,10 @@ impl StrategyUsage {
         }
         let mut rate = failed as f64 / all as f64;
         for (instance, &applied) in &self.by_instance {
+            // Not an instance: earlier reporters, other regions.
+            if instance == crate::influence::EARLIER_REPORTERS {
+                continue;
+            }
             let others = all.saturating_sub(applied);
             let share = crate::influence::allowance(others);
             // The others must be a reference ([`FREE_REPORTS`]

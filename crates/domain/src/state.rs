@@ -25,9 +25,10 @@ use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 
 use super::anomaly::Anomaly;
-use super::digest::{Batch, OriginState, Subject, remote_evidence};
+use super::digest::{Batch, OriginState, Subject, remote_evidence, remote_usage};
 use super::federated::ModelRecord;
 use super::idempotency::{RequestKey, RequestRecord};
+use super::knowledge::{self, FailureKnowledge, Knowledge};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Name, Pattern,
@@ -419,8 +420,15 @@ impl State {
                 }
                 | Subject::Aggregate {
                     metric, strategy, ..
+                }
+                | Subject::Streak {
+                    metric, strategy, ..
+                }
+                | Subject::Preceded {
+                    metric, strategy, ..
                 } => Some((metric.as_str(), strategy.as_str())),
-                Subject::Recovery { .. } => None,
+                // Usage is joined per query (see `usage_of`).
+                Subject::Recovery { .. } | Subject::Usage { .. } => None,
             })
             .collect();
         for (metric, strategy) in touched {
@@ -500,6 +508,20 @@ impl State {
         // Other regions' evidence joins the windows rankings read (not the
         // lifetime figures, which stay this region's own).
         let remote = remote_evidence(self.tables.regions.values().map(|o| &**o), metric, strategy);
+        // Streaks and strategies applied before: lifetime figures the
+        // fleet's rankings scale by, every region's.
+        if fleet.streaks.len() < remote.streaks.len() {
+            fleet
+                .streaks
+                .resize(remote.streaks.len(), Default::default());
+        }
+        for (own, other) in fleet.streaks.iter_mut().zip(&remote.streaks) {
+            *own = own.merge(other);
+        }
+        for (before, stats) in &remote.preceded_by {
+            let own = fleet.preceded_by.entry(before.clone()).or_default();
+            *own = own.merge(stats);
+        }
         for (context_key, window) in &remote.by_context {
             merge_windows(&mut fleet.window, window);
             if context_key.is_empty() {
@@ -519,13 +541,67 @@ impl State {
         }
     }
 
-    /// How `strategy` has been used (any metric, any context).
+    /// How `strategy` has been used (any metric, any context), in this
+    /// region and, as one voice, in the others
+    /// ([`crate::knowledge::joined_usage`]).
     pub fn usage_of(&self, strategy: &str) -> Arc<StrategyUsage> {
+        let own = self
+            .indexes
+            .usage
+            .get(strategy)
+            .cloned()
+            .unwrap_or_default();
+        if self.tables.regions.is_empty() {
+            return own;
+        }
+        let remote = remote_usage(self.tables.regions.values().map(|o| &**o), strategy);
+        if remote.0 == 0 && remote.1.is_empty() {
+            return own;
+        }
+        Arc::new(knowledge::joined_usage(&own, remote))
+    }
+
+    /// How `strategy` has been used in this region alone: what its own
+    /// failure reports are counted against when they are exported.
+    pub fn own_usage_of(&self, strategy: &str) -> Arc<StrategyUsage> {
         self.indexes
             .usage
             .get(strategy)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Every failure as queries see it: this region's records, each with
+    /// what other regions know of it joined, and failures only other
+    /// regions know ([`crate::knowledge::joined_failure`]), in id order.
+    pub fn failures(&self) -> Vec<Arc<FailurePattern>> {
+        if self.tables.regions.is_empty() {
+            return self.tables.failures.values().cloned().collect();
+        }
+        let mut remote: BTreeMap<&str, Vec<&FailureKnowledge>> = BTreeMap::new();
+        for origin in self.tables.regions.values() {
+            for (id, record) in &origin.records {
+                if let Some(Knowledge::Failure(k)) = &record.knowledge {
+                    remote.entry(id.as_str()).or_default().push(k);
+                }
+            }
+        }
+        if remote.is_empty() {
+            return self.tables.failures.values().cloned().collect();
+        }
+        let mut joined: BTreeMap<&str, Arc<FailurePattern>> = self
+            .tables
+            .failures
+            .iter()
+            .map(|(id, f)| (id.as_str(), f.clone()))
+            .collect();
+        for (id, knowledge) in remote {
+            let own = joined.get(id).map(|f| &**f);
+            if let Some(failure) = knowledge::joined_failure(own, knowledge, id) {
+                joined.insert(id, Arc::new(failure));
+            }
+        }
+        joined.into_values().collect()
     }
 
     /// A SHA-256 over everything the log decides: the position, every

@@ -178,6 +178,11 @@ pub fn category_filter(raw: i32) -> Result<Option<InsightCategory>> {
     optional_enum("category", raw, parse_category)
 }
 
+/// A failure type that must be set.
+pub fn required_failure_type(field: &str, raw: i32) -> Result<FailureType> {
+    required_enum(field, raw, parse_failure_type)
+}
+
 pub fn failure_type_filter(raw: i32) -> Result<Option<FailureType>> {
     optional_enum("failure_type", raw, parse_failure_type)
 }
@@ -992,7 +997,7 @@ pub fn insight(i: &Insight) -> pb::Insight {
     }
 }
 
-fn failure_type(t: FailureType) -> pb::FailureType {
+pub fn failure_type(t: FailureType) -> pb::FailureType {
     match t {
         FailureType::MetricReversal => pb::FailureType::MetricReversal,
         FailureType::Deadlock => pb::FailureType::Deadlock,

@@ -7,12 +7,9 @@ use std::sync::Arc;
 
 use tonic::Request;
 
-use super::{Reply, caller, convert, reply};
-use crate::domain::digest::{
-    Batch, FleetStats, RemoteInsight, RemoteModel, Stats, Subject, Versioned,
-};
+use super::{Reply, caller, convert, exchanged, reply};
+use crate::domain::digest::{Batch, FleetStats, RemoteInsight, RemoteModel, Subject};
 use crate::domain::model::Insight;
-use crate::domain::model::VALUE_BANDS;
 use crate::error::Error;
 use crate::error::Result;
 use crate::hub::Hub;
@@ -80,29 +77,12 @@ pub fn digest_batch(batch: &Batch) -> pb::DigestBatch {
         entries: batch
             .entries
             .iter()
-            .filter_map(|(subject, entry)| {
-                let (strategy, aggregate) = match subject {
-                    Subject::Aggregate {
-                        metric,
-                        strategy,
-                        context_key,
-                    } => (
-                        None,
-                        Some(pb::AggregateSubject {
-                            metric: metric.clone(),
-                            strategy: strategy.clone(),
-                            context_key: context_key.clone(),
-                        }),
-                    ),
-                    other => (Some(strategy_subject(other)?), None),
-                };
-                Some(pb::DigestEntry {
-                    strategy,
-                    aggregate,
-                    version: entry.version,
-                    stats: Some(digest_stats(&entry.stats)),
-                })
-            })
+            .filter_map(|(subject, entry)| exchanged::entry(subject, entry))
+            .collect(),
+        records: batch
+            .records
+            .iter()
+            .map(|(id, record)| exchanged::record(id, record))
             .collect(),
         insights_after: batch.insights_after,
         insights_through: batch.insights_through,
@@ -140,50 +120,14 @@ pub fn digest_batch(batch: &Batch) -> pb::DigestBatch {
 /// A subject's fleet-wide figures as a message.
 pub fn fleet_entry(subject: &Subject, figures: &FleetStats) -> Option<pb::FleetEntry> {
     Some(pb::FleetEntry {
-        subject: Some(strategy_subject(subject)?),
-        stats: Some(digest_stats(&figures.stats)),
+        subject: Some(exchanged::strategy_subject(subject)?),
+        stats: Some(exchanged::stats(&figures.stats)),
         origins: figures.origins,
     })
 }
 
-/// A strategy subject as a message (recovery subjects are not exchanged
-/// yet).
-fn strategy_subject(subject: &Subject) -> Option<pb::StrategySubject> {
-    match subject {
-        Subject::Strategy {
-            metric,
-            strategy,
-            context_key,
-            band,
-            day,
-        } => Some(pb::StrategySubject {
-            metric: metric.clone(),
-            strategy: strategy.clone(),
-            context_key: context_key.clone(),
-            band: u32::from(*band),
-            day: *day,
-        }),
-        Subject::Recovery { .. } | Subject::Aggregate { .. } => None,
-    }
-}
-
-fn digest_stats(stats: &Stats) -> pb::DigestStats {
-    pb::DigestStats {
-        count: stats.count,
-        successes: stats.successes,
-        gain_sum: stats.gain_sum,
-        gain_sum_sq: stats.gain_sum_sq,
-        loss_sum: stats.loss_sum,
-        loss_sum_sq: stats.loss_sum_sq,
-    }
-}
-
 /// The most a peer's model weights may take (8 bytes each).
 const MAX_MODEL_BYTES: usize = 1024 * 1024;
-
-/// The longest context key a peer may send (the key of attributes within
-/// the limits an instance's context is held to).
-const MAX_CONTEXT_KEY: usize = 8 * 1024;
 
 /// A batch a peer sent, checked as any input is: names valid, bands in
 /// range, counts consistent, sums finite. The error names the field.
@@ -192,80 +136,17 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
     validate::name(&field("origin"), &message.origin)?;
     // No count limit on entries beyond the message size: a region's first
     // answer carries everything it knows.
-    let mut entries = std::collections::BTreeMap::new();
+    let mut entries = BTreeMap::new();
     for (i, entry) in message.entries.into_iter().enumerate() {
         let field = |name: &str| format!("batches[{at}].entries[{i}].{name}");
-        if let (None, Some(marker)) = (&entry.strategy, &entry.aggregate) {
-            validate::name(&field("aggregate.metric"), &marker.metric)?;
-            validate::name(&field("aggregate.strategy"), &marker.strategy)?;
-            validate::text(
-                &field("aggregate.context_key"),
-                &marker.context_key,
-                MAX_CONTEXT_KEY,
-            )?;
-            entries.insert(
-                Subject::Aggregate {
-                    metric: marker.metric.clone(),
-                    strategy: marker.strategy.clone(),
-                    context_key: marker.context_key.clone(),
-                },
-                Versioned {
-                    version: entry.version,
-                    stats: Stats::default(),
-                },
-            );
-            continue;
-        }
-        let Some(subject) = entry.strategy else {
-            return Err(crate::error::Error::invalid(
-                field("strategy"),
-                "is required (or aggregate, for a marker)",
-            ));
-        };
-        validate::name(&field("strategy.metric"), &subject.metric)?;
-        validate::name(&field("strategy.strategy"), &subject.strategy)?;
-        validate::text(
-            &field("strategy.context_key"),
-            &subject.context_key,
-            MAX_CONTEXT_KEY,
-        )?;
-        let band = u8::try_from(subject.band)
-            .ok()
-            .filter(|b| usize::from(*b) < VALUE_BANDS)
-            .ok_or_else(|| {
-                crate::error::Error::invalid(
-                    field("strategy.band"),
-                    format!("must be below {VALUE_BANDS}, got {}", subject.band),
-                )
-            })?;
-        let stats = entry.stats.unwrap_or_default();
-        if stats.successes > stats.count {
-            return Err(crate::error::Error::invalid(
-                field("stats.successes"),
-                format!("exceeds count ({} > {})", stats.successes, stats.count),
-            ));
-        }
-        let stats = Stats {
-            count: stats.count,
-            successes: stats.successes,
-            gain_sum: validate::finite(&field("stats.gain_sum"), stats.gain_sum)?,
-            gain_sum_sq: validate::finite(&field("stats.gain_sum_sq"), stats.gain_sum_sq)?,
-            loss_sum: validate::finite(&field("stats.loss_sum"), stats.loss_sum)?,
-            loss_sum_sq: validate::finite(&field("stats.loss_sum_sq"), stats.loss_sum_sq)?,
-        };
-        entries.insert(
-            Subject::Strategy {
-                metric: subject.metric,
-                strategy: subject.strategy,
-                context_key: subject.context_key,
-                band,
-                day: subject.day,
-            },
-            Versioned {
-                version: entry.version,
-                stats,
-            },
-        );
+        let (subject, versioned) = exchanged::entry_from(entry, &field)?;
+        entries.insert(subject, versioned);
+    }
+    let mut records = BTreeMap::new();
+    for (i, record) in message.records.into_iter().enumerate() {
+        let field = |name: &str| format!("batches[{at}].records[{i}].{name}");
+        let (id, record) = exchanged::record_from(record, &field)?;
+        records.insert(id, record);
     }
     let mut insights = Vec::with_capacity(message.insights.len());
     for (k, exchanged) in message.insights.into_iter().enumerate() {
@@ -317,5 +198,6 @@ pub fn batch_from(message: pb::DigestBatch, at: usize) -> Result<Batch> {
         insights_through: message.insights_through,
         insights,
         models,
+        records,
     })
 }

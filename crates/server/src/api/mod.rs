@@ -6,6 +6,7 @@
 //! `From<Error> for Status`.
 
 mod admin;
+mod exchanged;
 pub mod federation;
 pub use learning_hub_proto::codec;
 pub mod convert;

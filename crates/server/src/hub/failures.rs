@@ -62,7 +62,7 @@ impl Hub {
         metric: &str,
     ) -> Plan {
         recovery::plan(
-            self.state().tables.failures.values().map(|f| &**f),
+            self.state().failures().iter().map(|f| &**f),
             failure_type,
             metric,
             Viewer::of(caller),
@@ -92,14 +92,12 @@ impl Hub {
     ) -> Vec<Arc<FailurePattern>> {
         let state = self.state();
         let mut failures: Vec<_> = state
-            .tables
-            .failures
-            .values()
+            .failures()
+            .into_iter()
             .filter(|f| include_resolved || !f.resolved)
             .filter(|f| failure_type.is_none_or(|t| f.failure_type == t))
             .filter(|f| metric.is_none_or(|m| f.metric == m))
             .filter(|f| strategy.is_none_or(|s| f.strategy == s))
-            .cloned()
             .collect();
         failures.sort_by(|a, b| {
             b.occurrences
@@ -127,18 +125,18 @@ impl Hub {
         context: &Attributes,
     ) -> ActionCheck {
         let state = self.state();
+        let open: Vec<Arc<FailurePattern>> = state
+            .failures()
+            .into_iter()
+            .filter(|f| !f.resolved)
+            .collect();
         let warnings_for = |candidate: &str| {
             prevention::check_action(
                 candidate,
                 metric,
                 metrics,
                 recent,
-                state
-                    .tables
-                    .failures
-                    .values()
-                    .filter(|f| !f.resolved)
-                    .cloned(),
+                open.iter().cloned(),
                 &state.usage_of(candidate),
             )
         };

@@ -12,6 +12,7 @@ use crate::domain::digest::{
 };
 use crate::domain::fold::Answer;
 use crate::domain::identity::Identity;
+use crate::domain::knowledge;
 use crate::domain::model::{Insight, UnixMillis};
 use crate::error::{Error, Result};
 
@@ -138,22 +139,24 @@ impl Hub {
         Ok(batches)
     }
 
-    /// This region's own knowledge above `after`, complete through the
-    /// newest outcome folded into it.
+    /// This region's own knowledge above `after` (its strategy statistics
+    /// and its failures), complete through the newest change of either.
     fn own_export(&self, state: &State, after: u64) -> Batch {
-        let through = state
-            .tables
-            .strategies
-            .values()
-            .map(|r| r.version())
-            .max()
-            .unwrap_or(0);
-        digest::export_strategies(
+        let strategies = state.tables.strategies.values().map(|r| r.version());
+        let failures = state.tables.failures.values().map(|f| f.changed_at);
+        let through = strategies.chain(failures).max().unwrap_or(0);
+        let mut batch = digest::export_strategies(
             &self.shared.settings.region,
             state.tables.strategies.values().map(|r| &**r),
             after,
             through,
-        )
+        );
+        batch.records = knowledge::export_failures(
+            state.tables.failures.values().map(|f| &**f),
+            |strategy| state.own_usage_of(strategy),
+            after,
+        );
+        batch
     }
 
     /// For each other origin region, the version through which this hub

@@ -81,8 +81,9 @@ impl Hub {
         let key = context_key(&ask.context);
         let views = state.strategy_views(&ask.metric, &key);
         // Open failures by strategy, read once rather than once per strategy.
+        let failures = state.failures();
         let mut open_failures: BTreeMap<&str, Vec<&FailurePattern>> = BTreeMap::new();
-        for failure in state.tables.failures.values().filter(|f| !f.resolved) {
+        for failure in failures.iter().filter(|f| !f.resolved) {
             open_failures
                 .entry(failure.strategy.as_str())
                 .or_default()
@@ -211,7 +212,7 @@ fn conflicts(state: &State, names: &BTreeSet<&str>) -> Vec<(String, String)> {
             }
         }
     }
-    for failure in state.tables.failures.values().filter(|f| !f.resolved) {
+    for failure in state.failures().iter().filter(|f| !f.resolved) {
         if !names.contains(failure.strategy.as_str()) {
             continue;
         }
