@@ -655,6 +655,141 @@ async fn failures_reported_in_three_regions_warn_as_one_hub_does() {
     }
 }
 
+/// Patterns and configurations cross: region r's two instances share the
+/// same plateau pattern (and act on it) and the same configuration, with
+/// 40 data points each. No region alone has the 100 a configuration needs
+/// to be validated; every region, like one hub fed every share, validates
+/// it, and matches the pattern with every region's figures.
+#[tokio::test]
+async fn patterns_and_configurations_cross_as_one_hub_knows_them() {
+    let regions = Regions::start(&["ap-south", "eu-west", "us-east"]).await;
+    let single = TestHub::start().await;
+    let metrics: BTreeMap<String, pb::MetricState> = [(
+        "lv".to_string(),
+        pb::MetricState {
+            value: 0.4,
+            stuck: true,
+        },
+    )]
+    .into();
+    let context: BTreeMap<String, String> = [("tier".to_string(), "gpu".to_string())].into();
+    for (r, name) in regions.names.iter().enumerate() {
+        for who in 0..2 {
+            let id = format!("{name}-{who}");
+            for hub in [&regions.hubs[r], &single] {
+                let client = hub.registered(&id).await;
+                let shared = client
+                    .share_pattern(pb::SharePatternRequest {
+                        metrics: metrics.clone(),
+                        cycles_until_plateau: 10 + r as u32,
+                        recovery_strategies: vec!["warm-restart".into()],
+                        environment: context.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                client
+                    .record_pattern_outcome(pb::RecordPatternOutcomeRequest {
+                        pattern_id: shared.pattern.unwrap().id,
+                        success: who == 0,
+                        metric_name: "lv".into(),
+                        strategy: "warm-restart".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                client
+                    .share_configuration(pb::ShareConfigurationRequest {
+                        context: context.clone(),
+                        parameters: [(
+                            "lr".to_string(),
+                            prost_types::Value {
+                                kind: Some(prost_types::value::Kind::NumberValue(0.1)),
+                            },
+                        )]
+                        .into(),
+                        effectiveness: 0.5 + 0.1 * r as f64,
+                        data_points: 40,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let (want_patterns, want_config) = pattern_and_config(&single, &metrics, &context).await;
+    let want = want_patterns[0].pattern.clone().unwrap();
+    let want_config = want_config.expect("one hub fed everything validates it");
+    assert!(want_config.validated, "{want_config:?}");
+    assert_eq!(
+        (want.frequency, want.effectiveness.unwrap().success),
+        (6, 3)
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for (r, hub) in regions.hubs.iter().enumerate() {
+        loop {
+            let (patterns, config) = pattern_and_config(hub, &metrics, &context).await;
+            let pattern = patterns.first().and_then(|m| m.pattern.clone());
+            let met = pattern
+                .as_ref()
+                .is_some_and(|p| p.frequency == want.frequency)
+                && config.as_ref().is_some_and(|c| c.validated);
+            if met {
+                let (p, c) = (pattern.unwrap(), config.unwrap());
+                assert_eq!(p.id, want.id);
+                assert_eq!(p.effectiveness, want.effectiveness);
+                assert!((p.cycles_until_plateau - want.cycles_until_plateau).abs() < 1e-9);
+                let recovery = |p: &pb::Pattern| {
+                    p.recovery_strategies
+                        .iter()
+                        .map(|s| (s.strategy.clone(), s.suggested, s.successes, s.failures))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(recovery(&p), recovery(&want));
+                assert_eq!(c.id, want_config.id);
+                assert_eq!(c.based_on_data_points, want_config.based_on_data_points);
+                assert!((c.effectiveness - want_config.effectiveness).abs() < 1e-9);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: {patterns:?}\n{config:?}",
+                regions.names[r]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The patterns `hub` matches for `metrics` in `context`, and the
+/// configuration it bootstraps `context` with.
+async fn pattern_and_config(
+    hub: &TestHub,
+    metrics: &BTreeMap<String, pb::MetricState>,
+    context: &BTreeMap<String, String>,
+) -> (Vec<pb::PatternMatch>, Option<pb::Configuration>) {
+    let client = hub.registered("observer").await;
+    let patterns = client
+        .get_patterns(pb::GetPatternsRequest {
+            metrics: metrics.clone(),
+            environment: context.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .matches;
+    let bootstrap = client
+        .bootstrap(pb::BootstrapRequest {
+            context: context.clone(),
+        })
+        .await
+        .unwrap()
+        .config
+        .unwrap()
+        .configuration;
+    (patterns, bootstrap)
+}
+
 /// What `hub` tells an instance that has shared nothing about applying
 /// "boost" to "lv", and the failures it knows.
 async fn failure_view(hub: &TestHub) -> (pb::CheckActionResponse, Vec<pb::FailurePattern>) {

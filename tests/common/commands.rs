@@ -340,7 +340,7 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
                         records: {
                             let mut side = Rng::new(seed ^ (i as u64).wrapping_mul(0x7f4a));
                             side.chance(0.3)
-                                .then(|| remote_failure(&mut side, after))
+                                .then(|| remote_record(&mut side, after))
                                 .into_iter()
                                 .collect()
                         },
@@ -415,15 +415,74 @@ pub fn random_log(seed: u64, n: usize, start: i64) -> Vec<Command> {
     commands
 }
 
-/// A failure record as another region might send it: one of a few
-/// failures, at a version near `after`, now and then withdrawn.
-fn remote_failure(rng: &mut Rng, after: u64) -> (String, Record) {
-    use learning_hub::domain::model::FailurePattern;
+/// A record as another region might send it: one of a few failures,
+/// patterns or configurations, at a version near `after`, now and then
+/// withdrawn.
+fn remote_record(rng: &mut Rng, after: u64) -> (String, Record) {
+    use learning_hub::domain::knowledge::{ConfigKnowledge, PatternKnowledge};
+    use learning_hub::domain::model::{Configuration, FailurePattern, MetricState, ParamValue};
     let metric = pick(rng, &METRICS).to_string();
     let strategy = pick(rng, &STRATEGIES).to_string();
+    let version = after + 1 + rng.next_u64() % 4;
+    let withdrawn = !rng.chance(0.8);
+    match rng.next_u64() % 3 {
+        0 => {
+            let metrics: learning_hub::domain::model::Metrics = [(
+                metric,
+                MetricState {
+                    value: 0.1 * (rng.next_u64() % 3) as f64,
+                    stuck: true,
+                },
+            )]
+            .into();
+            let signature =
+                learning_hub::domain::matching::signature(&metrics, &Default::default());
+            let id = learning_hub::domain::model::content_id("pattern", &signature);
+            let knowledge = (!withdrawn).then(|| {
+                Knowledge::Pattern(PatternKnowledge {
+                    signature,
+                    metrics,
+                    environment: Default::default(),
+                    cycles_until_plateau: Default::default(),
+                    recovery: Default::default(),
+                    recovery_by_metric: Default::default(),
+                    successes: rng.next_u64() % 3,
+                    failures: rng.next_u64() % 3,
+                    frequency: 2 + rng.next_u64() % 3,
+                    reporters: 2,
+                    first_seen: 0,
+                    last_seen: 0,
+                })
+            });
+            return (id, Record { version, knowledge });
+        }
+        1 => {
+            let context: learning_hub::domain::model::Attributes =
+                [("p".to_string(), format!("p{}", rng.next_u64() % 2))].into();
+            let parameters: learning_hub::domain::model::Parameters =
+                [("lr".to_string(), ParamValue::Number(0.1))].into();
+            let id = Configuration::id_for(&context, &parameters);
+            let knowledge = (!withdrawn).then(|| {
+                Knowledge::Configuration(ConfigKnowledge {
+                    context,
+                    parameters,
+                    effectiveness: 0.5,
+                    shared_effectiveness: Default::default(),
+                    data_points: 10 + rng.next_u64() % 100,
+                    reporters: 2,
+                    recommendation: String::new(),
+                    alternatives: vec![],
+                    first_seen: 0,
+                    last_updated: 0,
+                })
+            });
+            return (id, Record { version, knowledge });
+        }
+        _ => {}
+    }
     let failure_type = FailureType::MetricReversal;
     let id = FailurePattern::id_for(failure_type, &metric, &strategy);
-    let knowledge = rng.chance(0.8).then(|| {
+    let knowledge = (!withdrawn).then(|| {
         Knowledge::Failure(FailureKnowledge {
             failure_type,
             metric,
@@ -439,9 +498,5 @@ fn remote_failure(rng: &mut Rng, after: u64) -> (String, Record) {
             last_seen: 0,
         })
     });
-    let record = Record {
-        version: after + 1 + rng.next_u64() % 4,
-        knowledge,
-    };
-    (id, record)
+    (id, Record { version, knowledge })
 }

@@ -15,7 +15,7 @@ use super::model::{Attributes, Configuration, VALIDATION_MIN_INSTANCES};
 /// Whether `config` may be offered to other instances (as the bootstrap or
 /// an alternative to it): shared by enough distinct instances.
 pub fn offered_to_others(config: &Configuration) -> bool {
-    config.instances.len() >= VALIDATION_MIN_INSTANCES
+    config.reporters() >= VALIDATION_MIN_INSTANCES
 }
 
 /// The best configuration for `context`, if any qualifies.

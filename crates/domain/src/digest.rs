@@ -1039,7 +1039,7 @@ mod tests {
             let id = format!("failure_{k}");
             let occurrences = match self.records.get(&id).and_then(|r| r.knowledge.as_ref()) {
                 Some(knowledge::Knowledge::Failure(f)) => f.occurrences,
-                None => 0,
+                _ => 0,
             };
             let knowledge = (!withdrawn).then(|| {
                 knowledge::Knowledge::Failure(knowledge::FailureKnowledge {

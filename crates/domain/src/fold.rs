@@ -20,6 +20,7 @@ use super::command::{Action, Command, Generated, Idempotency, JobStamp, Retentio
 use super::digest::{self, Batch, OriginState};
 use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal, context_model_name};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc, name_tag};
+use super::knowledge;
 use super::matching;
 use super::model::{
     AuditEntry, ConfigShare, Configuration, FailurePattern, FailureReport, Insight,
@@ -180,11 +181,16 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                         .ok_or_else(|| gone(request.as_ref(), "the pattern"))?;
                     return Ok((Answer::PatternOutcome { pattern }, first));
                 }
-                let Some(existing) = state.tables.patterns.get(pattern_id).cloned() else {
-                    return Err(Error::not_found("pattern", pattern_id.clone()));
+                let mut pattern = match state.tables.patterns.get(pattern_id) {
+                    Some(existing) => (**existing).clone(),
+                    // Known from other regions only: acting on it starts
+                    // this region's own record of it.
+                    None => match state.remote_pattern(pattern_id).first() {
+                        Some(known) => knowledge::local_pattern(pattern_id, known),
+                        None => return Err(Error::not_found("pattern", pattern_id.clone())),
+                    },
                 };
                 touch_instance(state, now, caller)?;
-                let mut pattern = (*existing).clone();
                 let counted = pattern.record_outcome(
                     caller,
                     *success,
@@ -199,6 +205,7 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                         .pattern_calibration
                         .record(similarity, *success);
                 }
+                pattern.changed_at = state.position;
                 let pattern = Arc::new(pattern);
                 state.put_pattern(pattern.clone());
                 Ok((
@@ -645,6 +652,8 @@ fn share_pattern(
                 }
                 None => (Pattern::new(signature, share, caller, now), true),
             };
+            let mut pattern = pattern;
+            pattern.changed_at = state.position;
             let pattern = Arc::new(pattern);
             state.put_pattern(pattern.clone());
             Ok((
@@ -1052,7 +1061,7 @@ fn share_configuration(
                 return Ok((Answer::ConfigurationShared { config }, first));
             }
             touch_instance(state, now, caller)?;
-            let config = match state.tables.configs.get(&id) {
+            let mut config = match state.tables.configs.get(&id) {
                 Some(existing) => {
                     let mut config = (**existing).clone();
                     config.record(share, caller, now);
@@ -1060,6 +1069,7 @@ fn share_configuration(
                 }
                 None => Configuration::new(share, caller, now),
             };
+            config.changed_at = state.position;
             state.tables.configs.insert(id.clone(), Arc::new(config));
             // Each configuration of the context is judged against its
             // rivals again: one share can validate or demote another.
@@ -1369,6 +1379,35 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
     }
     for id in &planned.patterns {
         state.remove_pattern(id);
+    }
+    // Other regions' patterns expire here by the same rule as there, so
+    // one their origin deleted goes here too.
+    let origins: Vec<String> = state.tables.regions.keys().cloned().collect();
+    for origin in origins {
+        let Some(held) = state.tables.regions.get(&origin) else {
+            continue;
+        };
+        let expired: Vec<String> = held
+            .records
+            .iter()
+            .filter(|(id, r)| match &r.knowledge {
+                Some(knowledge::Knowledge::Pattern(p)) => knowledge::joined_pattern(None, [p], id)
+                    .is_some_and(|p| retention::pattern_expired(&p, &domain_rules, now)),
+                _ => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if expired.is_empty() {
+            continue;
+        }
+        let mut held = (**held).clone();
+        for id in &expired {
+            held.records.remove(id);
+        }
+        state.tables.regions.insert(origin, Arc::new(held));
+        for id in &expired {
+            state.index_pattern(id);
+        }
     }
     for sequence in &planned.insights {
         state.tables.insights.remove(sequence);
@@ -1867,6 +1906,126 @@ mod tests {
             job: None,
         };
         assert!(fold(&mut state, 3, &at(T0, asked)).is_ok());
+    }
+
+    #[test]
+    fn another_regions_pattern_is_matched_acted_on_and_expires_as_there() {
+        use crate::digest::Batch;
+        use crate::knowledge::{Knowledge, PatternKnowledge, Record};
+        let metrics: crate::model::Metrics = [(
+            "lv".to_string(),
+            crate::model::MetricState {
+                value: 0.4,
+                stuck: true,
+            },
+        )]
+        .into();
+        let signature = crate::matching::signature(&metrics, &Default::default());
+        let id = crate::model::content_id("pattern", &signature);
+        let known = PatternKnowledge {
+            signature,
+            metrics: metrics.clone(),
+            environment: Default::default(),
+            cycles_until_plateau: Default::default(),
+            recovery: [(
+                "warm-restart".to_string(),
+                crate::model::RecoveryStat {
+                    suggested: 2,
+                    successes: 1,
+                    failures: 0,
+                },
+            )]
+            .into(),
+            recovery_by_metric: Default::default(),
+            successes: 1,
+            failures: 0,
+            frequency: 2,
+            reporters: 2,
+            first_seen: T0,
+            last_seen: T0,
+        };
+        let merge = Action::MergeDigests {
+            own_region: "us-east".into(),
+            batches: vec![Batch {
+                origin: "eu-west".into(),
+                through: 3,
+                records: [(
+                    id.clone(),
+                    Record {
+                        version: 3,
+                        knowledge: Some(Knowledge::Pattern(known)),
+                    },
+                )]
+                .into(),
+                ..Batch::default()
+            }],
+        };
+        let mut state = State::default();
+        fold(&mut state, 1, &at(T0, merge)).unwrap();
+        // Matched with eu-west's figures, though this region has none.
+        let found = state.indexes.patterns.rank(
+            &metrics,
+            &Default::default(),
+            &state.counters.pattern_calibration,
+            5,
+        );
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (
+                found[0].pattern.frequency,
+                found[0].pattern.remote_reporters
+            ),
+            (2, 2)
+        );
+        assert!(state.tables.patterns.is_empty());
+        // Acting on it starts this region's own record of it.
+        fold(&mut state, 2, &at(T0, register("a"))).unwrap();
+        let acted = Action::RecordPatternOutcome {
+            caller: "a".into(),
+            pattern_id: id.clone(),
+            success: true,
+            metric: Some("lv".into()),
+            strategy: Some("warm-restart".into()),
+            similarity: None,
+            request: None,
+        };
+        fold(&mut state, 3, &at(T0, acted)).unwrap();
+        assert_eq!(state.tables.patterns[&id].successes, 1);
+        assert_eq!(state.tables.patterns[&id].changed_at, 3);
+        let found = state.indexes.patterns.rank(
+            &metrics,
+            &Default::default(),
+            &state.counters.pattern_calibration,
+            5,
+        );
+        assert_eq!(found[0].pattern.successes, 2, "its own and eu-west's");
+        // Idle past the rule: eu-west's record goes here as it does there.
+        let sweep = Action::Retention {
+            job: None,
+            rules: RetentionRules {
+                pattern_days: 30,
+                unconfirmed_pattern_days: 7,
+                low_frequency: 3,
+                evidence_days: 7,
+                request_window_ms: 24 * HOUR,
+                context_model_days: 30,
+            },
+        };
+        fold(&mut state, 4, &at(T0 + 40 * 24 * HOUR, sweep)).unwrap();
+        assert!(state.tables.regions["eu-west"].records.is_empty());
+        assert!(state.tables.patterns.is_empty(), "its own expired too");
+        assert!(
+            state
+                .indexes
+                .patterns
+                .rank(
+                    &metrics,
+                    &Default::default(),
+                    &state.counters.pattern_calibration,
+                    5
+                )
+                .is_empty()
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::influence::{EARLIER_REPORTERS, Viewer};
-use super::model::{FailurePattern, FailureType, MAX_TRIGGERS, RecoveryMethodStats, UnixMillis};
+use super::model::{
+    Attributes, ConfigAlternative, Configuration, FailurePattern, FailureType, MAX_TRIGGERS,
+    Metrics, Parameters, Pattern, RIVAL_MIN_DATA_POINTS, RecoveryMethodStats, RecoveryStat,
+    UnixMillis, context_key,
+};
 use super::prevention::StrategyUsage;
 use super::stats::RunningStats;
 
@@ -53,11 +57,52 @@ pub struct FailureKnowledge {
     pub last_seen: UnixMillis,
 }
 
+/// A plateau pattern as other regions learn of it. Its signature holds
+/// its environment, which every reporter shared alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatternKnowledge {
+    pub signature: String,
+    pub metrics: Metrics,
+    pub environment: Attributes,
+    pub cycles_until_plateau: RunningStats,
+    pub recovery: BTreeMap<String, RecoveryStat>,
+    pub recovery_by_metric: BTreeMap<String, BTreeMap<String, RecoveryStat>>,
+    /// Counted outcomes of acting on it.
+    pub successes: u64,
+    pub failures: u64,
+    /// Shares of it.
+    pub frequency: u64,
+    /// Instances that shared it there (a count).
+    pub reporters: u64,
+    pub first_seen: UnixMillis,
+    pub last_seen: UnixMillis,
+}
+
+/// A configuration as other regions learn of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigKnowledge {
+    pub context: Attributes,
+    pub parameters: Parameters,
+    /// Effectiveness averaged over shares, weighted by their data points.
+    pub effectiveness: f64,
+    /// The effectiveness values shared, unweighted.
+    pub shared_effectiveness: RunningStats,
+    pub data_points: u64,
+    /// Instances that shared it there (a count).
+    pub reporters: u64,
+    pub recommendation: String,
+    pub alternatives: Vec<ConfigAlternative>,
+    pub first_seen: UnixMillis,
+    pub last_updated: UnixMillis,
+}
+
 /// Knowledge that crosses regions whole.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Knowledge {
     Failure(FailureKnowledge),
+    Pattern(PatternKnowledge),
+    Configuration(ConfigKnowledge),
 }
 
 /// A record as held: its knowledge at the origin's version, or `None` once
@@ -152,6 +197,211 @@ pub fn export_failures<'f>(
             )
         })
         .collect()
+}
+
+/// What a region exports of its patterns changed after `after` (those two
+/// instances shared at least; the others withdrawn).
+pub fn export_patterns<'p>(
+    patterns: impl IntoIterator<Item = &'p Pattern>,
+    after: u64,
+) -> BTreeMap<String, Record> {
+    patterns
+        .into_iter()
+        .filter(|p| p.changed_at > after)
+        .map(|p| {
+            let knowledge = Viewer::Newcomer.sees_all(&p.instances).then(|| {
+                Knowledge::Pattern(PatternKnowledge {
+                    signature: p.signature.clone(),
+                    metrics: p.metrics.clone(),
+                    environment: p.environment.clone(),
+                    cycles_until_plateau: p.cycles_until_plateau,
+                    recovery: p.recovery.clone(),
+                    recovery_by_metric: p.recovery_by_metric.clone(),
+                    successes: p.successes,
+                    failures: p.failures,
+                    frequency: p.frequency,
+                    reporters: p.instances.len() as u64,
+                    first_seen: p.first_seen,
+                    last_seen: p.last_seen,
+                })
+            });
+            let record = Record {
+                version: p.changed_at,
+                knowledge,
+            };
+            (p.id.clone(), record)
+        })
+        .collect()
+}
+
+/// What a region exports of its configurations changed after `after`
+/// (those two instances shared at least; the others withdrawn).
+pub fn export_configurations<'c>(
+    configs: impl IntoIterator<Item = &'c Configuration>,
+    after: u64,
+) -> BTreeMap<String, Record> {
+    configs
+        .into_iter()
+        .filter(|c| c.changed_at > after)
+        .map(|c| {
+            let knowledge = Viewer::Newcomer.sees_all(&c.instances).then(|| {
+                Knowledge::Configuration(ConfigKnowledge {
+                    context: c.context.clone(),
+                    parameters: c.parameters.clone(),
+                    effectiveness: c.effectiveness,
+                    shared_effectiveness: c.shared_effectiveness,
+                    data_points: c.data_points,
+                    reporters: c.instances.len() as u64,
+                    recommendation: c.recommendation.clone(),
+                    alternatives: c.alternatives.clone(),
+                    first_seen: c.first_seen,
+                    last_updated: c.last_updated,
+                })
+            });
+            let record = Record {
+                version: c.changed_at,
+                knowledge,
+            };
+            (c.id.clone(), record)
+        })
+        .collect()
+}
+
+/// A pattern of this region's own for one only other regions know: its
+/// identity, no counts (what an instance acting on it starts from).
+pub fn local_pattern(id: &str, known: &PatternKnowledge) -> Pattern {
+    Pattern {
+        id: id.to_string(),
+        signature: known.signature.clone(),
+        metrics: known.metrics.clone(),
+        cycles_until_plateau: RunningStats::default(),
+        recovery: BTreeMap::new(),
+        recovery_by_metric: BTreeMap::new(),
+        successes: 0,
+        failures: 0,
+        environment: known.environment.clone(),
+        instances: Default::default(),
+        first_seen: known.first_seen,
+        last_seen: known.last_seen,
+        frequency: 0,
+        outcome_reports: BTreeMap::new(),
+        remote_reporters: 0,
+        changed_at: 0,
+    }
+}
+
+fn add_recovery(into: &mut BTreeMap<String, RecoveryStat>, from: &BTreeMap<String, RecoveryStat>) {
+    for (strategy, stat) in from {
+        let held = into.entry(strategy.clone()).or_default();
+        held.suggested = held.suggested.saturating_add(stat.suggested);
+        held.successes = held.successes.saturating_add(stat.successes);
+        held.failures = held.failures.saturating_add(stat.failures);
+    }
+}
+
+/// Pattern `id` as matching sees it: this region's record (if any) with
+/// every other region's knowledge of it added; `None` if neither knows it.
+pub fn joined_pattern<'k>(
+    own: Option<&Pattern>,
+    remote: impl IntoIterator<Item = &'k PatternKnowledge>,
+    id: &str,
+) -> Option<Pattern> {
+    let mut remote = remote.into_iter().peekable();
+    let mut joined = match (own, remote.peek()) {
+        (Some(own), _) => own.clone(),
+        (None, Some(first)) => local_pattern(id, first),
+        (None, None) => return None,
+    };
+    for k in remote {
+        joined.cycles_until_plateau = joined.cycles_until_plateau.merge(&k.cycles_until_plateau);
+        add_recovery(&mut joined.recovery, &k.recovery);
+        for (metric, by) in &k.recovery_by_metric {
+            add_recovery(
+                joined.recovery_by_metric.entry(metric.clone()).or_default(),
+                by,
+            );
+        }
+        joined.successes = joined.successes.saturating_add(k.successes);
+        joined.failures = joined.failures.saturating_add(k.failures);
+        joined.frequency = joined.frequency.saturating_add(k.frequency);
+        joined.remote_reporters = joined.remote_reporters.saturating_add(k.reporters);
+        joined.first_seen = joined.first_seen.min(k.first_seen);
+        joined.last_seen = joined.last_seen.max(k.last_seen);
+    }
+    Some(joined)
+}
+
+/// Every configuration as a bootstrap sees it: this region's (`own`) with
+/// other regions' knowledge of the same id added (effectiveness weighted
+/// by data points, reporters counted), and those only other regions know;
+/// each judged against its context's rivals again, as the fold does. In
+/// id order.
+pub fn joined_configurations<'k>(
+    own: impl IntoIterator<Item = Arc<Configuration>>,
+    remote: impl IntoIterator<Item = (&'k str, &'k ConfigKnowledge)>,
+) -> Vec<Arc<Configuration>> {
+    let mut all: BTreeMap<String, Arc<Configuration>> =
+        own.into_iter().map(|c| (c.id.clone(), c)).collect();
+    let mut touched: std::collections::BTreeSet<String> = Default::default();
+    for (id, k) in remote {
+        let config = all.entry(id.to_string()).or_insert_with(|| {
+            Arc::new(Configuration {
+                id: id.to_string(),
+                context: k.context.clone(),
+                context_key: context_key(&k.context),
+                parameters: k.parameters.clone(),
+                effectiveness: 0.0,
+                shared_effectiveness: RunningStats::default(),
+                data_points: 0,
+                instances: Default::default(),
+                remote_reporters: 0,
+                recommendation: k.recommendation.clone(),
+                alternatives: k.alternatives.clone(),
+                validated: false,
+                validation_date: None,
+                first_seen: k.first_seen,
+                last_updated: k.last_updated,
+                changed_at: 0,
+            })
+        });
+        let c = Arc::make_mut(config);
+        let total = c.data_points.saturating_add(k.data_points);
+        if total > 0 {
+            c.effectiveness = (c.effectiveness * c.data_points as f64
+                + k.effectiveness * k.data_points as f64)
+                / total as f64;
+        }
+        c.data_points = total;
+        c.shared_effectiveness = c.shared_effectiveness.merge(&k.shared_effectiveness);
+        c.remote_reporters = c.remote_reporters.saturating_add(k.reporters);
+        c.first_seen = c.first_seen.min(k.first_seen);
+        c.last_updated = c.last_updated.max(k.last_updated);
+        touched.insert(c.context_key.clone());
+    }
+    // Judged again where other regions' evidence changed the figures.
+    let judged: Vec<(String, Option<f64>)> = all
+        .values()
+        .filter(|c| touched.contains(&c.context_key))
+        .map(|c| {
+            let best_rival = all
+                .values()
+                .filter(|r| {
+                    r.context_key == c.context_key
+                        && r.id != c.id
+                        && r.data_points >= RIVAL_MIN_DATA_POINTS
+                })
+                .map(|r| r.effectiveness)
+                .max_by(f64::total_cmp);
+            (c.id.clone(), best_rival)
+        })
+        .collect();
+    for (id, best_rival) in judged {
+        if let Some(c) = all.get_mut(&id) {
+            let at = c.last_updated;
+            Arc::make_mut(c).revalidate(best_rival, at);
+        }
+    }
+    all.into_values().collect()
 }
 
 /// The failure `id` as this region's queries see it: its own record (if

@@ -175,6 +175,13 @@ pub struct Pattern {
     /// count up to its share (see [`crate::influence::allowance`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outcome_reports: BTreeMap<String, (u64, u64)>,
+    /// Instances of other regions that shared it: only in the pattern as
+    /// matching sees it ([`crate::knowledge::joined_pattern`]); 0 stored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub remote_reporters: u64,
+    /// The log position of its last change: its version for other regions.
+    #[serde(default)]
+    pub changed_at: u64,
 }
 
 impl AsRef<Pattern> for Pattern {
@@ -198,6 +205,8 @@ impl Pattern {
             environment: share.environment.clone(),
             instances: BTreeSet::new(),
             outcome_reports: BTreeMap::new(),
+            remote_reporters: 0,
+            changed_at: 0,
             first_seen: now,
             last_seen: now,
             frequency: 0,
@@ -1283,12 +1292,20 @@ pub struct Configuration {
     pub shared_effectiveness: RunningStats,
     pub data_points: u64,
     pub instances: BTreeSet<String>,
+    /// Instances of other regions that shared it: only in the
+    /// configuration as a bootstrap sees it
+    /// ([`crate::knowledge::joined_configurations`]); 0 stored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub remote_reporters: u64,
     pub recommendation: String,
     pub alternatives: Vec<ConfigAlternative>,
     pub validated: bool,
     pub validation_date: Option<UnixMillis>,
     pub first_seen: UnixMillis,
     pub last_updated: UnixMillis,
+    /// The log position of its last share: its version for other regions.
+    #[serde(default)]
+    pub changed_at: u64,
 }
 
 impl AsRef<Configuration> for Configuration {
@@ -1314,12 +1331,14 @@ impl Configuration {
             shared_effectiveness: RunningStats::default(),
             data_points: 0,
             instances: BTreeSet::new(),
+            remote_reporters: 0,
             recommendation: String::new(),
             alternatives: Vec::new(),
             validated: false,
             validation_date: None,
             first_seen: now,
             last_updated: now,
+            changed_at: 0,
         };
         config.record(share, instance, now);
         config
@@ -1349,7 +1368,14 @@ impl Configuration {
     /// [`Configuration::revalidate`]).
     pub fn has_enough_evidence(&self) -> bool {
         self.data_points >= VALIDATION_MIN_DATA_POINTS
-            && self.instances.len() >= VALIDATION_MIN_INSTANCES
+            && self.reporters() >= VALIDATION_MIN_INSTANCES
+    }
+
+    /// Instances that shared it, in this region and others.
+    pub fn reporters(&self) -> usize {
+        self.instances
+            .len()
+            .saturating_add(usize::try_from(self.remote_reporters).unwrap_or(usize::MAX))
     }
 
     /// Sets `validated` from the evidence and the effectiveness of the

@@ -28,7 +28,7 @@ use super::anomaly::Anomaly;
 use super::digest::{Batch, OriginState, Subject, remote_evidence, remote_usage};
 use super::federated::ModelRecord;
 use super::idempotency::{RequestKey, RequestRecord};
-use super::knowledge::{self, FailureKnowledge, Knowledge};
+use super::knowledge::{self, ConfigKnowledge, FailureKnowledge, Knowledge, PatternKnowledge};
 use super::matching::{MatchCalibration, PatternIndex};
 use super::model::{
     ApiKey, AuditEntry, Configuration, FailurePattern, Insight, Instance, JobRun, Name, Pattern,
@@ -353,9 +353,6 @@ impl State {
             },
             ..State::default()
         };
-        for pattern in tables.patterns.values() {
-            state.indexes.patterns.upsert(pattern.clone());
-        }
         for (key, record) in tables.strategies.iter() {
             state.index_strategy(key, record, None);
         }
@@ -363,6 +360,15 @@ impl State {
             state.index_remote(knowledge.entries.keys());
         }
         state.tables = tables;
+        // Patterns as matching sees them: with other regions' joined.
+        let mut ids: std::collections::BTreeSet<String> =
+            state.tables.patterns.keys().cloned().collect();
+        for knowledge in state.tables.regions.values() {
+            ids.extend(knowledge.records.keys().cloned());
+        }
+        for id in ids {
+            state.index_pattern(&id);
+        }
         state
     }
 
@@ -409,6 +415,39 @@ impl State {
     pub fn put_region(&mut self, origin: String, knowledge: Arc<OriginState>, batch: &Batch) {
         self.tables.regions.insert(origin, knowledge);
         self.index_remote(batch.entries.keys());
+        for id in batch.records.keys() {
+            self.index_pattern(id);
+        }
+    }
+
+    /// Other regions' knowledge of pattern `id`, origin by origin.
+    pub fn remote_pattern(&self, id: &str) -> Vec<&PatternKnowledge> {
+        self.tables
+            .regions
+            .values()
+            .filter_map(|origin| match origin.records.get(id)?.knowledge.as_ref()? {
+                Knowledge::Pattern(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Puts pattern `id` in the matching index as matching sees it (this
+    /// region's record joined with other regions' knowledge), or takes it
+    /// out when neither knows it. Ids of other kinds are left alone.
+    pub fn index_pattern(&mut self, id: &str) {
+        let own = self.tables.patterns.get(id).cloned();
+        let remote = self.remote_pattern(id);
+        if remote.is_empty() {
+            match own {
+                Some(own) => self.indexes.patterns.upsert(own),
+                None => self.indexes.patterns.remove(id),
+            }
+            return;
+        }
+        if let Some(joined) = knowledge::joined_pattern(own.as_deref(), remote, id) {
+            self.indexes.patterns.upsert(Arc::new(joined));
+        }
     }
 
     fn index_remote<'a>(&mut self, subjects: impl IntoIterator<Item = &'a Subject>) {
@@ -441,13 +480,14 @@ impl State {
     }
 
     pub fn put_pattern(&mut self, pattern: Arc<Pattern>) {
-        self.indexes.patterns.upsert(pattern.clone());
-        self.tables.patterns.insert(pattern.id.clone(), pattern);
+        let id = pattern.id.clone();
+        self.tables.patterns.insert(id.clone(), pattern);
+        self.index_pattern(&id);
     }
 
     pub fn remove_pattern(&mut self, id: &str) {
         self.tables.patterns.remove(id);
-        self.indexes.patterns.remove(id);
+        self.index_pattern(id);
     }
 
     /// Appends a strategy outcome to the outcome log.
@@ -569,6 +609,31 @@ impl State {
             .get(strategy)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Every configuration as a bootstrap sees it: this region's, joined
+    /// with other regions' knowledge
+    /// ([`crate::knowledge::joined_configurations`]).
+    pub fn configurations(&self) -> Vec<Arc<Configuration>> {
+        let remote: Vec<(&str, &ConfigKnowledge)> = self
+            .tables
+            .regions
+            .values()
+            .flat_map(|origin| {
+                origin
+                    .records
+                    .iter()
+                    .filter_map(|(id, r)| match r.knowledge.as_ref()? {
+                        Knowledge::Configuration(c) => Some((id.as_str(), c)),
+                        _ => None,
+                    })
+            })
+            .collect();
+        let own = self.tables.configs.values().cloned();
+        if remote.is_empty() {
+            return own.collect();
+        }
+        knowledge::joined_configurations(own, remote)
     }
 
     /// Every failure as queries see it: this region's records, each with

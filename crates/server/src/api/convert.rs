@@ -64,7 +64,7 @@ pub(crate) fn millis(field: &str, ts: &Timestamp) -> Result<UnixMillis> {
 // Inbound: shared building blocks
 // ---------------------------------------------------------------------------
 
-fn metrics(
+pub(crate) fn metrics(
     field: &str,
     entries: &BTreeMap<String, pb::MetricState>,
     required: bool,
@@ -578,7 +578,7 @@ fn parameter(field: &str, value: &Value) -> Result<ParamValue> {
     }
 }
 
-fn parameters_in(field: &str, entries: &BTreeMap<String, Value>) -> Result<Parameters> {
+pub(crate) fn parameters_in(field: &str, entries: &BTreeMap<String, Value>) -> Result<Parameters> {
     map_len(field, entries.len(), true)?;
     entries
         .iter()
@@ -783,7 +783,7 @@ pub fn instance_page(page: InstancePage) -> pb::ListInstancesResponse {
     }
 }
 
-fn metric_states(m: &Metrics) -> BTreeMap<String, pb::MetricState> {
+pub(crate) fn metric_states(m: &Metrics) -> BTreeMap<String, pb::MetricState> {
     m.iter()
         .map(|(k, s)| {
             (
@@ -1074,7 +1074,7 @@ fn parameter_value(v: &ParamValue) -> Value {
     }
 }
 
-fn parameters_out(p: &Parameters) -> BTreeMap<String, Value> {
+pub(crate) fn parameters_out(p: &Parameters) -> BTreeMap<String, Value> {
     p.iter()
         .map(|(k, v)| (k.clone(), parameter_value(v)))
         .collect()

@@ -1,5 +1,6 @@
 //! What crosses regions, as messages and back: digest entries (a subject's
-//! statistics, or an aggregate's marker) and whole records (failures).
+//! statistics, or an aggregate's marker) and whole records (failures,
+//! patterns, configurations).
 //! Whatever a peer sends is checked as any input is, and an error names
 //! the field ("batches[0].records[2].failure.metric").
 
@@ -7,9 +8,13 @@ use std::collections::BTreeMap;
 
 use super::convert;
 use crate::domain::digest::{Stats, Subject, Versioned};
-use crate::domain::knowledge::{FailureKnowledge, Knowledge, Record};
+use crate::domain::knowledge::{
+    ConfigKnowledge, FailureKnowledge, Knowledge, PatternKnowledge, Record,
+};
+use crate::domain::matching;
 use crate::domain::model::{
-    FailurePattern, MAX_PREVENTION, MAX_TRIGGERS, RecoveryMethodStats, STREAK_CLASSES, VALUE_BANDS,
+    ConfigAlternative, Configuration, FailurePattern, MAX_PREVENTION, MAX_TRIGGERS,
+    RecoveryMethodStats, RecoveryStat, STREAK_CLASSES, VALUE_BANDS, content_id,
 };
 use crate::domain::stats::RunningStats;
 use crate::error::{Error, Result};
@@ -237,12 +242,79 @@ fn stats_from(stats: pb::DigestStats, field: &dyn Fn(&str) -> String) -> Result<
 
 /// A record as a message.
 pub fn record(id: &str, record: &Record) -> pb::ExchangedRecord {
-    pb::ExchangedRecord {
+    let mut message = pb::ExchangedRecord {
         id: id.to_string(),
         version: record.version,
-        failure: record.knowledge.as_ref().map(|k| match k {
-            Knowledge::Failure(f) => failure(f),
-        }),
+        ..Default::default()
+    };
+    match &record.knowledge {
+        Some(Knowledge::Failure(f)) => message.failure = Some(failure(f)),
+        Some(Knowledge::Pattern(p)) => message.pattern = Some(pattern(p)),
+        Some(Knowledge::Configuration(c)) => message.configuration = Some(configuration(c)),
+        None => {}
+    }
+    message
+}
+
+fn recovery_stats(by: &BTreeMap<String, RecoveryStat>) -> Vec<pb::ExchangedRecoveryStat> {
+    by.iter()
+        .map(|(strategy, s)| pb::ExchangedRecoveryStat {
+            strategy: strategy.clone(),
+            suggested: s.suggested,
+            successes: s.successes,
+            failures: s.failures,
+        })
+        .collect()
+}
+
+fn pattern(p: &PatternKnowledge) -> pb::ExchangedPattern {
+    pb::ExchangedPattern {
+        signature: p.signature.clone(),
+        metrics: convert::metric_states(&p.metrics).into_iter().collect(),
+        environment: p.environment.clone().into_iter().collect(),
+        cycles_until_plateau: Some(running(&p.cycles_until_plateau)),
+        recovery: recovery_stats(&p.recovery),
+        recovery_by_metric: p
+            .recovery_by_metric
+            .iter()
+            .map(|(metric, by)| {
+                (
+                    metric.clone(),
+                    pb::ExchangedRecoveryStats {
+                        strategies: recovery_stats(by),
+                    },
+                )
+            })
+            .collect(),
+        successes: p.successes,
+        failures: p.failures,
+        frequency: p.frequency,
+        reporters: p.reporters,
+        first_seen: Some(convert::timestamp(p.first_seen)),
+        last_seen: Some(convert::timestamp(p.last_seen)),
+    }
+}
+
+fn configuration(c: &ConfigKnowledge) -> pb::ExchangedConfiguration {
+    pb::ExchangedConfiguration {
+        context: c.context.clone().into_iter().collect(),
+        parameters: convert::parameters_out(&c.parameters).into_iter().collect(),
+        effectiveness: c.effectiveness,
+        shared_effectiveness: Some(running(&c.shared_effectiveness)),
+        data_points: c.data_points,
+        reporters: c.reporters,
+        recommendation: c.recommendation.clone(),
+        alternatives: c
+            .alternatives
+            .iter()
+            .map(|a| pb::ConfigAlternative {
+                name: a.name.clone(),
+                effectiveness: a.effectiveness,
+                risk: a.risk,
+            })
+            .collect(),
+        first_seen: Some(convert::timestamp(c.first_seen)),
+        last_updated: Some(convert::timestamp(c.last_updated)),
     }
 }
 
@@ -304,21 +376,52 @@ pub fn record_from(
     field: &dyn Fn(&str) -> String,
 ) -> Result<(String, Record)> {
     validate::name(&field("id"), &message.id)?;
-    let knowledge = match message.failure {
-        None => None,
-        Some(f) => {
-            let f = failure_from(f, &|name| field(&format!("failure.{name}")))?;
-            // The id is the content's: a peer cannot file knowledge of one
-            // failure under another's id.
-            let id = FailurePattern::id_for(f.failure_type, &f.metric, &f.strategy);
-            if id != message.id {
-                return Err(Error::invalid(
-                    field("id"),
-                    format!("is not the failure's ({id})"),
-                ));
-            }
-            Some(Knowledge::Failure(f))
+    let set = [
+        message.failure.is_some(),
+        message.pattern.is_some(),
+        message.configuration.is_some(),
+    ]
+    .into_iter()
+    .filter(|s| *s)
+    .count();
+    if set > 1 {
+        return Err(Error::invalid(
+            field("failure"),
+            format!("at most one of failure, pattern and configuration may be set (got {set})"),
+        ));
+    }
+    // The id is the content's: a peer cannot file knowledge of one record
+    // under another's id.
+    let must_be = |id: String, what: &str| {
+        if id == message.id {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field("id"),
+                format!("is not the {what}'s ({id})"),
+            ))
         }
+    };
+    let knowledge = if let Some(f) = message.failure {
+        let f = failure_from(f, &|name| field(&format!("failure.{name}")))?;
+        must_be(
+            FailurePattern::id_for(f.failure_type, &f.metric, &f.strategy),
+            "failure",
+        )?;
+        Some(Knowledge::Failure(f))
+    } else if let Some(p) = message.pattern {
+        let p = pattern_from(p, &|name| field(&format!("pattern.{name}")))?;
+        must_be(content_id("pattern", &p.signature), "pattern")?;
+        Some(Knowledge::Pattern(p))
+    } else if let Some(c) = message.configuration {
+        let c = configuration_from(c, &|name| field(&format!("configuration.{name}")))?;
+        must_be(
+            Configuration::id_for(&c.context, &c.parameters),
+            "configuration",
+        )?;
+        Some(Knowledge::Configuration(c))
+    } else {
+        None
     };
     Ok((
         message.id,
@@ -402,5 +505,108 @@ fn failure_from(
         resolved: f.resolved,
         first_seen: stamp("first_seen", f.first_seen)?,
         last_seen: stamp("last_seen", f.last_seen)?,
+    })
+}
+
+fn recovery_stats_from(
+    stats: Vec<pb::ExchangedRecoveryStat>,
+    field: &dyn Fn(&str) -> String,
+) -> Result<BTreeMap<String, RecoveryStat>> {
+    let mut by = BTreeMap::new();
+    for (i, s) in stats.into_iter().enumerate() {
+        validate::name(&field(&format!("[{i}].strategy")), &s.strategy)?;
+        by.insert(
+            s.strategy,
+            RecoveryStat {
+                suggested: s.suggested,
+                successes: s.successes,
+                failures: s.failures,
+            },
+        );
+    }
+    Ok(by)
+}
+
+fn pattern_from(
+    p: pb::ExchangedPattern,
+    field: &dyn Fn(&str) -> String,
+) -> Result<PatternKnowledge> {
+    let metrics = convert::metrics(&field("metrics"), &p.metrics.into_iter().collect(), true)?;
+    let environment =
+        convert::context(&field("environment"), &p.environment.into_iter().collect())?;
+    // The signature is the metric state's and environment's: a peer
+    // cannot send one pattern's figures under another's signature.
+    let signature = matching::signature(&metrics, &environment);
+    if signature != p.signature {
+        return Err(Error::invalid(
+            field("signature"),
+            format!("is not the metric state's and environment's ({signature})"),
+        ));
+    }
+    let mut recovery_by_metric = BTreeMap::new();
+    for (metric, by) in p.recovery_by_metric {
+        let at = |name: &str| field(&format!("recovery_by_metric[{metric}]{name}"));
+        validate::name(&at(""), &metric)?;
+        let stats = recovery_stats_from(by.strategies, &|name| at(&format!(".strategies{name}")))?;
+        recovery_by_metric.insert(metric, stats);
+    }
+    let stamp = |name: &str, ts: Option<prost_types::Timestamp>| {
+        let ts = ts.ok_or_else(|| Error::invalid(field(name), "is required"))?;
+        convert::millis(&field(name), &ts)
+    };
+    Ok(PatternKnowledge {
+        signature,
+        metrics,
+        environment,
+        cycles_until_plateau: running_from(p.cycles_until_plateau, &field("cycles_until_plateau"))?,
+        recovery: recovery_stats_from(p.recovery, &|name| field(&format!("recovery{name}")))?,
+        recovery_by_metric,
+        successes: p.successes,
+        failures: p.failures,
+        frequency: p.frequency,
+        reporters: p.reporters,
+        first_seen: stamp("first_seen", p.first_seen)?,
+        last_seen: stamp("last_seen", p.last_seen)?,
+    })
+}
+
+fn configuration_from(
+    c: pb::ExchangedConfiguration,
+    field: &dyn Fn(&str) -> String,
+) -> Result<ConfigKnowledge> {
+    let context = convert::context(&field("context"), &c.context.into_iter().collect())?;
+    let parameters =
+        convert::parameters_in(&field("parameters"), &c.parameters.into_iter().collect())?;
+    validate::text(
+        &field("recommendation"),
+        &c.recommendation,
+        validate::MAX_TEXT_LEN,
+    )?;
+    validate::list_len(&field("alternatives"), c.alternatives.len())?;
+    let mut alternatives = Vec::with_capacity(c.alternatives.len());
+    for (i, a) in c.alternatives.into_iter().enumerate() {
+        let at = |name: &str| field(&format!("alternatives[{i}].{name}"));
+        validate::name(&at("name"), &a.name)?;
+        alternatives.push(ConfigAlternative {
+            name: a.name,
+            effectiveness: validate::unit(&at("effectiveness"), a.effectiveness)?,
+            risk: validate::unit(&at("risk"), a.risk)?,
+        });
+    }
+    let stamp = |name: &str, ts: Option<prost_types::Timestamp>| {
+        let ts = ts.ok_or_else(|| Error::invalid(field(name), "is required"))?;
+        convert::millis(&field(name), &ts)
+    };
+    Ok(ConfigKnowledge {
+        context,
+        parameters,
+        effectiveness: validate::unit(&field("effectiveness"), c.effectiveness)?,
+        shared_effectiveness: running_from(c.shared_effectiveness, &field("shared_effectiveness"))?,
+        data_points: c.data_points,
+        reporters: c.reporters,
+        recommendation: c.recommendation,
+        alternatives,
+        first_seen: stamp("first_seen", c.first_seen)?,
+        last_updated: stamp("last_updated", c.last_updated)?,
     })
 }

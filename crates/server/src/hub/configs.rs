@@ -77,11 +77,10 @@ impl Hub {
 
     pub(super) fn bootstrap_for(&self, context: &Attributes) -> Bootstrap {
         let state = self.state();
-        let configuration = choose_configuration(state.tables.configs.values(), context).cloned();
-        let mut alternatives: Vec<Arc<Configuration>> = state
-            .tables
-            .configs
-            .values()
+        let configs = state.configurations();
+        let configuration = choose_configuration(&configs, context).cloned();
+        let mut alternatives: Vec<Arc<Configuration>> = configs
+            .iter()
             .filter(|c| offered_to_others(c) && c.context_match(context).is_some())
             .filter(|c| {
                 configuration

@@ -139,12 +139,17 @@ impl Hub {
         Ok(batches)
     }
 
-    /// This region's own knowledge above `after` (its strategy statistics
-    /// and its failures), complete through the newest change of either.
+    /// This region's own knowledge above `after` (its strategy statistics,
+    /// failures, patterns and configurations), complete through the newest
+    /// change of any.
     fn own_export(&self, state: &State, after: u64) -> Batch {
-        let strategies = state.tables.strategies.values().map(|r| r.version());
-        let failures = state.tables.failures.values().map(|f| f.changed_at);
-        let through = strategies.chain(failures).max().unwrap_or(0);
+        let tables = &state.tables;
+        let through = (tables.strategies.values().map(|r| r.version()))
+            .chain(tables.failures.values().map(|f| f.changed_at))
+            .chain(tables.patterns.values().map(|p| p.changed_at))
+            .chain(tables.configs.values().map(|c| c.changed_at))
+            .max()
+            .unwrap_or(0);
         let mut batch = digest::export_strategies(
             &self.shared.settings.region,
             state.tables.strategies.values().map(|r| &**r),
@@ -152,10 +157,18 @@ impl Hub {
             through,
         );
         batch.records = knowledge::export_failures(
-            state.tables.failures.values().map(|f| &**f),
+            tables.failures.values().map(|f| &**f),
             |strategy| state.own_usage_of(strategy),
             after,
         );
+        batch.records.extend(knowledge::export_patterns(
+            tables.patterns.values().map(|p| &**p),
+            after,
+        ));
+        batch.records.extend(knowledge::export_configurations(
+            tables.configs.values().map(|c| &**c),
+            after,
+        ));
         batch
     }
 
