@@ -211,6 +211,17 @@ impl Regions {
     /// Regions whose hubs pull from each other every `every` (and whose
     /// fleet models make a version of every update: buffer 1).
     async fn start_pulling(names: &[&'static str], every: Duration) -> Regions {
+        let wake = Some(learning_hub::config::DEFAULT_WAKE_INTERVAL);
+        Self::start_waking(names, every, wake).await
+    }
+
+    /// [`Regions::start_pulling`], sending wake-ups at most once per
+    /// `wake` (`None`: none).
+    async fn start_waking(
+        names: &[&'static str],
+        every: Duration,
+        wake: Option<Duration>,
+    ) -> Regions {
         // Nothing listens here: pulls fail until the hubs are up.
         let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut links = BTreeMap::new();
@@ -231,6 +242,7 @@ impl Regions {
                 config.hub.peers = pull_from.keys().cloned().collect();
                 config.pull_from = pull_from;
                 config.pull_interval = every;
+                config.wake_interval = wake;
                 config.hub.federation.buffer_size = 1;
                 learning_hub::pki::issue(&config.certs_dir, &Identity::hub(region), false).unwrap();
             }
@@ -790,6 +802,45 @@ async fn pattern_and_config(
     (patterns, bootstrap)
 }
 
+/// Pushed wake-ups: with pulls a minute apart, a region's news reaches a
+/// peer within seconds because the region wakes it; without wake-ups it
+/// does not (the control).
+#[tokio::test]
+async fn a_wake_up_brings_news_before_the_next_pull() {
+    for wake in [Some(Duration::from_millis(50)), None] {
+        let regions =
+            Regions::start_waking(&["eu-west", "us-east"], Duration::from_secs(60), wake).await;
+        let before = figures(&fleet_knowledge(&regions.hubs[0]).await).outcomes();
+        let start = tokio::time::Instant::now();
+        for who in ["us-east-0", "us-east-1"] {
+            let client = regions.hubs[1].registered(who).await;
+            for k in 0..3 {
+                client
+                    .share_strategy(strategy_outcome("steady", "lv", k != 0, 0.05))
+                    .await
+                    .unwrap();
+            }
+        }
+        let arrived = loop {
+            let now = figures(&fleet_knowledge(&regions.hubs[0]).await).outcomes();
+            if now == before + 6 {
+                break Some(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(3) {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match wake {
+            Some(_) => {
+                let took = arrived.expect("woken, eu-west pulls at once");
+                eprintln!("news arrived {took:?} after the first outcome, pulls 60 s apart");
+            }
+            None => assert_eq!(arrived, None, "without wake-ups it waits for the pull"),
+        }
+    }
+}
+
 /// What `hub` tells an instance that has shared nothing about applying
 /// "boost" to "lv", and the failures it knows.
 async fn failure_view(hub: &TestHub) -> (pb::CheckActionResponse, Vec<pb::FailurePattern>) {
@@ -944,13 +995,21 @@ fn staleness_run() -> Duration {
 /// instances of us-east report a strategy on a new metric; the time from
 /// the second report's acknowledgement until the other regions rank it is
 /// that probe's staleness. Prints percentiles; opt-in (a benchmark, not a
-/// check): `cargo test --test api -- --ignored staleness_under`.
+/// check): `cargo test --test api -- --ignored staleness_under`
+/// (`LEARNING_HUB_WAKE_INTERVAL_MS=0` for pulls alone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn staleness_under_a_steady_write_load() {
-    let regions = Regions::start_pulling(
+    // LEARNING_HUB_WAKE_INTERVAL_MS: wake-ups other than the default's
+    // (0: none, pulls alone).
+    let wake = match std::env::var("LEARNING_HUB_WAKE_INTERVAL_MS") {
+        Ok(ms) => Some(Duration::from_millis(ms.parse().unwrap())).filter(|d| !d.is_zero()),
+        Err(_) => Some(learning_hub::config::DEFAULT_WAKE_INTERVAL),
+    };
+    let regions = Regions::start_waking(
         &["ap-south", "eu-west", "us-east"],
         learning_hub::config::DEFAULT_PULL_INTERVAL,
+        wake,
     )
     .await;
     let run = staleness_run();

@@ -1209,6 +1209,10 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             }
             .encode_to_vec(),
         ),
+        (
+            "/learninghub.v1.Federation/Wake".to_string(),
+            pb::WakeRequest {}.encode_to_vec(),
+        ),
     ];
     list.into_iter()
         .map(|(path, body)| {

@@ -122,6 +122,9 @@ pub struct Config {
     pub pull_from: std::collections::BTreeMap<String, String>,
     /// How often each of them is asked (`federation.pull_interval_ms`).
     pub pull_interval: Duration,
+    /// The least time between two wake-ups sent to one peer
+    /// (`federation.wake_interval_ms`; `None`: none are sent).
+    pub wake_interval: Option<Duration>,
 }
 
 /// The storage backends.
@@ -172,6 +175,9 @@ impl Default for StorageConfig {
 /// holds of a peer is then rarely more than a second or two old.
 pub const DEFAULT_PULL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The least time between two wake-ups a hub sends one peer region.
+pub const DEFAULT_WAKE_INTERVAL: Duration = Duration::from_millis(200);
+
 impl Config {
     /// Defaults with the given directories.
     pub fn new(data_dir: impl Into<PathBuf>, certs_dir: impl Into<PathBuf>) -> Self {
@@ -191,6 +197,7 @@ impl Config {
             storage: StorageConfig::default(),
             pull_from: Default::default(),
             pull_interval: DEFAULT_PULL_INTERVAL,
+            wake_interval: Some(DEFAULT_WAKE_INTERVAL),
         }
     }
 

@@ -9,6 +9,11 @@
 //! carries everything above what this region holds. How each link is
 //! doing is in GetStatus and /metrics. Among replicas of one region only
 //! the holder of the jobs lease pulls (the others list no links).
+//!
+//! Pushed wake-ups cut the wait: whenever this hub's log moves, it tells
+//! each peer it has a URL for (at most once per `wake_spacing`), and a
+//! peer that pulls from it pulls at once ([`Hub::peer_woke`]). A wake-up
+//! carries no data and may be lost: the periodic pull still comes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +36,9 @@ pub struct PullSettings {
     pub peers: BTreeMap<String, String>,
     /// How often each peer is asked (`federation.pull_interval_ms`).
     pub every: Duration,
+    /// The least time between two wake-ups sent to one peer
+    /// (`federation.wake_interval_ms`; `None`: none are sent).
+    pub wake_spacing: Option<Duration>,
     /// Where this region's hub certificate is (`<region>.pem`, `.key`)
     /// beside the CA that signed the peers' server certificates.
     pub certs_dir: PathBuf,
@@ -52,18 +60,24 @@ pub fn spawn_pulls(hub: Arc<Hub>, settings: PullSettings) -> Option<JoinHandle<(
         return None;
     }
     let settings = Arc::new(settings);
-    let loops: Vec<JoinHandle<()>> = settings
-        .peers
-        .iter()
-        .map(|(peer, url)| {
-            tokio::spawn(pull_loop(
+    let mut loops: Vec<JoinHandle<()>> = Vec::new();
+    for (peer, url) in &settings.peers {
+        loops.push(tokio::spawn(pull_loop(
+            hub.clone(),
+            settings.clone(),
+            peer.clone(),
+            url.clone(),
+        )));
+        if let Some(spacing) = settings.wake_spacing {
+            loops.push(tokio::spawn(wake_loop(
                 hub.clone(),
                 settings.clone(),
+                spacing,
                 peer.clone(),
                 url.clone(),
-            ))
-        })
-        .collect();
+            )));
+        }
+    }
     Some(tokio::spawn(async move {
         for task in loops {
             let _ = task.await;
@@ -74,12 +88,19 @@ pub fn spawn_pulls(hub: Arc<Hub>, settings: PullSettings) -> Option<JoinHandle<(
 /// Pulls from `peer` every interval until the hub shuts down.
 async fn pull_loop(hub: Arc<Hub>, settings: Arc<PullSettings>, peer: String, url: String) {
     let mut shutdown = hub.shutdown_signal();
+    let woken = hub.wake_signal(&peer);
     let mut link: Option<FederationClient<Channel>> = None;
     let mut ticks = tokio::time::interval(settings.every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let outcome = tokio::select! {
-            _ = ticks.tick() => {
+            // The interval, or the peer's wake-up: it has news.
+            _ = async {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = woken.notified() => ticks.reset(),
+                }
+            } => {
                 // Among replicas of one region, the holder of the jobs
                 // lease pulls: the others fold its merges from the log.
                 if hub.job_turn("federation", settings.every).is_none() {
@@ -98,6 +119,58 @@ async fn pull_loop(hub: Arc<Hub>, settings: Arc<PullSettings>, peer: String, url
             tracing::debug!(peer, url, error = %why, "pull from a peer region failed");
         }
         hub.note_pull(&peer, &url, outcome);
+    }
+}
+
+/// Tells `peer` whenever this hub's log moves, at most once per
+/// `spacing`, until the hub shuts down. Failures are only logged: the
+/// peer's periodic pull still comes.
+async fn wake_loop(
+    hub: Arc<Hub>,
+    settings: Arc<PullSettings>,
+    spacing: Duration,
+    peer: String,
+    url: String,
+) {
+    let mut shutdown = hub.shutdown_signal();
+    let mut moves = hub.log_moves();
+    let mut link: Option<FederationClient<Channel>> = None;
+    loop {
+        tokio::select! {
+            moved = moves.changed() => if moved.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        // Among replicas of one region, the holder of the jobs lease
+        // speaks for it, as it pulls for it.
+        if hub.job_turn("federation", settings.every).is_some() {
+            let sent = async {
+                let client = match &mut link {
+                    Some(client) => client,
+                    None => link.insert(FederationClient::new(channel(
+                        &url,
+                        &settings.certs_dir,
+                        hub.region(),
+                        settings.timeout(),
+                    )?)),
+                };
+                client
+                    .wake(pb::WakeRequest {})
+                    .await
+                    .map_err(|status| learning_hub_client::describe_status(&status))
+            };
+            let sent = tokio::select! {
+                sent = sent => sent,
+                _ = shutdown.changed() => return,
+            };
+            if let Err(why) = sent {
+                link = None;
+                tracing::debug!(peer, url, error = %why, "waking a peer region failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(spacing) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -241,6 +241,7 @@ impl PreparedHub {
                 crate::federation::PullSettings {
                     peers: config.pull_from.clone(),
                     every: config.pull_interval,
+                    wake_spacing: config.wake_interval,
                     certs_dir: config.certs_dir.clone(),
                 },
             ),

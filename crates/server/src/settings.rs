@@ -301,6 +301,7 @@ pub const KEYS: &[Key] = &[
         int(100, 3_600_000),
         "1000",
     ),
+    key("federation", "wake_interval_ms", int(0, 3_600_000), "200"),
     key("log", "format", Kind::Choice(&["text", "json"]), "\"text\""),
     legacy(key("log", "level", Kind::LogFilter, "\"info\""), "RUST_LOG"),
 ];
@@ -766,6 +767,10 @@ impl Settings {
         }
         config.pull_interval =
             Duration::from_millis(self.unsigned::<u64>("federation", "pull_interval_ms"));
+        config.wake_interval = match self.unsigned::<u64>("federation", "wake_interval_ms") {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
 
         let storage = &mut config.storage;
         storage.backend = match self.string("storage", "backend") {

@@ -47,6 +47,13 @@ impl pb::federation_server::Federation for FederationService {
             batches: batches.iter().map(digest_batch).collect(),
         })
     }
+
+    async fn wake(&self, request: Request<pb::WakeRequest>) -> Reply<pb::WakeResponse> {
+        let peer = caller(&request)?.clone();
+        reply(pb::WakeResponse {
+            pulls_from_caller: self.hub.peer_woke(&peer)?,
+        })
+    }
 }
 
 /// What a puller holds per origin: versions of knowledge, and insight

@@ -138,6 +138,7 @@ inbound! {
     "Admin" / "ListAnomalies": ListAnomaliesRequest => () = |_r, _| Ok(());
     "Federation" / "Pull": PullRequest => super::federation::Held =
         |r, _| super::federation::held(r);
+    "Federation" / "Wake": WakeRequest => () = |_r, _| Ok(());
 }
 
 #[cfg(test)]

@@ -41,9 +41,15 @@ fn is_infrastructure(path: &str) -> bool {
 /// Calls made over and over by machines: audited like health checks, once
 /// per window and kind with a count of the rest, so that polling a
 /// replica's status, or a peer region's hub pulling every second, neither
-/// fills the audit log nor moves the log it reports on.
+/// fills the audit log nor moves the log it reports on (a wake-up that
+/// moved the log would wake the caller back, and so on).
 fn is_monitoring(path: &str) -> bool {
-    path == "/learninghub.v1.Admin/GetReplicaStatus" || path == "/learninghub.v1.Federation/Pull"
+    matches!(
+        path,
+        "/learninghub.v1.Admin/GetReplicaStatus"
+            | "/learninghub.v1.Federation/Pull"
+            | "/learninghub.v1.Federation/Wake"
+    )
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

@@ -286,6 +286,8 @@ pub struct Hub {
     sampler: audit_sampler::AuditSampler,
     /// How the exchanges with each peer region this hub pulls from went.
     links: std::sync::Mutex<BTreeMap<String, regions::PeerLink>>,
+    /// Per peer region this hub pulls from, what wakes its pull loop.
+    wakes: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl Hub {
@@ -386,6 +388,7 @@ impl Hub {
             shutdown: watch::channel(false).0,
             sampler,
             links: std::sync::Mutex::default(),
+            wakes: std::sync::Mutex::default(),
         }))
     }
 

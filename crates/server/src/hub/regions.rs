@@ -4,6 +4,7 @@
 //! [`crate::domain::digest`]), and how each link to a peer is doing.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{Hub, State, wrong_answer};
 use crate::domain::command::Action;
@@ -67,18 +68,8 @@ impl Hub {
         held: &BTreeMap<String, u64>,
         held_insights: &BTreeMap<String, u64>,
     ) -> Result<Vec<Batch>> {
+        self.check_peer(caller)?;
         let settings = &self.shared.settings;
-        if settings.region.is_empty() {
-            return Err(Error::FailedPrecondition(
-                "this hub has no region (federation.region): it does not federate".into(),
-            ));
-        }
-        if !settings.peers.contains(&caller.name) {
-            return Err(Error::PermissionDenied(format!(
-                "region {:?} is not among this hub's peers (federation.peers: {:?})",
-                caller.name, settings.peers
-            )));
-        }
         let state = self.state();
         let now = self.now();
         let since = |origin: &str| held.get(origin).copied().unwrap_or(0);
@@ -137,6 +128,51 @@ impl Hub {
             }
         }
         Ok(batches)
+    }
+
+    /// FAILED_PRECONDITION when this hub has no region, PERMISSION_DENIED
+    /// when `caller`'s region is not among its peers.
+    fn check_peer(&self, caller: &Identity) -> Result<()> {
+        let settings = &self.shared.settings;
+        if settings.region.is_empty() {
+            return Err(Error::FailedPrecondition(
+                "this hub has no region (federation.region): it does not federate".into(),
+            ));
+        }
+        if !settings.peers.contains(&caller.name) {
+            return Err(Error::PermissionDenied(format!(
+                "region {:?} is not among this hub's peers (federation.peers: {:?})",
+                caller.name, settings.peers
+            )));
+        }
+        Ok(())
+    }
+
+    /// A peer's wake-up: its pull loop here (if this hub pulls from it)
+    /// pulls now. Returns whether this hub pulls from the caller. The same
+    /// callers as [`Hub::pull`].
+    pub fn peer_woke(&self, caller: &Identity) -> Result<bool> {
+        self.check_peer(caller)?;
+        let wakes = self.wakes.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(match wakes.get(&caller.name) {
+            Some(notify) => {
+                // Kept if the loop is busy: it pulls once more after.
+                notify.notify_one();
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// What wakes the pull loop of `peer` (made on first use).
+    pub fn wake_signal(&self, peer: &str) -> Arc<tokio::sync::Notify> {
+        let mut wakes = self.wakes.lock().unwrap_or_else(|e| e.into_inner());
+        wakes.entry(peer.to_string()).or_default().clone()
+    }
+
+    /// Moves whenever this hub's log does: what its wake-ups follow.
+    pub fn log_moves(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.position.subscribe()
     }
 
     /// This region's own knowledge above `after` (its strategy statistics,
