@@ -68,6 +68,41 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
             .await
             .unwrap();
     }
+    // A pattern and a configuration both shared: they cross, with a count
+    // of reporters and no ids.
+    for id in ["secret-alpha", "secret-beta"] {
+        let client = hub.registered(id).await;
+        client
+            .share_pattern(pb::SharePatternRequest {
+                metrics: [(
+                    "lv".to_string(),
+                    pb::MetricState {
+                        value: 0.4,
+                        stuck: true,
+                    },
+                )]
+                .into(),
+                recovery_strategies: vec!["steady".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        client
+            .share_configuration(pb::ShareConfigurationRequest {
+                parameters: [(
+                    "lr".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::NumberValue(0.1)),
+                    },
+                )]
+                .into(),
+                effectiveness: 0.6,
+                data_points: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let pull = |identity: Identity, held: u64, held_insights: u64| {
         let hub = &hub;
         async move {
@@ -87,7 +122,7 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
     assert_eq!(answer.region, "us-east");
     let batch = &answer.batches[0];
     assert_eq!((batch.origin.as_str(), batch.after), ("us-east", 0));
-    assert!(batch.through >= 9, "{batch:?}");
+    assert!(batch.through >= 13, "{batch:?}");
     // Day buckets and streak classes each hold the six outcomes; usage
     // counts the applications.
     let sum = |part: fn(&pb::DigestEntry) -> bool| {
@@ -100,9 +135,14 @@ async fn a_peer_region_pulls_aggregates_and_nothing_else_crosses() {
     assert_eq!(sum(|e| e.strategy.is_some()), (6, 4));
     assert_eq!(sum(|e| e.streak.is_some()), (6, 4));
     assert_eq!(sum(|e| e.usage.is_some()).0, 6);
+    // The pattern and the configuration, with their reporters counted.
+    let pattern = batch.records.iter().find_map(|r| r.pattern.as_ref());
+    assert_eq!(pattern.map(|p| (p.frequency, p.reporters)), Some((2, 2)));
+    let config = batch.records.iter().find_map(|r| r.configuration.as_ref());
+    assert_eq!(config.map(|c| (c.data_points, c.reporters)), Some((20, 2)));
     // The failure two reported crosses with its figures; the other as a
     // withdrawal.
-    assert_eq!(batch.records.len(), 2, "{batch:?}");
+    assert_eq!(batch.records.len(), 4, "{batch:?}");
     let crossed: Vec<&pb::ExchangedFailure> = batch
         .records
         .iter()
