@@ -134,3 +134,125 @@ async fn metrics_endpoint_shows_live_figures() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// Every query of the Grafana dashboard in `deploy/grafana` names a metric
+/// this hub really exports: a hub with a peer region, a subscriber and a
+/// few calls behind it is scraped, and each `learning_hub_…` name in each
+/// panel's query must be a series in the scrape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let data = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let mut config = Config::new(data.path(), certs.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    // A peer region that never answers: its link's gauges are exported.
+    config.hub.region = "us-east".into();
+    config.hub.peers = ["eu-west".to_string()].into();
+    config.pull_from = [("eu-west".to_string(), "https://127.0.0.1:9".to_string())].into();
+    config.pull_interval = Duration::from_millis(100);
+    let prepared = PreparedHub::prepare(config, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let metrics = prepared.metrics_addr().expect("metrics listener bound");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(prepared.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let a = connect(addr, certs.path(), &Identity::instance("m1")).await;
+    a.register(pb::RegisterRequest {
+        instance_id: "m1".into(),
+        region: "us-east".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    a.share_strategy(strategy_outcome("s", "lv", true, 0.1))
+        .await
+        .unwrap();
+    let _ = a
+        .share_strategy(strategy_outcome("", "lv", true, 0.1))
+        .await
+        .unwrap_err();
+    let _stream = a
+        .subscribe_insights_once(pb::SubscribeInsightsRequest::default())
+        .await
+        .unwrap();
+    // Wait for the failing pulls to show.
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = get(metrics, "/metrics").await.1;
+        if body.contains("learning_hub_federation_failures_in_a_row{") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exported: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/learning-hub.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    collect_exprs(&dashboard, &mut queries);
+    let panels = dashboard["panels"].as_array().unwrap();
+    let charted = panels.iter().filter(|p| p["type"] != "row").count();
+    assert!(charted >= 15, "{charted} panels");
+    assert!(queries.len() >= charted, "every panel has a query");
+    let mut named = 0;
+    for query in &queries {
+        let names = metric_names(query);
+        assert!(!names.is_empty(), "names no metric: {query}");
+        for name in names {
+            named += 1;
+            assert!(
+                exported.contains(name.as_str()),
+                "{name} (in {query}) is not exported; the hub exports {exported:?}"
+            );
+        }
+    }
+    assert!(named >= queries.len());
+    // The check itself tells a real name from a made-up one.
+    assert!(!exported.contains("learning_hub_calls"));
+    assert!(exported.contains("learning_hub_calls_total"));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Every `expr` in a Grafana dashboard, depth first.
+fn collect_exprs(value: &serde_json::Value, into: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => into.push(e.clone()),
+                    _ => collect_exprs(v, into),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, into)),
+        _ => {}
+    }
+}
+
+/// The `learning_hub_…` identifiers in a PromQL query.
+fn metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = query;
+    while let Some(at) = rest.find("learning_hub_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
