@@ -13,6 +13,7 @@ mod bad_input;
 mod clients;
 mod combination_properties;
 mod federated;
+mod gateway;
 mod idempotency;
 mod insight_golden;
 mod intelligence;

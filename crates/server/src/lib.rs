@@ -35,6 +35,7 @@ pub mod auth;
 pub mod compute;
 pub mod config;
 pub mod federation;
+pub mod gateway;
 pub mod hub;
 pub mod jobs;
 pub mod log_limit;

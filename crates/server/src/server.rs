@@ -395,13 +395,19 @@ where
 
     // Queries compute here, off the threads that read and refuse requests.
     let compute = ComputePool::per_core()?;
+    let gateway_routes = crate::gateway::RouteTable::from_descriptors().map_err(Error::Internal)?;
     tracing::debug!(threads = compute.threads(), "compute pool started");
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
+        // HTTP/1.1 for the JSON gateway's callers (gRPC stays on HTTP/2).
+        .accept_http1(true)
         // Outermost: an overloaded hub refuses before spending anything.
         .layer(LoadShedLayer::new(shedder))
+        // The JSON gateway turns its paths into gRPC calls that meet the
+        // auth layer like any other.
+        .layer(crate::gateway::GatewayLayer::new(gateway_routes))
         .layer(AuthLayer::new(
             config.insecure_dev,
             crate::auth::access_control(&hub),

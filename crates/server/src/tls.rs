@@ -224,7 +224,8 @@ impl TlsMaterial {
                 ),
                 other => bad(&files.cert, other),
             })?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // HTTP/2 for gRPC; HTTP/1.1 for the JSON gateway's callers.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsMaterial {
             config: Arc::new(config),
             verifier,
