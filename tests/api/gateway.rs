@@ -15,6 +15,84 @@ use common::*;
 use learning_hub::{auth::Identity, pb, pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A TLS connection to the hub over HTTP/1.1 as `who`.
+async fn connect_as(
+    addr: SocketAddr,
+    certs: &Path,
+    who: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let paths = pki::CertPaths::for_name(certs, who);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&std::fs::read(&paths.ca).unwrap()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_slice_iter(&std::fs::read(&paths.cert).unwrap())
+        .map(Result::unwrap)
+        .collect();
+    let private = PrivateKeyDer::from_pem_slice(&std::fs::read(&paths.key).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, private)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Opens the insight stream as Server-Sent Events (`GET path`, with
+/// `Last-Event-ID: last` if given) and hands back the connection once the
+/// response head has come, with what was read so far.
+async fn open_events(
+    addr: SocketAddr,
+    certs: &Path,
+    who: &str,
+    key: &str,
+    path: &str,
+    last: Option<u64>,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+) {
+    let mut tls = connect_as(addr, certs, who).await;
+    let mut head = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\
+         Authorization: Bearer {key}\r\n"
+    );
+    if let Some(last) = last {
+        head.push_str(&format!("Last-Event-ID: {last}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    let seen = read_until(&mut tls, "\r\n\r\n", Duration::from_secs(5)).await;
+    (tls, seen)
+}
+
+/// Reads until what was read contains `wanted` (or `within` passes).
+async fn read_until(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    wanted: &str,
+    within: Duration,
+) -> String {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(wanted) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// An answer: HTTP status and the JSON body.
 struct Answer {
     status: u16,
@@ -274,6 +352,85 @@ async fn the_design_paths_answer_json_through_the_same_handlers() {
         .unwrap()
         .into_inner();
     assert!(audit.entries.len() >= 2, "{audit:?}");
+}
+
+/// The insight stream as Server-Sent Events: an insight shared over gRPC
+/// arrives as an event within 2 s, with its sequence as the event id; a
+/// reconnect with `Last-Event-ID` resumes after it.
+#[tokio::test]
+async fn insights_stream_as_server_sent_events_and_resume() {
+    let hub = TestHub::start().await;
+    let certs = hub.certs_dir().to_path_buf();
+    pki::issue(&certs, &Identity::instance("sse-1"), false).unwrap();
+    let key = hub.api_key("sse-1").await;
+    let sharer = hub.registered("sharer").await;
+    sharer
+        .share_insight(insight("warm restarts help"))
+        .await
+        .unwrap();
+
+    let (mut tls, head) = open_events(
+        hub.addr,
+        &certs,
+        "sse-1",
+        &key,
+        "/api/v1/hub/insights?new=true",
+        None,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    // The stored insight first, then a new one as it is shared.
+    let first = read_until(&mut tls, "warm restarts help", Duration::from_secs(2)).await;
+    assert!(
+        first.contains("id: 1\n") || head.contains("id: 1\n"),
+        "{head}{first}"
+    );
+    let shared_at = tokio::time::Instant::now();
+    sharer
+        .share_insight(insight("smaller batches help"))
+        .await
+        .unwrap();
+    let second = read_until(&mut tls, "smaller batches help", Duration::from_secs(2)).await;
+    assert!(second.contains("smaller batches help"), "{second}");
+    assert!(second.contains("id: 2\n"), "{second}");
+    assert!(second.contains("event: insight\ndata: {"), "{second}");
+    eprintln!(
+        "an insight arrived as an event {:?} after it was shared",
+        shared_at.elapsed()
+    );
+    drop(tls);
+
+    // Resuming after 1: only the second comes.
+    let (mut tls, head) = open_events(
+        hub.addr,
+        &certs,
+        "sse-1",
+        &key,
+        "/api/v1/hub/insights?new=true",
+        Some(1),
+    )
+    .await;
+    let resumed =
+        head + &read_until(&mut tls, "smaller batches help", Duration::from_secs(2)).await;
+    assert!(resumed.contains("smaller batches help"), "{resumed}");
+    assert!(!resumed.contains("warm restarts help"), "{resumed}");
+
+    // Refused before it starts: a JSON refusal, not a stream.
+    let (_, refused) = open_events(
+        hub.addr,
+        &certs,
+        "sse-1",
+        "lhk_not_the_key",
+        "/api/v1/hub/insights?new=true",
+        None,
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
 }
 
 /// Every path the design names is annotated in the `.proto` and served.

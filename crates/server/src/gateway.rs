@@ -45,7 +45,16 @@ struct Route {
     rpc: String,
     input: MessageDescriptor,
     output: MessageDescriptor,
+    /// A server stream: answered as Server-Sent Events.
+    streaming: bool,
 }
+
+/// The design's path of the insight stream: `GET` it with `new=true`.
+const INSIGHTS: &str = "/api/v1/hub/insights";
+
+/// The insight stream's RPC, which `GET /api/v1/hub/insights?new=true`
+/// reaches too.
+const SUBSCRIBE_INSIGHTS: &str = "/learninghub.v1.Hub/SubscribeInsights";
 
 /// Every annotated RPC, read from the descriptor set.
 #[derive(Debug, Clone)]
@@ -91,6 +100,7 @@ impl RouteTable {
                         rpc: format!("/{}/{}", service.full_name(), method.name()),
                         input: method.input(),
                         output: method.output(),
+                        streaming: method.is_server_streaming(),
                     });
                 }
             }
@@ -241,7 +251,19 @@ where
     S: Service<http::Request<Body>, Response = http::Response<Body>>,
 {
     let path = request.uri().path().to_string();
-    let on_path: Vec<&Route> = routes.routes.iter().filter(|r| r.path == path).collect();
+    // The design's `GET /api/v1/hub/insights?new=true`: the stream.
+    let wants_stream = path == INSIGHTS
+        && request.method() == http::Method::GET
+        && form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+            .any(|(k, v)| k == "new" && v == "true");
+    let on_path: Vec<&Route> = routes
+        .routes
+        .iter()
+        .filter(|r| match wants_stream {
+            true => r.rpc == SUBSCRIBE_INSIGHTS,
+            false => r.path == path,
+        })
+        .collect();
     let Some(route) = on_path.iter().find(|r| r.method == request.method()) else {
         if on_path.is_empty() {
             let known: Vec<String> = routes
@@ -271,7 +293,10 @@ where
         *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
         return Ok(response);
     };
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    if route.streaming {
+        resume_from_last_event(&mut parts);
+    }
     let message = match read_request(route, &parts, body).await {
         Ok(message) => message,
         Err(why) => return Ok(refusal(tonic::Code::InvalidArgument, &why)),
@@ -301,7 +326,151 @@ where
         headers.insert(http::header::AUTHORIZATION, key.clone());
     }
     let response = inner.call(call).await?;
+    if route.streaming {
+        return Ok(events(route, response));
+    }
     Ok(render(route, response).await)
+}
+
+/// A reconnecting event source's `Last-Event-ID` (the last sequence it
+/// saw) as the stream's `after_sequence`, and `new=true` dropped (it only
+/// chose the stream).
+fn resume_from_last_event(parts: &mut http::request::Parts) {
+    let last = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .map(str::to_string);
+    let query = parts.uri.query().unwrap_or("");
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k != "new")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if let Some(last) = last {
+        pairs.retain(|(k, _)| k != "after_sequence" && k != "afterSequence");
+        pairs.push(("after_sequence".into(), last));
+    }
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    let path = parts.uri.path().to_string();
+    if let Ok(uri) = format!("{path}?{query}").parse() {
+        parts.uri = uri;
+    }
+}
+
+/// A server stream as Server-Sent Events: one event per message (`id:`
+/// the insight's sequence when it has one), and a refusal as an `error`
+/// event; a refusal before anything was sent is a plain JSON refusal.
+fn events(route: &Route, response: http::Response<Body>) -> http::Response<Body> {
+    let (parts, body) = response.into_parts();
+    if let Some(status) =
+        tonic::Status::from_header_map(&parts.headers).filter(|s| s.code() != tonic::Code::Ok)
+    {
+        return refusal(status.code(), status.message());
+    }
+    let output = route.output.clone();
+    let state = (body, BytesMut::new(), false);
+    let stream = futures_util::stream::unfold(state, move |(mut body, mut buffer, done)| {
+        let output = output.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                // A whole message buffered: its event.
+                if buffer.len() >= 5 {
+                    let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]);
+                    let len = len as usize;
+                    if buffer.len() >= 5 + len {
+                        let frame = buffer.split_to(5 + len);
+                        let event = message_event(&output, &frame[5..]);
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(event)),
+                            (body, buffer, false),
+                        ));
+                    }
+                }
+                match body.frame().await {
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => buffer.extend_from_slice(&data),
+                        Err(frame) => {
+                            // The trailers: the stream's end, and why.
+                            let status = frame
+                                .trailers_ref()
+                                .and_then(tonic::Status::from_header_map)
+                                .filter(|s| s.code() != tonic::Code::Ok);
+                            let event = match status {
+                                Some(status) => error_event(status.code(), status.message()),
+                                None => return None,
+                            };
+                            return Some((Ok(http_body::Frame::data(event)), (body, buffer, true)));
+                        }
+                    },
+                    Some(Err(e)) => {
+                        let event = error_event(tonic::Code::Unavailable, &e.to_string());
+                        return Some((Ok(http_body::Frame::data(event)), (body, buffer, true)));
+                    }
+                    None => return None,
+                }
+            }
+        }
+    });
+    let mut response = http::Response::new(Body::new(http_body_util::StreamBody::new(stream)));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// One message as an event: `id:` the sequence of the insight it carries.
+fn message_event(output: &MessageDescriptor, bytes: &[u8]) -> Bytes {
+    let message = match DynamicMessage::decode(output.clone(), bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            return error_event(
+                tonic::Code::Internal,
+                &format!("a message does not decode: {e}"),
+            );
+        }
+    };
+    // The event is the message's one field (the insight), as JSON.
+    let (payload, sequence) = match message.fields().next() {
+        Some((_, Value::Message(inner))) => {
+            let sequence = inner.get_field_by_name("sequence").and_then(|v| v.as_u64());
+            (inner.clone(), sequence)
+        }
+        _ => (message.clone(), None),
+    };
+    let mut json = Vec::new();
+    let mut serializer = serde_json::Serializer::new(&mut json);
+    let options = SerializeOptions::new().skip_default_fields(false);
+    if payload
+        .serialize_with_options(&mut serializer, &options)
+        .is_err()
+    {
+        return error_event(tonic::Code::Internal, "a message is not JSON");
+    }
+    let mut event = String::new();
+    if let Some(sequence) = sequence {
+        event.push_str(&format!("id: {sequence}\n"));
+    }
+    event.push_str("event: insight\ndata: ");
+    event.push_str(&String::from_utf8_lossy(&json));
+    event.push_str("\n\n");
+    Bytes::from(event)
+}
+
+fn error_event(code: tonic::Code, message: &str) -> Bytes {
+    let data = serde_json::json!({"code": code_name(code), "message": message});
+    Bytes::from(format!("event: error\ndata: {data}\n\n"))
 }
 
 /// The RPC's request message, encoded, from the body (with one) or the
