@@ -433,6 +433,70 @@ async fn insights_stream_as_server_sent_events_and_resume() {
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
 }
 
+/// The OpenAPI document, generated from the `.proto`: every design path
+/// (the stream aside, described in prose), every `$ref` resolvable.
+#[tokio::test]
+async fn the_openapi_document_describes_every_path() {
+    let hub = TestHub::start().await;
+    let certs = hub.certs_dir().to_path_buf();
+    pki::issue(&certs, &Identity::instance("doc-1"), false).unwrap();
+    let doc = call(
+        hub.addr,
+        &certs,
+        "doc-1",
+        None,
+        "GET",
+        "/api/v1/openapi.json",
+        None,
+    )
+    .await;
+    assert_eq!(doc.status, 200);
+    let doc = doc.json;
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in [
+        ("post", "/api/v1/hub/register"),
+        ("get", "/api/v1/hub/strategies"),
+        ("post", "/api/v1/hub/share-strategy"),
+        ("get", "/api/v1/hub/insights"),
+        ("post", "/api/v1/hub/bootstrap"),
+    ] {
+        let operation = &paths[path][method];
+        assert!(operation.is_object(), "{method} {path}");
+        assert!(
+            operation["description"].as_str().unwrap().len() > 20,
+            "the .proto's comment: {operation}"
+        );
+    }
+    assert!(!paths.contains_key("/api/v1/hub/insights/stream"));
+    // GET parameters are the request's fields.
+    let params: Vec<&str> = paths["/api/v1/hub/strategies"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        params.contains(&"metric") && params.contains(&"current_value"),
+        "{params:?}"
+    );
+    // Every reference resolves.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let text = doc.to_string();
+    let mut rest = text.as_str();
+    let mut refs = 0;
+    while let Some(at) = rest.find("#/components/schemas/") {
+        let tail = &rest[at + "#/components/schemas/".len()..];
+        let name = &tail[..tail.find('"').unwrap()];
+        assert!(schemas.contains_key(name), "{name} is not defined");
+        refs += 1;
+        rest = tail;
+    }
+    assert!(refs > 20, "{refs} references");
+    let register = &schemas["learninghub.v1.RegisterRequest"]["properties"];
+    assert_eq!(register["instanceId"]["type"], "string");
+}
+
 /// Every path the design names is annotated in the `.proto` and served.
 #[test]
 fn every_path_of_the_design_is_routed() {

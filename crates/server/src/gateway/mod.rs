@@ -30,6 +30,11 @@ use tower::{Layer, Service};
 
 use crate::pb;
 
+mod openapi;
+
+/// Where the gateway serves its OpenAPI document.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
 /// Where the gateway's paths start: anything else is gRPC.
 pub const PREFIX: &str = "/api/";
 
@@ -47,6 +52,8 @@ struct Route {
     output: MessageDescriptor,
     /// A server stream: answered as Server-Sent Events.
     streaming: bool,
+    /// The RPC, for its documentation.
+    method_descriptor: prost_reflect::MethodDescriptor,
 }
 
 /// The design's path of the insight stream: `GET` it with `new=true`.
@@ -56,10 +63,12 @@ const INSIGHTS: &str = "/api/v1/hub/insights";
 /// reaches too.
 const SUBSCRIBE_INSIGHTS: &str = "/learninghub.v1.Hub/SubscribeInsights";
 
-/// Every annotated RPC, read from the descriptor set.
+/// Every annotated RPC, read from the descriptor set, and the OpenAPI
+/// document made from them.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    openapi: Bytes,
 }
 
 impl RouteTable {
@@ -101,11 +110,18 @@ impl RouteTable {
                         input: method.input(),
                         output: method.output(),
                         streaming: method.is_server_streaming(),
+                        method_descriptor: method.clone(),
                     });
                 }
             }
         }
-        Ok(RouteTable { routes })
+        let openapi = Bytes::from(openapi::document(&routes).to_string());
+        Ok(RouteTable { routes, openapi })
+    }
+
+    /// The OpenAPI 3 document of the routes (JSON).
+    pub fn openapi(&self) -> &[u8] {
+        &self.openapi
     }
 
     /// (method, path, RPC) of every route, for documentation and tests.
@@ -251,6 +267,11 @@ where
     S: Service<http::Request<Body>, Response = http::Response<Body>>,
 {
     let path = request.uri().path().to_string();
+    // The API's description: no RPC behind it, nothing to authorize
+    // beyond the connection's certificate.
+    if path == OPENAPI_PATH && request.method() == http::Method::GET {
+        return Ok(json_response(http::StatusCode::OK, routes.openapi.to_vec()));
+    }
     // The design's `GET /api/v1/hub/insights?new=true`: the stream.
     let wants_stream = path == INSIGHTS
         && request.method() == http::Method::GET
