@@ -12,6 +12,7 @@ mod access;
 mod bad_input;
 mod clients;
 mod combination_properties;
+mod dashboard;
 mod federated;
 mod gateway;
 mod idempotency;

@@ -34,6 +34,7 @@ pub mod api;
 pub mod auth;
 pub mod compute;
 pub mod config;
+pub mod dashboard;
 pub mod federation;
 pub mod gateway;
 pub mod hub;

@@ -359,11 +359,19 @@ fn gauge(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` turns true; `page`
-/// renders the current exposition.
+/// What a path of the listener answers: its content type and body
+/// (`None`: no such page).
+pub type Page = (&'static str, String);
+
+/// The exposition's content type.
+pub const EXPOSITION: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `GET` requests on `listener` until `shutdown` turns true; `pages`
+/// renders what a path shows now (`/metrics`: the exposition; the server
+/// adds the operator dashboard's pages).
 pub async fn serve(
     listener: TcpListener,
-    page: impl Fn() -> String + Send + Sync + Clone + 'static,
+    pages: impl Fn(&str) -> Option<Page> + Send + Sync + Clone + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -378,10 +386,10 @@ pub async fn serve(
             },
             () = stopped(&mut shutdown) => return,
         };
-        let page = page.clone();
+        let pages = pages.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let response = respond(&request, &page);
+                let response = respond(&request, &pages);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             // A scraper sends its request at once: one that takes longer
@@ -396,14 +404,19 @@ pub async fn serve(
     }
 }
 
-fn respond(request: &Request<Incoming>, page: &impl Fn() -> String) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            page(),
-        ),
-        (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into()),
+fn respond(
+    request: &Request<Incoming>,
+    pages: &impl Fn(&str) -> Option<Page>,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match request.method() {
+        &Method::GET => match pages(request.uri().path()) {
+            Some((content_type, body)) => (StatusCode::OK, content_type, body),
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "try /metrics or /dashboard\n".into(),
+            ),
+        },
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

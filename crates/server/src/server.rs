@@ -261,13 +261,33 @@ impl PreparedHub {
             let hub = hub.clone();
             let shedder = shedder.clone();
             let admission = admission.clone();
-            let page = move || {
-                hub.metrics().set_shed_total(shedder.shed());
-                hub.metrics()
-                    .set_transport(admission.open(), admission.pending(), admission.cut());
-                hub.render_metrics()
+            let series = crate::dashboard::Series::default();
+            let sampler = crate::dashboard::spawn_sampler(hub.clone(), series.clone());
+            let pages = move |path: &str| match path {
+                "/metrics" => {
+                    hub.metrics().set_shed_total(shedder.shed());
+                    hub.metrics().set_transport(
+                        admission.open(),
+                        admission.pending(),
+                        admission.cut(),
+                    );
+                    Some((crate::metrics::EXPOSITION, hub.render_metrics()))
+                }
+                "/dashboard" | "/dashboard/" => Some((
+                    "text/html; charset=utf-8",
+                    crate::dashboard::PAGE.to_string(),
+                )),
+                "/dashboard/state.json" => Some((
+                    "application/json",
+                    crate::dashboard::state(&hub, &series).to_string(),
+                )),
+                _ => None,
             };
-            tokio::spawn(crate::metrics::serve(listener, page, metrics_stopped))
+            let served = crate::metrics::serve(listener, pages, metrics_stopped);
+            tokio::spawn(async move {
+                served.await;
+                sampler.abort();
+            })
         });
         let served = serve(
             listener,
