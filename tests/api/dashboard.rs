@@ -8,11 +8,9 @@ use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use common::*;
-use learning_hub::{auth::Identity, clock::SystemClock, config::Config, server::PreparedHub};
-use tokio::net::TcpListener;
+use learning_hub::{auth::Identity, config::Config};
 
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,18 +37,8 @@ async fn the_dashboard_shows_a_shared_strategy_and_insight_within_two_seconds() 
     }
     let data = tempfile::tempdir().unwrap();
     let certs = tempfile::tempdir().unwrap();
-    let mut config = Config::new(data.path(), certs.path());
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-    let prepared = PreparedHub::prepare(config, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let metrics = prepared.metrics_addr().expect("metrics listener bound");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let hub = MetricsHub::start(Config::new(data.path(), certs.path())).await;
+    let (addr, metrics) = (hub.addr, hub.metrics);
     let client = connect(addr, certs.path(), &Identity::instance("dash-1")).await;
     client
         .register(learning_hub::pb::RegisterRequest {
@@ -119,6 +107,5 @@ async fn the_dashboard_shows_a_shared_strategy_and_insight_within_two_seconds() 
         "{said:?}"
     );
     assert!(shot.exists());
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    hub.stop().await;
 }

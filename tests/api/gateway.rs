@@ -110,28 +110,7 @@ async fn call(
     path: &str,
     body: Option<&str>,
 ) -> Answer {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let paths = pki::CertPaths::for_name(certs, who);
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&std::fs::read(&paths.ca).unwrap()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let chain = CertificateDer::pem_slice_iter(&std::fs::read(&paths.cert).unwrap())
-        .map(Result::unwrap)
-        .collect();
-    let private = PrivateKeyDer::from_pem_slice(&std::fs::read(&paths.key).unwrap()).unwrap();
-    let mut config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, private)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = connect_as(addr, certs, who).await;
     let body = body.unwrap_or("");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\

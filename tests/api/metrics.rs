@@ -5,13 +5,13 @@
 
 use crate::common;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use common::*;
-use learning_hub::{auth::Identity, clock::SystemClock, config::Config, pb, server::PreparedHub};
+use learning_hub::{auth::Identity, config::Config, pb};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 async fn get(addr: SocketAddr, path: &str) -> (String, String) {
@@ -46,18 +46,9 @@ async fn metrics_endpoint_shows_live_figures() {
     let data = tempfile::tempdir().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let mut config = Config::new(data.path(), certs.path());
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     config.hub.rate_limit_per_hour = 4;
-    let prepared = PreparedHub::prepare(config, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let metrics = prepared.metrics_addr().expect("metrics listener bound");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let hub = MetricsHub::start(config).await;
+    let (addr, metrics) = (hub.addr, hub.metrics);
 
     let a = connect(addr, certs.path(), &Identity::instance("m1")).await;
     a.register(pb::RegisterRequest {
@@ -131,8 +122,7 @@ async fn metrics_endpoint_shows_live_figures() {
     );
 
     assert_eq!(get(metrics, "/other").await.0, "HTTP/1.1 404 Not Found");
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    hub.stop().await;
 }
 
 /// Every query of the Grafana dashboard in `deploy/grafana` names a metric
@@ -144,22 +134,13 @@ async fn the_grafana_dashboard_queries_only_exported_metrics() {
     let data = tempfile::tempdir().unwrap();
     let certs = tempfile::tempdir().unwrap();
     let mut config = Config::new(data.path(), certs.path());
-    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     // A peer region that never answers: its link's gauges are exported.
     config.hub.region = "us-east".into();
     config.hub.peers = ["eu-west".to_string()].into();
     config.pull_from = [("eu-west".to_string(), "https://127.0.0.1:9".to_string())].into();
     config.pull_interval = Duration::from_millis(100);
-    let prepared = PreparedHub::prepare(config, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    let metrics = prepared.metrics_addr().expect("metrics listener bound");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(prepared.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let hub = MetricsHub::start(config).await;
+    let (addr, metrics) = (hub.addr, hub.metrics);
     let a = connect(addr, certs.path(), &Identity::instance("m1")).await;
     a.register(pb::RegisterRequest {
         instance_id: "m1".into(),
@@ -222,8 +203,7 @@ async fn the_grafana_dashboard_queries_only_exported_metrics() {
     // The check itself tells a real name from a made-up one.
     assert!(!exported.contains("learning_hub_calls"));
     assert!(exported.contains("learning_hub_calls_total"));
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    hub.stop().await;
 }
 
 /// Every `expr` in a Grafana dashboard, depth first.

@@ -598,6 +598,46 @@ pub fn insight(title: &str) -> pb::ShareInsightRequest {
     }
 }
 
+/// A hub served from `config` with its metrics listener (and the
+/// dashboard) on 127.0.0.1:0, and its gRPC listener on another.
+pub struct MetricsHub {
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<learning_hub::Result<()>>,
+}
+
+impl MetricsHub {
+    pub async fn start(mut config: learning_hub::config::Config) -> MetricsHub {
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        let prepared = learning_hub::server::PreparedHub::prepare(
+            config,
+            std::sync::Arc::new(learning_hub::clock::SystemClock),
+        )
+        .await
+        .unwrap();
+        let metrics = prepared.metrics_addr().expect("metrics listener bound");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(prepared.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        MetricsHub {
+            addr,
+            metrics,
+            stop,
+            server,
+        }
+    }
+
+    /// Stops the hub and waits for it to end cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 /// Connects to `addr` with a bare TLS client (trusting `ca`, with the
 /// client certificate `identity` if given, speaking `versions`), sends
 /// what a gRPC client sends first and reads: what it saw — the alert the

@@ -589,6 +589,38 @@ pub(crate) fn parameters_in(field: &str, entries: &BTreeMap<String, Value>) -> R
         .collect()
 }
 
+/// A configuration's alternatives, checked (`field` names the list).
+pub(crate) fn alternatives_in(
+    field: &str,
+    alternatives: &[pb::ConfigAlternative],
+) -> Result<Vec<ConfigAlternative>> {
+    list_len(field, alternatives.len())?;
+    alternatives
+        .iter()
+        .enumerate()
+        .map(|(n, a)| {
+            name(&format!("{field}[{n}].name"), &a.name)?;
+            Ok(ConfigAlternative {
+                name: a.name.clone(),
+                effectiveness: unit(&format!("{field}[{n}].effectiveness"), a.effectiveness)?,
+                risk: unit(&format!("{field}[{n}].risk"), a.risk)?,
+            })
+        })
+        .collect()
+}
+
+/// A configuration's alternatives as messages.
+pub(crate) fn alternatives_out(alternatives: &[ConfigAlternative]) -> Vec<pb::ConfigAlternative> {
+    alternatives
+        .iter()
+        .map(|a| pb::ConfigAlternative {
+            name: a.name.clone(),
+            effectiveness: a.effectiveness,
+            risk: a.risk,
+        })
+        .collect()
+}
+
 pub fn config_share(req: pb::ShareConfigurationRequest) -> Result<ConfigShare> {
     text("recommendation", &req.recommendation, MAX_TEXT_LEN)?;
     if req.data_points > MAX_DATA_POINTS {
@@ -597,20 +629,7 @@ pub fn config_share(req: pb::ShareConfigurationRequest) -> Result<ConfigShare> {
             format!("must be at most {MAX_DATA_POINTS}, got {}", req.data_points),
         ));
     }
-    list_len("alternatives", req.alternatives.len())?;
-    let alternatives = req
-        .alternatives
-        .iter()
-        .enumerate()
-        .map(|(n, a)| {
-            name(&format!("alternatives[{n}].name"), &a.name)?;
-            Ok(ConfigAlternative {
-                name: a.name.clone(),
-                effectiveness: unit(&format!("alternatives[{n}].effectiveness"), a.effectiveness)?,
-                risk: unit(&format!("alternatives[{n}].risk"), a.risk)?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let alternatives = alternatives_in("alternatives", &req.alternatives)?;
     Ok(ConfigShare {
         context: context("context", &req.context)?,
         parameters: parameters_in("parameters", &req.parameters)?,
@@ -1087,18 +1106,11 @@ pub fn configuration(c: &Configuration) -> pb::Configuration {
         context_key: c.context_key.clone(),
         parameters: parameters_out(&c.parameters),
         effectiveness: c.effectiveness,
-        applicable_instances: c.instances.len() as u32,
+        // Other regions' reporters too, where a bootstrap joined them.
+        applicable_instances: u32::try_from(c.reporters()).unwrap_or(u32::MAX),
         based_on_data_points: c.data_points,
         recommendation: c.recommendation.clone(),
-        alternatives: c
-            .alternatives
-            .iter()
-            .map(|a| pb::ConfigAlternative {
-                name: a.name.clone(),
-                effectiveness: a.effectiveness,
-                risk: a.risk,
-            })
-            .collect(),
+        alternatives: alternatives_out(&c.alternatives),
         validated: c.validated,
         validation_date: c.validation_date.map(timestamp),
         last_updated: Some(timestamp(c.last_updated)),

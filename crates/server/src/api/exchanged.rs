@@ -13,8 +13,8 @@ use crate::domain::knowledge::{
 };
 use crate::domain::matching;
 use crate::domain::model::{
-    ConfigAlternative, Configuration, FailurePattern, MAX_PREVENTION, MAX_TRIGGERS,
-    RecoveryMethodStats, RecoveryStat, STREAK_CLASSES, VALUE_BANDS, content_id,
+    Configuration, FailurePattern, MAX_PREVENTION, MAX_TRIGGERS, RecoveryMethodStats, RecoveryStat,
+    STREAK_CLASSES, VALUE_BANDS, content_id,
 };
 use crate::domain::stats::RunningStats;
 use crate::error::{Error, Result};
@@ -304,15 +304,7 @@ fn configuration(c: &ConfigKnowledge) -> pb::ExchangedConfiguration {
         data_points: c.data_points,
         reporters: c.reporters,
         recommendation: c.recommendation.clone(),
-        alternatives: c
-            .alternatives
-            .iter()
-            .map(|a| pb::ConfigAlternative {
-                name: a.name.clone(),
-                effectiveness: a.effectiveness,
-                risk: a.risk,
-            })
-            .collect(),
+        alternatives: convert::alternatives_out(&c.alternatives),
         first_seen: Some(convert::timestamp(c.first_seen)),
         last_updated: Some(convert::timestamp(c.last_updated)),
     }
@@ -582,17 +574,7 @@ fn configuration_from(
         &c.recommendation,
         validate::MAX_TEXT_LEN,
     )?;
-    validate::list_len(&field("alternatives"), c.alternatives.len())?;
-    let mut alternatives = Vec::with_capacity(c.alternatives.len());
-    for (i, a) in c.alternatives.into_iter().enumerate() {
-        let at = |name: &str| field(&format!("alternatives[{i}].{name}"));
-        validate::name(&at("name"), &a.name)?;
-        alternatives.push(ConfigAlternative {
-            name: a.name,
-            effectiveness: validate::unit(&at("effectiveness"), a.effectiveness)?,
-            risk: validate::unit(&at("risk"), a.risk)?,
-        });
-    }
+    let alternatives = convert::alternatives_in(&field("alternatives"), &c.alternatives)?;
     let stamp = |name: &str, ts: Option<prost_types::Timestamp>| {
         let ts = ts.ok_or_else(|| Error::invalid(field(name), "is required"))?;
         convert::millis(&field(name), &ts)
