@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use super::command::{Action, Command, Generated, Idempotency, JobStamp, RetentionRules};
-use super::digest::{self, Batch, OriginState};
+use super::digest::{Batch, OriginState};
 use super::federated::{FederationRules, ModelRecord, ModelUpdate, Refusal, context_model_name};
 use super::idempotency::{Applied, RequestKey, RequestRecord, WriteRpc, name_tag};
 use super::knowledge;
@@ -1157,17 +1157,8 @@ fn share_model_update(
             let name = model_record_name(update)?;
             touch_instance(state, now, caller)?;
             // The fleet model as instances see it: this region's with
-            // every other region's added (see `digest::fleet_model`).
-            let fleet = |state: &State, own: &ModelRecord| {
-                digest::fleet_model(
-                    own,
-                    state
-                        .tables
-                        .regions
-                        .values()
-                        .filter_map(|origin| origin.models.get(&own.name)),
-                )
-            };
+            // every other region's added.
+            let fleet = |state: &State, own: &ModelRecord| state.fleet_model(own);
             let mut model = match state.tables.models.get(&name) {
                 Some(existing) => (**existing).clone(),
                 None => {

@@ -611,6 +611,18 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Fleet model `own` as this region's instances train on it: with every
+    /// other region's of its name added ([`crate::digest::fleet_model`]).
+    pub fn fleet_model(&self, own: &ModelRecord) -> ModelRecord {
+        crate::digest::fleet_model(
+            own,
+            self.tables
+                .regions
+                .values()
+                .filter_map(|origin| origin.models.get(&own.name)),
+        )
+    }
+
     /// Every configuration as a bootstrap sees it: this region's, joined
     /// with other regions' knowledge
     /// ([`crate::knowledge::joined_configurations`]).

@@ -83,19 +83,6 @@ pub struct Predictions {
     pub predictions: Vec<Prediction>,
 }
 
-/// Fleet model `own` as this region's instances train on it: with every
-/// other region's of its name added ([`crate::domain::digest::fleet_model`]).
-fn fleet_model(state: &State, own: &ModelRecord) -> ModelRecord {
-    crate::domain::digest::fleet_model(
-        own,
-        state
-            .tables
-            .regions
-            .values()
-            .filter_map(|origin| origin.models.get(&own.name)),
-    )
-}
-
 /// The registered context's key of `caller`, if it registered one.
 fn context_of(state: &State, caller: &str) -> Option<String> {
     let context = &state.tables.instances.get(caller)?.context;
@@ -147,7 +134,7 @@ impl Hub {
                 model: if for_context {
                     model
                 } else {
-                    Arc::new(fleet_model(&self.state(), &model))
+                    Arc::new(self.state().fleet_model(&model))
                 },
                 new_version,
                 buffer_size: rules.buffer_size,
@@ -205,7 +192,7 @@ impl Hub {
             .unwrap_or_else(|| Arc::new(ModelRecord::new(name, rules.dimension, 0)));
         // Other regions' models of this name, if any, are added.
         if !state.tables.regions.is_empty() {
-            model = Arc::new(fleet_model(state, &model));
+            model = Arc::new(state.fleet_model(&model));
         }
         Ok(ModelView {
             model,
