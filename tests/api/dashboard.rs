@@ -12,6 +12,19 @@ use std::process::{Command, Stdio};
 use common::*;
 use learning_hub::{auth::Identity, config::Config};
 
+/// The body of `GET path` on the plain-HTTP listener at `addr`.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: hub\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    response.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -107,5 +120,11 @@ async fn the_dashboard_shows_a_shared_strategy_and_insight_within_two_seconds() 
         "{said:?}"
     );
     assert!(shot.exists());
+
+    // What the page reads names strategies and regions, never an instance.
+    let state = http_get(metrics, "/dashboard/state.json").await;
+    assert!(state.contains("novelty_injection"), "{state}");
+    assert!(state.contains("us-east"), "{state}");
+    assert!(!state.contains("dash-1"), "an instance id left: {state}");
     hub.stop().await;
 }

@@ -33,6 +33,7 @@ try {
   await Promise.all([
     seen(`#leaderboards tr[data-strategy="${strategy}"]`, "strategy"),
     seen(`#insights li:has-text("${title}")`, "insight"),
+    seen(`#storage:has-text("sled")`, "storage"),
   ]);
   if (errors.length) {
     console.log(`page errors: ${errors.join("; ")}`);

@@ -2,7 +2,9 @@
 //! loopback by default) that polls `/dashboard/state.json` every second
 //! and draws the fleet, the strategy leaderboards, insights as they
 //! arrive, failures and recoveries, anomalies, peer regions and charts of
-//! outcomes per minute and success rate. Read-only and aggregate-only:
+//! outcomes per minute and success rate, and where this hub keeps its
+//! state (a replica: how far it lags the shared log, whether it holds the
+//! jobs lease). Read-only and aggregate-only:
 //! the JSON carries counts, rates and names of strategies, metrics,
 //! regions and contexts, never an instance id. Who can reach the metrics
 //! listener can see it, which is why both stay on loopback unless an
@@ -206,8 +208,18 @@ pub fn state(hub: &Hub, series: &Series) -> Value {
             })
         })
         .collect();
+    let replica = hub.replica_summary(state.position);
     json!({
         "now": now,
+        "storage": {
+            "storage": replica.storage,
+            "replica": replica.replica,
+            "log_position": replica.log_position,
+            "log_head": replica.log_head,
+            "lag": replica.log_head.saturating_sub(replica.log_position),
+            "holds_jobs_lease": !replica.is_replica || replica.lease_epoch.is_some(),
+            "not_serving": replica.not_serving,
+        },
         "status": {
             "version": status.version,
             "uptime_seconds": status.uptime_seconds,

@@ -247,8 +247,18 @@ impl Hub {
         let state_digest = state_digest
             .await
             .map_err(|e| Error::Internal(format!("digest failed: {e}")))?;
+        Ok(ReplicaReport {
+            state_digest,
+            ..self.replica_summary(position)
+        })
+    }
+
+    /// [`Hub::replica_report`] without the digest (cheap: what the
+    /// dashboard polls), for the state at `position`.
+    pub fn replica_summary(&self, position: u64) -> ReplicaReport {
+        let state_digest = String::new();
         let not_serving = self.shared.health.borrow().clone();
-        Ok(match &self.shared.replica {
+        match &self.shared.replica {
             Some(replica) => ReplicaReport {
                 is_replica: true,
                 replica: replica.holder.clone(),
@@ -269,7 +279,7 @@ impl Hub {
                 lease_epoch: None,
                 not_serving,
             },
-        })
+        }
     }
 
     /// Why the hub cannot serve writes now (`None`: it can); changes as
