@@ -3,7 +3,8 @@
 
     python3 examples/python/gen_stubs.py [--out DIR]
 
-writes ``learninghub/v1/hub_pb2.py`` and ``hub_pb2_grpc.py`` under DIR
+writes ``learninghub/v1/hub_pb2.py`` and ``hub_pb2_grpc.py`` (and the
+``google/api`` modules hub.proto imports) under DIR
 (default: ``examples/python/generated``, which git ignores). ``agent.py``
 calls :func:`ensure_stubs` itself, so running this by hand is only needed to
 use the stubs from your own code: put DIR on ``sys.path`` and
@@ -28,15 +29,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROTO_ROOT = HERE.parent.parent / "proto"
 PROTO = "learninghub/v1/hub.proto"
+# What hub.proto imports from proto/ itself: the google.api.http option
+# that says which REST path serves each RPC (the JSON gateway's routes).
+IMPORTS = ("google/api/http.proto", "google/api/annotations.proto")
 DEFAULT_OUT = HERE / "generated"
 STAMP = ".proto-sha256"
-GENERATED = ("learninghub/v1/hub_pb2.py", "learninghub/v1/hub_pb2_grpc.py")
+GENERATED = (
+    "learninghub/v1/hub_pb2.py",
+    "learninghub/v1/hub_pb2_grpc.py",
+    "google/api/http_pb2.py",
+    "google/api/annotations_pb2.py",
+)
 
 INSTALL_HINT = "install them with: python3 -m pip install -r examples/python/requirements.txt"
 
 
 def proto_hash(proto_root: Path = PROTO_ROOT) -> str:
-    return hashlib.sha256((proto_root / PROTO).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name in (PROTO, *IMPORTS):
+        digest.update((proto_root / name).read_bytes())
+    return digest.hexdigest()
 
 
 def stubs_current(out: Path, proto_root: Path = PROTO_ROOT) -> bool:
@@ -69,6 +81,7 @@ def generate(out: Path, proto_root: Path = PROTO_ROOT) -> None:
                 f"--python_out={staging}",
                 f"--grpc_python_out={staging}",
                 PROTO,
+                *IMPORTS,
             ]
         )
         if code != 0:
