@@ -1,5 +1,5 @@
 //! The operator dashboard: one page (`/dashboard` on the metrics listener,
-//! loopback by default) that polls `/dashboard/state.json` every second
+//! loopback by default) that polls `/dashboard/state.json` twice a second
 //! and draws the fleet, the strategy leaderboards, insights as they
 //! arrive, failures and recoveries, anomalies, peer regions and charts of
 //! outcomes per minute and success rate, and where this hub keeps its
