@@ -56,13 +56,6 @@ struct Route {
     method_descriptor: prost_reflect::MethodDescriptor,
 }
 
-/// The design's path of the insight stream: `GET` it with `new=true`.
-const INSIGHTS: &str = "/api/v1/hub/insights";
-
-/// The insight stream's RPC, which `GET /api/v1/hub/insights?new=true`
-/// reaches too.
-const SUBSCRIBE_INSIGHTS: &str = "/learninghub.v1.Hub/SubscribeInsights";
-
 /// Every annotated RPC, read from the descriptor set, and the OpenAPI
 /// document made from them.
 #[derive(Debug, Clone)]
@@ -272,20 +265,22 @@ where
     if path == OPENAPI_PATH && request.method() == http::Method::GET {
         return Ok(json_response(http::StatusCode::OK, routes.openapi.to_vec()));
     }
-    // The design's `GET /api/v1/hub/insights?new=true`: the stream.
-    let wants_stream = path == INSIGHTS
-        && request.method() == http::Method::GET
-        && form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
-            .any(|(k, v)| k == "new" && v == "true");
-    let on_path: Vec<&Route> = routes
-        .routes
+    let on_path: Vec<&Route> = routes.routes.iter().filter(|r| r.path == path).collect();
+    // A path may serve a unary RPC and a stream alike (the design's
+    // `GET /api/v1/hub/insights`): `new=true` asks for the stream.
+    let wants_stream = form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .any(|(k, v)| k == "new" && v == "true");
+    let for_method: Vec<&Route> = on_path
         .iter()
-        .filter(|r| match wants_stream {
-            true => r.rpc == SUBSCRIBE_INSIGHTS,
-            false => r.path == path,
-        })
+        .copied()
+        .filter(|r| r.method == request.method())
         .collect();
-    let Some(route) = on_path.iter().find(|r| r.method == request.method()) else {
+    let chosen = for_method
+        .iter()
+        .find(|r| r.streaming == wants_stream)
+        .or(for_method.first())
+        .copied();
+    let Some(route) = chosen else {
         if on_path.is_empty() {
             let known: Vec<String> = routes
                 .routes
@@ -557,17 +552,14 @@ fn query_json(input: &MessageDescriptor, query: &str) -> Result<serde_json::Valu
             object.insert(json_name, parsed);
             continue;
         }
-        let scalar = match field.kind() {
-            Kind::Bool => match value.as_ref() {
-                "true" => serde_json::Value::Bool(true),
-                "false" => serde_json::Value::Bool(false),
-                other => return Err(format!("{name}: must be true or false, got {other:?}")),
-            },
-            Kind::String | Kind::Bytes | Kind::Enum(_) => {
-                serde_json::Value::String(value.to_string())
+        // Every scalar but a boolean as a string: the JSON mapping takes
+        // numbers (64-bit integers and floats) as strings too.
+        let scalar = match (field.kind(), value.as_ref()) {
+            (Kind::Bool, "true") => serde_json::Value::Bool(true),
+            (Kind::Bool, "false") => serde_json::Value::Bool(false),
+            (Kind::Bool, other) => {
+                return Err(format!("{name}: must be true or false, got {other:?}"));
             }
-            // Numbers as the JSON mapping takes them (64-bit integers and
-            // floats may be strings too).
             _ => serde_json::Value::String(value.to_string()),
         };
         if field.is_list() {
