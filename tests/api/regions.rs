@@ -782,10 +782,11 @@ async fn patterns_and_configurations_cross_as_one_hub_knows_them() {
         loop {
             let (patterns, config) = pattern_and_config(hub, &metrics, &context).await;
             let pattern = patterns.first().and_then(|m| m.pattern.clone());
-            let met = pattern
-                .as_ref()
-                .is_some_and(|p| p.frequency == want.frequency)
-                && config.as_ref().is_some_and(|c| c.validated);
+            // Converged once every region's shares and outcomes are in (a
+            // pattern's shares can arrive before its outcomes).
+            let met = pattern.as_ref().is_some_and(|p| {
+                p.frequency == want.frequency && p.effectiveness == want.effectiveness
+            }) && config.as_ref().is_some_and(|c| c.validated);
             if met {
                 let (p, c) = (pattern.unwrap(), config.unwrap());
                 assert_eq!(p.id, want.id);

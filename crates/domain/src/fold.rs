@@ -314,6 +314,7 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                 .tables
                 .failures
                 .insert(failure_id.clone(), failure.clone());
+            state.failures_changed();
             Ok(Answer::FailureResolved { failure })
         }
         Action::QuarantineInstance {
@@ -365,6 +366,7 @@ fn apply(state: &mut State, command: &Command) -> Result<Answer> {
                     failure.changed_at = state.position;
                 }
             }
+            state.failures_changed();
             let quarantine = Arc::new(Quarantine {
                 instance_id: instance_id.clone(),
                 by: by.clone(),
@@ -1031,6 +1033,7 @@ fn share_failure(
             failure.changed_at = state.position;
             let failure = Arc::new(failure);
             state.tables.failures.insert(id, failure.clone());
+            state.failures_changed();
             Ok((Answer::FailureShared { failure }, Applied::ShareFailure))
         },
     )
@@ -1156,9 +1159,6 @@ fn share_model_update(
             }
             let name = model_record_name(update)?;
             touch_instance(state, now, caller)?;
-            // The fleet model as instances see it: this region's with
-            // every other region's added.
-            let fleet = |state: &State, own: &ModelRecord| state.fleet_model(own);
             let mut model = match state.tables.models.get(&name) {
                 Some(existing) => (**existing).clone(),
                 None => {
@@ -1168,16 +1168,17 @@ fn share_model_update(
                         && update.for_context
                         && own.weights.len() == rules.dimension
                     {
-                        fresh.weights = fleet(state, own).weights;
+                        fresh.weights = state.fleet_model(own).weights;
                     }
                     fresh
                 }
             };
-            // Only the fleet model is trained by every region.
+            // Only the fleet model is trained by every region: updates
+            // are judged against every region's versions summed.
             let elsewhere = if update.for_context {
                 0
             } else {
-                fleet(state, &model).version - model.version
+                state.fleet_model(&model).version - model.version
             };
             let new_version = model
                 .accept_among(caller, update, rules, now, elsewhere)
@@ -1396,6 +1397,7 @@ fn sweep(state: &mut State, now: UnixMillis, rules: &RetentionRules) -> Retentio
             held.records.remove(id);
         }
         state.tables.regions.insert(origin, Arc::new(held));
+        state.failures_changed();
         for id in &expired {
             state.index_pattern(id);
         }
@@ -1899,6 +1901,22 @@ mod tests {
         assert!(fold(&mut state, 3, &at(T0, asked)).is_ok());
     }
 
+    /// An unstamped retention sweep with the default-like rules the tests
+    /// use (patterns 30 days, unconfirmed 7, evidence 7, request ids a day).
+    fn sweep_now() -> Action {
+        Action::Retention {
+            job: None,
+            rules: RetentionRules {
+                pattern_days: 30,
+                unconfirmed_pattern_days: 7,
+                low_frequency: 3,
+                evidence_days: 7,
+                request_window_ms: 24 * HOUR,
+                context_model_days: 30,
+            },
+        }
+    }
+
     #[test]
     fn another_regions_pattern_is_matched_acted_on_and_expires_as_there() {
         use crate::digest::Batch;
@@ -1991,17 +2009,7 @@ mod tests {
         );
         assert_eq!(found[0].pattern.successes, 2, "its own and eu-west's");
         // Idle past the rule: eu-west's record goes here as it does there.
-        let sweep = Action::Retention {
-            job: None,
-            rules: RetentionRules {
-                pattern_days: 30,
-                unconfirmed_pattern_days: 7,
-                low_frequency: 3,
-                evidence_days: 7,
-                request_window_ms: 24 * HOUR,
-                context_model_days: 30,
-            },
-        };
+        let sweep = sweep_now();
         fold(&mut state, 4, &at(T0 + 40 * 24 * HOUR, sweep)).unwrap();
         assert!(state.tables.regions["eu-west"].records.is_empty());
         assert!(state.tables.patterns.is_empty(), "its own expired too");
@@ -2027,17 +2035,7 @@ mod tests {
         // Within the window: a retry. Past it: a new write.
         let retry = fold(&mut state, 3, &at(T0 + HOUR, share(0.1, Some(("r1", "p")))));
         assert_eq!(outcome_sequence(&retry), 1);
-        let sweep = Action::Retention {
-            job: None,
-            rules: RetentionRules {
-                pattern_days: 30,
-                unconfirmed_pattern_days: 7,
-                low_frequency: 3,
-                evidence_days: 7,
-                request_window_ms: 24 * HOUR,
-                context_model_days: 30,
-            },
-        };
+        let sweep = sweep_now();
         let Answer::Retained(report) = fold(&mut state, 4, &at(T0 + 25 * HOUR, sweep)).unwrap()
         else {
             panic!("not a sweep");

@@ -323,6 +323,11 @@ pub struct Indexes {
     /// built by the first query that needs it and replaced (empty) when
     /// one of its aggregates changes.
     views: OrdMap<Name, OrdMap<Name, Arc<OnceLock<StrategyGroup>>>>,
+    /// Every failure joined with other regions' knowledge
+    /// ([`State::failures`]), built by the first query that needs it and
+    /// replaced (empty) when a failure or another region's knowledge
+    /// changes ([`State::failures_changed`]).
+    failures: Arc<OnceLock<Arc<[Arc<FailurePattern>]>>>,
 }
 
 /// Everything the hub knows, as of log position `position`.
@@ -414,6 +419,7 @@ impl State {
     /// those known only from other regions).
     pub fn put_region(&mut self, origin: String, knowledge: Arc<OriginState>, batch: &Batch) {
         self.tables.regions.insert(origin, knowledge);
+        self.failures_changed();
         self.index_remote(batch.entries.keys());
         for id in batch.records.keys() {
             self.index_pattern(id);
@@ -585,12 +591,7 @@ impl State {
     /// region and, as one voice, in the others
     /// ([`crate::knowledge::joined_usage`]).
     pub fn usage_of(&self, strategy: &str) -> Arc<StrategyUsage> {
-        let own = self
-            .indexes
-            .usage
-            .get(strategy)
-            .cloned()
-            .unwrap_or_default();
+        let own = self.own_usage_of(strategy);
         if self.tables.regions.is_empty() {
             return own;
         }
@@ -651,7 +652,20 @@ impl State {
     /// Every failure as queries see it: this region's records, each with
     /// what other regions know of it joined, and failures only other
     /// regions know ([`crate::knowledge::joined_failure`]), in id order.
-    pub fn failures(&self) -> Vec<Arc<FailurePattern>> {
+    pub fn failures(&self) -> Arc<[Arc<FailurePattern>]> {
+        self.indexes
+            .failures
+            .get_or_init(|| self.join_failures().into())
+            .clone()
+    }
+
+    /// What [`State::failures`] keeps must be built again: a failure or
+    /// another region's knowledge changed.
+    pub fn failures_changed(&mut self) {
+        self.indexes.failures = Arc::default();
+    }
+
+    fn join_failures(&self) -> Vec<Arc<FailurePattern>> {
         if self.tables.regions.is_empty() {
             return self.tables.failures.values().cloned().collect();
         }

@@ -168,7 +168,7 @@ pub fn state(hub: &Hub, series: &Series) -> Value {
             })
         })
         .collect();
-    let mut failures = state.failures();
+    let mut failures = state.failures().to_vec();
     failures.sort_by(|a, b| b.occurrences.cmp(&a.occurrences).then(a.id.cmp(&b.id)));
     let failures: Vec<Value> = failures
         .iter()

@@ -93,11 +93,12 @@ impl Hub {
         let state = self.state();
         let mut failures: Vec<_> = state
             .failures()
-            .into_iter()
+            .iter()
             .filter(|f| include_resolved || !f.resolved)
             .filter(|f| failure_type.is_none_or(|t| f.failure_type == t))
             .filter(|f| metric.is_none_or(|m| f.metric == m))
             .filter(|f| strategy.is_none_or(|s| f.strategy == s))
+            .cloned()
             .collect();
         failures.sort_by(|a, b| {
             b.occurrences
@@ -127,8 +128,9 @@ impl Hub {
         let state = self.state();
         let open: Vec<Arc<FailurePattern>> = state
             .failures()
-            .into_iter()
+            .iter()
             .filter(|f| !f.resolved)
+            .cloned()
             .collect();
         let warnings_for = |candidate: &str| {
             prevention::check_action(
